@@ -1,0 +1,1 @@
+"""The RAG application; here it only carries the core module's import path."""

@@ -1,0 +1,1 @@
+"""Circuit breakers: config, pure state machine, stores, the breaker, the registry."""

@@ -1,0 +1,85 @@
+"""CircuitBreakerConfig: every knob of a breaker, validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+
+def _check_positive_int(name: str, value: object, minimum: int) -> None:
+    # bool is an int subclass; `failure_threshold=True` is a bug, not a 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"'{name}' must be an int: {value!r}")
+    if value < minimum:
+        raise ValueError(f"'{name}' must be >= {minimum}: {value!r}")
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"'{name}' must be a finite number of seconds: {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"'{name}' must be {rule} seconds: {value!r}")
+    return seconds
+
+
+def _check_exception_types(value: object) -> tuple[type[BaseException], ...]:
+    classes = value if isinstance(value, tuple) else (value,)
+    if not classes:
+        raise ValueError("'expected_exception' must name at least one exception class: ()")
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(
+                f"'expected_exception' must be an exception class or a tuple of them: {value!r}"
+            )
+    return classes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreakerConfig:
+    """How one circuit breaker decides.
+
+    Durations are seconds (floats; fractions work). ``timeout=None`` disables the
+    per-call timeout. ``expected_exception`` is a class or a tuple of classes: only
+    those count as failures, anything else passes through uncounted.
+    """
+
+    failure_threshold: int = 5
+    recovery_timeout: float = 60.0
+    half_open_max_calls: int = 3
+    timeout: float | None = 30.0
+    expected_exception: ExceptionTypes = Exception
+    name: str = "default"
+    # How long a half-open trial permit lives before it is reclaimed, so a process
+    # that dies mid-trial cannot wedge the circuit. None: timeout + recovery_timeout.
+    half_open_lease: float | None = None
+    # The normalised form of expected_exception, for `except` clauses.
+    counted_exceptions: tuple[type[BaseException], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"'name' must be a non-empty string: {self.name!r}")
+        _check_positive_int("failure_threshold", self.failure_threshold, 1)
+        _check_positive_int("half_open_max_calls", self.half_open_max_calls, 1)
+        recovery = _check_seconds("recovery_timeout", self.recovery_timeout, allow_zero=True)
+        object.__setattr__(self, "recovery_timeout", recovery)
+        if self.timeout is not None:
+            timeout = _check_seconds("timeout", self.timeout, allow_zero=False)
+            object.__setattr__(self, "timeout", timeout)
+        if self.half_open_lease is not None:
+            lease = _check_seconds("half_open_lease", self.half_open_lease, allow_zero=False)
+            object.__setattr__(self, "half_open_lease", lease)
+        counted = _check_exception_types(self.expected_exception)
+        object.__setattr__(self, "counted_exceptions", counted)
+
+    @property
+    def lease_seconds(self) -> float:
+        """Lifetime of a half-open trial permit."""
+        if self.half_open_lease is not None:
+            return self.half_open_lease
+        return (self.timeout or 30.0) + max(self.recovery_timeout, 1.0)

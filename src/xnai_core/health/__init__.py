@@ -1,0 +1,1 @@
+"""Health checkers and the monitor that schedules them."""
