@@ -1,0 +1,124 @@
+"""Shared fixtures: real Redis (shared and private), real PostgreSQL, unique key prefixes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+SHARED_REDIS_URL = os.environ.get("XNAI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("XNAI_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of the test's own, on a free loopback port: safe to stop, hang or kill."""
+
+    port: int = field(default_factory=free_port)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="xnai-redis-")))
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart) the server on the same port and wait until it answers."""
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"private redis-server on port {self.port} did not start")
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its socket open but never answers."""
+        assert self.process is not None
+        self.process.send_signal(19)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        assert self.process is not None
+        self.process.send_signal(18)
+
+    def kill(self) -> None:
+        """Kill the server at once (no shutdown), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(18)  # a stopped process must run to die
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A started private redis-server, killed and removed after the test."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix no other test uses, for keys in the shared Redis."""
+    return f"xnai-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def shared_redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the machine's shared Redis; keys under ``key_prefix`` are removed after."""
+    client = aioredis.Redis.from_url(SHARED_REDIS_URL)
+    try:
+        yield client
+    finally:
+        async for key in client.scan_iter(match=f"*{key_prefix}*", count=500):
+            await client.unlink(key)
+        await client.aclose()
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The machine's PostgreSQL (trust auth)."""
+    return POSTGRES_DSN
