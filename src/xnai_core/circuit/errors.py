@@ -3,8 +3,10 @@
 Exception tree::
 
     Exception
-    └── CircuitOpenError    raised when an open (or full half-open) circuit rejects a call
-                            and the breaker has no fallback
+    ├── CircuitOpenError    raised when an open (or full half-open) circuit rejects a call
+    │                       and the breaker has no fallback
+    └── TimeoutError
+        └── CallTimeoutError  raised when a protected call outlives the breaker's timeout
 """
 
 from __future__ import annotations
@@ -25,3 +27,15 @@ class CircuitOpenError(Exception):
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float | None]]:
         return (type(self), (self.name, self.retry_after))
+
+
+class CallTimeoutError(TimeoutError):
+    """Raised when a protected call runs past its breaker's timeout (no fallback)."""
+
+    def __init__(self, breaker: str, timeout: float) -> None:
+        self.breaker = breaker
+        self.timeout = timeout
+        super().__init__(f"call through circuit '{breaker}' timed out after {timeout:g}s")
+
+    def __reduce__(self) -> tuple[type[CallTimeoutError], tuple[str, float]]:
+        return (type(self), (self.breaker, self.timeout))

@@ -27,15 +27,12 @@ from dataclasses import dataclass, replace
 from .config import CircuitBreakerConfig
 
 
-class CircuitState(str, enum.Enum):
+class CircuitState(enum.StrEnum):
     """The three states of a circuit; the value is what metrics and JSON show."""
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 CLOSED = CircuitState.CLOSED

@@ -1,0 +1,335 @@
+"""CircuitBreaker: protect a call, fail fast while its dependency is sick, fall back.
+
+The breaker owns the call path and the counters; its store owns the state. The
+hot path (closed, no failure pending) reads one attribute of the store and never
+awaits it; only failures, rejections and half-open trials go through the store.
+No lock is held across the protected call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import CoroutineType
+from typing import Any, ParamSpec, TypeVar, cast
+
+from ..deadlines import DeadlineKeeper, keeper_for
+from .config import CircuitBreakerConfig
+from .errors import CallTimeoutError, CircuitOpenError
+from .machine import CircuitState, Ticket
+from .store import MemoryStore, StateStore
+
+logger = logging.getLogger("xnai_core.circuit")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+StateListener = Callable[[str, CircuitState, CircuitState, str], object]
+"""Called with (breaker name, old state, new state, reason); may be sync or async."""
+
+Fallback = Callable[..., Any]
+
+
+def fallback_return_none(*args: object, **kwargs: object) -> None:
+    """A fallback that answers None, whatever the call's arguments were."""
+
+
+class CircuitBreaker:
+    """A circuit breaker around async (or plain) callables.
+
+    ``fallback_func``, when given, is called with the protected call's own
+    arguments (sync or async) whenever the circuit rejects a call, a counted
+    failure happens, or the call times out; its result is returned instead.
+    Without it, a rejection raises :class:`CircuitOpenError`, a failure re-raises
+    the caller's exception unchanged and a timeout raises ``TimeoutError``.
+    """
+
+    def __init__(
+        self,
+        config: CircuitBreakerConfig,
+        fallback_func: Fallback | None = None,
+        *,
+        store: StateStore | None = None,
+    ) -> None:
+        if not isinstance(config, CircuitBreakerConfig):
+            raise TypeError(f"'config' must be a CircuitBreakerConfig: {config!r}")
+        if fallback_func is not None and not callable(fallback_func):
+            raise TypeError(f"'fallback_func' must be callable or None: {fallback_func!r}")
+        if store is None:
+            store = MemoryStore(config)
+        elif store.config != config:
+            raise ValueError(
+                f"'store' was built for another config: {store.config!r} != {config!r}"
+            )
+        self.config = config
+        self.name = config.name
+        self.fallback_func = fallback_func
+        self._store = store
+        self._timeout = config.timeout
+        self._counted = config.counted_exceptions
+        self._loop_keeper: tuple[asyncio.AbstractEventLoop | None, DeadlineKeeper | None] = (
+            None,
+            None,
+        )
+        self._listeners: list[StateListener] = []
+        self._listener_tasks: set[asyncio.Task[object]] = set()
+        self._total_calls = 0
+        self._successes = 0
+        self._failures = 0
+        self._rejected = 0
+        self._timeouts = 0
+        self._fallback_calls = 0
+        self._last_failure_time: float | None = None
+        self._last_state_change: float | None = None
+        store.add_transition_callback(self._on_transition)
+
+    def __repr__(self) -> str:
+        state = self._store.snapshot().state.value
+        return f"<CircuitBreaker name={self.name!r} state={state} backend={self._store.backend}>"
+
+    @property
+    def store(self) -> StateStore:
+        """Where this breaker's state lives."""
+        return self._store
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (for a shared store, as this process last saw it)."""
+        return self._store.snapshot().state
+
+    # -- the call path ---------------------------------------------------------
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` under the breaker and return its result.
+
+        ``fn`` may be an ``async def``, a plain function, or a lambda returning a
+        coroutine. The timeout applies to what is awaited; a plain function's own
+        run cannot be interrupted.
+        """
+        epoch = self._store.hot_epoch
+        if epoch is None:
+            return await self._call_admitted(fn, args, kwargs)
+        self._total_calls += 1
+        try:
+            result = fn(*args, **kwargs)
+            if type(result) is CoroutineType or inspect.isawaitable(result):
+                if self._timeout is None:
+                    result = await result
+                else:
+                    result = await self._await_within(result)
+        except BaseException as exc:
+            return await self._settle_error(exc, Ticket(epoch), args, kwargs)
+        if self._store.hot_epoch is None:
+            # A failure landed while we ran; our success resets the count.
+            await self._store.record_success(Ticket(epoch))
+        self._successes += 1
+        return result
+
+    async def _call_admitted(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The slow path: ask the store first, and always report back to it."""
+        self._total_calls += 1
+        admission = await self._store.acquire()
+        ticket = admission.ticket
+        if ticket is None:
+            self._rejected += 1
+            if self.fallback_func is not None:
+                return await self._run_fallback(args, kwargs)
+            raise CircuitOpenError(self.name, admission.retry_after)
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                if self._timeout is None:
+                    result = await result
+                else:
+                    result = await self._await_within(result)
+        except BaseException as exc:
+            return await self._settle_error(exc, ticket, args, kwargs)
+        await self._store.record_success(ticket)
+        self._successes += 1
+        return result
+
+    async def _await_within(self, awaitable: Awaitable[T]) -> T:
+        """Await under this breaker's timeout, filed with the loop's deadline keeper."""
+        loop = asyncio.get_running_loop()
+        cached_loop, keeper = self._loop_keeper
+        if cached_loop is not loop or keeper is None:
+            keeper = keeper_for(loop)
+            self._loop_keeper = (loop, keeper)
+        timeout = cast(float, self._timeout)
+        token = keeper.arm(loop, timeout)
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if not keeper.disarm(token) and keeper.settle_fired(token):
+                raise CallTimeoutError(self.name, timeout) from None
+            raise
+        except BaseException:
+            if not keeper.disarm(token):
+                keeper.settle_fired(token)
+            raise
+        if not keeper.disarm(token):
+            # It fired, but the awaited code swallowed the cancellation and
+            # finished: keep its result and take our cancellation back.
+            keeper.settle_fired(token)
+        return result
+
+    async def _settle_error(
+        self,
+        exc: BaseException,
+        ticket: Ticket,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Report an exception to the store; fall back or re-raise."""
+        timed_out = isinstance(exc, CallTimeoutError) and exc.breaker == self.name
+        if timed_out or isinstance(exc, self._counted):
+            self._failures += 1
+            self._last_failure_time = time.time()
+            if timed_out:
+                self._timeouts += 1
+            await self._store.record_failure(ticket)
+            if self.fallback_func is not None:
+                return await self._run_fallback(args, kwargs)
+            raise exc
+        # Cancelled, or not an expected exception: counts neither way.
+        if ticket.permit:
+            await self._store.release(ticket)
+        raise exc
+
+    async def _run_fallback(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._fallback_calls += 1
+        assert self.fallback_func is not None
+        result = self.fallback_func(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
+        """Decorate a function so every call goes through this breaker.
+
+        Works on ``async def`` and on plain ``def`` functions; either way the
+        decorated function is awaitable, because the breaker may need to await
+        its store.
+        """
+        if not callable(func):
+            raise TypeError(f"a circuit breaker decorates a callable: {func!r}")
+
+        @functools.wraps(func)
+        async def protected(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return await self.call(func, *args, **kwargs)
+
+        return protected
+
+    # -- manual control --------------------------------------------------------
+
+    async def force_open(self) -> None:
+        """Open the circuit and hold it open until :meth:`force_close` or :meth:`reset`."""
+        await self._store.force(CircuitState.OPEN)
+
+    async def force_close(self) -> None:
+        """Close the circuit now, clearing its failure count."""
+        await self._store.force(CircuitState.CLOSED)
+
+    async def reset(self) -> None:
+        """Back to a fresh closed circuit; this process's counters restart too."""
+        await self._store.reset()
+        self._total_calls = self._successes = self._failures = 0
+        self._rejected = self._timeouts = self._fallback_calls = 0
+        self._last_failure_time = None
+
+    async def close(self) -> None:
+        """Stop the store's background work (subscriptions, resyncs)."""
+        await self._store.close()
+
+    # -- listeners and metrics -------------------------------------------------
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Call ``listener(name, old, new, reason)`` after every state change.
+
+        Sync listeners run at once; async ones run as tasks. A listener's
+        exception is logged and never reaches a caller of :meth:`call`.
+        """
+        if not callable(listener):
+            raise TypeError(f"a listener must be callable: {listener!r}")
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        """Stop calling ``listener``; a ValueError if it was never added."""
+        self._listeners.remove(listener)
+
+    def _on_transition(self, old: CircuitState, new: CircuitState, reason: str) -> None:
+        self._last_state_change = time.time()
+        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        logger.log(
+            level,
+            "circuit '%s' %s -> %s: %s",
+            self.name,
+            old.value,
+            new.value,
+            reason,
+            extra={"breaker": self.name, "old_state": old.value, "new_state": new.value},
+        )
+        for listener in list(self._listeners):
+            try:
+                outcome = listener(self.name, old, new, reason)
+            except Exception:
+                logger.exception("state listener %r of circuit '%s' failed", listener, self.name)
+                continue
+            if inspect.isawaitable(outcome):
+                self._spawn_listener(outcome, listener)
+
+    def _spawn_listener(self, outcome: Awaitable[object], listener: StateListener) -> None:
+        async def run() -> object:
+            try:
+                return await outcome
+            except Exception:
+                logger.exception("state listener %r of circuit '%s' failed", listener, self.name)
+                return None
+
+        try:
+            task: asyncio.Task[object] = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no loop running: nothing can await it
+            if inspect.iscoroutine(outcome):
+                outcome.close()
+            logger.error("async listener of circuit '%s' dropped: no running loop", self.name)
+            return
+        self._listener_tasks.add(task)
+        task.add_done_callback(self._listener_tasks.discard)
+
+    def get_metrics(self) -> dict[str, Any]:
+        """This breaker's state and counters, JSON-serialisable.
+
+        Counters are this process's; ``state`` and ``failure_count`` are the
+        circuit's (shared, for a Redis-backed breaker).
+        """
+        snap = self._store.snapshot()
+        return {
+            "name": self.name,
+            "state": snap.state.value,
+            "failure_count": snap.failure_count,
+            "success_count": self._successes,
+            "total_calls": self._total_calls,
+            "total_failures": self._failures,
+            "rejected_calls": self._rejected,
+            "timeouts": self._timeouts,
+            "fallback_calls": self._fallback_calls,
+            "last_failure_time": self._last_failure_time,
+            "last_state_change": self._last_state_change,
+            "half_open_trials_in_flight": len(snap.trials),
+            "epoch": snap.epoch,
+            "forced_open": snap.forced,
+            "backend": self._store.backend,
+            "redis_available": self._store.available,
+            "config": {
+                "failure_threshold": self.config.failure_threshold,
+                "recovery_timeout": self.config.recovery_timeout,
+                "half_open_max_calls": self.config.half_open_max_calls,
+                "timeout": self.config.timeout,
+            },
+        }
