@@ -15,9 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from types import CoroutineType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
-from ..deadlines import DeadlineKeeper, keeper_for
+from ..deadlines import file_deadline
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
 from .machine import CircuitState, Ticket
@@ -71,10 +71,6 @@ class CircuitBreaker:
         self._store = store
         self._timeout = config.timeout
         self._counted = config.counted_exceptions
-        self._loop_keeper: tuple[asyncio.AbstractEventLoop | None, DeadlineKeeper | None] = (
-            None,
-            None,
-        )
         self._listeners: list[StateListener] = []
         self._listener_tasks: set[asyncio.Task[object]] = set()
         self._total_calls = 0
@@ -116,11 +112,28 @@ class CircuitBreaker:
         self._total_calls += 1
         try:
             result = fn(*args, **kwargs)
-            if type(result) is CoroutineType or inspect.isawaitable(result):
-                if self._timeout is None:
+            if type(result) is CoroutineType:
+                timeout = self._timeout
+                if timeout is None:
                     result = await result
                 else:
-                    result = await self._await_within(result)
+                    # _await_within, inlined: this is the default path of every call.
+                    keeper, generation = file_deadline(result, timeout)
+                    key = result
+                    try:
+                        result = await result
+                    except asyncio.CancelledError:
+                        if generation.pop(key, None) is None and keeper.settle_fired(key):
+                            raise CallTimeoutError(self.name, timeout) from None
+                        raise
+                    except BaseException:
+                        if generation.pop(key, None) is None:
+                            keeper.settle_fired(key)
+                        raise
+                    if generation.pop(key, None) is None:
+                        keeper.settle_fired(key)
+            elif inspect.isawaitable(result):
+                result = await self._await_within(result)
         except BaseException as exc:
             return await self._settle_error(exc, Ticket(epoch), args, kwargs)
         if self._store.hot_epoch is None:
@@ -144,10 +157,7 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
-                if self._timeout is None:
-                    result = await result
-                else:
-                    result = await self._await_within(result)
+                result = await self._await_within(result)
         except BaseException as exc:
             return await self._settle_error(exc, ticket, args, kwargs)
         await self._store.record_success(ticket)
@@ -156,27 +166,27 @@ class CircuitBreaker:
 
     async def _await_within(self, awaitable: Awaitable[T]) -> T:
         """Await under this breaker's timeout, filed with the loop's deadline keeper."""
-        loop = asyncio.get_running_loop()
-        cached_loop, keeper = self._loop_keeper
-        if cached_loop is not loop or keeper is None:
-            keeper = keeper_for(loop)
-            self._loop_keeper = (loop, keeper)
-        timeout = cast(float, self._timeout)
-        token = keeper.arm(loop, timeout)
+        timeout = self._timeout
+        if timeout is None:
+            return await awaitable
+        # The key only has to be unique while the call runs: a coroutine object is,
+        # but a future may be awaited by several calls at once.
+        key = awaitable if type(awaitable) is CoroutineType else object()
+        keeper, generation = file_deadline(key, timeout)
         try:
             result = await awaitable
         except asyncio.CancelledError:
-            if not keeper.disarm(token) and keeper.settle_fired(token):
+            if generation.pop(key, None) is None and keeper.settle_fired(key):
                 raise CallTimeoutError(self.name, timeout) from None
             raise
         except BaseException:
-            if not keeper.disarm(token):
-                keeper.settle_fired(token)
+            if generation.pop(key, None) is None:
+                keeper.settle_fired(key)
             raise
-        if not keeper.disarm(token):
+        if generation.pop(key, None) is None:
             # It fired, but the awaited code swallowed the cancellation and
             # finished: keep its result and take our cancellation back.
-            keeper.settle_fired(token)
+            keeper.settle_fired(key)
         return result
 
     async def _settle_error(

@@ -1,0 +1,157 @@
+"""Per-call overhead of an in-memory circuit breaker, beside the strongest Python peers.
+
+Run: ``.venv/bin/python -m benchmarks.bench_breaker [--calls N] [--repeats R]``
+
+Every row is measured in this one run: the median over R repeats of N calls of
+the time per call, minus the bare call of the same kind (``await af()`` for async
+rows, ``f()`` for sync rows). Shared machines are noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError
+
+
+async def af() -> int:
+    return 1
+
+
+def f() -> int:
+    return 1
+
+
+AsyncStep = Callable[[], Awaitable[object]]
+
+
+async def time_async(step: AsyncStep, calls: int, repeats: int) -> float:
+    """Median ns per call of ``await step()``."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            await step()
+        samples.append((time.perf_counter_ns() - start) / calls)
+    return statistics.median(samples)
+
+
+def time_sync(step: Callable[[], object], calls: int, repeats: int) -> float:
+    """Median ns per call of ``step()``."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            step()
+        samples.append((time.perf_counter_ns() - start) / calls)
+    return statistics.median(samples)
+
+
+def ours(timeout: float | None) -> CircuitBreaker:
+    return CircuitBreaker(CircuitBreakerConfig(name=f"bench-{timeout}", timeout=timeout))
+
+
+async def rejecting(step: AsyncStep) -> None:
+    try:
+        await step()
+    except Exception:  # every peer raises its own "open" error
+        pass
+
+
+async def async_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
+    import aiobreaker
+    import circuitbreaker
+    import purgatory
+
+    no_timeout = ours(None)
+    default = ours(30.0)
+    cb_peer = circuitbreaker.CircuitBreaker(name="peer")
+    cb_peer_af = cb_peer(af)
+    aio = aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=timedelta(seconds=60))
+    purg_factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=60)
+    purg_af = purg_factory("peer")(af)
+    decorated = no_timeout(af)
+
+    async def plain_timeout() -> int:
+        async with asyncio.timeout(30):
+            return await af()
+
+    rows: list[tuple[str, AsyncStep]] = [
+        ("bare await af()", af),
+        ("asyncio.timeout(30) around af()", plain_timeout),
+        ("xnai-core, timeout=None", lambda: no_timeout.call(af)),
+        ("xnai-core, timeout=30 (default)", lambda: default.call(af)),
+        ("xnai-core decorator, timeout=None", decorated),
+        ("circuitbreaker 2.1.3", cb_peer_af),
+        ("aiobreaker 1.2.0", lambda: aio.call_async(af)),
+        ("purgatory 3.0.1 (memory)", purg_af),
+    ]
+    measured = [(label, await time_async(step, calls, repeats)) for label, step in rows]
+
+    # The cost of a rejected call while open.
+    async def boom() -> None:
+        raise RuntimeError("down")
+
+    await no_timeout.force_open()
+    for _ in range(6):
+        await rejecting(lambda: aio.call_async(boom))
+    purg_boom = purg_factory("peer-open", threshold=1)(boom)
+    await rejecting(purg_boom)
+    cb_open = circuitbreaker.CircuitBreaker(failure_threshold=1, recovery_timeout=600)
+    cb_boom = cb_open(boom)
+    await rejecting(cb_boom)
+    open_rows: list[tuple[str, AsyncStep]] = [
+        ("open: xnai-core rejects", lambda: rejecting(lambda: no_timeout.call(af))),
+        ("open: circuitbreaker 2.1.3 rejects", lambda: rejecting(cb_boom)),
+        ("open: aiobreaker 1.2.0 rejects", lambda: rejecting(lambda: aio.call_async(boom))),
+        ("open: purgatory 3.0.1 rejects", lambda: rejecting(purg_boom)),
+    ]
+    for label, step in open_rows:
+        measured.append((label, await time_async(step, calls // 4, repeats)))
+    try:
+        await no_timeout.call(af)
+    except CircuitOpenError:
+        pass
+    else:
+        raise AssertionError("forced-open breaker admitted a call")
+    return measured
+
+
+def sync_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
+    import pybreaker
+
+    pyb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    return [
+        ("sync bare f()", time_sync(f, calls, repeats)),
+        ("pybreaker 1.4.1 (sync, memory)", time_sync(lambda: pyb.call(f), calls, repeats)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args(argv)
+    rows = asyncio.run(async_rows(args.calls, args.repeats))
+    bare = rows[0][1]
+    no_timeout = dict(rows)["xnai-core, timeout=None"]
+    print(f"{'variant':42} {'ns/call':>9} {'overhead ns':>12} {'x bare':>7} {'x ours(None)':>12}")
+    for label, ns in rows:
+        over = ns - bare
+        extra = f"{(ns - bare) / (no_timeout - bare):12.2f}" if label != rows[0][0] else ""
+        print(f"{label:42} {ns:9.0f} {over:12.0f} {ns / bare:7.2f} {extra}")
+    srows = sync_rows(args.calls, args.repeats)
+    sbare = srows[0][1]
+    for label, ns in srows:
+        print(f"{label:42} {ns:9.0f} {ns - sbare:12.0f} {ns / sbare:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
