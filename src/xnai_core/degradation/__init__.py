@@ -1,0 +1,43 @@
+"""Graceful degradation: call a service, fall back through strategies when it fails.
+
+Modules, one concept each: ``manager`` (ServiceDegradationManager), ``protocols``
+(what a strategy is), ``strategies`` (fallback, degraded mode, circuit breaker),
+``cache_first`` with ``cache``, ``cache_keys`` and ``singleflight``, ``call``
+(what a call returns and how to tell a degraded answer), ``stats`` (counters
+and episodes), ``errors``. The package's face is ``xnai_core``.
+"""
+
+from __future__ import annotations
+
+from .cache import CacheBackend, CacheEntry, MemoryCache, RedisCache
+from .cache_first import CacheFirstStrategy
+from .call import CallInfo, ServiceCall, ServiceResult, last_call_info
+from .errors import AllStrategiesFailedError, ServiceTimeoutError, StrategyDeclinedError
+from .manager import ServiceDegradationManager, ServiceSettings
+from .protocols import DegradationStrategy, GuardAnswer, PrimaryGuard
+from .stats import DegradationEvent
+from .strategies import CircuitBreakerStrategy, DegradedModeStrategy, FallbackStrategy
+
+__all__ = [
+    "AllStrategiesFailedError",
+    "CacheBackend",
+    "CacheEntry",
+    "CacheFirstStrategy",
+    "CallInfo",
+    "CircuitBreakerStrategy",
+    "DegradationEvent",
+    "DegradationStrategy",
+    "DegradedModeStrategy",
+    "FallbackStrategy",
+    "GuardAnswer",
+    "MemoryCache",
+    "PrimaryGuard",
+    "RedisCache",
+    "ServiceCall",
+    "ServiceDegradationManager",
+    "ServiceResult",
+    "ServiceSettings",
+    "ServiceTimeoutError",
+    "StrategyDeclinedError",
+    "last_call_info",
+]

@@ -1,0 +1,189 @@
+"""CacheFirstStrategy: answer from a cache before calling the primary, and when it fails.
+
+Per call, with ``ttl`` and ``stale_if_error`` in seconds:
+
+1. age < ttl: the cached answer is served and the primary is not called
+   (not degraded: ``source`` is this strategy, ``degraded`` False).
+2. otherwise the primary is called, once for all concurrent callers of the same
+   key (single flight), and its answer is stored.
+3. if the primary fails and age < ttl + stale_if_error, the cached answer is
+   served as a degraded answer (stale-if-error, RFC 5861); else this strategy
+   declines and the manager tries the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from .cache import CacheBackend, CacheEntry, MemoryCache
+from .cache_keys import UnkeyableError, default_cache_key
+from .call import ServiceCall
+from .errors import StrategyDeclinedError
+from .protocols import GuardAnswer, Proceed
+from .singleflight import SingleFlight
+
+logger = logging.getLogger("xnai_core.degradation")
+
+KeyFunc = Callable[..., str | None]
+"""Called with the primary's arguments; returns the cache key, or None to skip the cache."""
+
+_MAX_WARNINGS = 256
+
+
+class CacheFirstStrategy:
+    """Serve from ``cache`` first, fill it from the primary, fall back to stale entries.
+
+    ``cache`` defaults to a fresh :class:`MemoryCache` (1024 entries) of this
+    strategy's own; pass a :class:`RedisCache` to share answers between
+    processes. ``key_func(*args, **kwargs)`` names the entry for a call (None:
+    do not cache this call); keys are scoped by service name. Without it, the
+    default key (see ``cache_keys``) caches only calls it can key safely and
+    skips the cache, with one warning, for the others (lambdas, closures,
+    bound methods, objects as arguments). ``clock`` returns seconds; it must
+    agree between processes sharing a Redis cache, hence wall time by default.
+    """
+
+    def __init__(
+        self,
+        cache: CacheBackend | None = None,
+        *,
+        ttl: float = 300.0,
+        stale_if_error: float = 0.0,
+        key_func: KeyFunc | None = None,
+        clock: Callable[[], float] = time.time,
+        name: str = "CacheFirstStrategy",
+    ) -> None:
+        if cache is not None and not isinstance(cache, CacheBackend):
+            raise TypeError(f"'cache' must be a CacheBackend (MemoryCache, RedisCache): {cache!r}")
+        self.ttl = _seconds("ttl", ttl, allow_zero=False)
+        self.stale_if_error = _seconds("stale_if_error", stale_if_error, allow_zero=True)
+        if key_func is not None and not callable(key_func):
+            raise TypeError(f"'key_func' must be callable or None: {key_func!r}")
+        if not callable(clock):
+            raise TypeError(f"'clock' must be callable: {clock!r}")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"'name' must be a non-empty string: {name!r}")
+        self.cache: CacheBackend = cache if cache is not None else MemoryCache(clock=clock)
+        self.key_func = key_func
+        self.name = name
+        self._clock = clock
+        self._flights: SingleFlight[object] = SingleFlight()
+        self._warned: set[str] = set()
+        self._hits = 0
+        self._misses = 0
+        self._stale_served = 0
+        self._declined = 0
+        self._bypassed = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"CacheFirstStrategy({self.cache!r}, ttl={self.ttl:g}, "
+            f"stale_if_error={self.stale_if_error:g}, name={self.name!r})"
+        )
+
+    async def guard(self, call: ServiceCall, proceed: Proceed) -> object:
+        """A fresh cached answer, or the primary's (one call per key at a time), stored."""
+        key = self.cache_key(call)
+        if key is None:
+            return await proceed()
+        entry = await self.cache.get(key)
+        if entry is not None and self._clock() - entry.stored_at < self.ttl:
+            self._hits += 1
+            return GuardAnswer(entry.value, source=self.name, degraded=False)
+        self._misses += 1
+
+        async def fill() -> object:
+            value = await proceed()
+            # An inner guard's substitute (a breaker's fallback) is not the
+            # service's answer and must not be served as fresh later.
+            if type(value) is not GuardAnswer:
+                await self.cache.set(
+                    key, CacheEntry(value, self._clock()), self.ttl + self.stale_if_error
+                )
+            return value
+
+        return await self._flights.run(key, fill)
+
+    async def execute(self, call: ServiceCall, error: Exception) -> object:
+        """The cached answer if it is younger than ttl + stale_if_error; else decline."""
+        key = self.cache_key(call)
+        if key is None:
+            self._declined += 1
+            raise StrategyDeclinedError(f"{self.name}: this call is not cached")
+        entry = await self.cache.get(key)
+        if entry is None:
+            self._declined += 1
+            raise StrategyDeclinedError(f"{self.name}: no cached answer")
+        age = self._clock() - entry.stored_at
+        limit = self.ttl + self.stale_if_error
+        if age >= limit:
+            self._declined += 1
+            raise StrategyDeclinedError(
+                f"{self.name}: cached answer is {age:.3f}s old, "
+                f"past ttl + stale_if_error ({limit:g}s)"
+            )
+        self._stale_served += 1
+        return entry.value
+
+    def cache_key(self, call: ServiceCall) -> str | None:
+        """The key ``call`` is cached under (scoped by service), or None if it is not cached."""
+        if self.key_func is not None:
+            key = self.key_func(*call.args, **call.kwargs)
+            if key is None:
+                self._bypassed += 1
+                return None
+            if not isinstance(key, str):
+                raise TypeError(f"'key_func' must return a str or None: {key!r}")
+            return f"{call.service_name}:{key}"
+        try:
+            digest = default_cache_key(call)
+        except UnkeyableError as exc:
+            self._bypassed += 1
+            self._warn_unkeyable(call.service_name, str(exc))
+            return None
+        return f"{call.service_name}:{digest}"
+
+    async def clear(self) -> int:
+        """Empty the cache (for a RedisCache, every key under its prefix)."""
+        return await self.cache.clear()
+
+    def get_stats(self) -> dict[str, object]:
+        """Hit, miss, stale and single-flight counters, plus the cache's own stats."""
+        return {
+            "ttl": self.ttl,
+            "stale_if_error": self.stale_if_error,
+            "hits": self._hits,
+            "misses": self._misses,
+            "stale_served": self._stale_served,
+            "declined": self._declined,
+            "bypassed": self._bypassed,
+            "primary_flights": self._flights.started,
+            "coalesced_calls": self._flights.joined,
+            "cache": self.cache.get_stats(),
+        }
+
+    def _warn_unkeyable(self, service_name: str, why: str) -> None:
+        marker = f"{service_name}\0{why}"
+        if marker in self._warned or len(self._warned) >= _MAX_WARNINGS:
+            return
+        self._warned.add(marker)
+        logger.warning(
+            "service %r: %s skips the cache for this call: %s; pass key_func to cache it",
+            service_name,
+            self.name,
+            why,
+            extra={"service": service_name, "strategy": self.name},
+        )
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"'{name}' must be a finite number {rule}: {value!r}")
+    return seconds

@@ -1,0 +1,163 @@
+"""The simple strategies: a fallback function, a degraded-mode answer, a circuit breaker.
+
+The cache-first strategy has its own module (``cache_first``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .call import ServiceCall, invoke
+from .protocols import GuardAnswer, Proceed
+from .reasons import describe_error
+
+
+class FallbackStrategy:
+    """Answer a failed call with ``func``, called with the primary's own arguments.
+
+    ``func`` may be sync or async. Its exception counts as this strategy's
+    failure and the manager moves on to the next strategy.
+    """
+
+    def __init__(self, func: Callable[..., object], *, name: str = "FallbackStrategy") -> None:
+        if not callable(func):
+            raise TypeError(f"'func' must be callable: {func!r}")
+        _check_name(name)
+        self.func = func
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"FallbackStrategy({self.func!r}, name={self.name!r})"
+
+    async def execute(self, call: ServiceCall, error: Exception) -> object:
+        """``func(*call.args, **call.kwargs)``."""
+        return await invoke(self.func, call.args, call.kwargs)
+
+
+class DegradedModeStrategy:
+    """Answer a failed call with a simplified response: a value, or a factory of one.
+
+    A callable ``response`` is a factory: it is called with no arguments (sync
+    or async) for each degraded call. Any other value is deep-copied per call,
+    so a caller that edits its answer cannot change the next caller's; a value
+    that cannot be deep-copied is a TypeError here (pass a factory instead). To
+    answer with a callable itself, wrap it: ``DegradedModeStrategy(lambda: fn)``.
+    """
+
+    def __init__(self, response: object, *, name: str = "DegradedModeStrategy") -> None:
+        _check_name(name)
+        self.name = name
+        self._factory: Callable[[], object] | None = None
+        self._value: object = None
+        if callable(response):
+            self._factory = response
+        else:
+            try:
+                copy.deepcopy(response)
+            except Exception as exc:
+                raise TypeError(
+                    f"'response' must be deep-copyable or a factory: {response!r} ({exc})"
+                ) from exc
+            self._value = response
+
+    def __repr__(self) -> str:
+        shown = self._factory if self._factory is not None else self._value
+        return f"DegradedModeStrategy({shown!r}, name={self.name!r})"
+
+    async def execute(self, call: ServiceCall, error: Exception) -> object:
+        """A fresh copy of the value, or what the factory returns."""
+        if self._factory is not None:
+            return await invoke(self._factory, (), {})
+        return copy.deepcopy(self._value)
+
+
+class SupportsCall(Protocol):
+    """What CircuitBreakerStrategy needs: a ``name`` and ``await call(fn, *args, **kwargs)``."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def call(
+        self, fn: Callable[..., object], /, *args: object, **kwargs: object
+    ) -> object: ...
+
+
+@dataclass(slots=True)
+class _Trial:
+    """What happened to the primary inside one breaker call."""
+
+    ran: bool = False
+    succeeded: bool = False
+    error: BaseException | None = field(default=None, repr=False)
+
+
+class CircuitBreakerStrategy:
+    """Route the primary call through ``circuit_breaker``.
+
+    While the circuit is open the primary is not called at all: the breaker's
+    ``CircuitOpenError`` goes straight to the service's fallback strategies.
+    Failures and timeouts of the primary are counted by the breaker and then
+    handled by the strategies like any failure.
+
+    A breaker with its own ``fallback_func`` answers open circuits, failures and
+    timeouts itself. That answer is final: it is returned as a degraded answer
+    from this strategy (``source`` is this strategy's name) and the manager's
+    other strategies are not tried. Give the breaker no ``fallback_func`` to let
+    them decide. The breaker's fallback receives the primary's arguments.
+
+    This strategy only guards; it offers no fallback answer of its own.
+    """
+
+    def __init__(
+        self, circuit_breaker: SupportsCall, *, name: str = "CircuitBreakerStrategy"
+    ) -> None:
+        if not callable(getattr(circuit_breaker, "call", None)):
+            raise TypeError(
+                "'circuit_breaker' must have an async call(fn, *args, **kwargs): "
+                f"{circuit_breaker!r}"
+            )
+        _check_name(name)
+        self.circuit_breaker = circuit_breaker
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"CircuitBreakerStrategy({self.circuit_breaker!r}, name={self.name!r})"
+
+    async def guard(self, call: ServiceCall, proceed: Proceed) -> object:
+        """Run ``proceed`` inside the breaker; label the breaker's own fallback answer."""
+        trial = _Trial()
+
+        async def through(*_args: object, **_kwargs: object) -> object:
+            # The breaker passes the call's arguments (for its fallback's sake);
+            # ``proceed`` already has them.
+            trial.ran = True
+            try:
+                value = await proceed()
+            except BaseException as exc:
+                trial.error = exc
+                raise
+            trial.succeeded = True
+            return value
+
+        value = await self.circuit_breaker.call(through, *call.args, **call.kwargs)
+        if trial.succeeded:
+            return value
+        breaker = self.circuit_breaker.name
+        error = trial.error if isinstance(trial.error, Exception) else None
+        if not trial.ran:
+            reason = f"circuit {breaker!r} is open; its fallback answered"
+        elif isinstance(trial.error, asyncio.CancelledError):
+            reason = f"call through circuit {breaker!r} timed out; its fallback answered"
+        else:
+            failure = describe_error(trial.error) if trial.error is not None else "failed"
+            reason = f"call through circuit {breaker!r} failed ({failure}); its fallback answered"
+        return GuardAnswer(value, source=self.name, degraded=True, reason=reason, error=error)
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"'name' must be a non-empty string: {name!r}")
