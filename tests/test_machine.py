@@ -198,11 +198,13 @@ def test_stale_epoch_result_changes_nothing() -> None:
 
 def test_expired_lease_is_reclaimed() -> None:
     """A trial whose lease ran out frees its permit for another caller."""
-    cfg = CircuitBreakerConfig(failure_threshold=1, recovery_timeout=1, half_open_max_calls=1,
-                               half_open_lease=5)
+    cfg = CircuitBreakerConfig(
+        failure_threshold=1, recovery_timeout=1, half_open_max_calls=1, half_open_lease=5
+    )
     snap = machine.on_failure(Snapshot(), cfg, 0.0, Ticket(0))
     first, snap = machine.admit(snap, cfg, 1.0)
-    assert first.ticket is not None and first.ticket.permit
+    assert first.ticket is not None
+    assert first.ticket.permit
     second, snap = machine.admit(snap, cfg, 2.0)
     assert second.ticket is None
     assert second.retry_after == 4.0
@@ -215,6 +217,7 @@ def test_forced_open_never_half_opens() -> None:
     cfg = CircuitBreakerConfig(recovery_timeout=1)
     snap = machine.force(Snapshot(), OPEN, 0.0)
     admission, snap = machine.admit(snap, cfg, 1e9)
-    assert admission.ticket is None and admission.retry_after is None
+    assert admission.ticket is None
+    assert admission.retry_after is None
     snap = machine.force(snap, CLOSED, 1e9)
     assert machine.admit(snap, cfg, 1e9)[0].ticket is not None
