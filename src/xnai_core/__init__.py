@@ -34,10 +34,36 @@ from .degradation.strategies import (
 )
 
 # --- health (issue 5) ---
+from .health.alerts import Alert, AlertHandler
+from .health.checkers import (
+    CustomHealthChecker,
+    DatabaseHealthChecker,
+    HealthChecker,
+    HealthCheckError,
+    HealthCheckResult,
+    HealthStatus,
+    HTTPHealthChecker,
+    RedisHealthChecker,
+    SupportsHealthCheck,
+)
+from .health.factories import (
+    create_chainlit_ui_health_checker,
+    create_database_health_checker,
+    create_rag_api_health_checker,
+    create_redis_health_checker,
+)
+from .health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
+from .health.hooks import RecoveryHook
+from .health.monitor import HealthMonitor
+from .health.report import HealthReport
+from .health.service import ServiceHealth
 
 # --- recovery (issue 6) ---
 
 __all__ = [
+    "HEALTH_JSON_MEDIA_TYPE",
+    "Alert",
+    "AlertHandler",
     "AllStrategiesFailedError",
     "CacheBackend",
     "CacheEntry",
@@ -49,22 +75,40 @@ __all__ = [
     "CircuitBreakerStrategy",
     "CircuitOpenError",
     "CircuitState",
+    "CustomHealthChecker",
+    "DatabaseHealthChecker",
     "DegradationEvent",
     "DegradationStrategy",
     "DegradedModeStrategy",
     "FallbackStrategy",
     "GuardAnswer",
+    "HTTPHealthChecker",
+    "HealthCheckError",
+    "HealthCheckResult",
+    "HealthChecker",
+    "HealthMonitor",
+    "HealthReport",
+    "HealthStatus",
     "MemoryCache",
     "MemoryStore",
     "PrimaryGuard",
+    "RecoveryHook",
     "RedisCache",
+    "RedisHealthChecker",
     "ServiceCall",
     "ServiceDegradationManager",
+    "ServiceHealth",
     "ServiceResult",
     "ServiceSettings",
     "ServiceTimeoutError",
     "StateStore",
     "StrategyDeclinedError",
+    "SupportsHealthCheck",
+    "create_chainlit_ui_health_checker",
+    "create_database_health_checker",
+    "create_rag_api_health_checker",
+    "create_redis_health_checker",
     "fallback_return_none",
+    "http_status_for",
     "last_call_info",
 ]

@@ -1,0 +1,63 @@
+"""A per-service notification lane: jobs run in order, off the check loop.
+
+Alert handlers, recovery callbacks and the recovery hook may be slow (a webhook,
+a service restart). They run here, one after another, so a check never waits
+for them and their order per service is kept. The queue is bounded: if a hook is
+stuck, the oldest pending jobs are dropped (and logged), never memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger("xnai_core.health.monitor")
+
+Job = Callable[[], Awaitable[None]]
+
+
+class Lane:
+    """Runs queued jobs one at a time in a task that exists only while there is work."""
+
+    def __init__(self, label: str, limit: int = 256) -> None:
+        self._label = label
+        self._pending: deque[Job] = deque(maxlen=limit)
+        self._worker: asyncio.Task[None] | None = None
+        self._dropped = 0
+
+    def push(self, job: Job) -> None:
+        """Queue ``job``; start the worker if it is idle. Needs a running loop."""
+        if len(self._pending) == self._pending.maxlen:
+            self._dropped += 1
+            logger.warning(
+                "notification queue full, dropping the oldest job",
+                extra={"lane": self._label, "dropped": self._dropped},
+            )
+        self._pending.append(job)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(
+                self._drain(), name=f"xnai-health-notify-{self._label}"
+            )
+
+    async def _drain(self) -> None:
+        while self._pending:
+            job = self._pending.popleft()
+            try:
+                await job()
+            except Exception:
+                logger.exception("notification failed", extra={"lane": self._label})
+
+    async def idle(self) -> None:
+        """Wait until every queued job has run."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
+    async def aclose(self) -> None:
+        """Drop pending jobs and cancel the running one."""
+        self._pending.clear()
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)

@@ -1,0 +1,588 @@
+"""Health check results and the checkers that produce them.
+
+A checker answers one question, "how is this service right now?", with a
+:class:`HealthCheckResult`. :class:`HealthChecker` is the base class: subclasses
+implement :meth:`HealthChecker.probe` (return details on success, raise on
+failure) and inherit timing, error capture, the slow-means-degraded rule and
+credential scrubbing. Anything with a ``name`` and an async ``check()`` also
+works with the monitor (:class:`SupportsHealthCheck`).
+
+Checkers never raise from ``check()``: a failure is an unhealthy result that
+carries the error text. Timeouts are enforced by the monitor (and, for HTTP,
+by the client too).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import inspect
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Protocol, runtime_checkable
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import httpx
+import redis.asyncio as aioredis
+
+from ._validate import check_name, check_seconds
+from .redact import redact_url, scrub, url_secrets
+
+__all__ = [
+    "CheckFunction",
+    "CheckReturn",
+    "CustomHealthChecker",
+    "DatabaseHealthChecker",
+    "HTTPHealthChecker",
+    "HealthCheckError",
+    "HealthCheckResult",
+    "HealthChecker",
+    "HealthStatus",
+    "RedisHealthChecker",
+    "SupportsHealthCheck",
+]
+
+DEFAULT_TIMEOUT = 5.0
+USER_AGENT = "xnai-core-health/0.1"
+
+
+class HealthStatus(enum.StrEnum):
+    """How a service is doing; the value is what reports and JSON show.
+
+    Compares equal to its string: ``HealthStatus.HEALTHY == "healthy"``.
+    """
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+HEALTHY = HealthStatus.HEALTHY
+DEGRADED = HealthStatus.DEGRADED
+UNHEALTHY = HealthStatus.UNHEALTHY
+UNKNOWN = HealthStatus.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckResult:
+    """The outcome of one check of one service.
+
+    ``response_time`` is in seconds, ``timestamp`` is wall-clock (``time.time()``)
+    at the start of the check. ``error`` is set when the check failed; it never
+    contains credentials.
+    """
+
+    service: str
+    status: HealthStatus
+    response_time: float = 0.0
+    timestamp: float = field(default_factory=time.time)
+    details: dict[str, object] = field(default_factory=dict)
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        # Accept "healthy" as well as HealthStatus.HEALTHY; reject anything else early.
+        object.__setattr__(self, "status", HealthStatus(self.status))
+        response_time = check_seconds("response_time", self.response_time, allow_zero=True)
+        object.__setattr__(self, "response_time", response_time)
+        if not isinstance(self.details, dict):
+            object.__setattr__(self, "details", dict(self.details))
+
+    @property
+    def ok(self) -> bool:
+        """True when the service answered correctly (healthy, or degraded but answering)."""
+        return self.status in (HEALTHY, DEGRADED)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready copy."""
+        return {
+            "service": self.service,
+            "status": self.status.value,
+            "response_time": self.response_time,
+            "timestamp": self.timestamp,
+            "details": dict(self.details),
+            "error": self.error,
+        }
+
+
+class HealthCheckError(RuntimeError):
+    """Raised by a probe to fail its check with a message and extra details."""
+
+    def __init__(self, message: str, *, details: Mapping[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details: dict[str, object] = dict(details or {})
+
+
+@runtime_checkable
+class SupportsHealthCheck(Protocol):
+    """What the monitor needs from a checker: a name and an async check().
+
+    Optional attributes it uses when present: ``timeout`` (seconds),
+    ``component_type`` (for the health+json view), ``describe()`` (static details
+    for results the monitor creates itself) and ``async aclose()``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def check(self) -> HealthCheckResult: ...
+
+
+def _error_text(exc: BaseException) -> str:
+    message = str(exc)
+    if isinstance(exc, HealthCheckError):
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class HealthChecker(abc.ABC):
+    """Base class for checkers: implement :meth:`probe`, get the rest.
+
+    ``timeout`` bounds one check (the monitor further caps it at its interval).
+    ``degraded_threshold``: a correct answer slower than this many seconds is
+    ``degraded`` rather than ``healthy``; ``None`` disables the rule.
+    """
+
+    # health+json componentType: "component", or "datastore" for databases and caches.
+    component_type: str = "component"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        degraded_threshold: float | None = None,
+    ) -> None:
+        self._name = check_name(name)
+        self.timeout = check_seconds("timeout", timeout)
+        self.degraded_threshold = (
+            None
+            if degraded_threshold is None
+            else check_seconds("degraded_threshold", degraded_threshold)
+        )
+
+    @property
+    def name(self) -> str:
+        """The service this checker watches; unique within a monitor."""
+        return self._name
+
+    @abc.abstractmethod
+    async def probe(self) -> Mapping[str, object] | HealthCheckResult:
+        """Look at the service once.
+
+        Return details (a mapping) when it is fine, or a full
+        :class:`HealthCheckResult` to choose the status yourself. Raise to fail:
+        :class:`HealthCheckError` carries a message and details; any other
+        exception becomes ``"<ExceptionType>: <message>"``.
+        """
+
+    def describe(self) -> dict[str, object]:
+        """Static, credential-free facts put into every result's details."""
+        return {}
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never appear in a result (passwords, tokens)."""
+        return ()
+
+    async def aclose(self) -> None:  # noqa: B027  (optional hook, not abstract)
+        """Release pooled connections; the checker reopens them when used again."""
+
+    async def check(self) -> HealthCheckResult:
+        """Run :meth:`probe`, timed; never raises (except on cancellation)."""
+        timestamp = time.time()
+        started = time.perf_counter()
+        try:
+            outcome = await self.probe()
+        except Exception as exc:
+            extra = exc.details if isinstance(exc, HealthCheckError) else {}
+            return HealthCheckResult(
+                service=self._name,
+                status=UNHEALTHY,
+                response_time=time.perf_counter() - started,
+                timestamp=timestamp,
+                details={**self.describe(), **extra},
+                error=scrub(_error_text(exc), self.secrets()),
+            )
+        elapsed = time.perf_counter() - started
+        if isinstance(outcome, HealthCheckResult):
+            response_time = outcome.response_time if outcome.response_time > 0 else elapsed
+            status = outcome.status
+            details = {**self.describe(), **outcome.details}
+            error = None if outcome.error is None else scrub(outcome.error, self.secrets())
+        else:
+            response_time, status, details, error = elapsed, HEALTHY, dict(outcome), None
+            details = {**self.describe(), **details}
+        if status is HEALTHY and self._is_slow(response_time):
+            status = DEGRADED
+            details["degraded_reason"] = (
+                f"response time {response_time:.3f}s > {self.degraded_threshold:g}s"
+            )
+        return HealthCheckResult(
+            service=self._name,
+            status=status,
+            response_time=response_time,
+            timestamp=timestamp,
+            details=details,
+            error=error,
+        )
+
+    def _is_slow(self, response_time: float) -> bool:
+        return self.degraded_threshold is not None and response_time > self.degraded_threshold
+
+    def __repr__(self) -> str:
+        facts = ", ".join(f"{key}={value!r}" for key, value in self.describe().items())
+        return f"{type(self).__name__}(name={self._name!r}{', ' if facts else ''}{facts})"
+
+
+@cache
+def _default_ssl_context() -> ssl.SSLContext:
+    # One verified context for every checker: building one per client costs
+    # milliseconds and memory, and hundreds of checkers would each pay it.
+    return ssl.create_default_context()
+
+
+class HTTPHealthChecker(HealthChecker):
+    """Checks an HTTP endpoint: an expected status code within the timeout.
+
+    One pooled ``httpx.AsyncClient`` per checker (or the ``client`` you pass,
+    which is then yours to close). Proxies from the environment are ignored
+    unless ``trust_env=True``: a health check should reach the service itself.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = "GET",
+        expected_status: Iterable[int] = range(200, 400),
+        headers: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        degraded_threshold: float | None = None,
+        verify: bool | ssl.SSLContext = True,
+        follow_redirects: bool = False,
+        trust_env: bool = False,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(name, timeout=timeout, degraded_threshold=degraded_threshold)
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"'url' must be an http:// or https:// URL: {redact_url(str(url))!r}")
+        self._url = url
+        self._public_url = redact_url(url)
+        self._secrets = url_secrets(url)
+        self.method = method.upper()
+        self.expected_status = frozenset(expected_status)
+        if not self.expected_status:
+            raise ValueError("'expected_status' must name at least one status code: ()")
+        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._verify = verify
+        self._follow_redirects = follow_redirects
+        self._trust_env = trust_env
+        self._client = client
+        self._owns_client = client is None
+
+    @property
+    def url(self) -> str:
+        """The checked URL, credentials masked."""
+        return self._public_url
+
+    def describe(self) -> dict[str, object]:
+        return {"url": self._public_url, "method": self.method}
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            verify = _default_ssl_context() if self._verify is True else self._verify
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                verify=verify,
+                follow_redirects=self._follow_redirects,
+                trust_env=self._trust_env,
+                # Checks of one service never overlap: one kept-alive connection suffices.
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=1),
+            )
+        return self._client
+
+    async def probe(self) -> Mapping[str, object]:
+        response = await self._get_client().request(self.method, self._url, headers=self._headers)
+        details: dict[str, object] = {"status_code": response.status_code}
+        if response.status_code not in self.expected_status:
+            raise HealthCheckError(
+                f"unexpected HTTP status {response.status_code}", details=details
+            )
+        return details
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.aclose()
+        elif client is not None:
+            self._client = client  # not ours: keep using it
+
+
+class RedisHealthChecker(HealthChecker):
+    """Checks Redis: PING latency plus INFO facts (role, memory, clients, version).
+
+    Uses the ``redis.asyncio.Redis`` client you pass (never closed here), or one
+    built from ``url`` and owned by the checker.
+    """
+
+    component_type = "datastore"
+
+    def __init__(
+        self,
+        name: str = "redis",
+        redis_client: aioredis.Redis | None = None,
+        *,
+        url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        degraded_threshold: float | None = None,
+    ) -> None:
+        super().__init__(name, timeout=timeout, degraded_threshold=degraded_threshold)
+        if redis_client is None and url is None:
+            raise ValueError("'redis_client' or 'url' must be given: None")
+        self._client = redis_client
+        self._url = url
+        self._owns_client = redis_client is None
+        self._secrets: tuple[str, ...] = url_secrets(url) if url else ()
+        if redis_client is not None:
+            password = redis_client.connection_pool.connection_kwargs.get("password")
+            if isinstance(password, str) and password:
+                self._secrets = (password,)
+
+    def describe(self) -> dict[str, object]:
+        if self._client is None and self._url is not None:
+            return {"url": redact_url(self._url)}
+        assert self._client is not None
+        kwargs = self._client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return {"address": f"unix:{kwargs['path']}", "db": kwargs.get("db", 0)}
+        return {
+            "address": f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}",
+            "db": kwargs.get("db", 0),
+        }
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    def _get_client(self) -> aioredis.Redis:
+        if self._client is None:
+            assert self._url is not None
+            self._client = aioredis.Redis.from_url(self._url)
+        return self._client
+
+    async def probe(self) -> Mapping[str, object]:
+        client = self._get_client()
+        started = time.perf_counter()
+        await client.ping()
+        ping_latency = time.perf_counter() - started
+        info = await client.info()
+        details: dict[str, object] = {"ping_latency": ping_latency}
+        for key in (
+            "role",
+            "redis_version",
+            "used_memory",
+            "used_memory_human",
+            "connected_clients",
+        ):
+            value = info.get(key)
+            details[key] = value.decode() if isinstance(value, bytes) else value
+        return details
+
+    async def aclose(self) -> None:
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+class _PgConnection(Protocol):
+    """The slice of ``asyncpg.Connection`` this module uses."""
+
+    async def fetchval(self, query: str) -> object: ...
+
+    async def fetchrow(self, query: str) -> Mapping[str, object] | None: ...
+
+    async def close(self, *, timeout: float | None = None) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def is_closed(self) -> bool: ...
+
+
+_FACTS_QUERY = """
+SELECT current_setting('server_version') AS server_version,
+       current_database() AS database,
+       (SELECT count(*) FROM pg_stat_activity) AS connections,
+       current_setting('max_connections')::int AS max_connections,
+       pg_is_in_recovery() AS in_recovery
+"""
+
+
+class DatabaseHealthChecker(HealthChecker):
+    """Checks PostgreSQL through asyncpg: ``SELECT 1`` latency, version, connections.
+
+    Keeps one connection open between checks and replaces it after any error,
+    so a check measures the server, not a connection handshake, while a dead
+    connection never lingers.
+    """
+
+    component_type = "datastore"
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        degraded_threshold: float | None = None,
+    ) -> None:
+        super().__init__(name, timeout=timeout, degraded_threshold=degraded_threshold)
+        if not isinstance(dsn, str) or not dsn:
+            raise ValueError(f"'dsn' must be a non-empty string: {redact_url(str(dsn))!r}")
+        self._dsn = dsn
+        self._public_dsn = redact_url(dsn)
+        self._secrets = url_secrets(dsn)
+        self._conn: _PgConnection | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The DSN, password masked."""
+        return self._public_dsn
+
+    def describe(self) -> dict[str, object]:
+        return {"dsn": self._public_dsn}
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    async def probe(self) -> Mapping[str, object]:
+        try:
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(self._dsn, timeout=self.timeout)
+                self._conn = conn
+            started = time.perf_counter()
+            await conn.fetchval("SELECT 1")
+            select_latency = time.perf_counter() - started
+            row = await conn.fetchrow(_FACTS_QUERY)
+        except BaseException:
+            # Any failure (or a cancel mid-query) leaves the connection in doubt.
+            self._drop_connection()
+            raise
+        details: dict[str, object] = {"select1_latency": select_latency}
+        if row is not None:
+            for key in ("server_version", "database", "connections", "max_connections"):
+                details[key] = row[key]
+            details["in_recovery"] = row["in_recovery"]
+        return details
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await conn.close(timeout=self.timeout)
+        except Exception:
+            conn.terminate()
+
+
+CheckReturn = bool | Mapping[str, object] | HealthCheckResult | None
+CheckFunction = Callable[[], CheckReturn | Awaitable[CheckReturn]]
+
+
+class CustomHealthChecker(HealthChecker):
+    """Runs your function as a health check.
+
+    ``check_func`` takes no arguments, is sync or async, and returns:
+
+    - ``True`` or ``None``: healthy; ``False``: unhealthy;
+    - a dict: its items become details; an optional ``"status"`` (a
+      :class:`HealthStatus` or its string) or ``"healthy"`` (bool) key sets the
+      status, an optional ``"error"`` key the error text;
+    - a :class:`HealthCheckResult`: taken as the verdict.
+
+    An exception is an unhealthy result carrying the error. Sync functions run in
+    a worker thread (``in_thread=False`` runs them on the event loop, for quick
+    ones); a sync call that outlives its timeout is not started again until it
+    returns, so a stuck function never piles up threads.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        check_func: CheckFunction,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        degraded_threshold: float | None = None,
+        in_thread: bool = True,
+        component_type: str = "component",
+    ) -> None:
+        super().__init__(name, timeout=timeout, degraded_threshold=degraded_threshold)
+        if not callable(check_func):
+            raise TypeError(f"'check_func' must be callable: {check_func!r}")
+        self._func = check_func
+        self._is_async = inspect.iscoroutinefunction(check_func) or inspect.iscoroutinefunction(
+            getattr(check_func, "__call__", None)  # noqa: B004  (async callable objects)
+        )
+        self._in_thread = in_thread
+        self._busy = threading.Event()
+        self.component_type = component_type
+
+    async def _call(self) -> CheckReturn:
+        if self._is_async or not self._in_thread:
+            value = self._func()
+        else:
+            if self._busy.is_set():
+                raise HealthCheckError("previous call of the check function is still running")
+            self._busy.set()
+            value = await asyncio.to_thread(self._run_marked)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    def _run_marked(self) -> CheckReturn | Awaitable[CheckReturn]:
+        try:
+            return self._func()
+        finally:
+            self._busy.clear()
+
+    async def probe(self) -> Mapping[str, object] | HealthCheckResult:
+        value = await self._call()
+        if value is None or value is True:
+            return {}
+        if value is False:
+            raise HealthCheckError("check function returned False")
+        if isinstance(value, HealthCheckResult):
+            return value
+        if isinstance(value, Mapping):
+            details = dict(value)
+            status = details.pop("status", None)
+            error = details.pop("error", None)
+            if status is None:
+                healthy = details.get("healthy", True)
+                status = HEALTHY if healthy is not False else UNHEALTHY
+            result_status = HealthStatus(str(status))
+            if result_status is UNHEALTHY and error is None:
+                error = "check function reported unhealthy"
+            return HealthCheckResult(
+                service=self.name,
+                status=result_status,
+                details=details,
+                error=None if error is None else str(error),
+            )
+        raise TypeError(
+            "check function must return bool, dict, HealthCheckResult or None: "
+            f"{type(value).__name__}"
+        )

@@ -1,0 +1,52 @@
+"""ServiceHealth: what the monitor knows about one service, as an immutable snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checkers import HealthCheckResult, HealthStatus
+from .report import ServiceReport
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceHealth:
+    """One service's status, streaks, totals and last result.
+
+    Times are wall-clock seconds (``time.time()``); ``None`` until known.
+    ``success_rate`` is a percentage over the monitor's alert window.
+    """
+
+    name: str
+    status: HealthStatus = HealthStatus.UNKNOWN
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    total_checks: int = 0
+    total_failures: int = 0
+    last_check: float | None = None
+    response_time: float | None = None
+    last_success: float | None = None
+    last_failure: float | None = None
+    success_rate: float | None = None
+    last_result: HealthCheckResult | None = None
+    component_type: str = "component"
+    interval: float = 30.0
+
+    def report_entry(self) -> ServiceReport:
+        """The seed's per-service report entry, exactly its seven keys.
+
+        ``details`` holds the last result's details, plus ``error`` when it failed.
+        """
+        details: dict[str, object] = {}
+        if self.last_result is not None:
+            details.update(self.last_result.details)
+            if self.last_result.error is not None:
+                details["error"] = self.last_result.error
+        return {
+            "status": self.status.value,
+            "last_check": self.last_check,
+            "response_time": self.response_time,
+            "consecutive_failures": self.consecutive_failures,
+            "consecutive_successes": self.consecutive_successes,
+            "total_checks": self.total_checks,
+            "details": details,
+        }
