@@ -145,3 +145,9 @@ def file_deadline(key: object, timeout: float) -> tuple[DeadlineKeeper, Generati
             raise RuntimeError("a deadline needs a running asyncio task")
     assert keeper is not None
     return keeper, keeper.file(task, key, timeout)
+
+
+def pending_deadlines() -> int:
+    """Deadlines still filed on this thread's current keeper (for tests and diagnostics)."""
+    keeper: DeadlineKeeper | None = getattr(_thread_keeper, "keeper", None)
+    return 0 if keeper is None else len(keeper)
