@@ -25,9 +25,7 @@ class FakeClock:
         self.now += seconds
 
 
-def breaker_with_clock(
-    clock: FakeClock, fallback: Any = None, **config: Any
-) -> CircuitBreaker:
+def breaker_with_clock(clock: FakeClock, fallback: Any = None, **config: Any) -> CircuitBreaker:
     """An in-memory breaker whose store reads ``clock``."""
     config.setdefault("name", "test")
     cfg = CircuitBreakerConfig(**config)

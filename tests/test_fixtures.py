@@ -22,7 +22,9 @@ async def test_private_redis_answers_and_dies(private_redis: PrivateRedis) -> No
         await client.aclose()
 
 
-async def test_shared_redis_cleans_its_prefix(shared_redis: aioredis.Redis, key_prefix: str) -> None:
+async def test_shared_redis_cleans_its_prefix(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
     """Keys under the test's prefix can be written to the shared server."""
     await shared_redis.set(f"{key_prefix}:k", "v")
     assert await shared_redis.get(f"{key_prefix}:k") == b"v"

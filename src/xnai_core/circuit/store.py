@@ -97,7 +97,9 @@ class MemoryStore:
     def add_transition_callback(self, callback: TransitionCallback) -> None:
         self._callbacks.append(callback)
 
-    def _apply(self, step: Callable[[Snapshot, float], Snapshot], reason: str | None = None) -> None:
+    def _apply(
+        self, step: Callable[[Snapshot, float], Snapshot], reason: str | None = None
+    ) -> None:
         with self._lock:
             old = self._snap
             new = step(old, self._clock())
