@@ -131,12 +131,19 @@ class CacheFirstStrategy:
     def cache_key(self, call: ServiceCall) -> str | None:
         """The key ``call`` is cached under (scoped by service), or None if it is not cached."""
         if self.key_func is not None:
-            key = self.key_func(*call.args, **call.kwargs)
+            try:
+                key = self.key_func(*call.args, **call.kwargs)
+            except Exception as exc:
+                key = None
+                self._warn_unkeyable(call.service_name, f"key_func raised {exc!r}", bug=True)
+            else:
+                if key is not None and not isinstance(key, str):
+                    why = f"'key_func' must return a str or None: {key!r}"
+                    self._warn_unkeyable(call.service_name, why, bug=True)
+                    key = None
             if key is None:
                 self._bypassed += 1
                 return None
-            if not isinstance(key, str):
-                raise TypeError(f"'key_func' must return a str or None: {key!r}")
             return f"{call.service_name}:{key}"
         try:
             digest = default_cache_key(call)
@@ -165,11 +172,22 @@ class CacheFirstStrategy:
             "cache": self.cache.get_stats(),
         }
 
-    def _warn_unkeyable(self, service_name: str, why: str) -> None:
+    def _warn_unkeyable(self, service_name: str, why: str, *, bug: bool = False) -> None:
+        # Once per service and cause: a resilience layer must not turn a bad key
+        # into an outage, nor hide it, nor flood the log.
         marker = f"{service_name}\0{why}"
         if marker in self._warned or len(self._warned) >= _MAX_WARNINGS:
             return
         self._warned.add(marker)
+        if bug:
+            logger.error(
+                "service %r: %s skips the cache for this call: %s",
+                service_name,
+                self.name,
+                why,
+                extra={"service": service_name, "strategy": self.name},
+            )
+            return
         logger.warning(
             "service %r: %s skips the cache for this call: %s; pass key_func to cache it",
             service_name,

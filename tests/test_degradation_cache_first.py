@@ -1,0 +1,391 @@
+"""CacheFirstStrategy over the in-process cache: fresh hits, TTL, stale-if-error, single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from xnai_core.degradation.cache import CacheEntry, MemoryCache
+from xnai_core.degradation.cache_first import CacheFirstStrategy, KeyFunc
+from xnai_core.degradation.call import ServiceCall
+from xnai_core.degradation.errors import AllStrategiesFailedError, StrategyDeclinedError
+from xnai_core.degradation.manager import ServiceDegradationManager
+from xnai_core.degradation.strategies import DegradedModeStrategy
+
+
+class FakeClock:
+    """Seconds that move only when told."""
+
+    def __init__(self, now: float = 10_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """A primary service whose health the test controls; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.healthy = True
+
+    async def answer(self, prompt: str) -> dict[str, str]:
+        self.calls += 1
+        if not self.healthy:
+            raise ConnectionError("LLM down")
+        return {"answer": f"{prompt}#{self.calls}"}
+
+
+# Module-level functions: the default key can name them safely.
+BACKEND = Backend()
+
+
+async def ask(prompt: str) -> dict[str, str]:
+    return await BACKEND.answer(prompt)
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend() -> None:
+    BACKEND.calls = 0
+    BACKEND.healthy = True
+
+
+def cached_manager(
+    clock: FakeClock,
+    *,
+    ttl: float = 60.0,
+    stale: float = 0.0,
+    fallback: bool = True,
+    key_func: KeyFunc | None = None,
+) -> tuple[ServiceDegradationManager, CacheFirstStrategy]:
+    manager = ServiceDegradationManager(clock=clock)
+    strategy = CacheFirstStrategy(ttl=ttl, stale_if_error=stale, clock=clock, key_func=key_func)
+    manager.add_service_strategy("llm", strategy, priority=20)
+    if fallback:
+        manager.add_service_strategy("llm", DegradedModeStrategy("sorry"), priority=0)
+    return manager, strategy
+
+
+# -- MemoryCache -----------------------------------------------------------------------
+
+
+async def test_memory_cache_evicts_the_least_recently_used() -> None:
+    """Past max_entries, the entry used longest ago goes first."""
+    cache = MemoryCache(max_entries=2)
+    await cache.set("a", CacheEntry(1, 0.0), 60)
+    await cache.set("b", CacheEntry(2, 0.0), 60)
+    assert await cache.get("a") is not None  # a is now the most recent
+    await cache.set("c", CacheEntry(3, 0.0), 60)
+    assert [await cache.get(k) is not None for k in "abc"] == [True, False, True]
+    assert cache.get_stats() == {
+        "backend": "memory",
+        "entries": 2,
+        "max_entries": 2,
+        "evictions": 1,
+    }
+
+
+async def test_memory_cache_forgets_after_keep_for() -> None:
+    """An entry is gone once its keep_for has passed on the cache's clock."""
+    clock = FakeClock(0.0)
+    cache = MemoryCache(clock=clock)
+    await cache.set("k", CacheEntry("v", 0.0), 10)
+    clock.now = 9.999
+    assert await cache.get("k") == CacheEntry("v", 0.0)
+    clock.now = 10.0
+    assert await cache.get("k") is None
+    assert len(cache) == 0
+
+
+def test_memory_cache_bound_is_validated() -> None:
+    """max_entries must be a positive int."""
+    with pytest.raises(ValueError, match="'max_entries' must be >= 1: 0"):
+        MemoryCache(max_entries=0)
+    with pytest.raises(TypeError, match=r"'max_entries' must be an int: 2\.5"):
+        MemoryCache(max_entries=2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl": 0}, "'ttl' must be a finite number > 0: 0"),
+        ({"ttl": float("inf")}, "'ttl' must be a finite number > 0: inf"),
+        ({"stale_if_error": -1}, "'stale_if_error' must be a finite number >= 0: -1"),
+    ],
+)
+def test_cache_first_settings_are_validated(kwargs: dict[str, float], message: str) -> None:
+    """ttl and stale_if_error are checked at construction."""
+    with pytest.raises(ValueError, match=message):
+        CacheFirstStrategy(**kwargs)
+
+
+def test_cache_first_rejects_a_non_cache() -> None:
+    """Passing something that is not a cache backend is a TypeError."""
+    with pytest.raises(TypeError, match="'cache' must be a CacheBackend"):
+        CacheFirstStrategy({})  # type: ignore[arg-type]
+
+
+# -- fresh hits and TTL ------------------------------------------------------------------
+
+
+async def test_fresh_entry_is_served_without_calling_the_primary() -> None:
+    """Within ttl the cached answer comes back, labelled as a (non-degraded) cache hit."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock)
+    first = await manager.call_service_detailed("llm", ask, "q")
+    clock.now += 59.9
+    second = await manager.call_service_detailed("llm", ask, "q")
+    assert BACKEND.calls == 1
+    assert first.value == second.value == {"answer": "q#1"}
+    assert (first.source, first.degraded) == ("primary", False)
+    assert (second.source, second.degraded) == ("CacheFirstStrategy", False)
+    stats = manager.get_degradation_stats()["services"]["llm"]
+    assert (stats["primary_successes"], stats["cache_hits"]) == (1, 1)
+
+
+async def test_after_ttl_the_primary_is_called_again() -> None:
+    """An entry older than ttl is refreshed from the primary."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock)
+    await manager.call_service("llm", ask, "q")
+    clock.now += 60.0
+    assert await manager.call_service("llm", ask, "q") == {"answer": "q#2"}
+    assert BACKEND.calls == 2
+
+
+async def test_different_arguments_are_different_entries() -> None:
+    """Each distinct call is cached on its own."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock)
+    assert await manager.call_service("llm", ask, "a") == {"answer": "a#1"}
+    assert await manager.call_service("llm", ask, "b") == {"answer": "b#2"}
+    assert await manager.call_service("llm", ask, "a") == {"answer": "a#1"}
+
+
+# -- stale-if-error ----------------------------------------------------------------------
+
+
+async def test_stale_entry_is_served_when_the_primary_fails() -> None:
+    """Past ttl but within the stale window, a failing primary is answered from the cache."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock, ttl=60, stale=300)
+    await manager.call_service("llm", ask, "q")
+    BACKEND.healthy = False
+    clock.now += 60 + 299.9
+    result = await manager.call_service_detailed("llm", ask, "q")
+    assert result.value == {"answer": "q#1"}
+    assert (result.source, result.degraded) == ("CacheFirstStrategy", True)
+    assert result.info.reason == "ConnectionError: LLM down"
+    assert BACKEND.calls == 2  # the primary was tried first
+
+
+async def test_past_the_stale_window_the_next_strategy_answers() -> None:
+    """At ttl + stale_if_error the entry is no use; the cache declines, the fallback answers."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock, ttl=60, stale=300)
+    await manager.call_service("llm", ask, "q")
+    BACKEND.healthy = False
+    clock.now += 360
+    result = await manager.call_service_detailed("llm", ask, "q")
+    assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
+    assert strategy.get_stats()["declined"] == 1
+
+
+async def test_without_a_stale_window_a_failure_is_not_served_stale() -> None:
+    """stale_if_error=0 (the default) never serves an expired entry."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock, ttl=60, stale=0, fallback=False)
+    await manager.call_service("llm", ask, "q")
+    BACKEND.healthy = False
+    clock.now += 60
+    with pytest.raises(AllStrategiesFailedError) as caught:
+        await manager.call_service("llm", ask, "q")
+    assert [type(e) for e in caught.value.exceptions] == [ConnectionError, StrategyDeclinedError]
+    assert str(caught.value.exceptions[1]) == "CacheFirstStrategy: no cached answer"
+
+
+async def test_a_miss_with_a_failing_primary_declines() -> None:
+    """Nothing cached and the primary down: the cache declines with 'no cached answer'."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock, fallback=False)
+    BACKEND.healthy = False
+    with pytest.raises(AllStrategiesFailedError) as caught:
+        await manager.call_service("llm", ask, "q")
+    assert str(caught.value.strategy_errors[0][1]) == "CacheFirstStrategy: no cached answer"
+
+
+async def test_failures_are_not_cached() -> None:
+    """A failed primary stores nothing; the next healthy call goes to the primary."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock)
+    BACKEND.healthy = False
+    assert await manager.call_service("llm", ask, "q") == "sorry"
+    BACKEND.healthy = True
+    assert await manager.call_service("llm", ask, "q") == {"answer": "q#2"}
+
+
+async def test_degraded_answers_are_not_cached() -> None:
+    """A fallback's answer is never stored as if the primary had said it."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock)
+    BACKEND.healthy = False
+    await manager.call_service("llm", ask, "q")
+    assert strategy.cache.get_stats()["entries"] == 0
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+async def test_key_func_names_the_entry() -> None:
+    """A user key function decides which calls share an entry."""
+    clock = FakeClock()
+    manager = ServiceDegradationManager(clock=clock)
+    strategy = CacheFirstStrategy(key_func=lambda prompt, **_: prompt.lower(), clock=clock)
+    manager.add_service_strategy("llm", strategy)
+    await manager.call_service("llm", ask, "Hello")
+    assert await manager.call_service("llm", ask, "HELLO") == {"answer": "Hello#1"}
+    assert strategy.cache_key(ServiceCall("llm", ask, ("hello",), {})) == "llm:hello"
+
+
+async def test_key_func_none_skips_the_cache() -> None:
+    """A key function returning None means: do not cache this call."""
+    clock = FakeClock()
+    manager = ServiceDegradationManager(clock=clock)
+    strategy = CacheFirstStrategy(key_func=lambda prompt: None, clock=clock)
+    manager.add_service_strategy("llm", strategy)
+    await manager.call_service("llm", ask, "q")
+    await manager.call_service("llm", ask, "q")
+    assert BACKEND.calls == 2
+    assert strategy.get_stats()["bypassed"] == 2
+
+
+async def test_a_broken_key_func_is_logged_and_skips_the_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key function returning a non-string or raising: one ERROR each, the call still works."""
+
+    def raising(prompt: str) -> str:
+        raise KeyError(prompt)
+
+    manager = ServiceDegradationManager()
+    manager.add_service_strategy("a", CacheFirstStrategy(key_func=lambda prompt: 42))
+    manager.add_service_strategy("b", CacheFirstStrategy(key_func=raising))
+    for _ in range(2):
+        assert (await manager.call_service("a", ask, "q"))["answer"].startswith("q#")
+        assert (await manager.call_service("b", ask, "q"))["answer"].startswith("q#")
+    assert BACKEND.calls == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "service 'a': CacheFirstStrategy skips the cache for this call: "
+        "'key_func' must return a str or None: 42",
+        "service 'b': CacheFirstStrategy skips the cache for this call: "
+        "key_func raised KeyError('q')",
+    ]
+
+
+async def test_unkeyable_calls_skip_the_cache_and_warn_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lambda primary cannot be keyed safely: no caching, one warning, still answered."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock)
+    for _ in range(3):
+        assert (await manager.call_service("llm", lambda: ask("q")))["answer"].startswith("q#")
+    assert BACKEND.calls == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "skips the cache for this call" in warnings[0]
+    assert "pass key_func" in warnings[0]
+    assert strategy.get_stats()["bypassed"] == 3
+
+
+# -- single flight ---------------------------------------------------------------------------
+
+
+async def test_one_hundred_concurrent_misses_make_one_primary_call() -> None:
+    """100 callers missing the same key share a single primary call and its answer."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock, key_func=str)
+    gate = asyncio.Event()
+    calls = 0
+
+    async def slow_ask(prompt: str) -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return {"answer": prompt}
+
+    tasks = [asyncio.create_task(manager.call_service("llm", slow_ask, "q")) for _ in range(100)]
+    await asyncio.sleep(0.01)  # let every caller reach the flight
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert calls == 1
+    assert results == [{"answer": "q"}] * 100
+    stats = strategy.get_stats()
+    assert (stats["primary_flights"], stats["coalesced_calls"]) == (1, 99)
+    assert manager.get_degradation_stats()["services"]["llm"]["primary_successes"] == 100
+
+
+async def test_one_hundred_concurrent_misses_share_one_failure() -> None:
+    """When the single primary call fails, all 100 callers fall back; it ran once."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock, key_func=str)
+    gate = asyncio.Event()
+    calls = 0
+
+    async def slow_fail(prompt: str) -> str:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        raise ConnectionError("LLM down")
+
+    tasks = [asyncio.create_task(manager.call_service("llm", slow_fail, "q")) for _ in range(100)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.gather(*tasks) == ["sorry"] * 100
+    assert calls == 1
+
+
+async def test_distinct_keys_fly_separately() -> None:
+    """Concurrent misses for different keys do not wait on each other."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock, key_func=str)
+    gate = asyncio.Event()
+
+    async def slow_ask(prompt: str) -> str:
+        await gate.wait()
+        return prompt
+
+    tasks = [
+        asyncio.create_task(manager.call_service("llm", slow_ask, f"q{i % 10}")) for i in range(100)
+    ]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.gather(*tasks) == [f"q{i % 10}" for i in range(100)]
+    assert strategy.get_stats()["primary_flights"] == 10
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_flight() -> None:
+    """The first caller giving up leaves the shared call running for the others."""
+    clock = FakeClock()
+    manager, _ = cached_manager(clock, key_func=str)
+    gate = asyncio.Event()
+
+    async def slow_ask(prompt: str) -> str:
+        await gate.wait()
+        return prompt
+
+    leader = asyncio.create_task(manager.call_service("llm", slow_ask, "q"))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(manager.call_service("llm", slow_ask, "q"))
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await follower == "q"
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert await manager.call_service("llm", slow_ask, "q") == "q"  # cached by the flight

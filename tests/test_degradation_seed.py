@@ -1,0 +1,81 @@
+"""The seed's "Graceful Degradation" example, verbatim, against a failing and a working LLM."""
+
+from __future__ import annotations
+
+from app.XNAi_rag_app.core import last_call_info
+
+
+async def test_seed_example_degrades_when_the_llm_fails() -> None:
+    """The fallback's answer comes back when expensive_llm_operation raises."""
+
+    async def expensive_llm_operation() -> dict[str, object]:
+        raise ConnectionError("LLM server refused the connection")
+
+    # --- the seed, verbatim ---
+    # fmt: off
+    from app.XNAi_rag_app.core import ServiceDegradationManager, FallbackStrategy  # noqa: I001
+
+    # Create degradation manager
+    degradation_manager = ServiceDegradationManager()
+
+    # Add fallback strategy
+    async def llm_fallback():
+        return {"response": "Service temporarily unavailable", "degraded": True}
+
+    degradation_manager.add_service_strategy(
+        "llm_service",
+        FallbackStrategy(llm_fallback),
+        priority=10
+    )
+
+    # Use with degradation
+    result = await degradation_manager.call_service(
+        "llm_service",
+        expensive_llm_operation
+    )
+    # fmt: on
+    # --- end of the seed ---
+
+    assert result == {"response": "Service temporarily unavailable", "degraded": True}
+    info = last_call_info()
+    assert info is not None
+    assert (info.degraded, info.source) == (True, "FallbackStrategy")
+
+
+async def test_seed_example_returns_the_real_answer_when_the_llm_works() -> None:
+    """The primary's own answer comes back when expensive_llm_operation works."""
+
+    async def expensive_llm_operation() -> dict[str, object]:
+        return {"response": "Paris is the capital of France.", "degraded": False}
+
+    # --- the seed, verbatim ---
+    # fmt: off
+    from app.XNAi_rag_app.core import ServiceDegradationManager, FallbackStrategy  # noqa: I001
+
+    # Create degradation manager
+    degradation_manager = ServiceDegradationManager()
+
+    # Add fallback strategy
+    async def llm_fallback():
+        return {"response": "Service temporarily unavailable", "degraded": True}
+
+    degradation_manager.add_service_strategy(
+        "llm_service",
+        FallbackStrategy(llm_fallback),
+        priority=10
+    )
+
+    # Use with degradation
+    result = await degradation_manager.call_service(
+        "llm_service",
+        expensive_llm_operation
+    )
+    # fmt: on
+    # --- end of the seed ---
+
+    assert result == {"response": "Paris is the capital of France.", "degraded": False}
+    info = last_call_info()
+    assert info is not None
+    assert (info.degraded, info.source) == (False, "primary")
+    stats = degradation_manager.get_degradation_stats()["services"]["llm_service"]
+    assert (stats["calls"], stats["primary_successes"], stats["degraded_responses"]) == (1, 1, 0)
