@@ -1,0 +1,27 @@
+"""Automated recovery: rules, real actions, backoff, cooldown, escalation and statistics.
+
+Modules, one concept each:
+
+- ``rule``: :class:`RecoveryActionType`, :class:`RecoveryRule` (validated), the backoff formula.
+- ``actions``: the actions themselves (command, cache clear, signal, callable).
+- ``stats``: attempt records and the seed's statistics.
+- ``manager``: :class:`RecoveryManager`, the episode loop that ties them together.
+"""
+
+from __future__ import annotations
+
+from .actions import ActionOutcome
+from .manager import RecoveryManager, RecoveryPhase
+from .rule import RecoveryActionType, RecoveryRule, backoff_delay
+from .stats import AttemptOutcome, RecoveryAttempt
+
+__all__ = [
+    "ActionOutcome",
+    "AttemptOutcome",
+    "RecoveryActionType",
+    "RecoveryAttempt",
+    "RecoveryManager",
+    "RecoveryPhase",
+    "RecoveryRule",
+    "backoff_delay",
+]

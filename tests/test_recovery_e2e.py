@@ -1,0 +1,292 @@
+"""Recovery end to end: a real HealthMonitor, real child processes, real HTTP on loopback.
+
+Intervals, grace periods and backoffs are fractions of a second so the real
+waits stay short; nothing here asserts how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from xnai_core.health.alerts import Alert
+from xnai_core.health.checkers import HTTPHealthChecker
+from xnai_core.health.monitor import HealthMonitor
+from xnai_core.recovery import RecoveryManager, RecoveryRule
+
+PY = sys.executable
+
+SERVER = textwrap.dedent(
+    """
+    import http.server, os, sys
+    port, pid_file = int(sys.argv[1]), sys.argv[2]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status": "pass"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Health)
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(pid_file + ".tmp", pid_file)
+    server.serve_forever()
+    """
+)
+
+# The restart command: start the server detached (its own session, no shared output)
+# and exit at once, as `systemctl restart` or a supervisor's start script would.
+START = textwrap.dedent(
+    """
+    import subprocess, sys
+    server, port, pid_file = sys.argv[1:4]
+    subprocess.Popen(
+        [sys.executable, server, port, pid_file],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    print("started web on port", port)
+    """
+)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class WebService:
+    """A real HTTP server in a child process, its pid in a file, and its restart command."""
+
+    port: int
+    pid_file: Path
+    restart_command: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def pid(self) -> int:
+        return int(self.pid_file.read_text())
+
+    def start(self) -> None:
+        self.pid_file.unlink(missing_ok=True)
+        subprocess.run(self.restart_command, check=True, capture_output=True)
+        deadline = time.monotonic() + 10
+        while not (self.pid_file.exists() and _listening(self.port)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("web service did not start")
+            time.sleep(0.02)
+
+    def kill(self) -> int:
+        """SIGKILL the server, as a crash would; return the dead pid."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _listening(self.port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return pid
+
+    def stop(self) -> None:
+        if self.pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(self.pid(), signal.SIGKILL)
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> WebService:
+    server = tmp_path / "server.py"
+    server.write_text(SERVER)
+    start = tmp_path / "start.py"
+    start.write_text(START)
+    port = free_port()
+    pid_file = tmp_path / "web.pid"
+    service = WebService(port, pid_file, [PY, str(start), str(server), str(port), str(pid_file)])
+    yield service  # type: ignore[misc]
+    service.stop()
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[list[object]]:
+    """Closes whatever monitors and managers a test builds, in reverse order."""
+    things: list[object] = []
+    yield things
+    for thing in reversed(things):
+        if isinstance(thing, HealthMonitor):
+            await thing.stop_monitoring()
+        elif isinstance(thing, RecoveryManager):
+            await thing.aclose()
+
+
+def build(
+    stack: list[object],
+    checker_url: str,
+    rule: RecoveryRule,
+    *,
+    interval: float = 0.1,
+    failure_threshold: int = 2,
+    **manager_kwargs: object,
+) -> tuple[HealthMonitor, RecoveryManager]:
+    manager = RecoveryManager(verify_interval=0.05, **manager_kwargs)  # type: ignore[arg-type]
+    manager.add_rule(rule)
+    monitor = HealthMonitor(
+        check_interval=interval,
+        recovery_manager=manager,
+        failure_threshold=failure_threshold,
+        success_threshold=2,
+        jitter=lambda interval: 0.0,
+    )
+    monitor.add_checker(HTTPHealthChecker(rule.service_name, checker_url, timeout=interval))
+    stack.extend([manager, monitor])
+    return monitor, manager
+
+
+async def test_killed_http_server_is_restarted_by_the_restart_command(
+    web: WebService, stack: list[object]
+) -> None:
+    """Killed server -> unhealthy -> restart command -> healthy; one successful restart."""
+    web.start()
+    rule = RecoveryRule(
+        "web",
+        "restart_service",
+        command=web.restart_command,
+        failure_threshold=2,
+        grace_period=10.0,
+        backoff_base=0.1,
+        backoff_max=1.0,
+        cooldown=0.0,
+        stable_period=5.0,
+        timeout=10.0,
+    )
+    monitor, manager = build(stack, web.url, rule)
+    await monitor.start_monitoring()
+    assert await monitor.wait_for_status("web", "healthy", timeout=10)
+
+    old_pid = web.kill()
+    assert await monitor.wait_for_status("web", "unhealthy", timeout=10)
+    await _eventually(lambda: manager.get_recovery_stats()["total_attempts"] == 1)
+    await manager.wait_idle()
+
+    assert monitor.get_status("web") == "healthy"
+    assert web.pid() != old_pid
+    assert not _alive(old_pid)
+    stats = manager.get_recovery_stats()
+    assert stats["total_attempts"] == 1
+    assert stats["success_rate"] == 1.0
+    assert stats["actions_by_type"]["restart_service"] == 1  # type: ignore[index]
+    assert stats["average_recovery_time"] > 0  # type: ignore[operator]
+    last = stats["services"]["web"]["last_attempt"]  # type: ignore[index]
+    assert last["outcome"] == "succeeded"
+    assert last["exit_code"] == 0
+    assert last["output_tail"] == f"started web on port {web.port}\n"
+    assert last["recovery_time"] == pytest.approx(stats["average_recovery_time"], abs=1e-5)
+    assert stats["services"]["web"]["recovered_episodes"] == 1  # type: ignore[index]
+
+
+async def test_service_that_never_comes_back_escalates_once_and_stays_latched(
+    web: WebService, stack: list[object], tmp_path: Path
+) -> None:
+    """Attempts follow the backoff, stop at max_attempts, escalate once, stay latched."""
+    stamps = tmp_path / "attempts"
+    # A "restart" that exits 0 and starts nothing: only the monitor can tell it failed.
+    noop_restart = [
+        PY,
+        "-c",
+        "import sys, time; open(sys.argv[1], 'a').write(f'{time.monotonic()}\\n')",
+        str(stamps),
+    ]
+    rule = RecoveryRule(
+        "web",
+        "restart_service",
+        command=noop_restart,
+        failure_threshold=2,
+        max_attempts=3,
+        grace_period=0.4,
+        backoff_base=0.2,
+        backoff_max=0.3,
+        jitter=0.5,
+        cooldown=0.0,
+        stable_period=5.0,
+    )
+    monitor, manager = build(stack, web.url, rule, random=lambda: 0.0)
+    monitor_alerts: list[Alert] = []
+    manager_alerts: list[Alert] = []
+    monitor.add_alert_handler(monitor_alerts.append)
+    manager.add_alert_handler(manager_alerts.append)
+    await monitor.start_monitoring()
+    await _eventually(lambda: manager.is_escalated("web"))
+    await manager.wait_idle()
+
+    times = [float(line) for line in stamps.read_text().split()]
+    assert len(times) == 3
+    # retry n waits min(0.3, 0.2 * 2**(n-1)) after a 0.4 s grace: at least 0.6 s, then 0.7 s
+    assert times[1] - times[0] >= 0.4 + 0.2
+    assert times[2] - times[1] >= 0.4 + 0.3
+    escalations = [a for a in monitor_alerts if a.kind == "manual_intervention"]
+    assert len(escalations) == 1
+    assert escalations[0].severity == "critical"
+    assert escalations[0].key == "web:manual_intervention"
+    assert manager_alerts == escalations
+    assert "web:manual_intervention" in [a.key for a in monitor.get_active_alerts()]
+
+    # The service flaps (up, then down again): still latched, nothing runs, no new page.
+    web.start()
+    assert await monitor.wait_for_status("web", "healthy", timeout=10)
+    web.kill()
+    assert await monitor.wait_for_status("web", "unhealthy", timeout=10)
+    await monitor.drain_notifications()
+    await manager.wait_idle()
+    assert len(stamps.read_text().split()) == 3
+    assert len([a for a in monitor_alerts if a.kind == "manual_intervention"]) == 1
+    detail = manager.get_recovery_stats()["services"]["web"]  # type: ignore[index]
+    assert detail["state"] == "escalated"
+    assert detail["suppressed_while_escalated"] >= 1
+
+    # A human resets it: the page resolves and recovery resumes at once.
+    assert await manager.reset("web")
+    resolved = [a for a in monitor_alerts if a.kind == "manual_intervention" and a.resolved]
+    assert len(resolved) == 1
+    assert resolved[0].key == "web:manual_intervention"
+    assert "web:manual_intervention" not in [a.key for a in monitor.get_active_alerts()]
+    await _eventually(lambda: len(stamps.read_text().split()) >= 4)
