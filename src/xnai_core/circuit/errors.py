@@ -20,10 +20,15 @@ class CircuitOpenError(Exception):
     """
 
     def __init__(self, name: str, retry_after: float | None) -> None:
+        # Rejections are the open circuit's hot path: the message is built only when read.
+        super().__init__(name, retry_after)
         self.name = name
         self.retry_after = retry_after
-        when = "until reset" if retry_after is None else f"retry after {retry_after:.3f}s"
-        super().__init__(f"circuit '{name}' is open: {when}")
+
+    def __str__(self) -> str:
+        if self.retry_after is None:
+            return f"circuit '{self.name}' is open: until reset"
+        return f"circuit '{self.name}' is open: retry after {self.retry_after:.3f}s"
 
     def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float | None]]:
         return (type(self), (self.name, self.retry_after))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .config import CircuitBreakerConfig
 
@@ -56,20 +57,23 @@ class Snapshot:
     forced: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Ticket:
+# Ticket and Admission are made on every failure and rejection: named tuples are
+# several times cheaper to build than frozen dataclasses, and as immutable.
+class Ticket(NamedTuple):
     """What an admitted call carries back with its result."""
 
     epoch: int
     permit: int = 0  # 0: not a half-open trial
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """The answer to "may this call run?"."""
 
     ticket: Ticket | None  # None: rejected
     retry_after: float | None = None  # seconds until a call may be admitted; None: unknown
+
+
+_FORCED_OPEN = Admission(None, None)
 
 
 def _open(snap: Snapshot, now: float, failure_count: int) -> Snapshot:
@@ -102,7 +106,7 @@ def admit(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> tuple[Adm
         return Admission(Ticket(snap.epoch)), snap
     if snap.state is OPEN:
         if snap.forced:
-            return Admission(None, None), snap
+            return _FORCED_OPEN, snap
         reopen_at = snap.opened_at + config.recovery_timeout
         if now < reopen_at:
             return Admission(None, reopen_at - now), snap
