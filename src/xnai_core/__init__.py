@@ -11,7 +11,9 @@ from __future__ import annotations
 from .circuit.breaker import CircuitBreaker, fallback_return_none
 from .circuit.config import CircuitBreakerConfig
 from .circuit.errors import CircuitOpenError
+from .circuit.factory import RedisConnectionManager, create_redis_circuit_breaker
 from .circuit.machine import CircuitState
+from .circuit.redis_store import RedisStore
 from .circuit.registry import CircuitBreakerRegistry
 from .circuit.store import MemoryStore, StateStore
 
@@ -59,6 +61,7 @@ from .health.report import HealthReport
 from .health.service import ServiceHealth
 
 # --- recovery (issue 6) ---
+from .recovery import RecoveryActionType, RecoveryManager, RecoveryRule
 
 __all__ = [
     "HEALTH_JSON_MEDIA_TYPE",
@@ -92,9 +95,14 @@ __all__ = [
     "MemoryCache",
     "MemoryStore",
     "PrimaryGuard",
+    "RecoveryActionType",
     "RecoveryHook",
+    "RecoveryManager",
+    "RecoveryRule",
     "RedisCache",
+    "RedisConnectionManager",
     "RedisHealthChecker",
+    "RedisStore",
     "ServiceCall",
     "ServiceDegradationManager",
     "ServiceHealth",
@@ -107,6 +115,7 @@ __all__ = [
     "create_chainlit_ui_health_checker",
     "create_database_health_checker",
     "create_rag_api_health_checker",
+    "create_redis_circuit_breaker",
     "create_redis_health_checker",
     "fallback_return_none",
     "http_status_for",

@@ -1,0 +1,331 @@
+"""The circuit state machine as Redis Lua scripts: one script per transition.
+
+Each script is :data:`PRELUDE` followed by one body. The body makes exactly the
+decisions of the matching function in :mod:`.machine` (same names, same rules),
+so a circuit held in Redis behaves like one held in memory, and every change is
+atomic: no read-modify-write crosses the network.
+
+The hash (``KEYS[1]``, hash-tagged ``<prefix>{<name>}`` so every script touches
+one slot and runs unchanged on Redis Cluster) holds plain decimal strings only:
+
+==============  ==============================================================
+``v``           schema version, ``1``
+``gen``         lineage: Redis TIME (us) when this hash was (re)created
+``ver``         bumped on every write; orders messages within a lineage
+``epoch``       bumped on every transition; fences results of older calls
+``state``       ``closed`` | ``open`` | ``half_open``
+``failures``    consecutive counted failures
+``opened_at``   when the circuit last opened, us on the scripts' clock
+``successes``   successful trial calls in this half-open episode
+``next_permit`` id of the next half-open trial permit
+``forced``      ``1`` while forced open
+``trial:<id>``  a trial permit in flight: its lease expiry, us
+==============  ==============================================================
+
+Anything else (a missing field, a non-number, an unknown state) is malformed:
+the script resets the hash to a fresh closed circuit with a new lineage and an
+epoch above the old one, and says so in its reply, so the caller can log it.
+
+Every script shares this calling convention.
+
+``ARGV``: ``[1]`` now in us, or ``""`` to use Redis TIME; ``[2]`` the channel
+to PUBLISH on; ``[3]`` failure_threshold; ``[4]`` recovery_timeout (us);
+``[5]`` half_open_max_calls; ``[6]`` half-open lease (us); ``[7..]`` per script.
+
+Returns ``{admitted, permit, retry_after_us, now_us, snapshot, note}``:
+``admitted`` is 1/0 for ``ADMIT`` and -1 for the others; ``permit`` the trial
+permit taken (0: none); ``retry_after_us`` -1 when unknown; ``snapshot`` the
+state after the script, encoded as by :func:`encode`; ``note`` is ``""``,
+``missing`` (hash created), ``malformed:<field>`` (hash reset), ``pushed``
+(``RECONCILE`` wrote the caller's open circuit), possibly joined by ``;``.
+
+A snapshot is PUBLISHed (same encoding) whenever a script changes the epoch,
+whether failures are pending, the trial permits, the trial successes, the
+forced flag or the lineage; a plain change of the failure count is not
+published (receivers only need to know that failures are pending).
+
+Snapshot encoding, space-separated:
+``gen ver epoch state failures opened_at successes next_permit forced trials``
+where ``trials`` is ``-`` or ``id:expiry[,id:expiry...]``.
+"""
+
+from __future__ import annotations
+
+PRELUDE = """
+local KEY = KEYS[1]
+local CHANNEL = ARGV[2]
+local THRESHOLD = tonumber(ARGV[3])
+local RECOVERY = tonumber(ARGV[4])
+local MAX_CALLS = tonumber(ARGV[5])
+local LEASE = tonumber(ARGV[6])
+
+local function server_time()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local NOW
+if ARGV[1] ~= '' then NOW = tonumber(ARGV[1]) else NOW = server_time() end
+
+-- %.0f keeps integers up to 2^53 exact; tostring would round them to 14 digits.
+local function fmt(n) return string.format('%.0f', n) end
+
+local function fresh(epoch)
+  return {gen = fmt(server_time()), ver = 0, epoch = epoch, state = 'closed', failures = 0,
+          opened_at = 0, successes = 0, next_permit = 1, forced = 0, trials = {}}
+end
+
+local COUNTERS = {'ver', 'epoch', 'failures', 'opened_at', 'successes', 'next_permit'}
+local STATES = {closed = true, open = true, half_open = true}
+
+local function digits(value)
+  return type(value) == 'string' and #value <= 16 and string.match(value, '^%d+$') ~= nil
+end
+
+-- The stored snapshot, and a note: '' when it was sound, else why it was rebuilt.
+local function load()
+  local kind = redis.call('TYPE', KEY)['ok']
+  if kind == 'none' then return fresh(math.floor(NOW / 1000)), 'missing' end
+  if kind ~= 'hash' then return fresh(math.floor(NOW / 1000)), 'malformed:type' end
+  local raw = redis.call('HGETALL', KEY)
+  local h, trials, bad = {}, {}, nil
+  for i = 1, #raw, 2 do
+    local field, value = raw[i], raw[i + 1]
+    local id = string.match(field, '^trial:(%d+)$')
+    if id then
+      if digits(value) and #id <= 16 then
+        trials[#trials + 1] = {tonumber(id), tonumber(value)}
+      else
+        bad = bad or field
+      end
+    else
+      h[field] = value
+    end
+  end
+  if h.v ~= '1' then bad = bad or 'v' end
+  if not digits(h.gen) then bad = bad or 'gen' end
+  if not STATES[h.state or ''] then bad = bad or 'state' end
+  if h.forced ~= '0' and h.forced ~= '1' then bad = bad or 'forced' end
+  for _, name in ipairs(COUNTERS) do
+    if not digits(h[name]) then bad = bad or name end
+  end
+  if #trials > 10000 then bad = bad or 'trial:*' end
+  if bad then
+    local old_epoch = 0
+    if digits(h.epoch) then old_epoch = tonumber(h.epoch) end
+    return fresh(math.max(math.floor(NOW / 1000), old_epoch + 1)), 'malformed:' .. bad
+  end
+  table.sort(trials, function(a, b) return a[1] < b[1] end)
+  local s = {gen = h.gen, state = h.state, forced = tonumber(h.forced), trials = trials}
+  for _, name in ipairs(COUNTERS) do s[name] = tonumber(h[name]) end
+  return s, ''
+end
+
+local function encode(s)
+  local parts = {}
+  for _, t in ipairs(s.trials) do parts[#parts + 1] = fmt(t[1]) .. ':' .. fmt(t[2]) end
+  local trials = '-'
+  if #parts > 0 then trials = table.concat(parts, ',') end
+  return table.concat({s.gen, fmt(s.ver), fmt(s.epoch), s.state, fmt(s.failures),
+                       fmt(s.opened_at), fmt(s.successes), fmt(s.next_permit),
+                       fmt(s.forced), trials}, ' ')
+end
+
+-- What other processes must learn at once; a bare failure count change is not.
+local function signature(s)
+  local ids = {}
+  for _, t in ipairs(s.trials) do ids[#ids + 1] = fmt(t[1]) end
+  local pending = 0
+  if s.failures > 0 then pending = 1 end
+  return table.concat({s.gen, fmt(s.epoch), s.state, pending, fmt(s.successes), s.forced,
+                       table.concat(ids, ',')}, '|')
+end
+
+local function save(s)
+  s.ver = s.ver + 1
+  local args = {'v', '1', 'gen', s.gen, 'ver', fmt(s.ver), 'epoch', fmt(s.epoch),
+                'state', s.state, 'failures', fmt(s.failures), 'opened_at', fmt(s.opened_at),
+                'successes', fmt(s.successes), 'next_permit', fmt(s.next_permit),
+                'forced', fmt(s.forced)}
+  for _, t in ipairs(s.trials) do
+    args[#args + 1] = 'trial:' .. fmt(t[1])
+    args[#args + 1] = fmt(t[2])
+  end
+  redis.call('DEL', KEY)
+  redis.call('HSET', KEY, unpack(args))
+end
+
+-- The machine's _open / _close / _half_open.
+local function open(s, failures)
+  s.state, s.failures, s.opened_at, s.epoch = 'open', failures, NOW, s.epoch + 1
+  s.successes, s.forced, s.trials = 0, 0, {}
+end
+
+local function close(s)
+  s.state, s.failures, s.opened_at, s.epoch = 'closed', 0, 0, s.epoch + 1
+  s.successes, s.forced, s.trials = 0, 0, {}
+end
+
+local function half_open(s)
+  s.state, s.epoch, s.successes, s.forced, s.trials = 'half_open', s.epoch + 1, 0, 0, {}
+end
+
+local function without_trial(s, permit)
+  local kept = {}
+  for _, t in ipairs(s.trials) do
+    if t[1] ~= permit then kept[#kept + 1] = t end
+  end
+  return kept
+end
+
+local function finish(s, before, changed, note, admitted, permit, retry)
+  if changed then
+    save(s)
+    if signature(s) ~= before then redis.call('PUBLISH', CHANNEL, encode(s)) end
+  end
+  return {admitted, permit, retry, NOW, encode(s), note}
+end
+
+local s, note = load()
+local before = signature(s)
+if note ~= '' then before = '' end
+"""
+
+ADMIT_BODY = """
+-- ADMIT: machine.admit. ARGV[7..]: none.
+local changed = note ~= ''
+if s.state == 'closed' then return finish(s, before, changed, note, 1, 0, -1) end
+if s.state == 'open' then
+  if s.forced == 1 then return finish(s, before, changed, note, 0, 0, -1) end
+  local reopen_at = s.opened_at + RECOVERY
+  if NOW < reopen_at then return finish(s, before, changed, note, 0, 0, reopen_at - NOW) end
+  half_open(s)
+  changed = true
+end
+local live, soonest = {}, nil
+for _, t in ipairs(s.trials) do
+  if t[2] > NOW then
+    live[#live + 1] = t
+    if soonest == nil or t[2] < soonest then soonest = t[2] end
+  end
+end
+if #live ~= #s.trials then changed = true end
+s.trials = live
+if #live + s.successes >= MAX_CALLS then
+  local wait = (soonest or NOW) - NOW
+  if wait < 0 then wait = 0 end
+  return finish(s, before, changed, note, 0, 0, wait)
+end
+local permit = s.next_permit
+live[#live + 1] = {permit, NOW + LEASE}
+s.next_permit = permit + 1
+return finish(s, before, true, note, 1, permit, -1)
+"""
+
+SUCCESS_BODY = """
+-- SUCCESS: machine.on_success. ARGV[7] ticket epoch, ARGV[8] ticket permit.
+local changed = note ~= ''
+local epoch, permit = tonumber(ARGV[7]), tonumber(ARGV[8])
+if epoch == s.epoch then
+  if s.state == 'closed' then
+    if s.failures ~= 0 then
+      s.failures = 0
+      changed = true
+    end
+  elseif s.state == 'half_open' and permit ~= 0 then
+    local kept = without_trial(s, permit)
+    if #kept ~= #s.trials then
+      changed = true
+      if s.successes + 1 >= MAX_CALLS then
+        close(s)
+      else
+        s.trials, s.successes = kept, s.successes + 1
+      end
+    end
+  end
+end
+return finish(s, before, changed, note, -1, 0, -1)
+"""
+
+FAILURE_BODY = """
+-- FAILURE: machine.on_failure. ARGV[7] ticket epoch, ARGV[8] ticket permit.
+local changed = note ~= ''
+if tonumber(ARGV[7]) == s.epoch then
+  if s.state == 'closed' then
+    changed = true
+    if s.failures + 1 >= THRESHOLD then open(s, s.failures + 1) else s.failures = s.failures + 1 end
+  elseif s.state == 'half_open' then
+    changed = true
+    open(s, s.failures + 1)
+  end
+end
+return finish(s, before, changed, note, -1, 0, -1)
+"""
+
+RELEASE_BODY = """
+-- RELEASE: machine.on_release. ARGV[7] ticket epoch, ARGV[8] ticket permit.
+local changed = note ~= ''
+local permit = tonumber(ARGV[8])
+if tonumber(ARGV[7]) == s.epoch and s.state == 'half_open' and permit ~= 0 then
+  local kept = without_trial(s, permit)
+  if #kept ~= #s.trials then
+    s.trials = kept
+    changed = true
+  end
+end
+return finish(s, before, changed, note, -1, 0, -1)
+"""
+
+FORCE_BODY = """
+-- FORCE: machine.force. ARGV[7] the target state.
+local target = ARGV[7]
+if target == 'open' then
+  open(s, s.failures)
+  s.forced = 1
+elseif target == 'half_open' then
+  half_open(s)
+else
+  close(s)
+end
+return finish(s, before, true, note, -1, 0, -1)
+"""
+
+RESET_BODY = """
+-- RESET: a fresh closed circuit, keeping the epoch and permit sequences. ARGV[7..]: none.
+close(s)
+return finish(s, before, true, note, -1, 0, -1)
+"""
+
+READ_BODY = """
+-- READ: the stored snapshot (created or repaired if need be). ARGV[7..]: none.
+return finish(s, before, note ~= '', note, -1, 0, -1)
+"""
+
+RECONCILE_BODY = """
+-- RECONCILE: after an outage, keep a circuit this process opened while Redis was away.
+-- ARGV[7] 1 to push an open circuit; ARGV[8] the lineage the caller last saw ('' none);
+-- ARGV[9] 1 if it opened while Redis was away; ARGV[10] failures; ARGV[11] opened_at (us);
+-- ARGV[12] forced (0/1).
+-- Rule: push only over a closed circuit, and only if the caller opened it during the
+-- outage or Redis lost the lineage the caller knew (flushed, restarted empty).
+-- Otherwise Redis wins.
+local changed = note ~= ''
+if ARGV[7] == '1' and s.state == 'closed' and (ARGV[9] == '1' or s.gen ~= ARGV[8]) then
+  local opened_at = tonumber(ARGV[11])
+  open(s, tonumber(ARGV[10]))
+  if opened_at < NOW then s.opened_at = opened_at end
+  s.forced = tonumber(ARGV[12])
+  changed = true
+  if note == '' then note = 'pushed' else note = note .. ';pushed' end
+end
+return finish(s, before, changed, note, -1, 0, -1)
+"""
+
+ADMIT = PRELUDE + ADMIT_BODY
+SUCCESS = PRELUDE + SUCCESS_BODY
+FAILURE = PRELUDE + FAILURE_BODY
+RELEASE = PRELUDE + RELEASE_BODY
+FORCE = PRELUDE + FORCE_BODY
+RESET = PRELUDE + RESET_BODY
+READ = PRELUDE + READ_BODY
+RECONCILE = PRELUDE + RECONCILE_BODY

@@ -1,0 +1,253 @@
+"""RedisConnectionManager: a redis.asyncio client from a URL, watched and reconnected.
+
+It never raises because a server is unreachable: :meth:`connect` answers False,
+:meth:`get_health_status` says ``connected: False`` with the last error, and a
+background task keeps checking, with backoff, until the server answers again.
+Passwords (in the URL's user info or its ``password=`` query parameter) never
+appear in its repr, its status, its logs or the errors it reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+
+logger = logging.getLogger("xnai_core.redis_manager")
+
+_SCHEMES = ("redis", "rediss", "unix")
+_BACKOFF_MIN = 0.5
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (user info or query parameter) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = [
+            (key, "***" if key.lower() == "password" else value)
+            for key, value in parse_qsl(query, keep_blank_values=True)
+        ]
+        query = urlencode(pairs, safe="*/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secrets(url: str) -> list[str]:
+    parts = urlsplit(url)
+    found = []
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() == "password" and value:
+            found.append(value)
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+class RedisConnectionManager:
+    """A Redis client built from ``redis_url``, with health status and reconnection.
+
+    ``redis_url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
+    for TLS (``?ssl_cert_reqs=none`` or ``ssl_ca_certs=`` as usual in redis-py),
+    or ``unix:///path/to/redis.sock[?db=0]``. ``max_connections`` caps the pool;
+    ``health_check_interval`` (seconds; 0 disables) is both redis-py's idle
+    connection check and the period of this manager's background check.
+    ``check_timeout`` bounds each check; other keyword arguments go to
+    ``redis.asyncio.Redis.from_url``.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        max_connections: int = 50,
+        health_check_interval: float = 30,
+        *,
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        check_timeout: float = 2.0,
+        **client_kwargs: Any,
+    ) -> None:
+        if not isinstance(redis_url, str):
+            raise TypeError(f"'redis_url' must be a string: {type(redis_url).__name__}")
+        try:
+            scheme = urlsplit(redis_url).scheme
+        except ValueError as exc:
+            raise ValueError(f"'redis_url' is not a URL: {redact_url(redis_url)!r}") from exc
+        if scheme not in _SCHEMES:
+            raise ValueError(
+                f"'redis_url' must start with redis://, rediss:// or unix://: "
+                f"{redact_url(redis_url)!r}"
+            )
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"'max_connections' must be an int: {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(f"'max_connections' must be >= 1: {max_connections!r}")
+        for name, value in (
+            ("health_check_interval", health_check_interval),
+            ("check_timeout", check_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
+            if not 0 <= value < float("inf") or (name == "check_timeout" and value == 0):
+                rule = ">= 0" if name == "health_check_interval" else "> 0"
+                raise ValueError(f"'{name}' must be {rule} seconds: {value!r}")
+        self._url = redis_url
+        self._secrets = _secrets(redis_url)
+        self.url = redact_url(redis_url)
+        self.max_connections = max_connections
+        self.health_check_interval = float(health_check_interval)
+        self.check_timeout = float(check_timeout)
+        self._client_kwargs: dict[str, Any] = {
+            "max_connections": max_connections,
+            "health_check_interval": int(health_check_interval),
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            **client_kwargs,
+        }
+        self._client: aioredis.Redis | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self.connected = False
+        self._latency_ms: float | None = None
+        self._server_version: str | None = None
+        self._redis_mode: str | None = None
+        self._last_error: str | None = None
+        self._last_check: float | None = None
+        self._failures = 0
+        self._down_logged = False
+
+    def __repr__(self) -> str:
+        return f"<RedisConnectionManager url={self.url!r} connected={self.connected}>"
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client (created on first use, without touching the network)."""
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(self._url, **self._client_kwargs)
+        return self._client
+
+    async def connect(self) -> bool:
+        """Check the server now and start watching it; True if it answered. Never raises."""
+        connected = await self._check()
+        if self.health_check_interval > 0 and (self._monitor is None or self._monitor.done()):
+            self._monitor = asyncio.get_running_loop().create_task(
+                self._watch(), name=f"xnai-redis-manager:{self.url}"
+            )
+        return connected
+
+    async def get_health_status(self) -> dict[str, Any]:
+        """Check the server now and report; never raises.
+
+        Keys: ``connected``, ``latency_ms``, ``server_version``, ``redis_mode``,
+        ``last_error``, ``last_check`` (epoch seconds), ``consecutive_failures``,
+        ``url`` (password redacted), ``max_connections``, ``health_check_interval``.
+        """
+        await self._check()
+        return {
+            "connected": self.connected,
+            "latency_ms": self._latency_ms,
+            "server_version": self._server_version,
+            "redis_mode": self._redis_mode,
+            "last_error": self._last_error,
+            "last_check": self._last_check,
+            "consecutive_failures": self._failures,
+            "url": self.url,
+            "max_connections": self.max_connections,
+            "health_check_interval": self.health_check_interval,
+        }
+
+    async def close(self) -> None:
+        """Stop watching and close the client's connections."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.cancel()
+            try:
+                await monitor
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        self.connected = False
+
+    async def __aenter__(self) -> RedisConnectionManager:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def _check(self) -> bool:
+        client = self.client
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.check_timeout):
+                await client.ping()
+                latency = (time.perf_counter() - started) * 1000
+                info = await client.info("server")
+        except Exception as exc:
+            text = str(exc).strip()
+            error = type(exc).__name__ + (f": {text[:300]}" if text else "")
+            self._record(False, error)
+            return False
+        self._latency_ms = round(latency, 3)
+        self._server_version = str(info.get("redis_version")) if info else None
+        self._redis_mode = str(info.get("redis_mode")) if info else None
+        self._record(True, None)
+        return True
+
+    def _record(self, connected: bool, error: str | None) -> None:
+        self._last_check = time.time()
+        if connected:
+            if self._down_logged:
+                logger.info("redis at %s answers again", self.url, extra={"redis_url": self.url})
+            self._failures = 0
+            self._down_logged = False
+        else:
+            self._last_error = self._clean(error or "unknown error")
+            self._latency_ms = None
+            self._failures += 1
+            if not self._down_logged:
+                self._down_logged = True
+                logger.warning(
+                    "redis at %s is unreachable (%s); retrying with backoff",
+                    self.url,
+                    self._last_error,
+                    extra={"redis_url": self.url},
+                )
+        self.connected = connected
+
+    async def _watch(self) -> None:
+        backoff = _BACKOFF_MIN
+        while True:
+            if self.connected:
+                delay = self.health_check_interval
+                backoff = _BACKOFF_MIN
+            else:
+                delay = min(backoff, self.health_check_interval)
+                backoff *= 2
+            await asyncio.sleep(delay)
+            await self._check()
