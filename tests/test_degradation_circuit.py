@@ -1,0 +1,322 @@
+"""CircuitBreakerStrategy: an open circuit skips the primary; timeouts and failures degrade."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from xnai_core.circuit.breaker import CircuitBreaker
+from xnai_core.circuit.config import CircuitBreakerConfig
+from xnai_core.circuit.errors import CallTimeoutError, CircuitOpenError
+from xnai_core.circuit.factory import create_redis_circuit_breaker
+from xnai_core.circuit.machine import CircuitState
+from xnai_core.circuit.store import MemoryStore
+from xnai_core.degradation.cache_first import CacheFirstStrategy
+from xnai_core.degradation.errors import AllStrategiesFailedError, ServiceTimeoutError
+from xnai_core.degradation.manager import ServiceDegradationManager
+from xnai_core.degradation.protocols import PrimaryGuard
+from xnai_core.degradation.stats import DegradationEvent
+from xnai_core.degradation.strategies import (
+    CircuitBreakerStrategy,
+    DegradedModeStrategy,
+    FallbackStrategy,
+)
+
+
+class FakeClock:
+    """Seconds that move only when told."""
+
+    def __init__(self, now: float = 500.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """The protected service; counts how often it is actually reached."""
+
+    calls = 0
+    healthy = True
+
+
+async def llm(prompt: str) -> str:
+    Backend.calls += 1
+    if not Backend.healthy:
+        raise ConnectionError("LLM down")
+    return f"answer to {prompt}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend() -> None:
+    Backend.calls = 0
+    Backend.healthy = True
+
+
+def breaker(
+    *,
+    threshold: int = 2,
+    recovery: float = 30.0,
+    timeout: float | None = None,
+    clock: FakeClock | None = None,
+    fallback: object = None,
+) -> CircuitBreaker:
+    config = CircuitBreakerConfig(
+        name="llm", failure_threshold=threshold, recovery_timeout=recovery, timeout=timeout
+    )
+    store = MemoryStore(config, clock=clock or FakeClock())
+    return CircuitBreaker(config, fallback, store=store)  # type: ignore[arg-type]
+
+
+def protected_manager(
+    circuit: CircuitBreaker, *, fallback: bool = True, clock: FakeClock | None = None
+) -> ServiceDegradationManager:
+    manager = ServiceDegradationManager(clock=clock or FakeClock())
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=10)
+    if fallback:
+        manager.add_service_strategy("llm", DegradedModeStrategy("sorry"), priority=0)
+    return manager
+
+
+async def test_failures_open_the_circuit_and_then_skip_the_primary() -> None:
+    """After the threshold, calls never reach the primary: the fallback answers at once."""
+    circuit = breaker(threshold=2)
+    manager = protected_manager(circuit)
+    Backend.healthy = False
+    for _ in range(2):
+        result = await manager.call_service_detailed("llm", llm, "q")
+        assert isinstance(result.info.error, ConnectionError)
+    assert circuit.state is CircuitState.OPEN
+    for _ in range(5):
+        result = await manager.call_service_detailed("llm", llm, "q")
+        assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
+        assert isinstance(result.info.error, CircuitOpenError)
+    assert Backend.calls == 2
+    assert circuit.get_metrics()["rejected_calls"] == 5
+
+
+async def test_open_circuit_without_fallback_raises_the_group() -> None:
+    """A forced-open circuit and no fallback: the group's primary error is CircuitOpenError."""
+    circuit = breaker()
+    await circuit.force_open()
+    manager = protected_manager(circuit, fallback=False)
+    with pytest.raises(AllStrategiesFailedError) as caught:
+        await manager.call_service("llm", llm, "q")
+    assert isinstance(caught.value.primary_error, CircuitOpenError)
+    assert Backend.calls == 0
+
+
+async def test_open_circuit_degrades_even_outside_degrade_on() -> None:
+    """CircuitOpenError always reaches the strategies, whatever degrade_on names."""
+    circuit = breaker()
+    await circuit.force_open()
+    manager = ServiceDegradationManager(degrade_on=KeyError)
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=1)
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    assert await manager.call_service("llm", llm, "q") == "sorry"
+
+
+async def test_breaker_timeout_degrades() -> None:
+    """The breaker's own timeout (CallTimeoutError) is a failure the strategies answer."""
+    circuit = breaker(timeout=0.02)
+    manager = protected_manager(circuit)
+
+    async def hangs(prompt: str) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    result = await manager.call_service_detailed("llm", hangs, "q")
+    assert result.value == "sorry"
+    assert isinstance(result.info.error, CallTimeoutError)
+    assert circuit.get_metrics()["timeouts"] == 1
+
+
+async def test_manager_timeout_is_counted_by_the_breaker() -> None:
+    """The manager's timeout fires inside the breaker, so it counts toward opening it."""
+    circuit = breaker(threshold=2)
+    manager = protected_manager(circuit)
+    manager.configure_service("llm", timeout=0.02)
+
+    async def hangs(prompt: str) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    for _ in range(2):
+        result = await manager.call_service_detailed("llm", hangs, "q")
+        assert isinstance(result.info.error, ServiceTimeoutError)
+    assert circuit.state is CircuitState.OPEN
+
+
+async def test_recovery_closes_the_episode() -> None:
+    """Open, wait out recovery (injected clock), a good trial closes it: 'recovered' is heard."""
+    breaker_clock = FakeClock()
+    manager_clock = FakeClock(1_000.0)
+    circuit = breaker(threshold=1, recovery=30.0, clock=breaker_clock)
+    manager = protected_manager(circuit, clock=manager_clock)
+    events: list[DegradationEvent] = []
+    manager.add_listener(events.append)
+    Backend.healthy = False
+    await manager.call_service("llm", llm, "q")
+    await manager.call_service("llm", llm, "q")  # rejected: circuit open
+    Backend.healthy = True
+    breaker_clock.now += 30.0
+    manager_clock.now += 30.0
+    assert await manager.call_service("llm", llm, "q") == "answer to q"
+    assert [e.kind for e in events] == ["degraded", "recovered"]
+    assert (events[1].duration, events[1].degraded_calls) == (30.0, 2)
+    assert not manager.is_degraded("llm")
+
+
+async def test_breakers_own_fallback_answers_and_is_labelled() -> None:
+    """A breaker with fallback_func answers itself: degraded, from this strategy, final."""
+    seen: list[str] = []
+
+    def breaker_fallback(prompt: str) -> str:
+        seen.append(prompt)
+        return f"breaker fallback for {prompt}"
+
+    circuit = breaker(fallback=breaker_fallback)
+    asked: list[str] = []
+    manager = ServiceDegradationManager()
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=10)
+    manager.add_service_strategy("llm", FallbackStrategy(lambda prompt: asked.append(prompt)))
+    Backend.healthy = False
+    failed = await manager.call_service_detailed("llm", llm, "q1")
+    await circuit.force_open()
+    rejected = await manager.call_service_detailed("llm", llm, "q2")
+    assert (failed.value, failed.source, failed.degraded) == (
+        "breaker fallback for q1",
+        "CircuitBreakerStrategy",
+        True,
+    )
+    assert failed.info.reason == (
+        "call through circuit 'llm' failed (ConnectionError: LLM down); its fallback answered"
+    )
+    assert isinstance(failed.info.error, ConnectionError)
+    assert rejected.value == "breaker fallback for q2"
+    assert rejected.info.reason == "circuit 'llm' is open; its fallback answered"
+    assert (seen, asked) == (["q1", "q2"], [])
+    stats = manager.get_degradation_stats()["services"]["llm"]
+    assert stats["degraded_by_strategy"] == {"CircuitBreakerStrategy": 2}
+
+
+async def test_breakers_own_fallback_on_timeout_is_labelled() -> None:
+    """A timeout answered by the breaker's fallback says it timed out."""
+    circuit = breaker(timeout=0.02, fallback=lambda prompt: "late")
+    manager = protected_manager(circuit)
+
+    async def hangs(prompt: str) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    result = await manager.call_service_detailed("llm", hangs, "q")
+    assert result.value == "late"
+    assert result.info.reason == "call through circuit 'llm' timed out; its fallback answered"
+
+
+async def test_fresh_cache_skips_even_an_open_circuit() -> None:
+    """Cache (priority 20) outside the breaker (10): a fresh hit never touches the breaker."""
+    clock = FakeClock()
+    circuit = breaker()
+    manager = ServiceDegradationManager(clock=clock)
+    manager.add_service_strategy("llm", CacheFirstStrategy(ttl=60, clock=clock), priority=20)
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=10)
+    await manager.call_service("llm", llm, "q")
+    await circuit.force_open()
+    calls_before = circuit.get_metrics()["total_calls"]
+    hit = await manager.call_service_detailed("llm", llm, "q")
+    assert (hit.value, hit.source, hit.degraded) == ("answer to q", "CacheFirstStrategy", False)
+    assert circuit.get_metrics()["total_calls"] == calls_before
+
+
+async def test_open_circuit_serves_stale_from_cache() -> None:
+    """Past ttl with the circuit open, the stale entry answers (stale-if-error)."""
+    clock = FakeClock()
+    circuit = breaker()
+    manager = ServiceDegradationManager(clock=clock)
+    manager.add_service_strategy(
+        "llm", CacheFirstStrategy(ttl=60, stale_if_error=600, clock=clock), priority=20
+    )
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=10)
+    await manager.call_service("llm", llm, "q")
+    await circuit.force_open()
+    clock.now += 300
+    stale = await manager.call_service_detailed("llm", llm, "q")
+    assert (stale.value, stale.source, stale.degraded) == (
+        "answer to q",
+        "CacheFirstStrategy",
+        True,
+    )
+    assert isinstance(stale.info.error, CircuitOpenError)
+    assert Backend.calls == 1
+
+
+async def test_breaker_fallback_answers_are_never_cached() -> None:
+    """The breaker's substitute is not stored: once the circuit closes, the primary answers."""
+    clock = FakeClock()
+    circuit = breaker(fallback=lambda prompt: "substitute")
+    manager = ServiceDegradationManager(clock=clock)
+    cache = CacheFirstStrategy(ttl=60, clock=clock)
+    manager.add_service_strategy("llm", cache, priority=20)
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=10)
+    await circuit.force_open()
+    assert await manager.call_service("llm", llm, "q") == "substitute"
+    await circuit.force_close()
+    assert await manager.call_service("llm", llm, "q") == "answer to q"
+    assert cache.get_stats()["hits"] == 0
+
+
+def test_circuit_breaker_strategy_is_a_guard_only() -> None:
+    """It wraps the primary and offers no fallback of its own; a non-breaker is refused."""
+    strategy = CircuitBreakerStrategy(breaker())
+    assert isinstance(strategy, PrimaryGuard)
+    assert not hasattr(strategy, "execute")
+    with pytest.raises(TypeError, match="'circuit_breaker' must have an async call"):
+        CircuitBreakerStrategy(object())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def redis_breakers(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> AsyncIterator[tuple[CircuitBreaker, CircuitBreaker]]:
+    """Two breakers of one circuit, sharing state through the real Redis (two 'processes')."""
+    made = [
+        create_redis_circuit_breaker(
+            "llm",
+            shared_redis,
+            failure_threshold=2,
+            recovery_timeout=60,
+            timeout=None,
+            key_prefix=f"{key_prefix}:cb:",
+        )
+        for _ in range(2)
+    ]
+    try:
+        yield made[0], made[1]
+    finally:
+        for each in made:
+            await each.close()
+
+
+async def test_a_circuit_opened_elsewhere_skips_the_primary_here(
+    redis_breakers: tuple[CircuitBreaker, CircuitBreaker],
+) -> None:
+    """Failures seen by one manager open the shared circuit; the other stops calling too."""
+    first_breaker, second_breaker = redis_breakers
+    first = protected_manager(first_breaker)
+    second = protected_manager(second_breaker)
+    Backend.healthy = False
+    for _ in range(2):
+        await first.call_service("llm", llm, "q")
+    assert Backend.calls == 2
+    for _ in range(20):
+        await asyncio.sleep(0.01)  # the opening travels by pub/sub
+        if second_breaker.state is CircuitState.OPEN:
+            break
+    result = await second.call_service_detailed("llm", llm, "q")
+    assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
+    assert isinstance(result.info.error, CircuitOpenError)
+    assert Backend.calls == 2

@@ -1,0 +1,286 @@
+"""RedisCache and CacheFirstStrategy against a real Redis, including one that is killed or hung."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import PrivateRedis
+from xnai_core.degradation.cache import CacheEntry, RedisCache
+from xnai_core.degradation.cache_first import CacheFirstStrategy
+from xnai_core.degradation.manager import ServiceDegradationManager
+from xnai_core.degradation.strategies import DegradedModeStrategy
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when told."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """A primary whose health the test controls."""
+
+    calls = 0
+    healthy = True
+
+
+async def ask(prompt: str) -> dict[str, object]:
+    Backend.calls += 1
+    if not Backend.healthy:
+        raise ConnectionError("LLM down")
+    return {"answer": prompt, "n": Backend.calls, "tokens": [1, 2.5, None, True]}
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend() -> None:
+    Backend.calls = 0
+    Backend.healthy = True
+
+
+@pytest.fixture
+async def private_client(private_redis: PrivateRedis) -> AsyncIterator[aioredis.Redis]:
+    """A client of the private server with short socket timeouts."""
+    client = aioredis.Redis.from_url(
+        private_redis.url, socket_connect_timeout=0.2, socket_timeout=0.2
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def manager_with(
+    cache: RedisCache, clock: FakeClock, *, ttl: float = 60, stale: float = 600
+) -> ServiceDegradationManager:
+    manager = ServiceDegradationManager(clock=clock)
+    manager.add_service_strategy(
+        "llm", CacheFirstStrategy(cache, ttl=ttl, stale_if_error=stale, clock=clock), priority=20
+    )
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    return manager
+
+
+# -- the cache itself ---------------------------------------------------------------------
+
+
+async def test_entries_are_json_with_a_redis_expiry(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """set() writes plain JSON under the prefix with PX = keep_for; get() reads it back."""
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:cache:")
+    await cache.set("k", CacheEntry({"a": [1, "x"]}, 123.5), keep_for=90)
+    raw = await shared_redis.get(f"{key_prefix}:cache:k")
+    assert json.loads(raw) == {"v": {"a": [1, "x"]}, "t": 123.5}
+    ttl_ms = await shared_redis.pttl(f"{key_prefix}:cache:k")
+    assert 89_000 < ttl_ms <= 90_000
+    assert await cache.get("k") == CacheEntry({"a": [1, "x"]}, 123.5)
+    assert await cache.get("absent") is None
+
+
+async def test_tuples_come_back_as_lists(shared_redis: aioredis.Redis, key_prefix: str) -> None:
+    """JSON has no tuples: a cached tuple is read back as a list (documented)."""
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
+    await cache.set("k", CacheEntry((1, 2), 0.0), keep_for=5)
+    entry = await cache.get("k")
+    assert entry is not None
+    assert entry.value == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({1: "int key"}, "a dict key of type int"),
+        (float("nan"), "a non-finite float"),
+        ({"when": object()}, "a value of type object"),
+        ([b"bytes"], "a value of type bytes"),
+    ],
+)
+async def test_values_json_cannot_hold_exactly_are_not_stored(
+    shared_redis: aioredis.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    value: object,
+    problem: str,
+) -> None:
+    """Non-JSON values are skipped with one warning per kind, never pickled."""
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
+    await cache.set("k", CacheEntry(value, 0.0), keep_for=5)
+    await cache.set("k", CacheEntry(value, 0.0), keep_for=5)
+    assert await shared_redis.exists(f"{key_prefix}:k") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"answer not cached in Redis: {problem} is not exact JSON (logged once per type)"
+    ]
+    assert cache.get_stats()["unserialisable_values"] == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pickle.dumps({"v": "x", "t": 1.0}),
+        b"not json",
+        b'["v", "t"]',
+        b'{"v": 1}',
+        b'{"v": 1, "t": "yesterday"}',
+        b'{"v": 1, "t": true}',
+    ],
+)
+async def test_foreign_or_malformed_values_are_misses(
+    shared_redis: aioredis.Redis, key_prefix: str, raw: bytes
+) -> None:
+    """Whatever else sits under the key (a pickle, junk) is a miss, never unpickled or eval'd."""
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
+    await shared_redis.set(f"{key_prefix}:k", raw)
+    assert await cache.get("k") is None
+    assert cache.get_stats()["malformed_entries"] == 1
+
+
+async def test_clear_removes_only_its_prefix(shared_redis: aioredis.Redis, key_prefix: str) -> None:
+    """clear() unlinks every key under its prefix (glob characters escaped) and nothing else."""
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:c*:")
+    for i in range(3):
+        await cache.set(f"k{i}", CacheEntry(i, 0.0), keep_for=30)
+    await shared_redis.set(f"{key_prefix}:cx:other", "keep")
+    assert await cache.clear() == 3
+    assert await shared_redis.get(f"{key_prefix}:cx:other") == b"keep"
+
+
+async def test_repr_never_shows_the_client() -> None:
+    """The client's URL (and password) stays out of the repr."""
+    client = aioredis.Redis.from_url("redis://user:s3cret@127.0.0.1:1/0")
+    cache = RedisCache(client, prefix="p:")
+    assert "s3cret" not in repr(cache)
+    assert repr(cache) == "RedisCache(prefix='p:', op_timeout=0.5)"
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"prefix": ""}, ValueError, "'prefix' must be a non-empty string: ''"),
+        ({"op_timeout": 0}, ValueError, "'op_timeout' must be > 0 seconds: 0"),
+        ({"op_timeout": "1"}, TypeError, "'op_timeout' must be a number of seconds: '1'"),
+    ],
+)
+async def test_redis_cache_settings_are_validated(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """Bad settings fail at construction."""
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(error, match=message):
+        RedisCache(client, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"'client' must be a redis\.asyncio\.Redis"):
+        RedisCache("redis://localhost")  # type: ignore[arg-type]
+    await client.aclose()
+
+
+# -- CacheFirstStrategy over Redis --------------------------------------------------------
+
+
+async def test_answers_are_shared_between_managers(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Two managers (two processes' worth of state) share answers through Redis."""
+    clock = FakeClock()
+    other_client = aioredis.Redis.from_url(
+        shared_redis.connection_pool.connection_kwargs and "redis://127.0.0.1:6379/0"
+    )
+    try:
+        first = manager_with(RedisCache(shared_redis, prefix=f"{key_prefix}:"), clock)
+        second = manager_with(RedisCache(other_client, prefix=f"{key_prefix}:"), clock)
+        written = await first.call_service("llm", ask, "q")
+        read = await second.call_service_detailed("llm", ask, "q")
+        assert read.value == written
+        assert (read.source, read.degraded) == ("CacheFirstStrategy", False)
+        assert Backend.calls == 1
+    finally:
+        await other_client.aclose()
+
+
+async def test_stale_window_over_redis(shared_redis: aioredis.Redis, key_prefix: str) -> None:
+    """Past ttl, a failing primary is answered from Redis until ttl + stale_if_error."""
+    clock = FakeClock()
+    manager = manager_with(
+        RedisCache(shared_redis, prefix=f"{key_prefix}:"), clock, ttl=60, stale=600
+    )
+    fresh = await manager.call_service("llm", ask, "q")
+    Backend.healthy = False
+    clock.now += 659.0
+    stale = await manager.call_service_detailed("llm", ask, "q")
+    assert (stale.value, stale.source, stale.degraded) == (fresh, "CacheFirstStrategy", True)
+    clock.now += 1.0
+    assert await manager.call_service("llm", ask, "q") == "sorry"
+
+
+async def test_killed_redis_is_a_miss_not_an_error(
+    private_redis: PrivateRedis,
+    private_client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With Redis dead, calls still work: fresh answers pass through, failures fall back."""
+    clock = FakeClock()
+    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3)
+    manager = manager_with(cache, clock)
+    await manager.call_service("llm", ask, "q")  # cached while Redis lives
+    private_redis.kill()
+
+    clock.now += 120  # past ttl: the primary is asked
+    assert (await manager.call_service("llm", ask, "q"))["n"] == 2
+    Backend.healthy = False
+    result = await manager.call_service_detailed("llm", ask, "q")
+    assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
+    assert cache.available is False
+    assert cache.get_stats()["errors"] >= 3
+    outage_warnings = [
+        r for r in caplog.records if r.getMessage().startswith("redis cache unavailable")
+    ]
+    assert len(outage_warnings) == 1
+
+
+async def test_redis_coming_back_is_used_again(
+    private_redis: PrivateRedis,
+    private_client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a restart the cache stores and serves again, and says so once."""
+    caplog.set_level(logging.INFO, logger="xnai_core.degradation")
+    clock = FakeClock()
+    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3)
+    manager = manager_with(cache, clock)
+    private_redis.kill()
+    await manager.call_service("llm", ask, "q")
+    assert cache.available is False
+    private_redis.start()
+    await manager.call_service("llm", ask, "q")  # stored now
+    Backend.healthy = False
+    hit = await manager.call_service_detailed("llm", ask, "q")
+    assert (hit.source, hit.degraded) == ("CacheFirstStrategy", False)
+    assert cache.available is True
+    assert any(r.getMessage() == "redis cache available again" for r in caplog.records)
+
+
+async def test_hung_redis_costs_at_most_op_timeout(
+    private_redis: PrivateRedis, private_client: aioredis.Redis
+) -> None:
+    """A Redis that accepts but never answers (SIGSTOP) is a miss after op_timeout."""
+    clock = FakeClock()
+    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.1)
+    manager = manager_with(cache, clock)
+    private_redis.pause()
+    try:
+        Backend.healthy = False
+        result = await manager.call_service_detailed("llm", ask, "q")
+        assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
+        assert cache.available is False
+    finally:
+        private_redis.resume()
