@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import enum
 import inspect
 import ssl
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import httpx
@@ -241,17 +243,37 @@ class HealthChecker(abc.ABC):
 
 @cache
 def _default_ssl_context() -> ssl.SSLContext:
-    # One verified context for every checker: building one per client costs
-    # milliseconds and memory, and hundreds of checkers would each pay it.
+    # One verified context for every checker: building one per connection pool
+    # costs milliseconds and memory, and hundreds of checkers would each pay it.
     return ssl.create_default_context()
+
+
+MAX_BODY_BYTES = 64 * 1024
+"""A health endpoint's body is read (so the connection can be reused) up to this size."""
+
+
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without userinfo, and a Basic ``Authorization`` value built from it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=hostport)), f"Basic {token}"
 
 
 class HTTPHealthChecker(HealthChecker):
     """Checks an HTTP endpoint: an expected status code within the timeout.
 
-    One pooled ``httpx.AsyncClient`` per checker (or the ``client`` you pass,
-    which is then yours to close). Proxies from the environment are ignored
-    unless ``trust_env=True``: a health check should reach the service itself.
+    Each checker keeps one pooled connection (an httpx transport; pass
+    ``transport`` to supply your own, which then stays yours to close).
+    Credentials in the URL become a Basic ``Authorization`` header. The request
+    goes straight to the transport rather than through an ``httpx.AsyncClient``:
+    the client logs every request URL at INFO, and a URL may carry a token. No
+    proxies from the environment and no redirects: a health check must reach the
+    service itself, and any status in ``expected_status`` (default 200-399)
+    counts as an answer.
     """
 
     def __init__(
@@ -265,26 +287,24 @@ class HTTPHealthChecker(HealthChecker):
         timeout: float = DEFAULT_TIMEOUT,
         degraded_threshold: float | None = None,
         verify: bool | ssl.SSLContext = True,
-        follow_redirects: bool = False,
-        trust_env: bool = False,
-        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(name, timeout=timeout, degraded_threshold=degraded_threshold)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"'url' must be an http:// or https:// URL: {redact_url(str(url))!r}")
-        self._url = url
         self._public_url = redact_url(url)
         self._secrets = url_secrets(url)
+        self._url, authorization = _split_credentials(url)
         self.method = method.upper()
         self.expected_status = frozenset(expected_status)
         if not self.expected_status:
             raise ValueError("'expected_status' must name at least one status code: ()")
-        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "*/*", **(headers or {})}
+        if authorization is not None:
+            self._headers.setdefault("Authorization", authorization)
         self._verify = verify
-        self._follow_redirects = follow_redirects
-        self._trust_env = trust_env
-        self._client = client
-        self._owns_client = client is None
+        self._transport = transport
+        self._owns_transport = transport is None
 
     @property
     def url(self) -> str:
@@ -297,21 +317,32 @@ class HTTPHealthChecker(HealthChecker):
     def secrets(self) -> tuple[str, ...]:
         return self._secrets
 
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _get_transport(self) -> httpx.AsyncBaseTransport:
+        if self._transport is None:
             verify = _default_ssl_context() if self._verify is True else self._verify
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
+            self._transport = httpx.AsyncHTTPTransport(
                 verify=verify,
-                follow_redirects=self._follow_redirects,
-                trust_env=self._trust_env,
                 # Checks of one service never overlap: one kept-alive connection suffices.
                 limits=httpx.Limits(max_connections=4, max_keepalive_connections=1),
             )
-        return self._client
+        return self._transport
 
     async def probe(self) -> Mapping[str, object]:
-        response = await self._get_client().request(self.method, self._url, headers=self._headers)
+        request = httpx.Request(
+            self.method,
+            self._url,
+            headers=self._headers,
+            extensions={"timeout": httpx.Timeout(self.timeout).as_dict()},
+        )
+        response = await self._get_transport().handle_async_request(request)
+        try:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > MAX_BODY_BYTES:
+                    break
+        finally:
+            await response.aclose()
         details: dict[str, object] = {"status_code": response.status_code}
         if response.status_code not in self.expected_status:
             raise HealthCheckError(
@@ -320,11 +351,9 @@ class HTTPHealthChecker(HealthChecker):
         return details
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.aclose()
-        elif client is not None:
-            self._client = client  # not ours: keep using it
+        if self._owns_transport and self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.aclose()
 
 
 class RedisHealthChecker(HealthChecker):

@@ -1,0 +1,379 @@
+"""Pure parts of health monitoring: results, redaction, hysteresis, alerts, health+json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xnai_core.health.alerts import Alert, AlertThresholds, evaluate, success_rate
+from xnai_core.health.checkers import HealthCheckResult, HealthStatus
+from xnai_core.health.health_json import (
+    HEALTH_JSON_MEDIA_TYPE,
+    http_status_for,
+    overall_status,
+    to_health_json,
+)
+from xnai_core.health.hysteresis import Counters, StatusPolicy, step
+from xnai_core.health.redact import redact_url, scrub, url_secrets
+from xnai_core.health.service import ServiceHealth
+
+HEALTHY = HealthStatus.HEALTHY
+DEGRADED = HealthStatus.DEGRADED
+UNHEALTHY = HealthStatus.UNHEALTHY
+UNKNOWN = HealthStatus.UNKNOWN
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+def test_status_compares_equal_to_its_string() -> None:
+    """HealthStatus is a string enum: equal to its value, shown as its value."""
+    assert HealthStatus.DEGRADED == "degraded"
+    assert f"{HealthStatus.UNHEALTHY}" == "unhealthy"
+    assert json.dumps({"s": HealthStatus.HEALTHY}) == '{"s": "healthy"}'
+
+
+def test_result_accepts_status_strings() -> None:
+    """A result built with "healthy" holds HealthStatus.HEALTHY."""
+    result = HealthCheckResult("api", "healthy")  # type: ignore[arg-type]
+    assert result.status is HEALTHY
+    assert result.ok
+
+
+def test_result_rejects_unknown_status_string() -> None:
+    """A status outside the enum is a ValueError at construction."""
+    with pytest.raises(ValueError, match="'sick'"):
+        HealthCheckResult("api", "sick")  # type: ignore[arg-type]
+
+
+def test_result_rejects_negative_response_time() -> None:
+    """response_time is seconds and never negative."""
+    with pytest.raises(ValueError, match="'response_time' must be >= 0"):
+        HealthCheckResult("api", HEALTHY, response_time=-1.0)
+
+
+def test_result_to_dict_is_json_ready() -> None:
+    """to_dict gives every field with the status as its string."""
+    result = HealthCheckResult("api", UNHEALTHY, 0.5, 10.0, {"code": 500}, "boom")
+    assert result.to_dict() == {
+        "service": "api",
+        "status": "unhealthy",
+        "response_time": 0.5,
+        "timestamp": 10.0,
+        "details": {"code": 500},
+        "error": "boom",
+    }
+
+
+# -- redaction -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://u:p4ss@h:80/x", "http://u:***@h:80/x"),
+        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("http://h/health?token=abc&x=1", "http://h/health?token=***&x=1"),
+        ("http://user@h/", "http://user@h/"),
+        ("http://h/plain", "http://h/plain"),
+        ("host=db user=app password=s3cret", "host=db user=app password=***"),
+    ],
+)
+def test_redact_url_masks_secrets(url: str, expected: str) -> None:
+    """Passwords and secret query values are masked; the rest stays readable."""
+    assert expected == redact_url(url)
+
+
+def test_url_secrets_include_decoded_forms() -> None:
+    """A percent-encoded password is scrubbed in both spellings."""
+    secrets = url_secrets("postgresql://app:p%40ss@db/app")
+    assert "p%40ss" in secrets
+    assert "p@ss" in secrets
+    assert scrub("error near p%40ss and p@ss", secrets) == "error near *** and ***"
+
+
+# -- hysteresis ------------------------------------------------------------------------
+
+
+def run(outcomes: list[HealthStatus], policy: StatusPolicy) -> list[HealthStatus]:
+    counters = Counters()
+    seen = []
+    for outcome in outcomes:
+        counters = step(counters, outcome, policy)
+        seen.append(counters.status)
+    return seen
+
+
+def test_failures_degrade_then_make_unhealthy() -> None:
+    """Failures below the threshold degrade; at the threshold the service is unhealthy."""
+    policy = StatusPolicy(failure_threshold=3, success_threshold=2)
+    assert run([UNHEALTHY] * 3, policy) == [DEGRADED, DEGRADED, UNHEALTHY]
+
+
+def test_recovery_needs_success_threshold_successes() -> None:
+    """An unhealthy service needs success_threshold successes in a row."""
+    policy = StatusPolicy(failure_threshold=1, success_threshold=3)
+    seen = run([UNHEALTHY, HEALTHY, HEALTHY, UNHEALTHY, HEALTHY, HEALTHY, HEALTHY], policy)
+    assert seen == [UNHEALTHY, UNHEALTHY, UNHEALTHY, UNHEALTHY, UNHEALTHY, UNHEALTHY, HEALTHY]
+
+
+def test_first_success_is_taken_at_once() -> None:
+    """unknown -> healthy (or degraded when slow) on the first result."""
+    policy = StatusPolicy(success_threshold=5)
+    assert run([HEALTHY], policy) == [HEALTHY]
+    assert run([DEGRADED], policy) == [DEGRADED]
+
+
+def test_unknown_results_change_nothing() -> None:
+    """A result that could not decide keeps status and streaks."""
+    policy = StatusPolicy(failure_threshold=2)
+    counters = step(Counters(), UNHEALTHY, policy)
+    assert counters == step(counters, UNKNOWN, policy)
+
+
+@pytest.mark.parametrize("field", ["failure_threshold", "success_threshold"])
+def test_policy_rejects_zero(field: str) -> None:
+    """Thresholds are >= 1, and the message names the field."""
+    with pytest.raises(ValueError, match=f"'{field}' must be >= 1: 0"):
+        StatusPolicy(**{field: 0})  # type: ignore[arg-type]
+
+
+def runs(decided: list[bool]) -> list[tuple[bool, int, int]]:
+    """(is_failure, start, end_exclusive) of each run of equal outcomes."""
+    found: list[tuple[bool, int, int]] = []
+    start = 0
+    for index in range(1, len(decided) + 1):
+        if index == len(decided) or decided[index] != decided[start]:
+            found.append((decided[start], start, index))
+            start = index
+    return found
+
+
+outcomes_strategy = st.lists(st.sampled_from([HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN]), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    outcomes=outcomes_strategy,
+    failure_threshold=st.integers(1, 5),
+    success_threshold=st.integers(1, 5),
+)
+def test_hysteresis_matches_its_definition(
+    outcomes: list[HealthStatus], failure_threshold: int, success_threshold: int
+) -> None:
+    """unhealthy iff a run of >= N failures happened and no run of >= M successes since."""
+    policy = StatusPolicy(failure_threshold=failure_threshold, success_threshold=success_threshold)
+    final = run(outcomes, policy)[-1] if outcomes else UNKNOWN
+    decided = [o for o in outcomes if o is not UNKNOWN]
+    if not decided:
+        assert final is UNKNOWN
+        return
+    failures = [o is UNHEALTHY for o in decided]
+    model_unhealthy = False
+    for is_failure, start, end in runs(failures):
+        if is_failure and end - start >= failure_threshold:
+            model_unhealthy = True
+        elif not is_failure and end - start >= success_threshold:
+            model_unhealthy = False
+    assert model_unhealthy == (final is UNHEALTHY)
+    trailing_is_failure, start, end = runs(failures)[-1]
+    if trailing_is_failure:
+        assert final is not HEALTHY
+    elif end - start >= success_threshold:
+        assert decided[-1] == final
+
+
+# -- alerts ----------------------------------------------------------------------------
+
+
+def results(*statuses: HealthStatus, response_time: float = 0.01) -> list[HealthCheckResult]:
+    return [HealthCheckResult("api", s, response_time=response_time) for s in statuses]
+
+
+def test_thresholds_parse_the_seed_form() -> None:
+    """{"success_rate": 95, "response_time": 5.0} is percent and seconds."""
+    thresholds = AlertThresholds.from_mapping({"success_rate": 95, "response_time": 5.0})
+    assert thresholds.as_dict() == {"success_rate": 95.0, "response_time": 5.0}
+
+
+def test_thresholds_reject_unknown_keys() -> None:
+    """A typo in a threshold name is an error, not a silently ignored alert."""
+    with pytest.raises(ValueError, match=r"unknown key.*'succes_rate'"):
+        AlertThresholds.from_mapping({"succes_rate": 95})
+
+
+def test_thresholds_reject_rate_above_100() -> None:
+    """success_rate is a percentage."""
+    with pytest.raises(ValueError, match=r"'alert_thresholds\['success_rate'\]' must be in"):
+        AlertThresholds.from_mapping({"success_rate": 150})
+
+
+def test_alert_key_defaults_to_service_and_kind() -> None:
+    """Alerts carry a stable key, "<service>:<kind>"."""
+    alert = Alert(service="api", kind="success_rate", severity="warning", message="m")
+    assert alert.key == "api:success_rate"
+    assert alert.to_dict()["key"] == "api:success_rate"
+
+
+def test_alert_rejects_unknown_severity() -> None:
+    """Severity is info, warning or critical."""
+    with pytest.raises(ValueError, match="'severity' must be one of"):
+        Alert(service="a", kind="k", severity="fatal", message="m")  # type: ignore[arg-type]
+
+
+def test_success_rate_ignores_unknown_results() -> None:
+    """Undecided results are neither successes nor failures."""
+    assert success_rate(results(HEALTHY, UNHEALTHY, UNKNOWN)) == 50.0
+    assert success_rate(results(UNKNOWN)) is None
+
+
+def test_evaluate_raises_once_and_resolves_once() -> None:
+    """A breached threshold alerts once while active, and resolves when it clears."""
+    thresholds = AlertThresholds(success_rate=95.0)
+    window = results(HEALTHY, UNHEALTHY)
+    raised = evaluate(
+        "api",
+        status=DEGRADED,
+        consecutive_failures=1,
+        window=window,
+        thresholds=thresholds,
+        active=set(),
+        now=1.0,
+    )
+    assert [(a.key, a.resolved, a.severity) for a in raised] == [
+        ("api:success_rate", False, "warning")
+    ]
+    again = evaluate(
+        "api",
+        status=DEGRADED,
+        consecutive_failures=1,
+        window=window,
+        thresholds=thresholds,
+        active={"api:success_rate"},
+        now=2.0,
+    )
+    assert again == []
+    cleared = evaluate(
+        "api",
+        status=HEALTHY,
+        consecutive_failures=0,
+        window=results(HEALTHY, HEALTHY),
+        thresholds=thresholds,
+        active={"api:success_rate"},
+        now=3.0,
+    )
+    assert [(a.key, a.resolved, a.severity) for a in cleared] == [
+        ("api:success_rate", True, "info")
+    ]
+
+
+def test_evaluate_status_alert_is_critical() -> None:
+    """Becoming unhealthy raises a critical "<service>:status" alert with the error."""
+    window = [HealthCheckResult("api", UNHEALTHY, error="connection refused")]
+    alerts = evaluate(
+        "api",
+        status=UNHEALTHY,
+        consecutive_failures=3,
+        window=window,
+        thresholds=AlertThresholds(),
+        active=set(),
+        now=1.0,
+    )
+    assert [a.key for a in alerts] == ["api:status"]
+    assert alerts[0].severity == "critical"
+    assert "connection refused" in alerts[0].message
+
+
+def test_evaluate_response_time_uses_window_mean() -> None:
+    """response_time alerts on the mean over the window, in seconds."""
+    alerts = evaluate(
+        "api",
+        status=HEALTHY,
+        consecutive_failures=0,
+        window=results(HEALTHY, HEALTHY, response_time=6.0),
+        thresholds=AlertThresholds(response_time=5.0),
+        active=set(),
+        now=1.0,
+    )
+    assert [a.key for a in alerts] == ["api:response_time"]
+    assert alerts[0].details["value"] == 6.0
+
+
+# -- health+json -----------------------------------------------------------------------
+
+
+def snapshot(name: str, status: HealthStatus, **extra: object) -> ServiceHealth:
+    return ServiceHealth(name=name, status=status, **extra)  # type: ignore[arg-type]
+
+
+def test_overall_status_is_the_worst_known() -> None:
+    """unhealthy > degraded > healthy; unknown only when nothing else is known."""
+    assert overall_status([HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN]) == UNHEALTHY
+    assert overall_status([HEALTHY, UNKNOWN]) == HEALTHY
+    assert overall_status([UNKNOWN]) == UNKNOWN
+    assert overall_status([]) == UNKNOWN
+
+
+def test_health_json_shape() -> None:
+    """pass/warn/fail, checks keyed "<service>:responseTime", one-element arrays, ms."""
+    last = HealthCheckResult("db", UNHEALTHY, 0.25, 0.0, error="refused")
+    document = to_health_json(
+        [
+            snapshot("api", HEALTHY, response_time=0.012, last_check=0.0),
+            snapshot("db", UNHEALTHY, response_time=0.25, last_check=0.0, last_result=last),
+            snapshot("cache", UNKNOWN),
+        ],
+        service_id="rag",
+    )
+    assert document["status"] == "fail"
+    assert document["serviceId"] == "rag"
+    checks = document["checks"]
+    assert isinstance(checks, dict)
+    assert list(checks) == ["api:responseTime", "db:responseTime", "cache:responseTime"]
+    api = checks["api:responseTime"][0]
+    assert (
+        api["status"],
+        api["observedValue"],
+        api["observedUnit"],
+        api["time"],
+    ) == ("pass", 12.0, "ms", "1970-01-01T00:00:00Z")
+    assert "output" not in api
+    assert (
+        checks["db:responseTime"][0]["status"],
+        checks["db:responseTime"][0]["output"],
+    ) == ("fail", "refused")
+    assert (
+        checks["cache:responseTime"][0]["status"],
+        checks["cache:responseTime"][0]["output"],
+    ) == ("warn", "no result yet")
+    assert HEALTH_JSON_MEDIA_TYPE == "application/health+json"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (HEALTHY, 200),
+        (DEGRADED, 200),
+        (UNKNOWN, 200),
+        (UNHEALTHY, 503),
+        ("pass", 200),
+        ("warn", 200),
+        ("fail", 503),
+        ({"status": "fail", "checks": {}}, 503),
+        ({"summary": {"unhealthy": 1}}, 503),
+        ({"summary": {"unhealthy": 0}}, 200),
+    ],
+)
+def test_http_status_for(status: HealthStatus | str | dict[str, object], code: int) -> None:
+    """Failing is 503; pass, warn (draft: MUST be 2xx-3xx) and unknown are 200."""
+    assert code == http_status_for(status)
+
+
+def test_http_status_for_rejects_nonsense() -> None:
+    """An unrecognised status is a ValueError, not a silent 200."""
+    with pytest.raises(ValueError, match="'status' must be"):
+        http_status_for("sideways")
