@@ -539,3 +539,38 @@ def test_rules_given_at_construction() -> None:
     """RecoveryManager(rules) is add_rule for each."""
     manager = RecoveryManager([RecoveryRule("api", "manual_intervention")])
     assert manager.get_rules("api")[0].action is RecoveryActionType.MANUAL_INTERVENTION
+
+
+async def test_explicit_manual_rule_is_not_held_back_by_cooldown() -> None:
+    """In a crash loop, the page goes out at once, not after the restart cooldown."""
+    clock = FakeClock()
+    ref: list[RecoveryManager] = []
+    func, calls = action(ref, clock, heals=lambda n: True)
+    alerts: list[Alert] = []
+    async with make_manager(clock) as manager:
+        ref.append(manager)
+        manager.add_alert_handler(alerts.append)
+        manager.add_rule(rule(recovery_func=func, max_attempts=1, cooldown=500.0))
+        manager.add_rule(RecoveryRule("api", "manual_intervention"))
+        await go_unhealthy(manager)
+        clock.now += 10  # back for ten seconds only
+        before = clock.now
+        await go_unhealthy(manager)
+    assert len(calls) == 1
+    assert len(alerts) == 1
+    assert alerts[0].timestamp == before
+
+
+async def test_backoff_ending_at_clock_zero_is_still_waited() -> None:
+    """A retry time of exactly 0.0 on the clock is a time, not 'no backoff'."""
+    clock = FakeClock()
+    clock.now = -6.0  # one 1 s grace and a 5 s backoff end exactly at 0.0
+    ref: list[RecoveryManager] = []
+    func, calls = action(ref, clock)
+    async with make_manager(clock) as manager:
+        ref.append(manager)
+        manager.add_rule(
+            rule(recovery_func=func, max_attempts=2, jitter=0, grace_period=1, backoff_base=5)
+        )
+        await go_unhealthy(manager)
+    assert calls == [-6.0, 0.0]

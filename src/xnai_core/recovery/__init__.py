@@ -5,14 +5,18 @@ Modules, one concept each:
 - ``rule``: :class:`RecoveryActionType`, :class:`RecoveryRule` (validated), the backoff formula.
 - ``actions``: the actions themselves (command, cache clear, signal, callable).
 - ``stats``: attempt records and the seed's statistics.
+- ``state``: what the manager knows about one service.
+- ``seam``: the manager's side of the seam with ``HealthMonitor``.
+- ``escalation``: the manual-intervention reason and alert.
 - ``manager``: :class:`RecoveryManager`, the episode loop that ties them together.
 """
 
 from __future__ import annotations
 
 from .actions import ActionOutcome
-from .manager import RecoveryManager, RecoveryPhase
+from .manager import RecoveryManager
 from .rule import RecoveryActionType, RecoveryRule, backoff_delay
+from .state import RecoveryPhase
 from .stats import AttemptOutcome, RecoveryAttempt
 
 __all__ = [

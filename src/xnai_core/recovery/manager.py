@@ -22,101 +22,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import math
 import random as _random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
 
-from ..health.alerts import Alert, AlertHandler, deliver
+from ..health.alerts import AlertHandler, deliver
 from .actions import ActionOutcome, perform, redact
-from .rule import RecoveryActionType, RecoveryRule, backoff_delay
+from .escalation import escalation_alert, escalation_reason
+from .rule import RecoveryRule, backoff_delay
+from .seam import SupportsMonitor, check_stable_period, failures_reached
+from .state import (
+    HEALTHY,
+    MANUAL,
+    UNHEALTHY,
+    RecoveryPhase,
+    RuleSlot,
+    ServiceState,
+    status_text,
+)
 from .stats import AttemptOutcome, RecoveryAttempt, StatsBook
 
 logger = logging.getLogger("xnai_core.recovery")
-
-HEALTHY = "healthy"
-UNHEALTHY = "unhealthy"
-MANUAL = RecoveryActionType.MANUAL_INTERVENTION
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
 
 
-class SupportsMonitor(Protocol):
-    """The part of ``HealthMonitor`` the manager uses once attached."""
-
-    def get_status(self, service_name: str) -> object: ...
-
-    async def trigger_manual_check(self, service_name: str) -> object: ...
-
-    async def emit_alert(self, alert: Alert) -> object: ...
-
-
-def _status_text(status: object) -> str:
-    # HealthStatus is a str enum; plain strings work too (standalone use).
-    value = getattr(status, "value", status)
-    return str(value) if value is not None else "unknown"
-
-
-class RecoveryPhase(enum.StrEnum):
-    """Where a service's recovery stands."""
-
-    IDLE = "idle"
-    WAITING = "waiting"  # for cooldown, backoff or a rule's failure threshold
-    ACTING = "acting"
-    VERIFYING = "verifying"  # action done; waiting to see the service healthy
-    ESCALATED = "escalated"  # latched until reset()
-
-
-@dataclass(slots=True, eq=False)
-class _Slot:
-    """A rule and its counters since the service was last stable."""
-
-    rule: RecoveryRule
-    tries: int = 0
-    retry_at: float | None = None  # monotonic: the backoff ends here
-    next_delay: float = 0.0
-
-    @property
-    def exhausted(self) -> bool:
-        return self.rule.action_type is not MANUAL and self.tries >= self.rule.max_attempts
-
-
-class _Service:
-    """Everything the manager knows about one service."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.slots: list[_Slot] = []
-        self.status = "unknown"
-        self.healthy_since: float | None = None
-        self.changed = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.phase = RecoveryPhase.IDLE
-        self.cooldown_until = -math.inf
-        self.escalated_at: float | None = None
-        self.escalation_reason: str | None = None
-        self.last_attempt: RecoveryAttempt | None = None
-        self.episodes = 0
-        self.recovered_episodes = 0
-        self.time_to_recovery_sum = 0.0
-        self.attempts = 0
-        self.successes = 0
-        self.escalations = 0
-        self.deferred_by_cooldown = 0
-        self.suppressed_while_escalated = 0
-        self.dry_run_actions = 0
-
-    @property
-    def escalated(self) -> bool:
-        return self.escalated_at is not None
-
-    def busy(self) -> bool:
-        return self.task is not None and not self.task.done()
+def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+        rule = "> 0 seconds or None" if allow_none else "> 0 seconds"
+        raise ValueError(f"'{name}' must be {rule}: {value!r}")
+    return float(value)
 
 
 class RecoveryManager:
@@ -128,10 +68,11 @@ class RecoveryManager:
     then seen only when you report the service healthy.
 
     ``dry_run=True`` records (and logs) what would be done and runs nothing; it raises
-    no alert. ``clock``/``sleep``/``random`` are injectable for tests: ``clock`` is
-    monotonic seconds, ``sleep`` waits on that clock, ``random`` draws from [0, 1).
-    ``verify_interval`` is how often, during a grace period, the attached monitor is
-    asked for a fresh check (and how often a rule's failure threshold is polled).
+    no alert. ``verify_interval``: how often, during a grace period, the attached
+    monitor is asked for a fresh check (and a rule's failure threshold is polled).
+    ``alert_timeout`` bounds each async alert handler of the manager's own.
+    ``clock``/``sleep``/``random``/``wall_clock`` are injectable for tests: ``clock``
+    is monotonic seconds, ``sleep`` waits on it, ``random`` draws from [0, 1).
     """
 
     def __init__(
@@ -149,30 +90,18 @@ class RecoveryManager:
     ) -> None:
         if not isinstance(dry_run, bool):
             raise TypeError(f"'dry_run' must be a bool: {dry_run!r}")
-        if (
-            not isinstance(verify_interval, int | float)
-            or isinstance(verify_interval, bool)
-            or not 0 < verify_interval < math.inf
-        ):
-            raise ValueError(f"'verify_interval' must be > 0 seconds: {verify_interval!r}")
-        if alert_timeout is not None and not (
-            isinstance(alert_timeout, int | float)
-            and not isinstance(alert_timeout, bool)
-            and 0 < alert_timeout < math.inf
-        ):
-            raise ValueError(f"'alert_timeout' must be > 0 seconds or None: {alert_timeout!r}")
         if not isinstance(history_size, int) or isinstance(history_size, bool):
             raise TypeError(f"'history_size' must be an int: {history_size!r}")
         if history_size < 1:
             raise ValueError(f"'history_size' must be >= 1: {history_size!r}")
         self.dry_run = dry_run
-        self.verify_interval = float(verify_interval)
-        self.alert_timeout = alert_timeout
+        self.verify_interval = float(_seconds("verify_interval", verify_interval) or 1.0)
+        self.alert_timeout = _seconds("alert_timeout", alert_timeout, allow_none=True)
         self._clock = clock
         self._sleep = sleep
         self._random = random
         self._wall = wall_clock
-        self._services: dict[str, _Service] = {}
+        self._services: dict[str, ServiceState] = {}
         self._book = StatsBook(history_size)
         self._handlers: list[AlertHandler] = []
         self._monitor: SupportsMonitor | None = None
@@ -187,11 +116,9 @@ class RecoveryManager:
         if not isinstance(rule, RecoveryRule):
             raise TypeError(f"'rule' must be a RecoveryRule: {rule!r}")
         if self._monitor is not None:
-            self._check_stable_period(rule, self._monitor)
+            check_stable_period(rule, self._monitor)
         svc = self._service(rule.service_name)
-        cost = rule.action_type.cost
-        index = sum(1 for slot in svc.slots if slot.rule.action_type.cost <= cost)
-        svc.slots.insert(index, _Slot(rule))
+        svc.add(rule)
         # A service already known to be down must not wait for its next status change.
         if svc.status == UNHEALTHY:
             with contextlib.suppress(RuntimeError):  # no running loop: the next change starts it
@@ -211,38 +138,15 @@ class RecoveryManager:
     def attach(self, monitor: SupportsMonitor) -> None:
         """Called once by ``HealthMonitor(recovery_manager=...)``; idempotent for one monitor.
 
-        Raises ValueError if a rule's ``stable_period`` is too short for this
-        monitor to ever see a crash loop (see :meth:`_check_stable_period`).
+        ValueError if a rule's ``stable_period`` is too short for this monitor ever
+        to see a crash loop (see :func:`~xnai_core.recovery.seam.check_stable_period`).
         """
         if self._monitor is not None and self._monitor is not monitor:
             raise ValueError(f"this RecoveryManager is already attached to {self._monitor!r}")
         for svc in self._services.values():
             for slot in svc.slots:
-                self._check_stable_period(slot.rule, monitor)
+                check_stable_period(slot.rule, monitor)
         self._monitor = monitor
-
-    @staticmethod
-    def _check_stable_period(rule: RecoveryRule, monitor: object) -> None:
-        """A stable period the monitor cannot outlast would reset counters on every crash.
-
-        A service that dies right after a restart still looks healthy until the
-        monitor's next failed check (one interval), and unhealthy only after
-        ``failure_threshold`` of them. A stable period shorter than that passes on
-        every lap of a crash loop, so max_attempts would never be reached: the
-        systemd trap of a limit that can never trigger.
-        """
-        interval = getattr(monitor, "check_interval", None)
-        threshold = getattr(monitor, "failure_threshold", None)
-        if not isinstance(interval, int | float) or not isinstance(threshold, int):
-            return
-        detection = interval * threshold
-        if rule.stable_period <= detection:
-            raise ValueError(
-                f"'stable_period' of the {rule.action_type.value!r} rule for "
-                f"{rule.service_name!r} must be > the monitor's failure_threshold * "
-                f"check_interval ({threshold} * {interval:g}s = {detection:g}s), or a crash "
-                f"loop never escalates: {rule.stable_period!r}"
-            )
 
     @property
     def monitor(self) -> SupportsMonitor | None:
@@ -263,25 +167,26 @@ class RecoveryManager:
         Returns at once: recovery runs in a task of its own, one per service.
         """
         svc = self._service(service_name)
-        self._note_status(svc, _status_text(new_status))
-        if svc.status == UNHEALTHY and svc.slots:
-            error = getattr(result, "error", None)
-            if svc.escalated:
-                svc.suppressed_while_escalated += 1
-                logger.info(
-                    "recovery of %s is escalated; not acting until reset (%s)",
-                    service_name,
-                    error or "unhealthy",
-                    extra={"service": service_name},
-                )
-            elif not svc.busy():
-                logger.warning(
-                    "%s is unhealthy; recovery starts (%s)",
-                    service_name,
-                    redact(str(error)) if error else "no error given",
-                    extra={"service": service_name},
-                )
-            self._start(svc)
+        svc.note_status(status_text(new_status), self._clock())
+        if svc.status != UNHEALTHY or not svc.slots:
+            return
+        error = getattr(result, "error", None)
+        if svc.escalated:
+            svc.suppressed_while_escalated += 1
+            logger.info(
+                "recovery of %s is escalated; not acting until reset (%s)",
+                service_name,
+                redact(str(error)) if error else "unhealthy",
+                extra={"service": service_name},
+            )
+        elif not svc.busy():
+            logger.warning(
+                "%s is unhealthy; recovery starts (%s)",
+                service_name,
+                redact(str(error)) if error else "no error given",
+                extra={"service": service_name},
+            )
+        self._start(svc)
 
     # -- operator actions ----------------------------------------------------------
 
@@ -293,22 +198,15 @@ class RecoveryManager:
     async def reset(self, service_name: str) -> bool:
         """Lift the manual-intervention latch and clear the service's counters and cooldown.
 
-        Returns whether the service was escalated. A resolved alert (same key) goes
-        out for a lifted latch. If the service is still unhealthy, recovery starts
-        afresh.
+        Returns whether the service was escalated. A lifted latch sends the resolved
+        alert (same key). If the service is still unhealthy, recovery starts afresh.
         """
         svc = self._services.get(service_name)
         if svc is None:
             return False
         was_escalated = svc.escalated
-        reason = svc.escalation_reason
-        svc.escalated_at = None
-        svc.escalation_reason = None
-        svc.cooldown_until = -math.inf
-        for slot in svc.slots:
-            slot.tries, slot.retry_at, slot.next_delay = 0, None, 0.0
-        if svc.phase is RecoveryPhase.ESCALATED:
-            svc.phase = RecoveryPhase.IDLE
+        reason = svc.escalation_reason or "reset"
+        svc.reset()
         logger.info(
             "recovery of %s reset%s",
             service_name,
@@ -316,18 +214,15 @@ class RecoveryManager:
             extra={"service": service_name},
         )
         if was_escalated and not self.dry_run:
-            await self._alert(svc, resolved=True, reason=reason or "reset")
-        if svc.status == UNHEALTHY and svc.slots:
+            await self._alert(svc, resolved=True, reason=reason)
+        if svc.status == UNHEALTHY:
             self._start(svc)
         return was_escalated
 
     async def wait_idle(self) -> None:
         """Wait until no service has recovery in flight."""
-        while True:
-            tasks = [svc.task for svc in self._services.values() if svc.busy()]
-            if not tasks:
-                return
-            await asyncio.wait([t for t in tasks if t is not None])
+        while tasks := [svc.task for svc in self._services.values() if svc.busy()]:
+            await asyncio.wait([task for task in tasks if task is not None])
 
     async def aclose(self) -> None:
         """Cancel recovery in flight (killing any running command) and stop acting."""
@@ -357,88 +252,23 @@ class RecoveryManager:
         now = self._clock()
         services: dict[str, object] = {}
         for name, svc in self._services.items():
-            if not svc.slots:
-                continue
-            self._apply_stable_reset(svc, now)
-            services[name] = self._service_detail(svc, now)
+            if svc.slots:
+                svc.apply_stable_reset(now)
+                services[name] = svc.detail(now)
         stats["services"] = services
         return stats
 
-    def _service_detail(self, svc: _Service, now: float) -> dict[str, object]:
-        recovered = svc.recovered_episodes
-        return {
-            "status": svc.status,
-            "state": svc.phase.value,
-            "escalated": svc.escalated,
-            "escalated_at": svc.escalated_at,
-            "escalation_reason": svc.escalation_reason,
-            "episodes": svc.episodes,
-            "recovered_episodes": recovered,
-            "mean_time_to_recovery": svc.time_to_recovery_sum / recovered if recovered else None,
-            "attempts": svc.attempts,
-            "successes": svc.successes,
-            "failures": svc.attempts - svc.successes,
-            "escalations": svc.escalations,
-            "deferred_by_cooldown": svc.deferred_by_cooldown,
-            "suppressed_while_escalated": svc.suppressed_while_escalated,
-            "dry_run_actions": svc.dry_run_actions,
-            "cooldown_remaining": max(0.0, svc.cooldown_until - now),
-            "healthy_for": None if svc.healthy_since is None else now - svc.healthy_since,
-            "rules": [
-                {
-                    "action": slot.rule.action_type.value,
-                    "runs": slot.rule.describe(),
-                    "failure_threshold": slot.rule.failure_threshold,
-                    "max_attempts": slot.rule.max_attempts,
-                    "tries_since_stable": slot.tries,
-                    "backoff_remaining": (
-                        max(0.0, slot.retry_at - now) if slot.retry_at is not None else 0.0
-                    ),
-                }
-                for slot in svc.slots
-            ],
-            "last_attempt": svc.last_attempt.as_dict() if svc.last_attempt else None,
-        }
-
     # -- the episode -----------------------------------------------------------------
 
-    def _service(self, name: str) -> _Service:
+    def _service(self, name: str) -> ServiceState:
         if not isinstance(name, str) or not name:
             raise ValueError(f"'service_name' must be a non-empty string: {name!r}")
         svc = self._services.get(name)
         if svc is None:
-            svc = self._services[name] = _Service(name)
+            svc = self._services[name] = ServiceState(name)
         return svc
 
-    def _note_status(self, svc: _Service, status: str) -> None:
-        if status == svc.status:
-            return
-        now = self._clock()
-        if status == HEALTHY:
-            svc.healthy_since = now
-        elif svc.status == HEALTHY:
-            self._apply_stable_reset(svc, now)
-            svc.healthy_since = None
-        svc.status = status
-        svc.changed.set()
-
-    def _apply_stable_reset(self, svc: _Service, now: float) -> None:
-        """Forget attempts once the service has stayed healthy for a rule's stable period."""
-        if svc.status != HEALTHY or svc.healthy_since is None:
-            return
-        healthy_for = now - svc.healthy_since
-        for slot in svc.slots:
-            if slot.tries and healthy_for >= slot.rule.stable_period:
-                logger.info(
-                    "%s stable for %.1fs: %s counters reset",
-                    svc.name,
-                    healthy_for,
-                    slot.rule.action_type.value,
-                    extra={"service": svc.name},
-                )
-                slot.tries, slot.retry_at, slot.next_delay = 0, None, 0.0
-
-    def _start(self, svc: _Service) -> None:
+    def _start(self, svc: ServiceState) -> None:
         """Start the service's episode unless one is in flight, it is latched, or we closed."""
         if self._closed or svc.escalated or svc.busy() or not svc.slots:
             return
@@ -446,62 +276,58 @@ class RecoveryManager:
             self._run(svc), name=f"xnai-recovery:{svc.name}"
         )
 
-    async def _run(self, svc: _Service) -> None:
+    async def _run(self, svc: ServiceState) -> None:
         try:
             # Loop only if the service failed again while the last episode was ending.
             while svc.status == UNHEALTHY and not svc.escalated and not self._closed:
                 await self._episode(svc)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             logger.exception("recovery of %s failed unexpectedly", svc.name)
         finally:
             svc.phase = RecoveryPhase.ESCALATED if svc.escalated else RecoveryPhase.IDLE
 
-    async def _episode(self, svc: _Service) -> None:
+    async def _episode(self, svc: ServiceState) -> None:
+        """One outage: climb the rules until healthy, or escalate."""
         svc.episodes += 1
         started = self._clock()
         acted: RecoveryRule | None = None
-        deferred = False
         last_failure: str | None = None
+        deferred = svc.cooldown_until > started
         try:
             while svc.status == UNHEALTHY:
-                slot = next((s for s in svc.slots if not s.exhausted), None)
+                slot = svc.next_slot()
+                if slot is not None and not await self._wait_ready(svc, slot):
+                    return
                 if slot is None or slot.rule.action_type is MANUAL:
-                    if slot is not None and not await self._wait_ready(svc, slot, started):
-                        return
-                    await self._escalate(svc, slot, last_failure)
+                    await self._escalate(svc, last_failure)
                     return
-                if not await self._wait_ready(svc, slot, started):
-                    return
-                if not deferred and svc.cooldown_until > started:
-                    deferred = True
                 acted = slot.rule
                 attempt = await self._attempt(svc, slot)
-                if attempt.outcome is AttemptOutcome.SUCCEEDED or (
-                    attempt.outcome is AttemptOutcome.DRY_RUN and attempt.recovery_time is not None
-                ):
+                if attempt.recovery_time is not None:
                     return
                 last_failure = f"{attempt.action.value} attempt {attempt.attempt}: {attempt.reason}"
         finally:
-            if deferred:
+            now = self._clock()
+            if deferred and acted is not None:
                 svc.deferred_by_cooldown += 1
             if svc.status == HEALTHY:
                 svc.recovered_episodes += 1
-                svc.time_to_recovery_sum += self._clock() - started
+                svc.time_to_recovery_sum += now - started
             if acted is not None:
-                svc.cooldown_until = self._clock() + acted.cooldown
+                svc.cooldown_until = now + acted.cooldown
 
-    async def _wait_ready(self, svc: _Service, slot: _Slot, started: float) -> bool:
-        """Wait out cooldown, backoff and the rule's failure threshold; False if no longer sick."""
-        rule = slot.rule
+    async def _wait_ready(self, svc: ServiceState, slot: RuleSlot) -> bool:
+        """Wait out cooldown, backoff and the rule's failure threshold; False if not sick now."""
         announced = False
         while True:
             if svc.status != UNHEALTHY or self._closed:
                 return False
             now = self._clock()
-            ready_at = max(svc.cooldown_until, slot.retry_at if slot.retry_at is not None else 0.0)
-            threshold_met = self._failures(svc.name, rule.failure_threshold)
+            # A page is never held back by cooldown: only the rule's threshold gates it.
+            manual = slot.rule.action_type is MANUAL
+            backoff_end = -math.inf if slot.retry_at is None else slot.retry_at
+            ready_at = -math.inf if manual else max(svc.cooldown_until, backoff_end)
+            threshold_met = failures_reached(self._monitor, svc.name, slot.rule.failure_threshold)
             if now >= ready_at and threshold_met:
                 return True
             svc.phase = RecoveryPhase.WAITING
@@ -513,31 +339,13 @@ class RecoveryManager:
                     svc.cooldown_until - now,
                     extra={"service": svc.name},
                 )
-            step = max(0.0, ready_at - now)
-            if threshold_met is False and now >= ready_at:
-                step = self.verify_interval
+            # Time we know how to wait; a failure streak we can only poll for.
+            step = ready_at - now if now < ready_at else self.verify_interval
             svc.changed.clear()
             await self._wait_changed(svc, step)
 
-    def _failures(self, name: str, threshold: int) -> bool:
-        """Whether the monitor has counted ``threshold`` failed checks in a row.
-
-        Without a monitor (or one that cannot say), an unhealthy report is taken
-        to have met every threshold.
-        """
-        monitor = self._monitor
-        if monitor is None or threshold <= 1:
-            return True
-        get_service_health = getattr(monitor, "get_service_health", None)
-        if get_service_health is None:
-            return True
-        try:
-            failures = get_service_health(name).consecutive_failures
-            return int(failures) >= threshold
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return True
-
-    async def _attempt(self, svc: _Service, slot: _Slot) -> RecoveryAttempt:
+    async def _attempt(self, svc: ServiceState, slot: RuleSlot) -> RecoveryAttempt:
+        """Run one action, then watch for health through the grace period; record it."""
         rule = slot.rule
         slot.tries += 1
         svc.phase = RecoveryPhase.ACTING
@@ -560,14 +368,13 @@ class RecoveryManager:
         if outcome.ok:
             svc.phase = RecoveryPhase.VERIFYING
             healthy_at = await self._verify(svc, rule.grace_period)
-        end = self._clock()
-        slot.next_delay = backoff_delay(rule, slot.tries, self._random())
-        slot.retry_at = end + slot.next_delay
+        tries = slot.tries
+        slot.next_delay = backoff_delay(rule, tries, self._random())
+        slot.retry_at = self._clock() + slot.next_delay
         if not outcome.retryable:
             slot.tries = max(slot.tries, rule.max_attempts)  # repeating it cannot help
         if self.dry_run:
-            result = AttemptOutcome.DRY_RUN
-            reason = None if healthy_at is not None else "dry run"
+            result, reason = AttemptOutcome.DRY_RUN, None
         elif healthy_at is not None:
             result, reason = AttemptOutcome.SUCCEEDED, None
         else:
@@ -576,7 +383,7 @@ class RecoveryManager:
         attempt = RecoveryAttempt(
             service=svc.name,
             action=rule.action_type,
-            attempt=slot.tries if outcome.retryable else min(slot.tries, rule.max_attempts),
+            attempt=tries,
             timestamp=wall,
             duration=t1 - t0,
             outcome=result,
@@ -602,7 +409,7 @@ class RecoveryManager:
                 "%s: %s attempt %d/%d failed: %s; %s",
                 svc.name,
                 rule.action_type.value,
-                slot.tries,
+                tries,
                 rule.max_attempts,
                 reason,
                 "no retry" if slot.exhausted else f"next retry in {slot.next_delay:.2f}s",
@@ -610,22 +417,21 @@ class RecoveryManager:
             )
         return attempt
 
-    async def _verify(self, svc: _Service, grace: float) -> float | None:
+    async def _verify(self, svc: ServiceState, grace: float) -> float | None:
         """The clock time the service is seen healthy within ``grace``, or None."""
         deadline = self._clock() + grace
         step = min(self.verify_interval, grace / 4)
-        while True:
-            if svc.status == HEALTHY:
-                return self._clock()
+        while svc.status != HEALTHY:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return None
             svc.changed.clear()
             await self._wait_changed(svc, min(step, remaining))
-            if svc.status != HEALTHY and self._monitor is not None:
+            if svc.status != HEALTHY:
                 await self._probe(svc)
+        return self._clock()
 
-    async def _probe(self, svc: _Service) -> None:
+    async def _probe(self, svc: ServiceState) -> None:
         """Ask the monitor for a fresh check now, rather than at its next interval."""
         monitor = self._monitor
         if monitor is None:
@@ -636,9 +442,9 @@ class RecoveryManager:
         except Exception as exc:  # the monitor's trouble must not end recovery
             logger.debug("manual check of %s failed: %r", svc.name, exc)
             return
-        self._note_status(svc, _status_text(status))
+        svc.note_status(status_text(status), self._clock())
 
-    async def _wait_changed(self, svc: _Service, timeout: float) -> None:
+    async def _wait_changed(self, svc: ServiceState, timeout: float) -> None:
         """Sleep up to ``timeout`` on the injected clock, waking early on a status change."""
         if svc.changed.is_set():
             return
@@ -653,27 +459,24 @@ class RecoveryManager:
 
     # -- escalation --------------------------------------------------------------------
 
-    async def _escalate(self, svc: _Service, slot: _Slot | None, last_failure: str | None) -> None:
-        tried = [s for s in svc.slots if s.tries and s.rule.action_type is not MANUAL]
-        summary = (
-            "; ".join(f"{s.rule.action_type.value} tried {s.tries}x" for s in tried)
-            or "no automatic action configured"
-        )
-        reason = f"{summary}; last: {last_failure}" if last_failure else summary
+    async def _escalate(self, svc: ServiceState, last_failure: str | None) -> None:
+        reason = escalation_reason(svc, last_failure)
         svc.escalated_at = self._wall()
         svc.escalation_reason = reason
         svc.phase = RecoveryPhase.ESCALATED
-        attempt = RecoveryAttempt(
-            service=svc.name,
-            action=MANUAL,
-            attempt=1,
-            timestamp=svc.escalated_at,
-            duration=0.0,
-            outcome=AttemptOutcome.DRY_RUN if self.dry_run else AttemptOutcome.ESCALATED,
-            detail="dry run: would raise a critical alert" if self.dry_run else "critical alert",
-            reason=reason,
+        self._record(
+            svc,
+            RecoveryAttempt(
+                service=svc.name,
+                action=MANUAL,
+                attempt=1,
+                timestamp=svc.escalated_at,
+                duration=0.0,
+                outcome=AttemptOutcome.DRY_RUN if self.dry_run else AttemptOutcome.ESCALATED,
+                detail=("dry run: would raise " if self.dry_run else "") + "a critical alert",
+                reason=reason,
+            ),
         )
-        self._record(svc, attempt)
         if self.dry_run:
             logger.error(
                 "dry run: %s would escalate to manual intervention: %s",
@@ -682,7 +485,6 @@ class RecoveryManager:
                 extra={"service": svc.name},
             )
             return
-        svc.escalations += 1
         logger.error(
             "%s escalated to manual intervention: %s; latched until reset(%r)",
             svc.name,
@@ -692,37 +494,13 @@ class RecoveryManager:
         )
         await self._alert(svc, resolved=False, reason=reason)
 
-    def _record(self, svc: _Service, attempt: RecoveryAttempt) -> None:
-        svc.last_attempt = attempt
+    def _record(self, svc: ServiceState, attempt: RecoveryAttempt) -> None:
+        svc.record(attempt)
         self._book.record(attempt)
-        if attempt.outcome is AttemptOutcome.DRY_RUN:
-            svc.dry_run_actions += 1
-        elif attempt.outcome is not AttemptOutcome.ESCALATED:
-            svc.attempts += 1
-            if attempt.outcome is AttemptOutcome.SUCCEEDED:
-                svc.successes += 1
 
-    async def _alert(self, svc: _Service, *, resolved: bool, reason: str) -> None:
-        if resolved:
-            message = f"{svc.name}: manual intervention latch reset; automated recovery resumes"
-        else:
-            message = (
-                f"{svc.name}: automated recovery gave up ({reason}); manual intervention "
-                f"needed, then reset({svc.name!r})"
-            )
-        alert = Alert(
-            key=f"{svc.name}:manual_intervention",
-            service=svc.name,
-            kind="manual_intervention",
-            severity="info" if resolved else "critical",
-            message=message,
-            resolved=resolved,
-            timestamp=self._wall(),
-            details={
-                "reason": reason,
-                "last_attempt": svc.last_attempt.as_dict() if svc.last_attempt else None,
-            },
-        )
+    async def _alert(self, svc: ServiceState, *, resolved: bool, reason: str) -> None:
+        """Through the monitor's handlers when attached, and always to the manager's own."""
+        alert = escalation_alert(svc, resolved=resolved, reason=reason, now=self._wall())
         if self._monitor is not None:
             try:
                 await self._monitor.emit_alert(alert)

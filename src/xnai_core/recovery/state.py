@@ -1,0 +1,184 @@
+"""What the manager knows about one service: its rules' counters, status, phase, tallies."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+from dataclasses import dataclass
+
+from .rule import RecoveryActionType, RecoveryRule
+from .stats import AttemptOutcome, RecoveryAttempt
+
+logger = logging.getLogger("xnai_core.recovery")
+
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+MANUAL = RecoveryActionType.MANUAL_INTERVENTION
+
+
+def status_text(status: object) -> str:
+    """A status as its plain string: HealthStatus is a str enum, plain strings pass."""
+    value = getattr(status, "value", status)
+    return str(value) if value is not None else "unknown"
+
+
+class RecoveryPhase(enum.StrEnum):
+    """Where a service's recovery stands (the ``state`` in its statistics)."""
+
+    IDLE = "idle"
+    WAITING = "waiting"  # for cooldown, backoff or a rule's failure threshold
+    ACTING = "acting"
+    VERIFYING = "verifying"  # action done; waiting to see the service healthy
+    ESCALATED = "escalated"  # latched until reset()
+
+
+@dataclass(slots=True, eq=False)
+class RuleSlot:
+    """A rule and its counters since the service was last stable."""
+
+    rule: RecoveryRule
+    tries: int = 0
+    retry_at: float | None = None  # monotonic: the backoff ends here
+    next_delay: float = 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.rule.action_type is not MANUAL and self.tries >= self.rule.max_attempts
+
+    def clear(self) -> None:
+        self.tries, self.retry_at, self.next_delay = 0, None, 0.0
+
+
+class ServiceState:
+    """One service: rules cheapest first, last known status, the episode task, tallies.
+
+    Times named ``*_since``/``*_until``/``retry_at`` are on the manager's monotonic
+    clock; ``escalated_at`` is wall-clock, for people.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.slots: list[RuleSlot] = []
+        self.status = "unknown"
+        self.healthy_since: float | None = None
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.phase = RecoveryPhase.IDLE
+        self.cooldown_until = -math.inf
+        self.escalated_at: float | None = None
+        self.escalation_reason: str | None = None
+        self.last_attempt: RecoveryAttempt | None = None
+        self.episodes = 0
+        self.recovered_episodes = 0
+        self.time_to_recovery_sum = 0.0
+        self.attempts = 0
+        self.successes = 0
+        self.escalations = 0
+        self.deferred_by_cooldown = 0
+        self.suppressed_while_escalated = 0
+        self.dry_run_actions = 0
+
+    @property
+    def escalated(self) -> bool:
+        return self.escalated_at is not None
+
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def add(self, rule: RecoveryRule) -> None:
+        """Insert ``rule`` after every rule of the same or a cheaper action."""
+        cost = rule.action_type.cost
+        index = sum(1 for slot in self.slots if slot.rule.action_type.cost <= cost)
+        self.slots.insert(index, RuleSlot(rule))
+
+    def next_slot(self) -> RuleSlot | None:
+        """The cheapest rule with attempts left (a manual rule never runs out); None: give up."""
+        return next((slot for slot in self.slots if not slot.exhausted), None)
+
+    def note_status(self, status: str, now: float) -> None:
+        """Take a new status; wake the episode if it changed."""
+        if status == self.status:
+            return
+        if status == HEALTHY:
+            self.healthy_since = now
+        elif self.status == HEALTHY:
+            self.apply_stable_reset(now)
+            self.healthy_since = None
+        self.status = status
+        self.changed.set()
+
+    def apply_stable_reset(self, now: float) -> None:
+        """Forget a rule's attempts once the service has stayed healthy its stable period."""
+        if self.status != HEALTHY or self.healthy_since is None:
+            return
+        healthy_for = now - self.healthy_since
+        for slot in self.slots:
+            if slot.tries and healthy_for >= slot.rule.stable_period:
+                logger.info(
+                    "%s stable for %.1fs: %s counters reset",
+                    self.name,
+                    healthy_for,
+                    slot.rule.action_type.value,
+                    extra={"service": self.name},
+                )
+                slot.clear()
+
+    def reset(self) -> None:
+        """An operator's reset: no latch, no counters, no cooldown."""
+        self.escalated_at = None
+        self.escalation_reason = None
+        self.cooldown_until = -math.inf
+        for slot in self.slots:
+            slot.clear()
+        if self.phase is RecoveryPhase.ESCALATED:
+            self.phase = RecoveryPhase.IDLE
+
+    def record(self, attempt: RecoveryAttempt) -> None:
+        self.last_attempt = attempt
+        if attempt.outcome is AttemptOutcome.DRY_RUN:
+            self.dry_run_actions += 1
+        elif attempt.outcome is AttemptOutcome.ESCALATED:
+            self.escalations += 1
+        else:
+            self.attempts += 1
+            if attempt.outcome is AttemptOutcome.SUCCEEDED:
+                self.successes += 1
+
+    def detail(self, now: float) -> dict[str, object]:
+        """The per-service part of ``get_recovery_stats()``."""
+        recovered = self.recovered_episodes
+        return {
+            "status": self.status,
+            "state": self.phase.value,
+            "escalated": self.escalated,
+            "escalated_at": self.escalated_at,
+            "escalation_reason": self.escalation_reason,
+            "episodes": self.episodes,
+            "recovered_episodes": recovered,
+            "mean_time_to_recovery": self.time_to_recovery_sum / recovered if recovered else None,
+            "attempts": self.attempts,
+            "successes": self.successes,
+            "failures": self.attempts - self.successes,
+            "escalations": self.escalations,
+            "deferred_by_cooldown": self.deferred_by_cooldown,
+            "suppressed_while_escalated": self.suppressed_while_escalated,
+            "dry_run_actions": self.dry_run_actions,
+            "cooldown_remaining": max(0.0, self.cooldown_until - now),
+            "healthy_for": None if self.healthy_since is None else now - self.healthy_since,
+            "rules": [
+                {
+                    "action": slot.rule.action_type.value,
+                    "runs": slot.rule.describe(),
+                    "failure_threshold": slot.rule.failure_threshold,
+                    "max_attempts": slot.rule.max_attempts,
+                    "tries_since_stable": slot.tries,
+                    "backoff_remaining": (
+                        max(0.0, slot.retry_at - now) if slot.retry_at is not None else 0.0
+                    ),
+                }
+                for slot in self.slots
+            ],
+            "last_attempt": self.last_attempt.as_dict() if self.last_attempt else None,
+        }
