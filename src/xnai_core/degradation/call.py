@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -30,7 +31,8 @@ async def invoke(
 ) -> object:
     """``func(*args, **kwargs)``, awaited when it returns an awaitable (async or sync ``func``)."""
     result = func(*args, **kwargs)
-    if inspect.isawaitable(result):
+    # The exact-type test is the cheap common case; isawaitable covers the rest.
+    if type(result) is CoroutineType or inspect.isawaitable(result):
         result = await result
     return result
 

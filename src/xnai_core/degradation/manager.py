@@ -265,8 +265,8 @@ class ServiceDegradationManager:
         Raises :class:`AllStrategiesFailedError` when the primary and every
         strategy failed, and any exception outside ``degrade_on`` unchanged.
         """
-        result = await self.call_service_detailed(service_name, func, *args, **kwargs)
-        return result.value
+        value, _ = await self._call(service_name, func, args, kwargs)
+        return value
 
     async def call_service_detailed(
         self,
@@ -277,19 +277,34 @@ class ServiceDegradationManager:
         **kwargs: P.kwargs,
     ) -> ServiceResult[Any]:
         """Like :meth:`call_service`, but returns the value with how it was obtained."""
+        value, info = await self._call(service_name, func, args, kwargs)
+        return ServiceResult(value, info)
+
+    async def _call(
+        self,
+        service_name: str,
+        func: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> tuple[Any, CallInfo]:
         if not callable(func):
             raise TypeError(f"'func' must be callable: {func!r}")
-        _check_service_name(service_name)
+        service = self._services.get(service_name)
+        if service is None:
+            _check_service_name(service_name)
+            service = self._service(service_name)
         set_last_call_info(None)
-        service = self._service(service_name)
         service.stats.calls += 1
         call = ServiceCall(service_name, func, args, kwargs)
-        proceed: Proceed = functools.partial(self._primary, call, service.settings.timeout)
-        for reg in service.guards_inner_first:
-            guard = cast(PrimaryGuard, reg.strategy)
-            proceed = functools.partial(_run_guard, guard, call, proceed)
         try:
-            answer = await proceed()
+            if service.guards_inner_first:
+                proceed: Proceed = functools.partial(self._primary, call, service.settings.timeout)
+                for reg in service.guards_inner_first:
+                    guard = cast(PrimaryGuard, reg.strategy)
+                    proceed = functools.partial(_run_guard, guard, call, proceed)
+                answer = await proceed()
+            else:
+                answer = await self._primary(call, service.settings.timeout)
         except service.triggers as exc:
             primary_error = exc
         except Exception:
@@ -312,12 +327,15 @@ class ServiceDegradationManager:
                 raise ServiceTimeoutError(call.service_name, timeout) from None
             raise
 
-    def _answered(self, service: _Service, answer: object) -> ServiceResult[Any]:
+    def _answered(self, service: _Service, answer: object) -> tuple[Any, CallInfo]:
         stats = service.stats
         if type(answer) is not GuardAnswer:
-            self._emit(stats.record_primary(self._clock()))
+            if stats.degraded:
+                self._emit(stats.record_primary(self._clock()))
+            else:
+                stats.primary_successes += 1
             set_last_call_info(service.primary_info)
-            return ServiceResult(answer, service.primary_info)
+            return answer, service.primary_info
         if answer.degraded:
             reason = answer.reason or f"answered by {answer.source}"
             self._emit(stats.record_degraded(answer.source, reason, self._clock()))
@@ -332,11 +350,11 @@ class ServiceDegradationManager:
             error=answer.error,
         )
         set_last_call_info(info)
-        return ServiceResult(answer.value, info)
+        return answer.value, info
 
     async def _degrade(
         self, service: _Service, call: ServiceCall, primary_error: Exception
-    ) -> ServiceResult[Any]:
+    ) -> tuple[Any, CallInfo]:
         stats = service.stats
         stats.record_primary_failure(primary_error)
         reason = describe_error(primary_error)
@@ -359,7 +377,7 @@ class ServiceDegradationManager:
                 error=primary_error,
             )
             set_last_call_info(info)
-            return ServiceResult(value, info)
+            return value, info
         self._emit(stats.record_failed(primary_error, self._clock()))
         raise AllStrategiesFailedError(service.name, primary_error, failures)
 
