@@ -387,7 +387,7 @@ class RedisHealthChecker(HealthChecker):
                 self._secrets = (password,)
 
     def describe(self) -> dict[str, object]:
-        if self._client is None and self._url is not None:
+        if self._url is not None:
             return {"url": redact_url(self._url)}
         assert self._client is not None
         kwargs = self._client.connection_pool.connection_kwargs
@@ -459,7 +459,8 @@ class DatabaseHealthChecker(HealthChecker):
 
     Keeps one connection open between checks and replaces it after any error,
     so a check measures the server, not a connection handshake, while a dead
-    connection never lingers.
+    connection never lingers. The connection shows in ``pg_stat_activity`` under
+    ``application_name``.
     """
 
     component_type = "datastore"
@@ -471,8 +472,10 @@ class DatabaseHealthChecker(HealthChecker):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         degraded_threshold: float | None = None,
+        application_name: str = "xnai-core-health",
     ) -> None:
         super().__init__(name, timeout=timeout, degraded_threshold=degraded_threshold)
+        self.application_name = application_name
         if not isinstance(dsn, str) or not dsn:
             raise ValueError(f"'dsn' must be a non-empty string: {redact_url(str(dsn))!r}")
         self._dsn = dsn
@@ -495,7 +498,12 @@ class DatabaseHealthChecker(HealthChecker):
         try:
             conn = self._conn
             if conn is None or conn.is_closed():
-                conn = await asyncpg.connect(self._dsn, timeout=self.timeout)
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self.timeout,
+                    # Lets a DBA see in pg_stat_activity which connection is the health check.
+                    server_settings={"application_name": self.application_name},
+                )
                 self._conn = conn
             started = time.perf_counter()
             await conn.fetchval("SELECT 1")
