@@ -4,7 +4,8 @@ Run: ``.venv/bin/python -m benchmarks.bench_breaker [--calls N] [--repeats R]``
 
 Every row is measured in this one run: the median over R repeats of N calls of
 the time per call, minus the bare call of the same kind (``await af()`` for async
-rows, ``f()`` for sync rows). Shared machines are noisy: read the ratios.
+rows, ``f()`` for sync rows). The rows take turns within each repeat, so a burst
+of noise from a neighbour hits them alike. Shared machines are noisy: read the ratios.
 """
 
 from __future__ import annotations
@@ -31,26 +32,32 @@ def f() -> int:
 AsyncStep = Callable[[], Awaitable[object]]
 
 
-async def time_async(step: AsyncStep, calls: int, repeats: int) -> float:
-    """Median ns per call of ``await step()``."""
-    samples = []
+async def time_async_rows(
+    rows: list[tuple[str, AsyncStep]], calls: int, repeats: int
+) -> list[tuple[str, float]]:
+    """Median ns per call of each row; rows take turns, so noise hits them alike."""
+    samples: dict[str, list[float]] = {label: [] for label, _ in rows}
     for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            await step()
-        samples.append((time.perf_counter_ns() - start) / calls)
-    return statistics.median(samples)
+        for label, step in rows:
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                await step()
+            samples[label].append((time.perf_counter_ns() - start) / calls)
+    return [(label, statistics.median(samples[label])) for label, _ in rows]
 
 
-def time_sync(step: Callable[[], object], calls: int, repeats: int) -> float:
-    """Median ns per call of ``step()``."""
-    samples = []
+def time_sync_rows(
+    rows: list[tuple[str, Callable[[], object]]], calls: int, repeats: int
+) -> list[tuple[str, float]]:
+    """Median ns per call of each sync row, taking turns like the async rows."""
+    samples: dict[str, list[float]] = {label: [] for label, _ in rows}
     for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            step()
-        samples.append((time.perf_counter_ns() - start) / calls)
-    return statistics.median(samples)
+        for label, step in rows:
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                step()
+            samples[label].append((time.perf_counter_ns() - start) / calls)
+    return [(label, statistics.median(samples[label])) for label, _ in rows]
 
 
 def ours(timeout: float | None) -> CircuitBreaker:
@@ -92,7 +99,7 @@ async def async_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
         ("aiobreaker 1.2.0", lambda: aio.call_async(af)),
         ("purgatory 3.0.1 (memory)", purg_af),
     ]
-    measured = [(label, await time_async(step, calls, repeats)) for label, step in rows]
+    measured = await time_async_rows(rows, calls, repeats)
 
     # The cost of a rejected call while open.
     async def boom() -> None:
@@ -112,8 +119,7 @@ async def async_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
         ("open: aiobreaker 1.2.0 rejects", lambda: rejecting(lambda: aio.call_async(boom))),
         ("open: purgatory 3.0.1 rejects", lambda: rejecting(purg_boom)),
     ]
-    for label, step in open_rows:
-        measured.append((label, await time_async(step, calls // 4, repeats)))
+    measured += await time_async_rows(open_rows, calls // 4, repeats)
     try:
         await no_timeout.call(af)
     except CircuitOpenError:
@@ -127,16 +133,17 @@ def sync_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
     import pybreaker
 
     pyb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
-    return [
-        ("sync bare f()", time_sync(f, calls, repeats)),
-        ("pybreaker 1.4.1 (sync, memory)", time_sync(lambda: pyb.call(f), calls, repeats)),
+    rows: list[tuple[str, Callable[[], object]]] = [
+        ("sync bare f()", f),
+        ("pybreaker 1.4.1 (sync, memory)", lambda: pyb.call(f)),
     ]
+    return time_sync_rows(rows, calls, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     rows = asyncio.run(async_rows(args.calls, args.repeats))
     bare = rows[0][1]

@@ -18,11 +18,13 @@ and no clock work per call at all:
 Precision: a timeout never fires before its deadline, and fires within
 ``2 * TICK`` (10 ms) after it, plus however long the event loop was blocked.
 
-Cancellation stays correct: the task's ``cancelling()`` count is recorded when
-the call is filed, and a cancellation is reported as a timeout only when the
-keeper caused it and nothing else asked for one (the rule ``asyncio.timeout``
-applies), so an outer cancel, an enclosing ``asyncio.timeout`` or a ``TaskGroup``
-is never swallowed.
+Cancellation stays correct: the keeper cancels a task only when nothing else is
+cancelling it, and a cancellation is reported as a timeout only when the keeper's
+was the only one (``uncancel()`` brings the count back to zero, the rule
+``asyncio.timeout`` applies), so an outer cancel, an enclosing ``asyncio.timeout``
+or a ``TaskGroup`` is never swallowed or turned into ``TimeoutError``. A call made
+while its task is already being cancelled gets no timeout of ours: the pending
+cancellation ends it.
 """
 
 from __future__ import annotations
@@ -35,14 +37,21 @@ from typing import Any
 
 TICK = 0.005
 
-Generation = dict[object, tuple["asyncio.Task[Any]", int]]
-"""Calls filed in one tick for one timeout: key -> (task, cancelling() when filed)."""
+Generation = dict[object, "asyncio.Task[Any]"]
+"""Calls filed in one tick for one timeout: key -> the task that runs the call."""
 
 # The running task of each loop, as asyncio itself records it. asyncio.current_task
 # is a Python function in 3.11 that first asks for the running loop; reading this
 # mapping with a loop we already know is several times cheaper.
-_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
-_thread_keeper = threading.local()
+current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+
+
+class _ThreadKeeper(threading.local):
+    keeper: DeadlineKeeper | None = None
+
+
+thread_keeper = _ThreadKeeper()
+"""``thread_keeper.keeper``: the keeper last used in this thread, or None."""
 
 
 class DeadlineKeeper:
@@ -51,7 +60,11 @@ class DeadlineKeeper:
     Used only from its loop's thread.
     """
 
-    __slots__ = ("_closed", "_due_handle", "_fired", "_order", "_ticker", "loop", "open")
+    __slots__ = ("_closed", "_due_handle", "_fired", "_order", "loop", "open", "ticker")
+
+    # file_deadline (and its inlined copy in CircuitBreaker.call) reads `open`
+    # directly: it runs on every timed call. While `open` holds a generation, the
+    # ticker is armed (new_generation arms it), so a call need not check.
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -59,8 +72,8 @@ class DeadlineKeeper:
         # Closed generations by due time: (due, tie-breaker, generation).
         self._closed: list[tuple[float, int, Generation]] = []
         self._order = count()
-        self._fired: dict[object, tuple[asyncio.Task[Any], int]] = {}
-        self._ticker: asyncio.TimerHandle | None = None
+        self._fired: dict[object, asyncio.Task[Any]] = {}
+        self.ticker: asyncio.TimerHandle | None = None
         self._due_handle: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -68,15 +81,13 @@ class DeadlineKeeper:
         filed = sum(map(len, self.open.values()))
         return filed + sum(len(gen) for _, _, gen in self._closed) + len(self._fired)
 
-    def file(self, task: asyncio.Task[Any], key: object, timeout: float) -> Generation:
-        """File ``task`` under ``key`` (unique while the call runs) with ``timeout``."""
-        gen = self.open.get(timeout)
-        if gen is None:
-            gen = self.open[timeout] = {}
-        gen[key] = (task, task.cancelling())
-        if self._ticker is None:
-            self._ticker = self.loop.call_later(TICK, self._tick)
-        return gen
+    def new_generation(self, timeout: float) -> Generation:
+        """Open a generation for ``timeout``, and the ticker that will close it."""
+        generation: Generation = {}
+        self.open[timeout] = generation
+        if self.ticker is None:
+            self.ticker = self.loop.call_later(TICK, self._tick)
+        return generation
 
     def settle_fired(self, key: object) -> bool:
         """For a call whose deadline fired: take back the keeper's cancellation.
@@ -84,14 +95,11 @@ class DeadlineKeeper:
         Returns True when the task's cancellation came from its deadline alone
         (the call timed out); False when someone else cancelled the task too.
         """
-        entry = self._fired.pop(key, None)
-        if entry is None:
-            return False
-        task, baseline = entry
-        return task.uncancel() <= baseline
+        task = self._fired.pop(key, None)
+        return task is not None and task.uncancel() == 0
 
     def _tick(self) -> None:
-        self._ticker = None
+        self.ticker = None
         now = self.loop.time()
         for timeout, gen in self.open.items():
             if gen:
@@ -110,44 +118,54 @@ class DeadlineKeeper:
             due, _, gen = heapq.heappop(closed)
             if due > now:
                 continue  # emptied before it came due: every call in it ended
-            for key, entry in gen.items():
-                task = entry[0]
-                if not task.done():
-                    self._fired[key] = entry
+            for key, task in gen.items():
+                # A task already being cancelled (from outside, or by an earlier
+                # deadline of the same task) is left to that cancellation: ours would
+                # only be mistaken for it.
+                if not task.done() and not task.cancelling():
+                    self._fired[key] = task
                     task.cancel()
             gen.clear()
         if closed:
             self._due_handle = self.loop.call_at(closed[0][0], self._fire_due)
 
 
-def _keeper_of_running_loop() -> DeadlineKeeper:
-    keeper: DeadlineKeeper | None = getattr(_thread_keeper, "keeper", None)
+def keeper_and_task() -> tuple[DeadlineKeeper, asyncio.Task[Any]]:
+    """This thread's keeper for the running loop (made on first use) and the running task."""
     loop = asyncio.get_running_loop()
+    keeper = thread_keeper.keeper
     if keeper is None or keeper.loop is not loop:
-        keeper = _thread_keeper.keeper = DeadlineKeeper(loop)
-    return keeper
+        keeper = thread_keeper.keeper = DeadlineKeeper(loop)
+    task = current_tasks.get(loop)
+    if task is None:
+        raise RuntimeError("a deadline needs a running asyncio task")
+    return keeper, task
 
 
 def file_deadline(key: object, timeout: float) -> tuple[DeadlineKeeper, Generation]:
-    """File the current task's deadline; returns what :func:`drop_deadline` needs.
+    """File the current task's deadline under ``key`` (unique while the call runs).
+
+    Returns the keeper and the generation the call was filed in: the call site pops
+    ``key`` from that generation when the call ends (None back means the deadline
+    fired; then :meth:`DeadlineKeeper.settle_fired`).
 
     The keeper of this thread's running loop is cached per thread. The cache is
     checked by asking asyncio which task that loop is running: a loop that is not
     running in this thread has none, so only the first call in a new loop pays
     for ``get_running_loop``.
     """
-    keeper: DeadlineKeeper | None = getattr(_thread_keeper, "keeper", None)
-    task = None if keeper is None else _current_tasks.get(keeper.loop)
-    if task is None:
-        keeper = _keeper_of_running_loop()
-        task = _current_tasks.get(keeper.loop)
-        if task is None:
-            raise RuntimeError("a deadline needs a running asyncio task")
-    assert keeper is not None
-    return keeper, keeper.file(task, key, timeout)
+    keeper = thread_keeper.keeper
+    task = None if keeper is None else current_tasks.get(keeper.loop)
+    if keeper is None or task is None:
+        keeper, task = keeper_and_task()
+    generation = keeper.open.get(timeout)
+    if generation is None:
+        generation = keeper.new_generation(timeout)
+    generation[key] = task
+    return keeper, generation
 
 
 def pending_deadlines() -> int:
     """Deadlines still filed on this thread's current keeper (for tests and diagnostics)."""
-    keeper: DeadlineKeeper | None = getattr(_thread_keeper, "keeper", None)
+    keeper = thread_keeper.keeper
     return 0 if keeper is None else len(keeper)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
-from ..deadlines import file_deadline
+from ..deadlines import current_tasks, file_deadline, keeper_and_task, thread_keeper
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
 from .machine import CircuitState, Ticket
@@ -73,7 +73,9 @@ class CircuitBreaker:
         self._counted = config.counted_exceptions
         self._listeners: list[StateListener] = []
         self._listener_tasks: set[asyncio.Task[object]] = set()
-        self._total_calls = 0
+        # Calls that ended neither in success nor failure nor rejection (cancelled,
+        # uncounted exception); total_calls is derived, so the hot path counts once.
+        self._other_outcomes = 0
         self._successes = 0
         self._failures = 0
         self._rejected = 0
@@ -109,7 +111,6 @@ class CircuitBreaker:
         epoch = self._store.hot_epoch
         if epoch is None:
             return await self._call_admitted(fn, args, kwargs)
-        self._total_calls += 1
         try:
             result = fn(*args, **kwargs)
             if type(result) is CoroutineType:
@@ -117,9 +118,17 @@ class CircuitBreaker:
                 if timeout is None:
                     result = await result
                 else:
-                    # _await_within, inlined: this is the default path of every call.
-                    keeper, generation = file_deadline(result, timeout)
+                    # _await_within and deadlines.file_deadline, inlined: with the seed's
+                    # default timeout=30 this is the path of nearly every call.
+                    keeper = thread_keeper.keeper
+                    task = None if keeper is None else current_tasks.get(keeper.loop)
+                    if keeper is None or task is None:
+                        keeper, task = keeper_and_task()
+                    generation = keeper.open.get(timeout)
+                    if generation is None:
+                        generation = keeper.new_generation(timeout)
                     key = result
+                    generation[key] = task
                     try:
                         result = await result
                     except asyncio.CancelledError:
@@ -130,7 +139,9 @@ class CircuitBreaker:
                         if generation.pop(key, None) is None:
                             keeper.settle_fired(key)
                         raise
-                    if generation.pop(key, None) is None:
+                    try:
+                        del generation[key]
+                    except KeyError:  # it fired, yet the call finished: keep the result
                         keeper.settle_fired(key)
             elif inspect.isawaitable(result):
                 result = await self._await_within(result)
@@ -146,7 +157,6 @@ class CircuitBreaker:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """The slow path: ask the store first, and always report back to it."""
-        self._total_calls += 1
         admission = await self._store.acquire()
         ticket = admission.ticket
         if ticket is None:
@@ -208,6 +218,7 @@ class CircuitBreaker:
                 return await self._run_fallback(args, kwargs)
             raise exc
         # Cancelled, or not an expected exception: counts neither way.
+        self._other_outcomes += 1
         if ticket.permit:
             await self._store.release(ticket)
         raise exc
@@ -249,7 +260,7 @@ class CircuitBreaker:
     async def reset(self) -> None:
         """Back to a fresh closed circuit; this process's counters restart too."""
         await self._store.reset()
-        self._total_calls = self._successes = self._failures = 0
+        self._other_outcomes = self._successes = self._failures = 0
         self._rejected = self._timeouts = self._fallback_calls = 0
         self._last_failure_time = None
 
@@ -315,8 +326,9 @@ class CircuitBreaker:
     def get_metrics(self) -> dict[str, Any]:
         """This breaker's state and counters, JSON-serialisable.
 
-        Counters are this process's; ``state`` and ``failure_count`` are the
-        circuit's (shared, for a Redis-backed breaker).
+        Counters are this process's and count calls that have ended (``total_calls``
+        includes rejected ones); ``state`` and ``failure_count`` are the circuit's
+        (shared, for a Redis-backed breaker).
         """
         snap = self._store.snapshot()
         return {
@@ -324,7 +336,7 @@ class CircuitBreaker:
             "state": snap.state.value,
             "failure_count": snap.failure_count,
             "success_count": self._successes,
-            "total_calls": self._total_calls,
+            "total_calls": self._successes + self._failures + self._rejected + self._other_outcomes,
             "total_failures": self._failures,
             "rejected_calls": self._rejected,
             "timeouts": self._timeouts,
