@@ -389,3 +389,40 @@ async def test_a_cancelled_caller_does_not_cancel_the_flight() -> None:
     with pytest.raises(asyncio.CancelledError):
         await leader
     assert await manager.call_service("llm", slow_ask, "q") == "q"  # cached by the flight
+
+
+class BrokenCache:
+    """A user's cache backend that fails every operation."""
+
+    async def get(self, key: str) -> CacheEntry | None:
+        raise OSError("cache node gone")
+
+    async def set(self, key: str, entry: CacheEntry, keep_for: float) -> None:
+        raise OSError("cache node gone")
+
+    async def delete(self, key: str) -> None:
+        raise OSError("cache node gone")
+
+    async def clear(self) -> int:
+        return 0
+
+    def get_stats(self) -> dict[str, str | int | float | bool | None]:
+        return {"backend": "broken"}
+
+
+async def test_a_failing_cache_backend_is_a_miss(caplog: pytest.LogCaptureFixture) -> None:
+    """A backend that raises never breaks the call: misses, one warning, a counter."""
+    clock = FakeClock()
+    manager = ServiceDegradationManager(clock=clock)
+    strategy = CacheFirstStrategy(BrokenCache(), clock=clock, key_func=str)
+    manager.add_service_strategy("llm", strategy, priority=20)
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    assert (await manager.call_service("llm", ask, "q"))["answer"] == "q#1"
+    BACKEND.healthy = False
+    assert await manager.call_service("llm", ask, "q") == "sorry"
+    assert strategy.get_stats()["cache_errors"] == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[:1] == [
+        "CacheFirstStrategy: cache get failed, treated as a miss (logged once): "
+        "OSError: cache node gone"
+    ]

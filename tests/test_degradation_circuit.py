@@ -320,3 +320,15 @@ async def test_a_circuit_opened_elsewhere_skips_the_primary_here(
     assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
     assert isinstance(result.info.error, CircuitOpenError)
     assert Backend.calls == 2
+
+
+async def test_stats_include_the_breakers_metrics() -> None:
+    """The manager's stats show the breaker's state next to the strategy."""
+    circuit = breaker()
+    manager = protected_manager(circuit)
+    await circuit.force_open()
+    await manager.call_service("llm", llm, "q")
+    strategies = manager.get_degradation_stats()["services"]["llm"]["strategies"]
+    assert strategies[0]["name"] == "CircuitBreakerStrategy"
+    assert strategies[0]["roles"] == ["guard"]
+    assert strategies[0]["stats"]["circuit"]["state"] == "open"

@@ -621,3 +621,12 @@ async def test_custom_strategy_via_protocol() -> None:
     result = await manager.call_service_detailed("svc", failing, 1, 2)
     assert result.value == "svc failed with ConnectionError; args=(1, 2)"
     assert result.source == "echo"
+
+
+async def test_passing_a_coroutine_instead_of_the_function_is_a_type_error() -> None:
+    """call_service(name, fn()) is a TypeError that says so, and leaves no unawaited warning."""
+    manager = ServiceDegradationManager()
+    with pytest.raises(TypeError, match="must be the function, not a coroutine it returned"):
+        await manager.call_service("svc", working())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'func' must be callable: 42"):
+        await manager.call_service("svc", 42)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from .cache_keys import UnkeyableError, default_cache_key
 from .call import ServiceCall
 from .errors import StrategyDeclinedError
 from .protocols import GuardAnswer, Proceed
+from .reasons import describe_error
 from .singleflight import SingleFlight
 
 logger = logging.getLogger("xnai_core.degradation")
@@ -77,6 +78,7 @@ class CacheFirstStrategy:
         self._stale_served = 0
         self._declined = 0
         self._bypassed = 0
+        self._cache_errors = 0
 
     def __repr__(self) -> str:
         return (
@@ -89,7 +91,7 @@ class CacheFirstStrategy:
         key = self.cache_key(call)
         if key is None:
             return await proceed()
-        entry = await self.cache.get(key)
+        entry = await self._get(key)
         if entry is not None and self._clock() - entry.stored_at < self.ttl:
             self._hits += 1
             return GuardAnswer(entry.value, source=self.name, degraded=False)
@@ -100,9 +102,7 @@ class CacheFirstStrategy:
             # An inner guard's substitute (a breaker's fallback) is not the
             # service's answer and must not be served as fresh later.
             if type(value) is not GuardAnswer:
-                await self.cache.set(
-                    key, CacheEntry(value, self._clock()), self.ttl + self.stale_if_error
-                )
+                await self._set(key, CacheEntry(value, self._clock()))
             return value
 
         return await self._flights.run(key, fill)
@@ -113,7 +113,7 @@ class CacheFirstStrategy:
         if key is None:
             self._declined += 1
             raise StrategyDeclinedError(f"{self.name}: this call is not cached")
-        entry = await self.cache.get(key)
+        entry = await self._get(key)
         if entry is None:
             self._declined += 1
             raise StrategyDeclinedError(f"{self.name}: no cached answer")
@@ -169,8 +169,35 @@ class CacheFirstStrategy:
             "bypassed": self._bypassed,
             "primary_flights": self._flights.started,
             "coalesced_calls": self._flights.joined,
+            "cache_errors": self._cache_errors,
             "cache": self.cache.get_stats(),
         }
+
+    async def _get(self, key: str) -> CacheEntry | None:
+        # The built-in caches never raise; a user's backend that does is a miss,
+        # so a broken cache cannot take the service down with it.
+        try:
+            return await self.cache.get(key)
+        except Exception as exc:
+            self._cache_failure("get", exc)
+            return None
+
+    async def _set(self, key: str, entry: CacheEntry) -> None:
+        try:
+            await self.cache.set(key, entry, self.ttl + self.stale_if_error)
+        except Exception as exc:
+            self._cache_failure("set", exc)
+
+    def _cache_failure(self, operation: str, exc: Exception) -> None:
+        self._cache_errors += 1
+        if self._cache_errors == 1:
+            logger.warning(
+                "%s: cache %s failed, treated as a miss (logged once): %s",
+                self.name,
+                operation,
+                describe_error(exc),
+                extra={"strategy": self.name},
+            )
 
     def _warn_unkeyable(self, service_name: str, why: str, *, bug: bool = False) -> None:
         # Once per service and cause: a resilience layer must not turn a bad key

@@ -288,6 +288,11 @@ class ServiceDegradationManager:
         kwargs: dict[str, object],
     ) -> tuple[Any, CallInfo]:
         if not callable(func):
+            if inspect.iscoroutine(func):
+                func.close()  # never awaited: close it so it does not warn later
+                raise TypeError(
+                    f"'func' must be the function, not a coroutine it returned: {func!r}"
+                )
             raise TypeError(f"'func' must be callable: {func!r}")
         service = self._services.get(service_name)
         if service is None:

@@ -127,6 +127,11 @@ class CircuitBreakerStrategy:
     def __repr__(self) -> str:
         return f"CircuitBreakerStrategy({self.circuit_breaker!r}, name={self.name!r})"
 
+    def get_stats(self) -> dict[str, object]:
+        """The breaker's metrics, when it has ``get_metrics()``."""
+        get_metrics = getattr(self.circuit_breaker, "get_metrics", None)
+        return {"circuit": get_metrics()} if callable(get_metrics) else {}
+
     async def guard(self, call: ServiceCall, proceed: Proceed) -> object:
         """Run ``proceed`` inside the breaker; label the breaker's own fallback answer."""
         trial = _Trial()
