@@ -198,6 +198,10 @@ class _RedisLink:
         self._stores: dict[str, weakref.WeakSet[RedisStore]] = {}
         self._task: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
+        # Set while subscribed with every circuit synced; cleared on any failure.
+        self.ready = asyncio.Event()
+        # Set once the first connection attempt is over, whichever way it went.
+        self.settled = asyncio.Event()
 
     # -- membership ----------------------------------------------------------
 
@@ -249,6 +253,8 @@ class _RedisLink:
     def mark_down(self, exc: BaseException) -> None:
         """Redis failed us: every circuit of this link decides locally from now on."""
         self.last_error = _describe(exc)
+        self.ready.clear()
+        self.settled.set()
         if not self.down:
             self.down = True
             self.down_since = time.monotonic()
@@ -286,19 +292,29 @@ class _RedisLink:
             interval = min(store.resync_interval for store in stores)
             deadline = min(store.op_timeout for store in stores)
             if self._pubsub is None or self.down:
+                self.ready.clear()
                 await self._drop_pubsub()
+                error: Exception | None = None
                 try:
                     await self._subscribe(deadline)
-                    if not await self._recover(stores):
-                        raise ConnectionError("a circuit could not be reconciled")
+                    await self._load_scripts(deadline)
+                    synced = await self._recover(stores)
                 except Exception as exc:
-                    self.mark_down(exc)
+                    error, synced = exc, False
+                if self.closed:
+                    return
+                if not synced:
+                    # A failed script has marked us down already, with its own error.
+                    if error is not None or not self.down:
+                        self.mark_down(error or ConnectionError("a circuit could not sync"))
                     await self._drop_pubsub()
                     await asyncio.sleep(backoff * (0.5 + random.random() / 2))
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     continue
                 backoff = _BACKOFF_MIN
                 self._mark_up()
+                self.ready.set()
+                self.settled.set()
                 next_resync = time.monotonic() + interval
             del stores
             try:
@@ -308,16 +324,16 @@ class _RedisLink:
                         ignore_subscribe_messages=True, timeout=_POLL
                     )
             except Exception as exc:
-                self.mark_down(exc)
+                if not self.closed:
+                    self.mark_down(exc)
                 continue
             if message is not None:
                 self._dispatch(message)
             if not self.down and time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + interval
-                for store in self._live_stores():
-                    if self.down:
-                        break
-                    await store._resync()
+                # A lost message is caught here, and a store still deciding
+                # locally (it joined while we reconnected) is brought in.
+                await self._recover(self._live_stores())
 
     async def _subscribe(self, deadline: float) -> None:
         async with asyncio.timeout(deadline * 2):
@@ -335,9 +351,30 @@ class _RedisLink:
                 if message is not None and message.get("type") == "psubscribe":
                     return
 
+    async def _load_scripts(self, deadline: float) -> None:
+        # EVALSHA would reload a missing script itself, but at the price of two more
+        # round trips on some caller's failure: load them all up front instead
+        # (after every reconnect too: a restarted server has forgotten them).
+        scripts = list(self.scripts.values())
+        async with asyncio.timeout(deadline * 2):
+            client = self.client
+            if isinstance(client, aioredis.RedisCluster):
+                shas = [await client.script_load(script.script) for script in scripts]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for script in scripts:
+                        pipe.script_load(script.script)
+                    shas = await pipe.execute()
+        for script, sha in zip(scripts, shas, strict=True):
+            script.sha = _text(sha)
+
     async def _recover(self, stores: Sequence[RedisStore]) -> bool:
         """Reconcile the circuits deciding locally; resync the others (messages were missed)."""
         for store in stores:
+            if self.closed:
+                return False
+            if store._link is not self:
+                continue  # closed meanwhile
             if not await (store._reconcile() if store._local else store._resync()):
                 return False  # Redis failed again: back off before asking anything else
         return True
@@ -471,12 +508,19 @@ class RedisStore:
                 return
             link = _RedisLink.get(self._client, self.key_prefix)
             self._link = link
-            if not link.down and await self._reconcile():
-                self._local = False
-            else:
-                self._install(self._mirror, self._mirror, None)
-            self._started = True
             link.register(self)
+            if not link.down:
+                # The link's first connection subscribes, loads the scripts and
+                # syncs this circuit; wait for it, but never past the deadline.
+                try:
+                    async with asyncio.timeout(self.op_timeout):
+                        await link.settled.wait()
+                except TimeoutError:
+                    pass
+                if self._local and link.ready.is_set():
+                    await self._reconcile()
+            self._started = True
+            self._install(self._mirror, self._mirror, None, announce=False)
 
     async def acquire(self) -> Admission:
         if not self._started:
@@ -604,6 +648,7 @@ class RedisStore:
         *,
         reason: str | None = None,
         authoritative: bool = False,
+        remote: bool = False,
     ) -> _Reply | None:
         """Run one script within the deadline and mirror its answer; None if Redis failed."""
         link = self._link
@@ -629,13 +674,13 @@ class RedisStore:
         if reply.note:
             self._log_note(reply.note)
         # Nothing newer arrived while we waited: this answer is the latest truth.
-        self._adopt(reply, reason, authoritative or installs == self._installs)
+        self._adopt(reply, reason, authoritative or installs == self._installs, remote=remote)
         return reply
 
     async def _resync(self) -> bool:
         if self._local:
             return False
-        return await self._call("read", ()) is not None
+        return await self._call("read", (), remote=True) is not None
 
     async def _reconcile(self) -> bool:
         """Sync with Redis after a start or an outage, by the documented rule."""

@@ -1,0 +1,485 @@
+"""RedisStore and create_redis_circuit_breaker against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from tests.conftest import SHARED_REDIS_URL, PrivateRedis
+from tests.redis_helpers import command_counts, commands_between
+from xnai_core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    RedisStore,
+    create_redis_circuit_breaker,
+)
+from xnai_core.circuit.machine import Ticket
+
+StoreFactory = Callable[..., RedisStore]
+
+
+class Boom(Exception):
+    """The protected dependency failed."""
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def boom() -> None:
+    raise Boom
+
+
+class Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[[], aioredis.Redis]]:
+    """New clients of the shared Redis, one per simulated process; closed after the test."""
+    made: list[aioredis.Redis] = []
+
+    def make(**kwargs: Any) -> aioredis.Redis:
+        client = aioredis.Redis.from_url(SHARED_REDIS_URL, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
+@pytest.fixture
+async def stores(
+    clients: Callable[..., aioredis.Redis], key_prefix: str, shared_redis: aioredis.Redis
+) -> AsyncIterator[StoreFactory]:
+    """RedisStores on the shared Redis under the test's prefix; each on its own client."""
+    made: list[RedisStore] = []
+
+    def make(
+        config: CircuitBreakerConfig, client: aioredis.Redis | None = None, **kwargs: Any
+    ) -> RedisStore:
+        store = RedisStore(config, client or clients(), key_prefix=f"{key_prefix}:cb:", **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+def config(**kwargs: Any) -> CircuitBreakerConfig:
+    kwargs.setdefault("name", "svc")
+    return CircuitBreakerConfig(**kwargs)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
+    """Wait until ``predicate()`` holds; the time it took. Fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+    return time.monotonic() - start
+
+
+# -- construction ---------------------------------------------------------------
+
+
+async def test_factory_touches_no_network_and_works_without_redis() -> None:
+    """The seed's client (host "redis", which does not resolve) builds a working breaker."""
+    client = aioredis.Redis(host="redis.invalid", port=6379, db=0)
+    breaker = create_redis_circuit_breaker(
+        name="llm_service", redis_client=client, failure_threshold=2, op_timeout=0.2
+    )
+    try:
+        assert isinstance(breaker, CircuitBreaker)
+        assert breaker.get_metrics()["backend"] == "redis"
+        started = time.monotonic()
+        assert await breaker.call(ok) == "ok"
+        assert time.monotonic() - started < 1.0
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await breaker.call(boom)
+        with pytest.raises(CircuitOpenError):
+            await breaker.call(ok)
+        metrics = breaker.get_metrics()
+        assert (metrics["state"], metrics["redis_available"]) == ("open", False)
+    finally:
+        await breaker.close()
+        await client.aclose()
+
+
+def test_factory_rejects_a_sync_client() -> None:
+    """A synchronous redis.Redis is a TypeError naming the expected types."""
+    with pytest.raises(TypeError, match=r"redis\.asyncio\.Redis"):
+        create_redis_circuit_breaker("svc", redis.Redis())  # type: ignore[arg-type]
+
+
+def test_store_validates_its_options() -> None:
+    """Prefixes with braces, non-positive deadlines are ValueErrors naming the field."""
+    client = aioredis.Redis()
+    with pytest.raises(ValueError, match="'key_prefix'"):
+        RedisStore(config(), client, key_prefix="a{b}")
+    with pytest.raises(ValueError, match="'op_timeout' must be > 0"):
+        RedisStore(config(), client, op_timeout=0)
+    with pytest.raises(ValueError, match="'resync_interval'"):
+        RedisStore(config(), client, resync_interval=float("nan"))
+
+
+def test_factory_passes_the_seed_arguments() -> None:
+    """Every argument of the seed's call lands in the breaker's config."""
+    breaker = create_redis_circuit_breaker(
+        name="rag_api",
+        redis_client=aioredis.Redis(host="redis"),
+        failure_threshold=3,
+        recovery_timeout=60,
+        timeout=30,
+        half_open_max_calls=2,
+        expected_exception=KeyError,
+    )
+    cfg = breaker.config
+    assert (cfg.name, cfg.failure_threshold, cfg.recovery_timeout, cfg.timeout) == (
+        "rag_api",
+        3,
+        60.0,
+        30.0,
+    )
+    assert (cfg.half_open_max_calls, cfg.counted_exceptions) == (2, (KeyError,))
+    assert breaker.store.key == "xnai:cb:{rag_api}"  # type: ignore[attr-defined]
+
+
+# -- the stored form ------------------------------------------------------------
+
+
+async def test_state_is_one_hash_of_plain_values(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """One hash-tagged key; every value a decimal string or a state name."""
+    store = stores(config(failure_threshold=1))
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
+    assert store.key.endswith(":cb:{svc}")
+    stored = {k.decode(): v.decode() for k, v in (await shared_redis.hgetall(store.key)).items()}
+    assert stored["state"] == "open"
+    assert stored["failures"] == "1"
+    assert {k for k in stored if k != "state"} == {
+        "v", "gen", "ver", "epoch", "failures", "opened_at", "successes", "next_permit", "forced"
+    }  # fmt: skip
+    assert all(value.isdigit() for key, value in stored.items() if key != "state")
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        ({"state": "bogus"}, "state"),
+        ({"failures": "-1"}, "failures"),
+        ({"epoch": "1e9"}, "epoch"),
+        ({"opened_at": "cos('x')"}, "opened_at"),
+        ({"trial:1": "soon"}, "trial:1"),
+        ({"v": "99"}, "v"),
+    ],
+)
+async def test_malformed_hash_is_logged_and_reset(
+    stores: StoreFactory,
+    shared_redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    damage: dict[str, str],
+    field: str,
+) -> None:
+    """A hash edited by hand is reset to a fresh closed circuit, with a warning."""
+    store = stores(config(failure_threshold=1))
+    await store.start()
+    await shared_redis.hset(store.key, mapping=damage)
+    caplog.set_level(logging.WARNING, logger="xnai_core.circuit.redis")
+    assert await store.sync()
+    assert store.snapshot().state is CircuitState.CLOSED
+    assert f"(field '{field}')" in caplog.text
+    assert (await shared_redis.hget(store.key, "state")) == b"closed"
+    assert (await store.acquire()).ticket is not None
+
+
+async def test_key_of_another_type_is_reset(
+    stores: StoreFactory, shared_redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A string (or any non-hash) at the circuit's key is replaced, not a crash."""
+    store = stores(config(failure_threshold=1))
+    await shared_redis.set(store.key, "not a hash")
+    caplog.set_level(logging.WARNING, logger="xnai_core.circuit.redis")
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
+    assert store.available
+    assert (await shared_redis.hget(store.key, "state")) == b"open"
+    assert "(field 'type')" in caplog.text
+
+
+async def test_an_older_epoch_cannot_overwrite_a_newer_state(stores: StoreFactory) -> None:
+    """A late success or failure from before a trip changes nothing."""
+    cfg = config(failure_threshold=2)
+    a, b = stores(cfg), stores(cfg)
+    early = await a.acquire()
+    assert early.ticket is not None
+    for _ in range(2):
+        admission = await b.acquire()
+        assert admission.ticket is not None
+        await b.record_failure(admission.ticket)
+    await b.sync()
+    epoch = b.snapshot().epoch
+    await a.sync()
+    await a.record_success(early.ticket)
+    await a.record_failure(early.ticket)
+    await b.sync()
+    assert (b.snapshot().state, b.snapshot().epoch) == (CircuitState.OPEN, epoch)
+
+
+async def test_a_stale_ticket_is_refused_by_redis_itself(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """The script fences epochs even when the caller's mirror is behind."""
+    cfg = config(failure_threshold=1)
+    a = stores(cfg, resync_interval=3600)
+    await a.start()
+    old = Ticket(a.snapshot().epoch)
+    # Move the stored epoch on behind a's back: a's mirror still holds the old epoch.
+    fresh = stores(cfg)
+    await fresh.force(CircuitState.CLOSED)
+    await fresh.sync()
+    newer = fresh.snapshot().epoch
+    assert newer > old.epoch
+    # Ask Redis directly, as a process whose mirror has not heard yet would.
+    await a._call("failure", (str(old.epoch), "0"))
+    assert (await shared_redis.hget(a.key, "state")) == b"closed"
+    assert int(await shared_redis.hget(a.key, "epoch") or 0) == newer
+
+
+# -- sharing between processes (separate clients stand in for processes) --------
+
+
+async def test_a_trip_in_one_process_is_seen_by_another(stores: StoreFactory) -> None:
+    """B's mirror opens through pub/sub (resync disabled) and B rejects locally."""
+    cfg = config(failure_threshold=3, recovery_timeout=30)
+    a, b = stores(cfg), stores(cfg, resync_interval=3600)
+    await b.start()
+    for _ in range(3):
+        admission = await a.acquire()
+        assert admission.ticket is not None
+        await a.record_failure(admission.ticket)
+    took = await eventually(lambda: b.snapshot().state is CircuitState.OPEN)
+    assert took < 2.0
+    rejected = await b.acquire()
+    assert rejected.ticket is None
+    assert rejected.retry_after is not None
+    assert 29 < rejected.retry_after <= 30
+
+
+async def test_open_rejects_locally_then_half_opens_through_redis(
+    private_redis: PrivateRedis,
+) -> None:
+    """While open no command is sent; after recovery_timeout one script half-opens."""
+    client = aioredis.Redis.from_url(private_redis.url)
+    clock = Clock()
+    store = RedisStore(config(failure_threshold=1, recovery_timeout=10), client, clock=clock)
+    try:
+        admission = await store.acquire()
+        assert admission.ticket is not None
+        await store.record_failure(admission.ticket)
+        before = await command_counts(client)
+        for _ in range(100):
+            assert (await store.acquire()).ticket is None
+        assert commands_between(before, await command_counts(client)) == {}
+        clock.now += 10
+        trial = await store.acquire()
+        assert trial.ticket is not None
+        assert trial.ticket.permit > 0
+        assert store.snapshot().state is CircuitState.HALF_OPEN
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_half_open_permits_are_shared(stores: StoreFactory) -> None:
+    """Two processes asking at once get half_open_max_calls permits in total."""
+    clock = Clock()
+    cfg = config(failure_threshold=1, recovery_timeout=5, half_open_max_calls=3)
+    a, b = stores(cfg, clock=clock), stores(cfg, clock=clock)
+    await b.start()
+    admission = await a.acquire()
+    assert admission.ticket is not None
+    await a.record_failure(admission.ticket)
+    await eventually(lambda: b.snapshot().state is CircuitState.OPEN)
+    clock.now += 5
+    answers = await asyncio.gather(*(s.acquire() for s in (a, b) for _ in range(10)))
+    permits = [x.ticket.permit for x in answers if x.ticket is not None]
+    assert sorted(permits) == [1, 2, 3]
+
+
+async def test_an_expired_lease_frees_its_permit(stores: StoreFactory) -> None:
+    """A trial that never reports back stops holding its permit when its lease ends."""
+    clock = Clock()
+    cfg = config(failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, half_open_lease=7)
+    store = stores(cfg, clock=clock)
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
+    clock.now += 5
+    lost = await store.acquire()
+    assert lost.ticket is not None
+    refused = await store.acquire()
+    assert (refused.ticket, refused.retry_after) == (None, 7.0)
+    clock.now += 7
+    again = await store.acquire()
+    assert again.ticket is not None
+    assert again.ticket.permit == lost.ticket.permit + 1
+    await store.record_success(lost.ticket)  # too late: its permit was reclaimed
+    assert store.snapshot().state is CircuitState.HALF_OPEN
+    await store.record_success(again.ticket)
+    assert store.snapshot().state is CircuitState.CLOSED
+
+
+async def test_state_survives_a_restart(stores: StoreFactory, clients: Callable[[], Any]) -> None:
+    """A new process finds the stored state: open stays open."""
+    cfg = config(failure_threshold=1, recovery_timeout=60)
+    first = stores(cfg)
+    admission = await first.acquire()
+    assert admission.ticket is not None
+    await first.record_failure(admission.ticket)
+    await first.close()
+    later = stores(cfg)
+    rejected = await later.acquire()
+    assert rejected.ticket is None
+    assert later.snapshot().state is CircuitState.OPEN
+
+
+async def test_forced_open_and_reset_propagate(stores: StoreFactory) -> None:
+    """force(OPEN) holds in every process until reset."""
+    cfg = config()
+    a, b = stores(cfg), stores(cfg, resync_interval=3600)
+    await b.start()
+    await a.force(CircuitState.OPEN)
+    await eventually(lambda: b.snapshot().forced)
+    assert await b.acquire() == (None, None)
+    await b.reset()
+    await eventually(lambda: a.hot_epoch is not None)
+    assert a.snapshot().state is CircuitState.CLOSED
+
+
+async def test_failures_pending_elsewhere_are_reset_by_a_success_here(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """A's failure makes B leave the hot path; B's next success clears the count."""
+    cfg = config(failure_threshold=3)
+    a, b = stores(cfg), stores(cfg, resync_interval=3600)
+    await b.start()
+    assert b.hot_epoch is not None
+    admission = await a.acquire()
+    assert admission.ticket is not None
+    await a.record_failure(admission.ticket)
+    await eventually(lambda: b.hot_epoch is None)
+    mine = await b.acquire()
+    assert mine.ticket is not None
+    await b.record_success(mine.ticket)
+    assert (await shared_redis.hget(a.key, "failures")) == b"0"
+    await eventually(lambda: a.hot_epoch is not None)
+
+
+async def test_clients_with_decoded_responses_and_resp3(
+    stores: StoreFactory, clients: Callable[..., aioredis.Redis]
+) -> None:
+    """decode_responses=True and protocol=3 clients run the same scripts."""
+    cfg = config(failure_threshold=1)
+    a = stores(cfg, clients(decode_responses=True))
+    b = stores(cfg, clients(protocol=3), resync_interval=3600)
+    await b.start()
+    admission = await a.acquire()
+    assert admission.ticket is not None
+    await a.record_failure(admission.ticket)
+    await eventually(lambda: b.snapshot().state is CircuitState.OPEN)
+    await b.force(CircuitState.CLOSED)
+    await eventually(lambda: a.snapshot().state is CircuitState.CLOSED)
+
+
+# -- the breaker on top ------------------------------------------------------------
+
+
+async def test_breaker_listeners_fire_in_every_process(
+    clients: Callable[[], aioredis.Redis], key_prefix: str, shared_redis: aioredis.Redis
+) -> None:
+    """A trip in one breaker is a transition, with its reason, in the other."""
+    made = [
+        create_redis_circuit_breaker(
+            "svc", clients(), failure_threshold=2, key_prefix=f"{key_prefix}:cb:"
+        )
+        for _ in range(2)
+    ]
+    seen: list[tuple[str, str, str]] = []
+    made[1].add_listener(lambda name, old, new, why: seen.append((old.value, new.value, why)))
+    try:
+        assert await made[1].call(ok) == "ok"
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await made[0].call(boom)
+        await eventually(lambda: bool(seen))
+        assert seen == [
+            ("closed", "open", "2 consecutive failures reached the threshold (in another process)")
+        ]
+        with pytest.raises(CircuitOpenError):
+            await made[1].call(ok)
+        assert made[1].get_metrics()["redis_available"] is True
+    finally:
+        for breaker in made:
+            await breaker.close()
+
+
+async def test_successful_closed_calls_send_no_commands(private_redis: PrivateRedis) -> None:
+    """10,000 successful calls: fewer than 0.01 Redis commands per call (INFO commandstats)."""
+    client = aioredis.Redis.from_url(private_redis.url)
+    breaker = create_redis_circuit_breaker("hot", client)
+    try:
+        assert await breaker.call(ok) == "ok"  # loads the state, subscribes
+        await asyncio.sleep(0.05)
+        before = await command_counts(client)
+        for _ in range(10_000):
+            await breaker.call(ok)
+        sent = commands_between(before, await command_counts(client))
+        assert sum(sent.values()) < 100, sent
+    finally:
+        await breaker.close()
+        await client.aclose()
+
+
+async def test_a_failure_costs_one_round_trip(private_redis: PrivateRedis) -> None:
+    """Each counted failure is one EVALSHA; the first success after them is one more."""
+    client = aioredis.Redis.from_url(private_redis.url)
+    breaker = create_redis_circuit_breaker("cold", client, failure_threshold=100)
+    try:
+        assert await breaker.call(ok) == "ok"
+        await asyncio.sleep(0.05)
+        before = await command_counts(client)
+        for _ in range(10):
+            with pytest.raises(Boom):
+                await breaker.call(boom)
+        after_failures = await command_counts(client)
+        assert commands_between(before, after_failures).get("evalsha") == 10
+        for _ in range(10):
+            await breaker.call(ok)
+        assert commands_between(after_failures, await command_counts(client)).get("evalsha") == 1
+    finally:
+        await breaker.close()
+        await client.aclose()
