@@ -312,10 +312,7 @@ async def test_a_circuit_opened_elsewhere_skips_the_primary_here(
     for _ in range(2):
         await first.call_service("llm", llm, "q")
     assert Backend.calls == 2
-    for _ in range(20):
-        await asyncio.sleep(0.01)  # the opening travels by pub/sub
-        if second_breaker.state is CircuitState.OPEN:
-            break
+    # The second breaker has not been used yet: its first call reads the shared state.
     result = await second.call_service_detailed("llm", llm, "q")
     assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
     assert isinstance(result.info.error, CircuitOpenError)
@@ -332,3 +329,24 @@ async def test_stats_include_the_breakers_metrics() -> None:
     assert strategies[0]["name"] == "CircuitBreakerStrategy"
     assert strategies[0]["roles"] == ["guard"]
     assert strategies[0]["stats"]["circuit"]["state"] == "open"
+
+
+async def test_a_live_peer_hears_the_circuit_open(
+    redis_breakers: tuple[CircuitBreaker, CircuitBreaker],
+) -> None:
+    """Both managers in use: A's failures open the circuit and B's next call skips the primary."""
+    first_breaker, second_breaker = redis_breakers
+    first = protected_manager(first_breaker)
+    second = protected_manager(second_breaker)
+    assert await first.call_service("llm", llm, "q") == "answer to q"
+    assert await second.call_service("llm", llm, "q") == "answer to q"
+    Backend.healthy = False
+    for _ in range(2):
+        await first.call_service("llm", llm, "q")
+    for _ in range(200):  # the opening travels by pub/sub; bounded wait
+        if second_breaker.state is CircuitState.OPEN:
+            break
+        await asyncio.sleep(0.01)
+    result = await second.call_service_detailed("llm", llm, "q")
+    assert isinstance(result.info.error, CircuitOpenError)
+    assert Backend.calls == 4
