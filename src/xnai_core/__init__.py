@@ -61,7 +61,12 @@ from .health.report import HealthReport
 from .health.service import ServiceHealth
 
 # --- recovery (issue 6) ---
-from .recovery import RecoveryActionType, RecoveryManager, RecoveryRule
+from .recovery import (
+    RecoveryActionType,
+    RecoveryCoordinator,
+    RecoveryManager,
+    RecoveryRule,
+)
 
 __all__ = [
     "HEALTH_JSON_MEDIA_TYPE",
@@ -96,6 +101,7 @@ __all__ = [
     "MemoryStore",
     "PrimaryGuard",
     "RecoveryActionType",
+    "RecoveryCoordinator",
     "RecoveryHook",
     "RecoveryManager",
     "RecoveryRule",

@@ -8,12 +8,14 @@ Modules, one concept each:
 - ``state``: what the manager knows about one service.
 - ``seam``: the manager's side of the seam with ``HealthMonitor``.
 - ``escalation``: the manual-intervention reason and alert.
+- ``coordination``: :class:`RecoveryCoordinator`, one recovery per service across processes.
 - ``manager``: :class:`RecoveryManager`, the episode loop that ties them together.
 """
 
 from __future__ import annotations
 
 from .actions import ActionOutcome
+from .coordination import RecoveryCoordinator
 from .manager import RecoveryManager
 from .rule import RecoveryActionType, RecoveryRule, backoff_delay
 from .state import RecoveryPhase
@@ -24,6 +26,7 @@ __all__ = [
     "AttemptOutcome",
     "RecoveryActionType",
     "RecoveryAttempt",
+    "RecoveryCoordinator",
     "RecoveryManager",
     "RecoveryPhase",
     "RecoveryRule",

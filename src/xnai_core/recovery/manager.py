@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from ..health.alerts import AlertHandler, deliver
 from .actions import ActionOutcome, perform, redact
+from .coordination import RecoveryCoordinator
 from .escalation import escalation_alert, escalation_reason
 from .rule import RecoveryRule, backoff_delay
 from .seam import SupportsMonitor, check_stable_period, failures_reached
@@ -73,6 +74,9 @@ class RecoveryManager:
     ``alert_timeout`` bounds each async alert handler of the manager's own.
     ``clock``/``sleep``/``random``/``wall_clock`` are injectable for tests: ``clock``
     is monotonic seconds, ``sleep`` waits on it, ``random`` draws from [0, 1).
+    ``coordinator`` (a :class:`RecoveryCoordinator` on a shared Redis) makes replicas
+    take turns: one runs a service's episode, the others wait, and a latch set by
+    one holds for all.
     """
 
     def __init__(
@@ -87,9 +91,12 @@ class RecoveryManager:
         sleep: Sleep = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         wall_clock: Clock = time.time,
+        coordinator: RecoveryCoordinator | None = None,
     ) -> None:
         if not isinstance(dry_run, bool):
             raise TypeError(f"'dry_run' must be a bool: {dry_run!r}")
+        if coordinator is not None and not isinstance(coordinator, RecoveryCoordinator):
+            raise TypeError(f"'coordinator' must be a RecoveryCoordinator: {coordinator!r}")
         if not isinstance(history_size, int) or isinstance(history_size, bool):
             raise TypeError(f"'history_size' must be an int: {history_size!r}")
         if history_size < 1:
@@ -105,6 +112,7 @@ class RecoveryManager:
         self._book = StatsBook(history_size)
         self._handlers: list[AlertHandler] = []
         self._monitor: SupportsMonitor | None = None
+        self._coordinator = coordinator
         self._closed = False
         for rule in rules:
             self.add_rule(rule)
@@ -171,6 +179,18 @@ class RecoveryManager:
         if svc.status != UNHEALTHY or not svc.slots:
             return
         error = getattr(result, "error", None)
+        if (
+            svc.escalated
+            and self._coordinator is not None
+            and not self.dry_run
+            and await self._coordinator.latched(service_name) is False
+        ):
+            svc.reset()
+            logger.info(
+                "recovery of %s was reset on another process; latch lifted here too",
+                service_name,
+                extra={"service": service_name},
+            )
         if svc.escalated:
             svc.suppressed_while_escalated += 1
             logger.info(
@@ -213,6 +233,8 @@ class RecoveryManager:
             " (manual intervention latch lifted)" if was_escalated else "",
             extra={"service": service_name},
         )
+        if self._coordinator is not None and not self.dry_run:
+            await self._coordinator.unlatch(service_name)
         if was_escalated and not self.dry_run:
             await self._alert(svc, resolved=True, reason=reason)
         if svc.status == UNHEALTHY:
@@ -289,6 +311,7 @@ class RecoveryManager:
     async def _episode(self, svc: ServiceState) -> None:
         """One outage: climb the rules until healthy, or escalate."""
         svc.episodes += 1
+        svc.waited_for_peer = False
         started = self._clock()
         acted: RecoveryRule | None = None
         last_failure: str | None = None
@@ -315,6 +338,7 @@ class RecoveryManager:
                 svc.time_to_recovery_sum += now - started
             if acted is not None:
                 svc.cooldown_until = now + acted.cooldown
+            await self._hand_back(svc, acted)
 
     async def _wait_ready(self, svc: ServiceState, slot: RuleSlot) -> bool:
         """Wait out cooldown, backoff and the rule's failure threshold; False if not sick now."""
@@ -329,7 +353,10 @@ class RecoveryManager:
             ready_at = -math.inf if manual else max(svc.cooldown_until, backoff_end)
             threshold_met = failures_reached(self._monitor, svc.name, slot.rule.failure_threshold)
             if now >= ready_at and threshold_met:
-                return True
+                turn = await self._take_turn(svc, slot.rule)
+                if turn is not None:
+                    return turn
+                ready_at = now + self.verify_interval  # a peer is at it: look again later
             svc.phase = RecoveryPhase.WAITING
             if not announced and svc.cooldown_until > now:
                 announced = True
@@ -341,8 +368,59 @@ class RecoveryManager:
                 )
             # Time we know how to wait; a failure streak we can only poll for.
             step = ready_at - now if now < ready_at else self.verify_interval
+            await self._renew(svc, step)
             svc.changed.clear()
             await self._wait_changed(svc, step)
+
+    # -- taking turns with other processes (only with a coordinator) -----------------
+
+    async def _take_turn(self, svc: ServiceState, rule: RecoveryRule) -> bool | None:
+        """True: act now. False: a peer escalated it (latched here too). None: a peer acts."""
+        coordinator = self._coordinator
+        if coordinator is None or self.dry_run:
+            return True
+        if await coordinator.latched(svc.name):
+            svc.escalated_at = self._wall()
+            svc.escalation_reason = "escalated by another process"
+            svc.phase = RecoveryPhase.ESCALATED
+            logger.info(
+                "%s was escalated by another process; latched here too",
+                svc.name,
+                extra={"service": svc.name},
+            )
+            return False
+        held = await coordinator.acquire(
+            svc.name, self._lease_ttl(rule.timeout + rule.grace_period)
+        )
+        if held is False:
+            if not svc.waited_for_peer:  # count episodes, not polls
+                svc.waited_for_peer = True
+                svc.deferred_to_peer += 1
+            svc.holds_lease = False
+            return None
+        # None (Redis away) acts alone: better two restarts than none. The coordinator warned.
+        svc.holds_lease = held is True
+        return True
+
+    def _lease_ttl(self, seconds: float) -> float:
+        # Outlive the wait it covers by a margin, so a slow check cannot lose the lease.
+        return seconds + max(5.0, 2 * self.verify_interval)
+
+    async def _renew(self, svc: ServiceState, seconds: float) -> None:
+        if svc.holds_lease and self._coordinator is not None:
+            await self._coordinator.acquire(svc.name, self._lease_ttl(seconds))
+
+    async def _hand_back(self, svc: ServiceState, acted: RecoveryRule | None) -> None:
+        """End of episode: after a recovery keep the lease through the cooldown, so a
+        peer whose monitor has not yet seen the service healthy does not act on it."""
+        if not svc.holds_lease or self._coordinator is None:
+            return
+        svc.holds_lease = False
+        if svc.status == HEALTHY and acted is not None:
+            hold = max(acted.cooldown, acted.grace_period)
+            await self._coordinator.acquire(svc.name, hold)
+        else:
+            await self._coordinator.release(svc.name)
 
     async def _attempt(self, svc: ServiceState, slot: RuleSlot) -> RecoveryAttempt:
         """Run one action, then watch for health through the grace period; record it."""
@@ -362,6 +440,7 @@ class RecoveryManager:
                 extra={"service": svc.name},
             )
         else:
+            await self._renew(svc, rule.timeout + rule.grace_period)
             outcome = await perform(rule, svc.name)
         t1 = self._clock()
         healthy_at: float | None = None
@@ -425,6 +504,7 @@ class RecoveryManager:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return None
+            await self._renew(svc, min(step, remaining))
             svc.changed.clear()
             await self._wait_changed(svc, min(step, remaining))
             if svc.status != HEALTHY:
@@ -485,6 +565,8 @@ class RecoveryManager:
                 extra={"service": svc.name},
             )
             return
+        if self._coordinator is not None:
+            await self._coordinator.latch(svc.name, reason)
         logger.error(
             "%s escalated to manual intervention: %s; latched until reset(%r)",
             svc.name,

@@ -79,6 +79,9 @@ class ServiceState:
         self.deferred_by_cooldown = 0
         self.suppressed_while_escalated = 0
         self.dry_run_actions = 0
+        self.deferred_to_peer = 0
+        self.holds_lease = False
+        self.waited_for_peer = False  # in the current episode
 
     @property
     def escalated(self) -> bool:
@@ -165,6 +168,7 @@ class ServiceState:
             "deferred_by_cooldown": self.deferred_by_cooldown,
             "suppressed_while_escalated": self.suppressed_while_escalated,
             "dry_run_actions": self.dry_run_actions,
+            "deferred_to_peer": self.deferred_to_peer,
             "cooldown_remaining": max(0.0, self.cooldown_until - now),
             "healthy_for": None if self.healthy_since is None else now - self.healthy_since,
             "rules": [

@@ -1,0 +1,160 @@
+"""RecoveryCoordinator: one recovery per service across every process, through Redis.
+
+With several replicas each running a monitor and a manager, every replica sees the
+same outage. Without coordination each would run the restart command, and each
+would page. The coordinator gives the service's episode to one process at a time
+(a lease) and shares the manual-intervention latch, so the cluster restarts once,
+backs off once and pages once.
+
+Keys (hash-tagged so both live in one slot on Redis Cluster), plain strings only:
+
+- ``<prefix>:{<service>}:lease``: the token of the process running the episode,
+  with a TTL the holder renews while it works; a holder that dies lets it expire.
+- ``<prefix>:{<service>}:escalated``: the escalation reason while the service is
+  latched; removed by ``reset()`` on any process.
+
+Every call answers ``None`` when Redis cannot be reached: the manager then acts
+on its own (and says so in a warning), as the circuit breakers degrade to local
+state. Nothing read from Redis is ever evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger("xnai_core.recovery")
+
+# KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if the caller holds the lease
+# now (taken, or already its own and extended), 0 if another process holds it.
+ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+elseif holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] lease; ARGV[1] token. Returns 1 if the caller's lease was deleted, else 0.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# OSError covers refused and reset connections, and TimeoutError from our own bound.
+_REDIS_DOWN = (RedisError, OSError)
+
+
+class RecoveryCoordinator:
+    """Share recovery episodes and the escalation latch between processes.
+
+    ``RecoveryManager(coordinator=RecoveryCoordinator(redis_client))`` in every
+    replica, with the same ``key_prefix``. ``timeout`` bounds each Redis call, so
+    a hung Redis delays recovery by at most that much before the manager acts alone.
+    """
+
+    def __init__(
+        self, redis_client: Redis, *, key_prefix: str = "xnai:recovery", timeout: float = 2.0
+    ) -> None:
+        if not isinstance(key_prefix, str) or not key_prefix:
+            raise ValueError(f"'key_prefix' must be a non-empty string: {key_prefix!r}")
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 < timeout < math.inf
+        ):
+            raise ValueError(f"'timeout' must be > 0 seconds: {timeout!r}")
+        self.timeout = float(timeout)
+        self._client = redis_client
+        self.key_prefix = key_prefix
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._acquire = redis_client.register_script(ACQUIRE)
+        self._release = redis_client.register_script(RELEASE)
+        self._down = False
+
+    def __repr__(self) -> str:
+        return f"RecoveryCoordinator(key_prefix={self.key_prefix!r}, token={self.token!r})"
+
+    def lease_key(self, service_name: str) -> str:
+        return f"{self.key_prefix}:{{{service_name}}}:lease"
+
+    def latch_key(self, service_name: str) -> str:
+        return f"{self.key_prefix}:{{{service_name}}}:escalated"
+
+    async def acquire(self, service_name: str, ttl: float) -> bool | None:
+        """Take (or extend) the service's lease for ``ttl`` seconds; None if Redis is away."""
+        ms = max(1, int(ttl * 1000))
+        try:
+            async with asyncio.timeout(self.timeout):
+                held = await self._acquire(
+                    keys=[self.lease_key(service_name)], args=[self.token, ms]
+                )
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return bool(held)
+
+    async def release(self, service_name: str) -> None:
+        """Give the lease back, if it is still ours."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._release(keys=[self.lease_key(service_name)], args=[self.token])
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+
+    async def latch(self, service_name: str, reason: str) -> None:
+        """Record the escalation for every process."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._client.set(self.latch_key(service_name), reason.encode()[:4096])
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+
+    async def latched(self, service_name: str) -> bool | None:
+        """Whether some process escalated the service; None if Redis is away."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                found = await self._client.exists(self.latch_key(service_name))
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return bool(found)
+
+    async def unlatch(self, service_name: str) -> None:
+        """Lift the shared latch (an operator's reset on any process)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._client.delete(self.latch_key(service_name))
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "recovery coordination unavailable (%s); acting on this process's view only",
+                type(exc).__name__,
+            )
+
+    def _reachable(self) -> None:
+        if self._down:
+            self._down = False
+            logger.warning("recovery coordination back; sharing recovery again")

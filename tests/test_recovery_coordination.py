@@ -1,0 +1,187 @@
+"""Replicas sharing recovery through a real Redis: one acts, one pages, a latch holds for all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import PrivateRedis
+from tests.test_recovery_manager import FakeClock
+from xnai_core.health.alerts import Alert
+from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+
+H, U = "healthy", "unhealthy"
+
+
+class Cluster:
+    """Two replicas' managers on one fake clock, coordinating through real Redis."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[str] = []
+        self.alerts: list[Alert] = []
+        self.heals = False
+        self.managers = [
+            RecoveryManager(
+                clock=clock,
+                sleep=clock.sleep,
+                random=lambda: 0.5,
+                wall_clock=clock,
+                coordinator=RecoveryCoordinator(client, key_prefix=prefix),
+            )
+            for _ in range(2)
+        ]
+        for manager in self.managers:
+            manager.add_alert_handler(self.alerts.append)
+
+    def add_rule(self, **kwargs: object) -> None:
+        for index, manager in enumerate(self.managers):
+
+            async def restart(service: str, index: int = index) -> None:
+                self.calls.append(f"replica{index}")
+                if self.heals:
+                    await self.report(service, U, H)
+
+            manager.add_rule(
+                RecoveryRule("llm", "restart_service", recovery_func=restart, **kwargs)  # type: ignore[arg-type]
+            )
+
+    async def report(self, service: str, old: str, new: str, only: int | None = None) -> None:
+        """Each replica's monitor sees the change."""
+        for index, manager in enumerate(self.managers):
+            if only is None or index == only:
+                await manager.on_status_change(service, old, new, None)
+
+    async def aclose(self) -> None:
+        for manager in self.managers:
+            await manager.aclose()
+
+
+@pytest.fixture
+async def cluster(shared_redis: aioredis.Redis, key_prefix: str) -> Cluster:
+    replicas = Cluster(shared_redis, key_prefix, FakeClock())
+    yield replicas  # type: ignore[misc]
+    await replicas.aclose()
+
+
+async def test_only_one_replica_restarts(cluster: Cluster) -> None:
+    """Both replicas see the outage; one restart runs, the other replica defers to it."""
+    cluster.heals = True
+    cluster.add_rule()
+    await cluster.report("llm", H, U)
+    for manager in cluster.managers:
+        await manager.wait_idle()
+    assert len(cluster.calls) == 1
+    stats = [m.get_recovery_stats() for m in cluster.managers]
+    assert sum(s["total_attempts"] for s in stats) == 1  # type: ignore[misc]
+    deferred = [s["services"]["llm"]["deferred_to_peer"] for s in stats]  # type: ignore[index]
+    assert sorted(deferred) == [0, 1]
+
+
+async def test_lease_outlives_the_recovery_for_a_lagging_replica(cluster: Cluster) -> None:
+    """A replica whose monitor still says unhealthy does not restart a service just fixed."""
+    cluster.add_rule(cooldown=60.0)
+    await cluster.report("llm", H, U)
+    await _until(lambda: len(cluster.calls) == 1)
+    actor = int(cluster.calls[0][-1])
+    await cluster.report("llm", U, H, only=actor)  # only the acting replica has seen it back
+    await cluster.managers[actor].wait_idle()
+    await asyncio.sleep(0.05)  # the other replica keeps polling for the lease meanwhile
+    assert len(cluster.calls) == 1
+    await cluster.report("llm", U, H, only=1 - actor)
+    await cluster.managers[1 - actor].wait_idle()
+    assert len(cluster.calls) == 1
+
+
+async def test_cluster_pages_once_and_the_latch_holds_everywhere(cluster: Cluster) -> None:
+    """A service that never recovers: max_attempts restarts in all, one page, both latched."""
+    cluster.add_rule(max_attempts=2)
+    await cluster.report("llm", H, U)
+    await _until(lambda: all(m.is_escalated("llm") for m in cluster.managers))
+    assert len(cluster.calls) == 2
+    assert len([a for a in cluster.alerts if not a.resolved]) == 1
+    reasons = [
+        m.get_recovery_stats()["services"]["llm"]["escalation_reason"]  # type: ignore[index]
+        for m in cluster.managers
+    ]
+    assert "escalated by another process" in reasons
+
+    # A reset on one replica lifts the latch on the other at its next report.
+    first, second = cluster.managers
+    assert await first.reset("llm") or await second.reset("llm")
+    await cluster.report("llm", U, H)
+    await cluster.report("llm", H, U)
+    assert not first.is_escalated("llm")
+    assert not second.is_escalated("llm")
+
+
+async def test_without_redis_each_replica_acts_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """Redis down: recovery still happens (on this replica's view), and says so."""
+    server = PrivateRedis()
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    clock = FakeClock()
+    calls: list[str] = []
+    manager_ref: list[RecoveryManager] = []
+
+    async def restart(service: str) -> None:
+        calls.append(service)
+        await manager_ref[0].on_status_change(service, U, H, None)
+
+    try:
+        server.kill()
+        manager = RecoveryManager(
+            clock=clock,
+            sleep=clock.sleep,
+            wall_clock=clock,
+            coordinator=RecoveryCoordinator(client, key_prefix="t", timeout=1.0),
+        )
+        manager_ref.append(manager)
+        manager.add_rule(RecoveryRule("llm", "restart_service", recovery_func=restart))
+        caplog.set_level(logging.WARNING, logger="xnai_core.recovery")
+        async with manager:
+            await manager.on_status_change("llm", H, U, None)
+            await manager.wait_idle()
+        assert calls == ["llm"]
+        assert any("coordination unavailable" in r.getMessage() for r in caplog.records)
+    finally:
+        await client.aclose()
+        server.cleanup()
+
+
+async def test_coordinator_keys_are_hash_tagged(shared_redis: aioredis.Redis) -> None:
+    """Lease and latch of a service share one Redis Cluster slot."""
+    coordinator = RecoveryCoordinator(shared_redis, key_prefix="p")
+    assert coordinator.lease_key("llm") == "p:{llm}:lease"
+    assert coordinator.latch_key("llm") == "p:{llm}:escalated"
+    with pytest.raises(ValueError, match="'timeout' must be > 0 seconds: 0"):
+        RecoveryCoordinator(shared_redis, timeout=0)
+
+
+async def test_lease_is_exclusive_and_released_only_by_its_holder(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A second process cannot take, extend or release a lease it does not hold."""
+    a = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    b = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    assert await a.acquire("llm", 30) is True
+    assert await b.acquire("llm", 30) is False
+    assert await a.acquire("llm", 30) is True  # its own: extended
+    await b.release("llm")
+    assert await b.acquire("llm", 30) is False
+    await a.release("llm")
+    assert await b.acquire("llm", 30) is True
+    await b.release("llm")
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
