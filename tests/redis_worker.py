@@ -33,13 +33,17 @@ def make_client(spec: dict[str, Any]) -> aioredis.Redis | aioredis.RedisCluster:
     return aioredis.Redis.from_url(spec["url"])
 
 
-async def rendezvous(client: Any, spec: dict[str, Any]) -> None:
-    await client.rpush(spec["ready_key"], spec["id"])
-    await client.blpop([spec["go_key"]], timeout=30)
+async def rendezvous(client: Any, spec: dict[str, Any], suffix: str = "") -> None:
+    await client.rpush(spec["ready_key"] + suffix, spec["id"])
+    await client.blpop([spec["go_key"] + suffix], timeout=30)
+
+
+def breaker_client(breaker: CircuitBreaker) -> Any:
+    return cast(RedisStore, breaker.store)._client
 
 
 async def fail(breaker: CircuitBreaker, spec: dict[str, Any]) -> dict[str, Any]:
-    """``count`` concurrent calls that all fail."""
+    """``count`` concurrent calls that all fail; or, with ``rounds``, one batch per round."""
 
     async def boom() -> None:
         raise Boom
@@ -53,8 +57,14 @@ async def fail(breaker: CircuitBreaker, spec: dict[str, Any]) -> dict[str, Any]:
             return "rejected"
         return "ok"
 
-    outcomes = await asyncio.gather(*(one() for _ in range(spec["count"])))
-    return {"failed": outcomes.count("failed"), "rejected": outcomes.count("rejected")}
+    rounds = []
+    for index, count in enumerate(spec.get("rounds", [spec.get("count", 1)])):
+        if index:
+            # Every process finished the last round before any starts this one.
+            await rendezvous(breaker_client(breaker), spec, suffix=f":{index}")
+        outcomes = await asyncio.gather(*(one() for _ in range(count)))
+        rounds.append({"failed": outcomes.count("failed"), "rejected": outcomes.count("rejected")})
+    return {**rounds[-1], "rounds": rounds}
 
 
 async def half_open(breaker: CircuitBreaker, spec: dict[str, Any]) -> dict[str, Any]:
