@@ -294,14 +294,17 @@ class HTTPHealthChecker(HealthChecker):
             raise ValueError(f"'url' must be an http:// or https:// URL: {redact_url(str(url))!r}")
         self._public_url = redact_url(url)
         self._secrets = url_secrets(url)
-        self._url, authorization = _split_credentials(url)
+        plain_url, authorization = _split_credentials(url)
+        self._url = httpx.URL(plain_url)  # parsed once, not per request
         self.method = method.upper()
         self.expected_status = frozenset(expected_status)
         if not self.expected_status:
             raise ValueError("'expected_status' must name at least one status code: ()")
-        self._headers = {"User-Agent": USER_AGENT, "Accept": "*/*", **(headers or {})}
+        merged = {"User-Agent": USER_AGENT, "Accept": "*/*", **(headers or {})}
         if authorization is not None:
-            self._headers.setdefault("Authorization", authorization)
+            merged.setdefault("Authorization", authorization)
+        self._headers = httpx.Headers(merged)
+        self._timeouts = httpx.Timeout(self.timeout).as_dict()
         self._verify = verify
         self._transport = transport
         self._owns_transport = transport is None
@@ -332,7 +335,7 @@ class HTTPHealthChecker(HealthChecker):
             self.method,
             self._url,
             headers=self._headers,
-            extensions={"timeout": httpx.Timeout(self.timeout).as_dict()},
+            extensions={"timeout": self._timeouts},
         )
         response = await self._get_transport().handle_async_request(request)
         try:
