@@ -196,3 +196,30 @@ def test_http_checker_validates_url() -> None:
     with pytest.raises(ValueError, match=r"'url' must be an http:// or https:// URL") as info:
         HTTPHealthChecker("api", "ftp://u:topsecret@host/")
     assert "topsecret" not in str(info.value)
+
+
+async def test_supplied_transport_stays_open() -> None:
+    """A transport passed in is used and left open by aclose(); ours is closed."""
+    import httpx
+
+    async with LoopbackHTTPServer() as server:
+        transport = httpx.AsyncHTTPTransport()
+        checker = HTTPHealthChecker("api", server.url, transport=transport)
+        first = await checker.check()
+        await checker.aclose()
+        second = await checker.check()  # still the same, still open
+        await transport.aclose()
+    assert (first.status, second.status) == (HEALTHY, HEALTHY)
+    assert server.connections == 1
+
+
+async def test_basic_auth_from_url_userinfo() -> None:
+    """user:password in the URL is sent as a Basic Authorization header, not in the path."""
+    async with LoopbackHTTPServer() as server:
+        url = server.url.replace("http://", "http://ops:pa%40ss@")
+        checker = HTTPHealthChecker("api", url)
+        result = await checker.check()
+        await checker.aclose()
+    assert result.status == HEALTHY
+    assert server.paths == ["/health"]
+    assert server.authorizations == ["Basic b3BzOnBhQHNz"]  # base64("ops:pa@ss")

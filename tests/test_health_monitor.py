@@ -692,3 +692,42 @@ async def test_stuck_sync_check_does_not_pile_up_threads() -> None:
     assert first.error == "timed out after 0.05s"
     assert second.error == "previous call of the check function is still running"
     assert len(calls) == 1
+
+
+async def test_overall_status_drives_the_http_status() -> None:
+    """One unhealthy service makes the health+json document fail and the helper 503."""
+    from xnai_core.health.health_json import http_status_for
+
+    monitor = HealthMonitor(failure_threshold=1)
+    monitor.add_checker(Scripted("api"))
+    monitor.add_checker(Scripted("db", default=UNHEALTHY))
+    monitor.add_checker(Scripted("idle"))
+    assert monitor.get_overall_status() == UNKNOWN
+    await monitor.trigger_manual_check("api")
+    assert (monitor.get_overall_status(), http_status_for(monitor.get_health_json())) == (
+        HEALTHY,
+        200,
+    )
+    await monitor.trigger_manual_check("db")
+    document = monitor.get_health_json(service_id="rag", version="1")
+    assert (monitor.get_overall_status(), document["status"], http_status_for(document)) == (
+        UNHEALTHY,
+        "fail",
+        503,
+    )
+    assert http_status_for(monitor.get_health_report()) == 503
+    assert (document["serviceId"], document["version"]) == ("rag", "1")
+
+
+async def test_removed_alert_handler_gets_nothing() -> None:
+    """remove_alert_handler stops delivery; removing an unknown handler is a ValueError."""
+    monitor = HealthMonitor(failure_threshold=1)
+    monitor.add_checker(Scripted(default=UNHEALTHY))
+    received: list[Alert] = []
+    monitor.add_alert_handler(received.append)
+    monitor.remove_alert_handler(received.append)
+    await monitor.trigger_manual_check("svc")
+    await monitor.drain_notifications()
+    assert received == []
+    with pytest.raises(ValueError, match=r"x not in list"):
+        monitor.remove_alert_handler(received.append)

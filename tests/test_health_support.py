@@ -29,6 +29,7 @@ class LoopbackHTTPServer:
         self.requests = 0
         self.connections = 0
         self.paths: list[str] = []
+        self.authorizations: list[str] = []
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -77,6 +78,10 @@ class LoopbackHTTPServer:
                 head = await reader.readuntil(b"\r\n\r\n")
                 request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
                 self.paths.append(request_line.split(" ")[1] if " " in request_line else "")
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "authorization":
+                        self.authorizations.append(value.strip())
                 self.requests += 1
                 if self.hang:
                     await self._closing.wait()
