@@ -1,6 +1,7 @@
 """Health monitor at scale: N HTTP checkers at a fixed interval against one local server.
 
-Run: ``.venv/bin/python -m benchmarks.bench_health [--duration 60] [--checkers 500] [--interval 1]``
+Run: ``.venv/bin/python -m benchmarks.bench_health [--duration 60] [--checkers 500]
+[--interval 1] [--baseline]``
 
 The server runs in its own process (so its CPU is not billed to the monitor) and
 answers ``200`` on loopback with HTTP/1.1 keep-alive. Each checker is a real
@@ -16,6 +17,10 @@ ends (loop clock). Measured:
   one core over the run;
 - resident memory (RSS) after warm-up and at the end, with samples between.
 
+With ``--baseline`` the same checkers then run from bare asyncio loops
+(``check(); sleep(interval)``, nothing else) for the same time: the ratio column
+separates what the monitor costs from what the machine (and its other tenants) does.
+
 Target on the 2-core machine: p99 lag under 100 ms, no overlaps, memory flat.
 """
 
@@ -24,13 +29,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from xnai_core.health.checkers import HealthCheckResult, HealthStatus, HTTPHealthChecker
 from xnai_core.health.monitor import HealthMonitor
@@ -156,27 +164,46 @@ def percentile(values: Sequence[float], q: float) -> float:
 # -- the benchmark -----------------------------------------------------------------------
 
 
-async def run(checkers: int, interval: float, duration: float, port: int, server_pid: int) -> int:
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What one variant did over the measured window."""
+
+    wall: float
+    runs: int
+    lags_ms: list[float]
+    overlaps: int
+    unhealthy: int
+    cpu: float
+    server_cpu: float
+    others_cpu: float
+    load: float
+    rss_mib: list[float]
+    healthy_in_report: int | None
+
+
+def make_probes(checkers: int, interval: float, port: int) -> tuple[list[Probe], array[float]]:
     url = f"http://127.0.0.1:{port}/health"
-    monitor = HealthMonitor(check_interval=interval, history_size=100, alert_window=20)
     # Lags of every run: 8 bytes each (~0.25 MiB a minute at 500/s), part of RSS growth.
     lags: array[float] = array("d")
     probes = [
         Probe(HTTPHealthChecker(f"svc{i}", url, timeout=interval), interval, lags)
         for i in range(checkers)
     ]
-    for probe in probes:
-        monitor.add_checker(probe)
+    return probes, lags
 
-    await monitor.start_monitoring()
-    warmup = interval * 2 + 1.0  # every checker has run and opened its connection
-    await asyncio.sleep(warmup)
+
+async def measure_window(
+    probes: list[Probe], lags: array[float], duration: float, server_pid: int
+) -> Measured:
+    """Sample CPU, RSS and lags over ``duration`` seconds while the checks run."""
     lags_before = len(lags)
     rss_samples = [rss_bytes()]
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     server_cpu_start = cpu_seconds(server_pid)
     machine_start = machine_busy_seconds()
     runs_start = sum(p.runs for p in probes)
+    overlaps_start = sum(p.overlaps for p in probes)
+    unhealthy_start = sum(p.unhealthy for p in probes)
     steps = 6
     for _ in range(steps):
         await asyncio.sleep(duration / steps)
@@ -184,51 +211,111 @@ async def run(checkers: int, interval: float, duration: float, port: int, server
     cpu_used = time.process_time() - cpu_start
     wall = time.perf_counter() - wall_start
     server_cpu = cpu_seconds(server_pid) - server_cpu_start
-    others_cpu = machine_busy_seconds() - machine_start - cpu_used - server_cpu
-    load = os.getloadavg()[0]
-    runs_measured = sum(p.runs for p in probes) - runs_start
-    report = monitor.get_health_report()
-    await monitor.stop_monitoring()
-
-    measured = lags[lags_before:]
-    ms = [lag * 1000.0 for lag in measured]
-    overlaps = sum(p.overlaps for p in probes)
-    unhealthy = sum(p.unhealthy for p in probes)
-    p50, p99, worst = percentile(ms, 0.50), percentile(ms, 0.99), max(ms, default=float("nan"))
-    mib = [sample / 2**20 for sample in rss_samples]
-    cpu_share = 100.0 * cpu_used / wall
-    print(
-        f"bench_health: {checkers} HTTP checkers, interval {interval:g} s, measured {wall:.1f} s"
-        f" after {warmup:g} s warm-up; one loopback server in its own process;"
-        f" Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    return Measured(
+        wall=wall,
+        runs=sum(p.runs for p in probes) - runs_start,
+        lags_ms=[lag * 1000.0 for lag in lags[lags_before:]],
+        overlaps=sum(p.overlaps for p in probes) - overlaps_start,
+        unhealthy=sum(p.unhealthy for p in probes) - unhealthy_start,
+        cpu=cpu_used,
+        server_cpu=server_cpu,
+        others_cpu=machine_busy_seconds() - machine_start - cpu_used - server_cpu,
+        load=os.getloadavg()[0],
+        rss_mib=[sample / 2**20 for sample in rss_samples],
+        healthy_in_report=None,
     )
-    print(f"{'metric':38} {'value':>14} {'target':>8} {'ratio':>7}")
-    rows: list[tuple[str, str, str, str]] = [
-        ("runs measured", f"{runs_measured}", "", ""),
-        (
-            "runs per second",
-            f"{runs_measured / wall:.1f}",
-            f"{checkers / interval:.0f}",
-            f"{runs_measured / wall / (checkers / interval):.3f}",
-        ),
-        ("schedule lag p50 (ms)", f"{p50:.2f}", "", ""),
-        ("schedule lag p99 (ms)", f"{p99:.2f}", "< 100", f"{p99 / 100.0:.3f}"),
-        ("schedule lag max (ms)", f"{worst:.2f}", "", ""),
-        ("overlapping runs", f"{overlaps}", "0", ""),
-        ("non-healthy results", f"{unhealthy}", "0", ""),
-        ("monitor CPU (% of one core)", f"{cpu_share:.1f}", "", ""),
-        ("  per check (us CPU)", f"{1e6 * cpu_used / max(runs_measured, 1):.0f}", "", ""),
-        ("server CPU (% of one core)", f"{100.0 * server_cpu / wall:.1f}", "", ""),
-        ("other processes' CPU (% of one core)", f"{100.0 * others_cpu / wall:.1f}", "", ""),
-        ("load average (1 min) at the end", f"{load:.2f}", "", ""),
-        ("RSS start (MiB)", f"{mib[0]:.1f}", "", ""),
-        ("RSS end (MiB)", f"{mib[-1]:.1f}", "flat", f"{mib[-1] / mib[0]:.3f}"),
-        ("RSS samples (MiB)", " ".join(f"{m:.1f}" for m in mib), "", ""),
-        ("report: healthy / total", f"{report['summary']['healthy']}/{checkers}", "", ""),
-    ]
-    for label, value, target, ratio in rows:
-        print(f"{label:38} {value:>14} {target:>8} {ratio:>7}")
-    return 0 if overlaps == 0 else 1
+
+
+async def run_monitor(
+    checkers: int, interval: float, duration: float, warmup: float, port: int, server_pid: int
+) -> Measured:
+    """The HealthMonitor schedules the checkers (default jitter, timeouts, hysteresis)."""
+    probes, lags = make_probes(checkers, interval, port)
+    monitor = HealthMonitor(check_interval=interval, history_size=100, alert_window=20)
+    for probe in probes:
+        monitor.add_checker(probe)
+    await monitor.start_monitoring()
+    await asyncio.sleep(warmup)
+    measured = await measure_window(probes, lags, duration, server_pid)
+    healthy = monitor.get_health_report()["summary"]["healthy"]
+    await monitor.stop_monitoring()
+    return replace(measured, healthy_in_report=healthy)
+
+
+async def run_bare(
+    checkers: int, interval: float, duration: float, warmup: float, port: int, server_pid: int
+) -> Measured:
+    """Baseline: one plain task per checker, `check(); sleep(interval)`, nothing else."""
+    probes, lags = make_probes(checkers, interval, port)
+
+    async def loop(probe: Probe) -> None:
+        await asyncio.sleep(random.uniform(0.0, interval))
+        while True:
+            await probe.check()
+            await asyncio.sleep(interval)
+
+    tasks = [asyncio.create_task(loop(probe)) for probe in probes]
+    await asyncio.sleep(warmup)
+    measured = await measure_window(probes, lags, duration, server_pid)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for probe in probes:
+        await probe.aclose()
+    return measured
+
+
+def _ratio(ours: float, base: float) -> str:
+    return f"{ours / base:.2f}" if base > 0 else ""
+
+
+def print_table(
+    checkers: int, interval: float, warmup: float, ours: Measured, bare: Measured | None
+) -> None:
+    print(
+        f"bench_health: {checkers} HTTP checkers, interval {interval:g} s, measured"
+        f" {ours.wall:.1f} s after {warmup:g} s warm-up; one loopback server in its own"
+        f" process; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
+    header = f"{'metric':34} {'monitor':>14} {'target':>7}"
+    if bare is not None:
+        header += f" {'bare loop':>14} {'ratio':>6}"
+    print(header)
+
+    def row(label: str, pick: Callable[[Measured], float], fmt: str, target: str = "") -> None:
+        line = f"{label:34} {format(pick(ours), fmt):>14} {target:>7}"
+        if bare is not None:
+            line += f" {format(pick(bare), fmt):>14} {_ratio(pick(ours), pick(bare)):>6}"
+        print(line)
+
+    row("runs per second", lambda m: m.runs / m.wall, ".1f", f"{checkers / interval:.0f}")
+    row("schedule lag p50 (ms)", lambda m: percentile(m.lags_ms, 0.50), ".2f")
+    row("schedule lag p99 (ms)", lambda m: percentile(m.lags_ms, 0.99), ".2f", "< 100")
+    row("schedule lag max (ms)", lambda m: max(m.lags_ms, default=math.nan), ".2f")
+    row("overlapping runs", lambda m: m.overlaps, "d", "0")
+    row("non-healthy results", lambda m: m.unhealthy, "d", "0")
+    row("process CPU (% of one core)", lambda m: 100.0 * m.cpu / m.wall, ".1f")
+    row("  per check (us CPU)", lambda m: 1e6 * m.cpu / max(m.runs, 1), ".0f")
+    row("server CPU (% of one core)", lambda m: 100.0 * m.server_cpu / m.wall, ".1f")
+    row("others' CPU (% of one core)", lambda m: 100.0 * m.others_cpu / m.wall, ".1f")
+    row("load average (1 min), end", lambda m: m.load, ".2f")
+    row("RSS start (MiB)", lambda m: m.rss_mib[0], ".1f")
+    row("RSS end (MiB)", lambda m: m.rss_mib[-1], ".1f", "flat")
+    row("RSS end / start", lambda m: m.rss_mib[-1] / m.rss_mib[0], ".3f")
+    print(f"{'RSS samples (MiB), monitor':34} " + " ".join(f"{v:.1f}" for v in ours.rss_mib))
+    print(f"{'report: healthy / total':34} {ours.healthy_in_report}/{checkers}")
+
+
+async def run(
+    checkers: int, interval: float, duration: float, baseline: bool, port: int, server_pid: int
+) -> int:
+    warmup = interval * 2 + 1.0  # every checker has run and opened its connection
+    ours = await run_monitor(checkers, interval, duration, warmup, port, server_pid)
+    bare = None
+    if baseline:
+        bare = await run_bare(checkers, interval, duration, warmup, port, server_pid)
+    print_table(checkers, interval, warmup, ours, bare)
+    return 0 if ours.overlaps == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured (60)")
     parser.add_argument("--checkers", type=int, default=500, help="HTTP checkers (500)")
     parser.add_argument("--interval", type=float, default=1.0, help="check interval, s (1)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="then run the same checkers from bare asyncio loops, for comparison",
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
@@ -248,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         wait_for_port(port, time.monotonic() + 10)
-        return asyncio.run(run(args.checkers, args.interval, args.duration, port, server.pid))
+        return asyncio.run(
+            run(args.checkers, args.interval, args.duration, args.baseline, port, server.pid)
+        )
     finally:
         server.kill()
         server.wait()

@@ -52,7 +52,14 @@ class Lane:
     async def idle(self) -> None:
         """Wait until every queued job has run."""
         while self._worker is not None and not self._worker.done():
-            await asyncio.shield(self._worker)
+            worker = self._worker
+            try:
+                await asyncio.shield(worker)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if worker.cancelled() and (current is None or not current.cancelling()):
+                    return  # the lane was closed under us: nothing left to wait for
+                raise
 
     async def aclose(self) -> None:
         """Drop pending jobs and cancel the running one."""

@@ -66,7 +66,10 @@ class _Service:
     health: ServiceHealth
     counters: Counters = field(default_factory=Counters)
     task: asyncio.Task[None] | None = None
-    inflight: asyncio.Task[HealthCheckResult] | None = None
+    # The run in progress, for joiners; `runner` is the task of a manual run (a
+    # scheduled run executes inside `task` itself, saving loop hops on every check).
+    inflight: asyncio.Future[HealthCheckResult] | None = None
+    runner: asyncio.Task[HealthCheckResult] | None = None
     changed: asyncio.Event | None = None
     in_outage: bool = False
     active_alerts: set[str] = field(default_factory=set)
@@ -253,7 +256,7 @@ class HealthMonitor:
         for key in service.active_alerts:
             self._active_alerts.pop(key, None)
         service.wake_waiters()
-        tasks = [t for t in (service.task, service.inflight) if t is not None and not t.done()]
+        tasks = [t for t in (service.task, service.runner) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         try:
@@ -305,7 +308,7 @@ class HealthMonitor:
         was_active, self._active = self._active, False
         tasks: list[asyncio.Task[Any]] = []
         for service in self._services.values():
-            for task in (service.task, service.inflight):
+            for task in (service.task, service.runner):
                 if task is not None and not task.done():
                     task.cancel()
                     tasks.append(task)
@@ -313,7 +316,7 @@ class HealthMonitor:
         tasks.extend(self._retiring)
         await asyncio.gather(*tasks, return_exceptions=True)
         for service in self._services.values():
-            service.inflight = None
+            service.runner = None
             for lane in service.lanes():
                 await lane.aclose()
             await self._close_checker(service)
@@ -409,7 +412,14 @@ class HealthMonitor:
         If a check of ``name`` is already running, waits for that one instead of
         starting a second. ``KeyError`` for an unknown name.
         """
-        return await self._check(self._service(name))
+        service = self._service(name)
+        running = service.inflight
+        if running is None or running.done():
+            running = self._begin(service)
+            service.runner = asyncio.get_running_loop().create_task(
+                self._run_into(service, running), name=f"xnai-health-check-{service.name}"
+            )
+        return await self._join(service, running)
 
     async def wait_for_status(
         self, name: str, status: HealthStatus | str, timeout: float | None = None
@@ -464,17 +474,44 @@ class HealthMonitor:
             await asyncio.sleep(service.interval)
 
     async def _check(self, service: _Service) -> HealthCheckResult:
-        task = service.inflight
-        if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(
-                self._execute(service), name=f"xnai-health-check-{service.name}"
-            )
-            service.inflight = task
+        """The scheduler's run: join a manual run in flight, else run here, inline."""
+        running = service.inflight
+        if running is not None and not running.done():
+            return await self._join(service, running)
+        return await self._run_into(service, self._begin(service))
+
+    @staticmethod
+    def _begin(service: _Service) -> asyncio.Future[HealthCheckResult]:
+        running: asyncio.Future[HealthCheckResult] = asyncio.get_running_loop().create_future()
+        # Nobody may be waiting when it fails: mark its exception as seen.
+        running.add_done_callback(lambda f: f.cancelled() or f.exception())
+        service.inflight = running
+        return running
+
+    async def _run_into(
+        self, service: _Service, running: asyncio.Future[HealthCheckResult]
+    ) -> HealthCheckResult:
         try:
-            return await asyncio.shield(task)
+            result = await self._execute(service)
+        except asyncio.CancelledError:
+            running.cancel()
+            raise
+        except BaseException as exc:
+            running.set_exception(exc)
+            raise
+        running.set_result(result)
+        return result
+
+    @staticmethod
+    async def _join(
+        service: _Service, running: asyncio.Future[HealthCheckResult]
+    ) -> HealthCheckResult:
+        try:
+            # shield: a joiner that is cancelled must not cancel the run for the others.
+            return await asyncio.shield(running)
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if task.cancelled() and (current is None or not current.cancelling()):
+            if running.cancelled() and (current is None or not current.cancelling()):
                 raise RuntimeError(
                     f"the health check of {service.name!r} was cancelled (monitor stopped)"
                 ) from None
