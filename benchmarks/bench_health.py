@@ -15,7 +15,9 @@ ends (loop clock). Measured:
   still in flight (must be 0);
 - CPU of the monitor process (and, apart, of the server process), as a share of
   one core over the run;
-- resident memory (RSS) after warm-up and at the end, with samples between.
+- resident memory (RSS) after warm-up and at the end, with samples between. The
+  warm-up lasts until every checker's bounded history is full (``--history``,
+  default 10 results; each kept result is ~0.3 KB), so growth after it is a leak.
 
 With ``--baseline`` the same checkers then run from bare asyncio loops
 (``check(); sleep(interval)``, nothing else) for the same time: the ratio column
@@ -227,11 +229,22 @@ async def measure_window(
 
 
 async def run_monitor(
-    checkers: int, interval: float, duration: float, warmup: float, port: int, server_pid: int
+    checkers: int,
+    interval: float,
+    duration: float,
+    warmup: float,
+    history: int,
+    port: int,
+    server_pid: int,
 ) -> Measured:
     """The HealthMonitor schedules the checkers (default jitter, timeouts, hysteresis)."""
     probes, lags = make_probes(checkers, interval, port)
-    monitor = HealthMonitor(check_interval=interval, history_size=100, alert_window=20)
+    monitor = HealthMonitor(
+        check_interval=interval,
+        history_size=history,
+        alert_window=history,
+        alert_thresholds={"success_rate": 95, "response_time": 5.0},
+    )
     for probe in probes:
         monitor.add_checker(probe)
     await monitor.start_monitoring()
@@ -270,12 +283,18 @@ def _ratio(ours: float, base: float) -> str:
 
 
 def print_table(
-    checkers: int, interval: float, warmup: float, ours: Measured, bare: Measured | None
+    checkers: int,
+    interval: float,
+    warmup: float,
+    history: int,
+    ours: Measured,
+    bare: Measured | None,
 ) -> None:
     print(
         f"bench_health: {checkers} HTTP checkers, interval {interval:g} s, measured"
-        f" {ours.wall:.1f} s after {warmup:g} s warm-up; one loopback server in its own"
-        f" process; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f" {ours.wall:.1f} s after {warmup:g} s warm-up (history_size={history}, full);"
+        f" one loopback server in its own process; Python {sys.version.split()[0]},"
+        f" {os.cpu_count()} CPUs"
     )
     header = f"{'metric':34} {'monitor':>14} {'target':>7}"
     if bare is not None:
@@ -307,14 +326,23 @@ def print_table(
 
 
 async def run(
-    checkers: int, interval: float, duration: float, baseline: bool, port: int, server_pid: int
+    checkers: int,
+    interval: float,
+    duration: float,
+    history: int,
+    baseline: bool,
+    port: int,
+    server_pid: int,
 ) -> int:
-    warmup = interval * 2 + 1.0  # every checker has run and opened its connection
-    ours = await run_monitor(checkers, interval, duration, warmup, port, server_pid)
+    # Warm up until every checker has run `history` times: its connection is open and
+    # its bounded history full, so what RSS does next is what it does for ever.
+    warmup = interval * (history + 2)
+    ours = await run_monitor(checkers, interval, duration, warmup, history, port, server_pid)
     bare = None
     if baseline:
-        bare = await run_bare(checkers, interval, duration, warmup, port, server_pid)
-    print_table(checkers, interval, warmup, ours, bare)
+        base_warmup = interval * 2 + 1.0
+        bare = await run_bare(checkers, interval, duration, base_warmup, port, server_pid)
+    print_table(checkers, interval, warmup, history, ours, bare)
     return 0 if ours.overlaps == 0 else 1
 
 
@@ -323,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured (60)")
     parser.add_argument("--checkers", type=int, default=500, help="HTTP checkers (500)")
     parser.add_argument("--interval", type=float, default=1.0, help="check interval, s (1)")
+    parser.add_argument("--history", type=int, default=10, help="the monitor's history_size (10)")
     parser.add_argument(
         "--baseline",
         action="store_true",
@@ -341,7 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_port(port, time.monotonic() + 10)
         return asyncio.run(
-            run(args.checkers, args.interval, args.duration, args.baseline, port, server.pid)
+            run(
+                args.checkers,
+                args.interval,
+                args.duration,
+                args.history,
+                args.baseline,
+                port,
+                server.pid,
+            )
         )
     finally:
         server.kill()
