@@ -290,3 +290,140 @@ async def test_service_that_never_comes_back_escalates_once_and_stays_latched(
     assert resolved[0].key == "web:manual_intervention"
     assert "web:manual_intervention" not in [a.key for a in monitor.get_active_alerts()]
     await _eventually(lambda: len(stamps.read_text().split()) >= 4)
+
+
+async def test_checker_with_a_longer_interval_warns_at_its_first_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A checker's own longer interval, unknown at attach time, is caught at its first outage."""
+
+    async def restart(service: str) -> None:
+        return None
+
+    manager = RecoveryManager(verify_interval=0.05)
+    manager.add_rule(
+        RecoveryRule(
+            "slow",
+            "restart_service",
+            recovery_func=restart,
+            failure_threshold=1,
+            stable_period=1.0,
+            grace_period=0.1,
+            max_attempts=1,
+        )
+    )
+    monitor = HealthMonitor(check_interval=0.1, failure_threshold=2, recovery_manager=manager)
+    monitor.add_checker(HTTPHealthChecker("slow", "http://127.0.0.1:9/health"), interval=5.0)
+    async with manager:
+        await manager.on_status_change("slow", "healthy", "unhealthy", None)
+        await manager.wait_idle()
+    warnings = [r.getMessage() for r in caplog.records if "stable_period" in r.getMessage()]
+    assert warnings == [
+        "slow: stable_period 1.0s of the restart_service rule is not longer than this "
+        "service's detection time (10.0s); a crash loop may never escalate"
+    ]
+
+
+async def test_rule_threshold_counts_the_monitors_failed_checks(
+    web: WebService, stack: list[object]
+) -> None:
+    """A rule with failure_threshold=5 waits for five failed checks, not the monitor's two."""
+    seen: list[int] = []
+    monitor_ref: list[HealthMonitor] = []
+
+    async def restart(service: str) -> None:
+        seen.append(monitor_ref[0].get_service_health(service).consecutive_failures)
+        await asyncio.to_thread(web.start)
+
+    rule = RecoveryRule(
+        "web",
+        "restart_service",
+        recovery_func=restart,
+        failure_threshold=5,
+        grace_period=10.0,
+        stable_period=5.0,
+    )
+    monitor, manager = build(stack, web.url, rule)
+    monitor_ref.append(monitor)
+    await monitor.start_monitoring()
+    await _eventually(lambda: manager.get_recovery_stats()["total_attempts"] == 1)
+    await manager.wait_idle()
+    assert len(seen) == 1
+    assert seen[0] >= 5
+    assert manager.get_recovery_stats()["success_rate"] == 1.0
+    assert monitor.get_status("web") == "healthy"
+
+
+def test_stable_period_the_monitor_cannot_outlast_is_refused() -> None:
+    """stable_period <= failure_threshold * check_interval could never catch a crash loop."""
+    manager = RecoveryManager()
+    manager.add_rule(RecoveryRule("web", "manual_intervention", stable_period=60.0))
+    with pytest.raises(ValueError, match=r"'stable_period' of the 'manual_intervention' rule"):
+        HealthMonitor(check_interval=30.0, failure_threshold=3, recovery_manager=manager)
+    monitor = HealthMonitor(check_interval=10.0, failure_threshold=3, recovery_manager=manager)
+    assert manager.monitor is monitor
+    with pytest.raises(ValueError, match=r"must be > the monitor's failure_threshold"):
+        manager.add_rule(RecoveryRule("api", "manual_intervention", stable_period=30.0))
+
+
+def test_manager_belongs_to_one_monitor() -> None:
+    """A second monitor cannot take over a manager that already has one."""
+    manager = RecoveryManager()
+    HealthMonitor(recovery_manager=manager)
+    with pytest.raises(ValueError, match="already attached"):
+        HealthMonitor(recovery_manager=manager)
+
+
+async def test_sighup_reload_end_to_end(stack: list[object], tmp_path: Path) -> None:
+    """A service that answers 503 until it reloads its config: SIGHUP via pid file heals it."""
+    script = tmp_path / "reloadable.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import http.server, os, signal, sys, threading
+            port, pid_file = int(sys.argv[1]), sys.argv[2]
+            state = {"ok": False}
+            signal.signal(signal.SIGHUP, lambda *a: state.update(ok=True))
+
+            class Health(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    self.send_response(200 if state["ok"] else 503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+                def log_message(self, *args):
+                    pass
+
+            server = http.server.HTTPServer(("127.0.0.1", port), Health)
+            open(pid_file, "w").write(str(os.getpid()))
+            server.serve_forever()
+            """
+        )
+    )
+    port = free_port()
+    pid_file = tmp_path / "reloadable.pid"
+    proc = await asyncio.create_subprocess_exec(PY, str(script), str(port), str(pid_file))
+    try:
+        deadline = time.monotonic() + 10
+        while not (pid_file.exists() and _listening(port)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        rule = RecoveryRule(
+            "cfg",
+            "config_reload",
+            pid_file=pid_file,
+            failure_threshold=2,
+            grace_period=5.0,
+            stable_period=5.0,
+        )
+        monitor, manager = build(stack, f"http://127.0.0.1:{port}/health", rule)
+        await monitor.start_monitoring()
+        await _eventually(lambda: manager.get_recovery_stats()["total_attempts"] == 1)
+        await manager.wait_idle()
+        last = manager.get_recovery_stats()["services"]["cfg"]["last_attempt"]  # type: ignore[index]
+        assert last["outcome"] == "succeeded"
+        assert last["detail"] == f"sent SIGHUP to pid {proc.pid}"
+        assert monitor.get_status("cfg") == "healthy"
+    finally:
+        proc.kill()
+        await proc.wait()

@@ -33,7 +33,7 @@ from .actions import redact
 from .coordination import RecoveryCoordinator
 from .episode import Clock, EpisodeRunner, Sleep
 from .rule import RecoveryRule
-from .seam import SupportsMonitor, check_stable_period
+from .seam import SupportsMonitor, check_stable_period, stable_period_too_short
 from .state import UNHEALTHY, ServiceState, status_text
 from .stats import StatsBook
 
@@ -95,6 +95,7 @@ class RecoveryManager:
         self._book = StatsBook(history_size)
         self._handlers: list[AlertHandler] = []
         self._coordinator = coordinator
+        self._warned: set[int] = set()
         self._runner = EpisodeRunner(
             clock=clock,
             sleep=sleep,
@@ -205,6 +206,7 @@ class RecoveryManager:
                 extra={"service": service_name},
             )
         elif not svc.busy():
+            self._warn_short_stable_period(svc)
             logger.warning(
                 "%s is unhealthy; recovery starts (%s)",
                 service_name,
@@ -212,6 +214,21 @@ class RecoveryManager:
                 extra={"service": service_name},
             )
         self._start(svc)
+
+    def _warn_short_stable_period(self, svc: ServiceState) -> None:
+        for slot in svc.slots:
+            detection = stable_period_too_short(slot.rule, self._runner.monitor)
+            if detection is not None and id(slot) not in self._warned:
+                self._warned.add(id(slot))
+                logger.warning(
+                    "%s: stable_period %.1fs of the %s rule is not longer than this "
+                    "service's detection time (%.1fs); a crash loop may never escalate",
+                    svc.name,
+                    slot.rule.stable_period,
+                    slot.rule.action_type.value,
+                    detection,
+                    extra={"service": svc.name},
+                )
 
     # -- operator actions ----------------------------------------------------------
 

@@ -47,6 +47,24 @@ def check_stable_period(rule: RecoveryRule, monitor: object) -> None:
         )
 
 
+def stable_period_too_short(rule: RecoveryRule, monitor: object | None) -> float | None:
+    """The service's own detection time if ``rule.stable_period`` does not exceed it.
+
+    The check at attach time knows only the monitor's default interval; a checker
+    added with a longer ``interval`` of its own is caught here, at its first outage.
+    """
+    get_service_health = getattr(monitor, "get_service_health", None)
+    threshold = getattr(monitor, "failure_threshold", None)
+    if get_service_health is None or not isinstance(threshold, int):
+        return None
+    try:
+        interval = float(get_service_health(rule.service_name).interval)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    detection = interval * threshold
+    return detection if rule.stable_period <= detection else None
+
+
 def failures_reached(monitor: object | None, service_name: str, threshold: int) -> bool:
     """Whether the monitor has counted ``threshold`` failed checks in a row.
 
