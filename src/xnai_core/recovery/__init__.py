@@ -9,7 +9,8 @@ Modules, one concept each:
 - ``seam``: the manager's side of the seam with ``HealthMonitor``.
 - ``escalation``: the manual-intervention reason and alert.
 - ``coordination``: :class:`RecoveryCoordinator`, one recovery per service across processes.
-- ``manager``: :class:`RecoveryManager`, the episode loop that ties them together.
+- ``episode``: what happens during one outage of one service.
+- ``manager``: :class:`RecoveryManager`, the public face: rules, monitor hook, reset, stats.
 """
 
 from __future__ import annotations
