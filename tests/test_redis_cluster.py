@@ -25,6 +25,7 @@ from tests.redis_helpers import (
     wait_until_ready,
     worker_result,
 )
+from tests.test_redis_stateful import run_twins
 from xnai_core import (
     CircuitBreakerConfig,
     CircuitOpenError,
@@ -307,3 +308,8 @@ async def test_breaker_rejects_after_a_trip_in_another_client(
     finally:
         for breaker in made:
             await breaker.close()
+
+
+def test_memory_and_cluster_stores_decide_alike(cluster: LoopbackCluster) -> None:
+    """The hypothesis twin machine (test_redis_stateful.py) against the cluster."""
+    run_twins(cluster.client, max_examples=30)
