@@ -42,7 +42,7 @@ def test_frozen() -> None:
 def test_keyword_only() -> None:
     """Positional arguments are refused: the field order is not API."""
     with pytest.raises(TypeError):
-        CircuitBreakerConfig(5)  # type: ignore[misc]
+        CircuitBreakerConfig(5)  # type: ignore[call-arg]
 
 
 def test_fractional_seconds_and_no_timeout() -> None:
