@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.helpers import run_virtual
 from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from xnai_core.circuit.errors import CallTimeoutError
-from xnai_core.deadlines import TICK, pending_deadlines
+from xnai_core.deadlines import TICK, pending_deadlines, wait_within
 
 
 def breaker(timeout: float | None, name: str = "t", **kw: Any) -> CircuitBreaker:
@@ -388,3 +388,23 @@ async def test_sequential_loops_in_one_thread() -> None:
 
     result = await asyncio.to_thread(in_new_loop)
     assert result == "done"
+
+
+def test_wait_within_a_future_shared_by_two_callers() -> None:
+    """Two callers awaiting one future each get their own deadline; the future survives one."""
+
+    async def scenario() -> tuple[str, object, int]:
+        loop = asyncio.get_running_loop()
+        shared: asyncio.Future[str] = loop.create_future()
+        loop.call_later(1.0, shared.set_result, "late")
+
+        async def waiter(timeout: float) -> object:
+            try:
+                return await wait_within(asyncio.shield(shared), timeout, lambda: TimeoutError("x"))
+            except TimeoutError:
+                return "timed out"
+
+        short, long = await asyncio.gather(waiter(0.2), waiter(5.0))
+        return str(short), long, pending_deadlines()
+
+    assert run_virtual(scenario()) == ("timed out", "late", 0)

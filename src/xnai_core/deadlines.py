@@ -32,10 +32,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import threading
+from collections.abc import Awaitable, Callable
 from itertools import count
-from typing import Any
+from types import CoroutineType
+from typing import Any, TypeVar
 
 TICK = 0.005
+
+T = TypeVar("T")
 
 Generation = dict[object, "asyncio.Task[Any]"]
 """Calls filed in one tick for one timeout: key -> the task that runs the call."""
@@ -169,3 +173,30 @@ def pending_deadlines() -> int:
     """Deadlines still filed on this thread's current keeper (for tests and diagnostics)."""
     keeper = thread_keeper.keeper
     return 0 if keeper is None else len(keeper)
+
+
+async def wait_within(
+    awaitable: Awaitable[T], timeout: float, on_timeout: Callable[[], BaseException]
+) -> T:
+    """Await ``awaitable``; if it outlives ``timeout``, cancel it and raise ``on_timeout()``.
+
+    ``asyncio.timeout`` semantics at the keeper's price: an outside cancellation
+    stays a cancellation, and a result that arrives despite the cancel is kept.
+    """
+    # The key must be unique while the call runs: a coroutine object is, a future
+    # may be awaited by several callers at once.
+    key = awaitable if type(awaitable) is CoroutineType else object()
+    keeper, generation = file_deadline(key, timeout)
+    try:
+        result = await awaitable
+    except asyncio.CancelledError:
+        if generation.pop(key, None) is None and keeper.settle_fired(key):
+            raise on_timeout() from None
+        raise
+    except BaseException:
+        if generation.pop(key, None) is None:
+            keeper.settle_fired(key)
+        raise
+    if generation.pop(key, None) is None:
+        keeper.settle_fired(key)
+    return result

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
-from ..deadlines import current_tasks, file_deadline, keeper_and_task, thread_keeper
+from ..deadlines import current_tasks, keeper_and_task, thread_keeper, wait_within
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
 from .machine import CircuitState, Ticket
@@ -175,29 +175,11 @@ class CircuitBreaker:
         return result
 
     async def _await_within(self, awaitable: Awaitable[T]) -> T:
-        """Await under this breaker's timeout, filed with the loop's deadline keeper."""
+        """Await under this breaker's timeout (the slow path's version of the inlined one)."""
         timeout = self._timeout
         if timeout is None:
             return await awaitable
-        # The key only has to be unique while the call runs: a coroutine object is,
-        # but a future may be awaited by several calls at once.
-        key = awaitable if type(awaitable) is CoroutineType else object()
-        keeper, generation = file_deadline(key, timeout)
-        try:
-            result = await awaitable
-        except asyncio.CancelledError:
-            if generation.pop(key, None) is None and keeper.settle_fired(key):
-                raise CallTimeoutError(self.name, timeout) from None
-            raise
-        except BaseException:
-            if generation.pop(key, None) is None:
-                keeper.settle_fired(key)
-            raise
-        if generation.pop(key, None) is None:
-            # It fired, but the awaited code swallowed the cancellation and
-            # finished: keep its result and take our cancellation back.
-            keeper.settle_fired(key)
-        return result
+        return await wait_within(awaitable, timeout, lambda: CallTimeoutError(self.name, timeout))
 
     async def _settle_error(
         self,

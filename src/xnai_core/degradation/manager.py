@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
 from ..circuit.errors import CircuitOpenError
+from ..deadlines import wait_within
 from .call import PRIMARY, CallInfo, ServiceCall, ServiceResult, invoke, set_last_call_info
 from .errors import AllStrategiesFailedError, ServiceTimeoutError
 from .protocols import DegradationStrategy, GuardAnswer, PrimaryGuard, Proceed, strategy_name
@@ -323,14 +324,11 @@ class ServiceDegradationManager:
     async def _primary(call: ServiceCall, timeout: float | None) -> object:
         if timeout is None:
             return await invoke(call.func, call.args, call.kwargs)
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                return await invoke(call.func, call.args, call.kwargs)
-        except TimeoutError:
-            if scope.expired():
-                raise ServiceTimeoutError(call.service_name, timeout) from None
-            raise
+        return await wait_within(
+            invoke(call.func, call.args, call.kwargs),
+            timeout,
+            lambda: ServiceTimeoutError(call.service_name, timeout),
+        )
 
     def _answered(self, service: _Service, answer: object) -> tuple[Any, CallInfo]:
         stats = service.stats
@@ -484,14 +482,11 @@ async def _run_execute(
 ) -> object:
     if limit is None:
         return await invoke(strategy.execute, (call, error), {})
-    scope = asyncio.timeout(limit)
-    try:
-        async with scope:
-            return await invoke(strategy.execute, (call, error), {})
-    except TimeoutError:
-        if scope.expired():
-            raise TimeoutError(f"strategy {name!r} timed out after {limit:g}s") from None
-        raise
+    return await wait_within(
+        invoke(strategy.execute, (call, error), {}),
+        limit,
+        lambda: TimeoutError(f"strategy {name!r} timed out after {limit:g}s"),
+    )
 
 
 def _describe(reg: _Registered) -> dict[str, Any]:
