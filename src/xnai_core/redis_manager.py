@@ -42,7 +42,15 @@ def redact_url(url: str) -> str:
             for key, value in parse_qsl(query, keep_blank_values=True)
         ]
         query = urlencode(pairs, safe="*/")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not parts.scheme:
+        return urlunsplit(("", netloc, parts.path, query, parts.fragment))
+    # Assembled by hand: urlunsplit would turn unix:///path into unix:/path.
+    text = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        text += f"?{query}"
+    if parts.fragment:
+        text += f"#{parts.fragment}"
+    return text
 
 
 def _secrets(url: str) -> list[str]:
