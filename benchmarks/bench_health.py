@@ -17,7 +17,11 @@ ends (loop clock). Measured:
   one core over the run;
 - resident memory (RSS) after warm-up and at the end, with samples between. The
   warm-up lasts until every checker's bounded history is full (``--history``,
-  default 10 results; each kept result is ~0.3 KB), so growth after it is a leak.
+  default 10 results; each kept result is ~0.3 KB), so growth after it is a leak;
+  beside RSS (which also shows the allocator settling), the count of live Python
+  memory blocks (``sys.getallocatedblocks()`` after a full collection);
+- garbage collections during the window: their longest pause explains the
+  longest lags.
 
 With ``--baseline`` the same checkers then run from bare asyncio loops
 (``check(); sleep(interval)``, nothing else) for the same time: the ratio column
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import random
@@ -118,10 +123,43 @@ def wait_for_port(port: int, deadline: float) -> None:
     raise RuntimeError(f"benchmark server on port {port} did not start")
 
 
-class Probe:
-    """Wraps a checker; records run starts/ends, lags and overlaps in preallocated arrays."""
+class LagLog:
+    """Schedule lags in an array allocated up front, so recording them never grows memory."""
 
-    def __init__(self, inner: HTTPHealthChecker, interval: float, lags: array[float]) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.values = array("d", bytes(8 * capacity))
+        self.count = 0
+
+    def append(self, lag: float) -> None:
+        if self.count < len(self.values):
+            self.values[self.count] = lag
+            self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def since(self, start: int) -> list[float]:
+        return list(self.values[start : self.count])
+
+
+class GCWatch:
+    """Wall time of each garbage collection, from gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+
+class Probe:
+    """Wraps a checker; records run starts/ends, lags and overlaps."""
+
+    def __init__(self, inner: HTTPHealthChecker, interval: float, lags: LagLog) -> None:
         self.inner = inner
         self.name = inner.name
         self.timeout = inner.timeout
@@ -180,13 +218,16 @@ class Measured:
     others_cpu: float
     load: float
     rss_mib: list[float]
+    blocks: tuple[int, int]
+    gc_pauses: list[tuple[int, float]]
     healthy_in_report: int | None
 
 
-def make_probes(checkers: int, interval: float, port: int) -> tuple[list[Probe], array[float]]:
+def make_probes(
+    checkers: int, interval: float, port: int, seconds: float
+) -> tuple[list[Probe], LagLog]:
     url = f"http://127.0.0.1:{port}/health"
-    # Lags of every run: 8 bytes each (~0.25 MiB a minute at 500/s), part of RSS growth.
-    lags: array[float] = array("d")
+    lags = LagLog(int(checkers * (seconds / interval + 2) * 1.2))
     probes = [
         Probe(HTTPHealthChecker(f"svc{i}", url, timeout=interval), interval, lags)
         for i in range(checkers)
@@ -195,10 +236,14 @@ def make_probes(checkers: int, interval: float, port: int) -> tuple[list[Probe],
 
 
 async def measure_window(
-    probes: list[Probe], lags: array[float], duration: float, server_pid: int
+    probes: list[Probe], lags: LagLog, duration: float, server_pid: int
 ) -> Measured:
     """Sample CPU, RSS and lags over ``duration`` seconds while the checks run."""
     lags_before = len(lags)
+    gc.collect()
+    blocks_start = sys.getallocatedblocks()
+    watch = GCWatch()
+    gc.callbacks.append(watch)
     rss_samples = [rss_bytes()]
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     server_cpu_start = cpu_seconds(server_pid)
@@ -213,10 +258,13 @@ async def measure_window(
     cpu_used = time.process_time() - cpu_start
     wall = time.perf_counter() - wall_start
     server_cpu = cpu_seconds(server_pid) - server_cpu_start
+    gc.callbacks.remove(watch)
+    gc.collect()
+    blocks = (blocks_start, sys.getallocatedblocks())
     return Measured(
         wall=wall,
         runs=sum(p.runs for p in probes) - runs_start,
-        lags_ms=[lag * 1000.0 for lag in lags[lags_before:]],
+        lags_ms=[lag * 1000.0 for lag in lags.since(lags_before)],
         overlaps=sum(p.overlaps for p in probes) - overlaps_start,
         unhealthy=sum(p.unhealthy for p in probes) - unhealthy_start,
         cpu=cpu_used,
@@ -224,6 +272,8 @@ async def measure_window(
         others_cpu=machine_busy_seconds() - machine_start - cpu_used - server_cpu,
         load=os.getloadavg()[0],
         rss_mib=[sample / 2**20 for sample in rss_samples],
+        blocks=blocks,
+        gc_pauses=watch.pauses,
         healthy_in_report=None,
     )
 
@@ -238,7 +288,7 @@ async def run_monitor(
     server_pid: int,
 ) -> Measured:
     """The HealthMonitor schedules the checkers (default jitter, timeouts, hysteresis)."""
-    probes, lags = make_probes(checkers, interval, port)
+    probes, lags = make_probes(checkers, interval, port, warmup + duration)
     monitor = HealthMonitor(
         check_interval=interval,
         history_size=history,
@@ -259,7 +309,7 @@ async def run_bare(
     checkers: int, interval: float, duration: float, warmup: float, port: int, server_pid: int
 ) -> Measured:
     """Baseline: one plain task per checker, `check(); sleep(interval)`, nothing else."""
-    probes, lags = make_probes(checkers, interval, port)
+    probes, lags = make_probes(checkers, interval, port, warmup + duration)
 
     async def loop(probe: Probe) -> None:
         await asyncio.sleep(random.uniform(0.0, interval))
@@ -321,6 +371,11 @@ def print_table(
     row("RSS start (MiB)", lambda m: m.rss_mib[0], ".1f")
     row("RSS end (MiB)", lambda m: m.rss_mib[-1], ".1f", "flat")
     row("RSS end / start", lambda m: m.rss_mib[-1] / m.rss_mib[0], ".3f")
+    row("Python blocks start (k)", lambda m: m.blocks[0] / 1000, ".1f")
+    row("Python blocks end (k)", lambda m: m.blocks[1] / 1000, ".1f", "flat")
+    row("GC gen-2 collections", lambda m: sum(g == 2 for g, _ in m.gc_pauses), "d")
+    row("GC longest pause (ms)", lambda m: 1e3 * max((p for _, p in m.gc_pauses), default=0), ".1f")
+    row("GC total (% of wall)", lambda m: 100 * sum(p for _, p in m.gc_pauses) / m.wall, ".2f")
     print(f"{'RSS samples (MiB), monitor':34} " + " ".join(f"{v:.1f}" for v in ours.rss_mib))
     print(f"{'report: healthy / total':34} {ours.healthy_in_report}/{checkers}")
 
