@@ -1,0 +1,359 @@
+"""Redis-backed circuit breakers: per-call cost, Redis commands per call, trip propagation.
+
+Run: ``.venv/bin/python -m benchmarks.bench_redis [--calls N] [--repeats R]``
+(the peers come from the ``bench`` extra: pybreaker 1.4.1, purgatory 3.0.1,
+aiobreaker-redis 0.1.0).
+
+Everything runs in this one run, against a private redis-server started on a
+free loopback port (so INFO commandstats counts only our calls):
+
+- ns per successful call on a closed circuit: the median over R repeats of N
+  calls, for a bare ``await af()``, the in-memory breaker, the Redis-backed
+  breaker, a bare redis.asyncio PING, and the Redis backends of the peers;
+- Redis commands per call, from INFO commandstats deltas over those calls;
+- calls per second with 100 concurrent tasks;
+- trip propagation: another OS process registers a listener and reports when its
+  breaker sees the circuit open; we trip it here and take the difference.
+
+Shared 2-core machines are noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+
+from xnai_core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitState,
+    create_redis_circuit_breaker,
+)
+
+Step = Callable[[], Awaitable[object]]
+SETUP_COMMANDS = {"info", "client|setinfo", "client|maint_notifications", "hello", "select"}
+
+
+async def af() -> int:
+    return 1
+
+
+def f() -> int:
+    return 1
+
+
+# -- a private server ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_server() -> Iterator[int]:
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="xnai-bench-redis-")
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+         "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def command_total(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(
+        int(value["calls"])
+        for name, value in stats.items()
+        if isinstance(value, dict) and name.removeprefix("cmdstat_") not in SETUP_COMMANDS
+    )
+
+
+# -- timing -------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    ns_per_call: float
+    commands_per_call: float | None
+    concurrent_calls_per_s: float | None
+
+
+async def measure(
+    name: str,
+    step: Step,
+    calls: int,
+    repeats: int,
+    counter: aioredis.Redis | None,
+    concurrent: bool = True,
+) -> Row:
+    for _ in range(min(calls, 200)):  # warm up: connections, scripts, caches
+        await step()
+    before = await command_total(counter) if counter is not None else 0
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            await step()
+        samples.append((time.perf_counter_ns() - start) / calls)
+    commands = None
+    if counter is not None:
+        commands = (await command_total(counter) - before) / (calls * repeats)
+    rate = None
+    if concurrent:
+        per_task = max(calls // 100, 10)
+
+        async def worker() -> None:
+            for _ in range(per_task):
+                await step()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(100)))
+        rate = 100 * per_task / (time.perf_counter() - start)
+    return Row(name, statistics.median(samples), commands, rate)
+
+
+# -- trip propagation -------------------------------------------------------------
+
+
+async def watch(port: int, names: list[str]) -> None:
+    """Child process: report when each circuit is first seen open here."""
+    client = aioredis.Redis(port=port)
+    seen: dict[str, float] = {}
+    breakers = []
+    for name in names:
+        breaker = create_redis_circuit_breaker(
+            name, client, failure_threshold=1, resync_interval=60, key_prefix="bench:cb:"
+        )
+
+        def listener(who: str, old: CircuitState, new: CircuitState, why: str) -> None:
+            if new is CircuitState.OPEN:
+                seen.setdefault(who, time.time())
+
+        breaker.add_listener(listener)
+        await breaker.store.start()  # type: ignore[attr-defined]
+        breakers.append(breaker)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 30
+    while len(seen) < len(names):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    print(json.dumps(seen), flush=True)
+    for breaker in breakers:
+        await breaker.close()
+    await client.aclose()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def spawn_watcher(port: int, names: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench_redis", "--watch", str(port), *names],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+async def propagation(port: int, rounds: int) -> list[float]:
+    """Milliseconds from the start of the failing call here to the listener there.
+
+    An upper bound: it includes this process's own failure round trip.
+    """
+    names = [f"prop-{i}" for i in range(rounds)]
+    child = spawn_watcher(port, names)
+    assert child.stdout is not None
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, child.stdout.readline)
+    assert line.strip() == "ready", line
+    client = aioredis.Redis(port=port)
+    tripped: dict[str, float] = {}
+
+    async def boom() -> None:
+        raise RuntimeError("down")
+
+    for name in names:
+        breaker = create_redis_circuit_breaker(
+            name, client, failure_threshold=1, key_prefix="bench:cb:"
+        )
+        await breaker.store.start()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        tripped[name] = time.time()
+        with contextlib.suppress(RuntimeError):
+            await breaker.call(boom)
+        await breaker.close()
+    out = await loop.run_in_executor(None, child.stdout.read)
+    child.wait()
+    await client.aclose()
+    seen = json.loads(out.strip().splitlines()[-1])
+    return [(seen[name] - tripped[name]) * 1000 for name in names if name in seen]
+
+
+# -- the variants -------------------------------------------------------------------
+
+
+async def run(calls: int, repeats: int, port: int) -> tuple[list[Row], list[float]]:
+    import pybreaker
+    from aiobreaker_redis.breaker import CircuitBreaker as AioRedisBreaker
+    from purgatory import AsyncCircuitBreakerFactory
+    from purgatory.service._async.unit_of_work import AsyncRedisUnitOfWork
+
+    url = f"redis://127.0.0.1:{port}/0"
+    counter = aioredis.Redis.from_url(url)
+    rows: list[Row] = []
+    memory_calls = calls * 10
+
+    rows.append(await measure("bare await af()", af, memory_calls, repeats, None))
+
+    memory = CircuitBreaker(CircuitBreakerConfig(name="bench-memory"))
+    rows.append(
+        await measure("xnai-core, in-memory", lambda: memory.call(af), memory_calls, repeats, None)
+    )
+
+    ours_client = aioredis.Redis.from_url(url)
+    ours = create_redis_circuit_breaker("bench-redis", ours_client)
+    rows.append(
+        await measure(
+            "xnai-core, Redis-backed", lambda: ours.call(af), memory_calls, repeats, counter
+        )
+    )
+
+    ping_client = aioredis.Redis.from_url(url)
+    rows.append(await measure("redis.asyncio PING", ping_client.ping, calls, repeats, counter))
+
+    sync_client = redis.Redis.from_url(url)
+
+    async def sync_ping() -> object:
+        return sync_client.ping()
+
+    rows.append(await measure("redis-py sync PING", sync_ping, calls, repeats, counter))
+
+    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, sync_client, namespace="bench")
+    pyb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60, state_storage=storage)
+
+    async def pybreaker_call() -> object:
+        return pyb.call(f)
+
+    rows.append(
+        await measure(
+            "pybreaker 1.4.1, CircuitRedisStorage", pybreaker_call, calls, repeats, counter
+        )
+    )
+
+    factory = AsyncCircuitBreakerFactory(
+        default_threshold=5, default_ttl=60, uow=AsyncRedisUnitOfWork(url)
+    )
+    await factory.initialize()
+
+    @factory("bench-purgatory")
+    async def purgatory_call() -> int:
+        return 1
+
+    rows.append(await measure("purgatory 3.0.1, Redis", purgatory_call, calls, repeats, counter))
+
+    aio_client = aioredis.Redis.from_url(url)
+    aio = AioRedisBreaker(
+        "bench-aiobreaker", failure_threshold=5, recovery_timeout=60, redis_client=aio_client
+    )
+    rows.append(
+        await measure("aiobreaker-redis 0.1.0", lambda: aio.call(af), calls, repeats, counter)
+    )
+
+    await ours.close()
+    for client in (ours_client, ping_client, aio_client, counter):
+        await client.aclose()
+    sync_client.close()
+    repository = factory.uow.contexts  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):
+        await repository.redis.aclose()
+
+    hops = await propagation(port, rounds=10)
+    return rows, hops
+
+
+def print_table(rows: list[Row], hops: list[float]) -> None:
+    bare = rows[0].ns_per_call
+    memory = next(r for r in rows if r.name == "xnai-core, in-memory").ns_per_call
+    ping = next(r for r in rows if r.name == "redis.asyncio PING").ns_per_call
+    print(
+        "| variant | ns/call | overhead ns (minus bare await) | x in-memory breaker "
+        "| x redis.asyncio PING | Redis commands/call | calls/s, 100 tasks |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        commands = "" if row.commands_per_call is None else f"{row.commands_per_call:.4f}"
+        rate = "" if row.concurrent_calls_per_s is None else f"{row.concurrent_calls_per_s:,.0f}"
+        print(
+            f"| {row.name} | {row.ns_per_call:,.0f} | {row.ns_per_call - bare:,.0f} "
+            f"| {row.ns_per_call / memory:.2f}x | {row.ns_per_call / ping:.3f}x "
+            f"| {commands} | {rate} |"
+        )
+    if hops:
+        print()
+        print(
+            f"Trip propagation to another process ({len(hops)} trips, from the start of "
+            "the failing call here to the listener there): "
+            f"median {statistics.median(hops):.2f} ms, max {max(hops):.2f} ms, "
+            f"min {min(hops):.2f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per repeat (Redis rows)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--watch", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # Transitions are logged at WARNING; the table is what this run is for.
+    logging.getLogger("xnai_core").setLevel(logging.ERROR)
+    if args.watch:
+        asyncio.run(watch(int(args.watch[0]), args.watch[1:]))
+        return
+    with private_server() as port:
+        rows, hops = asyncio.run(run(args.calls, args.repeats, port))
+    print(f"python {sys.version.split()[0]}, redis-py {redis.__version__}, {os.cpu_count()} cores")
+    print(f"{args.calls} calls x {args.repeats} repeats (x10 for the bare and in-memory rows)\n")
+    print_table(rows, hops)
+
+
+if __name__ == "__main__":
+    main()
