@@ -731,3 +731,45 @@ async def test_removed_alert_handler_gets_nothing() -> None:
     assert received == []
     with pytest.raises(ValueError, match=r"x not in list"):
         monitor.remove_alert_handler(received.append)
+
+
+def test_manual_check_interrupted_by_stop_raises_clearly() -> None:
+    """A caller waiting on a check that stop_monitoring cancels gets a RuntimeError."""
+    checker = Scripted(duration=10.0)
+
+    async def scenario() -> BaseException | HealthCheckResult:
+        monitor = HealthMonitor(check_interval=30.0)
+        monitor.add_checker(checker)
+        waiting = asyncio.ensure_future(monitor.trigger_manual_check("svc"))
+        await asyncio.sleep(1.0)
+        await monitor.stop_monitoring()
+        return (await asyncio.gather(waiting, return_exceptions=True))[0]
+
+    outcome = virtual(scenario())
+    assert isinstance(outcome, RuntimeError)
+    assert "was cancelled (monitor stopped)" in str(outcome)
+
+
+async def test_cancelled_joiner_does_not_cancel_the_check() -> None:
+    """One caller giving up does not cancel the run the others are waiting for."""
+    release = asyncio.Event()
+
+    class Slow:
+        name = "svc"
+
+        async def check(self) -> HealthCheckResult:
+            await release.wait()
+            return HealthCheckResult("svc", HEALTHY)
+
+    monitor = HealthMonitor()
+    monitor.add_checker(Slow())
+    impatient = asyncio.ensure_future(monitor.trigger_manual_check("svc"))
+    patient = asyncio.ensure_future(monitor.trigger_manual_check("svc"))
+    await asyncio.sleep(0.01)
+    impatient.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    assert (await patient).status == HEALTHY
+    assert impatient.cancelled()
+    assert monitor.get_service_health("svc").total_checks == 1
+    await monitor.stop_monitoring()

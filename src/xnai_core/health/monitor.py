@@ -483,8 +483,6 @@ class HealthMonitor:
     @staticmethod
     def _begin(service: _Service) -> asyncio.Future[HealthCheckResult]:
         running: asyncio.Future[HealthCheckResult] = asyncio.get_running_loop().create_future()
-        # Nobody may be waiting when it fails: mark its exception as seen.
-        running.add_done_callback(lambda f: f.cancelled() or f.exception())
         service.inflight = running
         return running
 
@@ -498,6 +496,7 @@ class HealthMonitor:
             raise
         except BaseException as exc:
             running.set_exception(exc)
+            running.exception()  # joiners still get it; nobody waiting is no error to log
             raise
         running.set_result(result)
         return result
