@@ -223,3 +223,9 @@ async def test_basic_auth_from_url_userinfo() -> None:
     assert result.status == HEALTHY
     assert server.paths == ["/health"]
     assert server.authorizations == ["Basic b3BzOnBhQHNz"]  # base64("ops:pa@ss")
+
+
+def test_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XNAI_RAG_API_HEALTH_URL="" falls back to the built-in default."""
+    monkeypatch.setenv("XNAI_RAG_API_HEALTH_URL", "  ")
+    assert create_rag_api_health_checker().url == "http://localhost:8000/health"
