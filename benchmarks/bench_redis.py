@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -129,10 +130,10 @@ async def measure(
     before = await command_total(counter) if counter is not None else 0
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter_ns()
+        started = time.perf_counter_ns()
         for _ in range(calls):
             await step()
-        samples.append((time.perf_counter_ns() - start) / calls)
+        samples.append((time.perf_counter_ns() - started) / calls)
     commands = None
     if counter is not None:
         commands = (await command_total(counter) - before) / (calls * repeats)
@@ -284,9 +285,10 @@ async def run(calls: int, repeats: int, port: int) -> tuple[list[Row], list[floa
     )
     await factory.initialize()
 
-    @factory("bench-purgatory")
-    async def purgatory_call() -> int:
+    async def purgatory_bare() -> int:
         return 1
+
+    purgatory_call: Step = factory("bench-purgatory")(purgatory_bare)
 
     rows.append(await measure("purgatory 3.0.1, Redis", purgatory_call, calls, repeats, counter))
 
@@ -302,7 +304,7 @@ async def run(calls: int, repeats: int, port: int) -> tuple[list[Row], list[floa
     for client in (ours_client, ping_client, aio_client, counter):
         await client.aclose()
     sync_client.close()
-    repository = factory.uow.contexts  # type: ignore[attr-defined]
+    repository: Any = factory.uow.contexts
     with contextlib.suppress(Exception):
         await repository.redis.aclose()
 

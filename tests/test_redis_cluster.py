@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from tests.redis_helpers import (
     LoopbackCluster,
@@ -166,6 +166,7 @@ async def test_half_open_permits_and_leases(stores: Callable[..., RedisStore]) -
     admission = await many[0].acquire()
     assert admission.ticket is not None
     await many[0].record_failure(admission.ticket)
+    await eventually(lambda: all(s.snapshot().state is CircuitState.OPEN for s in many))
     clock.now += 5
     answers = await asyncio.gather(*(s.acquire() for s in many for _ in range(5)))
     assert sorted(a.ticket.permit for a in answers if a.ticket is not None) == [1, 2]

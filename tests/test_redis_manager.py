@@ -38,7 +38,10 @@ def secured_redis(private_redis: PrivateRedis) -> PrivateRedis:
     """The private server, now wanting a password, with an ACL user "app" too."""
     admin = redis.Redis(host="127.0.0.1", port=private_redis.port)
     try:
-        admin.execute_command("ACL", "SETUSER", "app", "on", f">{SECRET}", "~*", "&*", "+@all")
+        admin.acl_setuser(
+            "app", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
+            commands=["+@all"],
+        )  # fmt: skip
         admin.config_set("requirepass", SECRET)
     finally:
         admin.close()

@@ -65,7 +65,8 @@ async def run_together(
 
 
 async def stored(admin: aioredis.Redis) -> dict[str, str]:
-    return dict(await admin.hgetall("xnai:cb:{svc}"))
+    raw: dict[str, str] = await admin.hgetall("xnai:cb:{svc}")  # type: ignore[assignment]
+    return raw
 
 
 async def test_exact_threshold_with_processes_failing_at_once(
@@ -108,7 +109,7 @@ async def test_exact_threshold_with_processes_failing_at_once(
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
             published.append(message["data"].split(" ")[3])
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     assert published.count("open") == 1
 
 
@@ -165,7 +166,11 @@ async def test_a_killed_probers_lease_expires(
     private_redis: PrivateRedis, admin: aioredis.Redis
 ) -> None:
     """A process dies holding the only trial permit: the circuit is not wedged past the lease."""
-    config = {"failure_threshold": 1, "recovery_timeout": 0.2, "half_open_max_calls": 1}
+    config: dict[str, Any] = {
+        "failure_threshold": 1,
+        "recovery_timeout": 0.2,
+        "half_open_max_calls": 1,
+    }
     await _trip(private_redis, **config)
     await asyncio.sleep(0.25)
     holding = f"test:{uuid.uuid4().hex[:8]}:holding"

@@ -95,7 +95,7 @@ async def stored_state(server: PrivateRedis, name: str = "svc") -> str | None:
         state = await client.hget(f"xnai:cb:{{{name}}}", "state")
     finally:
         await client.aclose()
-    return state.decode() if state else None
+    return state.decode() if isinstance(state, bytes) else state
 
 
 async def test_refused_from_the_start_then_reconciled(
@@ -215,12 +215,21 @@ async def test_killed_mid_run_and_restarted_empty(
     assert outage_warnings(outage_log) == 2  # one per link (each client is a process here)
 
 
-async def _acl_user(server: PrivateRedis, command: list[str]) -> None:
+async def _acl_user(
+    server: PrivateRedis, *, enabled: bool, password: str | None = None, scripts: bool = True
+) -> None:
+    """Create, switch off (killing its connections) or on the ACL user "proc-a"."""
     admin = aioredis.Redis.from_url(server.url)
     try:
-        await admin.execute_command("ACL", "SETUSER", "proc-a", *command)
-        if "off" in command:
-            await admin.execute_command("CLIENT", "KILL", "USER", "proc-a")
+        if password is None:
+            await admin.acl_setuser("proc-a", enabled=enabled)
+        else:
+            await admin.acl_setuser(
+                "proc-a", enabled=enabled, passwords=[f"+{password}"], keys=["*"],
+                channels=["*"], categories=["+@all"] if scripts else ["+@all", "-@scripting"],
+            )  # fmt: skip
+        if not enabled:
+            await admin.client_kill_filter(user="proc-a")
     finally:
         await admin.aclose()
 
@@ -231,17 +240,17 @@ async def test_redis_wins_unless_the_circuit_opened_here(
     outage_log: pytest.LogCaptureFixture,
 ) -> None:
     """Cut off one process (ACL); meanwhile another forces the circuit open: Redis wins."""
-    await _acl_user(private_redis, ["on", ">secret-a", "~*", "&*", "+@all"])
+    await _acl_user(private_redis, enabled=True, password="secret-a")
     client_a = aioredis.Redis.from_url(private_redis.url, username="proc-a", password="secret-a")
     a = make_breaker(client=client_a, failure_threshold=2)
     b = make_breaker(failure_threshold=2)
     assert (await timed(a, ok))[0] == "ok"
     assert (await timed(b, ok))[0] == "ok"
-    await _acl_user(private_redis, ["off"])
+    await _acl_user(private_redis, enabled=False)
     assert (await timed(a, boom))[0] == "failed"  # its script fails: a goes local
     assert a.get_metrics()["redis_available"] is False
     await b.force_open()
-    await _acl_user(private_redis, ["on"])
+    await _acl_user(private_redis, enabled=True)
     await eventually(lambda: a.get_metrics()["redis_available"] is True)
     assert a.get_metrics()["forced_open"] is True
     assert a.state is CircuitState.OPEN
@@ -253,17 +262,17 @@ async def test_a_circuit_opened_during_the_outage_is_written_back(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
     """Cut off one process; it trips locally; Redis still says closed: the trip is pushed."""
-    await _acl_user(private_redis, ["on", ">secret-a", "~*", "&*", "+@all"])
+    await _acl_user(private_redis, enabled=True, password="secret-a")
     client_a = aioredis.Redis.from_url(private_redis.url, username="proc-a", password="secret-a")
     a = make_breaker(client=client_a, failure_threshold=2, recovery_timeout=60)
     b = make_breaker(failure_threshold=2, recovery_timeout=60, resync_interval=60)
     assert (await timed(a, ok))[0] == "ok"
     assert (await timed(b, ok))[0] == "ok"
-    await _acl_user(private_redis, ["off"])
+    await _acl_user(private_redis, enabled=False)
     assert [(await timed(a, boom))[0] for _ in range(2)] == ["failed", "failed"]
     assert a.state is CircuitState.OPEN
     assert b.state is CircuitState.CLOSED
-    await _acl_user(private_redis, ["on"])
+    await _acl_user(private_redis, enabled=True)
     await eventually(lambda: b.state is CircuitState.OPEN)
     assert (await timed(b, ok))[0] == "rejected"
 
@@ -274,7 +283,7 @@ async def test_a_refusing_server_is_an_outage_too(
     outage_log: pytest.LogCaptureFixture,
 ) -> None:
     """A user not allowed to run scripts (NOPERM) never sees the error; decisions stay local."""
-    await _acl_user(private_redis, ["on", ">secret-b", "~*", "&*", "+@all", "-@scripting"])
+    await _acl_user(private_redis, enabled=True, password="secret-b", scripts=False)
     client = aioredis.Redis.from_url(private_redis.url, username="proc-a", password="secret-b")
     breaker = make_breaker(client=client, failure_threshold=2)
     outcomes = [(await timed(breaker, fn))[0] for fn in (ok, boom, boom, ok)]

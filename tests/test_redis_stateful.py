@@ -197,7 +197,7 @@ def run_twins(make_client: ClientFactory, max_examples: int) -> None:
     machine = type("TwinsOn", (Twins,), {"loop": loop, "client": client})
     try:
         run_state_machine_as_test(
-            machine,  # type: ignore[arg-type]
+            machine,
             settings=settings(
                 max_examples=max_examples,
                 stateful_step_count=40,

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -176,7 +176,8 @@ async def test_state_is_one_hash_of_plain_values(
     assert admission.ticket is not None
     await store.record_failure(admission.ticket)
     assert store.key.endswith(":cb:{svc}")
-    stored = {k.decode(): v.decode() for k, v in (await shared_redis.hgetall(store.key)).items()}
+    raw: dict[bytes, bytes] = await shared_redis.hgetall(store.key)  # type: ignore[assignment]
+    stored = {k.decode(): v.decode() for k, v in raw.items()}
     assert stored["state"] == "open"
     assert stored["failures"] == "1"
     assert {k for k in stored if k != "state"} == {
@@ -206,7 +207,7 @@ async def test_malformed_hash_is_logged_and_reset(
     """A hash edited by hand is reset to a fresh closed circuit, with a warning."""
     store = stores(config(failure_threshold=1))
     await store.start()
-    await shared_redis.hset(store.key, mapping=damage)
+    await shared_redis.hset(store.key, mapping=cast(Any, damage))
     caplog.set_level(logging.WARNING, logger="xnai_core.circuit.redis")
     assert await store.sync()
     assert store.snapshot().state is CircuitState.CLOSED

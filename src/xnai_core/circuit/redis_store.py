@@ -472,6 +472,7 @@ class RedisStore:
         # outage can ever match an epoch that Redis hands out.
         self._local_epoch = 0
         self._resetting: int | None = None
+        self._admit_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return (
@@ -530,6 +531,40 @@ class RedisStore:
             return Admission(Ticket(snap.epoch))
         if self._local:
             return self._admit_locally()
+        answer = self._answer_locally(snap)
+        if answer is not None:
+            return answer
+        # Past the recovery timeout, or half-open with permits left: Redis decides.
+        # One admission script at a time per process: when the circuit half-opens
+        # under load, the callers after the first few find the permits gone in the
+        # mirror instead of each asking Redis.
+        if self._admit_lock is None:
+            self._admit_lock = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self.op_timeout):
+                await self._admit_lock.acquire()
+        except TimeoutError:
+            return Admission(None, 0.0)  # Redis is slow to hand out permits: not now
+        try:
+            snap = self._mirror
+            if snap.state is CircuitState.CLOSED:
+                return Admission(Ticket(snap.epoch))
+            if self._local:
+                return self._admit_locally()
+            answer = self._answer_locally(snap)
+            if answer is not None:
+                return answer
+            reply = await self._call("admit", ())
+        finally:
+            self._admit_lock.release()
+        if reply is None:
+            return self._admit_locally()
+        if reply.admitted == 1:
+            return Admission(Ticket(reply.snap.epoch, reply.permit))
+        return Admission(None, reply.retry_after)
+
+    def _answer_locally(self, snap: Snapshot) -> Admission | None:
+        """The mirror's own answer for an open or half-open circuit; None: ask Redis."""
         now = self._now()
         if snap.state is CircuitState.OPEN:
             if snap.forced:
@@ -537,17 +572,12 @@ class RedisStore:
             reopen_at = snap.opened_at + self.config.recovery_timeout
             if now < reopen_at:
                 return Admission(None, reopen_at - now)
-        else:
-            # Half-open and every permit taken: no need to ask Redis to say no.
-            live = [expiry for _, expiry in snap.trials if expiry > now]
-            if len(live) + snap.half_open_successes >= self.config.half_open_max_calls:
-                return Admission(None, max(min(live, default=now) - now, 0.0))
-        reply = await self._call("admit", ())
-        if reply is None:
-            return self._admit_locally()
-        if reply.admitted == 1:
-            return Admission(Ticket(reply.snap.epoch, reply.permit))
-        return Admission(None, reply.retry_after)
+            return None
+        # Half-open and every permit taken: no need to ask Redis to say no.
+        live = [expiry for _, expiry in snap.trials if expiry > now]
+        if len(live) + snap.half_open_successes >= self.config.half_open_max_calls:
+            return Admission(None, max(min(live, default=now) - now, 0.0))
+        return None
 
     async def record_success(self, ticket: Ticket) -> None:
         snap = self._mirror
