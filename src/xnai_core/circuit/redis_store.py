@@ -281,6 +281,15 @@ class _RedisLink:
     # -- the background task -------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            # Closed, or the loop is shutting down (asyncio.run cancels what is left):
+            # say goodbye on the subscription's connection either way.
+            await self._drop_pubsub()
+            raise
+
+    async def _serve(self) -> None:
         backoff = _BACKOFF_MIN
         next_resync = 0.0
         while not self.closed:
