@@ -42,7 +42,7 @@ async def test_postgres_is_healthy_with_server_facts(postgres_dsn: str) -> None:
     assert details["database"] == "test"
     assert str(details["server_version"])[:2].isdigit()
     assert isinstance(details["connections"], int)
-    assert int(details["connections"]) >= 1  # type: ignore[call-overload]
+    assert int(details["connections"]) >= 1
     assert isinstance(details["max_connections"], int)
     assert details["in_recovery"] is False
     assert 0 <= float(details["select1_latency"]) <= result.response_time  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ def test_unknown_results_change_nothing() -> None:
 def test_policy_rejects_zero(field: str) -> None:
     """Thresholds are >= 1, and the message names the field."""
     with pytest.raises(ValueError, match=f"'{field}' must be >= 1: 0"):
-        StatusPolicy(**{field: 0})  # type: ignore[arg-type]
+        StatusPolicy(**{field: 0})
 
 
 def runs(decided: list[bool]) -> list[tuple[bool, int, int]]:
