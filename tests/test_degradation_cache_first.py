@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -116,7 +117,7 @@ def test_memory_cache_bound_is_validated() -> None:
         ({"stale_if_error": -1}, "'stale_if_error' must be a finite number >= 0: -1"),
     ],
 )
-def test_cache_first_settings_are_validated(kwargs: dict[str, float], message: str) -> None:
+def test_cache_first_settings_are_validated(kwargs: dict[str, Any], message: str) -> None:
     """ttl and stale_if_error are checked at construction."""
     with pytest.raises(ValueError, match=message):
         CacheFirstStrategy(**kwargs)
@@ -271,7 +272,7 @@ async def test_a_broken_key_func_is_logged_and_skips_the_cache(
         raise KeyError(prompt)
 
     manager = ServiceDegradationManager()
-    manager.add_service_strategy("a", CacheFirstStrategy(key_func=lambda prompt: 42))
+    manager.add_service_strategy("a", CacheFirstStrategy(key_func=lambda prompt: 42))  # type: ignore[arg-type,return-value]
     manager.add_service_strategy("b", CacheFirstStrategy(key_func=raising))
     for _ in range(2):
         assert (await manager.call_service("a", ask, "q"))["answer"].startswith("q#")

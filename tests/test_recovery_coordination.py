@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -63,9 +63,9 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(shared_redis: aioredis.Redis, key_prefix: str) -> Cluster:
+async def cluster(shared_redis: aioredis.Redis, key_prefix: str) -> AsyncIterator[Cluster]:
     replicas = Cluster(shared_redis, key_prefix, FakeClock())
-    yield replicas  # type: ignore[misc]
+    yield replicas
     await replicas.aclose()
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +135,7 @@ class WebService:
 
 
 @pytest.fixture
-def web(tmp_path: Path) -> WebService:
+def web(tmp_path: Path) -> Iterator[WebService]:
     server = tmp_path / "server.py"
     server.write_text(SERVER)
     start = tmp_path / "start.py"
@@ -143,7 +143,7 @@ def web(tmp_path: Path) -> WebService:
     port = free_port()
     pid_file = tmp_path / "web.pid"
     service = WebService(port, pid_file, [PY, str(start), str(server), str(port), str(pid_file)])
-    yield service  # type: ignore[misc]
+    yield service
     service.stop()
 
 

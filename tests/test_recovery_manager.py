@@ -170,8 +170,9 @@ async def test_never_recovering_service_backs_off_escalates_once_and_latches() -
     assert stats["actions_by_type"]["manual_intervention"] == 1  # type: ignore[index]
     assert stats["success_rate"] == 0.0
     failures = stats["recent_failures"]
-    assert [f["outcome"] for f in failures] == ["failed"] * 3 + ["escalated"]  # type: ignore[index,union-attr]
-    assert failures[0]["reason"] == "not healthy within 30s grace period"  # type: ignore[index]
+    assert isinstance(failures, list)
+    assert [f["outcome"] for f in failures] == ["failed"] * 3 + ["escalated"]
+    assert failures[0]["reason"] == "not healthy within 30s grace period"
 
 
 async def test_backoff_is_capped_at_backoff_max() -> None:

@@ -35,7 +35,7 @@ def test_action_given_as_string_is_normalised() -> None:
 def test_arguments_after_action_are_keyword_only() -> None:
     """failure_threshold and the rest cannot be passed positionally."""
     with pytest.raises(TypeError):
-        RecoveryRule("api", "restart_service", 3)  # type: ignore[misc]
+        RecoveryRule("api", "restart_service", 3)  # type: ignore[call-arg]
 
 
 def test_defaults_follow_the_anchors() -> None:
@@ -165,7 +165,7 @@ async def test_cache_pattern_matching_everything_is_refused() -> None:
 def test_cache_clear_only_for_clear_cache() -> None:
     """A Redis pattern does not restart a service."""
     with pytest.raises(ValueError, match="'redis_client/cache_pattern' does not apply"):
-        RecoveryRule("api", "restart_service", redis_client=object(), cache_pattern="x:*")
+        RecoveryRule("api", "restart_service", redis_client=object(), cache_pattern="x:*")  # type: ignore[arg-type]
 
 
 def test_manual_intervention_takes_nothing_to_run() -> None:
