@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 from typing import Any
@@ -29,7 +31,7 @@ async def ok(value: object = "ok") -> object:
     return value
 
 
-async def boom() -> None:
+async def boom() -> object:
     raise Boom("down")
 
 
@@ -254,14 +256,14 @@ async def test_fallback_on_open_failure_and_timeout() -> None:
     cfg = CircuitBreakerConfig(name="fb", failure_threshold=2, timeout=0.02)
     breaker = CircuitBreaker(cfg, fallback)
 
-    async def fails(x: int) -> None:
+    async def fails(x: int) -> object:
         raise Boom(x)
 
     assert await breaker.call(fails, 1) == "fallback"
-    assert await breaker.call(asyncio.sleep, 5) == "fallback"
+    assert await breaker.call(asyncio.sleep, 5, "result") == "fallback"
     assert breaker.state is CircuitState.OPEN
     assert await breaker.call(fails, 3) == "fallback"
-    assert seen == [(1,), (5,), (3,)]
+    assert seen == [(1,), (5, "result"), (3,)]
     metrics = breaker.get_metrics()
     assert (metrics["fallback_calls"], metrics["rejected_calls"], metrics["timeouts"]) == (3, 1, 1)
 
@@ -540,3 +542,106 @@ def test_circuit_open_error_pickles_and_reads() -> None:
     error = CircuitOpenError("llm", 1.5)
     assert str(error) == "circuit 'llm' is open: retry after 1.500s"
     assert (error.name, error.retry_after) == ("llm", 1.5)
+
+
+# -- found in review -------------------------------------------------------------
+
+
+async def test_hot_success_resets_a_failure_that_landed_meanwhile() -> None:
+    """A success admitted on the hot path still resets a failure recorded while it ran."""
+    breaker = breaker_with_clock(FakeClock(), failure_threshold=3)
+    release = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await release.wait()
+        return "ok"
+
+    slow = asyncio.create_task(breaker.call(slow_ok))
+    await asyncio.sleep(0)
+    await trip(breaker, 1)
+    assert breaker.get_metrics()["failure_count"] == 1
+    release.set()
+    assert await slow == "ok"
+    assert breaker.get_metrics()["failure_count"] == 0
+
+
+def test_stale_success_after_a_full_cycle_keeps_the_count() -> None:
+    """A success admitted in an earlier closed episode cannot reset the new episode's count."""
+    from xnai_core.circuit import machine
+    from xnai_core.circuit.machine import Snapshot, Ticket
+
+    cfg = CircuitBreakerConfig(failure_threshold=2, recovery_timeout=1, half_open_max_calls=1)
+    old = Ticket(0)
+    snap = Snapshot()
+    for _ in range(2):
+        snap = machine.on_failure(snap, cfg, 0.0, Ticket(snap.epoch))
+    admission, snap = machine.admit(snap, cfg, 1.0)
+    assert admission.ticket is not None
+    snap = machine.on_success(snap, cfg, 1.0, admission.ticket)
+    assert snap.state is CircuitState.CLOSED
+    snap = machine.on_failure(snap, cfg, 1.0, Ticket(snap.epoch))
+    assert machine.on_success(snap, cfg, 1.0, old).failure_count == 1
+
+
+async def test_half_open_rejection_says_half_open_and_no_retry_hint() -> None:
+    """A caller turned away in half-open learns the state, and no made-up retry time."""
+    clock = FakeClock()
+    breaker = breaker_with_clock(
+        clock, failure_threshold=1, recovery_timeout=1, half_open_max_calls=1
+    )
+    await trip(breaker, 1)
+    clock.advance(1)
+    release = asyncio.Event()
+
+    async def trial() -> str:
+        await release.wait()
+        return "ok"
+
+    running = asyncio.create_task(breaker.call(trial))
+    await asyncio.sleep(0)
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker.call(ok)
+    assert (info.value.state, info.value.retry_after) == ("half_open", None)
+    assert "half-open" in str(info.value)
+    release.set()
+    await running
+
+
+async def test_listeners_hear_only_real_changes() -> None:
+    """reset() or force_close() on a closed circuit, a second force_open(): no event."""
+    breaker = breaker_with_clock(FakeClock())
+    seen: list[tuple[str, str]] = []
+    breaker.add_listener(lambda _n, old, new, _r: seen.append((old.value, new.value)))
+    await breaker.reset()
+    await breaker.force_close()
+    await breaker.force_open()
+    await breaker.force_open()
+    assert seen == [("closed", "open")]
+
+
+def test_listeners_see_transitions_in_order_across_threads() -> None:
+    """One in-memory breaker driven from four threads' loops: every event follows the last."""
+    import threading
+
+    breaker = CircuitBreaker(
+        CircuitBreakerConfig(
+            name="threads", failure_threshold=1, recovery_timeout=0, half_open_max_calls=1,
+            timeout=None,
+        )
+    )  # fmt: skip
+    events: list[tuple[str, str]] = []
+    breaker.add_listener(lambda _n, old, new, _r: events.append((old.value, new.value)))
+
+    async def churn(n: int) -> None:
+        for i in range(400):
+            with contextlib.suppress(Boom, CircuitOpenError):
+                await breaker.call(boom if (i + n) % 3 else ok)
+
+    threads = [threading.Thread(target=asyncio.run, args=(churn(n),)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(events) > 10
+    for previous, current in itertools.pairwise(events):
+        assert previous[1] == current[0], (previous, current)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -88,4 +89,18 @@ def test_invalid_values_name_field_rule_and_value(
 def test_lease_defaults_to_timeout_plus_recovery() -> None:
     """A half-open permit outlives a trial call that runs to its timeout."""
     assert CircuitBreakerConfig(timeout=2, recovery_timeout=5).lease_seconds == 7.0
-    assert CircuitBreakerConfig(half_open_lease=0.5).lease_seconds == 0.5
+    assert CircuitBreakerConfig(half_open_lease=0.5, timeout=0.5).lease_seconds == 0.5
+
+
+def test_lease_shorter_than_timeout_is_refused() -> None:
+    """A lease that could end while its trial still runs would admit extra trials."""
+    with pytest.raises(ValueError, match=r"'half_open_lease' must be >= 'timeout' \(10\): 0.5"):
+        CircuitBreakerConfig(timeout=10, half_open_lease=0.5)
+
+
+@pytest.mark.parametrize("cls", [BaseException, KeyboardInterrupt, asyncio.CancelledError])
+def test_cancellation_and_exits_never_count(cls: type[BaseException]) -> None:
+    """expected_exception refuses classes that are not Exceptions, naming the class."""
+    with pytest.raises(TypeError, match="must be Exception subclasses") as info:
+        CircuitBreakerConfig(expected_exception=(ValueError, cls))
+    assert repr(cls) in str(info.value)

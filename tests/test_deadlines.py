@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import run_virtual
+from tests.helpers import VirtualTimeLoop, run_virtual
 from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from xnai_core.circuit.errors import CallTimeoutError
 from xnai_core.deadlines import TICK, pending_deadlines, wait_within
@@ -408,3 +409,163 @@ def test_wait_within_a_future_shared_by_two_callers() -> None:
         return str(short), long, pending_deadlines()
 
     assert run_virtual(scenario()) == ("timed out", "late", 0)
+
+
+def test_wait_within_one_awaitable_object_shared_by_two_callers() -> None:
+    """One awaitable object (not a coroutine) awaited by two callers: each keeps its deadline."""
+
+    class SharedWait:
+        def __init__(self, future: asyncio.Future[str]) -> None:
+            self.future = future
+
+        def __await__(self) -> Generator[Any, None, str]:
+            return asyncio.shield(self.future).__await__()
+
+    async def scenario() -> tuple[object, object, int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        loop.call_later(1.0, future.set_result, "late")
+        shared = SharedWait(future)
+
+        async def waiter(timeout: float) -> object:
+            try:
+                return await wait_within(shared, timeout, lambda: TimeoutError("x"))
+            except TimeoutError:
+                return "timed out"
+
+        short, long = await asyncio.gather(waiter(0.2), waiter(5.0))
+        return short, long, pending_deadlines()
+
+    assert run_virtual(scenario()) == ("timed out", "late", 0)
+
+
+def test_cleanup_call_in_a_cancelled_task_still_times_out() -> None:
+    """A call made while its task is being cancelled (cleanup) times out like asyncio.timeout."""
+
+    async def scenario() -> tuple[str, float]:
+        cb = breaker(0.1)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.sleep(10)  # cancelled from outside below
+        except asyncio.CancelledError:
+            start = loop.time()
+            try:
+                await cb.call(sleeper, 60)  # cleanup work, still under our timeout
+            except CallTimeoutError:
+                return "timed out", loop.time() - start
+            return "finished", loop.time() - start
+        return "not cancelled", 0.0
+
+    async def main() -> tuple[str, float]:
+        task = asyncio.create_task(scenario())
+        await asyncio.sleep(1)
+        task.cancel()
+        return await task
+
+    outcome, elapsed = run_virtual(main())
+    assert outcome == "timed out"
+    assert 0.1 <= elapsed <= 0.1 + 2 * TICK
+
+
+def test_deadline_due_with_an_inner_timeout_still_fires() -> None:
+    """An inner asyncio.timeout expiring in the same instant does not cost us our deadline."""
+
+    async def inner_then_carry_on() -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + TICK + 1.0):  # our deadline's instant
+                await asyncio.sleep(60)
+        except TimeoutError:
+            await asyncio.sleep(30)  # degrade inside the call, for far longer than allowed
+        return "carried on"
+
+    async def scenario() -> tuple[str, float]:
+        cb = breaker(1.0)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            return str(await cb.call(inner_then_carry_on)), loop.time() - start
+        except CallTimeoutError:
+            return "timed out", loop.time() - start
+
+    outcome, elapsed = run_virtual(scenario())
+    assert outcome == "timed out"
+    assert elapsed <= 1.0 + 2 * TICK
+
+
+def test_nested_deadlines_swept_together_after_a_blocked_loop() -> None:
+    """When a blocked loop makes inner and outer deadlines come due together, both fire."""
+
+    async def nested(inner: CircuitBreaker) -> str:
+        try:
+            return str(await inner.call(sleeper, 60))
+        except CallTimeoutError:
+            await asyncio.sleep(2.0)  # work after the inner timeout: the outer must end it
+            return "inner timed out, then ran on"
+
+    async def scenario() -> tuple[str, dict[str, Any], dict[str, Any]]:
+        outer, inner = breaker(0.2, "outer"), breaker(0.1, "inner")
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        # The loop "blocks" for 0.5 s at t=0.05: both deadlines are overdue at once.
+        loop.call_later(0.05, lambda: setattr(loop, "virtual_now", loop.virtual_now + 0.5))
+        try:
+            result = str(await outer.call(nested, inner))
+        except CallTimeoutError as exc:
+            result = f"timeout from {exc.breaker}"
+        return result, outer.get_metrics(), inner.get_metrics()
+
+    result, outer, inner = run_virtual(scenario())
+    assert result == "timeout from outer"
+    assert outer["timeouts"] == 1
+    # As with nested asyncio.timeout scopes, the inner call saw a cancellation: not counted.
+    assert (inner["timeouts"], inner["total_failures"]) == (0, 0)
+
+
+def test_fired_then_other_exception_leaves_no_cancel_count() -> None:
+    """Code that turns our cancellation into another error leaves the task's count clean."""
+
+    async def converts() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ValueError("converted") from None
+        return "slept"
+
+    async def scenario() -> tuple[str, int, int]:
+        hot, slow = breaker(0.1, "hot"), breaker(0.1, "slow")
+        outcomes = []
+        for cb in (hot, slow):
+            if cb is slow:
+                await cb.force_open()
+                await cb.force_close()  # slow path: the store is asked once
+            try:
+                await cb.call(converts)
+            except ValueError:
+                outcomes.append("value error")
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(1)  # a stray cancellation would land here
+        return ",".join(outcomes), task.cancelling(), pending_deadlines()
+
+    assert run_virtual(scenario()) == ("value error,value error", 0, 0)
+
+
+def test_same_named_nested_breakers_tell_their_timeouts_apart() -> None:
+    """An inner breaker's timeout is not the outer's own, even when both have one name."""
+
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        outer = CircuitBreaker(
+            CircuitBreakerConfig(name="default", timeout=5.0, expected_exception=KeyError),
+            lambda *_: "outer fallback",
+        )
+        inner = CircuitBreaker(CircuitBreakerConfig(name="default", timeout=0.1))
+        try:
+            result = str(await outer.call(inner.call, sleeper, 60))
+        except CallTimeoutError as exc:
+            result = f"inner timeout passed through: {exc.source is inner}"
+        return result, outer.get_metrics()
+
+    result, outer = run_virtual(scenario())
+    assert result == "inner timeout passed through: True"
+    assert (outer["timeouts"], outer["total_failures"], outer["fallback_calls"]) == (0, 0, 0)

@@ -7,7 +7,7 @@ import json
 import logging
 import uuid
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 
 from tests.conftest import free_port

@@ -18,19 +18,24 @@ and no clock work per call at all:
 Precision: a timeout never fires before its deadline, and fires within
 ``2 * TICK`` (10 ms) after it, plus however long the event loop was blocked.
 
-Cancellation stays correct: the keeper cancels a task only when nothing else is
-cancelling it, and a cancellation is reported as a timeout only when the keeper's
-was the only one (``uncancel()`` brings the count back to zero, the rule
-``asyncio.timeout`` applies), so an outer cancel, an enclosing ``asyncio.timeout``
-or a ``TaskGroup`` is never swallowed or turned into ``TimeoutError``. A call made
-while its task is already being cancelled gets no timeout of ours: the pending
-cancellation ends it.
+Cancellation stays correct, by the rule ``asyncio.timeout`` applies: the task's
+``cancelling()`` count is recorded when a call is filed, and a cancellation is
+reported as a timeout only when ``uncancel()`` brings the count back to that
+baseline, so an outer cancel, an enclosing ``asyncio.timeout`` or a ``TaskGroup``
+is never swallowed or turned into ``TimeoutError``, and a call made while its
+task is already being cancelled (cleanup code) still times out.
+
+Known limit: the keeper is cached per thread and checked against the task its
+loop is running. An event loop that stopped in one thread and now runs in
+another, while the first thread runs a new loop, is not detected; run each
+loop in one thread, as asyncio expects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from itertools import count
@@ -41,13 +46,21 @@ TICK = 0.005
 
 T = TypeVar("T")
 
-Generation = dict[object, "asyncio.Task[Any]"]
-"""Calls filed in one tick for one timeout: key -> the task that runs the call."""
+Generation = dict[object, tuple["asyncio.Task[Any]", int]]
+"""Calls filed in one tick for one timeout: key -> (task, its cancelling() when filed)."""
 
-# The running task of each loop, as asyncio itself records it. asyncio.current_task
-# is a Python function in 3.11 that first asks for the running loop; reading this
-# mapping with a loop we already know is several times cheaper.
-current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+# The running task of each loop. In 3.11 asyncio.current_task is a Python function
+# that first asks for the running loop; reading asyncio's own mapping with a loop we
+# already know is several times cheaper. From 3.12 current_task is in C, and from
+# 3.14 that mapping is no longer filled: use the function there.
+if sys.version_info >= (3, 12):
+
+    class _CurrentTasks:
+        get = staticmethod(asyncio.current_task)
+
+    current_tasks: Any = _CurrentTasks()
+else:
+    current_tasks = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
 
 
 class _ThreadKeeper(threading.local):
@@ -76,7 +89,7 @@ class DeadlineKeeper:
         # Closed generations by due time: (due, tie-breaker, generation).
         self._closed: list[tuple[float, int, Generation]] = []
         self._order = count()
-        self._fired: dict[object, asyncio.Task[Any]] = {}
+        self._fired: dict[object, tuple[asyncio.Task[Any], int]] = {}
         self.ticker: asyncio.TimerHandle | None = None
         self._due_handle: asyncio.TimerHandle | None = None
 
@@ -99,8 +112,11 @@ class DeadlineKeeper:
         Returns True when the task's cancellation came from its deadline alone
         (the call timed out); False when someone else cancelled the task too.
         """
-        task = self._fired.pop(key, None)
-        return task is not None and task.uncancel() == 0
+        entry = self._fired.pop(key, None)
+        if entry is None:
+            return False
+        task, baseline = entry
+        return task.uncancel() <= baseline
 
     def _tick(self) -> None:
         self.ticker = None
@@ -122,12 +138,10 @@ class DeadlineKeeper:
             due, _, gen = heapq.heappop(closed)
             if due > now:
                 continue  # emptied before it came due: every call in it ended
-            for key, task in gen.items():
-                # A task already being cancelled (from outside, or by an earlier
-                # deadline of the same task) is left to that cancellation: ours would
-                # only be mistaken for it.
-                if not task.done() and not task.cancelling():
-                    self._fired[key] = task
+            for key, entry in gen.items():
+                task = entry[0]
+                if not task.done():
+                    self._fired[key] = entry
                     task.cancel()
             gen.clear()
         if closed:
@@ -165,7 +179,7 @@ def file_deadline(key: object, timeout: float) -> tuple[DeadlineKeeper, Generati
     generation = keeper.open.get(timeout)
     if generation is None:
         generation = keeper.new_generation(timeout)
-    generation[key] = task
+    generation[key] = (task, task.cancelling())
     return keeper, generation
 
 

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from types import CoroutineType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ..deadlines import current_tasks, keeper_and_task, thread_keeper, wait_within
 from .config import CircuitBreakerConfig
@@ -101,12 +101,21 @@ class CircuitBreaker:
 
     # -- the call path ---------------------------------------------------------
 
+    @overload
+    async def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` under the breaker and return its result.
 
         ``fn`` may be an ``async def``, a plain function, or a lambda returning a
         coroutine. The timeout applies to what is awaited; a plain function's own
-        run cannot be interrupted.
+        run cannot be interrupted. For type checkers the result is ``fn``'s: a
+        fallback's answer should have the same type.
         """
         epoch = self._store.hot_epoch
         if epoch is None:
@@ -128,12 +137,12 @@ class CircuitBreaker:
                     if generation is None:
                         generation = keeper.new_generation(timeout)
                     key = result
-                    generation[key] = task
+                    generation[key] = (task, task.cancelling())
                     try:
                         result = await result
                     except asyncio.CancelledError:
                         if generation.pop(key, None) is None and keeper.settle_fired(key):
-                            raise CallTimeoutError(self.name, timeout) from None
+                            raise CallTimeoutError(self.name, timeout, self) from None
                         raise
                     except BaseException:
                         if generation.pop(key, None) is None:
@@ -163,7 +172,8 @@ class CircuitBreaker:
             self._rejected += 1
             if self.fallback_func is not None:
                 return await self._run_fallback(args, kwargs)
-            raise CircuitOpenError(self.name, admission.retry_after)
+            state = self._store.snapshot().state.value
+            raise CircuitOpenError(self.name, admission.retry_after, state)
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
@@ -179,7 +189,9 @@ class CircuitBreaker:
         timeout = self._timeout
         if timeout is None:
             return await awaitable
-        return await wait_within(awaitable, timeout, lambda: CallTimeoutError(self.name, timeout))
+        return await wait_within(
+            awaitable, timeout, lambda: CallTimeoutError(self.name, timeout, self)
+        )
 
     async def _settle_error(
         self,
@@ -189,8 +201,12 @@ class CircuitBreaker:
         kwargs: dict[str, Any],
     ) -> Any:
         """Report an exception to the store; fall back or re-raise."""
-        timed_out = isinstance(exc, CallTimeoutError) and exc.breaker == self.name
-        if timed_out or isinstance(exc, self._counted):
+        timed_out = isinstance(exc, CallTimeoutError) and exc.source is self
+        # Cancellation never counts, whatever expected_exception says (config refuses
+        # BaseException-only classes, but a subclass of both could slip through).
+        if timed_out or (
+            isinstance(exc, self._counted) and not isinstance(exc, asyncio.CancelledError)
+        ):
             self._failures += 1
             self._last_failure_time = time.time()
             if timed_out:
@@ -212,6 +228,12 @@ class CircuitBreaker:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, T]) -> Callable[P, Awaitable[T]]: ...
 
     def __call__(self, func: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
         """Decorate a function so every call goes through this breaker.
@@ -267,6 +289,8 @@ class CircuitBreaker:
         self._listeners.remove(listener)
 
     def _on_transition(self, old: CircuitState, new: CircuitState, reason: str) -> None:
+        if old is new:
+            return  # a reset or a forced move to the same state: nothing changed
         self._last_state_change = time.time()
         level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
         logger.log(

@@ -37,6 +37,13 @@ def _check_exception_types(value: object) -> tuple[type[BaseException], ...]:
             raise TypeError(
                 f"'expected_exception' must be an exception class or a tuple of them: {value!r}"
             )
+        if not issubclass(cls, Exception):
+            # CancelledError, KeyboardInterrupt, SystemExit: counting them would turn a
+            # cancellation or a shutdown into a fallback answer.
+            raise TypeError(
+                f"'expected_exception' must be Exception subclasses; cancellation and "
+                f"interpreter exits never count as failures: {cls!r}"
+            )
     return classes
 
 
@@ -56,7 +63,9 @@ class CircuitBreakerConfig:
     expected_exception: ExceptionTypes = Exception
     name: str = "default"
     # How long a half-open trial permit lives before it is reclaimed, so a process
-    # that dies mid-trial cannot wedge the circuit. None: timeout + recovery_timeout.
+    # that dies mid-trial cannot wedge the circuit. None: timeout + recovery_timeout
+    # (30 + recovery_timeout with timeout=None: a trial running longer than its
+    # lease is taken for lost, and its permit goes to another caller).
     half_open_lease: float | None = None
     # The normalised form of expected_exception, for `except` clauses.
     counted_exceptions: tuple[type[BaseException], ...] = field(init=False, repr=False)
@@ -73,6 +82,12 @@ class CircuitBreakerConfig:
             object.__setattr__(self, "timeout", timeout)
         if self.half_open_lease is not None:
             lease = _check_seconds("half_open_lease", self.half_open_lease, allow_zero=False)
+            if self.timeout is not None and lease < self.timeout:
+                # A trial may run until its timeout; a shorter lease would free its
+                # permit while it still runs and let more trials in than allowed.
+                raise ValueError(
+                    f"'half_open_lease' must be >= 'timeout' ({self.timeout:g}): {lease:g}"
+                )
             object.__setattr__(self, "half_open_lease", lease)
         counted = _check_exception_types(self.expected_exception)
         object.__setattr__(self, "counted_exceptions", counted)

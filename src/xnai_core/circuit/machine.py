@@ -113,8 +113,8 @@ def admit(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> tuple[Adm
         snap = _half_open(snap)
     live = tuple(trial for trial in snap.trials if trial[1] > now)
     if len(live) + snap.half_open_successes >= config.half_open_max_calls:
-        wait = min((expiry for _, expiry in live), default=now) - now
-        return Admission(None, max(wait, 0.0)), replace(snap, trials=live)
+        # Every permit is taken; when one frees up is unknown: the trials decide.
+        return Admission(None, None), replace(snap, trials=live)
     permit = snap.next_permit
     trials = (*live, (permit, now + config.lease_seconds))
     return Admission(Ticket(snap.epoch, permit)), replace(

@@ -202,20 +202,14 @@ if s.state == 'open' then
   half_open(s)
   changed = true
 end
-local live, soonest = {}, nil
+local live = {}
 for _, t in ipairs(s.trials) do
-  if t[2] > NOW then
-    live[#live + 1] = t
-    if soonest == nil or t[2] < soonest then soonest = t[2] end
-  end
+  if t[2] > NOW then live[#live + 1] = t end
 end
 if #live ~= #s.trials then changed = true end
 s.trials = live
-if #live + s.successes >= MAX_CALLS then
-  local wait = (soonest or NOW) - NOW
-  if wait < 0 then wait = 0 end
-  return finish(s, before, changed, note, 0, 0, wait)
-end
+-- Every permit taken: when one frees up is unknown (-1), the trials decide.
+if #live + s.successes >= MAX_CALLS then return finish(s, before, changed, note, 0, 0, -1) end
 local permit = s.next_permit
 live[#live + 1] = {permit, NOW + LEASE}
 s.next_permit = permit + 1

@@ -553,7 +553,7 @@ class RedisStore:
             async with asyncio.timeout(self.op_timeout):
                 await self._admit_lock.acquire()
         except TimeoutError:
-            return Admission(None, 0.0)  # Redis is slow to hand out permits: not now
+            return Admission(None, None)  # Redis is slow to hand out permits: not now
         try:
             snap = self._mirror
             if snap.state is CircuitState.CLOSED:
@@ -585,7 +585,7 @@ class RedisStore:
         # Half-open and every permit taken: no need to ask Redis to say no.
         live = [expiry for _, expiry in snap.trials if expiry > now]
         if len(live) + snap.half_open_successes >= self.config.half_open_max_calls:
-            return Admission(None, max(min(live, default=now) - now, 0.0))
+            return Admission(None, None)
         return None
 
     async def record_success(self, ticket: Ticket) -> None:

@@ -68,8 +68,9 @@ class StateStore(Protocol):
 class MemoryStore:
     """A circuit's state held in this process.
 
-    Safe for several event loops in several threads: each update runs under a
-    short lock that is never held across the protected call.
+    Safe for several event loops in several threads: each update, and the
+    announcement of the transition it made, runs under a short lock that is never
+    held across the protected call, so callbacks see transitions in order.
     """
 
     backend = "memory"
@@ -80,7 +81,7 @@ class MemoryStore:
         self.config = config
         self._clock = clock
         self._snap = Snapshot()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a callback runs while it is held
         self._callbacks: list[TransitionCallback] = []
         self.hot_epoch: int | None = 0
 
@@ -104,7 +105,7 @@ class MemoryStore:
             old = self._snap
             new = step(old, self._clock())
             self._install(new)
-        self._announce(old, new, reason)
+            self._announce(old, new, reason)
 
     def _install(self, new: Snapshot) -> None:
         self._snap = new
@@ -124,7 +125,7 @@ class MemoryStore:
             admission, new = machine.admit(old, self.config, self._clock())
             if new is not old:
                 self._install(new)
-        self._announce(old, new, None)
+                self._announce(old, new, None)
         return admission
 
     async def record_success(self, ticket: Ticket) -> None:

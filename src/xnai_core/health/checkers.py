@@ -28,7 +28,7 @@ from functools import cache
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import asyncpg  # ships no type information: ignored in pyproject.toml
 import httpx
 import redis.asyncio as aioredis
 
