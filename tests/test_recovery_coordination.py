@@ -14,6 +14,7 @@ from tests.conftest import PrivateRedis
 from tests.test_recovery_manager import FakeClock
 from xnai_core.health.alerts import Alert
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+from xnai_core.recovery.coordination import Turn
 
 H, U = "healthy", "unhealthy"
 
@@ -118,6 +119,79 @@ async def test_cluster_pages_once_and_the_latch_holds_everywhere(cluster: Cluste
     await cluster.report("llm", H, U)
     assert not first.is_escalated("llm")
     assert not second.is_escalated("llm")
+
+
+class PeerEscalatesAfterFirstLook(RecoveryCoordinator):
+    """A replica's coordinator whose peer, holding the lease, gives up at the worst moment:
+    right after this replica's first look at the service, the peer latches and releases."""
+
+    def __init__(self, client: aioredis.Redis, key_prefix: str, peer: RecoveryCoordinator) -> None:
+        super().__init__(client, key_prefix=key_prefix)
+        self.peer = peer
+        self.fired = False
+
+    async def _peer_gives_up(self, service_name: str) -> None:
+        if not self.fired:
+            self.fired = True
+            await self.peer.latch(service_name, "peer gave up")
+            await self.peer.release(service_name)
+
+    async def latched(self, service_name: str) -> bool | None:
+        found = await super().latched(service_name)
+        await self._peer_gives_up(service_name)
+        return found
+
+    async def take_turn(self, service_name: str, ttl: float) -> Turn | None:
+        turn = await super().take_turn(service_name, ttl)
+        await self._peer_gives_up(service_name)
+        return turn
+
+
+async def test_a_lease_freed_by_an_escalating_peer_is_not_taken(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """The peer latches, then releases its lease, between two of our looks: we latch, not act."""
+    peer = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    assert await peer.acquire("llm", 30) is True
+    clock = FakeClock()
+    calls: list[str] = []
+    manager = RecoveryManager(
+        clock=clock,
+        sleep=clock.sleep,
+        random=lambda: 0.5,
+        wall_clock=clock,
+        coordinator=PeerEscalatesAfterFirstLook(shared_redis, key_prefix, peer),
+    )
+
+    async def restart(service: str) -> None:
+        calls.append(service)
+
+    manager.add_rule(RecoveryRule("llm", "restart_service", recovery_func=restart, max_attempts=2))
+    async with manager:
+        await manager.on_status_change("llm", H, U, None)
+        await _until(lambda: manager.is_escalated("llm"))
+        assert calls == []
+        stats = manager.get_recovery_stats()["services"]["llm"]  # type: ignore[index]
+        assert stats["escalation_reason"] == "escalated by another process"
+        assert await shared_redis.exists(peer.lease_key("llm")) == 0  # we took nothing either
+
+
+async def test_take_turn_refuses_a_latched_service(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Taking a turn checks the latch and takes the lease in one step."""
+    a = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    b = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    assert await a.take_turn("llm", 30) is Turn.ACT
+    assert await a.take_turn("llm", 30) is Turn.ACT  # its own: extended
+    assert await b.take_turn("llm", 30) is Turn.WAIT
+    await a.latch("llm", "gave up")
+    await a.release("llm")
+    assert await b.take_turn("llm", 30) is Turn.LATCHED
+    assert await shared_redis.exists(b.lease_key("llm")) == 0
+    await b.unlatch("llm")
+    assert await b.take_turn("llm", 30) is Turn.ACT
+    await b.release("llm")
 
 
 async def test_without_redis_each_replica_acts_alone(caplog: pytest.LogCaptureFixture) -> None:

@@ -53,10 +53,17 @@ Generation = dict[object, tuple["asyncio.Task[Any]", int]]
 # that first asks for the running loop; reading asyncio's own mapping with a loop we
 # already know is several times cheaper. From 3.12 current_task is in C, and from
 # 3.14 that mapping is no longer filled: use the function there.
+# ``current_tasks[loop]`` raises KeyError when the loop runs no task.
 if sys.version_info >= (3, 12):
 
     class _CurrentTasks:
         get = staticmethod(asyncio.current_task)
+
+        def __getitem__(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any]:
+            task = asyncio.current_task(loop)
+            if task is None:
+                raise KeyError(loop)
+            return task
 
     current_tasks: Any = _CurrentTasks()
 else:
@@ -172,12 +179,15 @@ def file_deadline(key: object, timeout: float) -> tuple[DeadlineKeeper, Generati
     running in this thread has none, so only the first call in a new loop pays
     for ``get_running_loop``.
     """
-    keeper = thread_keeper.keeper
-    task = None if keeper is None else current_tasks.get(keeper.loop)
-    if keeper is None or task is None:
+    try:
+        # None raises AttributeError on .loop below: the first call in this thread.
+        keeper: DeadlineKeeper = thread_keeper.keeper  # type: ignore[assignment]
+        task = current_tasks[keeper.loop]
+    except (AttributeError, KeyError):
         keeper, task = keeper_and_task()
-    generation = keeper.open.get(timeout)
-    if generation is None:
+    try:
+        generation = keeper.open[timeout]
+    except KeyError:
         generation = keeper.new_generation(timeout)
     generation[key] = (task, task.cancelling())
     return keeper, generation

@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar, overload
 
-from ..deadlines import current_tasks, keeper_and_task, thread_keeper, wait_within
+from ..deadlines import (
+    DeadlineKeeper,
+    current_tasks,
+    keeper_and_task,
+    thread_keeper,
+    wait_within,
+)
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
 from .machine import CircuitState, Ticket
@@ -129,12 +135,15 @@ class CircuitBreaker:
                 else:
                     # _await_within and deadlines.file_deadline, inlined: with the seed's
                     # default timeout=30 this is the path of nearly every call.
-                    keeper = thread_keeper.keeper
-                    task = None if keeper is None else current_tasks.get(keeper.loop)
-                    if keeper is None or task is None:
+                    try:
+                        # None raises AttributeError on .loop below: the first call in this thread.
+                        keeper: DeadlineKeeper = thread_keeper.keeper  # type: ignore[assignment]
+                        task = current_tasks[keeper.loop]
+                    except (AttributeError, KeyError):  # no keeper yet, or another loop
                         keeper, task = keeper_and_task()
-                    generation = keeper.open.get(timeout)
-                    if generation is None:
+                    try:
+                        generation = keeper.open[timeout]
+                    except KeyError:
                         generation = keeper.new_generation(timeout)
                     key = result
                     generation[key] = (task, task.cancelling())

@@ -13,6 +13,11 @@ Keys (hash-tagged so both live in one slot on Redis Cluster), plain strings only
 - ``<prefix>:{<service>}:escalated``: the escalation reason while the service is
   latched; removed by ``reset()`` on any process.
 
+The process that escalates writes the latch before it releases the lease, and a
+process takes its turn (:meth:`RecoveryCoordinator.take_turn`) by checking the latch
+and taking the lease in one script: so no process acts on a service once another
+has escalated it and given the lease back.
+
 Every call answers ``None`` when Redis cannot be reached: the manager then acts
 on its own (and says so in a warning), as the circuit breakers degrade to local
 state. Nothing read from Redis is ever evaluated or unpickled.
@@ -21,6 +26,7 @@ state. Nothing read from Redis is ever evaluated or unpickled.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import os
@@ -49,6 +55,24 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS[1] lease, KEYS[2] latch; ARGV[1] token, ARGV[2] ttl ms. Like ACQUIRE, but answers -1
+# and takes nothing while the service is latched. One step, so a peer that latches and then
+# releases its lease can never hand the lease to a process that looked before the latch.
+TAKE_TURN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+elseif holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS[1] lease; ARGV[1] token. Returns 1 if the caller's lease was deleted, else 0.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -56,6 +80,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class Turn(enum.Enum):
+    """What :meth:`RecoveryCoordinator.take_turn` found."""
+
+    ACT = "act"  # the caller holds the lease: it acts
+    WAIT = "wait"  # another process holds the lease
+    LATCHED = "latched"  # some process escalated the service; no lease was taken
+
+
+_TURNS = {1: Turn.ACT, 0: Turn.WAIT, -1: Turn.LATCHED}
 
 # OSError covers refused and reset connections, and TimeoutError from our own bound.
 _REDIS_DOWN = (RedisError, OSError)
@@ -85,6 +120,7 @@ class RecoveryCoordinator:
         self.key_prefix = key_prefix
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._acquire = redis_client.register_script(ACQUIRE)
+        self._take_turn = redis_client.register_script(TAKE_TURN)
         self._release = redis_client.register_script(RELEASE)
         self._down = False
 
@@ -110,6 +146,24 @@ class RecoveryCoordinator:
             return None
         self._reachable()
         return bool(held)
+
+    async def take_turn(self, service_name: str, ttl: float) -> Turn | None:
+        """Before acting: the latch check and ``acquire`` in one atomic step; None if Redis is away.
+
+        Checking :meth:`latched` and then calling :meth:`acquire` leaves a gap in which
+        the holder can latch and release: the lease would then be taken for a service
+        already escalated, and restarted once more.
+        """
+        ms = max(1, int(ttl * 1000))
+        keys = [self.lease_key(service_name), self.latch_key(service_name)]
+        try:
+            async with asyncio.timeout(self.timeout):
+                found = await self._take_turn(keys=keys, args=[self.token, ms])
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return _TURNS[int(found)]
 
     async def release(self, service_name: str) -> None:
         """Give the lease back, if it is still ours."""

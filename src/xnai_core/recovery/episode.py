@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from ..health.alerts import AlertHandler, deliver
 from .actions import ActionOutcome, perform
-from .coordination import RecoveryCoordinator
+from .coordination import RecoveryCoordinator, Turn
 from .escalation import escalation_alert, escalation_reason
 from .rule import RecoveryRule, backoff_delay
 from .seam import SupportsMonitor, failures_reached
@@ -152,7 +152,12 @@ class EpisodeRunner:
         coordinator = self._coordinator
         if coordinator is None or self.dry_run:
             return True
-        if await coordinator.latched(svc.name):
+        # One step: a peer that latches and then releases between a separate latch check
+        # and lease grab would hand us the lease for a service it already escalated.
+        turn = await coordinator.take_turn(
+            svc.name, self._lease_ttl(rule.timeout + rule.grace_period)
+        )
+        if turn is Turn.LATCHED:
             svc.escalated_at = self._wall()
             svc.escalation_reason = "escalated by another process"
             svc.phase = RecoveryPhase.ESCALATED
@@ -162,17 +167,14 @@ class EpisodeRunner:
                 extra={"service": svc.name},
             )
             return False
-        held = await coordinator.acquire(
-            svc.name, self._lease_ttl(rule.timeout + rule.grace_period)
-        )
-        if held is False:
+        if turn is Turn.WAIT:
             if not svc.waited_for_peer:  # count episodes, not polls
                 svc.waited_for_peer = True
                 svc.deferred_to_peer += 1
             svc.holds_lease = False
             return None
         # None (Redis away) acts alone: better two restarts than none. The coordinator warned.
-        svc.holds_lease = held is True
+        svc.holds_lease = turn is Turn.ACT
         return True
 
     def _lease_ttl(self, seconds: float) -> float:
