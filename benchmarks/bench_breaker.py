@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -139,11 +142,56 @@ def sync_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
     return time_sync_rows(rows, calls, repeats)
 
 
+async def _instruction_probe(kind: str, calls: int) -> None:
+    """The loop that ``--instructions`` runs under callgrind: one kind of call, N times."""
+    breaker = ours(None if kind == "timeout=None" else 30.0)
+    if kind == "bare":
+        for _ in range(calls):
+            await af()
+    else:
+        for _ in range(calls):
+            await breaker.call(af)
+
+
+def instruction_rows(calls: int) -> list[tuple[str, float]]:
+    """Instructions per call (valgrind callgrind): a count that noise cannot move.
+
+    Each kind runs twice, with 0 and ``calls`` calls; the difference over ``calls`` is
+    the cost of one call, start-up excluded.
+    """
+    rows = []
+    seeded = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
+    for kind in ("bare", "timeout=None", "timeout=30"):
+        totals = []
+        for n in (0, calls):
+            done = subprocess.run(
+                [
+                    "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                    sys.executable, "-m", "benchmarks.bench_breaker", "--probe", kind, str(n),
+                ],
+                capture_output=True, text=True, check=True, env=seeded,
+            )  # fmt: skip
+            match = re.search(r"Collected : (\d+)", done.stderr)
+            assert match is not None, done.stderr[-500:]
+            totals.append(int(match.group(1)))
+        rows.append((kind, (totals[1] - totals[0]) / calls))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per call under valgrind (bare, ours with/without timeout)",
+    )
+    parser.add_argument("--probe", nargs=2, metavar=("KIND", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        asyncio.run(_instruction_probe(args.probe[0], int(args.probe[1])))
+        return 0
     rows = asyncio.run(async_rows(args.calls, args.repeats))
     bare = rows[0][1]
     no_timeout = dict(rows)["xnai-core, timeout=None"]
@@ -156,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     sbare = srows[0][1]
     for label, ns in srows:
         print(f"{label:42} {ns:9.0f} {ns - sbare:12.0f} {ns / sbare:7.2f}")
+    if args.instructions:
+        irows = instruction_rows(100_000)
+        ibare = irows[0][1]
+        inone = irows[1][1] - ibare
+        title = "instructions per call (callgrind)"
+        print(f"\n{title:42} {'instr':>9} {'overhead':>12} {'x ours(None)':>12}")
+        for label, count in irows:
+            over = count - ibare
+            ratio = f"{over / inone:12.2f}" if label != "bare" else ""
+            print(f"{label:42} {count:9.0f} {over:12.0f} {ratio}")
     return 0
 
 
