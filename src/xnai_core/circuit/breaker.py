@@ -26,7 +26,7 @@ from ..deadlines import (
 )
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
-from .machine import CircuitState, Ticket
+from .machine import Admission, CircuitState, Ticket
 from .store import MemoryStore, StateStore
 
 logger = logging.getLogger("xnai_core.circuit")
@@ -125,7 +125,13 @@ class CircuitBreaker:
         """
         epoch = self._store.hot_epoch
         if epoch is None:
-            return await self._call_admitted(fn, args, kwargs)
+            admission = self._store.acquire_nowait()
+            if admission is not None and admission.ticket is None and self.fallback_func is None:
+                self._rejected += 1  # the open circuit's path: reject without a coroutine
+                raise CircuitOpenError(
+                    self.name, admission.retry_after, self._store.snapshot().state.value
+                )
+            return await self._call_admitted(fn, args, kwargs, admission)
         try:
             result = fn(*args, **kwargs)
             if type(result) is CoroutineType:
@@ -172,10 +178,15 @@ class CircuitBreaker:
         return result
 
     async def _call_admitted(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        admission: Admission | None,
     ) -> Any:
         """The slow path: ask the store first, and always report back to it."""
-        admission = await self._store.acquire()
+        if admission is None:
+            admission = await self._store.acquire()
         ticket = admission.ticket
         if ticket is None:
             self._rejected += 1

@@ -100,16 +100,27 @@ def _half_open(snap: Snapshot) -> Snapshot:
     )
 
 
+def open_rejection(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> Admission | None:
+    """The rejection of an open circuit still inside its recovery timeout (or forced), else None.
+
+    It changes nothing, so a store may answer with it without taking its lock.
+    """
+    if snap.state is not OPEN:
+        return None
+    if snap.forced:
+        return _FORCED_OPEN
+    reopen_at = snap.opened_at + config.recovery_timeout
+    return Admission(None, reopen_at - now) if now < reopen_at else None
+
+
 def admit(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> tuple[Admission, Snapshot]:
     """Decide whether a call may run now, and take a trial permit if half-open."""
     if snap.state is CLOSED:
         return Admission(Ticket(snap.epoch)), snap
     if snap.state is OPEN:
-        if snap.forced:
-            return _FORCED_OPEN, snap
-        reopen_at = snap.opened_at + config.recovery_timeout
-        if now < reopen_at:
-            return Admission(None, reopen_at - now), snap
+        rejection = open_rejection(snap, config, now)
+        if rejection is not None:
+            return rejection, snap
         snap = _half_open(snap)
     live = tuple(trial for trial in snap.trials if trial[1] > now)
     if len(live) + snap.half_open_successes >= config.half_open_max_calls:

@@ -532,15 +532,20 @@ class RedisStore:
             self._started = True
             self._install(self._mirror, self._mirror, None, announce=False)
 
-    async def acquire(self) -> Admission:
+    def acquire_nowait(self) -> Admission | None:
         if not self._started:
-            await self.start()
+            return None
         snap = self._mirror
         if snap.state is CircuitState.CLOSED:
             return Admission(Ticket(snap.epoch))
         if self._local:
             return self._admit_locally()
-        answer = self._answer_locally(snap)
+        return self._answer_locally(snap)
+
+    async def acquire(self) -> Admission:
+        if not self._started:
+            await self.start()
+        answer = self.acquire_nowait()
         if answer is not None:
             return answer
         # Past the recovery timeout, or half-open with permits left: Redis decides.
@@ -576,12 +581,7 @@ class RedisStore:
         """The mirror's own answer for an open or half-open circuit; None: ask Redis."""
         now = self._now()
         if snap.state is CircuitState.OPEN:
-            if snap.forced:
-                return Admission(None, None)
-            reopen_at = snap.opened_at + self.config.recovery_timeout
-            if now < reopen_at:
-                return Admission(None, reopen_at - now)
-            return None
+            return machine.open_rejection(snap, self.config, now)
         # Half-open and every permit taken: no need to ask Redis to say no.
         live = [expiry for _, expiry in snap.trials if expiry > now]
         if len(live) + snap.half_open_successes >= self.config.half_open_max_calls:

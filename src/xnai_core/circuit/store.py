@@ -43,6 +43,13 @@ class StateStore(Protocol):
     def add_transition_callback(self, callback: TransitionCallback) -> None:
         """Call ``callback`` after every transition; it must not raise."""
 
+    def acquire_nowait(self) -> Admission | None:
+        """:meth:`acquire`'s answer when the store has it at hand; None: await acquire().
+
+        An open circuit inside its recovery timeout is the case that matters: its
+        rejections should cost no more than raising an exception.
+        """
+
     async def acquire(self) -> Admission:
         """Admit a call or reject it; a half-open admission takes a trial permit."""
 
@@ -119,7 +126,12 @@ class MemoryStore:
         for callback in self._callbacks:
             callback(old.state, new.state, why)
 
-    async def acquire(self) -> Admission:
+    def acquire_nowait(self) -> Admission:
+        snap = self._snap
+        if snap.state is CircuitState.OPEN:
+            rejection = machine.open_rejection(snap, self.config, self._clock())
+            if rejection is not None:
+                return rejection  # read-only: no lock needed
         with self._lock:
             old = self._snap
             admission, new = machine.admit(old, self.config, self._clock())
@@ -127,6 +139,9 @@ class MemoryStore:
                 self._install(new)
                 self._announce(old, new, None)
         return admission
+
+    async def acquire(self) -> Admission:
+        return self.acquire_nowait()
 
     async def record_success(self, ticket: Ticket) -> None:
         self._apply(lambda snap, now: machine.on_success(snap, self.config, now, ticket))
