@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -61,9 +62,12 @@ def cached_manager(
     stale: float = 0.0,
     fallback: bool = True,
     key_func: KeyFunc | None = None,
+    cache: MemoryCache | None = None,
 ) -> tuple[ServiceDegradationManager, CacheFirstStrategy]:
     manager = ServiceDegradationManager(clock=clock)
-    strategy = CacheFirstStrategy(ttl=ttl, stale_if_error=stale, clock=clock, key_func=key_func)
+    strategy = CacheFirstStrategy(
+        cache, ttl=ttl, stale_if_error=stale, clock=clock, key_func=key_func
+    )
     manager.add_service_strategy("llm", strategy, priority=20)
     if fallback:
         manager.add_service_strategy("llm", DegradedModeStrategy("sorry"), priority=0)
@@ -172,7 +176,7 @@ async def test_different_arguments_are_different_entries() -> None:
 async def test_stale_entry_is_served_when_the_primary_fails() -> None:
     """Past ttl but within the stale window, a failing primary is answered from the cache."""
     clock = FakeClock()
-    manager, _ = cached_manager(clock, ttl=60, stale=300)
+    manager, _ = cached_manager(clock, ttl=60, stale=300, cache=never_expiring())
     await manager.call_service("llm", ask, "q")
     BACKEND.healthy = False
     clock.now += 60 + 299.9
@@ -186,13 +190,58 @@ async def test_stale_entry_is_served_when_the_primary_fails() -> None:
 async def test_past_the_stale_window_the_next_strategy_answers() -> None:
     """At ttl + stale_if_error the entry is no use; the cache declines, the fallback answers."""
     clock = FakeClock()
-    manager, strategy = cached_manager(clock, ttl=60, stale=300)
+    manager, strategy = cached_manager(clock, ttl=60, stale=300, cache=never_expiring())
     await manager.call_service("llm", ask, "q")
     BACKEND.healthy = False
     clock.now += 360
     result = await manager.call_service_detailed("llm", ask, "q")
     assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
     assert strategy.get_stats()["declined"] == 1
+
+
+def never_expiring() -> MemoryCache:
+    """A cache whose own clock stands still: it keeps every entry, so only the strategy's
+    window decides what is fresh, stale or too old (the cache's expiry cannot hide it)."""
+    return MemoryCache(clock=lambda: 0.0)
+
+
+@pytest.mark.parametrize(
+    ("age", "answer"),
+    [
+        (59.999, "fresh"),  # inside ttl: served without calling the primary
+        (60.0, "stale"),  # ttl reached: the primary is called, fails, the entry is stale
+        (60 + 299.999, "stale"),
+        (60 + 300.0, "declined"),  # ttl + stale_if_error reached
+        (60 + 300.001, "declined"),
+        (60 + 600.0, "declined"),
+    ],
+)
+async def test_the_strategy_itself_enforces_ttl_and_the_stale_window(
+    age: float, answer: str
+) -> None:
+    """ttl=60, stale_if_error=300, from the strategy's own clock: fresh below 60 s, stale
+    below 360 s, refused from 360 s on, whatever the cache would still hold."""
+    clock = FakeClock()
+    cache = never_expiring()
+    manager, strategy = cached_manager(clock, ttl=60, stale=300, cache=cache)
+    await manager.call_service("llm", ask, "q")
+    BACKEND.healthy = False
+    clock.now += age
+    result = await manager.call_service_detailed("llm", ask, "q")
+    assert len(cache) == 1  # the entry was there to be (mis)used every time
+    if answer == "fresh":
+        assert (result.value, result.degraded) == ({"answer": "q#1"}, False)
+        assert BACKEND.calls == 1
+    elif answer == "stale":
+        assert (result.value, result.source, result.degraded) == (
+            {"answer": "q#1"},
+            "CacheFirstStrategy",
+            True,
+        )
+        assert strategy.get_stats()["stale_served"] == 1
+    else:
+        assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
+        assert strategy.get_stats()["declined"] == 1
 
 
 async def test_without_a_stale_window_a_failure_is_not_served_stale() -> None:
@@ -300,6 +349,52 @@ async def test_unkeyable_calls_skip_the_cache_and_warn_once(
     assert len(warnings) == 1
     assert "skips the cache for this call" in warnings[0]
     assert "pass key_func" in warnings[0]
+    assert strategy.get_stats()["bypassed"] == 3
+
+
+def configured(model: str | object) -> Any:
+    """A functools.wraps decorator factory capturing its configuration, as LLM clients do."""
+
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        async def wrapper(prompt: str) -> dict[str, str]:
+            answer = await func(prompt)
+            return {"answer": f"{model}: {answer['answer']}"}
+
+        return wrapper
+
+    return decorate
+
+
+async def test_differently_configured_wrappers_do_not_share_cache_entries() -> None:
+    """ask wrapped for 'gpt' and for 'llama': the second call is not served the first's."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock)
+    ask_gpt, ask_llama = configured("gpt")(ask), configured("llama")(ask)
+    assert await manager.call_service("llm", ask_gpt, "hi") == {"answer": "gpt: hi#1"}
+    assert await manager.call_service("llm", ask_llama, "hi") == {"answer": "llama: hi#2"}
+    assert await manager.call_service("llm", ask_gpt, "hi") == {"answer": "gpt: hi#1"}
+    assert await manager.call_service("llm", configured("llama")(ask), "hi") == {
+        "answer": "llama: hi#2"
+    }
+    assert strategy.get_stats()["hits"] == 2
+
+
+async def test_wrapper_capturing_an_object_skips_the_cache_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrapper over state the key cannot see is not cached: one WARNING, still answered."""
+    clock = FakeClock()
+    manager, strategy = cached_manager(clock)
+    ask_client = configured(object())(ask)
+    for _ in range(3):
+        assert (await manager.call_service("llm", ask_client, "q"))["answer"].endswith(
+            "q#" + str(BACKEND.calls)
+        )
+    assert BACKEND.calls == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "is a closure over 'model' (object)" in warnings[0]
     assert strategy.get_stats()["bypassed"] == 3
 
 

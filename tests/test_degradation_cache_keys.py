@@ -91,7 +91,9 @@ def test_named_callables_are_keyable() -> None:
     assert key(Client.build, "x") != key(Client.ping, "x")
     assert key(len, "abc")
     assert key(functools.partial(generate, temperature=1.0), "q") != key(generate, "q")
-    assert key(wrapped_generate, "q") == key(generate, "q")
+    assert key(wrapped_generate, "q") == key(passthrough(generate), "q")
+    # The wrapper's own code is part of the key: a decorator may change the answer.
+    assert key(wrapped_generate, "q") != key(generate, "q")
 
 
 def test_arguments_of_a_partial_join_the_key() -> None:
@@ -125,6 +127,86 @@ def test_closures_are_refused() -> None:
 
     with pytest.raises(UnkeyableError, match="is a closure"):
         key(make("!"), "q")
+
+
+def with_model(model: str, retries: int = 1) -> Any:
+    """A decorator factory: each wrapper it makes captures its configuration."""
+
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        async def wrapper(prompt: str) -> Any:
+            return await func(prompt, model=model, retries=retries)
+
+        return wrapper
+
+    return decorate
+
+
+def with_tenant(model: str) -> Any:
+    """Another factory that captures the same kind of value."""
+
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        async def wrapper(prompt: str) -> Any:
+            return await func(f"[{model}] {prompt}")
+
+        return wrapper
+
+    return decorate
+
+
+def test_differently_configured_wrappers_of_one_function_get_different_keys() -> None:
+    """functools.wraps wrappers that captured another model name must not share entries;
+    equally configured ones do."""
+    gpt, llama = with_model("gpt")(generate), with_model("llama")(generate)
+    assert gpt.__qualname__ == llama.__qualname__ == "generate"  # wraps hides the difference
+    assert key(gpt, "q") != key(llama, "q")
+    assert key(gpt, "q") == key(with_model("gpt")(generate), "q")
+    assert key(with_model("gpt", retries=2)(generate), "q") != key(gpt, "q")
+    assert key(with_tenant("gpt")(generate), "q") != key(gpt, "q")  # another wrapper's code
+
+
+def test_every_layer_of_a_wrapper_chain_is_in_the_key() -> None:
+    """The outer layer's configuration counts as much as the inner one's."""
+    inner = passthrough(generate)
+    assert key(with_model("gpt")(inner), "q") != key(with_model("llama")(inner), "q")
+    assert key(passthrough(with_model("gpt")(generate)), "q") != key(
+        passthrough(with_model("llama")(generate)), "q"
+    )
+    partial_inside = with_model("gpt")(functools.partial(generate, temperature=1.0))
+    assert key(partial_inside, "q") != key(with_model("gpt")(generate), "q")
+
+
+@pytest.mark.parametrize("captured", [Client(), object(), {"a"}, lambda: "gpt", summarise])
+def test_wrapper_capturing_more_than_plain_data_is_refused(captured: object) -> None:
+    """A wrapper whose captured values are not plain data cannot be keyed safely."""
+
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        async def wrapper(prompt: str) -> Any:
+            return await func(prompt, helper=captured)
+
+        return wrapper
+
+    with pytest.raises(UnkeyableError, match=r"is a closure over 'captured' \("):
+        key(decorate(generate), "q")
+    with pytest.raises(UnkeyableError, match=r"is a closure over 'captured' \("):
+        key(passthrough(decorate(generate)), "q")  # found below the outer layer too
+
+
+def test_wrapped_chain_that_loops_is_refused() -> None:
+    """A __wrapped__ cycle ends in a refusal, not in endless recursion."""
+
+    async def first(prompt: str) -> str:
+        return prompt
+
+    async def second(prompt: str) -> str:
+        return prompt
+
+    first.__wrapped__ = second  # type: ignore[attr-defined]
+    second.__wrapped__ = first  # type: ignore[attr-defined]
+    with pytest.raises(UnkeyableError, match="wrapped more than 100 deep"):
+        key(first, "q")
 
 
 def test_nested_functions_are_refused() -> None:

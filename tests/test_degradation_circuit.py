@@ -217,6 +217,45 @@ async def test_breakers_own_fallback_on_timeout_is_labelled() -> None:
     assert result.info.reason == "call through circuit 'llm' timed out; its fallback answered"
 
 
+async def hangs_forever(prompt: str) -> str:
+    await asyncio.Event().wait()
+    return "never"
+
+
+async def test_timeout_answered_by_the_breakers_fallback_is_counted_as_a_timeout() -> None:
+    """Whichever layer answered, a primary that timed out is in the manager's timeouts."""
+    circuit = breaker(timeout=0.02, fallback=lambda prompt: "late")
+    manager = protected_manager(circuit)
+    result = await manager.call_service_detailed("llm", hangs_forever, "q")
+    assert (result.value, result.degraded) == ("late", True)
+    assert isinstance(result.info.error, CallTimeoutError)
+    assert str(result.info.error) == "call through circuit 'llm' timed out after 0.02s"
+    stats = manager.get_degradation_stats()["services"]["llm"]
+    assert stats["timeouts"] == circuit.get_metrics()["timeouts"] == 1
+
+
+async def test_manager_timeout_answered_by_the_breakers_fallback_is_counted() -> None:
+    """The manager's own timeout inside a breaker with a fallback counts as well."""
+    circuit = breaker(fallback=lambda prompt: "late")
+    manager = protected_manager(circuit)
+    manager.configure_service("llm", timeout=0.02)
+    result = await manager.call_service_detailed("llm", hangs_forever, "q")
+    assert result.value == "late"
+    assert isinstance(result.info.error, ServiceTimeoutError)
+    assert manager.get_degradation_stats()["services"]["llm"]["timeouts"] == 1
+
+
+async def test_failures_and_open_circuits_answered_by_the_breaker_are_not_timeouts() -> None:
+    """Only timeouts count as timeouts: a failure or an open circuit does not."""
+    circuit = breaker(threshold=1, fallback=lambda prompt: "fallback")
+    manager = protected_manager(circuit)
+    Backend.healthy = False
+    assert await manager.call_service("llm", llm, "q") == "fallback"  # failed, opens
+    assert await manager.call_service("llm", llm, "q") == "fallback"  # rejected: open
+    stats = manager.get_degradation_stats()["services"]["llm"]
+    assert (stats["degraded_responses"], stats["timeouts"]) == (2, 0)
+
+
 async def test_fresh_cache_skips_even_an_open_circuit() -> None:
     """Cache (priority 20) outside the breaker (10): a fresh hit never touches the breaker."""
     clock = FakeClock()

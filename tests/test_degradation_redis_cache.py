@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import pickle
+import re
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,6 +18,7 @@ import redis.asyncio as aioredis
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis
 from xnai_core.degradation.cache import CacheEntry, RedisCache
 from xnai_core.degradation.cache_first import CacheFirstStrategy
+from xnai_core.degradation.errors import CacheClearError
 from xnai_core.degradation.manager import ServiceDegradationManager
 from xnai_core.degradation.strategies import DegradedModeStrategy
 
@@ -285,3 +291,121 @@ async def test_hung_redis_costs_at_most_op_timeout(
         assert cache.available is False
     finally:
         private_redis.resume()
+
+
+# -- clear() on a Redis that fails or hangs ---------------------------------------------
+
+
+async def _fill(cache: RedisCache, count: int) -> None:
+    for i in range(count):
+        await cache.set(f"k{i}", CacheEntry(i, 0.0), keep_for=60)
+
+
+async def test_clear_of_a_hung_redis_fails_after_op_timeout(private_redis: PrivateRedis) -> None:
+    """A Redis that accepts but never answers: clear() raises after op_timeout, it does not
+    hang forever (the client has no socket timeout of its own to save it)."""
+    client = aioredis.Redis.from_url(private_redis.url)
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=0.2)
+    strategy = CacheFirstStrategy(cache)
+    try:
+        await _fill(cache, 3)
+        private_redis.pause()
+        for clear in (cache.clear, strategy.clear):
+            started = time.monotonic()
+            with pytest.raises(CacheClearError) as caught:
+                await asyncio.wait_for(clear(), 10)
+            assert time.monotonic() - started < 2.0
+            assert isinstance(caught.value, ConnectionError)
+            assert caught.value.removed == 0
+            assert str(caught.value) == (
+                "clearing the cache under 'xnai-test:' stopped after 0 keys: no answer within 0.2s"
+            )
+        assert cache.available is False
+    finally:
+        private_redis.resume()
+        await client.aclose()
+
+
+async def test_clear_of_a_dead_redis_fails(private_redis: PrivateRedis) -> None:
+    """Redis down: clear() says it did not clear, rather than answering 0."""
+    client = aioredis.Redis.from_url(private_redis.url, socket_connect_timeout=0.2)
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=0.5)
+    try:
+        private_redis.kill()
+        with pytest.raises(CacheClearError, match="stopped after 0 keys") as caught:
+            await cache.clear()
+        assert caught.value.prefix == "xnai-test:"
+        assert caught.value.__cause__ is not None
+    finally:
+        await client.aclose()
+
+
+class PausesAfterFirstUnlink:
+    """A client whose server hangs right after the first UNLINK batch went through."""
+
+    def __init__(self, client: aioredis.Redis, server: PrivateRedis) -> None:
+        self.client = client
+        self.server = server
+        self.get, self.set = client.get, client.set
+        self.scan_iter = client.scan_iter
+
+    async def unlink(self, *names: bytes | str) -> int:
+        removed = int(await self.client.unlink(*names))
+        self.server.pause()
+        return removed
+
+
+async def test_clear_that_stops_midway_says_how_many_keys_went(
+    private_redis: PrivateRedis,
+) -> None:
+    """Each round trip is bounded: a hang after one batch ends the clear, and the error
+    tells how many keys had been removed."""
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await _fill(RedisCache(client, prefix="xnai-test:"), 1200)
+        cache = RedisCache(
+            PausesAfterFirstUnlink(client, private_redis),  # type: ignore[arg-type]
+            prefix="xnai-test:",
+            op_timeout=0.2,
+        )
+        with pytest.raises(CacheClearError) as caught:
+            await asyncio.wait_for(cache.clear(), 10)
+        assert caught.value.removed == 500
+    finally:
+        private_redis.resume()
+        await client.aclose()
+
+
+# -- what reaches Redis key names ---------------------------------------------------------
+
+
+def configured(model: str) -> Any:
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        async def wrapper(prompt: str) -> Any:
+            return await func(f"{model}: {prompt}")
+
+        return wrapper
+
+    return decorate
+
+
+async def test_argument_text_never_appears_in_redis_key_names(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """The default key is a digest: a prompt, a keyword value or a wrapper's captured model
+    name is nowhere in the keys under the cache's prefix."""
+    prompt = "PROMPT-ZEBRA-4411 what is my password hunter2?"
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
+    manager = manager_with(cache, FakeClock())
+    await manager.call_service("llm", ask, prompt)
+    await manager.call_service("llm", ask, prompt=f"{prompt} (as keyword)")
+    await manager.call_service("llm", configured("MODEL-OKAPI-77")(ask), prompt)
+    keys = [
+        key.decode() async for key in shared_redis.scan_iter(match=f"{key_prefix}:*", count=500)
+    ]
+    assert len(keys) == 3
+    for key in keys:
+        assert re.fullmatch(re.escape(f"{key_prefix}:llm:") + "[0-9a-f]{64}", key), key
+        for secret in ("ZEBRA", "4411", "hunter2", "password", "OKAPI", "keyword"):
+            assert secret not in key

@@ -24,6 +24,7 @@ from xnai_core.recovery.actions import (
     run_command,
     signal_process,
 )
+from xnai_core.recovery.rule import RecoveryRule
 
 PY = sys.executable
 
@@ -107,6 +108,42 @@ async def test_hanging_command_is_killed_at_its_timeout(tmp_path: Path) -> None:
     assert elapsed < 30  # not the 60 s the command wanted
     grandchild = int(_wait_for_file(pid_file))
     await asyncio.to_thread(_wait_dead, grandchild)
+    assert not _alive(grandchild)
+
+
+async def test_hung_command_whose_grandchild_ignores_sigterm_dies_with_its_group(
+    tmp_path: Path,
+) -> None:
+    """At the timeout the whole process group goes: the command (SIGTERM) and a grandchild
+    that ignores SIGTERM (SIGKILL after the grace), not only the command."""
+    pid_file = tmp_path / "stubborn.pid"
+    stubborn = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "time.sleep(60)\n"
+    )
+    script = textwrap.dedent(
+        f"""
+        import os, subprocess, time
+        subprocess.Popen([{PY!r}, "-c", {stubborn!r}, {str(pid_file)!r}])
+        while not os.path.exists({str(pid_file)!r}):
+            time.sleep(0.01)
+        print("hung", flush=True)
+        time.sleep(60)
+        """
+    )
+    timeout = 1.0
+    started = time.monotonic()
+    outcome = await run_command([PY, "-c", script], timeout=timeout)
+    elapsed = time.monotonic() - started
+    assert (outcome.ok, outcome.timed_out) == (False, True)
+    assert outcome.output_tail == "hung\n"
+    grandchild = int(pid_file.read_text())
+    # Killed at the timeout: SIGTERM, then SIGKILL for the group within the grace.
+    assert timeout <= elapsed < timeout + actions.KILL_GRACE + 3
+    await asyncio.to_thread(_wait_dead, grandchild, 2.0)
     assert not _alive(grandchild)
 
 
@@ -214,6 +251,47 @@ def test_bad_pid_file_is_a_failure(tmp_path: Path, content: str) -> None:
     assert not outcome.ok
     assert outcome.error is not None
     assert "must hold a process id > 1" in outcome.error
+
+
+def test_pid_file_with_a_huge_number_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    """A pid too large for the OS (OverflowError in os.kill) is a recorded failure."""
+    pid_file = tmp_path / "big.pid"
+    pid_file.write_text("99999999999999")
+    outcome = signal_process(None, pid_file, signal.SIGHUP)
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert "must hold a process id > 1 and <= 2147483647" in outcome.error
+
+
+@pytest.mark.parametrize("pid", [2**31, 99999999999999])
+def test_signal_to_an_impossible_pid_is_a_failure_not_a_crash(pid: int) -> None:
+    """os.kill's OverflowError is an action failure that retrying cannot fix."""
+    outcome = signal_process(pid, None, signal.SIGHUP)
+    assert (outcome.ok, outcome.retryable) == (False, False)
+    assert outcome.error == f"OverflowError: pid {pid} is not a valid process id"
+
+
+async def test_unexpected_exception_in_an_action_is_a_failed_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """perform() turns anything an action raises into a failed, non-retryable outcome."""
+
+    async def explodes(*args: object, **kwargs: object) -> actions.ActionOutcome:
+        raise RuntimeError("bug at redis://app:s3cret@cache:6379")
+
+    monkeypatch.setattr(actions, "run_command", explodes)
+    rule = RecoveryRule("api", "restart_service", command=["/bin/true"])
+    outcome = await actions.perform(rule, "api")
+    assert (outcome.ok, outcome.retryable) == (False, False)
+    assert outcome.error == "RuntimeError: bug at redis://app:***@cache:6379"
+    assert outcome.detail == "command 'true' (1 args) raised unexpectedly"
+
+
+async def test_command_argument_the_os_refuses_is_a_failure_not_a_crash() -> None:
+    """A NUL byte that got past validation (ValueError from exec) cannot start: no retry."""
+    outcome = await run_command(["/bin/echo", "a\0b"], timeout=5)
+    assert (outcome.ok, outcome.retryable) == (False, False)
+    assert outcome.error == "ValueError: embedded null byte"
 
 
 def test_missing_pid_file_is_a_failure(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from tests.conftest import PrivateRedis
 from tests.test_recovery_manager import FakeClock
 from xnai_core.health.alerts import Alert
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
-from xnai_core.recovery.coordination import Turn
+from xnai_core.recovery.coordination import LatchView, Turn
 
 H, U = "healthy", "unhealthy"
 
@@ -251,6 +251,173 @@ async def test_lease_is_exclusive_and_released_only_by_its_holder(
     await a.release("llm")
     assert await b.acquire("llm", 30) is True
     await b.release("llm")
+
+
+# -- only reset() lifts the latch: not a Redis restart, not a lost write ------------------
+
+
+class Replica:
+    """A manager with a real clock whose restarts never help, on a private Redis."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.runs: list[str] = []
+        self.alerts: list[Alert] = []
+        self.coordinator = RecoveryCoordinator(client, key_prefix=prefix, timeout=0.5)
+        self.manager = RecoveryManager(verify_interval=0.02, coordinator=self.coordinator)
+        self.manager.add_alert_handler(self.alerts.append)
+
+        async def restart(service: str) -> bool:
+            self.runs.append(service)
+            return False
+
+        self.manager.add_rule(
+            RecoveryRule(
+                "svc",
+                "restart_service",
+                recovery_func=restart,
+                failure_threshold=1,
+                max_attempts=2,
+                backoff_base=0.02,
+                backoff_max=0.05,
+                cooldown=0,
+                grace_period=0.05,
+                timeout=1,
+            )
+        )
+
+    async def flap(self) -> None:
+        """The service comes back for a moment and fails again: no reset() anywhere."""
+        await self.manager.on_status_change("svc", H, U, None)
+        await self.manager.on_status_change("svc", U, H, None)
+        await self.manager.on_status_change("svc", H, U, None)
+        await asyncio.sleep(0.1)  # long enough for a wrongly lifted latch to act again
+        await self.manager.wait_idle()
+
+    def escalations(self) -> object:
+        return self.manager.get_recovery_stats()["services"]["svc"]["escalations"]  # type: ignore[index]
+
+
+async def _reconnect(client: aioredis.Redis) -> None:
+    """Let the pool drop the connections the restarted server closed."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await client.ping()
+            return
+        except (OSError, aioredis.RedisError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_latch_written_while_redis_was_down_holds_when_it_comes_back_empty(
+    private_redis: PrivateRedis,
+) -> None:
+    """Escalated during a Redis outage, Redis restarts empty, the service flaps: the latch
+    holds (no second page, no more restarts), and it is written to Redis for the peers."""
+    client = aioredis.Redis.from_url(private_redis.url, socket_timeout=0.5)
+    replica = Replica(client, "rv:latch")
+    try:
+        private_redis.kill()
+        await replica.manager.on_status_change("svc", H, U, None)
+        await replica.manager.wait_idle()
+        assert replica.manager.is_escalated("svc")
+        assert (len(replica.runs), len(replica.alerts)) == (2, 1)
+
+        private_redis.start()  # back, and empty: no latch, no reset recorded
+        await _reconnect(client)
+        await replica.flap()
+        assert replica.manager.is_escalated("svc")
+        assert (len(replica.runs), len(replica.alerts), replica.escalations()) == (2, 1, 1)
+        key = replica.coordinator.latch_key("svc")
+        deadline = time.monotonic() + 10
+        while not await client.exists(key):
+            assert time.monotonic() < deadline, "the latch was never written to Redis"
+            await asyncio.sleep(0.02)
+
+        # A peer that sees the outage now defers to the latch: it neither acts nor pages.
+        peer = Replica(client, "rv:latch")
+        try:
+            await peer.manager.on_status_change("svc", H, U, None)
+            await _until(lambda: peer.manager.is_escalated("svc"))
+            assert (peer.runs, peer.alerts) == ([], [])
+        finally:
+            await peer.manager.aclose()
+    finally:
+        await replica.manager.aclose()
+        await client.aclose()
+
+
+async def test_latch_lost_by_a_redis_restart_is_not_a_reset(private_redis: PrivateRedis) -> None:
+    """A latch that vanished with Redis's data is not an operator's reset: it is kept, and
+    written again."""
+    client = aioredis.Redis.from_url(private_redis.url, socket_timeout=0.5)
+    replica = Replica(client, "rv:lost")
+    try:
+        await replica.manager.on_status_change("svc", H, U, None)
+        await replica.manager.wait_idle()
+        key = replica.coordinator.latch_key("svc")
+        assert replica.manager.is_escalated("svc")
+        assert await client.exists(key)
+
+        private_redis.kill()
+        private_redis.start()
+        await _reconnect(client)
+        assert not await client.exists(key)
+        await replica.flap()
+        assert replica.manager.is_escalated("svc")
+        assert (len(replica.runs), len(replica.alerts), replica.escalations()) == (2, 1, 1)
+        assert await client.exists(key)
+    finally:
+        await replica.manager.aclose()
+        await client.aclose()
+
+
+async def test_reset_on_another_process_still_lifts_the_latch_after_a_redis_restart(
+    private_redis: PrivateRedis,
+) -> None:
+    """A real reset() elsewhere is honoured, even when Redis restarted since the escalation."""
+    client = aioredis.Redis.from_url(private_redis.url, socket_timeout=0.5)
+    replica = Replica(client, "rv:reset")
+    try:
+        await replica.manager.on_status_change("svc", H, U, None)
+        await replica.manager.wait_idle()
+        assert replica.manager.is_escalated("svc")
+
+        private_redis.kill()
+        private_redis.start()
+        await _reconnect(client)
+        operator = RecoveryCoordinator(client, key_prefix="rv:reset")
+        assert await operator.unlatch("svc") is True  # reset("svc") on another replica
+        await replica.manager.on_status_change("svc", H, U, None)
+        assert not replica.manager.is_escalated("svc")
+        await replica.manager.wait_idle()
+        assert len(replica.runs) == 4  # automation resumed, and gave up again
+        assert [a.severity for a in replica.alerts] == ["critical", "critical"]
+    finally:
+        await replica.manager.aclose()
+        await client.aclose()
+
+
+async def test_latch_view_tells_a_reset_from_a_vanished_latch(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """latch() answers the reset id it was written under; unlatch() records a new one."""
+    coordinator = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    assert coordinator.reset_key("llm") == f"{key_prefix}:{{llm}}:reset"
+    first = await coordinator.latch("llm", "gave up")
+    assert first == LatchView(latched=True, reset_id=None)
+    assert await coordinator.latch_state("llm") == first
+    await shared_redis.delete(coordinator.latch_key("llm"))  # lost, not reset
+    lost = await coordinator.latch_state("llm")
+    assert lost == LatchView(latched=False, reset_id=None)
+    assert await coordinator.unlatch("llm") is True
+    after = await coordinator.latch_state("llm")
+    assert after is not None
+    assert not after.latched
+    assert after.reset_id is not None
+    again = await coordinator.latch("llm", "gave up again")
+    assert again == LatchView(latched=True, reset_id=after.reset_id)
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -427,3 +427,92 @@ async def test_sighup_reload_end_to_end(stack: list[object], tmp_path: Path) -> 
     finally:
         proc.kill()
         await proc.wait()
+
+
+# -- closing the manager while it waits or acts ------------------------------------------
+
+
+def _children() -> set[int]:
+    """This process's children, zombies included (an unreaped child is left behind too)."""
+    me = os.getpid()
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            found.add(int(entry))
+    return found
+
+
+def _sick_rule(**kwargs: object) -> RecoveryRule:
+    settings: dict[str, object] = {
+        "failure_threshold": 1,
+        "max_attempts": 3,
+        "backoff_base": 60.0,
+        "backoff_max": 60.0,
+        "cooldown": 0,
+        "grace_period": 0.05,
+        "timeout": 30.0,
+    }
+    settings.update(kwargs)
+    return RecoveryRule("svc", "restart_service", **settings)  # type: ignore[arg-type]
+
+
+async def test_closing_mid_backoff_returns_promptly_with_nothing_left_running() -> None:
+    """aclose() during a 60 s backoff returns at once: no task of the manager's survives."""
+    tasks_before = asyncio.all_tasks()
+    children_before = _children()
+    calls: list[str] = []
+
+    async def restart(service: str) -> bool:
+        calls.append(service)
+        return False
+
+    manager = RecoveryManager(verify_interval=0.05)
+    manager.add_rule(_sick_rule(recovery_func=restart))
+    await manager.on_status_change("svc", "healthy", "unhealthy", None)
+
+    def waiting() -> bool:
+        detail = manager.get_recovery_stats()["services"]["svc"]  # type: ignore[index]
+        return bool(calls) and detail["state"] == "waiting"
+
+    await _eventually(waiting)
+    started = time.monotonic()
+    await manager.aclose()
+    assert time.monotonic() - started < 1.0
+    assert asyncio.all_tasks() - tasks_before == set()
+    assert _children() - children_before == set()
+    assert calls == ["svc"]
+    await manager.on_status_change("svc", "unhealthy", "unhealthy", None)
+    assert asyncio.all_tasks() - tasks_before == set()  # closed: nothing starts again
+
+
+async def test_closing_mid_command_kills_it_and_returns_promptly(tmp_path: Path) -> None:
+    """aclose() while the restart command runs kills it and reaps it: no orphan, no zombie,
+    no task left, and no 30 s wait for the command's timeout."""
+    tasks_before = asyncio.all_tasks()
+    children_before = _children()
+    pid_file = tmp_path / "cmd.pid"
+    script = (
+        "import os, sys, time\n"
+        "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+        "time.sleep(60)\n"
+    )
+    manager = RecoveryManager(verify_interval=0.05)
+    manager.add_rule(_sick_rule(command=[PY, "-c", script, str(pid_file)]))
+    await manager.on_status_change("svc", "healthy", "unhealthy", None)
+    await _eventually(pid_file.exists)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    started = time.monotonic()
+    await manager.aclose()
+    assert time.monotonic() - started < 2.0
+    assert not _alive(pid)
+    assert _children() - children_before == set()
+    assert asyncio.all_tasks() - tasks_before == set()

@@ -575,3 +575,88 @@ async def test_backoff_ending_at_clock_zero_is_still_waited() -> None:
         )
         await go_unhealthy(manager)
     assert calls == [-6.0, 0.0]
+
+
+# -- an action that raises what nobody expected (supervisord's FATAL trap) -------------
+
+
+def _explode(error: Exception) -> Callable[..., Awaitable[object]]:
+    async def run(*args: object, **kwargs: object) -> object:
+        raise error
+
+    return run
+
+
+async def test_unexpected_exception_in_an_action_is_recorded_and_the_next_rule_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An action that raises unexpectedly is one failed attempt, not retried; the next
+    rule of the ladder runs, instead of recovery ending with nothing recorded."""
+    from xnai_core.recovery import actions
+
+    monkeypatch.setattr(actions, "run_command", _explode(OverflowError("int too large")))
+    clock = FakeClock()
+    ref: list[RecoveryManager] = []
+    restart, calls = action(ref, clock, heals=lambda n: True)
+    async with make_manager(clock) as manager:
+        ref.append(manager)
+        manager.add_rule(rule("config_reload", command=["/usr/bin/reload-api"], max_attempts=3))
+        manager.add_rule(rule(recovery_func=restart))
+        await go_unhealthy(manager)
+        stats = manager.get_recovery_stats()
+    assert len(calls) == 1  # the restart rule ran after the reload rule failed
+    assert not manager.is_escalated("api")
+    assert stats["total_attempts"] == 2
+    assert stats["actions_by_type"]["config_reload"] == 1  # type: ignore[index]
+    failure = stats["recent_failures"][0]  # type: ignore[index]
+    assert (failure["action"], failure["outcome"]) == ("config_reload", "failed")
+    assert failure["reason"] == "OverflowError: int too large"
+    assert stats["services"]["api"]["rules"][0]["tries_since_stable"] == 3  # type: ignore[index]
+
+
+async def test_unexpected_exception_in_the_last_rule_escalates_and_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no rule left, the unexpected failure escalates once, with a critical alert."""
+    from xnai_core.recovery import actions
+
+    monkeypatch.setattr(actions, "run_command", _explode(ValueError("embedded null byte")))
+    clock = FakeClock()
+    alerts: list[Alert] = []
+    async with make_manager(clock) as manager:
+        manager.add_alert_handler(alerts.append)
+        manager.add_rule(rule(command=["/usr/bin/restart-api"], max_attempts=3))
+        await go_unhealthy(manager)
+        stats = manager.get_recovery_stats()
+    assert manager.is_escalated("api")
+    assert [a.severity for a in alerts] == ["critical"]
+    assert "ValueError: embedded null byte" in alerts[0].message
+    assert stats["actions_by_type"]["restart_service"] == 1  # type: ignore[index]
+    assert stats["services"]["api"]["escalations"] == 1  # type: ignore[index]
+
+
+async def test_a_crash_inside_the_episode_escalates_instead_of_stopping_silently(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even a bug of the manager's own ends in a page, not in a service nobody watches."""
+    from xnai_core.recovery import episode
+
+    monkeypatch.setattr(episode, "perform", _explode(RuntimeError("internal bug")))
+    clock = FakeClock()
+    alerts: list[Alert] = []
+    ref: list[RecoveryManager] = []
+    func, _ = action(ref, clock)
+    async with make_manager(clock) as manager:
+        ref.append(manager)
+        manager.add_alert_handler(alerts.append)
+        manager.add_rule(rule(recovery_func=func))
+        await go_unhealthy(manager)
+        stats = manager.get_recovery_stats()
+    assert manager.is_escalated("api")
+    assert [a.severity for a in alerts] == ["critical"]
+    detail = stats["services"]["api"]  # type: ignore[index]
+    assert detail["state"] == "escalated"
+    assert "recovery failed unexpectedly: RuntimeError: internal bug" in str(
+        detail["escalation_reason"]
+    )
+    assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)

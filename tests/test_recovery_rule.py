@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -206,3 +208,26 @@ def test_backoff_survives_huge_retry_numbers() -> None:
     """Retry 10,000 does not overflow: it is simply the cap."""
     rule = RecoveryRule("api", "restart_service", recovery_func=_noop, jitter=0)
     assert backoff_delay(rule, 10_000, 0.0) == 300.0
+
+
+@pytest.mark.parametrize("arg", ["a\0b", Path("/srv/x\0")])
+def test_command_with_a_nul_byte_is_refused(arg: str | Path) -> None:
+    """exec can never pass a NUL byte: such a rule could never act, so it is refused now."""
+    with pytest.raises(ValueError, match="must not contain a NUL byte") as caught:
+        RecoveryRule("api", "restart_service", command=["/bin/echo", arg])  # type: ignore[list-item]
+    message = str(caught.value)
+    assert "'command'" in message  # the field
+    assert "'restart_service' rule for 'api'" in message  # the rule
+    assert repr(os.fspath(arg)) in message  # the value
+
+
+def test_pid_file_with_a_nul_byte_is_refused() -> None:
+    """A pid file path no system call accepts is refused at construction."""
+    with pytest.raises(ValueError, match=r"'pid_file' must not contain a NUL byte, in the "):
+        RecoveryRule("api", "config_reload", pid_file="/run/a\0.pid")
+
+
+def test_pid_beyond_any_process_id_is_refused() -> None:
+    """A pid no operating system can hand out would overflow os.kill at every attempt."""
+    with pytest.raises(ValueError, match=r"'pid' must be <= 2147483647: 99999999999999"):
+        RecoveryRule("api", "config_reload", pid=99999999999999)

@@ -12,7 +12,12 @@ from __future__ import annotations
 from .cache import CacheBackend, CacheEntry, MemoryCache, RedisCache
 from .cache_first import CacheFirstStrategy
 from .call import CallInfo, ServiceCall, ServiceResult, last_call_info
-from .errors import AllStrategiesFailedError, ServiceTimeoutError, StrategyDeclinedError
+from .errors import (
+    AllStrategiesFailedError,
+    CacheClearError,
+    ServiceTimeoutError,
+    StrategyDeclinedError,
+)
 from .manager import ServiceDegradationManager, ServiceSettings
 from .protocols import DegradationStrategy, GuardAnswer, PrimaryGuard
 from .stats import DegradationEvent
@@ -21,6 +26,7 @@ from .strategies import CircuitBreakerStrategy, DegradedModeStrategy, FallbackSt
 __all__ = [
     "AllStrategiesFailedError",
     "CacheBackend",
+    "CacheClearError",
     "CacheEntry",
     "CacheFirstStrategy",
     "CallInfo",

@@ -4,27 +4,31 @@ Both store a :class:`CacheEntry` (the value and when it was stored) and forget
 it ``keep_for`` seconds later; whether an entry is fresh or only good enough
 for stale-if-error is the strategy's decision, made from ``stored_at``.
 
-``RedisCache`` never raises for a Redis problem: an unreachable, hung or
-erroring server is a miss on ``get`` and a skipped write on ``set``, logged
-once per outage. Values are JSON (never pickle, never eval); a value JSON cannot
-represent exactly is not stored.
+``RedisCache`` never raises for a Redis problem on the call path: an
+unreachable, hung or erroring server is a miss on ``get`` and a skipped write
+on ``set``, logged once per outage. ``clear()``, an administrative act whose
+caller must know whether stale answers remain, raises :class:`CacheClearError`.
+Values are JSON (never pickle, never eval); a value JSON cannot represent
+exactly is not stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .errors import CacheClearError
 from .reasons import describe_error
 
 logger = logging.getLogger("xnai_core.degradation")
@@ -231,24 +235,43 @@ class RedisCache:
         self._mark_up()
 
     async def clear(self) -> int:
-        """Remove every key under the prefix (SCAN + UNLINK); returns how many went."""
+        """Remove every key under the prefix (SCAN + UNLINK); returns how many went.
+
+        Each round trip (a SCAN page, an UNLINK batch) is bounded by ``op_timeout``.
+        If one fails, hangs past it, or Redis cannot be reached, the clear stops and
+        raises :class:`CacheClearError` (a ``ConnectionError``) saying how many keys
+        were removed: a cache that may still hold stale answers is not reported as
+        cleared.
+        """
         removed = 0
+        keys = self.client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500)
         try:
             batch: list[bytes | str] = []
-            async for key in self.client.scan_iter(
-                match=_glob_escape(self.prefix) + "*", count=500
-            ):
+            while True:
+                async with asyncio.timeout(self.op_timeout):
+                    try:
+                        key = await anext(keys)
+                    except StopAsyncIteration:
+                        break
                 batch.append(key)
                 if len(batch) >= 500:
-                    removed += int(await self.client.unlink(*batch))
+                    removed += await self._unlink(batch)
                     batch.clear()
             if batch:
-                removed += int(await self.client.unlink(*batch))
-        except (RedisError, OSError) as exc:
+                removed += await self._unlink(batch)
+        except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
-            return removed
+            hung = isinstance(exc, TimeoutError) and not str(exc)
+            reason = f"no answer within {self.op_timeout:g}s" if hung else describe_error(exc)
+            raise CacheClearError(self.prefix, removed, reason) from exc
+        finally:
+            await _close_quietly(keys)
         self._mark_up()
         return removed
+
+    async def _unlink(self, batch: list[bytes | str]) -> int:
+        async with asyncio.timeout(self.op_timeout):
+            return int(await self.client.unlink(*batch))
 
     def get_stats(self) -> dict[str, StatValue]:
         """Availability and error counters."""
@@ -275,6 +298,15 @@ class RedisCache:
         if not self._available:
             self._available = True
             logger.info("redis cache available again", extra={"cache_prefix": self.prefix})
+
+
+async def _close_quietly(keys: AsyncIterator[object]) -> None:
+    """Close a SCAN iterator cut short; it may hold a connection a hung server never frees."""
+    aclose = getattr(keys, "aclose", None)
+    if aclose is None:
+        return
+    with contextlib.suppress(Exception):
+        await aclose()
 
 
 def _decode(raw: bytes | str) -> CacheEntry | None:

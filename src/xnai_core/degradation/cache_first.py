@@ -154,7 +154,8 @@ class CacheFirstStrategy:
         return f"{call.service_name}:{digest}"
 
     async def clear(self) -> int:
-        """Empty the cache (for a RedisCache, every key under its prefix)."""
+        """Empty the cache (for a RedisCache, every key under its prefix); returns how many
+        entries went. A RedisCache that fails or hangs raises :class:`CacheClearError`."""
         return await self.cache.clear()
 
     def get_stats(self) -> dict[str, object]:

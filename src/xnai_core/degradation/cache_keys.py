@@ -9,8 +9,12 @@ strategy skips the cache for that call) whenever it cannot be sure:
   staticmethods, builtins, and ``functools.partial`` of those (its bound
   arguments join the key). Lambdas, nested functions, closures, bound methods
   of instances and callable objects are refused: their behaviour depends on
-  state the key cannot see. A ``functools.wraps`` wrapper is judged by the
-  function it wraps.
+  state the key cannot see. A ``functools.wraps`` wrapper is judged layer by
+  layer down its ``__wrapped__`` chain: each wrapper's own code joins the key,
+  and so does every value it captured (a decorator factory's model name, say)
+  besides the function it wraps; a wrapper that captured anything but plain
+  data is refused, since two such wrappers of one function may answer
+  differently.
 * arguments must be plain data: None, bool, int, float, str, bytes, and lists,
   tuples and str-keyed dicts of those. Types are part of the key, so ``1``,
   ``1.0``, ``True``, ``(1,)`` and ``[1]`` are all different keys.
@@ -26,6 +30,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable
+from types import FunctionType
 
 from .call import ServiceCall
 
@@ -69,13 +74,56 @@ def function_identity(func: Callable[..., object]) -> _Canonical:
             raise UnkeyableError(f"{func.__qualname__} is bound to an instance")
         return ["builtin", _qualified(func)]
     if inspect.isfunction(func):
-        inner = inspect.unwrap(func)
-        if not inspect.isfunction(inner) or inner.__closure__:
+        return _function_identity(func, 0)
+    raise UnkeyableError(f"{type(func).__qualname__} objects are not keyable by name")
+
+
+_MAX_WRAPPERS = 100
+_NOT_WRAPPED = object()
+
+
+def _function_identity(func: FunctionType, depth: int) -> _Canonical:
+    """A plain function, or a wrapper: its code, what it captured, then what it wraps."""
+    if depth > _MAX_WRAPPERS:
+        raise UnkeyableError(f"{func.__qualname__} is wrapped more than {_MAX_WRAPPERS} deep")
+    wrapped = getattr(func, "__wrapped__", _NOT_WRAPPED)
+    if wrapped is _NOT_WRAPPED:
+        if func.__closure__:
             raise UnkeyableError(
                 f"{func.__qualname__} is a closure; its captured variables are not in the key"
             )
-        return ["function", _qualified(inner)]
-    raise UnkeyableError(f"{type(func).__qualname__} objects are not keyable by name")
+        return ["function", _qualified(func)]
+    # functools.wraps copied the wrapped function's names onto the wrapper: its own
+    # code object still says which wrapper it is, and its cells what it was built with.
+    code = func.__code__
+    captured: list[_Canonical] = []
+    for name, cell in zip(code.co_freevars, func.__closure__ or (), strict=True):
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            raise UnkeyableError(
+                f"the wrapper {code.co_qualname} of {func.__qualname__} captures {name!r} "
+                "before it is set"
+            ) from None
+        if value is wrapped:
+            continue
+        try:
+            captured.append([name, _canonical(value, 0)])
+        except UnkeyableError:
+            raise UnkeyableError(
+                f"the wrapper {code.co_qualname} of {func.__qualname__} is a closure over "
+                f"{name!r} ({type(value).__qualname__}), which is not plain data to key by"
+            ) from None
+    module = func.__globals__.get("__name__") or "?"
+    if inspect.isfunction(wrapped):
+        inner = _function_identity(wrapped, depth + 1)
+    elif callable(wrapped):
+        inner = function_identity(wrapped)
+    else:
+        raise UnkeyableError(
+            f"{func.__qualname__} wraps {type(wrapped).__qualname__}, not a function"
+        )
+    return ["wrapper", f"{module}.{code.co_qualname}", ["captured", *captured], inner]
 
 
 def _qualified(obj: object) -> str:

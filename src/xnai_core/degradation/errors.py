@@ -9,6 +9,9 @@ Exception tree::
     ├── LookupError
     │   └── StrategyDeclinedError      raised by a strategy that has nothing to offer for
     │                                  this call (a cache miss); lands in the group above
+    ├── ConnectionError
+    │   └── CacheClearError            raised by RedisCache.clear() when Redis fails, hangs
+    │                                  or is unreachable before every key was removed
     └── TimeoutError
         └── ServiceTimeoutError        raised when the primary call outlives the service's
                                        timeout; it triggers the strategies like any failure
@@ -22,6 +25,26 @@ from typing import Self
 
 class StrategyDeclinedError(LookupError):
     """Raised by a strategy that has no answer for this call, such as a cache miss."""
+
+
+class CacheClearError(ConnectionError):
+    """``RedisCache.clear()`` could not finish: Redis failed, hung past ``op_timeout`` on a
+    round trip, or could not be reached. Entries may remain under ``prefix``.
+
+    ``removed`` is how many keys were removed before it stopped; the Redis error is
+    the ``__cause__``.
+    """
+
+    def __init__(self, prefix: str, removed: int, reason: str) -> None:
+        self.prefix = prefix
+        self.removed = removed
+        self.reason = reason
+        super().__init__(
+            f"clearing the cache under {prefix!r} stopped after {removed} keys: {reason}"
+        )
+
+    def __reduce__(self) -> tuple[type[CacheClearError], tuple[str, int, str]]:
+        return (type(self), (self.prefix, self.removed, self.reason))
 
 
 class ServiceTimeoutError(TimeoutError):

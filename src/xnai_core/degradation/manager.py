@@ -341,6 +341,8 @@ class ServiceDegradationManager:
             return answer, service.primary_info
         if answer.degraded:
             reason = answer.reason or f"answered by {answer.source}"
+            if answer.error is not None:  # a guard answered for a failed primary
+                stats.record_primary_failure(answer.error)
             self._emit(stats.record_degraded(answer.source, reason, self._clock()))
         else:
             reason = None

@@ -94,7 +94,8 @@ class ServiceStats:
         self.cache_hits += 1
 
     def record_primary_failure(self, error: Exception) -> None:
-        """The primary chain failed with ``error`` (before strategies are tried)."""
+        """The primary failed with ``error``: before the strategies are tried, or inside a
+        guard that answered in its place (a breaker's fallback), so every timeout counts."""
         if isinstance(error, TimeoutError):
             self.timeouts += 1
 

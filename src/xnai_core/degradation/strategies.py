@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..circuit.errors import CallTimeoutError
 from .call import ServiceCall, invoke
 from .protocols import GuardAnswer, Proceed
 from .reasons import describe_error
@@ -156,11 +157,22 @@ class CircuitBreakerStrategy:
         if not trial.ran:
             reason = f"circuit {breaker!r} is open; its fallback answered"
         elif isinstance(trial.error, asyncio.CancelledError):
+            # The breaker's timeout cancelled the primary; what the caller sees (and the
+            # manager counts as a timeout) is the timeout, not the cancellation.
             reason = f"call through circuit {breaker!r} timed out; its fallback answered"
+            error = _breaker_timeout(self.circuit_breaker)
         else:
             failure = describe_error(trial.error) if trial.error is not None else "failed"
             reason = f"call through circuit {breaker!r} failed ({failure}); its fallback answered"
         return GuardAnswer(value, source=self.name, degraded=True, reason=reason, error=error)
+
+
+def _breaker_timeout(circuit_breaker: SupportsCall) -> TimeoutError:
+    """The timeout a breaker answered with its fallback, as it would have raised it."""
+    timeout = getattr(getattr(circuit_breaker, "config", None), "timeout", None)
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        return CallTimeoutError(circuit_breaker.name, timeout, circuit_breaker)
+    return TimeoutError(f"call through circuit {circuit_breaker.name!r} timed out")
 
 
 def _check_name(name: object) -> None:

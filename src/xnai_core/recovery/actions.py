@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .rule import CacheClient, RecoveryFunc, RecoveryRule
+from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
 
 OUTPUT_TAIL_BYTES = 4096
 """How much of a command's output is kept (Docker and Consul keep 4 KB)."""
@@ -54,7 +54,24 @@ class ActionOutcome:
 
 
 async def perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
-    """Run what ``rule`` says, bounded by ``rule.timeout``."""
+    """Run what ``rule`` says, bounded by ``rule.timeout``; never raises but to cancel.
+
+    An exception the action did not expect (a bug, or an input the operating system
+    refuses) is a failed attempt that is not retried: the manager records it and moves
+    on to the next rule or escalates, instead of recovery ending silently.
+    """
+    try:
+        return await _perform(rule, service_name)
+    except Exception as exc:
+        return ActionOutcome(
+            ok=False,
+            detail=f"{rule.describe()} raised unexpectedly",
+            error=redact(f"{type(exc).__name__}: {exc}"),
+            retryable=False,
+        )
+
+
+async def _perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
     if rule.command is not None:
         return await run_command(rule.command, timeout=rule.timeout)
     if rule.redis_client is not None and rule.cache_pattern is not None:
@@ -88,11 +105,12 @@ async def run_command(argv: Sequence[str], *, timeout: float) -> ActionOutcome:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an argument the OS refuses
+            reason = getattr(exc, "strerror", None) or exc
             return ActionOutcome(
                 ok=False,
                 detail=f"command {name!r} could not start",
-                error=redact(f"{type(exc).__name__}: {exc.strerror or exc}"),
+                error=redact(f"{type(exc).__name__}: {reason}"),
                 retryable=False,
             )
         timed_out = False
@@ -189,10 +207,13 @@ async def clear_cache(
 
 
 def read_pid_file(path: Path) -> int:
-    """The pid in ``path``; ValueError if it is not a plain process id above 1."""
+    """The pid in ``path``; ValueError unless it is a plain process id in 2..MAX_PID."""
     text = path.read_text(encoding="ascii", errors="replace").strip()
-    if not text.isdigit() or int(text) < 2:
-        raise ValueError(f"pid file {os.fspath(path)!r} must hold a process id > 1: {text[:20]!r}")
+    if not text.isdigit() or not 2 <= int(text) <= MAX_PID:
+        raise ValueError(
+            f"pid file {os.fspath(path)!r} must hold a process id > 1 and <= {MAX_PID}: "
+            f"{text[:20]!r}"
+        )
     return int(text)
 
 
@@ -220,6 +241,13 @@ def signal_process(
             ok=False,
             detail=f"{sig.name} not sent",
             error=f"not permitted to signal pid {target}",
+            retryable=False,
+        )
+    except (OverflowError, ValueError) as exc:  # a pid the OS cannot even represent
+        return ActionOutcome(
+            ok=False,
+            detail=f"{sig.name} not sent",
+            error=f"{type(exc).__name__}: pid {target} is not a valid process id",
             retryable=False,
         )
     return ActionOutcome(ok=True, detail=f"sent {sig.name} to pid {target}")

@@ -12,15 +12,20 @@ Keys (hash-tagged so both live in one slot on Redis Cluster), plain strings only
   with a TTL the holder renews while it works; a holder that dies lets it expire.
 - ``<prefix>:{<service>}:escalated``: the escalation reason while the service is
   latched; removed by ``reset()`` on any process.
+- ``<prefix>:{<service>}:reset``: a random id written by every ``reset()``, in the
+  same step that removes the latch. A latched process lifts its own latch only when
+  this id differs from the one it saw when the latch was written: a latch that
+  merely vanished (Redis restarted empty, failed over, evicted the key) is not a
+  reset, and is written again.
 
 The process that escalates writes the latch before it releases the lease, and a
 process takes its turn (:meth:`RecoveryCoordinator.take_turn`) by checking the latch
 and taking the lease in one script: so no process acts on a service once another
 has escalated it and given the lease back.
 
-Every call answers ``None`` when Redis cannot be reached: the manager then acts
-on its own (and says so in a warning), as the circuit breakers degrade to local
-state. Nothing read from Redis is ever evaluated or unpickled.
+Every call answers ``None`` (``unlatch``: ``False``) when Redis cannot be reached:
+the manager then acts on its own (and says so in a warning), as the circuit breakers
+degrade to local state. Nothing read from Redis is ever evaluated or unpickled.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import math
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -82,6 +88,41 @@ return 0
 """
 
 
+# KEYS[1] latch, KEYS[2] reset id; ARGV[1] reason. Writes the latch and answers the reset id
+# current at that moment ('' if no reset was ever recorded), so the writer knows which
+# reset would lift it.
+LATCH = """
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[2]) or ''
+"""
+
+# KEYS[1] latch, KEYS[2] reset id. Whether the latch is set, and the last reset's id.
+LATCH_STATE = """
+return {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
+"""
+
+# KEYS[1] latch, KEYS[2] reset id; ARGV[1] a fresh reset id. An operator's reset: the
+# latch goes and the new id marks it as a reset, in one step.
+UNLATCH = """
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LatchView:
+    """The shared latch as Redis holds it.
+
+    ``reset_id`` is the id the last ``reset()`` (on any process) wrote, or None if
+    Redis holds none (never reset, or Redis lost it). Only a ``reset_id`` that is not
+    None and differs from the one seen when a latch was written means "reset".
+    """
+
+    latched: bool
+    reset_id: str | None
+
+
 class Turn(enum.Enum):
     """What :meth:`RecoveryCoordinator.take_turn` found."""
 
@@ -122,6 +163,9 @@ class RecoveryCoordinator:
         self._acquire = redis_client.register_script(ACQUIRE)
         self._take_turn = redis_client.register_script(TAKE_TURN)
         self._release = redis_client.register_script(RELEASE)
+        self._latch = redis_client.register_script(LATCH)
+        self._latch_state = redis_client.register_script(LATCH_STATE)
+        self._unlatch = redis_client.register_script(UNLATCH)
         self._down = False
 
     def __repr__(self) -> str:
@@ -132,6 +176,9 @@ class RecoveryCoordinator:
 
     def latch_key(self, service_name: str) -> str:
         return f"{self.key_prefix}:{{{service_name}}}:escalated"
+
+    def reset_key(self, service_name: str) -> str:
+        return f"{self.key_prefix}:{{{service_name}}}:reset"
 
     async def acquire(self, service_name: str, ttl: float) -> bool | None:
         """Take (or extend) the service's lease for ``ttl`` seconds; None if Redis is away."""
@@ -173,13 +220,33 @@ class RecoveryCoordinator:
         except _REDIS_DOWN as exc:
             self._unreachable(exc)
 
-    async def latch(self, service_name: str, reason: str) -> None:
-        """Record the escalation for every process."""
+    async def latch(self, service_name: str, reason: str) -> LatchView | None:
+        """Record the escalation for every process; None if Redis is away (nothing written).
+
+        The answer holds the reset id current when the latch was written: only a later
+        reset (a different id) lifts it.
+        """
+        keys = [self.latch_key(service_name), self.reset_key(service_name)]
         try:
             async with asyncio.timeout(self.timeout):
-                await self._client.set(self.latch_key(service_name), reason.encode()[:4096])
+                found = await self._latch(keys=keys, args=[reason.encode()[:4096]])
         except _REDIS_DOWN as exc:
             self._unreachable(exc)
+            return None
+        self._reachable()
+        return LatchView(latched=True, reset_id=_text(found))
+
+    async def latch_state(self, service_name: str) -> LatchView | None:
+        """The latch and the last reset's id, read in one step; None if Redis is away."""
+        keys = [self.latch_key(service_name), self.reset_key(service_name)]
+        try:
+            async with asyncio.timeout(self.timeout):
+                exists, reset_id = await self._latch_state(keys=keys)
+        except _REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return LatchView(latched=bool(int(exists)), reset_id=_text(reset_id))
 
     async def latched(self, service_name: str) -> bool | None:
         """Whether some process escalated the service; None if Redis is away."""
@@ -192,13 +259,20 @@ class RecoveryCoordinator:
         self._reachable()
         return bool(found)
 
-    async def unlatch(self, service_name: str) -> None:
-        """Lift the shared latch (an operator's reset on any process)."""
+    async def unlatch(self, service_name: str) -> bool:
+        """Lift the shared latch (an operator's reset on any process) and record the reset.
+
+        False if Redis is away: the shared latch, if any, is still there.
+        """
+        keys = [self.latch_key(service_name), self.reset_key(service_name)]
         try:
             async with asyncio.timeout(self.timeout):
-                await self._client.delete(self.latch_key(service_name))
+                await self._unlatch(keys=keys, args=[uuid.uuid4().hex])
         except _REDIS_DOWN as exc:
             self._unreachable(exc)
+            return False
+        self._reachable()
+        return True
 
     def _unreachable(self, exc: BaseException) -> None:
         if not self._down:
@@ -212,3 +286,10 @@ class RecoveryCoordinator:
         if self._down:
             self._down = False
             logger.warning("recovery coordination back; sharing recovery again")
+
+
+def _text(value: object) -> str | None:
+    """A reset id from a script's answer: '' (none recorded) is None."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) and value else None

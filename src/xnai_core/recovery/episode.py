@@ -15,7 +15,7 @@ import math
 from collections.abc import Awaitable, Callable
 
 from ..health.alerts import AlertHandler, deliver
-from .actions import ActionOutcome, perform
+from .actions import ActionOutcome, perform, redact
 from .coordination import RecoveryCoordinator, Turn
 from .escalation import escalation_alert, escalation_reason
 from .rule import RecoveryRule, backoff_delay
@@ -76,8 +76,16 @@ class EpisodeRunner:
             # Loop only if the service failed again while the last episode was ending.
             while svc.status == UNHEALTHY and not svc.escalated and not self.closed:
                 await self._episode(svc)
-        except Exception:
+        except Exception as exc:
+            # A bug of ours must not end recovery silently (supervisord's FATAL): page.
             logger.exception("recovery of %s failed unexpectedly", svc.name)
+            if not svc.escalated and not self.closed:
+                try:
+                    await self._escalate(
+                        svc, redact(f"recovery failed unexpectedly: {type(exc).__name__}: {exc}")
+                    )
+                except Exception:
+                    logger.exception("escalation of %s failed", svc.name)
         finally:
             svc.phase = RecoveryPhase.ESCALATED if svc.escalated else RecoveryPhase.IDLE
 
@@ -158,6 +166,12 @@ class EpisodeRunner:
             svc.name, self._lease_ttl(rule.timeout + rule.grace_period)
         )
         if turn is Turn.LATCHED:
+            # Which reset would lift it: read with the latch, so a reset in between shows.
+            view = await coordinator.latch_state(svc.name)
+            if view is not None and not view.latched:
+                return None  # reset since our look: look again
+            svc.latch_shared = view is not None
+            svc.latch_reset_seen = view.reset_id if view is not None else None
             svc.escalated_at = self._wall()
             svc.escalation_reason = "escalated by another process"
             svc.phase = RecoveryPhase.ESCALATED
@@ -349,7 +363,7 @@ class EpisodeRunner:
             )
             return
         if self._coordinator is not None:
-            await self._coordinator.latch(svc.name, reason)
+            await self.share_latch(svc)
         logger.error(
             "%s escalated to manual intervention: %s; latched until reset(%r)",
             svc.name,
@@ -358,6 +372,66 @@ class EpisodeRunner:
             extra={"service": svc.name},
         )
         await self.alert(svc, resolved=False, reason=reason)
+
+    # -- the shared latch (only with a coordinator) -------------------------------------
+
+    async def share_latch(self, svc: ServiceState) -> None:
+        """Write the latch for every process; while Redis is away, keep trying to."""
+        if await self._write_latch(svc):
+            return
+        if svc.latch_task is None or svc.latch_task.done():
+            svc.latch_task = asyncio.get_running_loop().create_task(
+                self._keep_writing_latch(svc), name=f"xnai-recovery-latch:{svc.name}"
+            )
+
+    async def _write_latch(self, svc: ServiceState) -> bool:
+        coordinator = self._coordinator
+        if coordinator is None:
+            return True
+        view = await coordinator.latch(svc.name, svc.escalation_reason or "escalated")
+        if view is None:
+            svc.latch_shared = False
+            return False
+        svc.latch_shared, svc.latch_reset_seen = True, view.reset_id
+        return True
+
+    async def _keep_writing_latch(self, svc: ServiceState) -> None:
+        """A latch whose write failed is written once Redis answers again (until reset)."""
+        while svc.escalated and not svc.latch_shared and not self.closed:
+            await self._sleep(self.verify_interval)
+            if not svc.escalated or svc.latch_shared or self.closed:
+                return
+            if await self._write_latch(svc):
+                logger.warning(
+                    "%s: manual-intervention latch shared through Redis now that it answers",
+                    svc.name,
+                    extra={"service": svc.name},
+                )
+
+    async def reset_elsewhere(self, svc: ServiceState) -> bool:
+        """For a latched service: whether ``reset()`` ran on another process since the latch
+        was written. Only a new reset id in Redis says so; a latch that is merely gone
+        (Redis restarted empty, failed over, lost the key) is written again instead."""
+        coordinator = self._coordinator
+        if coordinator is None or self.dry_run:
+            return False
+        view = await coordinator.latch_state(svc.name)
+        if view is None:
+            return False  # cannot tell: the latch holds
+        if view.latched:
+            svc.latch_shared, svc.latch_reset_seen = True, view.reset_id
+            return False
+        if svc.latch_shared and view.reset_id is not None and view.reset_id != svc.latch_reset_seen:
+            return True
+        logger.warning(
+            "%s: the shared manual-intervention latch is missing from Redis and no reset() "
+            "was recorded since it was %s; latch kept and written again",
+            svc.name,
+            "written" if svc.latch_shared else "set here (its write had failed)",
+            extra={"service": svc.name},
+        )
+        await self.share_latch(svc)
+        return False
 
     def _record(self, svc: ServiceState, attempt: RecoveryAttempt) -> None:
         svc.record(attempt)

@@ -185,12 +185,8 @@ class RecoveryManager:
         if svc.status != UNHEALTHY or not svc.slots:
             return
         error = getattr(result, "error", None)
-        if (
-            svc.escalated
-            and self._coordinator is not None
-            and not self.dry_run
-            and await self._coordinator.latched(service_name) is False
-        ):
+        # Only a reset() recorded in Redis lifts the latch here, never its mere absence.
+        if svc.escalated and await self._runner.reset_elsewhere(svc):
             svc.reset()
             logger.info(
                 "recovery of %s was reset on another process; latch lifted here too",
@@ -255,8 +251,19 @@ class RecoveryManager:
             " (manual intervention latch lifted)" if was_escalated else "",
             extra={"service": service_name},
         )
-        if self._coordinator is not None and not self.dry_run:
-            await self._coordinator.unlatch(service_name)
+        if (
+            self._coordinator is not None
+            and not self.dry_run
+            and not await self._coordinator.unlatch(service_name)
+        ):
+            logger.warning(
+                "reset of %s could not reach Redis: other processes stay latched, and this "
+                "one latches again when it next finds the shared latch; call reset(%r) again "
+                "once Redis answers",
+                service_name,
+                service_name,
+                extra={"service": service_name},
+            )
         if was_escalated and not self.dry_run:
             await self._runner.alert(svc, resolved=True, reason=reason)
         if svc.status == UNHEALTHY:
@@ -271,7 +278,12 @@ class RecoveryManager:
     async def aclose(self) -> None:
         """Cancel recovery in flight (killing any running command) and stop acting."""
         self._runner.closed = True
-        tasks = [svc.task for svc in self._services.values() if svc.task is not None]
+        tasks = [
+            task
+            for svc in self._services.values()
+            for task in (svc.task, svc.latch_task)
+            if task is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

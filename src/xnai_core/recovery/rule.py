@@ -76,7 +76,11 @@ def _normalise_action(value: object) -> RecoveryActionType:
     raise ValueError(f"'action' must be one of {valid}: {value!r}")
 
 
-def _normalise_command(value: object) -> tuple[str, ...]:
+MAX_PID = 2**31 - 1
+"""The largest process id an operating system can hand out (pid_t is 32 bits)."""
+
+
+def _normalise_command(value: object, where: str) -> tuple[str, ...]:
     # A plain string would have to go through a shell to be split: refuse it, so no
     # rule ever runs `sh -c` on text that may have come from configuration.
     if isinstance(value, str | bytes):
@@ -90,7 +94,13 @@ def _normalise_command(value: object) -> tuple[str, ...]:
     for arg in args:
         if not isinstance(arg, str | os.PathLike):
             raise TypeError(f"'command' arguments must be strings: {arg!r} in {value!r}")
-    return tuple(os.fspath(arg) if not isinstance(arg, str) else arg for arg in args)
+    argv = tuple(os.fspath(arg) if not isinstance(arg, str) else arg for arg in args)
+    for arg in argv:
+        # No program can receive a NUL byte in an argument: exec would refuse it at
+        # every attempt, so refuse the rule now.
+        if "\0" in arg if isinstance(arg, str) else b"\0" in arg:
+            raise ValueError(f"'command' arguments must not contain a NUL byte, {where}: {arg!r}")
+    return argv
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +201,19 @@ class RecoveryRule:
         """Exactly one way to act, and one that suits the action."""
         if self.recovery_func is not None and not callable(self.recovery_func):
             raise TypeError(f"'recovery_func' must be callable: {self.recovery_func!r}")
+        where = f"in the {action.value!r} rule for {self.service_name!r}"
         if self.command is not None:
-            object.__setattr__(self, "command", _normalise_command(self.command))
+            object.__setattr__(self, "command", _normalise_command(self.command, where))
         if self.pid is not None:
             _check_int("pid", self.pid, 2)  # 0, 1 and -1 would signal a group, init, or all
+            if self.pid > MAX_PID:
+                raise ValueError(f"'pid' must be <= {MAX_PID}: {self.pid!r}")
         if self.pid_file is not None:
             object.__setattr__(self, "pid_file", Path(os.fspath(self.pid_file)))
+            if "\0" in os.fspath(self.pid_file):
+                raise ValueError(
+                    f"'pid_file' must not contain a NUL byte, {where}: {self.pid_file!r}"
+                )
         if (self.redis_client is None) != (self.cache_pattern is None):
             raise ValueError(
                 "'redis_client' and 'cache_pattern' go together: "

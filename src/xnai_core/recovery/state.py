@@ -82,6 +82,11 @@ class ServiceState:
         self.deferred_to_peer = 0
         self.holds_lease = False
         self.waited_for_peer = False  # in the current episode
+        # With a coordinator: whether the latch is known to be in Redis, and the id of
+        # the last reset Redis held when it was (only a different id is a reset).
+        self.latch_shared = False
+        self.latch_reset_seen: str | None = None
+        self.latch_task: asyncio.Task[None] | None = None  # re-writes a latch Redis missed
 
     @property
     def escalated(self) -> bool:
@@ -132,6 +137,11 @@ class ServiceState:
         """An operator's reset: no latch, no counters, no cooldown."""
         self.escalated_at = None
         self.escalation_reason = None
+        self.latch_shared = False
+        self.latch_reset_seen = None
+        if self.latch_task is not None:
+            self.latch_task.cancel()
+            self.latch_task = None
         self.cooldown_until = -math.inf
         for slot in self.slots:
             slot.clear()
