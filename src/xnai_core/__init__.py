@@ -23,6 +23,7 @@ from .degradation.cache_first import CacheFirstStrategy
 from .degradation.call import CallInfo, ServiceCall, ServiceResult, last_call_info
 from .degradation.errors import (
     AllStrategiesFailedError,
+    CacheClearError,
     ServiceTimeoutError,
     StrategyDeclinedError,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "AlertHandler",
     "AllStrategiesFailedError",
     "CacheBackend",
+    "CacheClearError",
     "CacheEntry",
     "CacheFirstStrategy",
     "CallInfo",
