@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,45 @@ async def wait_until_ready(client: Any, key: str, count: int, timeout: float = 3
 async def release_workers(client: Any, key: str, count: int) -> None:
     """Let ``count`` workers waiting on ``key`` go at once."""
     await client.rpush(key, *(["go"] * count))
+
+
+# -- intercepting a store's scripts ---------------------------------------------
+
+Around = Callable[[Callable[..., Awaitable[Any]], dict[str, Any]], Awaitable[Any]]
+
+
+class _Intercepted:
+    """Stands in for one script of a store's link: ``around(real, kwargs)`` runs it.
+
+    Keeps the real script's text and SHA, so the link can still (re)load it.
+    """
+
+    def __init__(self, real: Any, around: Around) -> None:
+        self._real = real
+        self._around = around
+
+    @property
+    def script(self) -> Any:
+        return self._real.script
+
+    @property
+    def sha(self) -> Any:
+        return self._real.sha
+
+    @sha.setter
+    def sha(self, value: Any) -> None:
+        self._real.sha = value
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        return await self._around(self._real, kwargs)
+
+
+def intercept_script(store: Any, name: str, around: Around) -> None:
+    """Run ``around`` instead of the script ``name`` for every store of ``store``'s link.
+
+    ``around(real, kwargs)`` may await ``real(**kwargs)`` (the script in Redis) and do
+    things before or after it: the network delivering an answer late, say.
+    """
+    scripts: dict[str, Any] = store._link.scripts
+    real = scripts[name]
+    scripts[name] = _Intercepted(getattr(real, "_real", real), around)

@@ -119,25 +119,90 @@ async def test_password_never_shows(
 
 
 def test_redact_url() -> None:
-    """User-info and query passwords are replaced; the rest is kept."""
-    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    """Everything before the last '@' and query passwords are replaced; the rest is kept."""
+    assert redact_url("redis://:pw@h:1/0") == "redis://***@h:1/0"
     assert (
-        redact_url("rediss://u:pw@h/2?ssl_cert_reqs=none")
-        == "rediss://u:***@h/2?ssl_cert_reqs=none"
+        redact_url("rediss://u:pw@h/2?ssl_cert_reqs=none") == "rediss://***@h/2?ssl_cert_reqs=none"
     )
     assert (
         redact_url("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=1&password=***"
     )
+    assert redact_url("unix://u:pw@/tmp/r@1.sock") == "unix://***@/tmp/r@1.sock"
+    assert redact_url("unix:///run/redis@6379.sock") == "unix:///run/redis@6379.sock"
     assert redact_url("redis://h:6379") == "redis://h:6379"
+    # Unencoded '#', '/', '?', '@' or ':' in a password: still nothing of it shows.
+    for password in ("s3cr#et", "s3cr/et", "s3cr?et", "s3cr@et", "s3:cr/#?@et"):
+        for url in (f"redis://:{password}@h:1/0", f"redis://user:{password}@h:1/0"):
+            shown = redact_url(url)
+            assert shown.endswith("***@h:1/0"), shown
+            assert "s3cr" not in shown
+            assert "et" not in shown.replace("redis", "")
 
 
-def test_bad_urls_are_value_errors_without_secrets() -> None:
-    """An unknown scheme names the field and the redacted URL."""
-    with pytest.raises(ValueError, match="'redis_url' must start with") as caught:
-        RedisConnectionManager(f"http://:{SECRET}@h/0")
-    assert SECRET not in str(caught.value)
+UNENCODED = "s3:cr/#?@et-Pa55"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"http://:{UNENCODED}@h/0", "must start with"),
+        (f"redis://:{UNENCODED}@127.0.0.1:notaport/0", "port from 1 to 65535"),
+        (f"redis://:{UNENCODED}@127.0.0.1:0/0", "port from 1 to 65535"),
+        (f"redis://:{UNENCODED}@127.0.0.1:70000/0", "port from 1 to 65535"),
+        (f"redis://:{UNENCODED}@[::1/0", "port from 1 to 65535"),
+        (f"redis://:{UNENCODED}@127.0.0.1:1/notadb", "must be a number"),
+        (f"redis://:{UNENCODED}@127.0.0.1:1/0?db=zz", "Invalid value for 'db'"),
+        (f"unix:///tmp/x.sock?db=zz&password={UNENCODED}", "Invalid value for 'db'"),
+        (f"unix://:{UNENCODED}@tmp/x.sock", "absolute path"),
+    ],
+)
+def test_bad_urls_are_value_errors_without_secrets(url: str, message: str) -> None:
+    """A URL redis-py could not use fails at construction, and never shows the secret."""
+    with pytest.raises(ValueError, match="'redis_url'") as caught:
+        RedisConnectionManager(url)
+    text = str(caught.value)
+    assert message in text
+    assert "s3" not in text
+    assert "Pa55" not in text
+
+
+def test_bad_options_are_value_errors() -> None:
+    """Option checks name the option."""
     with pytest.raises(ValueError, match="'max_connections' must be >= 1"):
         RedisConnectionManager(max_connections=0)
+
+
+async def test_unencoded_password_connects_and_never_shows(
+    secured_redis: PrivateRedis, manager_log: pytest.LogCaptureFixture
+) -> None:
+    """A password with unencoded ':', '/', '#', '?', '@' works, and shows nowhere."""
+    admin = redis.Redis(host="127.0.0.1", port=secured_redis.port, password=SECRET)
+    try:
+        admin.acl_setuser(
+            "odd", enabled=True, passwords=[f"+{UNENCODED}"], keys=["*"], channels=["*"],
+            commands=["+@all"],
+        )  # fmt: skip
+    finally:
+        admin.close()
+    port = secured_redis.port
+    good = RedisConnectionManager(f"redis://odd:{UNENCODED}@127.0.0.1:{port}/0")
+    bad = RedisConnectionManager(f"redis://odd:x{UNENCODED}@127.0.0.1:{port}/0")
+    unreachable = RedisConnectionManager(
+        f"redis://odd:{UNENCODED}@127.0.0.1:{free_port()}/0", check_timeout=0.5
+    )
+    managers = (good, bad, unreachable)
+    try:
+        assert [await manager.connect() for manager in managers] == [True, False, False]
+        texts = [repr(manager) for manager in managers]
+        texts += [str(await manager.get_health_status()) for manager in managers]
+        texts.append(manager_log.text)
+        for text in texts:
+            assert "s3" not in text
+            assert "Pa55" not in text
+        assert (await bad.get_health_status())["last_error"] is not None
+    finally:
+        for manager in managers:
+            await manager.close()
 
 
 async def test_unix_socket(tmp_path: Path) -> None:

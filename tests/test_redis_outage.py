@@ -15,7 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from xnai_core import CircuitBreaker, CircuitOpenError, CircuitState, create_redis_circuit_breaker
+from xnai_core import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    RedisStore,
+    create_redis_circuit_breaker,
+)
 
 OP_TIMEOUT = 0.2
 # Scheduling noise on a busy 2-core machine; the deadline itself is OP_TIMEOUT.
@@ -291,3 +297,36 @@ async def test_a_refusing_server_is_an_outage_too(
     assert breaker.get_metrics()["redis_available"] is False
     assert outage_warnings(outage_log) == 1
     assert "secret-b" not in outage_log.text
+
+
+async def test_force_open_during_an_outage_is_written_back(
+    private_redis: PrivateRedis,
+    make_breaker: Callable[..., CircuitBreaker],
+    outage_log: pytest.LogCaptureFixture,
+) -> None:
+    """Redis holds a plain open circuit; the operator forces it open here while Redis
+    hangs: on return the forced flag is written back, and the circuit never half-opens."""
+    now = [1000.0]
+    breaker = make_breaker(failure_threshold=1, recovery_timeout=10, clock=lambda: now[0])
+    assert (await timed(breaker, boom))[0] == "failed"
+    assert (breaker.state, breaker.get_metrics()["forced_open"]) == (CircuitState.OPEN, False)
+    private_redis.pause()
+    try:
+        store = breaker.store
+        assert isinstance(store, RedisStore)
+        assert await store.sync() is False  # one deadline, then local
+        assert breaker.get_metrics()["redis_available"] is False
+        await breaker.force_open()
+        assert breaker.get_metrics()["forced_open"] is True
+    finally:
+        private_redis.resume()
+    await eventually(lambda: breaker.get_metrics()["redis_available"] is True)
+    assert breaker.get_metrics()["forced_open"] is True
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        assert await client.hmget("xnai:cb:{svc}", ["state", "forced"]) == [b"open", b"1"]
+    finally:
+        await client.aclose()
+    now[0] += 60
+    assert (await timed(breaker, ok))[0] == "rejected"
+    assert breaker.state is CircuitState.OPEN

@@ -13,12 +13,13 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis
-from tests.redis_helpers import command_counts, commands_between
+from tests.redis_helpers import command_counts, commands_between, intercept_script
 from xnai_core import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
+    RedisConnectionManager,
     RedisStore,
     create_redis_circuit_breaker,
 )
@@ -195,6 +196,11 @@ async def test_state_is_one_hash_of_plain_values(
         ({"opened_at": "cos('x')"}, "opened_at"),
         ({"trial:1": "soon"}, "trial:1"),
         ({"v": "99"}, "v"),
+        # 2^53 and beyond: Lua's doubles no longer hold them exactly.
+        ({"opened_at": "9999999999999999"}, "opened_at"),
+        ({"epoch": "9007199254740992"}, "epoch"),
+        ({"trial:1": "9999999999999999"}, "trial:1"),
+        ({"trial:9999999999999999": "1"}, "trial:9999999999999999"),
     ],
 )
 async def test_malformed_hash_is_logged_and_reset(
@@ -486,3 +492,335 @@ async def test_a_failure_costs_one_round_trip(private_redis: PrivateRedis) -> No
     finally:
         await breaker.close()
         await client.aclose()
+
+
+# -- many failures at once, and small connection pools ----------------------------
+
+REDIS_LOGGER = "xnai_core.circuit.redis"
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == REDIS_LOGGER and record.levelno >= logging.WARNING
+    ]
+
+
+async def slow_boom() -> None:
+    await asyncio.sleep(0.001)  # every call is in flight before the first one fails
+    raise Boom
+
+
+async def test_a_burst_of_failures_through_a_small_pool_opens_the_circuit(
+    clients: Callable[..., aioredis.Redis],
+    key_prefix: str,
+    shared_redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """300 concurrent failures, threshold 200, a pool of 3: open in Redis and here, no outage."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    breaker = create_redis_circuit_breaker(
+        "burst", clients(max_connections=3), failure_threshold=200, key_prefix=f"{key_prefix}:cb:"
+    )
+    seen: list[tuple[str, str]] = []
+    breaker.add_listener(lambda name, old, new, why: seen.append((old.value, new.value)))
+    try:
+        assert await breaker.call(ok) == "ok"
+        results = await asyncio.gather(
+            *(breaker.call(slow_boom) for _ in range(300)), return_exceptions=True
+        )
+        assert all(isinstance(result, Boom) for result in results)
+        assert breaker.state is CircuitState.OPEN
+        assert breaker.get_metrics()["redis_available"] is True
+        key = breaker.store.key  # type: ignore[attr-defined]
+        assert await shared_redis.hmget(key, ["state", "failures"]) == [b"open", b"200"]
+        assert seen == [("closed", "open")]
+        assert redis_warnings(caplog) == []
+    finally:
+        await breaker.close()
+
+
+async def test_concurrent_failures_are_all_counted_through_a_managers_pool(
+    key_prefix: str, shared_redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 concurrent failures below the threshold, a manager's pool of 4: Redis counts 300."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    async with RedisConnectionManager(
+        SHARED_REDIS_URL, max_connections=4, health_check_interval=0
+    ) as manager:
+        breaker = create_redis_circuit_breaker(
+            "count", manager, failure_threshold=1000, key_prefix=f"{key_prefix}:cb:"
+        )
+        try:
+            assert await breaker.call(ok) == "ok"
+            await asyncio.gather(
+                *(breaker.call(slow_boom) for _ in range(300)), return_exceptions=True
+            )
+            key = breaker.store.key  # type: ignore[attr-defined]
+            assert await shared_redis.hmget(key, ["state", "failures"]) == [b"closed", b"300"]
+            assert breaker.store.snapshot().failure_count == 300
+            assert breaker.get_metrics()["redis_available"] is True
+            assert redis_warnings(caplog) == []
+        finally:
+            await breaker.close()
+
+
+async def test_a_full_pool_is_waited_for_not_an_outage(
+    stores: StoreFactory,
+    clients: Callable[..., aioredis.Redis],
+    shared_redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The application holds the pool's last connection for a moment: the failure waits."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    client = clients(max_connections=2)  # one for the subscription, one for everything else
+    store = stores(config(failure_threshold=5), client, op_timeout=1.0)
+    await store.start()
+    pool = client.connection_pool
+    held = await pool.get_connection()  # type: ignore[no-untyped-call]
+    asyncio.get_running_loop().call_later(0.1, lambda: asyncio.ensure_future(pool.release(held)))
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    started = time.monotonic()
+    await store.record_failure(admission.ticket)
+    assert 0.05 < time.monotonic() - started < 1.0
+    assert store.available
+    assert (await shared_redis.hget(store.key, "failures")) == b"1"
+    assert redis_warnings(caplog) == []
+
+
+async def test_an_answer_that_arrives_after_redis_went_away_is_not_mirrored(
+    stores: StoreFactory,
+) -> None:
+    """While a FAILURE is in flight another operation fails and the circuit trips here:
+    the late answer (closed, 1 failure) must not undo the local trip."""
+    cfg = config(failure_threshold=3)
+    store = stores(cfg, resync_interval=3600)
+    await store.start()
+
+    async def late(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        raw = await real(**kwargs)
+        assert store._link is not None
+        store._link.mark_down(ConnectionError("another operation failed meanwhile"))
+        for _ in range(3):
+            await store.record_failure(Ticket(store.snapshot().epoch))
+        assert store.snapshot().state is CircuitState.OPEN
+        return raw
+
+    intercept_script(store, "failure", late)
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
+    assert store.snapshot().state is CircuitState.OPEN
+
+
+async def test_a_trip_made_here_while_reconciling_is_kept(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """The circuit trips here during the reconcile's own round trip: it is pushed, not lost."""
+    store = stores(config(failure_threshold=2, recovery_timeout=60))
+    await store.start()
+    calls = 0
+
+    async def tripping(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            # Sent as closed; the store still decides locally until the answer is in.
+            for _ in range(2):
+                await store.record_failure(Ticket(store.snapshot().epoch))
+        return await real(**kwargs)
+
+    intercept_script(store, "reconcile", tripping)
+    assert store._link is not None
+    store._link.mark_down(ConnectionError("simulated outage"))
+    await eventually(lambda: store.available, timeout=5)
+    assert calls >= 2
+    assert store.snapshot().state is CircuitState.OPEN
+    assert (await shared_redis.hget(store.key, "state")) == b"open"
+
+
+# -- unreadable answers, lineages, stale news ----------------------------------------
+
+
+async def test_an_unreadable_answer_is_one_circuits_problem(
+    stores: StoreFactory,
+    clients: Callable[..., aioredis.Redis],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Answers that do not decode, for one circuit: logged once, no outage, others go on."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    client = clients()
+    poison = stores(config(name="poison", failure_threshold=5), client)
+    healthy = stores(config(name="healthy", failure_threshold=5), client)
+    await poison.start()  # first: the link recovers it first
+    await healthy.start()
+
+    async def junk(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        raw = await real(**kwargs)
+        return [b"junk"] if kwargs["keys"][0] == poison.key else raw
+
+    for name in ("failure", "reconcile", "read"):
+        intercept_script(poison, name, junk)
+    for _ in range(2):
+        admission = await poison.acquire()
+        assert admission.ticket is not None
+        await poison.record_failure(admission.ticket)
+    assert (poison.available, healthy.available) == (True, True)
+    assert [m for m in redis_warnings(caplog) if "could not read" in m] == [
+        "circuit 'poison': could not read redis's answer to failure (ValueError: a circuit "
+        "script answers with 6 items: [b'junk']); keeping the last known state until an "
+        "answer can be read"
+    ]
+    assert not any("unreachable" in m for m in redis_warnings(caplog))
+    # After an outage the link reconciles every circuit: the unreadable one stays local,
+    # the others come back.
+    assert poison._link is not None
+    poison._link.mark_down(ConnectionError("simulated outage"))
+    await eventually(lambda: healthy.available, timeout=5)
+    assert not poison.available
+    assert poison._link.down is False
+
+
+async def test_an_answer_from_a_replaced_hash_is_not_mirrored(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """P's answer from the hash it knew arrives after news of the hash that replaced it."""
+    p = stores(config(failure_threshold=2), resync_interval=3600)
+    q = stores(config(failure_threshold=1), resync_interval=3600)
+    await p.start()
+    await q.start()
+
+    async def overtaken(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        raw = await real(**kwargs)  # the old hash: closed, 1 failure
+        await shared_redis.delete(p.key)  # lost: flushed, evicted, deleted by hand
+        for _ in range(3):  # Q's first failure creates a new hash, the next one trips it
+            admission = await q.acquire()
+            if admission.ticket is None:
+                break
+            await q.record_failure(admission.ticket)
+        await eventually(lambda: p.snapshot().state is CircuitState.OPEN)
+        return raw
+
+    intercept_script(p, "failure", overtaken)
+    admission = await p.acquire()
+    assert admission.ticket is not None
+    await p.record_failure(admission.ticket)
+    assert p.snapshot().state is CircuitState.OPEN
+    assert (await shared_redis.hget(p.key, "state")) == b"open"
+
+
+async def test_an_answer_overtaken_in_flight_is_not_mirrored(stores: StoreFactory) -> None:
+    """P's FAILURE answer (closed, 1 failure) arrives after P heard of Q's trip: kept open."""
+    cfg = config(failure_threshold=2)
+    p = stores(cfg, resync_interval=3600)
+    q = stores(cfg, resync_interval=3600)
+    await p.start()
+    await q.start()
+
+    async def overtaken(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        raw = await real(**kwargs)
+        await eventually(lambda: q.hot_epoch is None)  # Q heard of P's failure
+        admission = await q.acquire()
+        assert admission.ticket is not None
+        await q.record_failure(admission.ticket)
+        await eventually(lambda: p.snapshot().state is CircuitState.OPEN)
+        return raw
+
+    intercept_script(p, "failure", overtaken)
+    admission = await p.acquire()
+    assert admission.ticket is not None
+    await p.record_failure(admission.ticket)
+    assert p.snapshot().state is CircuitState.OPEN
+
+
+async def test_a_stale_message_is_ignored(
+    stores: StoreFactory, clients: Callable[..., aioredis.Redis], shared_redis: aioredis.Redis
+) -> None:
+    """A message older than the mirrored version (a late duplicate) changes nothing."""
+    cfg = config()
+    a, b = stores(cfg), stores(cfg, resync_interval=3600)
+    await b.start()
+    listener = clients().pubsub()
+    await listener.subscribe(b.channel)
+    await a.force(CircuitState.OPEN)
+    await a.reset()
+    await eventually(lambda: b.hot_epoch is not None and a.snapshot().epoch == b.snapshot().epoch)
+    payloads: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(payloads) < 2 and time.monotonic() < deadline:
+        message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message is not None:
+            payloads.append(message["data"])
+    await listener.aclose()  # type: ignore[no-untyped-call]
+    assert payloads[0].split(b" ")[3] == b"open"
+    await shared_redis.publish(b.channel, payloads[0])  # the forced open, again
+    await asyncio.sleep(0.3)
+    assert b.snapshot().state is CircuitState.CLOSED
+    assert b.hot_epoch is not None
+
+
+async def test_a_change_nobody_announced_is_found_by_the_resync(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """The hash changed without a PUBLISH: the periodic resync brings it in."""
+    store = stores(config(recovery_timeout=60), resync_interval=0.2)
+    await store.start()
+    assert store.hot_epoch is not None
+    raw: dict[bytes, bytes] = await shared_redis.hgetall(store.key)  # type: ignore[assignment]
+    await shared_redis.hset(
+        store.key,
+        mapping={
+            "state": "open",
+            "failures": "5",
+            "opened_at": str(int(time.time() * 1_000_000)),
+            "epoch": str(int(raw[b"epoch"]) + 1),
+            "ver": str(int(raw[b"ver"]) + 1),
+        },
+    )
+    await eventually(lambda: store.snapshot().state is CircuitState.OPEN, timeout=3)
+    assert (await store.acquire()).ticket is None
+
+
+# -- the scripts' own fences (asked directly, past the Python mirror) ---------------
+
+
+async def test_redis_counts_trial_successes_against_the_permits(stores: StoreFactory) -> None:
+    """half_open_max_calls=2, one trial succeeded, one in flight: the ADMIT script says no."""
+    clock = Clock()
+    cfg = config(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2)
+    a, b = stores(cfg, clock=clock), stores(cfg, clock=clock)
+    await b.start()
+    admission = await a.acquire()
+    assert admission.ticket is not None
+    await a.record_failure(admission.ticket)
+    clock.now += 5
+    first, second = await a.acquire(), await a.acquire()
+    assert first.ticket is not None
+    assert second.ticket is not None
+    await a.record_success(first.ticket)
+    assert a.snapshot().state is CircuitState.HALF_OPEN
+    # B's admission script, as a process whose mirror has not heard yet would run it.
+    reply = await b._call("admit", ())
+    assert reply is not None
+    assert (reply.admitted, reply.permit) == (0, 0)
+
+
+async def test_a_stale_success_is_refused_by_redis_itself(
+    stores: StoreFactory, shared_redis: aioredis.Redis
+) -> None:
+    """The SUCCESS script fences epochs: an old ticket does not clear newer failures."""
+    cfg = config(failure_threshold=3)
+    a = stores(cfg, resync_interval=3600)
+    await a.start()
+    old = Ticket(a.snapshot().epoch)
+    fresh = stores(cfg)
+    await fresh.force(CircuitState.CLOSED)
+    for _ in range(2):
+        admission = await fresh.acquire()
+        assert admission.ticket is not None
+        await fresh.record_failure(admission.ticket)
+    assert (await shared_redis.hget(a.key, "failures")) == b"2"
+    await a._call("success", (str(old.epoch), "0"))
+    assert (await shared_redis.hget(a.key, "failures")) == b"2"

@@ -3,7 +3,8 @@
 It never raises because a server is unreachable: :meth:`connect` answers False,
 :meth:`get_health_status` says ``connected: False`` with the last error, and a
 background task keeps checking, with backoff, until the server answers again.
-Passwords (in the URL's user info or its ``password=`` query parameter) never
+A URL it cannot use is a ValueError at construction, never later.
+Credentials (the URL's user info, its ``password=`` query parameter) never
 appear in its repr, its status, its logs or the errors it reports.
 """
 
@@ -12,56 +13,120 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 
 logger = logging.getLogger("xnai_core.redis_manager")
 
-_SCHEMES = ("redis", "rediss", "unix")
 _BACKOFF_MIN = 0.5
 
 
+def _split(url: str) -> tuple[str, str | None, str]:
+    """``(scheme with "://", user info or None, the rest)`` of ``url``.
+
+    The user info ends at the *last* ``@`` (for ``unix://``, the last ``@/``), so a
+    password with an unencoded ``@``, ``/``, ``#``, ``?`` or ``:`` stays whole in it:
+    nothing of it can leak into the host, port, path or query.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    else:
+        scheme += sep
+    at = rest.rfind("@")
+    if scheme.lower() == "unix://":
+        # The socket's path may hold an '@' (systemd instances): not the user info's end.
+        if rest.startswith("/"):
+            at = -1
+        elif rest.rfind("@/") >= 0:
+            at = rest.rfind("@/")
+    if at < 0:
+        return scheme, None, rest
+    return scheme, rest[:at], rest[at + 1 :]
+
+
+def _is_password(key: str) -> bool:
+    return unquote(key).strip().lower() == "password"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password (user info or query parameter) replaced by ``***``."""
+    """``url`` for showing: its user info (everything before the last ``@``) and any
+    ``password=`` query value replaced by ``***``, its fragment dropped."""
+    scheme, userinfo, rest = _split(url)
+    rest = rest.partition("#")[0]
+    location, question, query = rest.partition("?")
+    if query:
+        items = query.split("&")
+        query = "&".join(
+            f"{item.partition('=')[0]}=***" if _is_password(item.partition("=")[0]) else item
+            for item in items
+        )
+    shown = f"{scheme}***@" if userinfo else scheme
+    return f"{shown}{location}{question}{query}"
+
+
+@dataclass(frozen=True)
+class _Url:
+    """A Redis URL taken apart: credentials kept out of the URL given to redis-py."""
+
+    plain: str  # the URL without user info or fragment
+    credentials: dict[str, str]
+    secrets: list[str]
+
+
+def _parse(url: str) -> _Url:
+    """Validate ``url`` the way redis-py will read it; ValueError never shows secrets."""
+    scheme, userinfo, rest = _split(url)
+    shown = redact_url(url)
+    if scheme.lower() not in ("redis://", "rediss://", "unix://"):
+        raise ValueError(f"'redis_url' must start with redis://, rediss:// or unix://: {shown!r}")
+    rest, _, fragment = rest.partition("#")
+    secrets = [fragment] if fragment else []
+    credentials: dict[str, str] = {}
+    if userinfo:
+        secrets += [userinfo, unquote(userinfo)]
+        username, colon, password = userinfo.partition(":")
+        if username:
+            credentials["username"] = unquote(username)
+        if colon and password:
+            credentials["password"] = unquote(password)
+            secrets += [password, unquote(password)]
+    location, _, query = rest.partition("?")
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if _is_password(key):
+            secrets += [value, unquote_plus(value)]
+    if scheme.lower() == "unix://":
+        if not location.startswith("/") or location == "/":
+            raise ValueError(f"'redis_url' needs the socket's absolute path: {shown!r}")
+    else:
+        try:
+            parts = urlsplit(f"//{location}")
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(
+                f"'redis_url' needs a valid host, and a port from 1 to 65535: {shown!r}"
+            )
+        db = parts.path.replace("/", "")
+        if db and not (db.isascii() and db.isdigit()):
+            raise ValueError(f"'redis_url' database (its path) must be a number: {shown!r}")
+    plain = f"{scheme.lower()}{rest}"
+    secrets = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
-    query = parts.query
-    if query:
-        pairs = [
-            (key, "***" if key.lower() == "password" else value)
-            for key, value in parse_qsl(query, keep_blank_values=True)
-        ]
-        query = urlencode(pairs, safe="*/")
-    if not parts.scheme:
-        return urlunsplit(("", netloc, parts.path, query, parts.fragment))
-    # Assembled by hand: urlunsplit would turn unix:///path into unix:/path.
-    text = f"{parts.scheme}://{netloc}{parts.path}"
-    if query:
-        text += f"?{query}"
-    if parts.fragment:
-        text += f"#{parts.fragment}"
-    return text
-
-
-def _secrets(url: str) -> list[str]:
-    parts = urlsplit(url)
-    found = []
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key.lower() == "password" and value:
-            found.append(value)
-    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+        parse_url(plain)
+    except ValueError as exc:
+        text = str(exc)
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        raise ValueError(f"'redis_url' is not usable ({text}): {shown!r}") from None
+    return _Url(plain, credentials, secrets)
 
 
 class RedisConnectionManager:
@@ -69,7 +134,10 @@ class RedisConnectionManager:
 
     ``redis_url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
     for TLS (``?ssl_cert_reqs=none`` or ``ssl_ca_certs=`` as usual in redis-py),
-    or ``unix:///path/to/redis.sock[?db=0]``. ``max_connections`` caps the pool;
+    or ``unix:///path/to/redis.sock[?db=0]``; it is checked here (ValueError,
+    credentials never shown). The user info ends at the last ``@``: a password with
+    an unencoded ``@``, ``/``, ``#``, ``?`` or ``:`` still works, handed to redis-py
+    apart from the URL. ``max_connections`` caps the pool;
     ``health_check_interval`` (seconds; 0 disables) is both redis-py's idle
     connection check and the period of this manager's background check.
     ``check_timeout`` bounds each check; other keyword arguments go to
@@ -89,15 +157,7 @@ class RedisConnectionManager:
     ) -> None:
         if not isinstance(redis_url, str):
             raise TypeError(f"'redis_url' must be a string: {type(redis_url).__name__}")
-        try:
-            scheme = urlsplit(redis_url).scheme
-        except ValueError as exc:
-            raise ValueError(f"'redis_url' is not a URL: {redact_url(redis_url)!r}") from exc
-        if scheme not in _SCHEMES:
-            raise ValueError(
-                f"'redis_url' must start with redis://, rediss:// or unix://: "
-                f"{redact_url(redis_url)!r}"
-            )
+        parsed = _parse(redis_url)
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise TypeError(f"'max_connections' must be an int: {max_connections!r}")
         if max_connections < 1:
@@ -111,8 +171,11 @@ class RedisConnectionManager:
             if not 0 <= value < float("inf") or (name == "check_timeout" and value == 0):
                 rule = ">= 0" if name == "health_check_interval" else "> 0"
                 raise ValueError(f"'{name}' must be {rule} seconds: {value!r}")
-        self._url = redis_url
-        self._secrets = _secrets(redis_url)
+        # redis-py gets the URL without its user info, and the credentials apart: it
+        # cannot misread a password with an unencoded '/' or '#' then, nor quote one.
+        self._url = parsed.plain
+        self._credentials = parsed.credentials
+        self._secrets = parsed.secrets
         self.url = redact_url(redis_url)
         self.max_connections = max_connections
         self.health_check_interval = float(health_check_interval)
@@ -142,7 +205,9 @@ class RedisConnectionManager:
     def client(self) -> aioredis.Redis:
         """The client (created on first use, without touching the network)."""
         if self._client is None:
-            self._client = aioredis.Redis.from_url(self._url, **self._client_kwargs)
+            self._client = aioredis.Redis.from_url(
+                self._url, **{**self._client_kwargs, **self._credentials}
+            )
         return self._client
 
     async def connect(self) -> bool:
@@ -209,9 +274,9 @@ class RedisConnectionManager:
         return text
 
     async def _check(self) -> bool:
-        client = self.client
         started = time.perf_counter()
         try:
+            client = self.client
             async with asyncio.timeout(self.check_timeout):
                 await client.ping()
                 latency = (time.perf_counter() - started) * 1000

@@ -22,7 +22,8 @@ one slot and runs unchanged on Redis Cluster) holds plain decimal strings only:
 ``trial:<id>``  a trial permit in flight: its lease expiry, us
 ==============  ==============================================================
 
-Anything else (a missing field, a non-number, an unknown state) is malformed:
+Anything else (a missing field, a non-number, a number of 2^53 or more, which
+Lua's doubles no longer hold exactly, an unknown state) is malformed:
 the script resets the hash to a fresh closed circuit with a new lineage and an
 epoch above the old one, and says so in its reply, so the caller can log it.
 
@@ -70,6 +71,11 @@ if ARGV[1] ~= '' then NOW = tonumber(ARGV[1]) else NOW = server_time() end
 -- %.0f keeps integers up to 2^53 exact; tostring would round them to 14 digits.
 local function fmt(n) return string.format('%.0f', n) end
 
+-- 2^53: from here on a Lua number (a double) no longer holds every integer, so
+-- a stored value this large is malformed, and a computed one is kept below it.
+local LIMIT = 9007199254740992
+local function capped(n) return math.min(n, LIMIT - 1) end
+
 local function fresh(epoch)
   return {gen = fmt(server_time()), ver = 0, epoch = epoch, state = 'closed', failures = 0,
           opened_at = 0, successes = 0, next_permit = 1, forced = 0, trials = {}}
@@ -80,6 +86,7 @@ local STATES = {closed = true, open = true, half_open = true}
 
 local function digits(value)
   return type(value) == 'string' and #value <= 16 and string.match(value, '^%d+$') ~= nil
+         and tonumber(value) < LIMIT
 end
 
 -- The stored snapshot, and a note: '' when it was sound, else why it was rebuilt.
@@ -93,7 +100,7 @@ local function load()
     local field, value = raw[i], raw[i + 1]
     local id = string.match(field, '^trial:(%d+)$')
     if id then
-      if digits(value) and #id <= 16 then
+      if digits(value) and digits(id) then
         trials[#trials + 1] = {tonumber(id), tonumber(value)}
       else
         bad = bad or field
@@ -211,7 +218,7 @@ s.trials = live
 -- Every permit taken: when one frees up is unknown (-1), the trials decide.
 if #live + s.successes >= MAX_CALLS then return finish(s, before, changed, note, 0, 0, -1) end
 local permit = s.next_permit
-live[#live + 1] = {permit, NOW + LEASE}
+live[#live + 1] = {permit, capped(NOW + LEASE)}
 s.next_permit = permit + 1
 return finish(s, before, true, note, 1, permit, -1)
 """
@@ -242,12 +249,21 @@ return finish(s, before, changed, note, -1, 0, -1)
 """
 
 FAILURE_BODY = """
--- FAILURE: machine.on_failure. ARGV[7] ticket epoch, ARGV[8] ticket permit.
+-- FAILURE: machine.on_failure, ARGV[9] times over (default 1): the failures of
+-- one epoch that a process gathered while its previous FAILURE was in flight.
+-- ARGV[7] ticket epoch, ARGV[8] ticket permit, ARGV[9] how many failures.
+-- As if applied one by one: the failure that reaches the threshold opens the
+-- circuit, and the epoch it bumps fences the rest.
 local changed = note ~= ''
-if tonumber(ARGV[7]) == s.epoch then
+local count = tonumber(ARGV[9] or '1')
+if tonumber(ARGV[7]) == s.epoch and count ~= nil and count >= 1 then
   if s.state == 'closed' then
     changed = true
-    if s.failures + 1 >= THRESHOLD then open(s, s.failures + 1) else s.failures = s.failures + 1 end
+    if s.failures + count >= THRESHOLD then
+      open(s, math.max(s.failures + 1, THRESHOLD))
+    else
+      s.failures = s.failures + count
+    end
   elseif s.state == 'half_open' then
     changed = true
     open(s, s.failures + 1)
@@ -299,12 +315,22 @@ RECONCILE_BODY = """
 -- RECONCILE: after an outage, keep a circuit this process opened while Redis was away.
 -- ARGV[7] 1 to push an open circuit; ARGV[8] the lineage the caller last saw ('' none);
 -- ARGV[9] 1 if it opened while Redis was away; ARGV[10] failures; ARGV[11] opened_at (us);
--- ARGV[12] forced (0/1).
--- Rule: push only over a closed circuit, and only if the caller opened it during the
+-- ARGV[12] forced (0/1); ARGV[13] 1 if it was forced open while Redis was away.
+-- Rule: a circuit forced open during the outage is pushed over anything but a forced
+-- open one (an operator's order is not undone by a reconnect). Any other open circuit
+-- is pushed only over a closed one, and only if the caller opened it during the
 -- outage or Redis lost the lineage the caller knew (flushed, restarted empty).
 -- Otherwise Redis wins.
 local changed = note ~= ''
-if ARGV[7] == '1' and s.state == 'closed' and (ARGV[9] == '1' or s.gen ~= ARGV[8]) then
+local push = false
+if ARGV[7] == '1' then
+  if ARGV[13] == '1' and ARGV[12] == '1' then
+    push = not (s.state == 'open' and s.forced == 1)
+  else
+    push = s.state == 'closed' and (ARGV[9] == '1' or s.gen ~= ARGV[8])
+  end
+end
+if push then
   local opened_at = tonumber(ARGV[11])
   open(s, tonumber(ARGV[10]))
   if opened_at < NOW then s.opened_at = opened_at end

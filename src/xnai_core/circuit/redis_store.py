@@ -6,16 +6,22 @@ the scripts' replies, by a pub/sub subscription and by a periodic resync, so:
 
 - a successful call on a closed circuit with no failure pending makes no round
   trip (``hot_epoch`` is the mirror's epoch);
-- a failure costs one round trip (one EVALSHA);
+- a failure costs one round trip (one EVALSHA); failures of one circuit that
+  arrive while its previous FAILURE script is in flight go together in the next
+  one, so a burst of N concurrent failures costs two round trips, not N
+  connections;
 - an open circuit rejects locally until its recovery timeout ends, measured on
   the Redis clock (the mirror keeps an offset to Redis TIME);
 - when Redis is unreachable, slow or broken, no Redis error reaches the caller:
   every operation has a deadline (``op_timeout``), and once Redis is known down
   the store applies :mod:`.machine` to its mirror locally, logs one WARNING for
   the outage, reports ``available`` False, and reconnects with backoff. On
-  return it reconciles: a circuit this process opened during the outage is
-  written back unless Redis holds an open or half-open circuit (or a closed one
-  that someone closed after the lineage we knew); otherwise Redis wins.
+  return it reconciles: a circuit forced open here during the outage is written
+  back over anything but a forced open one; a circuit this process opened during
+  the outage is written back unless Redis holds an open or half-open circuit (or
+  a closed one that someone closed after the lineage we knew); otherwise Redis
+  wins. A full connection pool is not an outage: a script waits for a
+  connection, within its deadline.
 
 One :class:`_RedisLink` per (client, key prefix, event loop) carries the shared
 part: the registered scripts, one pattern subscription for all its circuits,
@@ -36,6 +42,7 @@ from typing import Any, ClassVar, TypeAlias
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
+from redis.exceptions import MaxConnectionsError
 
 from . import machine, redis_scripts
 from .config import CircuitBreakerConfig
@@ -53,6 +60,13 @@ DEFAULT_RESYNC_INTERVAL = 5.0
 _POLL = 0.2
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
+# Waiting for a connection of a full pool: first and longest pause between tries.
+_POOL_WAIT_MIN = 0.001
+_POOL_WAIT_MAX = 0.02
+# A reconcile is run again when the circuit changes here during its round trip.
+_RECONCILE_TRIES = 3
+# Lua numbers are doubles: integers are exact below 2^53 (the scripts enforce it).
+_EXACT_LIMIT = 2**53
 
 _SCRIPTS = {
     "admit": redis_scripts.ADMIT,
@@ -77,8 +91,8 @@ def _text(value: object) -> str:
 
 
 def _natural(text: str) -> int:
-    if not text.isdigit() or len(text) > 16:
-        raise ValueError(f"expected a decimal integer: {text!r}")
+    if not text.isdigit() or len(text) > 16 or int(text) >= _EXACT_LIMIT:
+        raise ValueError(f"expected a decimal integer below 2^53: {text[:40]!r}")
     return int(text)
 
 
@@ -119,6 +133,17 @@ def decode_snapshot(payload: str) -> tuple[str, int, Snapshot]:
     return gen, _natural(ver), snap
 
 
+@dataclass(slots=True, eq=False)
+class _Failures:
+    """Failures of one epoch gathered for one FAILURE script (see record_failure)."""
+
+    epoch: int
+    count: int = 0
+    sent: bool = False
+    # True: Redis counted them (or the circuit had moved on, so they count nowhere).
+    counted: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Reply:
     """A script's answer, decoded."""
@@ -136,7 +161,10 @@ class _Reply:
 def _decode_reply(raw: object) -> _Reply:
     if not isinstance(raw, list) or len(raw) != 6:
         raise ValueError(f"a circuit script answers with 6 items: {raw!r:.200}")
-    admitted, permit, retry, now = (int(item) for item in raw[:4])
+    try:
+        admitted, permit, retry, now = (int(item) for item in raw[:4])
+    except TypeError as exc:
+        raise ValueError(f"a circuit script answers with integers first: {raw!r:.200}") from exc
     gen, ver, snap = decode_snapshot(_text(raw[4]))
     return _Reply(
         admitted=admitted,
@@ -194,6 +222,11 @@ class _RedisLink:
         self.down = False
         self.down_since = 0.0
         self.last_error: str | None = None
+        # Bumped by every failed operation: an answer that was in flight meanwhile is
+        # older than the local decisions made since, and is not mirrored.
+        self.errors = 0
+        # A store saw something odd (an older lineage): resync at the next poll.
+        self.resync_soon = False
         self.closed = False
         self._stores: dict[str, weakref.WeakSet[RedisStore]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -253,6 +286,7 @@ class _RedisLink:
     def mark_down(self, exc: BaseException) -> None:
         """Redis failed us: every circuit of this link decides locally from now on."""
         self.last_error = _describe(exc)
+        self.errors += 1
         self.ready.clear()
         self.settled.set()
         if not self.down:
@@ -267,6 +301,10 @@ class _RedisLink:
             )
         for store in self._live_stores():
             store._enter_local()
+
+    def request_resync(self) -> None:
+        """Re-read every circuit at the next poll instead of at the next interval."""
+        self.resync_soon = True
 
     def _mark_up(self) -> None:
         if self.down:
@@ -338,8 +376,9 @@ class _RedisLink:
                 continue
             if message is not None:
                 self._dispatch(message)
-            if not self.down and time.monotonic() >= next_resync:
+            if not self.down and (self.resync_soon or time.monotonic() >= next_resync):
                 next_resync = time.monotonic() + interval
+                self.resync_soon = False
                 # A lost message is caught here, and a store still deciding
                 # locally (it joined while we reconnected) is brought in.
                 await self._recover(self._live_stores())
@@ -378,14 +417,22 @@ class _RedisLink:
             script.sha = _text(sha)
 
     async def _recover(self, stores: Sequence[RedisStore]) -> bool:
-        """Reconcile the circuits deciding locally; resync the others (messages were missed)."""
+        """Reconcile the circuits deciding locally; resync the others (messages were missed).
+
+        False as soon as Redis fails (back off before asking anything else). A circuit
+        whose answer could not be used (unreadable, or changed here meanwhile) is a
+        problem of that circuit alone: it keeps deciding locally and is tried again at
+        the next resync, and the others go on.
+        """
+        errors = self.errors
         for store in stores:
             if self.closed:
                 return False
             if store._link is not self:
                 continue  # closed meanwhile
-            if not await (store._reconcile() if store._local else store._resync()):
-                return False  # Redis failed again: back off before asking anything else
+            await (store._reconcile() if store._local else store._resync())
+            if self.errors != errors:
+                return False
         return True
 
     async def _drop_pubsub(self) -> None:
@@ -477,11 +524,16 @@ class RedisStore:
         # Deciding locally: before the first sync, and while Redis is away.
         self._local = True
         self._opened_locally = False
+        self._forced_locally = False
         # Epochs of transitions made locally are negative, so no ticket of the
         # outage can ever match an epoch that Redis hands out.
         self._local_epoch = 0
         self._resetting: int | None = None
         self._admit_lock: asyncio.Lock | None = None
+        # Failures waiting for the FAILURE script in flight; one in flight at a time.
+        self._failures: _Failures | None = None
+        self._failure_lock: asyncio.Lock | None = None
+        self._unreadable_logged = False
 
     def __repr__(self) -> str:
         return (
@@ -572,7 +624,8 @@ class RedisStore:
         finally:
             self._admit_lock.release()
         if reply is None:
-            return self._admit_locally()
+            # Redis went away: decide here. Or its answer was unusable: not now.
+            return self._admit_locally() if self._local else Admission(None, None)
         if reply.admitted == 1:
             return Admission(Ticket(reply.snap.epoch, reply.permit))
         return Admission(None, reply.retry_after)
@@ -607,7 +660,7 @@ class RedisStore:
             reply = await self._call("success", (str(ticket.epoch), str(ticket.permit)))
         else:
             return
-        if reply is None:
+        if reply is None and self._local:
             self._apply_locally(lambda s, now: machine.on_success(s, self.config, now, ticket))
 
     async def record_failure(self, ticket: Ticket) -> None:
@@ -615,10 +668,48 @@ class RedisStore:
         if ticket.epoch != snap.epoch or snap.state is CircuitState.OPEN:
             return
         if not self._local:
-            reply = await self._call("failure", (str(ticket.epoch), str(ticket.permit)))
-            if reply is not None:
-                return
+            counted = await self._count_failure(ticket.epoch)
+            if counted or not self._local:
+                return  # counted in Redis (or moot); else Redis went away: count it here
         self._apply_locally(lambda s, now: machine.on_failure(s, self.config, now, ticket))
+
+    async def _count_failure(self, epoch: int) -> bool:
+        """Count one failure of ``epoch`` in Redis; False if Redis did not answer.
+
+        One FAILURE script in flight per circuit: failures arriving meanwhile join one
+        batch, sent as one script with their count when the one in flight is back. So
+        a burst of concurrent failures costs two round trips and one connection, not
+        one connection each (which would empty the client's pool), and the script
+        applies them as the machine would one by one.
+        """
+        batch = self._failures
+        if batch is None or batch.epoch != epoch:
+            batch = self._failures = _Failures(epoch)
+        batch.count += 1
+        if self._failure_lock is None:
+            self._failure_lock = asyncio.Lock()
+        async with self._failure_lock:
+            if not batch.sent:
+                # Whoever gets here first sends the batch, with every failure in it.
+                if self._failures is batch:
+                    self._failures = None
+                batch.sent = True
+                try:
+                    batch.counted = await self._send_failures(batch)
+                except BaseException:
+                    batch.sent = False  # cancelled: the next one waiting sends it
+                    raise
+        return batch.counted
+
+    async def _send_failures(self, batch: _Failures) -> bool:
+        snap = self._mirror
+        if self._local:
+            return False
+        if batch.epoch != snap.epoch or snap.state is CircuitState.OPEN:
+            return True  # the circuit moved on: these failures count nowhere
+        reply = await self._call("failure", (str(batch.epoch), "0", str(batch.count)))
+        # No reply and still in step: Redis ran the script, its answer was unusable.
+        return reply is not None or not self._local
 
     async def release(self, ticket: Ticket) -> None:
         snap = self._mirror
@@ -630,7 +721,7 @@ class RedisStore:
             return
         if not self._local:
             reply = await self._call("release", (str(ticket.epoch), str(ticket.permit)))
-            if reply is not None:
+            if reply is not None or not self._local:
                 return
         self._apply_locally(lambda s, now: machine.on_release(s, ticket))
 
@@ -640,8 +731,10 @@ class RedisStore:
         reason = "forced open" if state is CircuitState.OPEN else f"forced {state.value}"
         if not self._local:
             reply = await self._call("force", (state.value,), reason=reason)
-            if reply is not None:
+            if reply is not None or not self._local:
                 return
+        # While Redis is away: an operator's force_open is written back on return.
+        self._forced_locally = state is CircuitState.OPEN
         self._apply_locally(lambda s, now: machine.force(s, state, now), reason)
 
     async def reset(self) -> None:
@@ -649,8 +742,9 @@ class RedisStore:
             await self.start()
         if not self._local:
             reply = await self._call("reset", (), reason="reset")
-            if reply is not None:
+            if reply is not None or not self._local:
                 return
+        self._forced_locally = False
 
         def fresh(snap: Snapshot, now: float) -> Snapshot:
             return Snapshot(epoch=snap.epoch + 1, next_permit=snap.next_permit)
@@ -688,32 +782,65 @@ class RedisStore:
         reason: str | None = None,
         authoritative: bool = False,
         remote: bool = False,
+        adopt: bool = True,
     ) -> _Reply | None:
-        """Run one script within the deadline and mirror its answer; None if Redis failed."""
+        """Run one script within the deadline and mirror its answer (unless ``adopt``
+        is False).
+
+        None when there is no answer to act on: Redis failed (the link is now down and
+        the store decides locally); Redis failed elsewhere while this script ran (the
+        store has been deciding locally since, so this answer is older than its state);
+        or the answer could not be read (a problem of this circuit alone: logged, and
+        the next resync tries again; the store stays in step with Redis).
+        """
         link = self._link
         if link is None:
             return None
         now_arg = "" if self._clock is None else str(_us(self._clock()))
+        args = [now_arg, self.channel, *self._config_args, *extra]
         installs = self._installs
+        errors = link.errors
+        pool_full = False
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.op_timeout):
-                raw = await link.scripts[script](
-                    keys=[self.key],
-                    args=[now_arg, self.channel, *self._config_args, *extra],
-                )
-            reply = _decode_reply(raw)
+                wait = _POOL_WAIT_MIN
+                while True:
+                    try:
+                        raw = await link.scripts[script](keys=[self.key], args=args)
+                        break
+                    except MaxConnectionsError:
+                        # Every connection of the client's pool is taken (many calls at
+                        # once, or the application's own): that is no outage. Wait for
+                        # one to come back, within the deadline, as a blocking pool would.
+                        pool_full = True
+                        await asyncio.sleep(wait * (0.5 + random.random() / 2))
+                        wait = min(wait * 2, _POOL_WAIT_MAX)
         except Exception as exc:
-            # Refused, hung past the deadline, killed mid-reply, OOM, NOPERM, junk:
-            # whatever it is, the caller must not see it. Decide locally instead.
+            # Refused, hung past the deadline, killed mid-reply, OOM, NOPERM: whatever
+            # it is, the caller must not see it. Decide locally instead.
+            if pool_full and isinstance(exc, TimeoutError):
+                exc = MaxConnectionsError(
+                    f"no connection of the client's pool came free within {self.op_timeout}s"
+                )
             link.mark_down(exc)
             return None
+        if link.errors != errors or self._link is not link:
+            return None
+        try:
+            reply = _decode_reply(raw)
+        except ValueError as exc:
+            self._log_unreadable(script, exc)
+            return None
+        self._unreadable_logged = False
         if self._clock is None:
             link.observe_time(reply.now, sent, time.monotonic())
         if reply.note:
             self._log_note(reply.note)
-        # Nothing newer arrived while we waited: this answer is the latest truth.
-        self._adopt(reply, reason, authoritative or installs == self._installs, remote=remote)
+        if adopt:
+            # Nothing newer arrived while we waited: this answer is the latest truth.
+            authoritative = authoritative or installs == self._installs
+            self._adopt(reply, reason, authoritative, remote=remote)
         return reply
 
     async def _resync(self) -> bool:
@@ -722,23 +849,54 @@ class RedisStore:
         return await self._call("read", (), remote=True) is not None
 
     async def _reconcile(self) -> bool:
-        """Sync with Redis after a start or an outage, by the documented rule."""
-        snap = self._mirror
-        push = snap.state is CircuitState.OPEN
-        args = (
-            "1" if push else "0",
-            self._gen,
-            "1" if self._opened_locally else "0",
-            str(snap.failure_count),
-            str(_us(snap.opened_at)),
-            "1" if snap.forced else "0",
+        """Sync with Redis after a start or an outage, by the documented rule.
+
+        The store decides locally until the answer is in, so the circuit may change
+        here during the round trip (a trip, a force_open): Redis's answer was made for
+        the state sent, so it is not mirrored then, and the rule is applied again to
+        the new state. False: still deciding locally (the link tries again later).
+        """
+        for _ in range(_RECONCILE_TRIES):
+            snap = self._mirror
+            args = (
+                "1" if snap.state is CircuitState.OPEN else "0",
+                self._gen,
+                "1" if self._opened_locally else "0",
+                str(snap.failure_count),
+                str(_us(snap.opened_at)),
+                "1" if snap.forced else "0",
+                "1" if self._forced_locally and snap.forced else "0",
+            )
+            reply = await self._call("reconcile", args, adopt=False)
+            if reply is None:
+                return False
+            if not self._local:
+                # Another reconcile of this circuit (start() and the link's) won.
+                self._adopt(reply, None, False)
+                return True
+            if self._mirror.epoch != snap.epoch:
+                continue
+            self._adopt(reply, None, True)
+            self._local = False
+            self._opened_locally = False
+            self._forced_locally = False
+            return True
+        return False
+
+    def _log_unreadable(self, script: str, exc: ValueError) -> None:
+        """An answer that does not decode: this circuit's problem, logged once until
+        an answer decodes again; the mirror keeps its last known state."""
+        if self._unreadable_logged:
+            return
+        self._unreadable_logged = True
+        logger.warning(
+            "circuit '%s': could not read redis's answer to %s (%s); keeping the last "
+            "known state until an answer can be read",
+            self.config.name,
+            script,
+            _describe(exc),
+            extra={"breaker": self.config.name, "key": self.key},
         )
-        reply = await self._call("reconcile", args, authoritative=True)
-        if reply is None:
-            return False
-        self._local = False
-        self._opened_locally = False
-        return True
 
     def _log_note(self, note: str) -> None:
         for item in note.split(";"):
@@ -774,8 +932,17 @@ class RedisStore:
     ) -> None:
         """Mirror what Redis said, unless we already mirror something newer."""
         same_lineage = reply.gen == self._gen
-        if not authoritative and same_lineage and reply.ver <= self._ver:
-            return
+        if not authoritative:
+            if same_lineage:
+                if reply.ver <= self._ver:
+                    return  # older news of the hash we mirror
+            elif self._gen and int(reply.gen) < int(self._gen):
+                # News of a hash replaced since by the one we mirror (it was deleted
+                # and created again). Or ours is the odd one (a failover to a server
+                # whose clock is behind): only Redis can tell, so ask it.
+                if self._link is not None:
+                    self._link.request_resync()
+                return
         first = self._gen == ""
         self._gen, self._ver = reply.gen, reply.ver
         old, new = self._mirror, reply.snap
@@ -809,6 +976,7 @@ class RedisStore:
         if not self._local:
             self._local = True
             self._opened_locally = False
+            self._forced_locally = False
 
     def _relabel(self, old: Snapshot, new: Snapshot) -> Snapshot:
         """Give a local transition a fresh negative epoch; note a local opening."""
