@@ -17,7 +17,9 @@ ends (loop clock). Measured:
   one core over the run;
 - resident memory (RSS) after warm-up and at the end, with samples between. The
   warm-up lasts until every checker's bounded history is full (``--history``,
-  default 10 results; each kept result is ~0.3 KB), so growth after it is a leak;
+  default the monitor's own ``history_size`` default, 100 results, so "flat"
+  covers what a default monitor keeps; each kept result is ~0.3 KB; at a 1 s
+  interval that is a 102 s warm-up), so growth after it is a leak;
   beside RSS (which also shows the allocator settling), the count of live Python
   memory blocks (``sys.getallocatedblocks()`` after a full collection);
 - garbage collections during the window: their longest pause explains the
@@ -36,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import inspect
 import math
 import os
 import random
@@ -49,6 +52,11 @@ from dataclasses import dataclass, replace
 
 from xnai_core.health.checkers import HealthCheckResult, HealthStatus, HTTPHealthChecker
 from xnai_core.health.monitor import HealthMonitor
+
+_MONITOR_DEFAULTS = inspect.signature(HealthMonitor).parameters
+DEFAULT_HISTORY = int(_MONITOR_DEFAULTS["history_size"].default)
+"""The monitor's default history_size: the benchmark keeps what a default monitor keeps."""
+DEFAULT_ALERT_WINDOW = int(_MONITOR_DEFAULTS["alert_window"].default)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -292,7 +300,7 @@ async def run_monitor(
     monitor = HealthMonitor(
         check_interval=interval,
         history_size=history,
-        alert_window=history,
+        alert_window=min(history, DEFAULT_ALERT_WINDOW),
         alert_thresholds={"success_rate": 95, "response_time": 5.0},
     )
     for probe in probes:
@@ -406,7 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured (60)")
     parser.add_argument("--checkers", type=int, default=500, help="HTTP checkers (500)")
     parser.add_argument("--interval", type=float, default=1.0, help="check interval, s (1)")
-    parser.add_argument("--history", type=int, default=10, help="the monitor's history_size (10)")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=DEFAULT_HISTORY,
+        help=f"the monitor's history_size (default: the monitor's, {DEFAULT_HISTORY})",
+    )
     parser.add_argument(
         "--baseline",
         action="store_true",

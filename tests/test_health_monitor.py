@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
 
 from tests.helpers import run_virtual
 from xnai_core.health.alerts import Alert
-from xnai_core.health.checkers import CustomHealthChecker, HealthCheckResult, HealthStatus
+from xnai_core.health.checkers import (
+    CustomHealthChecker,
+    HealthChecker,
+    HealthCheckResult,
+    HealthStatus,
+)
 from xnai_core.health.monitor import HealthMonitor
 
 T = TypeVar("T")
@@ -158,6 +165,26 @@ def test_runs_never_overlap_and_manual_checks_join_the_running_one() -> None:
     assert all(gap >= 0.1 - 1e-9 for gap in gaps)
 
 
+def test_scheduled_run_due_during_a_manual_run_joins_it() -> None:
+    """A scheduled run coming due while a manual run is in flight waits for it."""
+    checker = Scripted(duration=0.4)
+
+    async def scenario() -> float:
+        monitor = HealthMonitor(check_interval=0.5, jitter=lambda interval: 0.2)
+        monitor.add_checker(checker)
+        began = asyncio.get_running_loop().time()
+        await monitor.start_monitoring()
+        await monitor.trigger_manual_check("svc")  # runs 0 .. 0.4; the schedule wakes at 0.2
+        await asyncio.sleep(1.0)
+        await monitor.stop_monitoring()
+        return began
+
+    began = virtual(scenario())
+    assert checker.max_running == 1
+    # The 0.2 run joined the manual one; the next comes 0.5 after that run's end.
+    assert pytest.approx([s - began for s in checker.starts]) == [0.0, 0.9]
+
+
 def test_per_checker_interval_override() -> None:
     """add_checker(interval=...) schedules that checker on its own interval."""
     fast, slow = Scripted("fast"), Scripted("slow")
@@ -211,7 +238,9 @@ async def test_report_reads_state_and_never_runs_a_check() -> None:
     monitor.add_checker(checker)
     monitor.get_health_report()
     monitor.get_health_json()
+    await asyncio.sleep(0.05)  # anything it scheduled would have run by now
     assert checker.starts == []
+    assert monitor.get_service_health("svc").total_checks == 0
 
 
 async def test_report_has_exactly_the_seed_structure() -> None:
@@ -346,6 +375,35 @@ async def test_threshold_alert_raised_once_and_resolved_once() -> None:
         ("svc:success_rate", True),
     ]
     assert monitor.get_active_alerts() == []
+
+
+async def run_success_rate_alerts(script: list[HealthStatus], **kwargs: Any) -> list[Alert]:
+    monitor = HealthMonitor(alert_thresholds={"success_rate": 95}, failure_threshold=5, **kwargs)
+    monitor.add_checker(Scripted(script=script))
+    alerts: list[Alert] = []
+    monitor.add_alert_handler(alerts.append)
+    for _ in script:
+        await monitor.trigger_manual_check("svc")
+    await monitor.drain_notifications()
+    return alerts
+
+
+async def test_one_early_failure_does_not_page_on_success_rate() -> None:
+    """Rate alerts wait for a full window: a blip at check 6 is judged like one at 41."""
+    early = await run_success_rate_alerts([HEALTHY] * 5 + [UNHEALTHY] + [HEALTHY] * 40)
+    late = await run_success_rate_alerts([HEALTHY] * 40 + [UNHEALTHY] + [HEALTHY] * 40)
+    assert early == late == []
+
+
+async def test_alert_min_samples_lets_rate_alerts_start_earlier() -> None:
+    """alert_min_samples=5: the same early blip (1 in 6 = 83%) raises, then resolves."""
+    alerts = await run_success_rate_alerts(
+        [HEALTHY] * 5 + [UNHEALTHY] + [HEALTHY] * 40, alert_min_samples=5
+    )
+    assert [(a.key, a.resolved, a.details["window"]) for a in alerts] == [
+        ("svc:success_rate", False, 6),
+        ("svc:success_rate", True, 20),
+    ]
 
 
 async def test_status_alert_follows_unhealthy() -> None:
@@ -613,6 +671,11 @@ def test_add_checker_validates() -> None:
         ({"failure_threshold": 0}, "'failure_threshold' must be >= 1: 0"),
         ({"history_size": 5, "alert_window": 6}, "'alert_window' must be <= history_size"),
         ({"alert_thresholds": {"latency": 1}}, "unknown key"),
+        ({"alert_min_samples": 0}, "'alert_min_samples' must be >= 1: 0"),
+        (
+            {"alert_window": 5, "alert_min_samples": 6},
+            r"'alert_min_samples' must be <= alert_window \(5\): 6",
+        ),
     ],
 )
 def test_monitor_validates_its_arguments(kwargs: dict[str, Any], message: str) -> None:
@@ -694,6 +757,77 @@ async def test_stuck_sync_check_does_not_pile_up_threads() -> None:
     assert len(calls) == 1
 
 
+async def test_sync_check_timed_out_while_queued_does_not_block_the_next() -> None:
+    """A call that times out queued behind busy executor threads never runs nor sticks.
+
+    The job waits in the executor's queue (every worker busy), the timeout fires,
+    and the next check, once a worker is free, runs and is healthy, not "previous
+    call still running".
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    blocker = loop.run_in_executor(None, release.wait, 5.0)  # holds the only worker
+    calls: list[int] = []
+
+    def quick() -> bool:
+        calls.append(1)
+        return True
+
+    monitor = HealthMonitor(check_interval=1.0)
+    monitor.add_checker(CustomHealthChecker("quick", quick, timeout=0.1))
+    queued = await monitor.trigger_manual_check("quick")
+    release.set()
+    await blocker
+    later = [await monitor.trigger_manual_check("quick") for _ in range(3)]
+    await monitor.stop_monitoring()
+    assert (queued.status, queued.error) == (UNHEALTHY, "timed out after 0.1s")
+    assert [(r.status, r.error) for r in later] == [(HEALTHY, None)] * 3
+    assert len(calls) == 3  # the timed-out call never ran
+
+
+async def test_sync_check_that_could_not_be_submitted_does_not_block_the_next() -> None:
+    """An executor refusing the job is an unhealthy result; the next check runs normally."""
+    loop = asyncio.get_running_loop()
+    closed = ThreadPoolExecutor(max_workers=1)
+    closed.shutdown()
+    loop.set_default_executor(closed)
+    checker = CustomHealthChecker("quick", lambda: True)
+    refused = await checker.check()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    accepted = await checker.check()
+    assert refused.status == UNHEALTHY
+    assert refused.error is not None
+    assert "cannot schedule new futures after shutdown" in refused.error
+    assert (accepted.status, accepted.error) == (HEALTHY, None)
+
+
+async def test_checker_bounds_its_own_probe_by_its_timeout() -> None:
+    """check() cancels a probe that outlives ``timeout``: an unhealthy result, no raise."""
+
+    class Hanging(HealthChecker):
+        async def probe(self) -> dict[str, object]:
+            await asyncio.sleep(30)
+            return {}
+
+    class OwnTimeout(HealthChecker):
+        async def probe(self) -> dict[str, object]:
+            raise TimeoutError("socket read timed out")
+
+    async def forever() -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    async with asyncio.timeout(5):
+        hung = await Hanging("hung", timeout=0.1).check()
+        custom = await CustomHealthChecker("custom", forever, timeout=0.1).check()
+        own = await OwnTimeout("own", timeout=5).check()
+    assert (hung.status, hung.error) == (UNHEALTHY, "timed out after 0.1s")
+    assert 0.1 <= hung.response_time < 1.0
+    assert (custom.status, custom.error) == (UNHEALTHY, "timed out after 0.1s")
+    assert (own.status, own.error) == (UNHEALTHY, "TimeoutError: socket read timed out")
+
+
 async def test_overall_status_drives_the_http_status() -> None:
     """One unhealthy service makes the health+json document fail and the helper 503."""
     from xnai_core.health.health_json import http_status_for
@@ -773,3 +907,134 @@ async def test_cancelled_joiner_does_not_cancel_the_check() -> None:
     assert impatient.cancelled()
     assert monitor.get_service_health("svc").total_checks == 1
     await monitor.stop_monitoring()
+
+
+# -- calling back into the monitor from its own callbacks -------------------------------
+
+
+@pytest.mark.parametrize(
+    "where", ["recovery_callback", "alert_handler", "recovery_hook", "check_function"]
+)
+async def test_stop_monitoring_from_inside_a_callback_returns(where: str) -> None:
+    """stop_monitoring() from a callback, handler, hook or check returns and stops it all."""
+    before = asyncio.all_tasks()
+    returned = asyncio.Event()
+    outcome: list[str] = []
+    monitor: HealthMonitor
+
+    async def stop() -> None:
+        await monitor.stop_monitoring()
+        outcome.append("stop returned")
+        returned.set()
+
+    class Hook:
+        async def on_status_change(
+            self, name: str, old: HealthStatus, new: HealthStatus, result: HealthCheckResult
+        ) -> None:
+            if (old, new) == (UNHEALTHY, HEALTHY):
+                await stop()
+
+    async def alert_handler(alert: Alert) -> None:
+        if not alert.resolved:
+            await stop()
+
+    runs: list[int] = []
+
+    async def check_function() -> bool:
+        runs.append(1)
+        if len(runs) == 3:
+            await stop()
+        return True
+
+    monitor = HealthMonitor(
+        check_interval=0.01,
+        failure_threshold=1,
+        success_threshold=1,
+        jitter=no_jitter,
+        recovery_manager=Hook() if where == "recovery_hook" else None,
+    )
+    if where == "check_function":
+        monitor.add_checker(CustomHealthChecker("svc", check_function))
+    else:
+        monitor.add_checker(Scripted(script=[UNHEALTHY]))
+    monitor.add_checker(Scripted("other"))
+    if where == "recovery_callback":
+        monitor.add_recovery_callback("svc", lambda name: stop())
+    if where == "alert_handler":
+        monitor.add_alert_handler(alert_handler)
+    await monitor.start_monitoring()
+    async with asyncio.timeout(5):
+        await returned.wait()
+    await asyncio.sleep(0.05)  # the calling task finishes what it was doing
+    checks = [monitor.get_service_health(n).total_checks for n in monitor.services]
+    await asyncio.sleep(0.05)
+    assert outcome == ["stop returned"]
+    assert not monitor.monitoring_active
+    assert [monitor.get_service_health(n).total_checks for n in monitor.services] == checks
+    assert asyncio.all_tasks() == before
+    await monitor.stop_monitoring()  # still idempotent
+
+
+async def test_remove_checker_from_its_own_alert_handler_lets_the_handler_finish() -> None:
+    """remove_checker() inside a handler neither cancels the handler nor leaves tasks."""
+    before = asyncio.all_tasks()
+    monitor = HealthMonitor(check_interval=0.01, failure_threshold=1, jitter=no_jitter)
+    monitor.add_checker(Scripted(default=UNHEALTHY))
+    finished = asyncio.Event()
+    seen: list[tuple[str, bool]] = []
+
+    async def handler(alert: Alert) -> None:
+        seen.append((alert.key, alert.resolved))
+        if not alert.resolved:
+            monitor.remove_checker("svc")
+            await asyncio.sleep(0.01)
+            finished.set()
+
+    monitor.add_alert_handler(handler)
+    await monitor.start_monitoring()
+    async with asyncio.timeout(5):
+        await finished.wait()
+    await monitor.drain_notifications()
+    await monitor.stop_monitoring()
+    assert monitor.services == ()
+    assert seen == [("svc:status", False), ("svc:status", True)]
+    assert asyncio.all_tasks() == before
+
+
+async def test_remove_checker_resolves_its_active_alerts() -> None:
+    """Removing a service sends a resolved notice for each of its alerts, after the raises."""
+    monitor = HealthMonitor(
+        failure_threshold=1, alert_thresholds={"consecutive_failures": 1}, alert_window=1
+    )
+    monitor.add_checker(Scripted(default=UNHEALTHY))
+    monitor.add_checker(Scripted("other", default=UNHEALTHY))
+    received: list[Alert] = []
+
+    async def handler(alert: Alert) -> None:
+        await asyncio.sleep(0.01)  # slow enough that the raises are still queued
+        received.append(alert)
+
+    monitor.add_alert_handler(handler)
+    await monitor.trigger_manual_check("other")
+    await monitor.emit_alert(
+        Alert(service="svc", kind="manual_intervention", severity="critical", message="gave up")
+    )
+    await monitor.trigger_manual_check("svc")
+    monitor.remove_checker("svc")
+    assert {a.service for a in monitor.get_active_alerts()} == {"other"}
+    await monitor.drain_notifications()
+    await monitor.stop_monitoring()
+    mine = [(a.key, a.resolved) for a in received if a.service == "svc"]
+    assert mine == [
+        ("svc:manual_intervention", False),
+        ("svc:status", False),
+        ("svc:consecutive_failures", False),
+        ("svc:consecutive_failures", True),
+        ("svc:manual_intervention", True),
+        ("svc:status", True),
+    ]
+    assert all(a.severity == "info" for a in received if a.resolved)
+    assert [a.key for a in monitor.get_active_alerts()] == [
+        "other:status",
+        "other:consecutive_failures",
+    ]

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import free_port
+from xnai_core.health import checkers as checkers_module
 from xnai_core.health.checkers import DatabaseHealthChecker, HealthStatus
 from xnai_core.health.factories import create_database_health_checker
 from xnai_core.health.monitor import HealthMonitor
@@ -89,6 +90,69 @@ async def test_dead_connection_is_replaced(postgres_dsn: str) -> None:
         await checker.aclose()
     assert after[-1] == HEALTHY
     assert backends == 1
+
+
+async def backend_pids(admin: asyncpg.Connection, tag: str, expected: int) -> list[int]:
+    """PIDs of the backends named ``tag``, once there are ``expected`` of them (or 5 s pass)."""
+    await backends_settle(admin, tag, expected)
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid", tag
+    )
+    return [int(row["pid"]) for row in rows]
+
+
+async def test_terminated_connection_is_replaced_at_the_next_check(postgres_dsn: str) -> None:
+    """pg_terminate_backend of the checker's connection: the very next check reconnects."""
+    tag = f"xnai-test-{uuid.uuid4().hex[:8]}"
+    checker = DatabaseHealthChecker("db", postgres_dsn, application_name=tag)
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        assert (await checker.check()).status == HEALTHY
+        [first] = await backend_pids(admin, tag, 1)
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+        await backends_settle(admin, tag, 0)
+        await asyncio.sleep(0.05)  # the server's goodbye reaches the client
+        after = await checker.check()
+        [second] = await backend_pids(admin, tag, 1)
+    finally:
+        await admin.close()
+        await checker.aclose()
+    assert (after.status, after.error) == (HEALTHY, None)
+    assert second != first
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        # The server rejects the query; the connection itself would still work.
+        ("SELECT 1/0", "DivisionByZeroError: division by zero"),
+        # The query outlives the timeout and is cancelled mid-flight.
+        ("SELECT pg_sleep(2)", "timed out after 0.3s"),
+    ],
+)
+async def test_failed_or_cancelled_query_replaces_the_connection(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, query: str, error: str
+) -> None:
+    """After a failed or cancelled query the checker never reuses that connection."""
+    tag = f"xnai-test-{uuid.uuid4().hex[:8]}"
+    checker = DatabaseHealthChecker("db", postgres_dsn, application_name=tag, timeout=0.3)
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        assert (await checker.check()).status == HEALTHY
+        [first] = await backend_pids(admin, tag, 1)
+        with monkeypatch.context() as patch:
+            patch.setattr(checkers_module, "_FACTS_QUERY", query)
+            failed = await checker.check()
+        # The old backend is gone (for pg_sleep: once the server notices the cancel).
+        gone = first not in await backend_pids(admin, tag, 0)
+        after = await checker.check()
+        [second] = await backend_pids(admin, tag, 1)
+    finally:
+        await admin.close()
+        await checker.aclose()
+    assert (failed.status, failed.error) == (UNHEALTHY, error)
+    assert gone
+    assert (after.status, second != first) == (HEALTHY, True)
 
 
 async def test_dsn_password_never_appears(

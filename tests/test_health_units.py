@@ -78,14 +78,51 @@ def test_result_to_dict_is_json_ready() -> None:
         ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
         ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
         ("http://h/health?token=abc&x=1", "http://h/health?token=***&x=1"),
-        ("http://user@h/", "http://user@h/"),
         ("http://h/plain", "http://h/plain"),
         ("host=db user=app password=s3cret", "host=db user=app password=***"),
+        # Secret parameters are recognised by any name containing a secret word,
+        # whatever its case and separators.
+        ("http://h/?auth_token=t1", "http://h/?auth_token=***"),
+        ("http://h/?client_secret=t2&a=1", "http://h/?client_secret=***&a=1"),
+        ("http://h/?private_token=t3", "http://h/?private_token=***"),
+        ("http://h/?api-key=t4", "http://h/?api-key=***"),
+        ("http://h/?X-Amz-Signature=t5&X-Amz-Date=1", "http://h/?X-Amz-Signature=***&X-Amz-Date=1"),
+        ("http://h/?X-Amz-Credential=AKIA%2F1", "http://h/?X-Amz-Credential=***"),
+        ("http://h/?ACCESS_TOKEN=t6", "http://h/?ACCESS_TOKEN=***"),
+        ("http://h/?SessionId=t7", "http://h/?SessionId=***"),
+        ("http://h/?db_passwd=t8", "http://h/?db_passwd=***"),
+        ("http://h/?api%5Fkey=t9", "http://h/?api%5Fkey=***"),
+        ("http://h/?a=1;token=t10", "http://h/?a=1;token=***"),
+        ("http://h/#access_token=t11&state=x", "http://h/#access_token=***&state=x"),
+        # Harmless parameters keep their exact spelling.
+        ("http://h/?q=a%20b+c&token=x", "http://h/?q=a%20b+c&token=***"),
+        # A user name without a password is how tokens travel over HTTP: masked.
+        ("http://ghp_tok@h/", "http://***@h/"),
+        ("https://user@h:8443/x", "https://***@h:8443/x"),
+        # ... but in database and cache DSNs it is a role name, shown.
+        ("postgresql://app@db:5432/app", "postgresql://app@db:5432/app"),
+        ("postgresql+asyncpg://app@db/app", "postgresql+asyncpg://app@db/app"),
+        ("redis://default@cache:6379/0", "redis://default@cache:6379/0"),
     ],
 )
 def test_redact_url_masks_secrets(url: str, expected: str) -> None:
-    """Passwords and secret query values are masked; the rest stays readable."""
+    """Passwords, tokens and secret query values are masked; the rest stays readable."""
     assert expected == redact_url(url)
+
+
+def test_url_secrets_cover_new_names_and_token_users() -> None:
+    """Secret values of any secret-looking name, and a token user, are scrubbed from text."""
+    url = "http://tok_user123@h/?auth_token=tok_BBB222&X-Amz-Signature=sig%2B456&n=visible1"
+    secrets = url_secrets(url)
+    text = "GET http://tok_user123@h/ failed: token tok_BBB222, signature sig+456 sig%2B456"
+    assert scrub(text, secrets) == "GET http://***@h/ failed: token ***, signature *** ***"
+    assert "visible1" not in secrets
+
+
+def test_short_secret_values_are_scrubbed_only_with_their_name() -> None:
+    """A 1-3 character secret value is masked as name=value, not everywhere in the text."""
+    secrets = url_secrets("http://h/?session=1")
+    assert scrub("status 101 for ?session=1", secrets) == "status 101 for ?***"
 
 
 def test_url_secrets_include_decoded_forms() -> None:
@@ -269,6 +306,36 @@ def test_evaluate_raises_once_and_resolves_once() -> None:
     assert [(a.key, a.resolved, a.severity) for a in cleared] == [
         ("api:success_rate", True, "info")
     ]
+
+
+def test_evaluate_window_kinds_wait_for_min_samples() -> None:
+    """success_rate and response_time stay quiet until the window holds min_samples."""
+    thresholds = AlertThresholds(success_rate=95.0, response_time=1.0)
+    for count in range(1, 5):
+        window = results(*([HEALTHY] * (count - 1)), UNHEALTHY, response_time=2.0)
+        quiet = evaluate(
+            "api",
+            status=DEGRADED,
+            consecutive_failures=1,
+            window=window,
+            thresholds=thresholds,
+            active=set(),
+            now=1.0,
+            min_samples=5,
+        )
+        assert quiet == []
+    window = results(HEALTHY, HEALTHY, HEALTHY, HEALTHY, UNHEALTHY, response_time=2.0)
+    raised = evaluate(
+        "api",
+        status=DEGRADED,
+        consecutive_failures=1,
+        window=window,
+        thresholds=thresholds,
+        active=set(),
+        now=2.0,
+        min_samples=5,
+    )
+    assert [a.key for a in raised] == ["api:success_rate", "api:response_time"]
 
 
 def test_evaluate_status_alert_is_critical() -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 logger = logging.getLogger("xnai_core.health.monitor")
 
@@ -41,8 +42,15 @@ class Lane:
                 self._drain(), name=f"xnai-health-notify-{self._label}"
             )
 
+    def runs_in(self, task: asyncio.Task[Any] | None) -> bool:
+        """True if ``task`` is this lane's worker (a job of this lane is calling)."""
+        return task is not None and task is self._worker
+
     async def _drain(self) -> None:
-        while self._pending:
+        me = asyncio.current_task()
+        # A worker detached by aclose() (closed from inside its own job) stops
+        # after that job: a later push() starts a fresh worker, never two at once.
+        while self._pending and self._worker is me:
             job = self._pending.popleft()
             try:
                 await job()
@@ -50,9 +58,16 @@ class Lane:
                 logger.exception("notification failed", extra={"lane": self._label})
 
     async def idle(self) -> None:
-        """Wait until every queued job has run."""
+        """Wait until every queued job has run.
+
+        Called from one of this lane's own jobs, it returns at once: a job cannot
+        wait for itself (nor for the jobs queued behind it).
+        """
+        current = asyncio.current_task()
         while self._worker is not None and not self._worker.done():
             worker = self._worker
+            if worker is current:
+                return
             try:
                 await asyncio.shield(worker)
             except asyncio.CancelledError:
@@ -61,10 +76,18 @@ class Lane:
                     return  # the lane was closed under us: nothing left to wait for
                 raise
 
-    async def aclose(self) -> None:
-        """Drop pending jobs and cancel the running one."""
+    async def aclose(self, spare: asyncio.Task[Any] | None = None) -> None:
+        """Drop pending jobs and cancel the running one.
+
+        A job never cancels or awaits itself: called from inside one of this
+        lane's jobs (or when the worker is ``spare``), the running job is left to
+        finish and nothing queued runs after it.
+        """
         self._pending.clear()
         worker, self._worker = self._worker, None
-        if worker is not None and not worker.done():
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+        if worker is None or worker.done():
+            return
+        if worker is asyncio.current_task() or worker is spare:
+            return
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)

@@ -10,6 +10,10 @@ Kinds the monitor raises by itself:
   below the threshold, in percent (warning).
 - ``response_time``: the mean response time over that window rose above the
   threshold, in seconds (warning).
+
+  Both window kinds are judged only once the window holds ``min_samples``
+  results (the monitor's ``alert_min_samples``, by default a full window): one
+  failure among the first three checks is not a 67% success rate worth a page.
 - ``consecutive_failures``: that many failed checks in a row (critical).
 
 Other components (the recovery manager) raise their own alerts through
@@ -160,8 +164,10 @@ def _conditions(
     consecutive_failures: int,
     window: Sequence[HealthCheckResult],
     thresholds: AlertThresholds,
+    min_samples: int,
 ) -> list[_Condition]:
     last_error = window[-1].error if window else None
+    enough = len(window) >= min_samples
     found = [
         _Condition(
             "status",
@@ -177,7 +183,7 @@ def _conditions(
             _Condition(
                 "success_rate",
                 "warning",
-                rate is not None and rate < thresholds.success_rate,
+                enough and rate is not None and rate < thresholds.success_rate,
                 f"{service} success rate {rate or 0.0:.1f}% < {thresholds.success_rate:g}%",
                 {"value": rate, "threshold": thresholds.success_rate, "window": len(window)},
             )
@@ -188,7 +194,7 @@ def _conditions(
             _Condition(
                 "response_time",
                 "warning",
-                mean is not None and mean > thresholds.response_time,
+                enough and mean is not None and mean > thresholds.response_time,
                 f"{service} mean response time {mean or 0.0:.3f}s > {thresholds.response_time:g}s",
                 {"value": mean, "threshold": thresholds.response_time, "window": len(window)},
             )
@@ -215,14 +221,18 @@ def evaluate(
     thresholds: AlertThresholds,
     active: Collection[str],
     now: float,
+    min_samples: int = 1,
 ) -> list[Alert]:
     """The alerts to send after a result: new crossings, and resolved ones.
 
     ``active`` holds the keys of this service's alerts that are raised now; the
     caller adds the keys of returned alerts and removes those of resolved ones.
+    The window kinds (success rate, response time) are judged only once
+    ``window`` holds at least ``min_samples`` results.
     """
     alerts: list[Alert] = []
-    for condition in _conditions(service, status, consecutive_failures, window, thresholds):
+    conditions = _conditions(service, status, consecutive_failures, window, thresholds, min_samples)
+    for condition in conditions:
         key = f"{service}:{condition.kind}"
         if condition.breached and key not in active:
             alerts.append(

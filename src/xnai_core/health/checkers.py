@@ -8,8 +8,9 @@ credential scrubbing. Anything with a ``name`` and an async ``check()`` also
 works with the monitor (:class:`SupportsHealthCheck`).
 
 Checkers never raise from ``check()``: a failure is an unhealthy result that
-carries the error text. Timeouts are enforced by the monitor (and, for HTTP,
-by the client too).
+carries the error text. ``check()`` bounds the probe by the checker's own
+``timeout`` (a timeout is an unhealthy "timed out after Xs" result); the monitor
+further caps it at its interval.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import contextvars
 import enum
 import inspect
 import ssl
@@ -45,6 +47,7 @@ __all__ = [
     "HealthCheckResult",
     "HealthChecker",
     "HealthStatus",
+    "RedisClient",
     "RedisHealthChecker",
     "SupportsHealthCheck",
 ]
@@ -145,7 +148,9 @@ def _error_text(exc: BaseException) -> str:
 class HealthChecker(abc.ABC):
     """Base class for checkers: implement :meth:`probe`, get the rest.
 
-    ``timeout`` bounds one check (the monitor further caps it at its interval).
+    ``timeout`` bounds one check: :meth:`check` cancels a probe that outlives it
+    and returns an unhealthy "timed out after Xs" result (the monitor further
+    caps it at its interval).
     ``degraded_threshold``: a correct answer slower than this many seconds is
     ``degraded`` rather than ``healthy``; ``None`` disables the rule.
     """
@@ -195,20 +200,29 @@ class HealthChecker(abc.ABC):
         """Release pooled connections; the checker reopens them when used again."""
 
     async def check(self) -> HealthCheckResult:
-        """Run :meth:`probe`, timed; never raises (except on cancellation)."""
+        """Run :meth:`probe`, timed and bounded by ``timeout``; never raises.
+
+        (Except on cancellation, which propagates.)
+        """
         timestamp = time.time()
         started = time.perf_counter()
+        deadline = asyncio.timeout(self.timeout)
         try:
-            outcome = await self.probe()
+            async with deadline:
+                outcome = await self.probe()
         except Exception as exc:
             extra = exc.details if isinstance(exc, HealthCheckError) else {}
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                failure = f"timed out after {self.timeout:g}s"
+            else:
+                failure = scrub(_error_text(exc), self.secrets())
             return HealthCheckResult(
                 service=self._name,
                 status=UNHEALTHY,
                 response_time=time.perf_counter() - started,
                 timestamp=timestamp,
                 details={**self.describe(), **extra},
-                error=scrub(_error_text(exc), self.secrets()),
+                error=failure,
             )
         elapsed = time.perf_counter() - started
         if isinstance(outcome, HealthCheckResult):
@@ -359,11 +373,60 @@ class HTTPHealthChecker(HealthChecker):
             await transport.aclose()
 
 
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+"""The clients :class:`RedisHealthChecker` accepts."""
+
+
+def _connection_kwargs(client: RedisClient) -> Mapping[str, object]:
+    """The client's connection settings, read defensively.
+
+    A ``Redis`` keeps them on its connection pool; a ``RedisCluster`` has no pool
+    and keeps them on itself (and its nodes manager).
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        kwargs = getattr(pool, "connection_kwargs", None)
+    else:
+        kwargs = getattr(client, "connection_kwargs", None)
+        if not isinstance(kwargs, Mapping):
+            manager = getattr(client, "nodes_manager", None)
+            kwargs = getattr(manager, "connection_kwargs", None)
+    return kwargs if isinstance(kwargs, Mapping) else {}
+
+
+def _cluster_node_names(client: RedisClient) -> list[str]:
+    """``host:port`` of the cluster's known nodes (startup nodes before discovery)."""
+    manager = getattr(client, "nodes_manager", None)
+    names: set[str] = set()
+    for attribute in ("nodes_cache", "startup_nodes"):
+        nodes = getattr(manager, attribute, None)
+        if isinstance(nodes, Mapping) and nodes:
+            for node in list(nodes.values()):
+                host, port = getattr(node, "host", None), getattr(node, "port", None)
+                if host is not None and port is not None:
+                    names.add(f"{host}:{port}")
+            if names:
+                break
+    return sorted(names)
+
+
+def _flat_info(info: object) -> Mapping[str, object]:
+    """INFO as one node's mapping, whether the client answered for one node or several."""
+    if not isinstance(info, Mapping):
+        return {}
+    if "redis_version" in info or not info:
+        return info
+    per_node = [value for value in info.values() if isinstance(value, Mapping)]
+    return per_node[0] if per_node and len(per_node) == len(info) else info
+
+
 class RedisHealthChecker(HealthChecker):
     """Checks Redis: PING latency plus INFO facts (role, memory, clients, version).
 
-    Uses the ``redis.asyncio.Redis`` client you pass (never closed here), or one
-    built from ``url`` and owned by the checker.
+    Uses the ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` client you
+    pass (never closed here), or a ``Redis`` built from ``url`` and owned by the
+    checker. On a cluster, PING goes to every primary (all must answer) and INFO
+    comes from the client's default node.
     """
 
     component_type = "datastore"
@@ -371,7 +434,7 @@ class RedisHealthChecker(HealthChecker):
     def __init__(
         self,
         name: str = "redis",
-        redis_client: aioredis.Redis | None = None,
+        redis_client: RedisClient | None = None,
         *,
         url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -385,7 +448,7 @@ class RedisHealthChecker(HealthChecker):
         self._owns_client = redis_client is None
         self._secrets: tuple[str, ...] = url_secrets(url) if url else ()
         if redis_client is not None:
-            password = redis_client.connection_pool.connection_kwargs.get("password")
+            password = _connection_kwargs(redis_client).get("password")
             if isinstance(password, str) and password:
                 self._secrets = (password,)
 
@@ -393,7 +456,9 @@ class RedisHealthChecker(HealthChecker):
         if self._url is not None:
             return {"url": redact_url(self._url)}
         assert self._client is not None
-        kwargs = self._client.connection_pool.connection_kwargs
+        if isinstance(self._client, aioredis.RedisCluster):
+            return {"cluster_nodes": _cluster_node_names(self._client)}
+        kwargs = _connection_kwargs(self._client)
         if "path" in kwargs:
             return {"address": f"unix:{kwargs['path']}", "db": kwargs.get("db", 0)}
         return {
@@ -404,7 +469,7 @@ class RedisHealthChecker(HealthChecker):
     def secrets(self) -> tuple[str, ...]:
         return self._secrets
 
-    def _get_client(self) -> aioredis.Redis:
+    def _get_client(self) -> RedisClient:
         if self._client is None:
             assert self._url is not None
             self._client = aioredis.Redis.from_url(self._url)
@@ -413,9 +478,13 @@ class RedisHealthChecker(HealthChecker):
     async def probe(self) -> Mapping[str, object]:
         client = self._get_client()
         started = time.perf_counter()
-        await client.ping()
+        if isinstance(client, aioredis.RedisCluster):
+            # Every primary must answer: a cluster missing one cannot serve its slots.
+            await client.ping(target_nodes=aioredis.RedisCluster.PRIMARIES)
+        else:
+            await client.ping()
         ping_latency = time.perf_counter() - started
-        info = await client.info()
+        info = _flat_info(await client.info())
         details: dict[str, object] = {"ping_latency": ping_latency}
         for key in (
             "role",
@@ -554,9 +623,11 @@ class CustomHealthChecker(HealthChecker):
     - a :class:`HealthCheckResult`: taken as the verdict.
 
     An exception is an unhealthy result carrying the error. Sync functions run in
-    a worker thread (``in_thread=False`` runs them on the event loop, for quick
-    ones); a sync call that outlives its timeout is not started again until it
-    returns, so a stuck function never piles up threads.
+    the loop's default executor (``in_thread=False`` runs them on the event loop,
+    for quick ones); a sync call that outlives its timeout is not started again
+    until it returns, so a stuck function never piles up threads. A call that
+    timed out while still queued in the executor (every worker busy) never runs,
+    and does not block the next check.
     """
 
     def __init__(
@@ -584,19 +655,54 @@ class CustomHealthChecker(HealthChecker):
         if self._is_async or not self._in_thread:
             value = self._func()
         else:
-            if self._busy.is_set():
-                raise HealthCheckError("previous call of the check function is still running")
-            self._busy.set()
-            value = await asyncio.to_thread(self._run_marked)
+            value = await self._call_in_thread()
         if inspect.isawaitable(value):
             value = await value
         return value
 
-    def _run_marked(self) -> CheckReturn | Awaitable[CheckReturn]:
+    async def _call_in_thread(self) -> CheckReturn | Awaitable[CheckReturn]:
+        """Run the function in the default executor; ``_busy`` while it may still run.
+
+        ``_busy`` is cleared when the job ends, whatever the outcome: by the worker
+        thread when the function returns or raises, here when the job never
+        started (cancelled while queued) or could not be submitted at all.
+        """
+        if self._busy.is_set():
+            raise HealthCheckError("previous call of the check function is still running")
+        self._busy.set()
+        busy = self._busy
+        func = self._func
+        context = contextvars.copy_context()
+        lock = threading.Lock()
+        started = abandoned = False
+
+        def job() -> CheckReturn | Awaitable[CheckReturn]:
+            nonlocal started
+            with lock:
+                if abandoned:
+                    return None  # given up on while queued: its caller is gone
+                started = True
+            try:
+                return context.run(func)
+            finally:
+                busy.clear()
+
+        def settle(_: asyncio.Future[CheckReturn | Awaitable[CheckReturn]]) -> None:
+            nonlocal abandoned
+            with lock:
+                if not started:
+                    # Cancelled (timed out) before a worker picked it up: it never
+                    # runs now, so nothing is running.
+                    abandoned = True
+                    busy.clear()
+
         try:
-            return self._func()
-        finally:
-            self._busy.clear()
+            future = asyncio.get_running_loop().run_in_executor(None, job)
+        except BaseException:
+            busy.clear()  # never submitted (executor shut down, ...)
+            raise
+        future.add_done_callback(settle)
+        return await future
 
     async def probe(self) -> Mapping[str, object] | HealthCheckResult:
         value = await self._call()

@@ -19,12 +19,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-import redis.asyncio as aioredis
-
 from .checkers import (
     DEFAULT_TIMEOUT,
     DatabaseHealthChecker,
     HTTPHealthChecker,
+    RedisClient,
     RedisHealthChecker,
 )
 
@@ -95,13 +94,15 @@ def create_chainlit_ui_health_checker(
 
 
 def create_redis_health_checker(
-    redis_client: aioredis.Redis | None = None,
+    redis_client: RedisClient | None = None,
     name: str = "redis",
     *,
     timeout: float = DEFAULT_TIMEOUT,
     degraded_threshold: float | None = 0.5,
 ) -> RedisHealthChecker:
     """A Redis checker on your ``redis.asyncio`` client (which stays yours to close).
+
+    ``redis_client`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
 
     Without a client, the checker builds and owns one from ``$XNAI_REDIS_URL``,
     else ``redis://localhost:6379/0``. A PING+INFO slower than 0.5 s is ``degraded``.

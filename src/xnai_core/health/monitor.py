@@ -13,8 +13,10 @@ Scheduling (Kubernetes / Consul style):
 Status follows results with hysteresis (see :mod:`.hysteresis`). The report reads
 stored state and never runs a check. Alert handlers, recovery callbacks and the
 recovery manager's hook run in per-service background lanes, so a slow webhook or
-a long recovery never delays a health check. Memory is bounded: each service
-keeps at most ``history_size`` results.
+a long recovery never delays a health check; they may call back into the monitor
+(even ``stop_monitoring()`` or ``remove_checker()``): the monitor never cancels or
+awaits the task it is called from. Memory is bounded: each service keeps at most
+``history_size`` results.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ class _Service:
             event.set()
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None  # no running loop
+
+
 def _secrets_of(checker: object) -> tuple[str, ...]:
     secrets = getattr(checker, "secrets", None)
     if callable(secrets):
@@ -115,7 +124,10 @@ class HealthMonitor:
     ``check_interval`` seconds between the end of one check and the start of the
     next. ``alert_thresholds``: ``{"success_rate": 95, "response_time": 5.0,
     "consecutive_failures": 5}`` (percent, seconds, count; any subset) evaluated
-    over the last ``alert_window`` results. ``failure_threshold`` failures in a row
+    over the last ``alert_window`` results; the window kinds (success rate, mean
+    response time) only once it holds ``alert_min_samples`` results (default: a
+    full window), so one failure among the first checks does not page.
+    ``failure_threshold`` failures in a row
     make a service unhealthy (fewer: degraded); ``success_threshold`` successes in
     a row make it healthy again. ``check_timeout`` caps every check (default: the
     checker's own timeout, never more than the interval). ``clock`` gives the
@@ -136,6 +148,7 @@ class HealthMonitor:
         check_timeout: float | None = None,
         history_size: int = 100,
         alert_window: int = 20,
+        alert_min_samples: int | None = None,
         alert_handler_timeout: float | None = 10.0,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[float], float] | None = None,
@@ -159,6 +172,15 @@ class HealthMonitor:
             raise ValueError(
                 f"'alert_window' must be <= history_size ({self._history_size}): {alert_window!r}"
             )
+        if alert_min_samples is None:
+            self._alert_min_samples = self._alert_window
+        else:
+            self._alert_min_samples = check_int("alert_min_samples", alert_min_samples, 1)
+            if self._alert_min_samples > self._alert_window:
+                raise ValueError(
+                    f"'alert_min_samples' must be <= alert_window ({self._alert_window}):"
+                    f" {alert_min_samples!r}"
+                )
         self._alert_handler_timeout = (
             None
             if alert_handler_timeout is None
@@ -170,7 +192,8 @@ class HealthMonitor:
         self._recovery_callbacks: dict[str, list[RecoveryCallback]] = {}
         self._alert_handlers: list[AlertHandler] = []
         self._active_alerts: dict[str, Alert] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Removed services still delivering their last notices and closing.
+        self._retiring: dict[asyncio.Task[None], _Service] = {}
         self._active = False
         self._recovery_hook = recovery_manager
         if recovery_manager is not None:
@@ -249,23 +272,62 @@ class HealthMonitor:
     def remove_checker(self, name: str) -> None:
         """Stop monitoring ``name``; its task is cancelled and its connections closed.
 
+        Its active alerts are resolved: the handlers get a resolved notice for each
+        (after any notice still queued for it), then its notification lanes close.
+        Safe to call from the service's own check, callbacks or alert handlers.
         Raises ``KeyError`` for an unknown name.
         """
         service = self._service(name)
         del self._services[name]
-        for key in service.active_alerts:
-            self._active_alerts.pop(key, None)
+        resolved = self._resolve_alerts_of(name, service)
         service.wake_waiters()
-        tasks = [t for t in (service.task, service.runner) if t is not None and not t.done()]
+        caller = _current_task()
+        tasks = [
+            t
+            for t in (service.task, service.runner)
+            if t is not None and not t.done() and t is not caller
+        ]
+        service.task = None  # a schedule loop calling this from its own check ends after it
         for task in tasks:
             task.cancel()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # no loop, so nothing of it can be running
-        retire = loop.create_task(self._retire(service, tasks), name=f"xnai-health-retire-{name}")
-        self._retiring.add(retire)
-        retire.add_done_callback(self._retiring.discard)
+            return  # no loop, so nothing of it can be running (nor deliver the notices)
+        for alert in resolved:
+            service.alert_lane.push(self._delivery(alert))
+        retire = loop.create_task(
+            self._retire(service, tasks, caller), name=f"xnai-health-retire-{name}"
+        )
+        self._retiring[retire] = service
+        retire.add_done_callback(self._forget_retired)
+
+    def _forget_retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
+
+    def _resolve_alerts_of(self, name: str, service: _Service) -> list[Alert]:
+        """Resolved notices for every active alert of a service that is going away."""
+        keys = set(service.active_alerts)
+        keys.update(key for key, alert in self._active_alerts.items() if alert.service == name)
+        service.active_alerts.clear()
+        notices = []
+        now = self._clock()
+        for key in sorted(keys):
+            active = self._active_alerts.get(key)
+            kind = active.kind if active is not None else key.rpartition(":")[2] or "status"
+            notice = Alert(
+                key=key,
+                service=name,
+                kind=kind,
+                severity="info",
+                message=f"resolved: {name} is no longer monitored",
+                resolved=True,
+                timestamp=now,
+                details={"reason": "checker removed"},
+            )
+            self._track_alert(notice)
+            notices.append(notice)
+        return notices
 
     def add_recovery_callback(self, name: str, callback: RecoveryCallback) -> None:
         """Call ``callback(name)`` (sync or async) each time ``name`` recovers.
@@ -304,19 +366,28 @@ class HealthMonitor:
 
         Idempotent; nothing of the monitor runs afterwards. Pending notifications
         are dropped: await :meth:`drain_notifications` first to deliver them.
+
+        May be called from a recovery callback, an alert handler, the recovery
+        hook or a check: the task it is called from is neither cancelled nor
+        awaited; it finishes what it is doing and nothing queued runs after it.
         """
         was_active, self._active = self._active, False
+        caller = _current_task()
         tasks: list[asyncio.Task[Any]] = []
         for service in self._services.values():
             for task in (service.task, service.runner):
-                if task is not None and not task.done():
+                if task is not None and not task.done() and task is not caller:
                     task.cancel()
                     tasks.append(task)
             service.task = None
-        tasks.extend(self._retiring)
+        for retiring in list(self._retiring.values()):
+            # Removed services: drop their undelivered notices too, then let them close.
+            await retiring.alert_lane.aclose()
+        tasks.extend(task for task in self._retiring if task is not caller)
         await asyncio.gather(*tasks, return_exceptions=True)
-        for service in self._services.values():
-            service.runner = None
+        for service in list(self._services.values()):
+            if service.runner is not caller:
+                service.runner = None
             for lane in service.lanes():
                 await lane.aclose()
             await self._close_checker(service)
@@ -324,10 +395,22 @@ class HealthMonitor:
             logger.info("health monitoring stopped", extra={"services": len(self._services)})
 
     async def drain_notifications(self) -> None:
-        """Wait until queued alerts, recovery callbacks and hook calls have run."""
+        """Wait until queued alerts, recovery callbacks and hook calls have run.
+
+        Includes the resolved notices of removed checkers. From inside a callback,
+        it does not wait for that callback's own lane.
+        """
         for service in list(self._services.values()):
             for lane in service.lanes():
                 await lane.idle()
+        caller = _current_task()
+        retiring = [
+            task
+            for task, service in self._retiring.items()
+            if task is not caller and not any(lane.runs_in(caller) for lane in service.lanes())
+        ]
+        if retiring:
+            await asyncio.wait(retiring)
 
     async def __aenter__(self) -> Self:
         await self.start_monitoring()
@@ -463,14 +546,19 @@ class HealthMonitor:
             )
 
     async def _schedule(self, service: _Service) -> None:
+        me = asyncio.current_task()
         first = min(max(self._jitter(service.interval), 0.0), service.interval)
         await asyncio.sleep(first)
-        while True:
+        # service.task stops being this task when monitoring stops, or the checker is
+        # removed, from inside its own check (which is then not cancelled).
+        while service.task is me:
             try:
                 await self._check(service)
             except Exception:
                 # A bug must not end this service's monitoring.
                 logger.exception("health check loop error", extra={"service": service.name})
+            if service.task is not me:
+                return
             await asyncio.sleep(service.interval)
 
     async def _check(self, service: _Service) -> HealthCheckResult:
@@ -586,6 +674,7 @@ class HealthMonitor:
             thresholds=self._thresholds,
             active=service.active_alerts,
             now=self._clock(),
+            min_samples=self._alert_min_samples,
         )
         for alert in alerts:
             if alert.resolved:
@@ -656,10 +745,17 @@ class HealthMonitor:
 
         return job
 
-    async def _retire(self, service: _Service, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _retire(
+        self,
+        service: _Service,
+        tasks: list[asyncio.Task[Any]],
+        caller: asyncio.Task[Any] | None,
+    ) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Deliver what is queued for the service (its resolved notices last), then close.
+        await service.alert_lane.idle()
         for lane in service.lanes():
-            await lane.aclose()
+            await lane.aclose(spare=caller)
         await self._close_checker(service)
 
     async def _close_checker(self, service: _Service) -> None:
