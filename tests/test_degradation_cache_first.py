@@ -116,9 +116,9 @@ def test_memory_cache_bound_is_validated() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ttl": 0}, "'ttl' must be a finite number > 0: 0"),
-        ({"ttl": float("inf")}, "'ttl' must be a finite number > 0: inf"),
-        ({"stale_if_error": -1}, "'stale_if_error' must be a finite number >= 0: -1"),
+        ({"ttl": 0}, "'ttl' must be > 0 seconds: 0"),
+        ({"ttl": float("inf")}, "'ttl' must be a finite number of seconds: inf"),
+        ({"stale_if_error": -1}, "'stale_if_error' must be >= 0 seconds: -1"),
     ],
 )
 def test_cache_first_settings_are_validated(kwargs: dict[str, Any], message: str) -> None:

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from .._validation import check_int, check_seconds
+
 ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
-
-
-def _check_positive_int(name: str, value: object, minimum: int) -> None:
-    # bool is an int subclass; `failure_threshold=True` is a bug, not a 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be an int: {value!r}")
-    if value < minimum:
-        raise ValueError(f"'{name}' must be >= {minimum}: {value!r}")
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError(f"'{name}' must be a finite number of seconds: {value!r}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"'{name}' must be {rule} seconds: {value!r}")
-    return seconds
 
 
 def _check_exception_types(value: object) -> tuple[type[BaseException], ...]:
@@ -73,15 +54,15 @@ class CircuitBreakerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"'name' must be a non-empty string: {self.name!r}")
-        _check_positive_int("failure_threshold", self.failure_threshold, 1)
-        _check_positive_int("half_open_max_calls", self.half_open_max_calls, 1)
-        recovery = _check_seconds("recovery_timeout", self.recovery_timeout, allow_zero=True)
+        check_int("failure_threshold", self.failure_threshold, 1)
+        check_int("half_open_max_calls", self.half_open_max_calls, 1)
+        recovery = check_seconds("recovery_timeout", self.recovery_timeout, allow_zero=True)
         object.__setattr__(self, "recovery_timeout", recovery)
         if self.timeout is not None:
-            timeout = _check_seconds("timeout", self.timeout, allow_zero=False)
+            timeout = check_seconds("timeout", self.timeout, allow_zero=False)
             object.__setattr__(self, "timeout", timeout)
         if self.half_open_lease is not None:
-            lease = _check_seconds("half_open_lease", self.half_open_lease, allow_zero=False)
+            lease = check_seconds("half_open_lease", self.half_open_lease, allow_zero=False)
             if self.timeout is not None and lease < self.timeout:
                 # A trial may run until its timeout; a shorter lease would free its
                 # permit while it still runs and let more trials in than allowed.

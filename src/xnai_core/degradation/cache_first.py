@@ -14,10 +14,10 @@ Per call, with ``ttl`` and ``stale_if_error`` in seconds:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
+from .._validation import check_seconds
 from .cache import CacheBackend, CacheEntry, MemoryCache
 from .cache_keys import UnkeyableError, default_cache_key
 from .call import ServiceCall
@@ -59,8 +59,8 @@ class CacheFirstStrategy:
     ) -> None:
         if cache is not None and not isinstance(cache, CacheBackend):
             raise TypeError(f"'cache' must be a CacheBackend (MemoryCache, RedisCache): {cache!r}")
-        self.ttl = _seconds("ttl", ttl, allow_zero=False)
-        self.stale_if_error = _seconds("stale_if_error", stale_if_error, allow_zero=True)
+        self.ttl = check_seconds("ttl", ttl)
+        self.stale_if_error = check_seconds("stale_if_error", stale_if_error, allow_zero=True)
         if key_func is not None and not callable(key_func):
             raise TypeError(f"'key_func' must be callable or None: {key_func!r}")
         if not callable(clock):
@@ -223,13 +223,3 @@ class CacheFirstStrategy:
             why,
             extra={"service": service_name, "strategy": self.name},
         )
-
-
-def _seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"'{name}' must be a finite number {rule}: {value!r}")
-    return seconds

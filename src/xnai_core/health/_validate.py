@@ -1,8 +1,10 @@
-"""Argument checks shared by the health modules; messages name field, rule and value."""
+"""Argument checks of the health modules; the common ones come from ``xnai_core._validation``."""
 
 from __future__ import annotations
 
-import math
+from .._validation import check_int, check_seconds
+
+__all__ = ["check_int", "check_name", "check_seconds"]
 
 
 def check_name(value: object) -> str:
@@ -11,26 +13,4 @@ def check_name(value: object) -> str:
         raise ValueError(f"'name' must be a non-empty string: {value!r}")
     if ":" in value:
         raise ValueError(f"'name' must not contain ':': {value!r}")
-    return value
-
-
-def check_seconds(field: str, value: object, *, allow_zero: bool = False) -> float:
-    """A finite duration in seconds, > 0 (or >= 0 with ``allow_zero``)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'{field}' must be a number of seconds: {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError(f"'{field}' must be a finite number of seconds: {value!r}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"'{field}' must be {rule} seconds: {value!r}")
-    return seconds
-
-
-def check_int(field: str, value: object, minimum: int) -> int:
-    """An int (not a bool) >= ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"'{field}' must be an int: {value!r}")
-    if value < minimum:
-        raise ValueError(f"'{field}' must be >= {minimum}: {value!r}")
     return value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
-import math
 import os
 import signal as _signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from .._validation import check_int, check_seconds
 
 
 class RecoveryActionType(enum.StrEnum):
@@ -42,26 +43,6 @@ class CacheClient(Protocol):
 
 RecoveryFunc = Callable[[str], Awaitable[object] | object]
 """Called with the service name; sync or async. Raising or returning False is a failure."""
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    # bool is an int subclass; `max_attempts=True` is a bug, not a 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be an int: {value!r}")
-    if value < minimum:
-        raise ValueError(f"'{name}' must be >= {minimum}: {value!r}")
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError(f"'{name}' must be a finite number of seconds: {value!r}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"'{name}' must be {rule} seconds: {value!r}")
-    return seconds
 
 
 def _normalise_action(value: object) -> RecoveryActionType:
@@ -167,9 +148,9 @@ class RecoveryRule:
             raise ValueError(f"'service_name' must be a non-empty string: {self.service_name!r}")
         action = _normalise_action(self.action)
         object.__setattr__(self, "action", action)
-        _check_int("failure_threshold", self.failure_threshold, 1)
-        _check_int("max_attempts", self.max_attempts, 1)
-        _check_int("cache_batch_size", self.cache_batch_size, 1)
+        check_int("failure_threshold", self.failure_threshold, 1)
+        check_int("max_attempts", self.max_attempts, 1)
+        check_int("cache_batch_size", self.cache_batch_size, 1)
         for name, allow_zero in (
             ("backoff_base", False),
             ("backoff_max", False),
@@ -179,7 +160,7 @@ class RecoveryRule:
             ("timeout", False),
         ):
             object.__setattr__(
-                self, name, _check_seconds(name, getattr(self, name), allow_zero=allow_zero)
+                self, name, check_seconds(name, getattr(self, name), allow_zero=allow_zero)
             )
         if self.backoff_max < self.backoff_base:
             raise ValueError(
@@ -205,7 +186,7 @@ class RecoveryRule:
         if self.command is not None:
             object.__setattr__(self, "command", _normalise_command(self.command, where))
         if self.pid is not None:
-            _check_int("pid", self.pid, 2)  # 0, 1 and -1 would signal a group, init, or all
+            check_int("pid", self.pid, 2)  # 0, 1 and -1 would signal a group, init, or all
             if self.pid > MAX_PID:
                 raise ValueError(f"'pid' must be <= {MAX_PID}: {self.pid!r}")
         if self.pid_file is not None:
