@@ -6,6 +6,10 @@ Part 1: a circuit breaker around a flaky "LLM" dependency: calls fail, the circu
 opens, calls are short-circuited to the fallback, the circuit half-opens after its
 recovery timeout and closes again once trial calls succeed.
 
+Part 2: the same circuit shared by two processes through Redis: this process trips
+it, and a second process (examples/peer.py) sees it open within milliseconds and
+rejects locally, without calling anything and without a Redis round trip.
+
 Part 3: graceful degradation: a cache-first strategy, a circuit breaker strategy and
 a degraded-mode answer keep a chat user answered while the LLM is down, and the
 manager records when and why the service degraded.
@@ -27,8 +31,11 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import redis.asyncio as redis
 
 from xnai_core import (
     CacheFirstStrategy,
@@ -44,6 +51,7 @@ from xnai_core import (
     RecoveryRule,
     ServiceDegradationManager,
     create_rag_api_health_checker,
+    create_redis_circuit_breaker,
     last_call_info,
 )
 
@@ -127,6 +135,48 @@ async def part_circuit_breaker() -> None:
             )
         )
     )
+
+
+async def part_shared_through_redis() -> None:
+    say("== Part 2: one circuit, two processes, shared through Redis ==")
+    url = os.environ.get("XNAI_DEMO_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except (OSError, redis.RedisError) as exc:
+        say(f"   no Redis at {url} ({type(exc).__name__}): part 2 skipped")
+        await client.aclose()
+        return
+    name = f"demo-llm-{uuid.uuid4().hex[:8]}"
+    peer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.peer", url, name,
+        stdout=asyncio.subprocess.PIPE, cwd=str(_WEBSERVICE.parent.parent),
+    )  # fmt: skip
+    assert peer.stdout is not None
+    breaker = create_redis_circuit_breaker(name, client, failure_threshold=3, recovery_timeout=30)
+    try:
+        await peer.stdout.readline()  # "ready": the peer is subscribed
+        say(f"a second process (pid {peer.pid}) holds a breaker named {name!r}")
+        llm = FlakyLLM()
+        llm.healthy = False
+        tripped_at = 0.0
+        for n in range(3):
+            tripped_at = time.time()
+            with contextlib.suppress(ConnectionError):
+                await breaker.call(llm.generate, f"q{n}")
+        say(f"   this process: 3 failures, circuit {breaker.state.value}")
+        seen = (await peer.stdout.readline()).decode().split()
+        lag_ms = (float(seen[-1]) - tripped_at) * 1000
+        say(f"   the other process saw it open {lag_ms:.1f} ms after the last failure began")
+        say("   the other process: " + (await peer.stdout.readline()).decode().strip())
+        await peer.wait()
+    finally:
+        if peer.returncode is None:
+            peer.kill()
+            await peer.wait()
+        await breaker.close()
+        await client.delete(f"xnai:cb:{{{name}}}")
+        await client.aclose()
 
 
 async def part_degradation() -> None:
@@ -278,6 +328,7 @@ async def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="           log %(levelname)s %(name)s: %(message)s"
     )
     await part_circuit_breaker()
+    await part_shared_through_redis()
     await part_degradation()
     await part_health_and_recovery()
     return 0

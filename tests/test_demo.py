@@ -26,6 +26,8 @@ def test_demo_runs_and_shows_every_step() -> None:
         "short-circuited, LLM not called",
         "open -> half_open",
         "half_open -> closed",
+        "the other process saw it open",
+        "LLM called: False",
         "source=CacheFirstStrategy, degraded=True",
         "source=DegradedModeStrategy, degraded=True",
         "LLM calls during that request: 0",
