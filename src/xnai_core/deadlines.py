@@ -28,7 +28,10 @@ task is already being cancelled (cleanup code) still times out.
 Known limit: the keeper is cached per thread and checked against the task its
 loop is running. An event loop that stopped in one thread and now runs in
 another, while the first thread runs a new loop, is not detected; run each
-loop in one thread, as asyncio expects.
+loop in one thread, as asyncio expects. A timed call needs a running asyncio task
+(every awaited coroutine has one, unless it is driven by hand with ``send()``);
+without one, filing raises RuntimeError, which the breaker reports like any error
+of the call.
 """
 
 from __future__ import annotations
