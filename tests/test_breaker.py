@@ -41,6 +41,21 @@ async def trip(breaker: CircuitBreaker, times: int) -> None:
             await breaker.call(boom)
 
 
+async def ready_to_half_open(half_open_max_calls: int = 1, **config: Any) -> CircuitBreaker:
+    """A breaker tripped by one failure whose 1 s recovery timeout has just passed."""
+    clock = FakeClock()
+    breaker = breaker_with_clock(
+        clock,
+        failure_threshold=1,
+        recovery_timeout=1,
+        half_open_max_calls=half_open_max_calls,
+        **config,
+    )
+    await trip(breaker, 1)
+    clock.advance(1)
+    return breaker
+
+
 # -- closed / open / half-open ---------------------------------------------------
 
 
@@ -121,12 +136,7 @@ async def test_trial_failure_reopens() -> None:
 
 async def test_thousand_concurrent_callers_half_open() -> None:
     """With 1,000 concurrent callers in half-open, exactly half_open_max_calls reach fn."""
-    clock = FakeClock()
-    breaker = breaker_with_clock(
-        clock, failure_threshold=1, recovery_timeout=1, half_open_max_calls=3
-    )
-    await trip(breaker, 1)
-    clock.advance(1)
+    breaker = await ready_to_half_open(half_open_max_calls=3)
     release = asyncio.Event()
     reached = 0
 
@@ -313,12 +323,7 @@ async def test_cancel_in_closed_counts_neither_way() -> None:
 
 async def test_cancel_in_half_open_gives_permit_back() -> None:
     """A cancelled trial returns its permit: the next caller is admitted."""
-    clock = FakeClock()
-    breaker = breaker_with_clock(
-        clock, failure_threshold=1, recovery_timeout=1, half_open_max_calls=1
-    )
-    await trip(breaker, 1)
-    clock.advance(1)
+    breaker = await ready_to_half_open()
     started = asyncio.Event()
 
     async def hang() -> None:
@@ -359,16 +364,7 @@ async def test_cancel_while_open_fallback_runs() -> None:
 
 async def test_uncounted_exception_in_half_open_releases_permit() -> None:
     """An exception that does not count gives the trial permit back."""
-    clock = FakeClock()
-    breaker = breaker_with_clock(
-        clock,
-        failure_threshold=1,
-        recovery_timeout=1,
-        half_open_max_calls=1,
-        expected_exception=Boom,
-    )
-    await trip(breaker, 1)
-    clock.advance(1)
+    breaker = await ready_to_half_open(expected_exception=Boom)
 
     async def other() -> None:
         raise KeyError("x")
@@ -585,12 +581,7 @@ def test_stale_success_after_a_full_cycle_keeps_the_count() -> None:
 
 async def test_half_open_rejection_says_half_open_and_no_retry_hint() -> None:
     """A caller turned away in half-open learns the state, and no made-up retry time."""
-    clock = FakeClock()
-    breaker = breaker_with_clock(
-        clock, failure_threshold=1, recovery_timeout=1, half_open_max_calls=1
-    )
-    await trip(breaker, 1)
-    clock.advance(1)
+    breaker = await ready_to_half_open()
     release = asyncio.Event()
 
     async def trial() -> str:
