@@ -18,6 +18,8 @@ and surfaces.
 
 from __future__ import annotations
 
+import builtins
+
 from redis.exceptions import (
     ClusterDownError,
     ConnectionError,
@@ -28,8 +30,6 @@ from redis.exceptions import (
 )
 
 __all__ = ["REDIS_DOWN"]
-
-import builtins
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     ConnectionError,
