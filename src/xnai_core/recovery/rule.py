@@ -10,6 +10,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import _backoff
 from .._validation import check_int, check_seconds
 
 
@@ -271,8 +272,6 @@ def backoff_delay(rule: RecoveryRule, retry: int, rand: float) -> float:
     ``rand`` is a draw from [0, 1); the delay is the capped exponential shortened by
     ``rule.jitter * rand`` of itself, so replicas spread out but never exceed the cap.
     """
-    if retry < 1:
-        return 0.0
-    # Past 2**60 the product only overflows: the cap has long since been reached.
-    raw = min(rule.backoff_max, rule.backoff_base * 2.0 ** min(retry - 1, 60))
-    return raw * (1.0 - rule.jitter * min(max(rand, 0.0), 1.0))
+    return _backoff.delay(
+        retry, base=rule.backoff_base, cap=rule.backoff_max, rand=rand, jitter=rule.jitter
+    )
