@@ -349,7 +349,7 @@ async def test_failing_recovery_callback_is_logged_and_harmless(
             await monitor.trigger_manual_check("svc")
         await monitor.drain_notifications()
     assert calls == ["svc"]
-    assert any("notification failed" in r.message for r in caplog.records)
+    assert any("recovery callback failed" in r.message for r in caplog.records)
     assert monitor.get_status("svc") == HEALTHY
 
 
@@ -452,11 +452,14 @@ def test_stuck_async_alert_handler_is_bounded() -> None:
     async def stuck(alert: Alert) -> None:
         await asyncio.Event().wait()
 
+    async def record(alert: Alert) -> None:  # async: sync handlers run on real threads
+        received.append(alert)
+
     async def scenario() -> None:
         monitor = HealthMonitor(failure_threshold=1, alert_handler_timeout=5.0)
         monitor.add_checker(Scripted(default=UNHEALTHY))
         monitor.add_alert_handler(stuck)
-        monitor.add_alert_handler(received.append)
+        monitor.add_alert_handler(record)
         await monitor.trigger_manual_check("svc")
         await monitor.drain_notifications()
         await monitor.stop_monitoring()
@@ -544,7 +547,7 @@ async def test_recovery_hook_exception_is_logged_and_harmless(
         await monitor.trigger_manual_check("svc")
         await monitor.drain_notifications()
     assert len(recovery.changes) == 2
-    assert sum("notification failed" in r.message for r in caplog.records) == 2
+    assert sum("recovery hook failed" in r.message for r in caplog.records) == 2
 
 
 def test_slow_recovery_hook_never_delays_checks() -> None:

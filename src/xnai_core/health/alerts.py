@@ -23,7 +23,7 @@ Other components (the recovery manager) raise their own alerts through
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import logging
 import math
 import time
@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from .._dispatch import Dispatcher
 from ._validate import check_int
 from .checkers import HealthCheckResult, HealthStatus
 
@@ -262,19 +263,27 @@ def evaluate(
     return alerts
 
 
-async def deliver(alert: Alert, handlers: Sequence[AlertHandler], timeout: float | None) -> None:
-    """Call every handler with ``alert``, in order; a failing one is logged and skipped.
+async def deliver(
+    alert: Alert,
+    handlers: Sequence[AlertHandler],
+    timeout: float | None,
+    dispatcher: Dispatcher | None = None,
+) -> None:
+    """Call every handler with ``alert`` at once, each bounded by ``timeout`` seconds.
 
-    Async handlers are bounded by ``timeout`` seconds so one stuck integration
-    cannot hold back the alerts after it.
+    Sync handlers run on ``dispatcher``'s worker threads (without one, on a small
+    pool shared by callers that bring none), never on the event loop; a failing,
+    slow or hung handler is logged and never holds back the others.
     """
-    for handler in handlers:
-        try:
-            outcome = handler(alert)
-            if inspect.isawaitable(outcome):
-                async with asyncio.timeout(timeout):
-                    await outcome
-        except Exception:
-            logger.exception(
-                "alert handler failed", extra={"alert_key": alert.key, "handler": repr(handler)}
-            )
+    runner = dispatcher or _shared_dispatcher()
+    if len(handlers) == 1:
+        await runner.notify(handlers[0], alert, timeout=timeout, what="alert handler")
+        return
+    await asyncio.gather(
+        *(runner.notify(h, alert, timeout=timeout, what="alert handler") for h in handlers)
+    )
+
+
+@functools.cache
+def _shared_dispatcher() -> Dispatcher:
+    return Dispatcher(max_workers=4, name="xnai-alert", log=logger)

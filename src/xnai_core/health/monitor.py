@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
-from ._lane import Job, Lane
+from .._dispatch import Dispatcher, Job, Lane
 from ._validate import check_int, check_name, check_seconds
 from .alerts import Alert, AlertHandler, AlertThresholds, deliver, evaluate, success_rate
 from .checkers import HealthCheckResult, HealthStatus, SupportsHealthCheck, _error_text
@@ -80,9 +80,9 @@ class _Service:
     callback_lane: Lane = field(init=False)
 
     def __post_init__(self) -> None:
-        self.alert_lane = Lane(f"{self.name}:alerts")
-        self.hook_lane = Lane(f"{self.name}:recovery_hook")
-        self.callback_lane = Lane(f"{self.name}:recovery_callbacks")
+        self.alert_lane = Lane(f"{self.name}:alerts", log=logger)
+        self.hook_lane = Lane(f"{self.name}:recovery_hook", log=logger)
+        self.callback_lane = Lane(f"{self.name}:recovery_callbacks", log=logger)
 
     def lanes(self) -> tuple[Lane, Lane, Lane]:
         return self.alert_lane, self.hook_lane, self.callback_lane
@@ -134,7 +134,9 @@ class HealthMonitor:
     wall-clock timestamps of reports and monitor-made results; ``jitter(interval)``
     gives the delay before a checker's first run (default: uniform over the
     interval). ``recovery_manager`` receives every status change (see
-    :class:`~xnai_core.health.hooks.RecoveryHook`).
+    :class:`~xnai_core.health.hooks.RecoveryHook`). Alert handlers are bounded by
+    ``alert_handler_timeout``, recovery callbacks and the hook by ``callback_timeout``;
+    sync ones run on at most ``callback_workers`` threads of the monitor's own.
     """
 
     def __init__(
@@ -150,6 +152,8 @@ class HealthMonitor:
         alert_window: int = 20,
         alert_min_samples: int | None = None,
         alert_handler_timeout: float | None = 10.0,
+        callback_timeout: float | None = 60.0,
+        callback_workers: int = 4,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[float], float] | None = None,
     ) -> None:
@@ -185,6 +189,17 @@ class HealthMonitor:
             None
             if alert_handler_timeout is None
             else check_seconds("alert_handler_timeout", alert_handler_timeout)
+        )
+        self._callback_timeout = (
+            None
+            if callback_timeout is None
+            else check_seconds("callback_timeout", callback_timeout)
+        )
+        # Sync handlers, callbacks and hooks run on these threads, never on the loop.
+        self._dispatcher = Dispatcher(
+            max_workers=check_int("callback_workers", callback_workers, 1),
+            name="xnai-health-callback",
+            log=logger,
         )
         self._clock = clock
         self._jitter = jitter or _uniform_jitter
@@ -391,6 +406,7 @@ class HealthMonitor:
             for lane in service.lanes():
                 await lane.aclose()
             await self._close_checker(service)
+        self._dispatcher.close()
         if was_active:
             logger.info("health monitoring stopped", extra={"services": len(self._services)})
 
@@ -529,7 +545,9 @@ class HealthMonitor:
         if not isinstance(alert, Alert):
             raise TypeError(f"'alert' must be an Alert: {alert!r}")
         self._track_alert(alert)
-        await deliver(alert, tuple(self._alert_handlers), self._alert_handler_timeout)
+        await deliver(
+            alert, tuple(self._alert_handlers), self._alert_handler_timeout, self._dispatcher
+        )
 
     # -- internals -------------------------------------------------------------------
 
@@ -686,7 +704,9 @@ class HealthMonitor:
 
     def _delivery(self, alert: Alert) -> Job:
         async def job() -> None:
-            await deliver(alert, tuple(self._alert_handlers), self._alert_handler_timeout)
+            await deliver(
+                alert, tuple(self._alert_handlers), self._alert_handler_timeout, self._dispatcher
+            )
 
         return job
 
@@ -730,18 +750,23 @@ class HealthMonitor:
         if hook is not None:
 
             async def notify() -> None:
-                outcome = hook.on_status_change(service.name, old, new, result)
-                if inspect.isawaitable(outcome):
-                    await outcome
+                await self._dispatcher.notify(
+                    hook.on_status_change,
+                    service.name,
+                    old,
+                    new,
+                    result,
+                    timeout=self._callback_timeout,
+                    what="recovery hook",
+                )
 
             service.hook_lane.push(notify)
 
-    @staticmethod
-    def _callback_job(callback: RecoveryCallback, name: str) -> Job:
+    def _callback_job(self, callback: RecoveryCallback, name: str) -> Job:
         async def job() -> None:
-            outcome = callback(name)
-            if inspect.isawaitable(outcome):
-                await outcome
+            await self._dispatcher.notify(
+                callback, name, timeout=self._callback_timeout, what="recovery callback"
+            )
 
         return job
 

@@ -1,0 +1,347 @@
+"""Running user callbacks: the package's one home for it.
+
+Handlers, callbacks and hooks are user code, and user code may be slow, hang,
+block or raise. :class:`Dispatcher` runs one call so that none of that reaches
+the caller's event loop:
+
+- an ``async`` callback runs in the calling task, bounded by ``timeout``
+  (cancelled when it expires);
+- a sync callback runs on one of the dispatcher's own worker threads (a bounded
+  pool owned by whoever owns the dispatcher, never the loop's default executor,
+  where DNS lookups queue), and the caller stops waiting after ``timeout``;
+- a sync callback whose earlier call is still running in a thread (hung past its
+  timeout) is not started again until that call returns
+  (:class:`CallbackBusyError`): one hung callback holds at most one thread;
+- a call that timed out while still queued for a worker never runs.
+
+:meth:`Dispatcher.call` returns the callback's value or raises its error (for
+callers that need the outcome, such as a recovery action); :meth:`Dispatcher.notify`
+logs every failure and never raises (for notifications). :class:`Lane` keeps
+order: jobs pushed to one lane run one after another in a task of their own, so
+the code that pushes them never waits.
+
+The worker threads are daemons: a callback that never returns does not keep the
+process from exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._validation import check_int
+
+__all__ = ["CallbackBusyError", "Dispatcher", "Job", "Lane", "is_async_callable"]
+
+logger = logging.getLogger("xnai_core.dispatch")
+
+Job = Callable[[], Awaitable[None]]
+"""A unit of work for a :class:`Lane`."""
+
+
+class CallbackBusyError(RuntimeError):
+    """Raised when a sync callback's earlier call is still running in its thread."""
+
+
+def is_async_callable(func: object) -> bool:
+    """True for ``async def`` functions, methods, partials and async callable objects."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004  (async callable objects)
+    )
+
+
+def _key(func: object) -> object:
+    # Bound methods are made anew on each attribute access but compare equal.
+    try:
+        hash(func)
+    except TypeError:
+        return id(func)
+    return func
+
+
+def _describe(func: object) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+class _Workers:
+    """A bounded pool of daemon threads, started on demand."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._limit = limit
+        self._name = name
+        self._jobs: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._waiting = 0  # workers blocked on the queue
+        self._queued = 0  # jobs in the queue no worker has taken yet
+        self._closed = False
+
+    def submit(self, func: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the dispatcher's workers are shut down")
+            self._jobs.put((future, func))
+            self._queued += 1
+            if self._queued > self._waiting and self._threads < self._limit:
+                self._threads += 1
+                threading.Thread(
+                    target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+                ).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            item = self._jobs.get()
+            with self._lock:
+                self._waiting -= 1
+                if item is not None:
+                    self._queued -= 1
+            if item is None:
+                return
+            future, func = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = func()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del item, future, func  # drop references while idle
+
+    def shutdown(self) -> None:
+        """End idle workers now and busy ones after their job; queued jobs fail."""
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                continue
+            with self._lock:
+                self._queued -= 1
+            if item[0].set_running_or_notify_cancel():
+                item[0].set_exception(RuntimeError("the dispatcher was closed"))
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
+class Dispatcher:
+    """Runs user callbacks off the event loop, each bounded, one thread per hung callback.
+
+    ``max_workers`` bounds the threads running sync callbacks at once; they are
+    started when first needed and ended by :meth:`close` (a later call starts
+    fresh ones). ``name`` prefixes the threads' names. ``log`` receives the
+    failures :meth:`notify` swallows.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_workers: int = 4,
+        name: str = "xnai-callback",
+        log: logging.Logger | None = None,
+    ) -> None:
+        self._max_workers = check_int("max_workers", max_workers, 1)
+        self._name = name
+        self._log = log or logger
+        self._workers: _Workers | None = None
+        self._busy: set[object] = set()
+        self._busy_lock = threading.Lock()
+
+    @property
+    def max_workers(self) -> int:
+        """Threads that may run sync callbacks at once."""
+        return self._max_workers
+
+    def running_in_threads(self) -> int:
+        """Sync callbacks started or queued and not yet returned (hung ones included)."""
+        with self._busy_lock:
+            return len(self._busy)
+
+    async def call(self, func: Callable[..., Any], /, *args: Any, timeout: float | None) -> Any:
+        """``func(*args)``, awaited if async, in a worker thread if sync; bounded by ``timeout``.
+
+        Returns its value (an awaitable returned by a sync function is awaited
+        too, within the same bound). Raises its exception, ``TimeoutError`` after
+        ``timeout`` seconds (a sync call keeps running in its thread until it
+        returns) or :class:`CallbackBusyError`.
+        """
+        async with asyncio.timeout(timeout):
+            if is_async_callable(func):
+                return await func(*args)
+            value = await self._in_thread(func, args)
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+
+    async def notify(
+        self, func: Callable[..., Any], /, *args: Any, timeout: float | None, what: str
+    ) -> bool:
+        """:meth:`call`, with every failure logged instead of raised; True if it succeeded.
+
+        ``what`` names the callback's role in the log ("alert handler").
+        Cancellation still propagates.
+        """
+        try:
+            await self.call(func, *args, timeout=timeout)
+        except TimeoutError:
+            self._log.error(
+                "%s did not finish within %gs (%s)",
+                what,
+                timeout,
+                _describe(func),
+                extra={"xnai.callback": _describe(func)},
+            )
+        except CallbackBusyError:
+            self._log.error(
+                "%s skipped: its previous call is still running (%s)",
+                what,
+                _describe(func),
+                extra={"xnai.callback": _describe(func)},
+            )
+        except Exception:
+            self._log.exception(
+                "%s failed (%s)", what, _describe(func), extra={"xnai.callback": _describe(func)}
+            )
+        else:
+            return True
+        return False
+
+    async def _in_thread(self, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        key = _key(func)
+        with self._busy_lock:
+            if key in self._busy:
+                raise CallbackBusyError(
+                    f"previous call of {_describe(func)} is still running in its thread"
+                )
+            self._busy.add(key)
+
+        def done(_: concurrent.futures.Future[Any]) -> None:
+            # Runs when the call returns, raises, or is cancelled before it started.
+            with self._busy_lock:
+                self._busy.discard(key)
+
+        context = contextvars.copy_context()
+        try:
+            if self._workers is None:
+                self._workers = _Workers(self._max_workers, self._name)
+            future = self._workers.submit(functools.partial(context.run, func, *args))
+        except BaseException:
+            done(concurrent.futures.Future())
+            raise
+        future.add_done_callback(done)
+        # Cancelling the wrapper cancels a job still queued; a running one finishes.
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        """End the worker threads (busy ones after their current call); reusable after."""
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown()
+
+
+class Lane:
+    """Runs queued jobs one at a time, in order, in a task that exists only while there is work.
+
+    The queue is bounded (``limit``): if a job is stuck, the oldest pending jobs
+    are dropped with a warning, never memory. ``log`` receives a job's failure.
+    """
+
+    def __init__(self, label: str, limit: int = 256, log: logging.Logger | None = None) -> None:
+        self._label = label
+        self._log = log or logger
+        self._pending: deque[Job] = deque(maxlen=limit)
+        self._worker: asyncio.Task[None] | None = None
+        self._dropped = 0
+
+    @property
+    def label(self) -> str:
+        """The lane's name in logs and task names."""
+        return self._label
+
+    def push(self, job: Job) -> None:
+        """Queue ``job``; start the worker if it is idle. Needs a running loop."""
+        if len(self._pending) == self._pending.maxlen:
+            self._dropped += 1
+            self._log.warning(
+                "notification queue full, dropping the oldest job",
+                extra={"xnai.lane": self._label, "xnai.dropped": self._dropped},
+            )
+        self._pending.append(job)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(
+                self._drain(), name=f"xnai-lane-{self._label}"
+            )
+
+    def busy(self) -> bool:
+        """True while a job runs or waits."""
+        return self._worker is not None and not self._worker.done()
+
+    def runs_in(self, task: asyncio.Task[Any] | None) -> bool:
+        """True if ``task`` is this lane's worker (a job of this lane is calling)."""
+        return task is not None and task is self._worker
+
+    async def _drain(self) -> None:
+        me = asyncio.current_task()
+        # A worker detached by aclose() (closed from inside its own job) stops
+        # after that job: a later push() starts a fresh worker, never two at once.
+        while self._pending and self._worker is me:
+            job = self._pending.popleft()
+            try:
+                await job()
+            except Exception:
+                self._log.exception("notification failed", extra={"xnai.lane": self._label})
+
+    async def idle(self) -> None:
+        """Wait until every queued job has run.
+
+        Called from one of this lane's own jobs, it returns at once: a job cannot
+        wait for itself (nor for the jobs queued behind it).
+        """
+        current = asyncio.current_task()
+        while self._worker is not None and not self._worker.done():
+            worker = self._worker
+            if worker is current:
+                return
+            try:
+                await asyncio.shield(worker)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if worker.cancelled() and (current is None or not current.cancelling()):
+                    return  # the lane was closed under us: nothing left to wait for
+                raise
+
+    async def aclose(self, spare: asyncio.Task[Any] | None = None) -> None:
+        """Drop pending jobs and cancel the running one.
+
+        A job never cancels or awaits itself: called from inside one of this
+        lane's jobs (or when the worker is ``spare``), the running job is left to
+        finish and nothing queued runs after it.
+        """
+        self._pending.clear()
+        worker, self._worker = self._worker, None
+        if worker is None or worker.done():
+            return
+        if worker is asyncio.current_task() or worker is spare:
+            return
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)

@@ -1,0 +1,207 @@
+"""_dispatch: user callbacks run off the event loop, bounded, one thread per hung callback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from xnai_core._dispatch import CallbackBusyError, Dispatcher, Lane, is_async_callable
+
+
+class Hung:
+    """A sync callback that blocks its thread until released (bounded, so a bug cannot hang CI)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.calls = 0
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, *args: object) -> str:
+        self.calls += 1
+        self.threads.append(threading.current_thread())
+        self.entered.set()
+        self.release.wait(10)
+        return "done"
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[Dispatcher]:
+    runner = Dispatcher(max_workers=2, name="test-dispatch")
+    yield runner
+    runner.close()
+
+
+async def wait_until(condition: object, bound: float = 5.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_sync_callback_runs_on_a_worker_thread(dispatcher: Dispatcher) -> None:
+    """A sync callback gets the dispatcher's own thread and its value comes back."""
+    loop_thread = threading.current_thread()
+    seen: list[threading.Thread] = []
+
+    def callback(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x * 2
+
+    assert await dispatcher.call(callback, 21, timeout=5.0) == 42
+    assert seen[0] is not loop_thread
+    assert seen[0].name.startswith("test-dispatch")
+    assert seen[0].daemon
+
+
+async def test_async_callback_is_cut_off_by_its_timeout(dispatcher: Dispatcher) -> None:
+    """An async callback past its timeout is cancelled and the caller gets TimeoutError."""
+    cancelled = asyncio.Event()
+
+    async def stuck() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    with pytest.raises(TimeoutError):
+        await dispatcher.call(stuck, timeout=0.01)
+    assert cancelled.is_set()
+
+
+async def test_hung_sync_callback_holds_one_thread_and_is_not_started_again(
+    dispatcher: Dispatcher,
+) -> None:
+    """A hung sync call times out; the next call of it is refused until it returns."""
+    hung = Hung()
+    with pytest.raises(TimeoutError):
+        await dispatcher.call(hung, timeout=0.05)
+    assert hung.entered.is_set()
+    with pytest.raises(CallbackBusyError):
+        await dispatcher.call(hung, timeout=0.05)
+    assert hung.calls == 1
+    assert dispatcher.running_in_threads() == 1
+    hung.release.set()
+    await wait_until(lambda: dispatcher.running_in_threads() == 0)
+    assert await dispatcher.call(hung, timeout=5.0) == "done"
+
+
+async def test_hung_callbacks_never_block_the_loop_or_each_other(dispatcher: Dispatcher) -> None:
+    """While one sync callback hangs, the loop runs and another callback is served."""
+    hung = Hung()
+    waiting = asyncio.create_task(dispatcher.call(hung, timeout=None))
+    await wait_until(hung.entered.is_set)
+    started = time.monotonic()
+    assert await dispatcher.call(lambda: "ok", timeout=5.0) == "ok"
+    assert time.monotonic() - started < 5.0
+    assert not waiting.done()
+    hung.release.set()
+    assert await waiting == "done"
+
+
+async def test_workers_are_bounded_and_a_job_timed_out_in_the_queue_never_runs(
+    dispatcher: Dispatcher,
+) -> None:
+    """max_workers threads at most; a call still queued at its timeout is dropped."""
+    first, second, third = Hung(), Hung(), Hung()
+    tasks = [asyncio.create_task(dispatcher.call(h, timeout=None)) for h in (first, second)]
+    await wait_until(lambda: first.entered.is_set() and second.entered.is_set())
+    with pytest.raises(TimeoutError):
+        await dispatcher.call(third, timeout=0.05)
+    first.release.set()
+    second.release.set()
+    await asyncio.gather(*tasks)
+    await wait_until(lambda: dispatcher.running_in_threads() == 0)
+    assert third.calls == 0
+    names = {t.name for t in first.threads + second.threads}
+    assert len(names) == 2
+
+
+async def test_notify_logs_failures_and_never_raises(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """notify() turns an exception, a timeout and a busy callback into ERROR logs."""
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    hung = Hung()
+    with caplog.at_level(logging.ERROR, logger="xnai_core.dispatch"):
+        assert not await dispatcher.notify(broken, timeout=5.0, what="handler")
+        assert not await dispatcher.notify(hung, timeout=0.05, what="handler")
+        assert not await dispatcher.notify(hung, timeout=0.05, what="handler")
+        assert await dispatcher.notify(lambda: None, timeout=5.0, what="handler")
+    hung.release.set()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("failed" in m for m in messages)
+    assert any("did not finish within 0.05s" in m for m in messages)
+    assert any("skipped: its previous call is still running" in m for m in messages)
+
+
+async def test_sync_function_returning_an_awaitable_is_awaited(dispatcher: Dispatcher) -> None:
+    """A lambda that returns a coroutine is called in a thread and its coroutine awaited."""
+
+    async def answer() -> int:
+        return 7
+
+    assert await dispatcher.call(lambda: answer(), timeout=5.0) == 7
+
+
+def test_is_async_callable_sees_through_partials_and_objects() -> None:
+    """async def, partials of it and objects with an async __call__ count as async."""
+    import functools
+
+    async def coroutine_function(x: int) -> None:
+        return None
+
+    class AsyncCallable:
+        async def __call__(self) -> None:
+            return None
+
+    assert is_async_callable(coroutine_function)
+    assert is_async_callable(functools.partial(coroutine_function, 1))
+    assert is_async_callable(AsyncCallable())
+    assert not is_async_callable(print)
+
+
+async def test_closed_dispatcher_starts_fresh_workers() -> None:
+    """close() ends the threads; a later call starts new ones."""
+    runner = Dispatcher(max_workers=1, name="test-reopen")
+    assert await runner.call(lambda: 1, timeout=5.0) == 1
+    runner.close()
+    assert await runner.call(lambda: 2, timeout=5.0) == 2
+    runner.close()
+    await wait_until(
+        lambda: not any(t.name.startswith("test-reopen") for t in threading.enumerate())
+    )
+
+
+async def test_lane_runs_jobs_in_order_and_survives_a_failure() -> None:
+    """Jobs of one lane run one at a time in push order; a raising job is logged."""
+    lane = Lane("test")
+    order: list[int] = []
+
+    def job(n: int) -> object:
+        async def run() -> None:
+            await asyncio.sleep(0.001 * (5 - n))
+            if n == 2:
+                raise RuntimeError("job failed")
+            order.append(n)
+
+        return run
+
+    for n in range(5):
+        lane.push(job(n))  # type: ignore[arg-type]
+    await lane.idle()
+    assert order == [0, 1, 3, 4]
+
+
+def test_max_workers_is_validated() -> None:
+    """max_workers below 1 is refused with the field, rule and value."""
+    with pytest.raises(ValueError, match="'max_workers' must be >= 1: 0"):
+        Dispatcher(max_workers=0)
