@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from tests.fault_proxy import FaultProxy
+
 SHARED_REDIS_URL = os.environ.get("XNAI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("XNAI_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -127,3 +129,15 @@ async def shared_redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
 def postgres_dsn() -> str:
     """The machine's PostgreSQL (trust auth)."""
     return POSTGRES_DSN
+
+
+@pytest.fixture
+async def fault_proxy(private_redis: PrivateRedis) -> AsyncIterator[FaultProxy]:
+    """A :class:`FaultProxy` in front of this test's ``private_redis``: clients connect to
+    ``fault_proxy.port``; faults, rules and open connections end with the test."""
+    proxy = FaultProxy(private_redis.port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()

@@ -110,7 +110,7 @@ async def test_exact_threshold_with_processes_failing_at_once(
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
             published.append(message["data"].split(" ")[3])
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     assert published.count("open") == 1
 
 

@@ -753,7 +753,7 @@ async def test_a_stale_message_is_ignored(
         message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
         if message is not None:
             payloads.append(message["data"])
-    await listener.aclose()  # type: ignore[no-untyped-call]
+    await listener.aclose()
     assert payloads[0].split(b" ")[3] == b"open"
     await shared_redis.publish(b.channel, payloads[0])  # the forced open, again
     await asyncio.sleep(0.3)

@@ -439,7 +439,7 @@ class _RedisLink:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             except Exception:  # a dead connection may fail to say goodbye
                 logger.debug("closing a redis subscription failed", exc_info=True)
 
