@@ -119,15 +119,16 @@ async def test_password_never_shows(
 
 
 def test_redact_url() -> None:
-    """Everything before the last '@' and query passwords are replaced; the rest is kept."""
-    assert redact_url("redis://:pw@h:1/0") == "redis://***@h:1/0"
+    """The password (up to the last '@') and query passwords are replaced; the rest is kept."""
+    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert (
-        redact_url("rediss://u:pw@h/2?ssl_cert_reqs=none") == "rediss://***@h/2?ssl_cert_reqs=none"
+        redact_url("rediss://u:pw@h/2?ssl_cert_reqs=none")
+        == "rediss://u:***@h/2?ssl_cert_reqs=none"
     )
     assert (
         redact_url("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=1&password=***"
     )
-    assert redact_url("unix://u:pw@/tmp/r@1.sock") == "unix://***@/tmp/r@1.sock"
+    assert redact_url("unix://u:pw@/tmp/r@1.sock") == "unix://u:***@/tmp/r@1.sock"
     assert redact_url("unix:///run/redis@6379.sock") == "unix:///run/redis@6379.sock"
     assert redact_url("redis://h:6379") == "redis://h:6379"
     # Unencoded '#', '/', '?', '@' or ':' in a password: still nothing of it shows.

@@ -21,6 +21,9 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 
+from ._redact import redact
+from ._redact import redact_url as redact_url  # public here since before _redact
+
 logger = logging.getLogger("xnai_core.redis_manager")
 
 _BACKOFF_MIN = 0.5
@@ -52,22 +55,6 @@ def _split(url: str) -> tuple[str, str | None, str]:
 
 def _is_password(key: str) -> bool:
     return unquote(key).strip().lower() == "password"
-
-
-def redact_url(url: str) -> str:
-    """``url`` for showing: its user info (everything before the last ``@``) and any
-    ``password=`` query value replaced by ``***``, its fragment dropped."""
-    scheme, userinfo, rest = _split(url)
-    rest = rest.partition("#")[0]
-    location, question, query = rest.partition("?")
-    if query:
-        items = query.split("&")
-        query = "&".join(
-            f"{item.partition('=')[0]}=***" if _is_password(item.partition("=")[0]) else item
-            for item in items
-        )
-    shown = f"{scheme}***@" if userinfo else scheme
-    return f"{shown}{location}{question}{query}"
 
 
 @dataclass(frozen=True)
@@ -122,9 +109,7 @@ def _parse(url: str) -> _Url:
     try:
         parse_url(plain)
     except ValueError as exc:
-        text = str(exc)
-        for secret in secrets:
-            text = text.replace(secret, "***")
+        text = redact(str(exc), secrets)
         raise ValueError(f"'redis_url' is not usable ({text}): {shown!r}") from None
     return _Url(plain, credentials, secrets)
 
@@ -269,9 +254,7 @@ class RedisConnectionManager:
         await self.close()
 
     def _clean(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
     async def _check(self) -> bool:
         started = time.perf_counter()
@@ -282,7 +265,8 @@ class RedisConnectionManager:
                 latency = (time.perf_counter() - started) * 1000
                 info = await client.info("server")
         except Exception as exc:
-            text = str(exc).strip()
+            # Masked before it is cut, so a cut never leaves half a secret unrecognised.
+            text = self._clean(str(exc).strip())
             error = type(exc).__name__ + (f": {text[:300]}" if text else "")
             self._record(False, error)
             return False

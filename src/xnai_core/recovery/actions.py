@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import inspect
 import os
-import re
 import signal
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .._redact import redact as redact  # public here since before _redact
 from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
 
 OUTPUT_TAIL_BYTES = 4096
@@ -26,13 +26,6 @@ OUTPUT_TAIL_BYTES = 4096
 
 KILL_GRACE = 1.0
 """Seconds between SIGTERM and SIGKILL when a command outlives its timeout."""
-
-_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
-
-
-def redact(text: str) -> str:
-    """Hide the password of any ``scheme://user:password@host`` in ``text``."""
-    return _URL_CREDENTIALS.sub(r"\g<head>***@", text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,7 +218,7 @@ def signal_process(
         target = pid if pid is not None else read_pid_file(Path(pid_file or ""))
     except (OSError, ValueError) as exc:
         return ActionOutcome(
-            ok=False, detail="no pid to signal", error=f"{type(exc).__name__}: {exc}"
+            ok=False, detail="no pid to signal", error=redact(f"{type(exc).__name__}: {exc}")
         )
     try:
         os.kill(target, sig)

@@ -14,8 +14,9 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 
+from .._redact import redact
 from ..health.alerts import AlertHandler, deliver
-from .actions import ActionOutcome, perform, redact
+from .actions import ActionOutcome, perform
 from .coordination import RecoveryCoordinator, Turn
 from .escalation import escalation_alert, escalation_reason
 from .rule import RecoveryRule, backoff_delay

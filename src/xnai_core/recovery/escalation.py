@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._redact import redact
 from ..health.alerts import Alert
 from .state import MANUAL, ServiceState
 
@@ -22,6 +23,7 @@ def escalation_alert(svc: ServiceState, *, resolved: bool, reason: str, now: flo
     One stable key per service, so a pager deduplicates repeats and pairs the
     resolution with the page.
     """
+    reason = redact(reason)  # the last failure may echo a URL or a token
     if resolved:
         message = f"{svc.name}: manual intervention latch reset; automated recovery resumes"
     else:

@@ -28,8 +28,8 @@ import random as _random
 import time
 from collections.abc import Callable, Iterable
 
+from .._redact import redact
 from ..health.alerts import AlertHandler
-from .actions import redact
 from .coordination import RecoveryCoordinator
 from .episode import Clock, EpisodeRunner, Sleep
 from .rule import RecoveryRule

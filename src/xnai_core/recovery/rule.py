@@ -6,11 +6,12 @@ import enum
 import os
 import signal as _signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import _backoff
+from .._redact import redact, redact_argv
 from .._validation import check_int, check_seconds
 
 
@@ -62,30 +63,47 @@ MAX_PID = 2**31 - 1
 """The largest process id an operating system can hand out (pid_t is 32 bits)."""
 
 
+def _shown_command(value: object) -> str:
+    """``value`` for an error message: an argument list with its secrets masked."""
+    if isinstance(value, str | bytes):
+        return repr(redact(value if isinstance(value, str) else value.decode("utf-8", "replace")))
+    if isinstance(value, Sequence) and all(isinstance(a, str | os.PathLike) for a in value):
+        return repr(list(redact_argv(value)))
+    if isinstance(value, Sequence):
+        return repr([redact(a) if isinstance(a, str) else f"<{type(a).__name__}>" for a in value])
+    return f"<{type(value).__name__}>"
+
+
 def _normalise_command(value: object, where: str) -> tuple[str, ...]:
     # A plain string would have to go through a shell to be split: refuse it, so no
     # rule ever runs `sh -c` on text that may have come from configuration.
     if isinstance(value, str | bytes):
         raise TypeError(
             f"'command' must be an argument list such as ['systemctl', 'restart', 'x'], "
-            f"not a string (no shell is used): {value!r}"
+            f"not a string (no shell is used): {_shown_command(value)}"
         )
     if not isinstance(value, Sequence) or not value:
-        raise ValueError(f"'command' must be a non-empty argument list: {value!r}")
+        raise ValueError(f"'command' must be a non-empty argument list: {_shown_command(value)}")
     args = tuple(value)
-    for arg in args:
+    for index, arg in enumerate(args):
         if not isinstance(arg, str | os.PathLike):
-            raise TypeError(f"'command' arguments must be strings: {arg!r} in {value!r}")
+            raise TypeError(
+                f"'command' arguments must be strings: {type(arg).__name__} at index "
+                f"{index} of {_shown_command(value)}"
+            )
     argv = tuple(os.fspath(arg) if not isinstance(arg, str) else arg for arg in args)
     for arg in argv:
         # No program can receive a NUL byte in an argument: exec would refuse it at
         # every attempt, so refuse the rule now.
         if "\0" in arg if isinstance(arg, str) else b"\0" in arg:
-            raise ValueError(f"'command' arguments must not contain a NUL byte, {where}: {arg!r}")
+            raise ValueError(
+                f"'command' arguments must not contain a NUL byte, {where}: "
+                f"{redact(arg) if isinstance(arg, str) else '<bytes>'!r}"
+            )
     return argv
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RecoveryRule:
     """One way to heal one service, and the limits that keep it from thrashing.
 
@@ -245,6 +263,22 @@ class RecoveryRule:
                 f"action {action.value!r} needs one of {', '.join(allowed)}, "
                 f"or it can never act: {self.service_name!r}"
             )
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print command arguments (--password=...) verbatim.
+        shown: list[str] = []
+        for item in fields(self):
+            if not item.repr:
+                continue
+            value = getattr(self, item.name)
+            if item.name == "command" and value is not None:
+                text = repr(redact_argv(value))
+            elif item.name == "action":
+                text = repr(RecoveryActionType(value).value)
+            else:
+                text = redact(repr(value))
+            shown.append(f"{item.name}={text}")
+        return f"RecoveryRule({', '.join(shown)})"
 
     @property
     def action_type(self) -> RecoveryActionType:

@@ -6,6 +6,7 @@ import enum
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from .._redact import redact
 from .rule import RecoveryActionType
 
 
@@ -50,11 +51,11 @@ class RecoveryAttempt:
             "timestamp": self.timestamp,
             "duration": round(self.duration, 6),
             "outcome": self.outcome.value,
-            "detail": self.detail,
-            "reason": self.reason,
+            "detail": redact(self.detail),
+            "reason": None if self.reason is None else redact(self.reason),
             "recovery_time": None if self.recovery_time is None else round(self.recovery_time, 6),
             "exit_code": self.exit_code,
-            "output_tail": self.output_tail,
+            "output_tail": None if self.output_tail is None else redact(self.output_tail),
             "timed_out": self.timed_out,
             "keys_deleted": self.keys_deleted,
         }

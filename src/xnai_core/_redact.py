@@ -1,0 +1,421 @@
+"""Keep credentials out of everything the package shows: logs, stats, events, alerts,
+reprs, error messages and pages. The one home of redaction for the whole package.
+
+What is masked (each value becomes ``***``):
+
+- URLs and DSNs (:func:`redact_url`): the password of ``scheme://user:password@host``,
+  where the user info ends at the *last* ``@`` of the authority, so an unencoded ``@``,
+  ``/``, ``?``, ``#`` or ``:`` in a password leaks nothing; a lone user name except for
+  database and broker schemes, where it is a role (``https://<token>@host`` hides the
+  token, ``postgresql://app@db`` shows ``app``); query and fragment parameters whose name
+  looks secret (:func:`is_secret_name`: ``token``, ``access_token``, ``api_key``,
+  ``client_secret``, ``X-Amz-Signature``, ``sig``, ``code``, ...).
+- Free text (:func:`redact`): every URL in it as above; ``name=value``, ``name: value``
+  and ``"name": "value"`` where the name is a secret field (:func:`is_secret_field`:
+  ``password``, ``PGPASSWORD``, ``api_key``, ``auth_token``, ``X-Api-Key``, ...);
+  ``Authorization: Bearer ...``/``Basic ...`` and any ``Bearer <token>``; command-line
+  flags ``--password=...`` and ``--password ...``; plus exact secrets the caller knows.
+- Argument lists (:func:`redact_argv`): the same per argument, the value after a secret
+  flag (``--token abc``), and the few short flags that carry a password by convention
+  (``mysql -pSECRET``, ``redis-cli -a SECRET``, ``curl -u user:SECRET``).
+
+Masking a harmless value costs readability; showing a credential costs the credential.
+What no pattern can know (a bare secret in an error message) is scrubbed only when the
+caller passes it in ``secrets`` (checkers know their own URL's secrets: :func:`url_secrets`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote, unquote, unquote_plus
+
+__all__ = [
+    "MASK",
+    "SECRET_NAME_PARTS",
+    "is_secret_field",
+    "is_secret_name",
+    "redact",
+    "redact_argv",
+    "redact_url",
+    "scrub",
+    "url_secrets",
+]
+
+MASK = "***"
+
+SECRET_NAME_PARTS: tuple[str, ...] = (
+    "token",
+    "secret",
+    "key",
+    "pass",
+    "pwd",
+    "sig",
+    "auth",
+    "cred",
+    "session",
+    "jwt",
+    "bearer",
+    "cookie",
+)
+"""A URL query parameter whose normalised name contains one of these is masked."""
+
+_SECRET_PARAM_EXACT = frozenset({"code", "otp", "nonce"})
+"""URL parameters secret by their whole name (an OAuth authorization code)."""
+
+_SECRET_FIELD_ENDINGS: tuple[str, ...] = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "pass",
+    "key",
+    "keyid",
+    "signature",
+    "sig",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "cookie",
+    "session",
+    "sessionid",
+    "jwt",
+)
+"""A field in free text (``name=value``, ``name: value``, ``--name value``) is secret when
+its normalised name ends with one of these: ``max_tokens`` and ``KeyError`` are not."""
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+# URL schemes whose user name is a role or account name, sent beside a separate
+# password: "postgresql://app@db/app" shows "app". For any other scheme (http,
+# https, ...) a user name without a password is how tokens travel
+# ("https://<token>@host/"), so it is masked.
+_ROLE_NAME_SCHEMES = frozenset(
+    {
+        "amqp",
+        "amqps",
+        "mongodb",
+        "mysql",
+        "postgres",
+        "postgresql",
+        "redis",
+        "rediss",
+        "unix",
+        "valkey",
+        "valkeys",
+    }
+)
+
+# A query value shorter than this is masked in URLs but scrubbed from free text
+# only together with its name ("session=1"): scrubbing every "1" out of error
+# messages would destroy them, and a 1-3 character value is no credential.
+_MIN_FREE_TEXT_SECRET = 4
+
+_PARAM_END = re.compile(r"[&;]")
+_PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.%a-z]+\])(?::\d*)?")
+_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
+_VALUE = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&;,'"<>()\[\]{}]+)"""
+# name=value (env style, libpq DSNs, --flag=value, key=value in messages).
+_ASSIGNMENT = re.compile(
+    rf"(?P<name>(?<![\w-])-{{0,2}}[A-Za-z_][\w.-]*)\s*=\s*(?=(?P<value>{_VALUE}))"
+)
+# name: value (headers, YAML, dict reprs); the name may be quoted.
+_COLON_FIELD = re.compile(
+    rf"""(?P<name>(?<![\w-])["']?[A-Za-z_][\w.-]*["']?)\s*:[ \t]*(?!//)(?=(?P<value>{_VALUE}))"""
+)
+_AUTHORIZATION = re.compile(
+    r"(?i)(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
+    r"(?:(?:bearer|basic|digest|token|negotiate|apikey|aws4-hmac-sha256)\s+)?)"
+    r"(?P<value>[^\s\"',;]+)"
+)
+_BEARER = re.compile(r"(?i)\b(?P<head>bearer\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
+_FLAG_THEN_VALUE = re.compile(r"(?P<name>(?<!\S)--?[A-Za-z][\w-]*)[ \t]+(?=(?P<value>[^\s-]\S*))")
+
+
+def _normalised(name: str) -> str:
+    return _NOT_ALNUM.sub("", unquote_plus(name).lower())
+
+
+def is_secret_name(name: str) -> bool:
+    """True if a URL query or fragment parameter called ``name`` (raw or percent-encoded)
+    holds a secret: generous, since a URL carries little else worth reading."""
+    normalised = _normalised(name)
+    return normalised in _SECRET_PARAM_EXACT or any(
+        part in normalised for part in SECRET_NAME_PARTS
+    )
+
+
+def is_secret_field(name: str) -> bool:
+    """True if ``name`` (a field, variable, header or ``--flag`` in free text) holds a secret."""
+    normalised = _normalised(name)
+    return bool(normalised) and normalised.endswith(_SECRET_FIELD_ENDINGS)
+
+
+# -- URLs ------------------------------------------------------------------------------
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower().partition("+")[0]
+
+
+def _hides_lone_user(url: str) -> bool:
+    return _scheme(url) not in _ROLE_NAME_SCHEMES
+
+
+def _split_userinfo(scheme: str, rest: str) -> tuple[str | None, str]:
+    """``(user info or None, the rest)`` of what follows ``scheme://``.
+
+    The user info ends at the last ``@`` of the authority. An ``@`` past the first
+    ``/``, ``?`` or ``#`` is in the path or query (``/@scope/pkg``, ``?email=a@b``) only
+    when what precedes that delimiter is a plain ``host[:port]``; otherwise the delimiter
+    is part of a password, and everything up to the last ``@`` is masked.
+    """
+    if scheme == "unix":
+        # The socket's path may hold an '@' (systemd instances): not the user info's end.
+        if rest.startswith("/"):
+            return None, rest
+        at = rest.rfind("@/")
+        if at < 0:
+            at = rest.rfind("@")
+        return (rest[:at], rest[at + 1 :]) if at >= 0 else (None, rest)
+    at = rest.rfind("@")
+    if at < 0:
+        return None, rest
+    head = rest[:at]
+    delimiter = min((i for i in (head.find(c) for c in "/?#") if i >= 0), default=-1)
+    if delimiter >= 0:
+        authority = head[:delimiter]
+        if "@" not in authority and _PLAIN_HOST.fullmatch(authority):
+            return None, rest
+    return head, rest[at + 1 :]
+
+
+def _secret_params(params: str) -> list[tuple[str, str, int, int]]:
+    """``(name, value, value start, value end)`` of each secret parameter in ``params``
+    (the query and fragment, after the first ``?`` or ``#``).
+
+    Parameters end at ``&`` or ``;``; a ``#`` starts the fragment's parameters too,
+    except inside a secret value, which runs on to the next ``&``/``;``: an unencoded
+    ``#`` in a password must not cut it in two, one half shown.
+    """
+    found = []
+    position = 0
+    for match in re.finditer(r"[^&;#]+", params):
+        if match.start() < position:
+            continue
+        name, has_value, _ = match.group(0).partition("=")
+        if not has_value or not is_secret_name(name):
+            continue
+        start = match.start() + len(name) + 1
+        end = _PARAM_END.search(params, start)
+        position = len(params) if end is None else end.start()
+        found.append((name, params[start:position], start, position))
+    return found
+
+
+def _mask_params(params: str) -> str:
+    """``params`` with each secret parameter's value replaced; the rest kept verbatim."""
+    pieces: list[str] = []
+    done = 0
+    for _, _, start, end in _secret_params(params):
+        pieces += [params[done:start], MASK]
+        done = end
+    return "".join(pieces) + params[done:]
+
+
+def _split_location(rest: str) -> tuple[str, str]:
+    """``(host and path, the rest from the first "?" or "#")``."""
+    match = re.search(r"[?#]", rest)
+    return (rest, "") if match is None else (rest[: match.start()], rest[match.start() :])
+
+
+def redact_url(url: str) -> str:
+    """The URL with its credentials replaced by ``***``.
+
+    Masked: a password in the user info; a user name without a password, except for
+    database and broker schemes where it is a role name (``postgresql``, ``redis``,
+    ...); the values of secret-looking query and fragment parameters. The host, port,
+    path and harmless parameters stay, so the result still tells an operator which
+    endpoint is meant. Text that is not a URL (a keyword/value DSN such as
+    ``host=db password=x``) goes through :func:`redact`.
+    """
+    scheme_text, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme_text):
+        return _redact_patterns(url)
+    userinfo, rest = _split_userinfo(_scheme(url), rest)
+    shown_user = ""
+    if userinfo is not None:
+        user, has_password, _ = userinfo.partition(":")
+        if has_password:
+            shown_user = f"{user}:{MASK}@"
+        elif user and _hides_lone_user(url):
+            shown_user = f"{MASK}@"
+        else:
+            shown_user = f"{user}@"
+    location, params = _split_location(rest)
+    return f"{scheme_text}://{shown_user}{location}{params[:1]}{_mask_params(params[1:])}"
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """Every secret string in ``url``, raw and decoded, to :func:`scrub` from error text.
+
+    Longest first, so a secret that contains another is replaced whole.
+    """
+    found: list[str] = []
+    short: list[str] = []
+    _, sep, rest = url.partition("://")
+    if not sep:
+        for match in _ASSIGNMENT.finditer(url):
+            if is_secret_field(match.group("name")):
+                found.append(match.group("value").strip("'\""))
+    else:
+        userinfo, rest = _split_userinfo(_scheme(url), rest)
+        if userinfo is not None:
+            user, has_password, password = userinfo.partition(":")
+            if has_password:
+                found.append(password)
+            elif user and _hides_lone_user(url):
+                if len(unquote(user)) >= _MIN_FREE_TEXT_SECRET:
+                    found.append(user)
+                else:
+                    short.append(f"{user}@")
+        for name, value, _, _ in _secret_params(_split_location(rest)[1][1:]):
+            if not value:
+                continue
+            if len(unquote_plus(value)) >= _MIN_FREE_TEXT_SECRET:
+                found.append(value)
+                found.append(unquote_plus(value))
+                found.append(quote(unquote_plus(value), safe=""))
+            else:
+                short.append(f"{name}={value}")
+                short.append(f"{unquote_plus(name)}={unquote_plus(value)}")
+    expanded: set[str] = set(short)
+    for secret in found:
+        if secret:
+            expanded.add(secret)
+            expanded.add(unquote(secret))
+    return tuple(sorted(expanded, key=len, reverse=True))
+
+
+# -- free text -------------------------------------------------------------------------
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***``."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_fields(pattern: re.Pattern[str], text: str) -> str:
+    """Mask the value of each secret field ``pattern`` finds.
+
+    The patterns read the value in a lookahead, so a harmless field does not swallow
+    the next one: in ``failed: password: x``, ``failed``'s value is ``password``, and
+    ``password`` is still seen as a field of its own.
+    """
+    pieces: list[str] = []
+    done = 0
+    for match in pattern.finditer(text):
+        name = match.group("name")
+        start, end = match.span("value")
+        # An Authorization header was masked already, keeping its scheme word ("Bearer").
+        if start < done or not is_secret_field(name) or _normalised(name).endswith("authorization"):
+            continue
+        pieces.append(text[done:start])
+        pieces.append(MASK)
+        done = end
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def _redact_patterns(text: str) -> str:
+    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    text = _AUTHORIZATION.sub(lambda m: m.group("head") + MASK, text)
+    text = _BEARER.sub(lambda m: m.group("head") + MASK, text)
+    for pattern in (_ASSIGNMENT, _COLON_FIELD, _FLAG_THEN_VALUE):
+        text = _mask_fields(pattern, text)
+    return text
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every credential it shows masked (see the module's docstring).
+
+    ``secrets``: exact strings the caller knows to be secret (a checker's password, its
+    URL's token); they are scrubbed wherever they appear, before the patterns run.
+    """
+    if secrets:
+        text = scrub(text, secrets)
+    if not text:
+        return text
+    return _redact_patterns(text)
+
+
+# -- argument lists --------------------------------------------------------------------
+
+# Short flags that carry a password by a tool's convention: (tool name prefixes,
+# flag, how the value travels: "attached" -pSECRET, "next" -a SECRET, "both").
+_SHORT_SECRET_FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("mysql", "mariadb"), "-p", "attached"),
+    (("redis-cli", "valkey-cli", "keydb-cli"), "-a", "both"),
+    (("sshpass",), "-p", "both"),
+)
+_USER_AND_PASSWORD_FLAGS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("curl", "wget"), ("-u", "--user", "--proxy-user")),
+)
+
+
+def _short_flag_rule(program: str, arg: str) -> tuple[str, str] | None:
+    for tools, flag, how in _SHORT_SECRET_FLAGS:
+        if program.startswith(tools) and arg.startswith(flag):
+            return flag, how
+    return None
+
+
+def redact_argv(argv: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
+    """``argv`` for showing: each argument through :func:`redact`, the value after a secret
+    flag (``--password x``, ``--token x``) masked, and the short password flags of common
+    tools (``mysql -pX``, ``redis-cli -a X``, ``curl -u user:X``)."""
+    args = [os.fspath(arg) if not isinstance(arg, str) else arg for arg in argv]
+    program = os.path.basename(args[0]) if args else ""
+    shown: list[str] = []
+    mask_next: str | None = None  # "all", or "password" (user:password)
+    for index, arg in enumerate(args):
+        if mask_next is not None:
+            if mask_next == "password" and ":" in arg:
+                shown.append(arg.partition(":")[0] + ":" + MASK)
+            else:
+                shown.append(MASK)
+            mask_next = None
+            continue
+        if index == 0:
+            shown.append(redact(arg))
+            continue
+        rule = _short_flag_rule(program, arg)
+        if rule is not None:
+            flag, how = rule
+            if len(arg) > len(flag) and how in ("attached", "both"):
+                shown.append(flag + MASK)
+                continue
+            if arg == flag and how in ("next", "both"):
+                shown.append(arg)
+                mask_next = "all"
+                continue
+        if any(
+            program.startswith(tools) and arg in flags for tools, flags in _USER_AND_PASSWORD_FLAGS
+        ):
+            shown.append(arg)
+            mask_next = "password"
+            continue
+        if arg.startswith("-") and "=" not in arg and is_secret_field(arg):
+            shown.append(arg)
+            mask_next = "all"
+            continue
+        shown.append(redact(arg))
+    return tuple(shown)

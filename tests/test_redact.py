@@ -1,0 +1,146 @@
+"""The package's one redaction module: URLs, free text, argument lists, known secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from xnai_core import _redact
+from xnai_core._redact import redact, redact_argv, redact_url, scrub, url_secrets
+from xnai_core.degradation import reasons
+from xnai_core.health import redact as health_redact
+from xnai_core.recovery import actions
+from xnai_core.recovery.rule import RecoveryRule
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # '@' (and '/', '?', '#', ':') inside a password: masked up to the last '@'.
+        ("redis://:p@ss@h:1/0", "redis://:***@h:1/0"),
+        ("postgresql://app:p@ss/w#rd?x@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("https://u:pa/ss@h/x", "https://u:***@h/x"),
+        # ... but an '@' in a path or query behind a plain host is not user info.
+        ("https://registry.example/@scope/pkg", "https://registry.example/@scope/pkg"),
+        ("https://h/?email=a@b.example&x=1", "https://h/?email=a@b.example&x=1"),
+        # a token as the lone user name
+        ("https://ghp_abcdef123@github.example/x", "https://***@github.example/x"),
+        # parameters by name, in the query and the fragment, whatever their case
+        ("http://h/v1?api_token=t1&n=2", "http://h/v1?api_token=***&n=2"),
+        ("http://h/?Access_Token=t2", "http://h/?Access_Token=***"),
+        ("http://h/?client_secret=t3", "http://h/?client_secret=***"),
+        (
+            "http://h/?X-Amz-Signature=t4&X-Amz-Credential=t5",
+            "http://h/?X-Amz-Signature=***&X-Amz-Credential=***",
+        ),
+        ("http://h/cb?code=t6&state=s", "http://h/cb?code=***&state=s"),
+        ("http://h/#access_token=t7&state=s", "http://h/#access_token=***&state=s"),
+        ("http://h/?sig=t8", "http://h/?sig=***"),
+        # a '#' inside a secret query value does not cut it in two
+        ("redis://h/0?password=p#ss?x&db=1", "redis://h/0?password=***&db=1"),
+        ("unix:///run/redis@6379.sock", "unix:///run/redis@6379.sock"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    """Credentials go, the endpoint stays readable."""
+    assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "GET http://127.0.0.1:1/x?api_token=T0KEN failed",
+            "GET http://127.0.0.1:1/x?api_token=*** failed",
+        ),
+        ("Authorization: Bearer eyJ.abc.def", "Authorization: Bearer ***"),
+        ("{'authorization': 'Basic dXNlcjpwYXNz'}", "{'authorization': 'Basic ***'}"),
+        ("sent bearer abc.DEF-123", "sent bearer ***"),
+        ("X-Api-Key: sk-live-1, X-Trace: 7", "X-Api-Key: ***, X-Trace: 7"),
+        (
+            '{"client_secret": "cs-1", "max_tokens": 100}',
+            '{"client_secret": ***, "max_tokens": 100}',
+        ),
+        ("run --password=hunter2 --token abc123 -p 5432", "run --password=*** --token *** -p 5432"),
+        ("PGPASSWORD=s3cret AWS_SECRET_ACCESS_KEY=k3y", "PGPASSWORD=*** AWS_SECRET_ACCESS_KEY=***"),
+        ("host=db user=app password='a b'", "host=db user=app password=***"),
+        ("login failed: password: hunter2", "login failed: password: ***"),
+        # harmless look-alikes stay
+        ("KeyError: 'prompt'", "KeyError: 'prompt'"),
+        ("AuthenticationError: invalid password", "AuthenticationError: invalid password"),
+        ("max_tokens=100 keyspace=3", "max_tokens=100 keyspace=3"),
+        ("Error 111 connecting to localhost:6379.", "Error 111 connecting to localhost:6379."),
+    ],
+)
+def test_redact_free_text(text: str, expected: str) -> None:
+    """Every credential shape in a message is masked; the message stays readable."""
+    assert redact(text) == expected
+
+
+def test_known_secrets_are_scrubbed_first() -> None:
+    """A secret the caller knows goes wherever it appears, even bare."""
+    assert redact("bare zq9-secret here", ["zq9-secret"]) == "bare *** here"
+    assert scrub("ab abc", ["ab", "abc"]) == "*** ***"  # longest first: "abc" whole
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["mysql", "-uroot", "-phunter2", "db"], ("mysql", "-uroot", "-p***", "db")),
+        (["redis-cli", "-a", "pw1", "ping"], ("redis-cli", "-a", "***", "ping")),
+        (["curl", "-u", "me:pw2", "https://h/"], ("curl", "-u", "me:***", "https://h/")),
+        (["curl", "-H", "Authorization: Bearer t"], ("curl", "-H", "Authorization: Bearer ***")),
+        (
+            ["app", "--password", "pw3", "--api-key=k"],
+            ("app", "--password", "***", "--api-key=***"),
+        ),
+        (["app", "--dsn=postgresql://a:pw4@h/d"], ("app", "--dsn=postgresql://a:***@h/d")),
+        (["app", "TOKEN=t5"], ("app", "TOKEN=***")),
+        (["docker", "run", "-p", "8080:80"], ("docker", "run", "-p", "8080:80")),
+    ],
+)
+def test_redact_argv(argv: list[str], expected: tuple[str, ...]) -> None:
+    """Command arguments: secret flags, their values, and conventional password flags."""
+    assert redact_argv(argv) == expected
+
+
+def test_url_secrets_reach_bare_mentions() -> None:
+    """What a URL holds is scrubbed from text that echoes it without the URL around it."""
+    secrets = url_secrets("https://u:p@ss/w@h/?api_token=tok_123456&x=1")
+    assert "p@ss/w" in secrets
+    assert "tok_123456" in secrets
+    assert scrub("refused p@ss/w and tok_123456", secrets) == "refused *** and ***"
+
+
+def test_one_module_behind_every_name() -> None:
+    """The old maskers' names are the one module's functions, not copies."""
+    assert reasons.redact is _redact.redact
+    assert actions.redact is _redact.redact
+    assert health_redact.redact_url is _redact.redact_url
+    assert health_redact.url_secrets is _redact.url_secrets
+    from xnai_core import redis_manager
+
+    assert redis_manager.redact_url is _redact.redact_url
+
+
+def test_recovery_rule_repr_and_errors_mask_arguments() -> None:
+    """A rule's repr and its validation errors never print a command's secrets."""
+    rule = RecoveryRule(
+        "db",
+        "restart_service",
+        command=["mysqladmin", "-uroot", "-pR00tPw", "--token", "tK-9", "--api-key=Ak-1"],
+    )
+    shown = repr(rule)
+    for secret in ("R00tPw", "tK-9", "Ak-1"):
+        assert secret not in shown
+    assert "mysqladmin" in shown
+    assert "'-p***'" in shown
+    with pytest.raises(TypeError) as as_string:
+        RecoveryRule("db", "restart_service", command="app --password=Pw-1")
+    assert "Pw-1" not in str(as_string.value)
+    with pytest.raises(TypeError) as not_str:
+        RecoveryRule("db", "restart_service", command=["app", "--password=Pw-2", 3])
+    assert "Pw-2" not in str(not_str.value)
+    assert "index 2" in str(not_str.value)
+    with pytest.raises(ValueError, match="NUL byte") as nul:
+        RecoveryRule("db", "restart_service", command=["app", "--token=Tk-3\0"])
+    assert "Tk-3" not in str(nul.value)
