@@ -138,7 +138,7 @@ def test_recovery_rule_repr_and_errors_mask_arguments() -> None:
         RecoveryRule("db", "restart_service", command="app --password=Pw-1")
     assert "Pw-1" not in str(as_string.value)
     with pytest.raises(TypeError) as not_str:
-        RecoveryRule("db", "restart_service", command=["app", "--password=Pw-2", 3])
+        RecoveryRule("db", "restart_service", command=["app", "--password=Pw-2", 3])  # type: ignore[list-item]
     assert "Pw-2" not in str(not_str.value)
     assert "index 2" in str(not_str.value)
     with pytest.raises(ValueError, match="NUL byte") as nul:
