@@ -89,12 +89,15 @@ def test_invalid_values_name_field_rule_and_value(
 def test_lease_defaults_to_timeout_plus_recovery() -> None:
     """A half-open permit outlives a trial call that runs to its timeout."""
     assert CircuitBreakerConfig(timeout=2, recovery_timeout=5).lease_seconds == 7.0
-    assert CircuitBreakerConfig(half_open_lease=0.5, timeout=0.5).lease_seconds == 0.5
+    assert CircuitBreakerConfig(timeout=2, recovery_timeout=0.1).lease_seconds == 3.0
+    assert CircuitBreakerConfig(half_open_lease=1.5, timeout=0.5).lease_seconds == 1.5
 
 
 def test_lease_shorter_than_timeout_is_refused() -> None:
     """A lease that could end while its trial still runs would admit extra trials."""
-    with pytest.raises(ValueError, match=r"'half_open_lease' must be >= 'timeout' \(10\): 0.5"):
+    with pytest.raises(
+        ValueError, match=r"'half_open_lease' must be >= 'timeout' \+ 1 s \(11\): 0.5"
+    ):
         CircuitBreakerConfig(timeout=10, half_open_lease=0.5)
 
 

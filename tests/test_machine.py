@@ -200,7 +200,7 @@ def test_stale_epoch_result_changes_nothing() -> None:
 def test_expired_lease_is_reclaimed() -> None:
     """A trial whose lease ran out frees its permit for another caller."""
     cfg = CircuitBreakerConfig(
-        failure_threshold=1, recovery_timeout=1, half_open_max_calls=1, half_open_lease=5, timeout=5
+        failure_threshold=1, recovery_timeout=1, half_open_max_calls=1, half_open_lease=5, timeout=4
     )
     snap = machine.on_failure(Snapshot(), cfg, 0.0, Ticket(0))
     first, snap = machine.admit(snap, cfg, 1.0)

@@ -182,7 +182,7 @@ async def test_a_killed_probers_lease_expires(
         spec(
             private_redis,
             "hold_permit",
-            config={**config, "half_open_lease": LEASE, "timeout": LEASE},
+            config={**config, "half_open_lease": LEASE, "timeout": None},
             holding_key=holding,
             id="prober",
         )
@@ -194,7 +194,7 @@ async def test_a_killed_probers_lease_expires(
         prober.communicate()
     client = aioredis.Redis.from_url(private_redis.url)
     breaker = create_redis_circuit_breaker(
-        "svc", client, half_open_lease=LEASE, timeout=LEASE, **config
+        "svc", client, half_open_lease=LEASE, timeout=None, **config
     )
 
     async def ok() -> str:

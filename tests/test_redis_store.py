@@ -341,7 +341,7 @@ async def test_an_expired_lease_frees_its_permit(stores: StoreFactory) -> None:
     """A trial that never reports back stops holding its permit when its lease ends."""
     clock = Clock()
     cfg = config(
-        failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, half_open_lease=7, timeout=7
+        failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, half_open_lease=7, timeout=6
     )
     store = stores(cfg, clock=clock)
     admission = await store.acquire()

@@ -167,7 +167,7 @@ class RedisConnectionManager:
         self.check_timeout = float(check_timeout)
         self._client_kwargs: dict[str, Any] = {
             "max_connections": max_connections,
-            "health_check_interval": int(health_check_interval),
+            "health_check_interval": float(health_check_interval),
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,
             **client_kwargs,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import redis.asyncio as aioredis
 
 from ..redis_manager import RedisConnectionManager
 from .breaker import CircuitBreaker, Fallback
-from .config import CircuitBreakerConfig, ExceptionTypes
+from .config import CircuitBreakerConfig, ExceptionTypes, lease_margin
 from .redis_store import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_OP_TIMEOUT,
@@ -44,7 +45,9 @@ def create_redis_circuit_breaker(
     breaker never closes it. The state lives in the hash ``<key_prefix>{<name>}``.
     ``op_timeout`` bounds every Redis operation a call may wait for;
     ``resync_interval`` is how often the local mirror is re-read; ``clock``
-    (seconds) replaces Redis TIME, for tests. See docs/redis.md.
+    (seconds) replaces Redis TIME, for tests. ``half_open_lease`` must outlast
+    ``timeout`` by ``max(1, 2 * op_timeout)`` seconds (the admission's and the report's
+    round trips). See docs/redis.md.
     """
     client = (
         redis_client.client if isinstance(redis_client, RedisConnectionManager) else redis_client
@@ -58,12 +61,28 @@ def create_redis_circuit_breaker(
         expected_exception=expected_exception,
         half_open_lease=half_open_lease,
     )
-    store = RedisStore(
-        config,
-        client,
-        key_prefix=key_prefix,
-        op_timeout=op_timeout,
-        resync_interval=resync_interval,
-        clock=clock,
-    )
+
+    def store_for(config: CircuitBreakerConfig) -> RedisStore:
+        return RedisStore(
+            config,
+            client,
+            key_prefix=key_prefix,
+            op_timeout=op_timeout,
+            resync_interval=resync_interval,
+            clock=clock,
+        )
+
+    store = store_for(config)  # validates op_timeout
+    margin = lease_margin(store.op_timeout)
+    if config.timeout is not None and config.lease_seconds < config.timeout + margin:
+        # A trial's permit must outlive the trial: its timeout plus the Redis round trips
+        # of its admission and its report, each up to op_timeout.
+        if half_open_lease is not None:
+            raise ValueError(
+                f"'half_open_lease' must be >= 'timeout' + 2 x 'op_timeout' "
+                f"({config.timeout + margin:g}): {config.lease_seconds:g}"
+            )
+        lease = config.timeout + max(config.recovery_timeout, margin)
+        config = replace(config, half_open_lease=lease)
+        store = store_for(config)
     return CircuitBreaker(config, fallback_func, store=store)

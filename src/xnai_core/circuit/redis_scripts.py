@@ -89,15 +89,23 @@ local function digits(value)
          and tonumber(value) < LIMIT
 end
 
+-- The fields stored now (save() removes those it does not write), and whether the key
+-- holds another type than a hash (save() must delete it first).
+local STORED, NOT_A_HASH = {}, false
+
 -- The stored snapshot, and a note: '' when it was sound, else why it was rebuilt.
 local function load()
   local kind = redis.call('TYPE', KEY)['ok']
   if kind == 'none' then return fresh(math.floor(NOW / 1000)), 'missing' end
-  if kind ~= 'hash' then return fresh(math.floor(NOW / 1000)), 'malformed:type' end
+  if kind ~= 'hash' then
+    NOT_A_HASH = true
+    return fresh(math.floor(NOW / 1000)), 'malformed:type'
+  end
   local raw = redis.call('HGETALL', KEY)
   local h, trials, bad = {}, {}, nil
   for i = 1, #raw, 2 do
     local field, value = raw[i], raw[i + 1]
+    STORED[#STORED + 1] = field
     local id = string.match(field, '^trial:(%d+)$')
     if id then
       if digits(value) and digits(id) then
@@ -148,6 +156,10 @@ local function signature(s)
                        table.concat(ids, ',')}, '|')
 end
 
+-- unpack() of more than a few thousand values fails (Lua's C stack), and a script that
+-- fails half way is not rolled back: write in small batches, and never delete first.
+local BATCH = 200
+
 local function save(s)
   s.ver = s.ver + 1
   local args = {'v', '1', 'gen', s.gen, 'ver', fmt(s.ver), 'epoch', fmt(s.epoch),
@@ -158,8 +170,19 @@ local function save(s)
     args[#args + 1] = 'trial:' .. fmt(t[1])
     args[#args + 1] = fmt(t[2])
   end
-  redis.call('DEL', KEY)
-  redis.call('HSET', KEY, unpack(args))
+  if NOT_A_HASH then redis.call('DEL', KEY) end
+  local written = {}
+  for i = 1, #args, BATCH do
+    redis.call('HSET', KEY, unpack(args, i, math.min(i + BATCH - 1, #args)))
+  end
+  for i = 1, #args, 2 do written[args[i]] = true end
+  local stale = {}
+  for _, field in ipairs(STORED) do
+    if not written[field] then stale[#stale + 1] = field end
+  end
+  for i = 1, #stale, BATCH do
+    redis.call('HDEL', KEY, unpack(stale, i, math.min(i + BATCH - 1, #stale)))
+  end
 end
 
 -- The machine's _open / _close / _half_open.
