@@ -10,7 +10,7 @@ from __future__ import annotations
 # --- circuit (issue 2, 3, 7) ---
 from .circuit.breaker import CircuitBreaker, fallback_return_none
 from .circuit.config import CircuitBreakerConfig
-from .circuit.errors import CircuitOpenError
+from .circuit.errors import CallTimeoutError, CircuitOpenError
 from .circuit.factory import RedisConnectionManager, create_redis_circuit_breaker
 from .circuit.machine import CircuitState
 from .circuit.redis_store import RedisStore
@@ -79,6 +79,7 @@ __all__ = [
     "CacheEntry",
     "CacheFirstStrategy",
     "CallInfo",
+    "CallTimeoutError",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitBreakerRegistry",

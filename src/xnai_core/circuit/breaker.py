@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
+from types import AsyncGeneratorType, CodeType, CoroutineType, GeneratorType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ..deadlines import (
@@ -42,6 +42,56 @@ Fallback = Callable[..., Any]
 
 def fallback_return_none(*args: object, **kwargs: object) -> None:
     """A fallback that answers None, whatever the call's arguments were."""
+
+
+# What a protected call may not return: its work happens after the breaker has
+# counted it, where the breaker cannot see how it ends.
+_ITERATIONS = (GeneratorType, AsyncGeneratorType)
+
+
+class _ReturnedIteration(Exception):
+    """Leaves the call's try block so that a refusal bypasses counting; never escapes."""
+
+
+def _describe(fn: object) -> str:
+    """A callable's or generator's name; never its repr, which may show arguments."""
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str):
+        return repr(name)
+    if isinstance(fn, functools.partial):
+        return f"a partial of {_describe(fn.func)}"
+    return f"a {type(fn).__qualname__} object"
+
+
+def _generator_function_kind(func: object) -> str | None:
+    """Which kind of generator function ``func`` is, or None when it is not one.
+
+    Looks through methods and partials like ``inspect.isgeneratorfunction``, but a
+    generator-based coroutine (``@types.coroutine``) is awaitable, so it is no generator.
+    """
+    while True:
+        if inspect.ismethod(func):
+            func = func.__func__
+        elif isinstance(func, functools.partial):
+            func = func.func
+        else:
+            break
+    code = getattr(func, "__code__", None)
+    if not isinstance(code, CodeType):
+        return None
+    if code.co_flags & inspect.CO_ASYNC_GENERATOR:
+        return "async generator function"
+    if code.co_flags & inspect.CO_GENERATOR and not code.co_flags & inspect.CO_ITERABLE_COROUTINE:
+        return "generator function"
+    return None
+
+
+def _iteration_refused(breaker: str, what: str) -> TypeError:
+    return TypeError(
+        f"circuit '{breaker}' cannot protect {what}: the breaker would count the call "
+        f"a success before the first item and never see how the iteration ends; "
+        f"protect a function that consumes it instead"
+    )
 
 
 class CircuitBreaker:
@@ -121,7 +171,9 @@ class CircuitBreaker:
         ``fn`` may be an ``async def``, a plain function, or a lambda returning a
         coroutine. The timeout applies to what is awaited; a plain function's own
         run cannot be interrupted. For type checkers the result is ``fn``'s: a
-        fallback's answer should have the same type.
+        fallback's answer should have the same type. A ``fn`` that returns a
+        generator or an async generator is refused with ``TypeError`` (counted
+        neither way): its work would run after the breaker had counted the call.
         """
         epoch = self._store.hot_epoch
         if epoch is None:
@@ -169,6 +221,10 @@ class CircuitBreaker:
                         keeper.settle_fired(key)
             elif inspect.isawaitable(result):
                 result = await self._await_within(result)
+            elif type(result) in _ITERATIONS:
+                raise _ReturnedIteration
+        except _ReturnedIteration:
+            raise await self._refuse(fn, result, Ticket(epoch)) from None
         except BaseException as exc:
             return await self._settle_error(exc, Ticket(epoch), args, kwargs)
         if self._store.hot_epoch is None:
@@ -198,6 +254,10 @@ class CircuitBreaker:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await self._await_within(result)
+            elif type(result) in _ITERATIONS:
+                raise _ReturnedIteration
+        except _ReturnedIteration:
+            raise await self._refuse(fn, result, ticket) from None
         except BaseException as exc:
             return await self._settle_error(exc, ticket, args, kwargs)
         await self._store.record_success(ticket)
@@ -222,11 +282,7 @@ class CircuitBreaker:
     ) -> Any:
         """Report an exception to the store; fall back or re-raise."""
         timed_out = isinstance(exc, CallTimeoutError) and exc.source is self
-        # Cancellation never counts, whatever expected_exception says (config refuses
-        # BaseException-only classes, but a subclass of both could slip through).
-        if timed_out or (
-            isinstance(exc, self._counted) and not isinstance(exc, asyncio.CancelledError)
-        ):
+        if timed_out or self._counts(exc):
             self._failures += 1
             self._last_failure_time = time.time()
             if timed_out:
@@ -240,6 +296,33 @@ class CircuitBreaker:
         if ticket.permit:
             await self._store.release(ticket)
         raise exc
+
+    def _counts(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a counted failure (the README's rules, groups included).
+
+        Cancellation never counts, whatever expected_exception says (config refuses
+        BaseException-only classes, but a subclass of both could slip through). A
+        group (a TaskGroup's, say) counts when it, or a member at any depth, is an
+        expected exception, unless it also holds a cancellation. A group holding a
+        BaseException is a BaseExceptionGroup, never an Exception, so never counts.
+        """
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        if isinstance(exc, ExceptionGroup):
+            counted = self._counted
+            cancelled, _ = exc.split(lambda e: isinstance(e, asyncio.CancelledError))
+            expected, _ = exc.split(lambda e: isinstance(e, counted))  # the group is tried too
+            return cancelled is None and expected is not None
+        return isinstance(exc, self._counted)
+
+    async def _refuse(self, fn: object, returned: object, ticket: Ticket) -> TypeError:
+        """Count a refused generator like an uncounted exception and say why."""
+        self._other_outcomes += 1
+        if ticket.permit:
+            await self._store.release(ticket)
+        kind = "async generator" if type(returned) is AsyncGeneratorType else "generator"
+        what = f"{_describe(fn)}, which returned the {kind} {_describe(returned)}"
+        return _iteration_refused(self.name, what)
 
     async def _run_fallback(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._fallback_calls += 1
@@ -264,6 +347,9 @@ class CircuitBreaker:
         """
         if not callable(func):
             raise TypeError(f"a circuit breaker decorates a callable: {func!r}")
+        kind = _generator_function_kind(func)
+        if kind is not None:
+            raise _iteration_refused(self.name, f"the {kind} {_describe(func)}")
 
         @functools.wraps(func)
         async def protected(*args: P.args, **kwargs: P.kwargs) -> Any:
