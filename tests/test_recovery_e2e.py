@@ -314,7 +314,7 @@ async def test_checker_with_a_longer_interval_warns_at_its_first_outage(
     )
     monitor = HealthMonitor(check_interval=0.1, failure_threshold=2, recovery_manager=manager)
     monitor.add_checker(HTTPHealthChecker("slow", "http://127.0.0.1:9/health"), interval=5.0)
-    async with manager:
+    async with manager, monitor:
         await manager.on_status_change("slow", "healthy", "unhealthy", None)
         await manager.wait_idle()
     warnings = [r.getMessage() for r in caplog.records if "stable_period" in r.getMessage()]

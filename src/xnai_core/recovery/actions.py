@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import functools
 import os
 import signal
 import subprocess
-import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Any
 
+from .._dispatch import CallbackBusyError, Dispatcher
 from .._redact import redact as redact  # public here since before _redact
 from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
 
@@ -46,7 +47,43 @@ class ActionOutcome:
     keys_deleted: int | None = None
 
 
-async def perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
+@dataclass(slots=True, eq=False)
+class ActionContext:
+    """What actions share across attempts: the manager's dispatcher, the pipes of daemons
+    that commands left behind, and per service one bound call of each recovery_func (so
+    the dispatcher never runs a sync one twice at once for a service)."""
+
+    dispatcher: Dispatcher = field(default_factory=lambda: Dispatcher(name="xnai-recovery"))
+    drains: set[OutputCapture] = field(default_factory=set)
+    calls: dict[tuple[str, int], BoundCall] = field(default_factory=dict)
+
+    def bound(self, func: RecoveryFunc, service_name: str) -> BoundCall:
+        key = (service_name, id(func))
+        call = self.calls.get(key)
+        if call is None or call.func is not func:
+            call = self.calls[key] = BoundCall(func, functools.partial(func, service_name))
+        return call
+
+    def close(self) -> None:
+        """Stop draining leftover daemons' output and end the dispatcher's idle threads."""
+        for capture in list(self.drains):
+            capture.close()
+        self.drains.clear()
+        self.dispatcher.close()
+
+
+@dataclass(slots=True, eq=False)
+class BoundCall:
+    """``func(service_name)`` as one object, and when its last call started (monotonic)."""
+
+    func: RecoveryFunc
+    call: functools.partial[Any]
+    started: float | None = None
+
+
+async def perform(
+    rule: RecoveryRule, service_name: str, context: ActionContext | None = None
+) -> ActionOutcome:
     """Run what ``rule`` says, bounded by ``rule.timeout``; never raises but to cancel.
 
     An exception the action did not expect (a bug, or an input the operating system
@@ -54,7 +91,7 @@ async def perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
     on to the next rule or escalates, instead of recovery ending silently.
     """
     try:
-        return await _perform(rule, service_name)
+        return await _perform(rule, service_name, context or ActionContext())
     except Exception as exc:
         return ActionOutcome(
             ok=False,
@@ -64,9 +101,9 @@ async def perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
         )
 
 
-async def _perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
+async def _perform(rule: RecoveryRule, service_name: str, context: ActionContext) -> ActionOutcome:
     if rule.command is not None:
-        return await run_command(rule.command, timeout=rule.timeout)
+        return await run_command(rule.command, timeout=rule.timeout, drains=context.drains)
     if rule.redis_client is not None and rule.cache_pattern is not None:
         return await clear_cache(
             rule.redis_client,
@@ -77,46 +114,126 @@ async def _perform(rule: RecoveryRule, service_name: str) -> ActionOutcome:
     if rule.pid is not None or rule.pid_file is not None:
         return signal_process(rule.pid, rule.pid_file, signal.Signals(rule.signal))
     if rule.recovery_func is not None:
-        return await call_recovery_func(rule.recovery_func, service_name, timeout=rule.timeout)
+        return await call_recovery_func(
+            rule.recovery_func,
+            service_name,
+            timeout=rule.timeout,
+            dispatcher=context.dispatcher,
+            bound=context.bound(rule.recovery_func, service_name),
+        )
     raise AssertionError(f"rule has nothing to run: {rule!r}")  # RecoveryRule forbids it
 
 
-async def run_command(argv: Sequence[str], *, timeout: float) -> ActionOutcome:
+class OutputCapture:
+    """A command's stdout and stderr through a pipe, never more than ``limit`` bytes kept.
+
+    While the command runs, the last ``limit`` bytes are kept. Once it has exited,
+    :meth:`tail` reads what is left; a daemon the command left behind may still hold
+    the pipe: what it writes then is read and dropped (never stored, so nothing grows,
+    and the daemon neither blocks on a full pipe nor dies of SIGPIPE) until it closes
+    the pipe or exits, or until :meth:`close` (the manager's ``aclose()``).
+    """
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        self._limit = limit
+        self._kept = bytearray()
+        self._keeping = True
+        self._drains: set[OutputCapture] | None = None
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.read_fd, self._read)
+        self.closed = False
+
+    def started(self) -> None:
+        """The command has its copy of the write end: drop ours, so EOF can come."""
+        os.close(self.write_fd)
+        self.write_fd = -1
+
+    def _read(self) -> None:
+        while not self.closed:
+            try:
+                data = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:  # every writer is gone
+                self.close()
+                return
+            if self._keeping:
+                self._kept += data
+                del self._kept[: -self._limit]
+
+    def tail(self, drains: set[OutputCapture] | None) -> str:
+        """The last output, read up to now; then drop whatever comes (see the class)."""
+        self._read()
+        self._keeping = False
+        text = redact(bytes(self._kept).decode("utf-8", errors="replace"))
+        self._kept = bytearray()
+        if not self.closed and drains is not None:
+            self._drains = drains
+            drains.add(self)
+        return text
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):  # the loop may be closed already
+            self._loop.remove_reader(self.read_fd)
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        if self._drains is not None:
+            self._drains.discard(self)
+
+
+async def run_command(
+    argv: Sequence[str], *, timeout: float, drains: set[OutputCapture] | None = None
+) -> ActionOutcome:
     """Run ``argv`` (no shell) in its own process group; kill the group at ``timeout``.
 
-    Output goes to an unnamed temporary file rather than a pipe: a restart script
-    that leaves a daemon behind must not block us on a pipe the daemon still holds,
-    nor have the daemon die of SIGPIPE when we stop reading.
+    Output (stdout and stderr) goes to a pipe of ours, of which the last
+    :data:`OUTPUT_TAIL_BYTES` are kept. The command's exit is its end: a daemon it left
+    behind holding the pipe neither keeps us waiting nor fills a file; what it writes
+    later is dropped (:class:`OutputCapture`) while ``drains`` (the manager's) holds it.
     """
     name = os.path.basename(argv[0])
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except (OSError, ValueError) as exc:  # ValueError: an argument the OS refuses
-            reason = getattr(exc, "strerror", None) or exc
-            return ActionOutcome(
-                ok=False,
-                detail=f"command {name!r} could not start",
-                error=redact(f"{type(exc).__name__}: {reason}"),
-                retryable=False,
-            )
-        timed_out = False
-        try:
-            async with asyncio.timeout(timeout):
-                code = await proc.wait()
-        except TimeoutError:
-            timed_out = True
-            code = await _kill_group(proc)
-        except asyncio.CancelledError:
-            await asyncio.shield(_kill_group(proc))
-            raise
-        tail = _tail(out)
+    capture = OutputCapture()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=capture.write_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:  # ValueError: an argument the OS refuses
+        capture.close()
+        reason = getattr(exc, "strerror", None) or exc
+        return ActionOutcome(
+            ok=False,
+            detail=f"command {name!r} could not start",
+            error=redact(f"{type(exc).__name__}: {reason}"),
+            retryable=False,
+        )
+    except BaseException:
+        capture.close()
+        raise
+    capture.started()
+    timed_out = False
+    try:
+        async with asyncio.timeout(timeout):
+            code = await proc.wait()
+    except TimeoutError:
+        timed_out = True
+        code = await _kill_group(proc)
+    except BaseException:  # cancelled: kill the group, drop the pipe, pass it on
+        await asyncio.shield(_kill_group(proc))
+        capture.close()
+        raise
+    tail = capture.tail(drains)
     if timed_out:
         return ActionOutcome(
             ok=False,
@@ -156,12 +273,6 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> int:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _tail(out: IO[bytes]) -> str:
-    size = out.seek(0, os.SEEK_END)
-    out.seek(max(0, size - OUTPUT_TAIL_BYTES))
-    return redact(out.read().decode("utf-8", errors="replace"))
 
 
 async def clear_cache(
@@ -246,24 +357,43 @@ def signal_process(
     return ActionOutcome(ok=True, detail=f"sent {sig.name} to pid {target}")
 
 
-async def call_recovery_func(
-    func: RecoveryFunc, service_name: str, *, timeout: float
-) -> ActionOutcome:
-    """Call ``func(service_name)``; a sync function runs in a worker thread.
+_DEFAULT_CONTEXT: ActionContext | None = None
 
-    A thread cannot be cancelled: on timeout we stop waiting for it, it runs on.
+
+async def call_recovery_func(
+    func: RecoveryFunc,
+    service_name: str,
+    *,
+    timeout: float,
+    dispatcher: Dispatcher | None = None,
+    bound: BoundCall | None = None,
+) -> ActionOutcome:
+    """Call ``func(service_name)``: awaited if async, on a dispatcher thread if sync.
+
+    A thread cannot be cancelled: at ``timeout`` we stop waiting and it runs on. Until
+    it returns, the same function is not started again for the same service (``bound``
+    is that service's one bound call of it): the attempt fails at once, and says since
+    when the earlier call has been stuck.
     """
+    global _DEFAULT_CONTEXT
+    if dispatcher is None or bound is None:
+        if _DEFAULT_CONTEXT is None:
+            _DEFAULT_CONTEXT = ActionContext()
+        dispatcher = dispatcher or _DEFAULT_CONTEXT.dispatcher
+        bound = bound or _DEFAULT_CONTEXT.bound(func, service_name)
     name = getattr(func, "__qualname__", type(func).__name__)
+    now = time.monotonic()
+    earlier, bound.started = bound.started, now
     try:
-        async with asyncio.timeout(timeout):
-            if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-                getattr(func, "__call__", None)  # noqa: B004 - an object with async __call__
-            ):
-                result = await func(service_name)  # type: ignore[misc]
-            else:
-                result = await asyncio.to_thread(func, service_name)
-                if inspect.isawaitable(result):
-                    result = await result
+        result = await dispatcher.call(bound.call, timeout=timeout)
+    except CallbackBusyError:
+        bound.started = earlier  # the stuck call's start, not this refusal's
+        stuck_for = now - earlier if earlier is not None else 0.0
+        return ActionOutcome(
+            ok=False,
+            detail=f"recovery_func {name} not started: its earlier call is still running",
+            error=f"earlier call still running after {stuck_for:.1f}s (stuck; not run twice)",
+        )
     except TimeoutError:
         return ActionOutcome(
             ok=False,

@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
+from .._redis_errors import REDIS_DOWN
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -61,12 +61,26 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS[1] lease, KEYS[2] latch; ARGV[1] token, ARGV[2] ttl ms. Like ACQUIRE, but answers -1
-# and takes nothing while the service is latched. One step, so a peer that latches and then
-# releases its lease can never hand the lease to a process that looked before the latch.
+# KEYS[1] lease, KEYS[2] latch, KEYS[3] settle; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] lag ms.
+# Like ACQUIRE, but answers -1 and takes nothing while the service is latched, and 2 while
+# another process's last action or recovery of it (the settle record: "token|at ms|window
+# ms", at in Redis's own time) is younger than its window plus the caller's lag. One step,
+# so a peer that latches (or settles) and then releases its lease can never hand the lease
+# to a process that looked before.
 TAKE_TURN = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
+end
+local record = redis.call('GET', KEYS[3])
+if record then
+  local owner, at, window = string.match(record, '^(.*)|(%d+)|(%d+)$')
+  if owner and owner ~= ARGV[1] then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if tonumber(at) + tonumber(window) + tonumber(ARGV[3]) > now then
+      return 2
+    end
+  end
 end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
@@ -77,6 +91,16 @@ elseif holder then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+"""
+
+# KEYS[1] settle; ARGV[1] token, ARGV[2] window ms, ARGV[3] ttl ms. Records "this process
+# acted on (or saw the recovery of) the service now, settling for window ms", stamped with
+# Redis's clock, so processes on hosts with different clocks compare alike.
+SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. now .. '|' .. ARGV[2], 'PX', ARGV[3])
+return now
 """
 
 # KEYS[1] lease; ARGV[1] token. Returns 1 if the caller's lease was deleted, else 0.
@@ -129,12 +153,13 @@ class Turn(enum.Enum):
     ACT = "act"  # the caller holds the lease: it acts
     WAIT = "wait"  # another process holds the lease
     LATCHED = "latched"  # some process escalated the service; no lease was taken
+    SETTLING = "settling"  # another process acted on it, or saw it recover, just now
 
 
-_TURNS = {1: Turn.ACT, 0: Turn.WAIT, -1: Turn.LATCHED}
+_TURNS = {1: Turn.ACT, 0: Turn.WAIT, -1: Turn.LATCHED, 2: Turn.SETTLING}
 
-# OSError covers refused and reset connections, and TimeoutError from our own bound.
-_REDIS_DOWN = (RedisError, OSError)
+SETTLE_HORIZON = 3600.0
+"""Seconds a settle record outlives its window: callers' lags up to this are honoured."""
 
 
 class RecoveryCoordinator:
@@ -162,6 +187,7 @@ class RecoveryCoordinator:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._acquire = redis_client.register_script(ACQUIRE)
         self._take_turn = redis_client.register_script(TAKE_TURN)
+        self._settle = redis_client.register_script(SETTLE)
         self._release = redis_client.register_script(RELEASE)
         self._latch = redis_client.register_script(LATCH)
         self._latch_state = redis_client.register_script(LATCH_STATE)
@@ -180,6 +206,9 @@ class RecoveryCoordinator:
     def reset_key(self, service_name: str) -> str:
         return f"{self.key_prefix}:{{{service_name}}}:reset"
 
+    def settle_key(self, service_name: str) -> str:
+        return f"{self.key_prefix}:{{{service_name}}}:settle"
+
     async def acquire(self, service_name: str, ttl: float) -> bool | None:
         """Take (or extend) the service's lease for ``ttl`` seconds; None if Redis is away."""
         ms = max(1, int(ttl * 1000))
@@ -188,36 +217,62 @@ class RecoveryCoordinator:
                 held = await self._acquire(
                     keys=[self.lease_key(service_name)], args=[self.token, ms]
                 )
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
             return None
         self._reachable()
         return bool(held)
 
-    async def take_turn(self, service_name: str, ttl: float) -> Turn | None:
-        """Before acting: the latch check and ``acquire`` in one atomic step; None if Redis is away.
+    async def take_turn(self, service_name: str, ttl: float, *, lag: float = 0.0) -> Turn | None:
+        """Before acting: the latch check, the settle check and ``acquire`` in one atomic step;
+        None if Redis is away.
 
-        Checking :meth:`latched` and then calling :meth:`acquire` leaves a gap in which
-        the holder can latch and release: the lease would then be taken for a service
-        already escalated, and restarted once more.
+        ``lag``: how far the caller's own view of the service may trail reality. A
+        peer's action or recovery recorded (:meth:`settle`) less than its window plus
+        ``lag`` ago answers :attr:`Turn.SETTLING`: the caller's "unhealthy" may predate
+        the fix. Checking :meth:`latched` and then calling :meth:`acquire` would leave a
+        gap in which the holder can latch and release: the lease would then be taken for
+        a service already escalated, and restarted once more.
         """
         ms = max(1, int(ttl * 1000))
-        keys = [self.lease_key(service_name), self.latch_key(service_name)]
+        keys = [
+            self.lease_key(service_name),
+            self.latch_key(service_name),
+            self.settle_key(service_name),
+        ]
+        args: list[str | int] = [self.token, ms, max(0, int(lag * 1000))]
         try:
             async with asyncio.timeout(self.timeout):
-                found = await self._take_turn(keys=keys, args=[self.token, ms])
-        except _REDIS_DOWN as exc:
+                found = await self._take_turn(keys=keys, args=args)
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
             return None
         self._reachable()
         return _TURNS[int(found)]
+
+    async def settle(self, service_name: str, window: float) -> bool:
+        """Record that this process acts on the service now (``window``: until its grace
+        period ends) or saw it recover (``window``: its cooldown). False if Redis is away.
+        """
+        window_ms = max(0, int(window * 1000))
+        ttl_ms = window_ms + int(SETTLE_HORIZON * 1000)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._settle(
+                    keys=[self.settle_key(service_name)], args=[self.token, window_ms, ttl_ms]
+                )
+        except REDIS_DOWN as exc:
+            self._unreachable(exc)
+            return False
+        self._reachable()
+        return True
 
     async def release(self, service_name: str) -> None:
         """Give the lease back, if it is still ours."""
         try:
             async with asyncio.timeout(self.timeout):
                 await self._release(keys=[self.lease_key(service_name)], args=[self.token])
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
 
     async def latch(self, service_name: str, reason: str) -> LatchView | None:
@@ -230,7 +285,7 @@ class RecoveryCoordinator:
         try:
             async with asyncio.timeout(self.timeout):
                 found = await self._latch(keys=keys, args=[reason.encode()[:4096]])
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
             return None
         self._reachable()
@@ -242,7 +297,7 @@ class RecoveryCoordinator:
         try:
             async with asyncio.timeout(self.timeout):
                 exists, reset_id = await self._latch_state(keys=keys)
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
             return None
         self._reachable()
@@ -253,7 +308,7 @@ class RecoveryCoordinator:
         try:
             async with asyncio.timeout(self.timeout):
                 found = await self._client.exists(self.latch_key(service_name))
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
             return None
         self._reachable()
@@ -268,7 +323,7 @@ class RecoveryCoordinator:
         try:
             async with asyncio.timeout(self.timeout):
                 await self._unlatch(keys=keys, args=[uuid.uuid4().hex])
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             self._unreachable(exc)
             return False
         self._reachable()

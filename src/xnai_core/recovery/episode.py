@@ -1,26 +1,36 @@
-"""EpisodeRunner: what the manager does during one outage of one service.
+"""EpisodeRunner: carries out, for one outage of one service, what ``decide`` says.
 
-An episode starts when a service turns unhealthy. It waits out cooldown, backoff
-and the rule's failure threshold (and, with a coordinator, its turn among
-processes), runs the cheapest rule with attempts left, watches for health through
-the grace period, and repeats, until the service is healthy or no rule is left:
-then it escalates and latches.
+An episode starts when a service turns unhealthy. The runner asks
+:func:`~xnai_core.recovery.decide.decide` for the next step and does it: waits out
+cooldown, backoff, the rule's failure threshold or a peer (with a coordinator);
+runs the cheapest rule with attempts left (the attempt counts at once, pending);
+watches for health through the grace period; judges the attempt; escalates and
+latches when no rule is left. It loops until ``decide`` says there is nothing to do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
 
+from .._dispatch import Dispatcher
 from .._redact import redact
-from ..health.alerts import AlertHandler, deliver
-from .actions import ActionOutcome, perform
+from ..health.alerts import AlertHandler
+from .actions import ActionContext, ActionOutcome, perform
 from .coordination import RecoveryCoordinator, Turn
+from .decide import Act, Conclude, Escalate, Idle, Verify, View, Wait, decide
 from .escalation import escalation_alert, escalation_reason
 from .rule import RecoveryRule, backoff_delay
-from .seam import SupportsMonitor, failures_reached
+from .seam import (
+    SupportsMonitor,
+    consecutive_failures,
+    detection_time,
+    grace_period,
+    monitor_running,
+)
 from .state import (
     HEALTHY,
     MANUAL,
@@ -28,6 +38,7 @@ from .state import (
     RecoveryPhase,
     RuleSlot,
     ServiceState,
+    Verifying,
     status_text,
 )
 from .stats import AttemptOutcome, RecoveryAttempt, StatsBook
@@ -42,6 +53,8 @@ class EpisodeRunner:
     """Runs episodes for the manager, with its clock, sleep, jitter and coordinator.
 
     ``monitor`` is set when the manager is attached; ``closed`` stops new actions.
+    ``context`` holds what actions share: the dispatcher that runs sync recovery
+    functions and alert handlers off the loop, and leftover daemons' output pipes.
     """
 
     def __init__(
@@ -57,6 +70,7 @@ class EpisodeRunner:
         verify_interval: float,
         alert_timeout: float | None,
         coordinator: RecoveryCoordinator | None,
+        context: ActionContext,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
@@ -65,11 +79,42 @@ class EpisodeRunner:
         self._book = book
         self._handlers = handlers
         self._coordinator = coordinator
+        self.context = context
         self.dry_run = dry_run
         self.verify_interval = verify_interval
         self.alert_timeout = alert_timeout
         self.monitor: SupportsMonitor | None = None
         self.closed = False
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.context.dispatcher
+
+    def grace(self, rule: RecoveryRule, service_name: str) -> float:
+        """The rule's grace period: its own, or derived from the attached monitor."""
+        return grace_period(rule, self.monitor, service_name, self.verify_interval)
+
+    def lag(self, service_name: str) -> float:
+        """How far this process's view of a service may trail reality: twice the time its
+        monitor needs to see it healthy (probing), plus one poll."""
+        detection = detection_time(self.monitor, service_name, self.verify_interval)
+        return 2 * (detection or 0.0) + self.verify_interval
+
+    def view(self, svc: ServiceState) -> View:
+        """The snapshot ``decide`` reads."""
+        return View(
+            status=svc.status,
+            slots=svc.slot_views(),
+            poll=self.verify_interval,
+            escalated=svc.escalated,
+            closed=self.closed,
+            monitor_running=monitor_running(self.monitor),
+            consecutive_failures=consecutive_failures(self.monitor, svc.name),
+            cooldown_until=svc.cooldown_until,
+            verifying_until=None if svc.verifying is None else svc.verifying.deadline,
+            peer_until=svc.peer_until,
+            peer_settling=svc.peer_settling,
+        )
 
     async def run(self, svc: ServiceState) -> None:
         """The service's recovery task: episodes while it stays unhealthy and unlatched."""
@@ -91,27 +136,56 @@ class EpisodeRunner:
             svc.phase = RecoveryPhase.ESCALATED if svc.escalated else RecoveryPhase.IDLE
 
     async def _episode(self, svc: ServiceState) -> None:
-        """One outage: climb the rules until healthy, or escalate."""
+        """One outage: do what ``decide`` says until it says there is nothing to do."""
         svc.episodes += 1
         svc.waited_for_peer = False
+        svc.peer_until, svc.peer_settling = -math.inf, False
         started = self._clock()
         acted: RecoveryRule | None = None
         last_failure: str | None = None
         deferred = svc.cooldown_until > started
+        announced: set[str] = set()
         try:
-            while svc.status == UNHEALTHY:
-                slot = svc.next_slot()
-                if slot is not None and not await self._wait_ready(svc, slot):
+            while True:
+                step = decide(self.view(svc), self._clock())
+                if isinstance(step, Idle):
                     return
-                if slot is None or slot.rule.action_type is MANUAL:
+                if isinstance(step, Wait):
+                    svc.phase = RecoveryPhase.WAITING
+                    self._announce(svc, step.reason, announced)
+                    await self._wait(svc, step.until, probe=step.probe)
+                elif isinstance(step, Verify):
+                    svc.phase = RecoveryPhase.VERIFYING
+                    if not step.probe and svc.verifying is not None:
+                        svc.verifying.unseen = True
+                    await self._wait(svc, step.until, probe=step.probe, verifying=True)
+                elif isinstance(step, Act):
+                    slot = svc.slots[step.slot]
+                    turn = await self._take_turn(svc, slot.rule)
+                    if turn is False:
+                        return
+                    if turn:
+                        acted = slot.rule
+                        attempt = await self._act(svc, slot)
+                        if attempt is not None:
+                            last_failure = _failure_text(attempt)
+                elif isinstance(step, Conclude):
+                    attempt = await self._conclude(svc, succeeded=step.succeeded)
+                    if not step.succeeded:
+                        last_failure = _failure_text(attempt)
+                elif isinstance(step, Escalate):
+                    if step.take_turn:
+                        manual = next(s for s in svc.slots if s.rule.action_type is MANUAL)
+                        turn = await self._take_turn(svc, manual.rule)
+                        if turn is False:
+                            return
+                        if turn is None:
+                            continue
                     await self._escalate(svc, last_failure)
                     return
-                acted = slot.rule
-                attempt = await self._attempt(svc, slot)
-                if attempt.recovery_time is not None:
-                    return
-                last_failure = f"{attempt.action.value} attempt {attempt.attempt}: {attempt.reason}"
         finally:
+            if svc.verifying is not None:  # cancelled mid-grace (closing): judge it now
+                await self._conclude(svc, succeeded=svc.status == HEALTHY, closing=True)
             now = self._clock()
             if deferred and acted is not None:
                 svc.deferred_by_cooldown += 1
@@ -120,51 +194,60 @@ class EpisodeRunner:
                 svc.time_to_recovery_sum += now - started
             if acted is not None:
                 svc.cooldown_until = now + acted.cooldown
-            await self._hand_back(svc, acted)
+            await self._hand_back(svc)
 
-    async def _wait_ready(self, svc: ServiceState, slot: RuleSlot) -> bool:
-        """Wait out cooldown, backoff and the rule's failure threshold; False if not sick now."""
-        announced = False
-        while True:
-            if svc.status != UNHEALTHY or self.closed:
-                return False
-            now = self._clock()
-            # A page is never held back by cooldown: only the rule's threshold gates it.
-            manual = slot.rule.action_type is MANUAL
-            backoff_end = -math.inf if slot.retry_at is None else slot.retry_at
-            ready_at = -math.inf if manual else max(svc.cooldown_until, backoff_end)
-            threshold_met = failures_reached(self.monitor, svc.name, slot.rule.failure_threshold)
-            if now >= ready_at and threshold_met:
-                turn = await self._take_turn(svc, slot.rule)
-                if turn is not None:
-                    return turn
-                ready_at = now + self.verify_interval  # a peer is at it: look again later
-            svc.phase = RecoveryPhase.WAITING
-            if not announced and svc.cooldown_until > now:
-                announced = True
-                logger.info(
-                    "%s: next action deferred %.1fs by cooldown",
-                    svc.name,
-                    svc.cooldown_until - now,
-                    extra={"service": svc.name},
-                )
-            # Time we know how to wait; a failure streak we can only poll for.
-            step = ready_at - now if now < ready_at else self.verify_interval
-            await self._renew(svc, step)
-            svc.changed.clear()
-            await self._wait_changed(svc, step)
+    def _announce(self, svc: ServiceState, reason: str, announced: set[str]) -> None:
+        """Log a reason for waiting once per episode."""
+        if reason in announced or reason not in ("cooldown", "monitor stopped"):
+            return
+        announced.add(reason)
+        if reason == "cooldown":
+            logger.info(
+                "%s: next action deferred %.1fs by cooldown",
+                svc.name,
+                svc.cooldown_until - self._clock(),
+                extra={"service": svc.name},
+            )
+        else:
+            logger.info(
+                "%s: recovery paused while the health monitor is stopped",
+                svc.name,
+                extra={"service": svc.name},
+            )
+
+    async def _wait(
+        self, svc: ServiceState, until: float, *, probe: bool, verifying: bool = False
+    ) -> None:
+        """Wait until ``until`` (in steps of a poll when looking), waking on a status change."""
+        # Cleared before anything awaits, so a change that comes meanwhile still wakes us.
+        svc.changed.clear()
+        now = self._clock()
+        step = max(0.0, until - now)
+        if probe or verifying:
+            poll = self.verify_interval
+            if verifying and svc.verifying is not None:
+                poll = min(poll, max(svc.verifying.grace / 4, 1e-3))
+            step = min(step, poll)
+        await self._renew(svc, step)
+        if probe and not verifying:
+            await self._probe(svc)  # a peer may have fixed it: look now, not at our interval
+        await self._wait_changed(svc, step)
+        if verifying and probe and svc.status != HEALTHY and self._clock() < until:
+            await self._probe(svc)
 
     # -- taking turns with other processes (only with a coordinator) -----------------
 
     async def _take_turn(self, svc: ServiceState, rule: RecoveryRule) -> bool | None:
-        """True: act now. False: a peer escalated it (latched here too). None: a peer acts."""
+        """True: act now. False: a peer escalated it (latched here too). None: not now."""
         coordinator = self._coordinator
         if coordinator is None or self.dry_run:
             return True
         # One step: a peer that latches and then releases between a separate latch check
         # and lease grab would hand us the lease for a service it already escalated.
         turn = await coordinator.take_turn(
-            svc.name, self._lease_ttl(rule.timeout + rule.grace_period)
+            svc.name,
+            self._lease_ttl(rule.timeout + self.grace(rule, svc.name)),
+            lag=self.lag(svc.name),
         )
         if turn is Turn.LATCHED:
             # Which reset would lift it: read with the latch, so a reset in between shows.
@@ -182,14 +265,17 @@ class EpisodeRunner:
                 extra={"service": svc.name},
             )
             return False
-        if turn is Turn.WAIT:
+        if turn in (Turn.WAIT, Turn.SETTLING):
             if not svc.waited_for_peer:  # count episodes, not polls
                 svc.waited_for_peer = True
                 svc.deferred_to_peer += 1
             svc.holds_lease = False
+            svc.peer_until = self._clock() + self.verify_interval
+            svc.peer_settling = turn is Turn.SETTLING
             return None
         # None (Redis away) acts alone: better two restarts than none. The coordinator warned.
         svc.holds_lease = turn is Turn.ACT
+        svc.peer_until, svc.peer_settling = -math.inf, False
         return True
 
     def _lease_ttl(self, seconds: float) -> float:
@@ -208,25 +294,37 @@ class EpisodeRunner:
                 extra={"service": svc.name},
             )
 
-    async def _hand_back(self, svc: ServiceState, acted: RecoveryRule | None) -> None:
-        """End of episode: after a recovery keep the lease through the cooldown, so a
-        peer whose monitor has not yet seen the service healthy does not act on it."""
+    async def _hand_back(self, svc: ServiceState) -> None:
+        """End of episode: give the lease back. Peers whose monitors have not yet seen a
+        recovery are held off by the settle record written when it was seen."""
         if not svc.holds_lease or self._coordinator is None:
             return
         svc.holds_lease = False
-        if svc.status == HEALTHY and acted is not None:
-            hold = max(acted.cooldown, acted.grace_period)
-            await self._coordinator.acquire(svc.name, hold)
-        else:
-            await self._coordinator.release(svc.name)
+        await self._coordinator.release(svc.name)
 
-    async def _attempt(self, svc: ServiceState, slot: RuleSlot) -> RecoveryAttempt:
-        """Run one action, then watch for health through the grace period; record it."""
+    # -- one attempt --------------------------------------------------------------------
+
+    async def _act(self, svc: ServiceState, slot: RuleSlot) -> RecoveryAttempt | None:
+        """Run one action; the attempt counts now (pending) and is judged by ``_conclude``.
+
+        Returns the judged attempt if the action itself failed (nothing to verify).
+        """
         rule = slot.rule
         slot.tries += 1
         svc.phase = RecoveryPhase.ACTING
-        wall = self._wall()
+        grace = self.grace(rule, svc.name)
+        pending = RecoveryAttempt(
+            service=svc.name,
+            action=rule.action_type,
+            attempt=slot.tries,
+            timestamp=self._wall(),
+            duration=0.0,
+            outcome=AttemptOutcome.DRY_RUN if self.dry_run else AttemptOutcome.PENDING,
+            detail=f"running {rule.describe()}",
+        )
         t0 = self._clock()
+        svc.started(pending)
+        self._book.started(pending)
         if self.dry_run:
             outcome = ActionOutcome(ok=True, detail=f"dry run: would run {rule.describe()}")
             logger.warning(
@@ -238,41 +336,67 @@ class EpisodeRunner:
                 extra={"service": svc.name},
             )
         else:
-            await self._renew(svc, rule.timeout + rule.grace_period)
-            outcome = await perform(rule, svc.name)
+            if self._coordinator is not None:
+                # Peers (even if this process dies now) leave the service alone until
+                # this attempt's grace period is over, plus their own view's lag.
+                await self._coordinator.settle(svc.name, rule.timeout + grace)
+            await self._renew(svc, rule.timeout + grace)
+            outcome = await perform(rule, svc.name, self.context)
         t1 = self._clock()
-        healthy_at: float | None = None
+        svc.verifying = Verifying(
+            slot=slot,
+            started=t0,
+            deadline=t1 + grace,
+            grace=grace,
+            attempt=pending,
+            outcome=outcome,
+            duration=t1 - t0,
+        )
         if outcome.ok:
             svc.phase = RecoveryPhase.VERIFYING
-            healthy_at = await self._verify(svc, rule.grace_period)
+            return None
+        return await self._conclude(svc, succeeded=False)
+
+    async def _conclude(
+        self, svc: ServiceState, *, succeeded: bool, closing: bool = False
+    ) -> RecoveryAttempt:
+        """Judge the attempt under verification: record it, set the rule's backoff."""
+        verifying = svc.verifying
+        assert verifying is not None  # decide() concludes only while verifying
+        svc.verifying = None
+        slot, rule, outcome = verifying.slot, verifying.slot.rule, verifying.outcome
+        now = self._clock()
         tries = slot.tries
         slot.next_delay = backoff_delay(rule, tries, self._random())
-        slot.retry_at = self._clock() + slot.next_delay
+        slot.retry_at = now + slot.next_delay
         if not outcome.retryable:
             slot.tries = max(slot.tries, rule.max_attempts)  # repeating it cannot help
+        succeeded = succeeded and outcome.ok
         if self.dry_run:
             result, reason = AttemptOutcome.DRY_RUN, None
-        elif healthy_at is not None:
+        elif succeeded:
             result, reason = AttemptOutcome.SUCCEEDED, None
         else:
             result = AttemptOutcome.FAILED
-            reason = outcome.error or f"not healthy within {rule.grace_period:g}s grace period"
-        attempt = RecoveryAttempt(
-            service=svc.name,
-            action=rule.action_type,
-            attempt=tries,
-            timestamp=wall,
-            duration=t1 - t0,
+            reason = outcome.error or f"not healthy within {verifying.grace:g}s grace period"
+            if outcome.error is None and closing:
+                reason = "recovery closed before the service was seen healthy"
+            elif outcome.error is None and verifying.unseen:
+                reason += " (the health monitor was stopped: nothing was checked)"
+        attempt = dataclasses.replace(
+            verifying.attempt,
+            duration=verifying.duration,
             outcome=result,
             detail=outcome.detail,
             reason=reason,
-            recovery_time=None if healthy_at is None else healthy_at - t0,
+            recovery_time=now - verifying.started if succeeded else None,
             exit_code=outcome.exit_code,
             output_tail=outcome.output_tail,
             timed_out=outcome.timed_out,
             keys_deleted=outcome.keys_deleted,
         )
-        self._record(svc, attempt)
+        svc.finished(verifying.attempt, attempt)
+        self._book.finished(attempt)
         if result is AttemptOutcome.SUCCEEDED:
             logger.info(
                 "%s recovered by %s in %.2fs",
@@ -281,6 +405,10 @@ class EpisodeRunner:
                 attempt.recovery_time,
                 extra={"service": svc.name},
             )
+            if self._coordinator is not None and not closing:
+                # Peers whose monitors still see it down leave it alone through our
+                # cooldown plus their own lag: one restart per outage, cluster-wide.
+                await self._coordinator.settle(svc.name, rule.cooldown)
         elif result is AttemptOutcome.FAILED:
             logger.warning(
                 "%s: %s attempt %d/%d failed: %s; %s",
@@ -294,25 +422,13 @@ class EpisodeRunner:
             )
         return attempt
 
-    async def _verify(self, svc: ServiceState, grace: float) -> float | None:
-        """The clock time the service is seen healthy within ``grace``, or None."""
-        deadline = self._clock() + grace
-        step = min(self.verify_interval, grace / 4)
-        while svc.status != HEALTHY:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return None
-            await self._renew(svc, min(step, remaining))
-            svc.changed.clear()
-            await self._wait_changed(svc, min(step, remaining))
-            if svc.status != HEALTHY:
-                await self._probe(svc)
-        return self._clock()
-
     async def _probe(self, svc: ServiceState) -> None:
-        """Ask the monitor for a fresh check now, rather than at its next interval."""
+        """Ask the monitor for a fresh check now, rather than at its next interval.
+
+        Never while the monitor is stopped: that would reopen the connections it closed.
+        """
         monitor = self.monitor
-        if monitor is None:
+        if monitor is None or not monitor_running(monitor):
             return
         try:
             await monitor.trigger_manual_check(svc.name)
@@ -435,8 +551,8 @@ class EpisodeRunner:
         return False
 
     def _record(self, svc: ServiceState, attempt: RecoveryAttempt) -> None:
-        svc.record(attempt)
-        self._book.record(attempt)
+        svc.started(attempt)
+        self._book.started(attempt)
 
     async def alert(self, svc: ServiceState, *, resolved: bool, reason: str) -> None:
         """Through the monitor's handlers when attached, and always to the manager's own."""
@@ -446,4 +562,12 @@ class EpisodeRunner:
                 await self.monitor.emit_alert(alert)
             except Exception:
                 logger.exception("monitor failed to emit the alert for %s", svc.name)
-        await deliver(alert, list(self._handlers), self.alert_timeout)
+        for handler in list(self._handlers):
+            # Off the loop if sync, bounded either way: a slow pager delays no check.
+            await self.dispatcher.notify(
+                handler, alert, timeout=self.alert_timeout, what="recovery alert handler"
+            )
+
+
+def _failure_text(attempt: RecoveryAttempt) -> str:
+    return f"{attempt.action.value} attempt {attempt.attempt}: {attempt.reason}"

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random as _random
 import time
 from collections.abc import Callable, Iterable
 
+from .._dispatch import Dispatcher
 from .._redact import redact
 from ..health.alerts import AlertHandler
+from .actions import ActionContext
 from .coordination import RecoveryCoordinator
 from .episode import Clock, EpisodeRunner, Sleep
 from .rule import RecoveryRule
@@ -107,6 +110,7 @@ class RecoveryManager:
             verify_interval=float(_seconds("verify_interval", verify_interval) or 1.0),
             alert_timeout=_seconds("alert_timeout", alert_timeout, allow_none=True),
             coordinator=coordinator,
+            context=ActionContext(dispatcher=Dispatcher(name="xnai-recovery", log=logger)),
         )
         for rule in rules:
             self.add_rule(rule)
@@ -287,6 +291,7 @@ class RecoveryManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._runner.context.close()
 
     async def __aenter__(self) -> RecoveryManager:
         return self
@@ -310,9 +315,12 @@ class RecoveryManager:
         for name, svc in self._services.items():
             if svc.slots:
                 svc.apply_stable_reset(now)
-                services[name] = svc.detail(now)
+                services[name] = svc.detail(now, functools.partial(self._grace, service=name))
         stats["services"] = services
         return stats
+
+    def _grace(self, rule: RecoveryRule, service: str) -> float:
+        return self._runner.grace(rule, service)
 
     # -- the episode -----------------------------------------------------------------
 

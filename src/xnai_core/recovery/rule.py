@@ -134,7 +134,9 @@ class RecoveryRule:
     - ``cooldown``: the quiet time after an episode ends before this service is acted
       on again. A failure inside it waits for its end; it is never dropped.
     - ``grace_period``: an attempt succeeds only if the service is seen healthy within
-      this time after the action; a command that exits 0 is not enough.
+      this time after the action; a command that exits 0 is not enough. ``None`` (the
+      default): the time the attached monitor needs to see it healthy (see
+      :func:`~xnai_core.recovery.seam.grace_period`).
     - ``stable_period``: attempt counters and backoff reset only after the service has
       stayed healthy this long (Kubernetes uses 10 minutes). A service that keeps
       coming back for less than this is crash-looping, and escalates.
@@ -150,7 +152,7 @@ class RecoveryRule:
     backoff_max: float = 300.0
     jitter: float = 0.5
     cooldown: float = 60.0
-    grace_period: float = 30.0
+    grace_period: float | None = None
     stable_period: float = 600.0
     timeout: float = 30.0
     recovery_func: RecoveryFunc | None = None
@@ -174,12 +176,15 @@ class RecoveryRule:
             ("backoff_base", False),
             ("backoff_max", False),
             ("cooldown", True),
-            ("grace_period", False),
             ("stable_period", False),
             ("timeout", False),
         ):
             object.__setattr__(
                 self, name, check_seconds(name, getattr(self, name), allow_zero=allow_zero)
+            )
+        if self.grace_period is not None:
+            object.__setattr__(
+                self, "grace_period", check_seconds("grace_period", self.grace_period)
             )
         if self.backoff_max < self.backoff_base:
             raise ValueError(

@@ -8,6 +8,7 @@ monitor's handlers. Everything here also tolerates a monitor that lacks a part.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 from ..health.alerts import Alert
@@ -22,6 +23,11 @@ class SupportsMonitor(Protocol):
     async def trigger_manual_check(self, service_name: str) -> object: ...
 
     async def emit_alert(self, alert: Alert) -> object: ...
+
+
+# Optional parts, read with getattr: ``monitoring_active`` (bool), ``check_interval``,
+# ``failure_threshold``, ``success_threshold`` and ``get_service_health(name)`` (with
+# ``consecutive_failures`` and ``interval``).
 
 
 def check_stable_period(rule: RecoveryRule, monitor: object) -> None:
@@ -65,18 +71,66 @@ def stable_period_too_short(rule: RecoveryRule, monitor: object | None) -> float
     return detection if rule.stable_period <= detection else None
 
 
-def failures_reached(monitor: object | None, service_name: str, threshold: int) -> bool:
-    """Whether the monitor has counted ``threshold`` failed checks in a row.
+def consecutive_failures(monitor: object | None, service_name: str) -> int | None:
+    """The monitor's count of failed checks in a row; None if there is no monitor to say.
 
     Without a monitor (or one that cannot say), a service reported unhealthy is
     taken to have met every threshold.
     """
-    if monitor is None or threshold <= 1:
-        return True
     get_service_health = getattr(monitor, "get_service_health", None)
     if get_service_health is None:
-        return True
+        return None
     try:
-        return int(get_service_health(service_name).consecutive_failures) >= threshold
+        return int(get_service_health(service_name).consecutive_failures)
     except (AttributeError, KeyError, TypeError, ValueError):
-        return True
+        return None
+
+
+def monitor_running(monitor: object | None) -> bool:
+    """False only for an attached monitor that is not running (never started, or stopped).
+
+    The manager then neither acts nor asks for checks: it cannot see what it would fix,
+    and a stopped monitor must not be made to reopen its connections.
+    """
+    active = getattr(monitor, "monitoring_active", True) if monitor is not None else True
+    return active is not False
+
+
+GRACE_FLOOR = 1.0
+"""Seconds: the shortest grace period derived from a monitor."""
+
+GRACE_WITHOUT_MONITOR = 30.0
+"""Seconds: the grace period of a rule without one, when no monitor is attached."""
+
+
+def detection_time(
+    monitor: object | None, service_name: str, verify_interval: float
+) -> float | None:
+    """How long the monitor needs to see a service healthy once it is back, while the
+    manager asks for a check every ``verify_interval``; None without a monitor.
+
+    ``success_threshold`` successful checks, one every ``min(interval, verify_interval)``,
+    plus one check's timeout, which the monitor caps at the service's ``interval``.
+    """
+    if monitor is None:
+        return None
+    successes = getattr(monitor, "success_threshold", None)
+    interval: object = getattr(monitor, "check_interval", None)
+    get_service_health = getattr(monitor, "get_service_health", None)
+    if get_service_health is not None:
+        with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+            interval = float(get_service_health(service_name).interval)
+    if not isinstance(successes, int) or not isinstance(interval, int | float):
+        return None
+    return successes * min(float(interval), verify_interval) + float(interval)
+
+
+def grace_period(
+    rule: RecoveryRule, monitor: object | None, service_name: str, verify_interval: float
+) -> float:
+    """The rule's ``grace_period``, or the default: the monitor's detection time, at least
+    :data:`GRACE_FLOOR` (:data:`GRACE_WITHOUT_MONITOR` with no monitor)."""
+    if rule.grace_period is not None:
+        return rule.grace_period
+    detection = detection_time(monitor, service_name, verify_interval)
+    return GRACE_WITHOUT_MONITOR if detection is None else max(GRACE_FLOOR, detection)

@@ -6,8 +6,11 @@ import asyncio
 import enum
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .actions import ActionOutcome
+from .decide import SlotView
 from .rule import RecoveryActionType, RecoveryRule
 from .stats import AttemptOutcome, RecoveryAttempt
 
@@ -15,6 +18,7 @@ logger = logging.getLogger("xnai_core.recovery")
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
+ANSWERING = frozenset({HEALTHY, "degraded"})  # up: what the stable period counts
 MANUAL = RecoveryActionType.MANUAL_INTERVENTION
 
 
@@ -50,12 +54,38 @@ class RuleSlot:
     def clear(self) -> None:
         self.tries, self.retry_at, self.next_delay = 0, None, 0.0
 
+    def view(self) -> SlotView:
+        rule = self.rule
+        return SlotView(
+            action=rule.action_type,
+            tries=self.tries,
+            max_attempts=rule.max_attempts,
+            failure_threshold=rule.failure_threshold,
+            retry_at=self.retry_at,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Verifying:
+    """An attempt whose action ran and whose grace period runs: judged by the runner."""
+
+    slot: RuleSlot
+    started: float  # monotonic: the action's start
+    deadline: float  # monotonic: the grace period's end
+    grace: float
+    attempt: RecoveryAttempt  # the pending record, completed when judged
+    outcome: ActionOutcome  # what the action itself did
+    duration: float  # seconds the action ran
+    unseen: bool = False  # the monitor was stopped for part of the grace period
+
 
 class ServiceState:
     """One service: rules cheapest first, last known status, the episode task, tallies.
 
     Times named ``*_since``/``*_until``/``retry_at`` are on the manager's monotonic
-    clock; ``escalated_at`` is wall-clock, for people.
+    clock; ``escalated_at`` is wall-clock, for people. ``up_since``: since when the
+    service has answered (healthy, or degraded: answering slowly); the stable period
+    counts from it.
     """
 
     def __init__(self, name: str) -> None:
@@ -63,6 +93,11 @@ class ServiceState:
         self.slots: list[RuleSlot] = []
         self.status = "unknown"
         self.healthy_since: float | None = None
+        self.up_since: float | None = None
+        self.verifying: Verifying | None = None
+        self.peer_until = -math.inf  # a peer's turn or settling action: not before this
+        self.peer_settling = False  # ... and it is a settling action: our view may lag
+        self.pending = 0  # attempts made and not yet judged
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.phase = RecoveryPhase.IDLE
@@ -101,33 +136,41 @@ class ServiceState:
         index = sum(1 for slot in self.slots if slot.rule.action_type.cost <= cost)
         self.slots.insert(index, RuleSlot(rule))
 
-    def next_slot(self) -> RuleSlot | None:
-        """The cheapest rule with attempts left (a manual rule never runs out); None: give up."""
-        return next((slot for slot in self.slots if not slot.exhausted), None)
+    def slot_views(self) -> tuple[SlotView, ...]:
+        return tuple(slot.view() for slot in self.slots)
 
     def note_status(self, status: str, now: float) -> None:
         """Take a new status; wake the episode if it changed."""
         if status == self.status:
             return
+        if status in ANSWERING:
+            if self.up_since is None:
+                self.up_since = now
+        elif self.up_since is not None:
+            self.apply_stable_reset(now)
+            self.up_since = None
         if status == HEALTHY:
             self.healthy_since = now
         elif self.status == HEALTHY:
-            self.apply_stable_reset(now)
             self.healthy_since = None
         self.status = status
         self.changed.set()
 
     def apply_stable_reset(self, now: float) -> None:
-        """Forget a rule's attempts once the service has stayed healthy its stable period."""
-        if self.status != HEALTHY or self.healthy_since is None:
+        """Forget a rule's attempts once the service has answered for its stable period.
+
+        Degraded counts: a service that came back answering slowly is up, not crash
+        looping, and its counters must not carry over to an outage months later.
+        """
+        if self.status not in ANSWERING or self.up_since is None:
             return
-        healthy_for = now - self.healthy_since
+        up_for = now - self.up_since
         for slot in self.slots:
-            if slot.tries and healthy_for >= slot.rule.stable_period:
+            if slot.tries and up_for >= slot.rule.stable_period:
                 logger.info(
-                    "%s stable for %.1fs: %s counters reset",
+                    "%s up for %.1fs: %s counters reset",
                     self.name,
-                    healthy_for,
+                    up_for,
                     slot.rule.action_type.value,
                     extra={"service": self.name},
                 )
@@ -148,7 +191,8 @@ class ServiceState:
         if self.phase is RecoveryPhase.ESCALATED:
             self.phase = RecoveryPhase.IDLE
 
-    def record(self, attempt: RecoveryAttempt) -> None:
+    def started(self, attempt: RecoveryAttempt) -> None:
+        """An attempt made (pending until judged), an escalation, or a dry-run record."""
         self.last_attempt = attempt
         if attempt.outcome is AttemptOutcome.DRY_RUN:
             self.dry_run_actions += 1
@@ -156,11 +200,24 @@ class ServiceState:
             self.escalations += 1
         else:
             self.attempts += 1
-            if attempt.outcome is AttemptOutcome.SUCCEEDED:
+            if attempt.outcome is AttemptOutcome.PENDING:
+                self.pending += 1
+            elif attempt.outcome is AttemptOutcome.SUCCEEDED:
                 self.successes += 1
 
-    def detail(self, now: float) -> dict[str, object]:
-        """The per-service part of ``get_recovery_stats()``."""
+    def finished(self, pending: RecoveryAttempt, attempt: RecoveryAttempt) -> None:
+        """The judged outcome of the ``pending`` attempt."""
+        if self.last_attempt is pending:
+            self.last_attempt = attempt
+        if pending.outcome is AttemptOutcome.DRY_RUN:
+            return
+        self.pending = max(0, self.pending - 1)
+        if attempt.outcome is AttemptOutcome.SUCCEEDED:
+            self.successes += 1
+
+    def detail(self, now: float, grace: Callable[[RecoveryRule], float]) -> dict[str, object]:
+        """The per-service part of ``get_recovery_stats()``; ``grace``: a rule's grace period
+        in force (its own, or the one derived from the monitor)."""
         recovered = self.recovered_episodes
         return {
             "status": self.status,
@@ -173,7 +230,8 @@ class ServiceState:
             "mean_time_to_recovery": self.time_to_recovery_sum / recovered if recovered else None,
             "attempts": self.attempts,
             "successes": self.successes,
-            "failures": self.attempts - self.successes,
+            "failures": self.attempts - self.successes - self.pending,
+            "pending": self.pending,
             "escalations": self.escalations,
             "deferred_by_cooldown": self.deferred_by_cooldown,
             "suppressed_while_escalated": self.suppressed_while_escalated,
@@ -187,6 +245,7 @@ class ServiceState:
                     "runs": slot.rule.describe(),
                     "failure_threshold": slot.rule.failure_threshold,
                     "max_attempts": slot.rule.max_attempts,
+                    "grace_period": grace(slot.rule),
                     "tries_since_stable": slot.tries,
                     "backoff_remaining": (
                         max(0.0, slot.retry_at - now) if slot.retry_at is not None else 0.0

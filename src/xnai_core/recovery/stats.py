@@ -13,6 +13,7 @@ from .rule import RecoveryActionType
 class AttemptOutcome(enum.StrEnum):
     """How one attempt ended."""
 
+    PENDING = "pending"  # the action ran (or runs); the grace period has not judged it yet
     SUCCEEDED = "succeeded"  # the service was seen healthy within the grace period
     FAILED = "failed"  # the action failed, or the service stayed sick past the grace period
     ESCALATED = "escalated"  # manual intervention: a critical alert, then the latch
@@ -64,22 +65,39 @@ class RecoveryAttempt:
 class StatsBook:
     """Lifetime totals over all services, plus a bounded list of recent failures.
 
-    Totals are counters, not sums over a history, so memory stays flat however long
-    the process runs. Dry-run records are kept out of the totals: they did not happen.
+    An attempt counts when it is made (:meth:`started`, outcome ``pending``) and its
+    outcome when the grace period has judged it (:meth:`finished`). Totals are
+    counters, not sums over a history, so memory stays flat however long the process
+    runs. Dry-run records are kept out of the totals: they did not happen.
     """
 
     def __init__(self, history_size: int) -> None:
         self.total_attempts = 0
+        self.pending = 0
         self.successes = 0
         self.recovery_time_sum = 0.0
         self.by_type: Counter[RecoveryActionType] = Counter()
         self.recent_failures: deque[RecoveryAttempt] = deque(maxlen=history_size)
 
-    def record(self, attempt: RecoveryAttempt) -> None:
+    def started(self, attempt: RecoveryAttempt) -> None:
+        """An attempt was made: counted now; a pending one waits for :meth:`finished`."""
         if attempt.outcome is AttemptOutcome.DRY_RUN:
             return
         self.total_attempts += 1
         self.by_type[attempt.action] += 1
+        if attempt.outcome is AttemptOutcome.PENDING:
+            self.pending += 1
+        else:
+            self._judged(attempt)
+
+    def finished(self, attempt: RecoveryAttempt) -> None:
+        """The outcome of an attempt counted by :meth:`started` as pending."""
+        if attempt.outcome in (AttemptOutcome.DRY_RUN, AttemptOutcome.PENDING):
+            return
+        self.pending = max(0, self.pending - 1)
+        self._judged(attempt)
+
+    def _judged(self, attempt: RecoveryAttempt) -> None:
         if attempt.outcome is AttemptOutcome.SUCCEEDED:
             self.successes += 1
             self.recovery_time_sum += attempt.recovery_time or 0.0
@@ -87,11 +105,15 @@ class StatsBook:
             self.recent_failures.append(attempt)
 
     def summary(self) -> dict[str, object]:
-        """The seed's structure: totals, rate, mean recovery time, counts by action type."""
+        """The seed's structure: totals, rate, mean recovery time, counts by action type.
+
+        ``success_rate`` is over the attempts already judged: a pending one is neither.
+        """
         total = self.total_attempts
+        judged = total - self.pending
         return {
             "total_attempts": total,
-            "success_rate": self.successes / total if total else 0.0,
+            "success_rate": self.successes / judged if judged else 0.0,
             "average_recovery_time": (
                 self.recovery_time_sum / self.successes if self.successes else 0.0
             ),

@@ -1,0 +1,145 @@
+"""Finding 10: replicas act once per outage.
+
+Two replicas, each with its own HealthMonitor (one checks every 0.05 s, the other every
+0.3 s and needs five good answers to believe it) and its own RecoveryManager, share
+recovery through the real Redis. A real HTTP service on loopback is killed; its restart
+command takes a second, as ``systemctl restart`` does, and logs which replica ran it.
+The slow replica still sees the service down well after the fast one fixed it: it must
+not restart the service that was just fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.recovery_services import Web
+from xnai_core.health.checkers import HTTPHealthChecker
+from xnai_core.health.monitor import HealthMonitor
+from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+
+pytestmark = pytest.mark.slow
+
+
+class Replica:
+    def __init__(
+        self, who: str, web: Web, client: aioredis.Redis, prefix: str, **monitor: object
+    ) -> None:
+        self.who = who
+        self.manager = RecoveryManager(
+            verify_interval=0.05, coordinator=RecoveryCoordinator(client, key_prefix=prefix)
+        )
+        self.manager.add_rule(
+            RecoveryRule(
+                "web",
+                "restart_service",
+                command=web.restart_command(who),
+                failure_threshold=1,  # the service being unhealthy is enough
+                max_attempts=3,
+                backoff_base=0.1,
+                backoff_max=0.5,
+                cooldown=0.0,
+                grace_period=1.0,
+                stable_period=10.0,
+                timeout=10.0,
+            )
+        )
+        self.monitor = HealthMonitor(
+            recovery_manager=self.manager,
+            jitter=lambda interval: 0.0,
+            **monitor,  # type: ignore[arg-type]
+        )
+        self.monitor.add_checker(HTTPHealthChecker("web", web.url, timeout=0.25))
+
+    def state(self) -> object:
+        return self.manager.get_recovery_stats()["services"]["web"]["state"]  # type: ignore[index]
+
+    async def aclose(self) -> None:
+        await self.monitor.stop_monitoring()
+        await self.manager.aclose()
+
+
+@pytest.fixture
+async def pair(
+    tmp_path: Path, shared_redis: aioredis.Redis, key_prefix: str
+) -> AsyncIterator[tuple[Web, Replica, Replica]]:
+    web = Web.create(tmp_path, takes=1.0)
+    fast = Replica("fast", web, shared_redis, key_prefix, check_interval=0.05, failure_threshold=2)
+    slow = Replica(
+        "slow",
+        web,
+        shared_redis,
+        key_prefix,
+        check_interval=0.3,
+        failure_threshold=2,
+        success_threshold=5,
+    )
+    web.start()
+    try:
+        yield web, fast, slow
+    finally:
+        for replica in (fast, slow):
+            await replica.aclose()
+        web.stop()
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def _healthy_everywhere(*replicas: Replica) -> None:
+    for replica in replicas:
+        assert await replica.monitor.wait_for_status("web", "healthy", timeout=30)
+
+
+async def test_a_slower_replica_does_not_restart_a_service_just_fixed(
+    pair: tuple[Web, Replica, Replica],
+) -> None:
+    """Two outages, two replicas with different check intervals: one restart per outage."""
+    web, fast, slow = pair
+    for replica in (fast, slow):
+        await replica.monitor.start_monitoring()
+    await _healthy_everywhere(fast, slow)
+
+    for outage in (1, 2):
+        web.kill()
+        await _until(lambda: all(r.monitor.get_status("web") == "unhealthy" for r in (fast, slow)))
+        await _healthy_everywhere(fast, slow)
+        for replica in (fast, slow):
+            await replica.manager.wait_idle()
+        await asyncio.sleep(0.5)  # a wrong second restart would have been logged by now
+        assert len(web.restarts()) == outage, web.restarts()
+    deferred = [
+        r.manager.get_recovery_stats()["services"]["web"]["deferred_to_peer"]  # type: ignore[index]
+        for r in (fast, slow)
+    ]
+    assert sum(deferred) >= 1
+
+
+async def test_a_holder_gone_mid_grace_leaves_its_restart_to_settle(
+    pair: tuple[Web, Replica, Replica],
+) -> None:
+    """The replica that restarted the service goes away while it waits to see it healthy
+    (its lease released, as a closing manager does): the other does not restart it again."""
+    web, fast, slow = pair
+    for replica in (fast, slow):
+        await replica.monitor.start_monitoring()
+    await _healthy_everywhere(fast, slow)
+
+    web.kill()
+    await _until(lambda: fast.state() == "verifying" or slow.state() == "verifying")
+    holder, peer = (fast, slow) if fast.state() == "verifying" else (slow, fast)
+    await holder.aclose()  # gone before it saw the service healthy
+    assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
+    await peer.manager.wait_idle()
+    await asyncio.sleep(0.5)
+    assert web.restarts() == [holder.who]
