@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import run_virtual
 from xnai_core.degradation.cache import CacheEntry, MemoryCache
-from xnai_core.degradation.cache_first import CacheFirstStrategy, KeyFunc
+from xnai_core.degradation.cache_first import DEFAULT_FLIGHT_DEADLINE, CacheFirstStrategy, KeyFunc
 from xnai_core.degradation.call import ServiceCall
 from xnai_core.degradation.errors import AllStrategiesFailedError, StrategyDeclinedError
 from xnai_core.degradation.manager import ServiceDegradationManager
@@ -297,7 +298,7 @@ async def test_key_func_names_the_entry() -> None:
     manager.add_service_strategy("llm", strategy)
     await manager.call_service("llm", ask, "Hello")
     assert await manager.call_service("llm", ask, "HELLO") == {"answer": "Hello#1"}
-    assert strategy.cache_key(ServiceCall("llm", ask, ("hello",), {})) == "llm:hello"
+    assert strategy.cache_key(ServiceCall("llm", ask, ("hello",), {})) == "3:llm:hello"
 
 
 async def test_key_func_none_skips_the_cache() -> None:
@@ -422,7 +423,9 @@ async def test_one_hundred_concurrent_misses_make_one_primary_call() -> None:
     assert results == [{"answer": "q"}] * 100
     stats = strategy.get_stats()
     assert (stats["primary_flights"], stats["coalesced_calls"]) == (1, 99)
-    assert manager.get_degradation_stats()["services"]["llm"]["primary_successes"] == 100
+    service = manager.get_degradation_stats()["services"]["llm"]
+    # One primary call answered them all: counted once, the 99 others as coalesced.
+    assert (service["primary_successes"], service["coalesced"]) == (1, 99)
 
 
 async def test_one_hundred_concurrent_misses_share_one_failure() -> None:
@@ -522,3 +525,75 @@ async def test_a_failing_cache_backend_is_a_miss(caplog: pytest.LogCaptureFixtur
         "CacheFirstStrategy: cache get failed, treated as a miss (logged once): "
         "OSError: cache node gone"
     ]
+
+
+# -- flights have deadlines --------------------------------------------------------------
+
+
+def test_a_hung_primary_never_blocks_its_key() -> None:
+    """Without a service timeout, a hung call is shared for DEFAULT_FLIGHT_DEADLINE only:
+    a caller that joined it gets the fallback then, and a caller after it reaches the
+    (healthy again) backend instead of joining the hung call."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        manager, strategy = cached_manager(clock, key_func=str)  # timeout=None
+        never = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def sometimes_hangs(prompt: str) -> str:
+            BACKEND.calls += 1
+            if BACKEND.calls == 1:
+                await never.wait()
+            return f"fresh {prompt}"
+
+        async with asyncio.timeout(10 * DEFAULT_FLIGHT_DEADLINE):  # old code: forever
+            hung = asyncio.create_task(manager.call_service("llm", sometimes_hangs, "q"))
+            await asyncio.sleep(1)
+            started = loop.time()
+            joiner = await manager.call_service_detailed("llm", sometimes_hangs, "q")
+            assert (joiner.value, joiner.source) == ("sorry", "DegradedModeStrategy")
+            assert type(joiner.info.error).__name__ == "FlightTimeoutError"
+            assert loop.time() - started == pytest.approx(DEFAULT_FLIGHT_DEADLINE - 1, abs=0.1)
+            late = await manager.call_service_detailed("llm", sometimes_hangs, "q")
+            assert (late.value, late.source) == ("fresh q", "primary")
+        assert not hung.done()
+        hung.cancel()
+        stats = manager.get_degradation_stats()["services"]["llm"]
+        # The joiner shared the hung call: counted as coalesced, not as a timeout of its own.
+        assert (stats["coalesced"], stats["timeouts"], stats["primary_successes"]) == (1, 0, 1)
+        assert strategy.get_stats()["flights_expired"] == 1
+
+    run_virtual(scenario())
+
+
+def test_with_a_service_timeout_every_caller_of_a_flight_shares_it() -> None:
+    """The flight's deadline is the service's timeout: joiners get its ServiceTimeoutError
+    at the same moment as the caller that made the call, counted once."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        manager, _ = cached_manager(clock, key_func=str)
+        manager.configure_service("llm", timeout=5)
+        never = asyncio.Event()
+
+        async def hangs(prompt: str) -> str:
+            await never.wait()
+            return prompt
+
+        tasks = [
+            asyncio.create_task(manager.call_service_detailed("llm", hangs, "q")) for _ in range(3)
+        ]
+        results = await asyncio.gather(*tasks)
+        assert [r.value for r in results] == ["sorry"] * 3
+        assert {type(r.info.error).__name__ for r in results} == {"ServiceTimeoutError"}
+        stats = manager.get_degradation_stats()["services"]["llm"]
+        assert (stats["timeouts"], stats["coalesced"]) == (1, 2)
+
+    run_virtual(scenario())
+
+
+def test_flight_deadline_is_validated() -> None:
+    """A flight deadline must be a positive number of seconds."""
+    with pytest.raises(ValueError, match="'flight_deadline' must be > 0 seconds: 0"):
+        CacheFirstStrategy(flight_deadline=0)

@@ -389,3 +389,85 @@ async def test_a_live_peer_hears_the_circuit_open(
     result = await second.call_service_detailed("llm", llm, "q")
     assert isinstance(result.info.error, CircuitOpenError)
     assert Backend.calls == 4
+
+
+# -- a breaker placed above a cache --------------------------------------------------------
+
+
+def breaker_above_cache(
+    circuit: CircuitBreaker, clock: FakeClock
+) -> tuple[ServiceDegradationManager, CacheFirstStrategy]:
+    manager = ServiceDegradationManager(clock=clock)
+    cache = CacheFirstStrategy(ttl=3600, clock=clock, key_func=str)
+    manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=20)
+    manager.add_service_strategy("llm", cache, priority=10)
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"), priority=0)
+    return manager, cache
+
+
+async def test_cache_hits_below_a_breaker_do_not_keep_a_dead_backend_closed() -> None:
+    """Popular prompts answered by the cache are not breaker successes: failures of the
+    others still add up and open the circuit."""
+    clock = FakeClock()
+    circuit = breaker(threshold=3, clock=clock)
+    manager, _ = breaker_above_cache(circuit, clock)
+    assert await manager.call_service("llm", llm, "popular") == "answer to popular"
+    Backend.healthy = False
+    for i in range(3):
+        hit = await manager.call_service_detailed("llm", llm, "popular")
+        assert (hit.source, hit.degraded) == ("CacheFirstStrategy", False)
+        assert await manager.call_service("llm", llm, f"rare {i}") == "sorry"
+    assert circuit.state is CircuitState.OPEN
+    metrics = circuit.get_metrics()
+    assert (metrics["success_count"], metrics["total_failures"]) == (1, 3)
+
+
+async def test_cache_hits_give_back_half_open_permits_and_close_nothing() -> None:
+    """Three cache hits in half-open neither close the circuit nor use up its permits:
+    the next call still reaches the backend, and only backend answers close it."""
+    clock = FakeClock()
+    circuit = breaker(threshold=1, recovery=30, clock=clock)
+    manager, _ = breaker_above_cache(circuit, clock)
+    for prompt in ("a", "b", "c"):
+        await manager.call_service("llm", llm, prompt)
+    Backend.healthy = False
+    await manager.call_service("llm", llm, "down")
+    assert circuit.state is CircuitState.OPEN
+    clock.now += 31  # past recovery_timeout: half-open, 3 trial permits
+    Backend.healthy = True
+    calls_before = Backend.calls
+    for prompt in ("a", "b", "c"):
+        hit = await manager.call_service_detailed("llm", llm, prompt)
+        assert hit.source == "CacheFirstStrategy"
+    assert circuit.state is CircuitState.HALF_OPEN
+    assert Backend.calls == calls_before
+    for prompt in ("x", "y", "z"):  # the permits are all there for real trials
+        assert await manager.call_service("llm", llm, prompt) == f"answer to {prompt}"
+    assert Backend.calls == calls_before + 3
+    assert circuit.state is CircuitState.CLOSED
+
+
+async def test_callers_sharing_one_primary_call_count_once_for_the_breaker() -> None:
+    """Fifty callers coalesced into one failing primary call are one breaker failure."""
+    clock = FakeClock()
+    circuit = breaker(threshold=5, clock=clock)
+    manager, cache = breaker_above_cache(circuit, clock)
+    gate = asyncio.Event()
+
+    async def slow_failure(prompt: str) -> str:
+        Backend.calls += 1
+        await gate.wait()
+        raise ConnectionError("LLM down")
+
+    tasks = [
+        asyncio.create_task(manager.call_service("llm", slow_failure, "same")) for _ in range(50)
+    ]
+    for _ in range(1000):  # until every caller reached the flight
+        if cache.get_stats()["coalesced_calls"] == 49:
+            break
+        await asyncio.sleep(0.001)
+    gate.set()
+    assert await asyncio.gather(*tasks) == ["sorry"] * 50
+    assert Backend.calls == 1
+    assert circuit.get_metrics()["total_failures"] == 1
+    assert circuit.state is CircuitState.CLOSED

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import json
 import logging
 import pickle
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis
-from xnai_core.degradation.cache import CacheEntry, RedisCache
+from xnai_core.degradation.cache import CacheEntry
 from xnai_core.degradation.cache_first import CacheFirstStrategy
 from xnai_core.degradation.errors import CacheClearError
 from xnai_core.degradation.manager import ServiceDegradationManager
+from xnai_core.degradation.redis_cache import RedisCache
 from xnai_core.degradation.strategies import DegradedModeStrategy
 
 
@@ -65,15 +67,23 @@ async def private_client(private_redis: PrivateRedis) -> AsyncIterator[aioredis.
         await client.aclose()
 
 
+_CACHE_OF: dict[int, CacheFirstStrategy] = {}
+
+
 def manager_with(
     cache: RedisCache, clock: FakeClock, *, ttl: float = 60, stale: float = 600
 ) -> ServiceDegradationManager:
     manager = ServiceDegradationManager(clock=clock)
-    manager.add_service_strategy(
-        "llm", CacheFirstStrategy(cache, ttl=ttl, stale_if_error=stale, clock=clock), priority=20
-    )
+    strategy = CacheFirstStrategy(cache, ttl=ttl, stale_if_error=stale, clock=clock)
+    manager.add_service_strategy("llm", strategy, priority=20)
     manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    _CACHE_OF[id(manager)] = strategy
     return manager
+
+
+async def written(manager: ServiceDegradationManager) -> None:
+    """Wait for the answers the manager's cache writes behind the callers' backs."""
+    await _CACHE_OF[id(manager)].flush()
 
 
 # -- the cache itself ---------------------------------------------------------------------
@@ -94,13 +104,60 @@ async def test_entries_are_json_with_a_redis_expiry(
     assert await cache.get("absent") is None
 
 
-async def test_tuples_come_back_as_lists(shared_redis: aioredis.Redis, key_prefix: str) -> None:
-    """JSON has no tuples: a cached tuple is read back as a list (documented)."""
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, 2),
+        [(1, "a"), {"t": (2.5, None)}],
+        {"__xnai_tuple__": [1]},
+        {"__xnai_dict__": {"a": 1}},
+        {"a": {"__xnai_tuple__": "not a list"}},
+        ((), [], {}),
+    ],
+)
+async def test_values_come_back_exactly_as_they_went_in(
+    shared_redis: aioredis.Redis, key_prefix: str, value: object
+) -> None:
+    """A tuple is a tuple again, and dicts that look like the tuple tag are dicts."""
     cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
-    await cache.set("k", CacheEntry((1, 2), 0.0), keep_for=5)
+    await cache.set("k", CacheEntry(value, 0.0), keep_for=5)
     entry = await cache.get("k")
     assert entry is not None
-    assert entry.value == [1, 2]
+    assert entry.value == value
+    assert repr(entry.value) == repr(value)  # the same types all the way down
+
+
+async def test_a_hit_and_a_miss_answer_alike(shared_redis: aioredis.Redis, key_prefix: str) -> None:
+    """A namedtuple or an IntEnum is never turned into a list or an int by a hit: such an
+    answer is not cached, so every caller gets the primary's own value."""
+    clock = FakeClock()
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
+    strategy = CacheFirstStrategy(cache, ttl=60, clock=clock, key_func=str)
+    manager = ServiceDegradationManager(clock=clock)
+    manager.add_service_strategy("geo", strategy)
+
+    async def locate(which: str) -> object:
+        return {"point": Point(1, 2), "color": Color.RED, "pair": (1, 2)}[which]
+
+    for which in ("point", "color", "pair"):
+        answers = []
+        for _ in range(2):
+            answers.append(await manager.call_service("geo", locate, which))
+            await strategy.flush()
+        assert [type(a) for a in answers] == [type(await locate(which))] * 2, which
+        assert answers == [await locate(which)] * 2
+    stats = strategy.get_stats()
+    assert stats["hits"] == 1  # the tuple; the namedtuple and the enum always miss
+    assert cache.get_stats()["unserialisable_values"] == 4
 
 
 @pytest.mark.parametrize(
@@ -110,6 +167,9 @@ async def test_tuples_come_back_as_lists(shared_redis: aioredis.Redis, key_prefi
         (float("nan"), "a non-finite float"),
         ({"when": object()}, "a value of type object"),
         ([b"bytes"], "a value of type bytes"),
+        (Point(1, 2), "a namedtuple (Point)"),
+        ({"c": Color.RED}, "an enum of type Color"),
+        ([True, 1, {1.5}], "a value of type set"),
     ],
 )
 async def test_values_json_cannot_hold_exactly_are_not_stored(
@@ -203,9 +263,10 @@ async def test_answers_are_shared_between_managers(
     try:
         first = manager_with(RedisCache(shared_redis, prefix=f"{key_prefix}:"), clock)
         second = manager_with(RedisCache(other_client, prefix=f"{key_prefix}:"), clock)
-        written = await first.call_service("llm", ask, "q")
+        answer = await first.call_service("llm", ask, "q")
+        await written(first)
         read = await second.call_service_detailed("llm", ask, "q")
-        assert read.value == written
+        assert read.value == answer
         assert (read.source, read.degraded) == ("CacheFirstStrategy", False)
         assert Backend.calls == 1
     finally:
@@ -219,6 +280,7 @@ async def test_stale_window_over_redis(shared_redis: aioredis.Redis, key_prefix:
         RedisCache(shared_redis, prefix=f"{key_prefix}:"), clock, ttl=60, stale=600
     )
     fresh = await manager.call_service("llm", ask, "q")
+    await written(manager)
     Backend.healthy = False
     clock.now += 659.0
     stale = await manager.call_service_detailed("llm", ask, "q")
@@ -232,22 +294,27 @@ async def test_killed_redis_is_a_miss_not_an_error(
     private_client: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With Redis dead, calls still work: fresh answers pass through, failures fall back."""
+    """With Redis dead, calls still work: fresh answers pass through, failures fall back.
+    Only the first operation pays for the outage; the others skip Redis."""
     clock = FakeClock()
-    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3)
+    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3, probe_interval=30)
     manager = manager_with(cache, clock)
     await manager.call_service("llm", ask, "q")  # cached while Redis lives
+    await written(manager)
     private_redis.kill()
 
     clock.now += 120  # past ttl: the primary is asked
     assert (await manager.call_service("llm", ask, "q"))["n"] == 2
+    await written(manager)
     Backend.healthy = False
     result = await manager.call_service_detailed("llm", ask, "q")
     assert (result.value, result.source) == ("sorry", "DegradedModeStrategy")
     assert cache.available is False
-    errors = cache.get_stats()["errors"]
-    assert isinstance(errors, int)
-    assert errors >= 3
+    stats = cache.get_stats()
+    # The lookup of the second call found it down; its write, the third call's lookup and
+    # its stale lookup never touched the network.
+    assert (stats["errors"], stats["writes_dropped"], stats["skipped_while_down"]) == (1, 1, 2)
+    await cache.aclose()
     outage_warnings = [
         r for r in caplog.records if r.getMessage().startswith("redis cache unavailable")
     ]
@@ -262,18 +329,28 @@ async def test_redis_coming_back_is_used_again(
     """After a restart the cache stores and serves again, and says so once."""
     caplog.set_level(logging.INFO, logger="xnai_core.degradation")
     clock = FakeClock()
-    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3)
+    cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3, probe_interval=0.02)
     manager = manager_with(cache, clock)
     private_redis.kill()
     await manager.call_service("llm", ask, "q")
     assert cache.available is False
     private_redis.start()
-    await manager.call_service("llm", ask, "q")  # stored now
+    await eventually(lambda: cache.available, timeout=10)  # the background probe saw it
+    await manager.call_service("llm", ask, "q")
+    await written(manager)  # stored now
     Backend.healthy = False
     hit = await manager.call_service_detailed("llm", ask, "q")
     assert (hit.source, hit.degraded) == ("CacheFirstStrategy", False)
     assert cache.available is True
     assert any(r.getMessage() == "redis cache available again" for r in caplog.records)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 async def test_hung_redis_costs_at_most_op_timeout(
@@ -406,6 +483,6 @@ async def test_argument_text_never_appears_in_redis_key_names(
     ]
     assert len(keys) == 3
     for key in keys:
-        assert re.fullmatch(re.escape(f"{key_prefix}:llm:") + "[0-9a-f]{64}", key), key
+        assert re.fullmatch(re.escape(f"{key_prefix}:3:llm:") + "[0-9a-f]{64}", key), key
         for secret in ("ZEBRA", "4411", "hunter2", "password", "OKAPI", "keyword"):
             assert secret not in key

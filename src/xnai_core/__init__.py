@@ -18,7 +18,7 @@ from .circuit.registry import CircuitBreakerRegistry
 from .circuit.store import MemoryStore, StateStore
 
 # --- degradation (issue 4) ---
-from .degradation.cache import CacheBackend, CacheEntry, MemoryCache, RedisCache
+from .degradation.cache import CacheBackend, CacheEntry, MemoryCache
 from .degradation.cache_first import CacheFirstStrategy
 from .degradation.call import CallInfo, ServiceCall, ServiceResult, last_call_info
 from .degradation.errors import (
@@ -29,6 +29,7 @@ from .degradation.errors import (
 )
 from .degradation.manager import ServiceDegradationManager, ServiceSettings
 from .degradation.protocols import DegradationStrategy, GuardAnswer, PrimaryGuard
+from .degradation.redis_cache import RedisCache
 from .degradation.stats import DegradationEvent
 from .degradation.strategies import (
     CircuitBreakerStrategy,

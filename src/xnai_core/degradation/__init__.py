@@ -2,14 +2,14 @@
 
 Modules, one concept each: ``manager`` (ServiceDegradationManager), ``protocols``
 (what a strategy is), ``strategies`` (fallback, degraded mode, circuit breaker),
-``cache_first`` with ``cache``, ``cache_keys`` and ``singleflight``, ``call``
-(what a call returns and how to tell a degraded answer), ``stats`` (counters
-and episodes), ``errors``. The package's face is ``xnai_core``.
+``cache_first`` with ``cache`` and ``cache_keys`` (its single flight is the package's
+``_singleflight``), ``call`` (what a call returns and how to tell a degraded answer),
+``stats`` (counters and episodes), ``errors``. The package's face is ``xnai_core``.
 """
 
 from __future__ import annotations
 
-from .cache import CacheBackend, CacheEntry, MemoryCache, RedisCache
+from .cache import CacheBackend, CacheEntry, MemoryCache
 from .cache_first import CacheFirstStrategy
 from .call import CallInfo, ServiceCall, ServiceResult, last_call_info
 from .errors import (
@@ -20,6 +20,7 @@ from .errors import (
 )
 from .manager import ServiceDegradationManager, ServiceSettings
 from .protocols import DegradationStrategy, GuardAnswer, PrimaryGuard
+from .redis_cache import RedisCache
 from .stats import DegradationEvent
 from .strategies import CircuitBreakerStrategy, DegradedModeStrategy, FallbackStrategy
 

@@ -5,7 +5,8 @@ Per call, with ``ttl`` and ``stale_if_error`` in seconds:
 1. age < ttl: the cached answer is served and the primary is not called
    (not degraded: ``source`` is this strategy, ``degraded`` False).
 2. otherwise the primary is called, once for all concurrent callers of the same
-   key (single flight), and its answer is stored.
+   key (single flight, shared until its deadline), and its answer is stored behind
+   the caller's back: the answer never waits for the cache's write.
 3. if the primary fails and age < ttl + stale_if_error, the cached answer is
    served as a degraded answer (stale-if-error, RFC 5861); else this strategy
    declines and the manager tries the next one.
@@ -13,10 +14,12 @@ Per call, with ``ttl`` and ``stale_if_error`` in seconds:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 
+from .._singleflight import SingleFlight
 from .._validation import check_seconds
 from .cache import CacheBackend, CacheEntry, MemoryCache
 from .cache_keys import UnkeyableError, default_cache_key
@@ -24,7 +27,6 @@ from .call import ServiceCall
 from .errors import StrategyDeclinedError
 from .protocols import GuardAnswer, Proceed
 from .reasons import describe_error
-from .singleflight import SingleFlight
 
 logger = logging.getLogger("xnai_core.degradation")
 
@@ -32,6 +34,17 @@ KeyFunc = Callable[..., str | None]
 """Called with the primary's arguments; returns the cache key, or None to skip the cache."""
 
 _MAX_WARNINGS = 256
+
+DEFAULT_FLIGHT_DEADLINE = 60.0
+"""Seconds a primary call is shared by concurrent callers of one key when the service
+has no timeout of its own (``ServiceDegradationManager(timeout=None)``)."""
+
+FLIGHT_GRACE = 0.05
+"""Added to the service's timeout to make a flight's deadline, so the call's own timeout
+(which every caller of the flight then shares) fires first; the deadline is a backstop."""
+
+MAX_PENDING_WRITES = 256
+"""Cache writes in progress at most; an answer past this bound is not stored (counted)."""
 
 
 class CacheFirstStrategy:
@@ -45,6 +58,11 @@ class CacheFirstStrategy:
     skips the cache, with one warning, for the others (lambdas, closures,
     bound methods, objects as arguments). ``clock`` returns seconds; it must
     agree between processes sharing a Redis cache, hence wall time by default.
+
+    A primary call is shared by the callers of its key until its deadline: the
+    service's timeout (plus :data:`FLIGHT_GRACE`), or ``flight_deadline`` seconds
+    when the service has none. Answers are written to the cache in the background
+    (at most :data:`MAX_PENDING_WRITES` at a time); :meth:`flush` waits for them.
     """
 
     def __init__(
@@ -56,11 +74,13 @@ class CacheFirstStrategy:
         key_func: KeyFunc | None = None,
         clock: Callable[[], float] = time.time,
         name: str = "CacheFirstStrategy",
+        flight_deadline: float = DEFAULT_FLIGHT_DEADLINE,
     ) -> None:
         if cache is not None and not isinstance(cache, CacheBackend):
             raise TypeError(f"'cache' must be a CacheBackend (MemoryCache, RedisCache): {cache!r}")
         self.ttl = check_seconds("ttl", ttl)
         self.stale_if_error = check_seconds("stale_if_error", stale_if_error, allow_zero=True)
+        self.flight_deadline = check_seconds("flight_deadline", flight_deadline)
         if key_func is not None and not callable(key_func):
             raise TypeError(f"'key_func' must be callable or None: {key_func!r}")
         if not callable(clock):
@@ -71,7 +91,12 @@ class CacheFirstStrategy:
         self.key_func = key_func
         self.name = name
         self._clock = clock
-        self._flights: SingleFlight[object] = SingleFlight()
+        self._flights: SingleFlight[str, object] = SingleFlight()
+        # Answers on their way to the cache: served from here until written, so a caller
+        # right behind a flight neither misses nor calls the primary again.
+        self._writing: dict[str, CacheEntry] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self._writes_dropped = 0
         self._warned: set[str] = set()
         self._hits = 0
         self._misses = 0
@@ -91,7 +116,7 @@ class CacheFirstStrategy:
         key = self.cache_key(call)
         if key is None:
             return await proceed()
-        entry = await self._get(key)
+        entry = await self._lookup(key)
         if entry is not None and self._clock() - entry.stored_at < self.ttl:
             self._hits += 1
             return GuardAnswer(entry.value, source=self.name, degraded=False)
@@ -102,10 +127,14 @@ class CacheFirstStrategy:
             # An inner guard's substitute (a breaker's fallback) is not the
             # service's answer and must not be served as fresh later.
             if type(value) is not GuardAnswer:
-                await self._set(key, CacheEntry(value, self._clock()))
+                self._store_behind(key, CacheEntry(value, self._clock()))
             return value
 
-        return await self._flights.run(key, fill)
+        def joined() -> None:
+            call.notes.coalesced = True
+
+        deadline = self.flight_deadline if call.timeout is None else call.timeout + FLIGHT_GRACE
+        return await self._flights.run(key, fill, deadline=deadline, on_join=joined)
 
     async def execute(self, call: ServiceCall, error: Exception) -> object:
         """The cached answer if it is younger than ttl + stale_if_error; else decline."""
@@ -113,7 +142,7 @@ class CacheFirstStrategy:
         if key is None:
             self._declined += 1
             raise StrategyDeclinedError(f"{self.name}: this call is not cached")
-        entry = await self._get(key)
+        entry = await self._lookup(key)
         if entry is None:
             self._declined += 1
             raise StrategyDeclinedError(f"{self.name}: no cached answer")
@@ -144,14 +173,14 @@ class CacheFirstStrategy:
             if key is None:
                 self._bypassed += 1
                 return None
-            return f"{call.service_name}:{key}"
+            return _scoped(call.service_name, key)
         try:
             digest = default_cache_key(call)
         except UnkeyableError as exc:
             self._bypassed += 1
             self._warn_unkeyable(call.service_name, str(exc))
             return None
-        return f"{call.service_name}:{digest}"
+        return _scoped(call.service_name, digest)
 
     async def clear(self) -> int:
         """Empty the cache (for a RedisCache, every key under its prefix); returns how many
@@ -170,9 +199,39 @@ class CacheFirstStrategy:
             "bypassed": self._bypassed,
             "primary_flights": self._flights.started,
             "coalesced_calls": self._flights.joined,
+            "flights_expired": self._flights.expired,
+            "flights_overdue": self._flights.overdue,
+            "pending_writes": len(self._writes),
+            "writes_dropped": self._writes_dropped,
             "cache_errors": self._cache_errors,
             "cache": self.cache.get_stats(),
         }
+
+    async def flush(self) -> None:
+        """Wait until every answer handed to the cache so far has been written (or dropped)."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _lookup(self, key: str) -> CacheEntry | None:
+        pending = self._writing.get(key)
+        return pending if pending is not None else await self._get(key)
+
+    def _store_behind(self, key: str, entry: CacheEntry) -> None:
+        """Write ``entry`` in the background; the answer does not wait for the cache."""
+        if len(self._writes) >= MAX_PENDING_WRITES:
+            self._writes_dropped += 1
+            return
+        self._writing[key] = entry
+        task = asyncio.get_running_loop().create_task(self._write(key, entry))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, key: str, entry: CacheEntry) -> None:
+        try:
+            await self._set(key, entry)
+        finally:
+            if self._writing.get(key) is entry:
+                del self._writing[key]
 
     async def _get(self, key: str) -> CacheEntry | None:
         # The built-in caches never raise; a user's backend that does is a miss,
@@ -223,3 +282,9 @@ class CacheFirstStrategy:
             why,
             extra={"service": service_name, "strategy": self.name},
         )
+
+
+def _scoped(service_name: str, key: str) -> str:
+    """``key`` within ``service_name``'s scope. The name's length leads, so no two
+    (service, key) pairs meet: ``("a:b", "c")`` and ``("a", "b:c")`` differ."""
+    return f"{len(service_name)}:{service_name}:{key}"

@@ -37,14 +37,32 @@ async def invoke(
     return result
 
 
+@dataclass(slots=True)
+class CallNotes:
+    """What guards noted about one call, for the manager's counts.
+
+    ``coalesced``: the call shared another caller's primary call (single flight), so its
+    outcome is that call's and is counted once, by the caller that made it.
+    """
+
+    coalesced: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceCall:
-    """The call a strategy is asked to stand in for: service, function and arguments."""
+    """The call a strategy is asked to stand in for: service, function and arguments.
+
+    ``timeout`` is the service's timeout for the primary call (None: no limit), which
+    guards that share a call use as its deadline. ``notes`` is where guards say what
+    they did with this call (see :class:`CallNotes`).
+    """
 
     service_name: str
     func: Callable[..., object]
     args: tuple[object, ...]
     kwargs: Mapping[str, object]
+    timeout: float | None = None
+    notes: CallNotes = field(default_factory=CallNotes, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

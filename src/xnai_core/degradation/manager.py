@@ -301,7 +301,7 @@ class ServiceDegradationManager:
             service = self._service(service_name)
         set_last_call_info(None)
         service.stats.calls += 1
-        call = ServiceCall(service_name, func, args, kwargs)
+        call = ServiceCall(service_name, func, args, kwargs, service.settings.timeout)
         try:
             if service.guards_inner_first:
                 proceed: Proceed = functools.partial(self._primary, call, service.settings.timeout)
@@ -317,7 +317,7 @@ class ServiceDegradationManager:
             service.stats.record_passed_through()
             raise
         else:
-            return self._answered(service, answer)
+            return self._answered(service, call, answer)
         return await self._degrade(service, call, primary_error)
 
     @staticmethod
@@ -330,10 +330,18 @@ class ServiceDegradationManager:
             lambda: ServiceTimeoutError(call.service_name, timeout),
         )
 
-    def _answered(self, service: _Service, answer: object) -> tuple[Any, CallInfo]:
+    def _answered(
+        self, service: _Service, call: ServiceCall, answer: object
+    ) -> tuple[Any, CallInfo]:
         stats = service.stats
+        coalesced = call.notes.coalesced
+        if coalesced:
+            # Another caller's primary call answered this one: that caller counts it.
+            stats.record_coalesced()
         if type(answer) is not GuardAnswer:
-            if stats.degraded:
+            if coalesced:
+                pass
+            elif stats.degraded:
                 self._emit(stats.record_primary(self._clock()))
             else:
                 stats.primary_successes += 1
@@ -341,7 +349,7 @@ class ServiceDegradationManager:
             return answer, service.primary_info
         if answer.degraded:
             reason = answer.reason or f"answered by {answer.source}"
-            if answer.error is not None:  # a guard answered for a failed primary
+            if answer.error is not None and not coalesced:  # a guard answered for a failure
                 stats.record_primary_failure(answer.error)
             self._emit(stats.record_degraded(answer.source, reason, self._clock()))
         else:
@@ -361,7 +369,10 @@ class ServiceDegradationManager:
         self, service: _Service, call: ServiceCall, primary_error: Exception
     ) -> tuple[Any, CallInfo]:
         stats = service.stats
-        stats.record_primary_failure(primary_error)
+        if call.notes.coalesced:
+            stats.record_coalesced()  # the caller whose primary call failed counts it
+        else:
+            stats.record_primary_failure(primary_error)
         reason = describe_error(primary_error)
         failures: list[tuple[str, Exception]] = []
         limit = service.settings.strategy_timeout

@@ -61,6 +61,7 @@ class ServiceStats:
         self.failures = 0
         self.timeouts = 0
         self.passed_through = 0
+        self.coalesced = 0
         self.episodes = 0
         self.degraded_by_strategy: Counter[str] = Counter()
         self.strategy_failures: Counter[str] = Counter()
@@ -88,6 +89,11 @@ class ServiceStats:
         self.degraded_since = None
         self.episode_calls = 0
         return event
+
+    def record_coalesced(self) -> None:
+        """The call shared another caller's primary call (single flight); its outcome is
+        counted once, by that caller, in ``primary_successes`` or ``timeouts``."""
+        self.coalesced += 1
 
     def record_cache_hit(self) -> None:
         """A guard answered as well as the primary would have (a fresh cache hit)."""
@@ -148,6 +154,7 @@ class ServiceStats:
             "failures": self.failures,
             "timeouts": self.timeouts,
             "passed_through": self.passed_through,
+            "coalesced": self.coalesced,
             "degraded": self.degraded,
             "degraded_since": self.degraded_since,
             "episodes": self.episodes,

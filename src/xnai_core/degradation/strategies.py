@@ -87,6 +87,22 @@ class SupportsCall(Protocol):
     ) -> object: ...
 
 
+class _NotCounted(BaseException):
+    """Carries an outcome out of a breaker that must count it neither way: an inner
+    guard's answer (a cache hit) or an outcome shared with another caller's primary call
+    (single flight), which that caller's breaker call counts.
+
+    A BaseException, not an Exception, because a breaker counts only ``Exception``
+    subclasses (``expected_exception`` refuses anything else) and gives back the
+    half-open permit of a call that ended in anything it does not count.
+    """
+
+    def __init__(self, value: object = None, error: BaseException | None = None) -> None:
+        super().__init__()
+        self.value = value
+        self.error = error
+
+
 @dataclass(slots=True)
 class _Trial:
     """What happened to the primary inside one breaker call."""
@@ -102,7 +118,10 @@ class CircuitBreakerStrategy:
     While the circuit is open the primary is not called at all: the breaker's
     ``CircuitOpenError`` goes straight to the service's fallback strategies.
     Failures and timeouts of the primary are counted by the breaker and then
-    handled by the strategies like any failure.
+    handled by the strategies like any failure. Placed above a cache (a higher
+    priority), it counts only the primary's own outcomes: a cache hit, or an answer
+    shared with another caller's primary call, counts neither as a success nor as a
+    failure and gives back a half-open permit.
 
     A breaker with its own ``fallback_func`` answers open circuits, failures and
     timeouts itself. That answer is final: it is returned as a degraded answer
@@ -144,12 +163,21 @@ class CircuitBreakerStrategy:
             try:
                 value = await proceed()
             except BaseException as exc:
+                if call.notes.coalesced and isinstance(exc, Exception):
+                    raise _NotCounted(error=exc) from None
                 trial.error = exc
                 raise
+            if type(value) is GuardAnswer or call.notes.coalesced:
+                raise _NotCounted(value)
             trial.succeeded = True
             return value
 
-        value = await self.circuit_breaker.call(through, *call.args, **call.kwargs)
+        try:
+            value = await self.circuit_breaker.call(through, *call.args, **call.kwargs)
+        except _NotCounted as outcome:
+            if outcome.error is not None:
+                raise outcome.error from None
+            return outcome.value
         if trial.succeeded:
             return value
         breaker = self.circuit_breaker.name

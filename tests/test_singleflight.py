@@ -1,0 +1,145 @@
+"""The package's single flight: one call per key, shared until the flight's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+
+import pytest
+
+from tests.helpers import run_virtual
+from xnai_core._singleflight import FlightTimeoutError, SingleFlight
+
+
+async def _until(condition: Callable[[], bool], *, rounds: int = 1000) -> None:
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+async def test_concurrent_callers_share_one_call_and_are_told_so() -> None:
+    """Joiners get the flight's value; on_join fires for them only."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    calls = 0
+    joined: list[int] = []
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return 42
+
+    tasks = [
+        asyncio.create_task(
+            flights.run("k", work, deadline=10, on_join=functools.partial(joined.append, i))
+        )
+        for i in range(5)
+    ]
+    await _until(lambda: flights.joined == 4)
+    gate.set()
+    assert await asyncio.gather(*tasks) == [42] * 5
+    assert (calls, flights.started, len(joined)) == (1, 1, 4)
+    assert len(flights) == 0
+
+
+def test_a_joiner_stops_waiting_at_the_flights_deadline() -> None:
+    """A hung flight holds a joiner only until its deadline; the call runs on."""
+
+    async def scenario() -> None:
+        flights: SingleFlight[str, int] = SingleFlight()
+        never = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def hung() -> int:
+            await never.wait()
+            return 1
+
+        starter = asyncio.create_task(flights.run("k", hung, deadline=30))
+        await asyncio.sleep(10)
+        joined_at = loop.time()
+        with pytest.raises(FlightTimeoutError) as caught:
+            await flights.run("k", hung, deadline=30)
+        assert isinstance(caught.value, TimeoutError)
+        assert loop.time() - joined_at == pytest.approx(20, abs=0.01)  # not a full 30 s
+        assert flights.expired == 1
+        assert not starter.done()  # the caller that made the call waits on its own terms
+        starter.cancel()
+
+    run_virtual(scenario())
+
+
+def test_after_the_deadline_a_caller_starts_a_fresh_flight() -> None:
+    """A flight past its deadline is not joined: one hung call never blocks its key."""
+
+    async def scenario() -> None:
+        flights: SingleFlight[str, str] = SingleFlight()
+        never = asyncio.Event()
+
+        async def hung() -> str:
+            await never.wait()
+            return "late"
+
+        async def healthy() -> str:
+            return "fresh"
+
+        starter = asyncio.create_task(flights.run("k", hung, deadline=30))
+        await asyncio.sleep(31)
+        assert await flights.run("k", healthy, deadline=30) == "fresh"
+        assert (flights.started, flights.overdue, flights.joined) == (2, 1, 0)
+        never.set()
+        assert await starter == "late"  # the late flight lands without disturbing the fresh one
+        assert len(flights) == 0
+
+    run_virtual(scenario())
+
+
+async def test_the_flights_own_timeout_is_shared_as_it_is() -> None:
+    """A TimeoutError raised by the call itself is the flight's outcome, not an expiry."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def times_out() -> int:
+        await gate.wait()
+        raise TimeoutError("backend said so")
+
+    tasks = [asyncio.create_task(flights.run("k", times_out, deadline=10)) for _ in range(3)]
+    await _until(lambda: flights.joined == 2)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(type(r) is TimeoutError and str(r) == "backend said so" for r in results)
+    assert flights.expired == 0
+
+
+async def test_a_cancelled_caller_leaves_the_flight_to_the_others() -> None:
+    """Cancelling the starter does not cancel the shared call."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def work() -> int:
+        await gate.wait()
+        return 7
+
+    starter = asyncio.create_task(flights.run("k", work, deadline=10))
+    joiner = asyncio.create_task(flights.run("k", work, deadline=10))
+    await _until(lambda: flights.joined == 1)
+    starter.cancel()
+    gate.set()
+    assert await joiner == 7
+    with pytest.raises(asyncio.CancelledError):
+        await starter
+
+
+@pytest.mark.parametrize("deadline", [0, -1, float("inf"), float("nan")])
+async def test_every_flight_needs_a_finite_deadline(deadline: float) -> None:
+    """A flight without a real deadline could block its key forever: refused."""
+    flights: SingleFlight[str, int] = SingleFlight()
+
+    async def work() -> int:
+        return 1
+
+    with pytest.raises(ValueError, match="'deadline' must be a finite number of seconds > 0"):
+        await flights.run("k", work, deadline=deadline)
