@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -426,3 +426,38 @@ async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
+
+
+async def test_settle_record_holds_peers_off_for_its_window_plus_their_lag(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A peer's action settles for its window plus the caller's lag; its own holder is not
+    held off; a record from a Redis clock that stepped back an hour holds for one window,
+    not an hour."""
+    actor = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    peer = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    assert await actor.settle("llm", 0.2) is True
+    assert await actor.take_turn("llm", 30) is Turn.ACT  # its own record
+    await actor.release("llm")
+    assert await peer.take_turn("llm", 30, lag=0.2) is Turn.SETTLING
+    assert await shared_redis.exists(peer.lease_key("llm")) == 0  # nothing taken
+    await _until_async(lambda: peer.take_turn("llm", 30, lag=0.2), Turn.ACT)
+    await peer.release("llm")
+
+    seconds, micros = await shared_redis.time()
+    an_hour_ahead = seconds * 1000 + micros // 1000 + 3_600_000
+    record = f"{actor.token}|{an_hour_ahead}|200"
+    await shared_redis.set(actor.settle_key("llm"), record, px=7_200_000)
+    assert await peer.take_turn("llm", 30, lag=0.1) is Turn.SETTLING
+    await _until_async(lambda: peer.take_turn("llm", 30, lag=0.1), Turn.ACT, timeout=5.0)
+    await peer.release("llm")
+
+
+async def _until_async(
+    look: Callable[[], Awaitable[object]], expected: object, timeout: float = 10.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while (found := await look()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {found!r}")
+        await asyncio.sleep(0.02)

@@ -11,6 +11,11 @@ not restart the service that was just fixed.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from tests.conftest import SHARED_REDIS_URL
 from tests.recovery_services import Web
 from xnai_core.health.checkers import HTTPHealthChecker
 from xnai_core.health.monitor import HealthMonitor
@@ -143,3 +149,44 @@ async def test_a_holder_gone_mid_grace_leaves_its_restart_to_settle(
     await peer.manager.wait_idle()
     await asyncio.sleep(0.5)
     assert web.restarts() == [holder.who]
+
+
+async def test_a_killed_holder_s_restart_is_not_repeated_by_its_peer(
+    pair: tuple[Web, Replica, Replica], key_prefix: str
+) -> None:
+    """The replica that runs the restart is SIGKILLed while its command runs (the command,
+    in a session of its own, still starts the service): the peer, slower to see the
+    service back, leaves it alone; its lease and settle record outlive the killed holder."""
+    web, _, slow = pair
+    spec = {
+        "url": SHARED_REDIS_URL,
+        "prefix": key_prefix,
+        "web_url": web.url,
+        "command": web.restart_command("worker"),
+    }
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.recovery_worker",
+        json.dumps(spec),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert worker.stdout is not None
+        async with asyncio.timeout(30):
+            assert await worker.stdout.readline() == b"ready\n"
+        await slow.monitor.start_monitoring()
+        assert await slow.monitor.wait_for_status("web", "healthy", timeout=30)
+        web.kill()
+        await _until(lambda: web.restarts() == ["worker"])  # its command has started
+        os.kill(worker.pid, signal.SIGKILL)
+        assert await slow.monitor.wait_for_status("web", "healthy", timeout=30)
+        await slow.manager.wait_idle()
+        await asyncio.sleep(0.5)
+        assert web.restarts() == ["worker"]
+        assert slow.manager.get_recovery_stats()["total_attempts"] == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+        await worker.wait()

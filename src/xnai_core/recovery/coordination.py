@@ -77,7 +77,13 @@ if record then
   if owner and owner ~= ARGV[1] then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    if tonumber(at) + tonumber(window) + tonumber(ARGV[3]) > now then
+    local since = tonumber(at)
+    if since > now then
+      -- Redis's clock stepped back: count the window from now, once, not until it catches up.
+      redis.call('SET', KEYS[3], owner .. '|' .. now .. '|' .. window, 'KEEPTTL')
+      since = now
+    end
+    if since + tonumber(window) + tonumber(ARGV[3]) > now then
       return 2
     end
   end
