@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -739,7 +738,6 @@ async def test_custom_checker_returning_a_result_keeps_its_status() -> None:
 
 async def test_stuck_sync_check_does_not_pile_up_threads() -> None:
     """A sync function still running from a timed-out call is not started again."""
-    import threading
 
     release = threading.Event()
     calls = []
@@ -758,51 +756,6 @@ async def test_stuck_sync_check_does_not_pile_up_threads() -> None:
     assert first.error == "timed out after 0.05s"
     assert second.error == "previous call of the check function is still running"
     assert len(calls) == 1
-
-
-async def test_sync_check_timed_out_while_queued_does_not_block_the_next() -> None:
-    """A call that times out queued behind busy executor threads never runs nor sticks.
-
-    The job waits in the executor's queue (every worker busy), the timeout fires,
-    and the next check, once a worker is free, runs and is healthy, not "previous
-    call still running".
-    """
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
-    release = threading.Event()
-    blocker = loop.run_in_executor(None, release.wait, 5.0)  # holds the only worker
-    calls: list[int] = []
-
-    def quick() -> bool:
-        calls.append(1)
-        return True
-
-    monitor = HealthMonitor(check_interval=1.0)
-    monitor.add_checker(CustomHealthChecker("quick", quick, timeout=0.1))
-    queued = await monitor.trigger_manual_check("quick")
-    release.set()
-    await blocker
-    later = [await monitor.trigger_manual_check("quick") for _ in range(3)]
-    await monitor.stop_monitoring()
-    assert (queued.status, queued.error) == (UNHEALTHY, "timed out after 0.1s")
-    assert [(r.status, r.error) for r in later] == [(HEALTHY, None)] * 3
-    assert len(calls) == 3  # the timed-out call never ran
-
-
-async def test_sync_check_that_could_not_be_submitted_does_not_block_the_next() -> None:
-    """An executor refusing the job is an unhealthy result; the next check runs normally."""
-    loop = asyncio.get_running_loop()
-    closed = ThreadPoolExecutor(max_workers=1)
-    closed.shutdown()
-    loop.set_default_executor(closed)
-    checker = CustomHealthChecker("quick", lambda: True)
-    refused = await checker.check()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
-    accepted = await checker.check()
-    assert refused.status == UNHEALTHY
-    assert refused.error is not None
-    assert "cannot schedule new futures after shutdown" in refused.error
-    assert (accepted.status, accepted.error) == (HEALTHY, None)
 
 
 async def test_checker_bounds_its_own_probe_by_its_timeout() -> None:

@@ -1,19 +1,17 @@
-"""Health checkers and the monitor that schedules them."""
+"""Health checkers and the monitor that schedules them.
+
+The HTTP, Redis and PostgreSQL checkers are imported when first used, so
+importing this package does not import httpx, redis or asyncpg.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .alerts import Alert, AlertHandler, AlertThresholds, Severity
-from .checkers import (
-    CustomHealthChecker,
-    DatabaseHealthChecker,
-    HealthChecker,
-    HealthCheckError,
-    HealthCheckResult,
-    HealthStatus,
-    HTTPHealthChecker,
-    RedisHealthChecker,
-    SupportsHealthCheck,
-)
+from .checker import HealthChecker
+from .custom_checker import CustomHealthChecker
 from .factories import (
     create_chainlit_ui_health_checker,
     create_database_health_checker,
@@ -24,7 +22,29 @@ from .health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
 from .hooks import RecoveryCallback, RecoveryHook
 from .monitor import HealthMonitor
 from .report import HealthReport, HealthSummary, ServiceReport
+from .result import HealthCheckError, HealthCheckResult, HealthStatus, SupportsHealthCheck
 from .service import ServiceHealth
+
+if TYPE_CHECKING:
+    from .database_checker import DatabaseHealthChecker
+    from .http_checker import HTTPHealthChecker
+    from .redis_checker import RedisHealthChecker
+
+_DRIVER_BOUND = {
+    "DatabaseHealthChecker": ".database_checker",
+    "HTTPHealthChecker": ".http_checker",
+    "RedisHealthChecker": ".redis_checker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _DRIVER_BOUND.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "HEALTH_JSON_MEDIA_TYPE",

@@ -33,7 +33,7 @@ from typing import Literal, get_args
 
 from .._dispatch import Dispatcher
 from ._validate import check_int
-from .checkers import HealthCheckResult, HealthStatus
+from .result import HealthCheckResult, HealthStatus
 
 __all__ = ["Alert", "AlertHandler", "AlertThresholds", "Severity", "deliver", "evaluate"]
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from .checkers import (
-    DEFAULT_TIMEOUT,
-    DatabaseHealthChecker,
-    HTTPHealthChecker,
-    RedisClient,
-    RedisHealthChecker,
-)
+from .checker import DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:  # each factory imports its driver only when called
+    from .database_checker import DatabaseHealthChecker
+    from .http_checker import HTTPHealthChecker
+    from .redis_checker import RedisClient, RedisHealthChecker
 
 RAG_API_URL_ENV = "XNAI_RAG_API_HEALTH_URL"
 CHAINLIT_UI_URL_ENV = "XNAI_CHAINLIT_UI_HEALTH_URL"
@@ -59,6 +59,8 @@ def create_rag_api_health_checker(
     ``url`` defaults to ``$XNAI_RAG_API_HEALTH_URL``, else
     ``http://localhost:8000/health``. Answers slower than 2 s are ``degraded``.
     """
+    from .http_checker import HTTPHealthChecker
+
     return HTTPHealthChecker(
         name,
         _setting(url, RAG_API_URL_ENV, DEFAULT_RAG_API_URL),
@@ -83,6 +85,8 @@ def create_chainlit_ui_health_checker(
     ``url`` defaults to ``$XNAI_CHAINLIT_UI_HEALTH_URL``, else
     ``http://localhost:8001/``. Answers slower than 2 s are ``degraded``.
     """
+    from .http_checker import HTTPHealthChecker
+
     return HTTPHealthChecker(
         name,
         _setting(url, CHAINLIT_UI_URL_ENV, DEFAULT_CHAINLIT_UI_URL),
@@ -107,6 +111,8 @@ def create_redis_health_checker(
     Without a client, the checker builds and owns one from ``$XNAI_REDIS_URL``,
     else ``redis://localhost:6379/0``. A PING+INFO slower than 0.5 s is ``degraded``.
     """
+    from .redis_checker import RedisHealthChecker
+
     if redis_client is not None:
         return RedisHealthChecker(
             name, redis_client, timeout=timeout, degraded_threshold=degraded_threshold
@@ -131,6 +137,8 @@ def create_database_health_checker(
     ``dsn`` defaults to ``$XNAI_DATABASE_DSN``, else
     ``postgresql://postgres@localhost:5432/postgres``. Slower than 1 s is ``degraded``.
     """
+    from .database_checker import DatabaseHealthChecker
+
     return DatabaseHealthChecker(
         name,
         _setting(dsn, DATABASE_DSN_ENV, DEFAULT_DATABASE_DSN),

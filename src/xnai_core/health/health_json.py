@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from .checkers import HealthStatus
+from .result import HealthStatus
 from .service import ServiceHealth
 
 __all__ = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from .checkers import HealthCheckResult, HealthStatus
+from .result import HealthCheckResult, HealthStatus
 
 __all__ = ["RecoveryCallback", "RecoveryHook"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._validate import check_int
-from .checkers import HealthStatus
+from .result import HealthStatus
 
 HEALTHY = HealthStatus.HEALTHY
 DEGRADED = HealthStatus.DEGRADED

@@ -36,12 +36,12 @@ from typing import Any, Self
 from .._dispatch import Dispatcher, Job, Lane
 from ._validate import check_int, check_name, check_seconds
 from .alerts import Alert, AlertHandler, AlertThresholds, deliver, evaluate, success_rate
-from .checkers import HealthCheckResult, HealthStatus, SupportsHealthCheck, _error_text
 from .health_json import overall_status, to_health_json
 from .hooks import RecoveryCallback, RecoveryHook
 from .hysteresis import Counters, StatusPolicy, step
 from .redact import scrub
 from .report import HealthReport, HealthSummary, ServiceReport
+from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck, error_text
 from .service import ServiceHealth
 
 __all__ = ["HealthMonitor"]
@@ -637,11 +637,11 @@ class HealthMonitor:
             if deadline.expired():
                 error = f"timed out after {service.timeout:g}s"
             else:
-                error = scrub(_error_text(exc), _secrets_of(checker))
+                error = scrub(error_text(exc), _secrets_of(checker))
             result = self._failure(service, timestamp, started, error)
         except Exception as exc:
             result = self._failure(
-                service, timestamp, started, scrub(_error_text(exc), _secrets_of(checker))
+                service, timestamp, started, scrub(error_text(exc), _secrets_of(checker))
             )
         self._record(service, result)
         return result

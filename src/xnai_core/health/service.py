@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checkers import HealthCheckResult, HealthStatus
 from .report import ServiceReport
+from .result import HealthCheckResult, HealthStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
