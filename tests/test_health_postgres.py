@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import free_port
-from xnai_core.health import checkers as checkers_module
+from xnai_core.health import database_checker as checkers_module
 from xnai_core.health.checkers import DatabaseHealthChecker, HealthStatus
 from xnai_core.health.factories import create_database_health_checker
 from xnai_core.health.monitor import HealthMonitor
