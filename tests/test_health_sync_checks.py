@@ -53,19 +53,20 @@ async def test_hung_sync_checks_never_starve_dns_or_other_checks() -> None:
     """As many hung sync checks as the default executor has workers: localhost stays healthy."""
     hung = [Hung() for _ in range(DEFAULT_EXECUTOR_WORKERS)]
     async with LoopbackHTTPServer() as server:
-        monitor = HealthMonitor(check_interval=0.1, jitter=lambda interval: 0.0)
+        # Bounds generous for a loaded machine: the old code fails by many seconds.
+        monitor = HealthMonitor(check_interval=0.5, jitter=lambda interval: 0.0)
         for n, function in enumerate(hung):
             monitor.add_checker(CustomHealthChecker(f"hung{n}", function, timeout=0.05))
-        monitor.add_checker(CustomHealthChecker("quick", lambda: True, timeout=0.5))
+        monitor.add_checker(CustomHealthChecker("quick", lambda: True, timeout=2.0))
         await monitor.start_monitoring()
         try:
             await wait_until(lambda: all(h.entered.is_set() for h in hung))
             # Only now does the HTTP checker open its first connection: "localhost"
             # must be resolved while every hung check holds a thread.
             monitor.add_checker(
-                HTTPHealthChecker("api", f"http://localhost:{server.port}/health", timeout=0.1)
+                HTTPHealthChecker("api", f"http://localhost:{server.port}/health", timeout=0.5)
             )
-            assert await monitor.wait_for_status("api", HEALTHY, timeout=10.0)
+            assert await monitor.wait_for_status("api", HEALTHY, timeout=15.0)
             for _ in range(5):
                 await monitor.trigger_manual_check("quick")
             assert monitor.get_status("quick") is HEALTHY
