@@ -70,6 +70,7 @@ async def test_hung_sync_checks_never_starve_dns_or_other_checks() -> None:
             for _ in range(5):
                 await monitor.trigger_manual_check("quick")
             assert monitor.get_status("quick") is HEALTHY
+            await wait_until(lambda: monitor.get_service_health("hung0").total_checks > 0)
             assert monitor.get_status("hung0") is not HEALTHY
             last = monitor.get_service_health("hung0").last_result
             assert last is not None
