@@ -205,3 +205,18 @@ def test_max_workers_is_validated() -> None:
     """max_workers below 1 is refused with the field, rule and value."""
     with pytest.raises(ValueError, match="'max_workers' must be >= 1: 0"):
         Dispatcher(max_workers=0)
+
+
+async def test_idle_workers_end_and_come_back() -> None:
+    """A worker idle for idle_timeout ends; the next call starts a fresh one."""
+    runner = Dispatcher(max_workers=2, name="test-idle", idle_timeout=0.05)
+
+    def alive() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("test-idle")]
+
+    try:
+        assert await runner.call(lambda: 1, timeout=5.0) == 1
+        await wait_until(lambda: not alive())
+        assert await runner.call(lambda: 2, timeout=5.0) == 2
+    finally:
+        runner.close()

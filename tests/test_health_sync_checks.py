@@ -11,6 +11,7 @@ import asyncio
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,8 +46,9 @@ async def wait_until(condition: Callable[[], bool], bound: float = 10.0) -> None
         await asyncio.sleep(0.01)
 
 
-def check_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("xnai-health-check-")]
+def check_threads(tag: str) -> list[str]:
+    prefix = f"xnai-health-check-{tag}"
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
 async def test_hung_sync_checks_never_starve_dns_or_other_checks() -> None:
@@ -101,16 +103,20 @@ async def test_sync_checks_never_use_the_loop_default_executor() -> None:
 async def test_one_thread_per_sync_checker_ended_by_stop() -> None:
     """A stuck sync check holds exactly its own thread; stop_monitoring ends the threads."""
     stuck = Hung()
+    tag = uuid.uuid4().hex[:8]
     monitor = HealthMonitor(check_interval=0.05, jitter=lambda interval: 0.0)
-    monitor.add_checker(CustomHealthChecker("stuck", stuck, timeout=0.02))
-    monitor.add_checker(CustomHealthChecker("fine", lambda: True, timeout=0.5))
+    monitor.add_checker(CustomHealthChecker(f"{tag}-stuck", stuck, timeout=0.02))
+    monitor.add_checker(CustomHealthChecker(f"{tag}-fine", lambda: True, timeout=0.5))
     await monitor.start_monitoring()
     try:
-        await wait_until(lambda: monitor.get_service_health("stuck").total_checks >= 5)
-        await wait_until(lambda: monitor.get_service_health("fine").total_checks >= 5)
+        await wait_until(lambda: monitor.get_service_health(f"{tag}-stuck").total_checks >= 5)
+        await wait_until(lambda: monitor.get_service_health(f"{tag}-fine").total_checks >= 5)
         assert stuck.calls == 1
-        assert sorted(check_threads()) == ["xnai-health-check-fine-1", "xnai-health-check-stuck-1"]
+        assert sorted(check_threads(tag)) == [
+            f"xnai-health-check-{tag}-fine-1",
+            f"xnai-health-check-{tag}-stuck-1",
+        ]
     finally:
         stuck.release.set()
         await monitor.stop_monitoring()
-    await wait_until(lambda: not check_threads())
+    await wait_until(lambda: not check_threads(tag))

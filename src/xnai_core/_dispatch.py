@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._validation import check_int
+from ._validation import check_int, check_seconds
 
 __all__ = ["CallbackBusyError", "Dispatcher", "Job", "Lane", "is_async_callable"]
 
@@ -75,10 +75,11 @@ def _describe(func: object) -> str:
 
 
 class _Workers:
-    """A bounded pool of daemon threads, started on demand."""
+    """A bounded pool of daemon threads, started on demand, ended after ``idle_timeout`` idle."""
 
-    def __init__(self, limit: int, name: str) -> None:
+    def __init__(self, limit: int, name: str, idle_timeout: float) -> None:
         self._limit = limit
+        self._idle_timeout = idle_timeout
         self._name = name
         self._jobs: queue.SimpleQueue[
             tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
@@ -107,7 +108,16 @@ class _Workers:
         while True:
             with self._lock:
                 self._waiting += 1
-            item = self._jobs.get()
+            try:
+                item = self._jobs.get(timeout=self._idle_timeout)
+            except queue.Empty:
+                with self._lock:
+                    if self._queued > self._waiting - 1:
+                        self._waiting -= 1
+                        continue  # a job came in as the wait ended: this worker is counted on
+                    self._waiting -= 1
+                    self._threads -= 1
+                    return  # idle too long: a later job starts a fresh thread
             with self._lock:
                 self._waiting -= 1
                 if item is not None:
@@ -148,9 +158,9 @@ class Dispatcher:
     """Runs user callbacks off the event loop, each bounded, one thread per hung callback.
 
     ``max_workers`` bounds the threads running sync callbacks at once; they are
-    started when first needed and ended by :meth:`close` (a later call starts
-    fresh ones). ``name`` prefixes the threads' names. ``log`` receives the
-    failures :meth:`notify` swallows.
+    started when first needed and end after ``idle_timeout`` seconds without work,
+    or at :meth:`close` (a later call starts fresh ones). ``name`` prefixes the
+    threads' names. ``log`` receives the failures :meth:`notify` swallows.
     """
 
     def __init__(
@@ -159,8 +169,10 @@ class Dispatcher:
         max_workers: int = 4,
         name: str = "xnai-callback",
         log: logging.Logger | None = None,
+        idle_timeout: float = 30.0,
     ) -> None:
         self._max_workers = check_int("max_workers", max_workers, 1)
+        self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
         self._name = name
         self._log = log or logger
         self._workers: _Workers | None = None
@@ -243,7 +255,7 @@ class Dispatcher:
         context = contextvars.copy_context()
         try:
             if self._workers is None:
-                self._workers = _Workers(self._max_workers, self._name)
+                self._workers = _Workers(self._max_workers, self._name, self._idle_timeout)
             future = self._workers.submit(functools.partial(context.run, func, *args))
         except BaseException:
             done(concurrent.futures.Future())
