@@ -597,3 +597,22 @@ def test_flight_deadline_is_validated() -> None:
     """A flight deadline must be a positive number of seconds."""
     with pytest.raises(ValueError, match="'flight_deadline' must be > 0 seconds: 0"):
         CacheFirstStrategy(flight_deadline=0)
+
+
+async def test_service_names_with_colons_never_share_entries() -> None:
+    """("a:b", "c") and ("a", "b:c") are different entries even in one shared cache."""
+    clock = FakeClock()
+    shared = MemoryCache(clock=clock)
+    manager = ServiceDegradationManager(clock=clock)
+    manager.add_service_strategy("a:b", CacheFirstStrategy(shared, clock=clock, key_func=str))
+    manager.add_service_strategy(
+        "a", CacheFirstStrategy(shared, clock=clock, key_func=lambda q: f"b:{q}")
+    )
+
+    async def named(prompt: str) -> str:
+        return f"answer of {prompt}"
+
+    assert await manager.call_service("a:b", named, "c") == "answer of c"
+    result = await manager.call_service_detailed("a", named, "c")
+    assert (result.value, result.source) == ("answer of c", "primary")
+    assert len(shared) == 2

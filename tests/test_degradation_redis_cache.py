@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis
+from tests.fault_proxy import FaultProxy, replies_to
 from xnai_core.degradation.cache import CacheEntry
 from xnai_core.degradation.cache_first import CacheFirstStrategy
 from xnai_core.degradation.errors import CacheClearError
@@ -486,3 +487,98 @@ async def test_argument_text_never_appears_in_redis_key_names(
         assert re.fullmatch(re.escape(f"{key_prefix}:3:llm:") + "[0-9a-f]{64}", key), key
         for secret in ("ZEBRA", "4411", "hunter2", "password", "OKAPI", "keyword"):
             assert secret not in key
+
+
+# -- a Redis that is down costs a call nothing after the first failure ---------------------
+
+
+async def _outage_calls(
+    manager: ServiceDegradationManager, cache: RedisCache, calls: int
+) -> list[str]:
+    """``calls`` calls, half answered by the primary, half by the fallback after a failure
+    (which also asks the cache for a stale entry)."""
+    sources = []
+    for i in range(calls):
+        Backend.healthy = i % 2 == 0
+        result = await manager.call_service_detailed("llm", ask, f"q{i}")
+        await written(manager)
+        sources.append(result.source)
+    return sources
+
+
+@pytest.mark.parametrize("fault", ["killed", "paused"])
+async def test_a_down_redis_is_tried_once_then_skipped_until_a_probe_finds_it(
+    private_redis: PrivateRedis, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a client built as the docs build it (redis-py's default retry), a refused or
+    hung Redis is paid for by one operation, bounded by op_timeout; the lookups, writes and
+    stale lookups after it never reach the network; a background probe finds Redis back."""
+    caplog.set_level(logging.INFO, logger="xnai_core.degradation")
+    client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)  # default retry on
+    clock = FakeClock()
+    cache = RedisCache(
+        client, prefix="xnai-test:", op_timeout=0.2, probe_interval=0.05, probe_max_interval=0.2
+    )
+    manager = manager_with(cache, clock)
+    try:
+        await manager.call_service("llm", ask, "warm")  # a connection exists
+        if fault == "killed":
+            private_redis.kill()
+        else:
+            private_redis.pause()
+        sources = await _outage_calls(manager, cache, 20)
+        assert sources == ["primary", "DegradedModeStrategy"] * 10
+        stats = cache.get_stats()
+        assert stats["errors"] == 1  # the first lookup; nothing after it touched Redis
+        assert stats["skipped_while_down"] == 29  # 19 lookups + 10 stale lookups
+        assert stats["writes_dropped"] == 10
+        assert cache.available is False
+        if fault == "killed":
+            private_redis.start()
+        else:
+            private_redis.resume()
+        await eventually(lambda: cache.available, timeout=15)
+        probes = cache.get_stats()["probes"]
+        assert isinstance(probes, int)
+        assert probes >= 1
+        Backend.healthy = True
+        await manager.call_service("llm", ask, "back")
+        await written(manager)
+        Backend.healthy = False
+        hit = await manager.call_service_detailed("llm", ask, "back")
+        assert (hit.source, hit.degraded) == ("CacheFirstStrategy", False)  # stored again
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum(m.startswith("redis cache unavailable") for m in messages) == 1
+        assert messages.count("redis cache available again") == 1
+    finally:
+        if fault == "paused":
+            private_redis.resume()
+        await cache.aclose()
+        await client.aclose()
+
+
+async def test_the_answer_never_waits_for_the_cache_write(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """A SET that hangs (its reply held back) does not hold the answer: the call returns
+    while the write is still in flight, and the next caller is served the pending answer
+    without a second primary call."""
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    clock = FakeClock()
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=10)
+    manager = manager_with(cache, clock)
+    strategy = _CACHE_OF[id(manager)]
+    fault_proxy.delay_replies(2.0, when=replies_to("SET"))
+    try:
+        first = await manager.call_service_detailed("llm", ask, "q")
+        assert first.source == "primary"
+        assert strategy.get_stats()["pending_writes"] == 1  # still writing
+        second = await manager.call_service_detailed("llm", ask, "q")
+        assert (second.value, second.source) == (first.value, "CacheFirstStrategy")
+        assert Backend.calls == 1
+        await strategy.flush()  # the held reply arrives: the write lands
+        assert strategy.get_stats()["pending_writes"] == 0
+        assert cache.available is True
+    finally:
+        await cache.aclose()
+        await client.aclose()
