@@ -522,6 +522,7 @@ async def test_a_down_redis_is_tried_once_then_skipped_until_a_probe_finds_it(
     manager = manager_with(cache, clock)
     try:
         await manager.call_service("llm", ask, "warm")  # a connection exists
+        await written(manager)
         if fault == "killed":
             private_redis.kill()
         else:
