@@ -516,3 +516,8 @@ async def test_closing_mid_command_kills_it_and_returns_promptly(tmp_path: Path)
     assert not _alive(pid)
     assert _children() - children_before == set()
     assert asyncio.all_tasks() - tasks_before == set()
+    stats = manager.get_recovery_stats()  # the attempt counted, and judged: not left pending
+    assert stats["total_attempts"] == 1
+    assert stats["services"]["svc"]["pending"] == 0  # type: ignore[index]
+    last = stats["services"]["svc"]["last_attempt"]  # type: ignore[index]
+    assert (last["outcome"], last["reason"]) == ("failed", "recovery closed while the action ran")

@@ -326,6 +326,44 @@ async def test_a_stuck_sync_recovery_func_never_runs_twice_at_once() -> None:
         await manager.aclose()
 
 
+async def test_hung_sync_recovery_funcs_never_hold_back_a_page() -> None:
+    """Finding 13 (and 6 for the manager): six services' sync recovery functions hang, more
+    than the manager's action threads; each still escalates, and a sync pager (itself off
+    the loop) gets every page."""
+    release = threading.Event()
+    pages: list[str] = []
+
+    def restart(service: str) -> None:
+        release.wait(20)
+
+    def pager(alert: object) -> None:
+        time.sleep(0.05)  # a blocking webhook call
+        pages.append(getattr(alert, "service", "?"))
+
+    services = [f"svc{n}" for n in range(6)]
+    manager = RecoveryManager(verify_interval=0.02, alert_timeout=5.0)
+    manager.add_alert_handler(pager)
+    for service in services:
+        manager.add_rule(
+            RecoveryRule(
+                service,
+                "restart_service",
+                recovery_func=restart,
+                failure_threshold=1,
+                max_attempts=1,
+                grace_period=0.05,
+                timeout=0.2,
+            )
+        )
+    try:
+        for service in services:
+            await manager.on_status_change(service, "healthy", "unhealthy", None)
+        await _until(lambda: sorted(pages) == services)
+    finally:
+        release.set()
+        await manager.aclose()
+
+
 async def test_a_daemon_left_by_a_restart_command_fills_no_file(tmp_path: Path) -> None:
     """Finding 13: the daemon a start script leaves holding its output writes into a pipe
     we drain and drop (no file grows, the daemon neither blocks nor dies), and the

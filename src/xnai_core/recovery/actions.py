@@ -151,7 +151,10 @@ class OutputCapture:
         self.write_fd = -1
 
     def _read(self) -> None:
-        while not self.closed:
+        # At most 1 MB per wake-up: a daemon writing flat out must not stall the loop.
+        for _ in range(16):
+            if self.closed:
+                return
             try:
                 data = os.read(self.read_fd, 65536)
             except BlockingIOError:

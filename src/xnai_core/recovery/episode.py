@@ -54,7 +54,9 @@ class EpisodeRunner:
 
     ``monitor`` is set when the manager is attached; ``closed`` stops new actions.
     ``context`` holds what actions share: the dispatcher that runs sync recovery
-    functions and alert handlers off the loop, and leftover daemons' output pipes.
+    functions off the loop, and leftover daemons' output pipes. ``alerts`` runs the
+    manager's alert handlers, on threads of their own: hung recovery functions can never
+    hold back a page.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class EpisodeRunner:
         alert_timeout: float | None,
         coordinator: RecoveryCoordinator | None,
         context: ActionContext,
+        alerts: Dispatcher,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
@@ -80,15 +83,13 @@ class EpisodeRunner:
         self._handlers = handlers
         self._coordinator = coordinator
         self.context = context
+        self.alerts = alerts
+        self._alerting = asyncio.Lock()
         self.dry_run = dry_run
         self.verify_interval = verify_interval
         self.alert_timeout = alert_timeout
         self.monitor: SupportsMonitor | None = None
         self.closed = False
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        return self.context.dispatcher
 
     def grace(self, rule: RecoveryRule, service_name: str) -> float:
         """The rule's grace period: its own, or derived from the attached monitor."""
@@ -336,12 +337,21 @@ class EpisodeRunner:
                 extra={"service": svc.name},
             )
         else:
-            if self._coordinator is not None:
-                # Peers (even if this process dies now) leave the service alone until
-                # this attempt's grace period is over, plus their own view's lag.
-                await self._coordinator.settle(svc.name, rule.timeout + grace)
-            await self._renew(svc, rule.timeout + grace)
-            outcome = await perform(rule, svc.name, self.context)
+            try:
+                if self._coordinator is not None:
+                    # Peers (even if this process dies now) leave the service alone until
+                    # this attempt's grace period is over, plus their own view's lag.
+                    await self._coordinator.settle(svc.name, rule.timeout + grace)
+                await self._renew(svc, rule.timeout + grace)
+                outcome = await perform(rule, svc.name, self.context)
+            except BaseException:  # cancelled mid-action: the episode's end judges it
+                outcome = ActionOutcome(
+                    ok=False,
+                    detail=f"{rule.describe()} interrupted",
+                    error="recovery closed while the action ran",
+                )
+                svc.verifying = Verifying(slot, t0, self._clock(), grace, pending, outcome, 0.0)
+                raise
         t1 = self._clock()
         svc.verifying = Verifying(
             slot=slot,
@@ -557,16 +567,19 @@ class EpisodeRunner:
     async def alert(self, svc: ServiceState, *, resolved: bool, reason: str) -> None:
         """Through the monitor's handlers when attached, and always to the manager's own."""
         alert = escalation_alert(svc, resolved=resolved, reason=reason, now=self._wall())
-        if self.monitor is not None:
-            try:
-                await self.monitor.emit_alert(alert)
-            except Exception:
-                logger.exception("monitor failed to emit the alert for %s", svc.name)
-        for handler in list(self._handlers):
-            # Off the loop if sync, bounded either way: a slow pager delays no check.
-            await self.dispatcher.notify(
-                handler, alert, timeout=self.alert_timeout, what="recovery alert handler"
-            )
+        # One page at a time: the dispatcher refuses a sync handler while its previous call
+        # still runs, so services escalating together would otherwise lose pages.
+        async with self._alerting:
+            if self.monitor is not None:
+                try:
+                    await self.monitor.emit_alert(alert)
+                except Exception:
+                    logger.exception("monitor failed to emit the alert for %s", svc.name)
+            for handler in list(self._handlers):
+                # Off the loop if sync, bounded either way: a slow pager delays no check.
+                await self.alerts.notify(
+                    handler, alert, timeout=self.alert_timeout, what="recovery alert handler"
+                )
 
 
 def _failure_text(attempt: RecoveryAttempt) -> str:

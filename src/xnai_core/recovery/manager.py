@@ -111,6 +111,7 @@ class RecoveryManager:
             alert_timeout=_seconds("alert_timeout", alert_timeout, allow_none=True),
             coordinator=coordinator,
             context=ActionContext(dispatcher=Dispatcher(name="xnai-recovery", log=logger)),
+            alerts=Dispatcher(max_workers=2, name="xnai-recovery-alerts", log=logger),
         )
         for rule in rules:
             self.add_rule(rule)
@@ -292,6 +293,7 @@ class RecoveryManager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._runner.context.close()
+        self._runner.alerts.close()
 
     async def __aenter__(self) -> RecoveryManager:
         return self
