@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
+from tests.fault_proxy import FaultProxy, replies_to
 from tests.test_recovery_manager import FakeClock
 from xnai_core.health.alerts import Alert
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
@@ -461,3 +462,43 @@ async def _until_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"still {found!r}")
         await asyncio.sleep(0.02)
+
+
+async def test_every_coordination_step_survives_a_lost_reply_and_the_default_retry(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """Redis acts, the reply is lost, redis-py (built as users build it, default retry on)
+    sends the script again: each step answers as if nothing happened, nothing is done twice
+    in a way that matters, and no lease is left to a token nobody holds."""
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    direct = aioredis.Redis.from_url(private_redis.url)
+    a = RecoveryCoordinator(client, key_prefix="lost")
+    b = RecoveryCoordinator(direct, key_prefix="lost")
+    try:
+
+        async def lossy(step: Callable[[], Awaitable[object]]) -> object:
+            rule = fault_proxy.drop_replies(replies_to("EVALSHA", "EVAL"), count=1)
+            answer = await step()
+            assert rule.hits == 1  # a reply really was lost
+            return answer
+
+        assert await lossy(lambda: a.take_turn("svc", 30)) is Turn.ACT
+        assert await b.take_turn("svc", 30) is Turn.WAIT  # the lease is a's, not lost
+        assert await lossy(lambda: a.settle("svc", 5.0)) is True
+        record = await direct.get(a.settle_key("svc"))
+        assert isinstance(record, bytes)
+        assert record.startswith(a.token.encode())
+        assert await b.take_turn("svc", 30, lag=1.0) is Turn.SETTLING
+        assert await lossy(lambda: a.acquire("svc", 30)) is True
+        await lossy(lambda: a.release("svc"))
+        assert await direct.exists(a.lease_key("svc")) == 0
+        latched = await lossy(lambda: a.latch("svc", "gave up"))
+        assert latched == LatchView(latched=True, reset_id=None)
+        assert await lossy(lambda: a.unlatch("svc")) is True
+        view = await b.latch_state("svc")
+        assert view is not None
+        assert not view.latched
+        assert view.reset_id is not None
+    finally:
+        await client.aclose()
+        await direct.aclose()
