@@ -1,0 +1,319 @@
+"""The service's config file: good files load, each bad file is refused with a message that
+names the file, the key path and the problem."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xnai_core.recovery import RecoveryActionType
+from xnai_core.service import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "t0ken-for-the-dashboard-0123456789"
+
+GOOD = """
+redis_url = "redis://127.0.0.1:6379/0"
+control_token_env = "XNAI_TEST_TOKEN"
+
+[monitor]
+check_interval = 2
+[monitor.alert_thresholds]
+success_rate = 90
+consecutive_failures = 4
+
+[[services]]
+name = "api"
+type = "http"
+url = "http://127.0.0.1:1/health"
+expected_status = [200, 204]
+
+  [[services.recovery]]
+  action = "restart_service"
+  command = ["true"]
+  backoff_base = 1
+  backoff_max = 5
+
+[[services]]
+name = "port"
+type = "tcp"
+host = "127.0.0.1"
+port = 5432
+
+[[services]]
+name = "db"
+type = "postgres"
+dsn = "postgresql://app:hunter2secret@db:5432/app"
+
+[[services]]
+name = "script"
+type = "command"
+command = ["true"]
+"""
+
+SERVICE = '[[services]]\nname = "api"\ntype = "http"\nurl = "http://127.0.0.1:1/"\n'
+
+# (file text, the expected message after "<file>: ")
+BAD: list[tuple[str, str]] = [
+    ("redis_url = ", "not valid TOML: "),
+    ("check_interval = 3", "check_interval: unknown key"),
+    (
+        "[monitor]\ncheck_intervall = 3",
+        "monitor.check_intervall: unknown key (did you mean 'check_interval'?)",
+    ),
+    ("[monitor]\ncheck_interval = -1", "monitor.check_interval: must be > 0 seconds: -1"),
+    (
+        "[monitor]\ncheck_interval = 'soon'",
+        "monitor.check_interval: must be a number of seconds: 'soon'",
+    ),
+    (
+        "[monitor.alert_thresholds]\nsuccess_rate = 120",
+        "monitor.alert_thresholds.success_rate: must be a percentage from 0 to 100, got 120",
+    ),
+    (
+        "[monitor.alert_thresholds]\nresponse_tme = 1",
+        "monitor.alert_thresholds.response_tme: unknown key (did you mean 'response_time'?)",
+    ),
+    (
+        "[monitor]\nhistory_size = 5\nalert_window = 10",
+        "monitor.alert_window: must be <= history_size (5), got 10",
+    ),
+    (
+        'control_token = "abcdefabcdefabcdefabcdef"',
+        "control_token: a token written in the file is refused",
+    ),
+    (
+        'control_token_env = "XNAI_SHORT_TOKEN"',
+        "control_token_env: $XNAI_SHORT_TOKEN must hold at least 16 characters (it holds 5)",
+    ),
+    (
+        'control_token_env = "not a name"',
+        "control_token_env: must be an environment variable name, got 'not a name'",
+    ),
+    (
+        'redis_url = "http://localhost:6379"',
+        "redis_url: must be a redis://, rediss:// or unix:// URL",
+    ),
+    ("services = 3", "services: must be an array of tables ([[services]]), got an integer 3"),
+    ("[[services]]\ntype = 'http'\nurl = 'http://x/'", "services[0].name: is required"),
+    (
+        "[[services]]\nname = 'a b'\ntype = 'http'\nurl = 'http://x/'",
+        "services[0].name: must be 1-64 letters",
+    ),
+    (
+        "[[services]]\nname = 'a'\ntype = 'htp'",
+        "services[0].type: must be one of 'http', 'tcp', 'redis', 'postgres', 'command', "
+        "got 'htp' (did you mean 'http'?)",
+    ),
+    ("[[services]]\nname = 'a'\ntype = 'http'", "services[0].url: is required"),
+    (
+        "[[services]]\nname = 'a'\ntype = 'http'\nurl = 'ftp://x/'",
+        "services[0].url: must be an http:// or https:// URL",
+    ),
+    (SERVICE + "timeout = -1", "services[0].timeout: must be > 0 seconds: -1"),
+    (SERVICE + "timeout = true", "services[0].timeout: must be a number of seconds: True"),
+    (SERVICE + "timout = 3", "services[0].timout: unknown key (did you mean 'timeout'?)"),
+    (
+        SERVICE + "expected_status = [200, 700]",
+        "services[0].expected_status[1]: must be an HTTP status code (100-599), got 700",
+    ),
+    (SERVICE + "host = 'x'", "services[0].host: does not apply to type 'http' (it is for 'tcp')"),
+    (SERVICE + SERVICE, "services[1].name: 'api' is already the name of services[0]"),
+    ("[[services]]\nname = 'p'\ntype = 'tcp'\nhost = 'h'", "services[0].port: is required"),
+    (
+        "[[services]]\nname = 'p'\ntype = 'tcp'\nhost = 'h'\nport = 70000",
+        "services[0].port: must be <= 65535: 70000",
+    ),
+    (
+        "[[services]]\nname = 'c'\ntype = 'command'\ncommand = 'systemctl restart x'",
+        "services[0].command: must be an array of strings, not a string",
+    ),
+    (
+        "[[services]]\nname = 'c'\ntype = 'command'\ncommand = ['ok', 3]",
+        "services[0].command[1]: must be a non-empty string, got an integer 3",
+    ),
+    ("[[services]]\nname = 'd'\ntype = 'postgres'", "services[0].dsn: is required (or 'dsn_env')"),
+    (
+        "[[services]]\nname = 'd'\ntype = 'postgres'\ndsn_env = 'XNAI_UNSET_DSN_VAR'",
+        "services[0].dsn_env: $XNAI_UNSET_DSN_VAR is not set",
+    ),
+    (
+        SERVICE + "[[services.recovery]]\naction = 'reboot'",
+        "services[0].recovery[0].action: must be one of",
+    ),
+    (
+        SERVICE + "[[services.recovery]]\naction = 'restart_service'",
+        "services[0].recovery[0]: action 'restart_service' needs one of recovery_func, command",
+    ),
+    (
+        SERVICE
+        + "[[services.recovery]]\naction = 'restart_service'\ncommand = 'systemctl restart api'",
+        "services[0].recovery[0].command: must be an array of strings, not a string",
+    ),
+    (
+        SERVICE
+        + "[[services.recovery]]\naction = 'restart_service'\ncommand = ['x']\n"
+        + "backoff_base = 10\nbackoff_max = 5",
+        "services[0].recovery[0]: 'backoff_max' must be >= 'backoff_base' (10.0)",
+    ),
+    (
+        SERVICE
+        + "[[services.recovery]]\naction = 'restart_service'\ncommand = ['x']\nmax_attempts = 0",
+        "services[0].recovery[0].max_attempts: must be >= 1: 0",
+    ),
+    (
+        SERVICE + "[[services.recovery]]\naction = 'restart_service'\ncommand = ['x']\ncooldwn = 1",
+        "services[0].recovery[0].cooldwn: unknown key (did you mean 'cooldown'?)",
+    ),
+    ("[circuits]\nkey_prefix = 'a{b}'", "circuits.key_prefix: must not contain braces"),
+    ("[server]\nport = 'http'", "server.port: must be an int"),
+    (
+        "[[alerts]]\ntype = 'slak'",
+        "alerts[0].type: must be one of 'alertmanager', 'slack', 'pagerduty', 'email', "
+        "'webhook', got 'slak' (did you mean 'slack'?)",
+    ),
+    (
+        "[[alerts]]\ntype = 'slack'\nwebhook_url = 'https://hooks.example/T0/B0/x'",
+        "alerts[0].webhook_url: a secret written in the file is refused",
+    ),
+    ("[[alerts]]\ntype = 'slack'", "alerts[0].webhook_url_env: is required"),
+    (
+        "[[alerts]]\ntype = 'slack'\nwebhook_url_env = 'XNAI_UNSET_SLACK'",
+        "alerts[0].webhook_url_env: $XNAI_UNSET_SLACK is not set",
+    ),
+    (
+        "[[alerts]]\ntype = 'alertmanager'\nurls = ['http://am:9093']\nrepeat_interval = 5",
+        "alerts[0].repeat_interval: does not apply to alertmanager",
+    ),
+    ("[[alerts]]\ntype = 'alertmanager'", "alerts[0].urls: is required"),
+    (
+        "[[alerts]]\ntype = 'webhook'\nurl = 'http://h/'\nmin_severity = 'loud'",
+        "alerts[0].min_severity: must be one of 'info', 'warning', 'critical', got 'loud'",
+    ),
+    (
+        "[[alerts]]\ntype = 'email'\nhost = 'mx'\nmail_from = 'a@b'\nto = []",
+        "alerts[0].to: must be a string or a non-empty array of strings",
+    ),
+]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stack.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD, ids=[expected for _, expected in BAD])
+def test_bad_file_is_refused_naming_file_key_and_problem(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    env = {"XNAI_SHORT_TOKEN": "short"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {expected}"), message
+    assert "\n" not in message
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such file"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_good_file_loads_every_section(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env={"XNAI_TEST_TOKEN": TOKEN})
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+    assert config.control_token == TOKEN
+    assert config.monitor.check_interval == 2.0
+    assert dict(config.monitor.alert_thresholds) == {"success_rate": 90, "consecutive_failures": 4}
+    assert [s.name for s in config.services] == ["api", "port", "db", "script"]
+    api = config.service("api")
+    assert api.expected_status == (200, 204)
+    (rule,) = api.rules
+    assert rule.action_type is RecoveryActionType.RESTART_SERVICE
+    assert tuple(rule.command or ()) == ("true",)
+    assert (rule.backoff_base, rule.backoff_max) == (1.0, 5.0)
+    assert config.service("port").port == 5432
+    assert config.warnings == ()
+
+
+def test_effective_config_masks_every_secret(tmp_path: Path) -> None:
+    text = GOOD + textwrap.dedent(
+        """
+        [[alerts]]
+        type = "slack"
+        webhook_url_env = "XNAI_TEST_SLACK"
+
+        [[alerts]]
+        type = "webhook"
+        url = "https://user:webhookpass99@hooks.example/in?token=querytoken77"
+        secret_env = "XNAI_TEST_HMAC"
+        """
+    )
+    env = {
+        "XNAI_TEST_TOKEN": TOKEN,
+        "XNAI_TEST_SLACK": "https://hooks.slack.example/services/T0/B0/slacksecret55",
+        "XNAI_TEST_HMAC": "hmacsecret4242",
+    }
+    config = load_config(write(tmp_path, text), env=env)
+    shown = repr(config.effective()) + repr(config) + repr(config.services) + repr(config.alerts)
+    for secret in (
+        TOKEN,
+        "hunter2secret",
+        "slacksecret55",
+        "hmacsecret4242",
+        "webhookpass99",
+        "querytoken77",
+    ):
+        assert secret not in shown
+    assert "from $XNAI_TEST_SLACK" in shown
+    assert config.alerts[1].secrets == {"secret": "hmacsecret4242"}
+
+
+def test_unset_token_variable_disables_controls_with_a_warning(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env={})
+    assert config.control_token is None
+    assert config.warnings == (
+        "$XNAI_TEST_TOKEN is not set: the dashboard's controls are disabled",
+    )
+
+
+def test_factory_variables_override_the_file(tmp_path: Path) -> None:
+    text = """
+    redis_url = "redis://127.0.0.1:6379/0"
+    [[services]]
+    name = "rag_api"
+    type = "http"
+    url = "http://localhost:8000/health"
+    [[services]]
+    name = "postgres"
+    type = "postgres"
+    dsn = "postgresql://postgres@localhost/postgres"
+    [[services]]
+    name = "other"
+    type = "http"
+    url = "http://localhost:9000/"
+    """
+    env = {
+        "XNAI_RAG_API_HEALTH_URL": "http://127.0.0.1:18000/health",
+        "XNAI_DATABASE_DSN": "postgresql://postgres@127.0.0.1:5432/test",
+        "XNAI_REDIS_URL": "redis://127.0.0.1:6390/1",
+    }
+    config = load_config(write(tmp_path, text), env=env)
+    assert config.service("rag_api").url == "http://127.0.0.1:18000/health"
+    assert config.service("rag_api").overridden_by == "XNAI_RAG_API_HEALTH_URL"
+    assert config.service("postgres").dsn == "postgresql://postgres@127.0.0.1:5432/test"
+    assert config.service("other").url == "http://localhost:9000/"
+    assert config.redis_url == "redis://127.0.0.1:6390/1"
+    # Without redis_url in the file, the environment does not switch shared state on.
+    bare = load_config(write(tmp_path, "[monitor]\ncheck_interval = 1\n"), env=env)
+    assert bare.redis_url is None
+
+
+def test_example_stack_file_is_valid() -> None:
+    config = load_config(REPO / "examples" / "stack.toml", env={})
+    assert [s.name for s in config.services] == ["rag_api", "chainlit_ui", "redis", "postgres"]
+    assert config.service("rag_api").rules
