@@ -1,0 +1,132 @@
+"""Health checkers built from the config's services, and the two kinds the library lacks.
+
+``http``, ``redis`` and ``postgres`` are the library's own checkers; ``tcp`` (a connect)
+and ``command`` (an argument list, exit 0 is healthy) are defined here on
+:class:`~xnai_core.HealthChecker`, so they get its timing, timeout and masking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+
+from .._redact import redact, redact_argv
+from ..health.checkers import (
+    DatabaseHealthChecker,
+    HealthChecker,
+    HealthCheckError,
+    HTTPHealthChecker,
+    RedisHealthChecker,
+)
+from .config import ServiceSpec
+
+__all__ = ["CommandHealthChecker", "TCPHealthChecker", "build_checker"]
+
+_OUTPUT_TAIL = 300
+
+
+class TCPHealthChecker(HealthChecker):
+    """Healthy when a TCP connection to ``host:port`` opens within the timeout."""
+
+    def __init__(
+        self, name: str, host: str, port: int, *, timeout: float = 5.0, **kw: float | None
+    ):
+        super().__init__(name, timeout=timeout, **kw)
+        self.host = host
+        self.port = port
+
+    def describe(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port}
+
+    async def probe(self) -> Mapping[str, object]:
+        try:
+            _, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError as exc:
+            raise HealthCheckError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return {}
+
+
+class CommandHealthChecker(HealthChecker):
+    """Runs an argument list (no shell); exit status 0 is healthy.
+
+    The command runs in its own process group, killed whole when the check times out
+    or is cancelled, so no check leaves a process behind. The tail of its output is
+    the error text of a failed check, masked.
+    """
+
+    def __init__(
+        self, name: str, command: tuple[str, ...], *, timeout: float = 5.0, **kw: float | None
+    ):
+        super().__init__(name, timeout=timeout, **kw)
+        self.command = command
+
+    def describe(self) -> dict[str, object]:
+        return {"command": " ".join(redact_argv(self.command))}
+
+    async def probe(self) -> Mapping[str, object]:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise HealthCheckError(f"cannot run {self.command[0]!r}: {exc.strerror}") from None
+        try:
+            output, _ = await process.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(process.wait())
+            raise
+        if process.returncode != 0:
+            tail = output.decode(errors="replace").strip()[-_OUTPUT_TAIL:]
+            raise HealthCheckError(
+                f"exit status {process.returncode}" + (f": {redact(tail)}" if tail else "")
+            )
+        return {"exit_status": 0}
+
+
+def build_checker(spec: ServiceSpec) -> HealthChecker:
+    """The checker for one configured service."""
+    common: dict[str, float | None] = {"degraded_threshold": spec.degraded_threshold}
+    if spec.type == "http":
+        assert spec.url is not None
+        return HTTPHealthChecker(
+            spec.name,
+            spec.url,
+            method=spec.method,
+            expected_status=spec.expected_status or range(200, 400),
+            timeout=spec.timeout,
+            verify=spec.verify,
+            degraded_threshold=spec.degraded_threshold,
+        )
+    if spec.type == "tcp":
+        assert spec.host is not None
+        assert spec.port is not None
+        return TCPHealthChecker(spec.name, spec.host, spec.port, timeout=spec.timeout, **common)
+    if spec.type == "redis":
+        return RedisHealthChecker(
+            spec.name,
+            url=spec.url,
+            timeout=spec.timeout,
+            degraded_threshold=spec.degraded_threshold,
+        )
+    if spec.type == "postgres":
+        assert spec.dsn is not None
+        return DatabaseHealthChecker(
+            spec.name, spec.dsn, timeout=spec.timeout, degraded_threshold=spec.degraded_threshold
+        )
+    assert spec.command is not None
+    return CommandHealthChecker(spec.name, spec.command, timeout=spec.timeout, **common)
