@@ -13,3 +13,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
   touch "$stamp"
 fi
+# The alert delivery tests run the real Prometheus Alertmanager (Debian's package).
+if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-alertmanager >/dev/null
+  else
+    echo "setup.sh: prometheus-alertmanager is missing (apt-get install prometheus-alertmanager as root)" >&2
+  fi
+fi

@@ -1,0 +1,161 @@
+"""One HTTP POST for the HTTP sinks, and what its outcome means for a retry.
+
+Requests go to an httpx transport directly, not through ``httpx.AsyncClient``:
+the client logs every request URL at INFO, and for a Slack or webhook sink the
+URL is the credential. Redirects are not followed (a 3xx is a rejection: an
+alert is never re-sent to a place the configuration did not name) and proxies
+come only from the sink's own arguments, never from the environment.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._mask import mask_text
+from ._model import DeliveryError
+
+MAX_REPLY_BYTES = 4096
+_REASON_EXCERPT = 120
+USER_AGENT = "xnai-core-alerting"
+
+
+def check_http_url(field: str, url: object) -> str:
+    """``url`` if it is an http(s) URL with a host; the error never echoes the URL."""
+    if not isinstance(url, str):
+        raise TypeError(f"'{field}' must be a str URL: {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(
+            f"'{field}' must be a valid http(s) URL (not shown: it may hold a secret)"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"'{field}' must be an http or https URL: scheme {parts.scheme!r}")
+    if not host:
+        raise ValueError(f"'{field}' must name a host (not shown: it may hold a secret)")
+    return url
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, moment.timestamp() - now)
+
+
+class HttpPoster:
+    """POSTs bodies over one pooled transport; turns every outcome into success or DeliveryError."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        verify: ssl.SSLContext | bool = True,
+        proxy: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        self._verify = verify
+        self._proxy = proxy
+        self._transport = transport
+        self._owns_transport = transport is None
+
+    def _get_transport(self) -> httpx.AsyncBaseTransport:
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport(
+                verify=self._verify,
+                proxy=self._proxy,
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            )
+        return self._transport
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str],
+        label: str,
+        secrets: Iterable[str] = (),
+        wall_clock: float | None = None,
+    ) -> bytes:
+        """POST ``body``; the reply's body (at most 4 KB) on 2xx, else DeliveryError.
+
+        ``label`` names the destination in reasons ("slack", "alertmanager #2");
+        it is the only thing about the destination that a reason shows.
+        """
+        request = httpx.Request(
+            "POST",
+            url,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                **headers,
+            },
+            extensions={"timeout": self._timeouts},
+        )
+        try:
+            response = await self._get_transport().handle_async_request(request)
+            try:
+                reply = bytearray()
+                async for chunk in response.aiter_raw():
+                    reply += chunk
+                    if len(reply) > MAX_REPLY_BYTES:
+                        break
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException:
+            raise DeliveryError(f"{label}: timed out", retryable=True) from None
+        except httpx.UnsupportedProtocol:
+            raise DeliveryError(f"{label}: unsupported URL scheme", retryable=False) from None
+        except httpx.TransportError as error:
+            # The message of a connect error is the OS's ("Connection refused"),
+            # but the request (and its URL) hangs off the exception: never log it.
+            raise DeliveryError(
+                f"{label}: {type(error).__name__}{_os_reason(error)}", retryable=True
+            ) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return bytes(reply[:MAX_REPLY_BYTES])
+        excerpt = mask_text(
+            bytes(reply[:_REASON_EXCERPT]).decode("utf-8", "replace").strip(), secrets
+        )
+        reason = f"{label}: HTTP {status}" + (f" {excerpt!r}" if excerpt else "")
+        if status == 429 or status >= 500:
+            now = time.time() if wall_clock is None else wall_clock
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
+            raise DeliveryError(reason, retryable=True, retry_after=retry_after)
+        raise DeliveryError(reason, retryable=False)
+
+    async def aclose(self) -> None:
+        """Close the transport if this poster made it."""
+        if self._owns_transport and self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.aclose()
+
+
+def _os_reason(error: BaseException) -> str:
+    """The OS error text under an httpx error ("Connection refused"), if there is one."""
+    cause: BaseException | None = error
+    for _ in range(5):
+        if cause is None:
+            return ""
+        if isinstance(cause, OSError) and cause.strerror:
+            return f" ({cause.strerror})"
+        cause = cause.__cause__ or cause.__context__
+    return ""

@@ -1,0 +1,517 @@
+"""The delivery core every sink shares: routing, a bounded queue, one task, retries.
+
+A sink is an alert handler (``monitor.add_alert_handler(sink)``). Calling it
+only files the alert: it never awaits, never raises, and returns at once, so a
+slow or dead destination cannot hold up a health check, the monitor's other
+handlers, another sink or the application. Each sink then delivers from its
+own task, one notification at a time in the order they came, which keeps an
+alert's raise before its resolve.
+
+Life of an alert in a sink::
+
+    raise --route?--> active --queued--> sent (then a repeat every repeat_interval)
+    resolve of an active alert --queued--> sent, no longer active
+
+An attempt that fails with a retryable error (refused, timed out, HTTP 5xx or
+429) is tried again after an exponential backoff with jitter, or after the
+receiver's ``Retry-After``; after ``max_attempts`` the sink gives up, logs an
+ERROR naming the alert and counts it as dropped. A rejection (HTTP 4xx) is not
+retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import ClassVar, TypedDict
+
+from .._backoff import delay as backoff_delay
+from .._validation import check_int, check_seconds
+from ..health.alerts import Alert, Severity
+from ._mask import mask_text
+from ._model import DeliveryError, Notification, SinkStats
+from ._routing import Route
+
+logger = logging.getLogger("xnai_core.alerting")
+
+DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "gave_up", "shutdown")
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+@dataclass(slots=True)
+class _Active:
+    """An alert this sink took and has not seen resolved."""
+
+    raised: Alert
+    repeats: int = 0
+    next_repeat: float | None = None  # loop time; None while a notice of it is pending
+
+
+class DeliveryOptions(TypedDict, total=False):
+    """The keyword arguments every sink takes (see :class:`AlertSink`)."""
+
+    name: str | None
+    min_severity: Severity | None
+    services: Collection[str] | None
+    exclude_services: Collection[str] | None
+    queue_size: int
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    max_retry_after: float
+    timeout: float
+    sleep: Sleep
+    random: Callable[[], float]
+    wall_clock: Callable[[], float]
+
+
+class SinkOptions(DeliveryOptions, total=False):
+    """:class:`DeliveryOptions` and ``repeat_interval``."""
+
+    repeat_interval: float | None
+
+
+class AlertSink:
+    """Base of every sink: subclass it and implement :meth:`send` to add a destination.
+
+    Keyword arguments shared by all sinks:
+
+    - ``name``: how logs and stats call this sink (default: its kind, e.g. ``"slack"``).
+    - ``min_severity``: the lowest severity of a raise it takes (``"info"``,
+      ``"warning"``, ``"critical"``). Resolved notices follow their raise.
+    - ``services`` / ``exclude_services``: the services it is for (default: all).
+    - ``repeat_interval``: seconds between reminders of an alert that stays
+      active (default ``None``: no reminders).
+    - ``queue_size``: notifications waiting at most (default 256).
+    - ``max_attempts``: attempts per notification before giving up (default 8).
+    - ``backoff_base`` / ``backoff_max``: the retry delays (1 s doubling to 60 s,
+      each shortened by a random part of up to half).
+    - ``max_retry_after``: the longest ``Retry-After`` honoured (300 s).
+    - ``timeout``: the bound of one attempt, connection included (10 s).
+    - ``sleep``, ``random``, ``wall_clock``: injectable for tests.
+    """
+
+    kind: ClassVar[str] = "sink"
+    default_min_severity: ClassVar[Severity] = "warning"
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        min_severity: Severity | None = None,
+        services: Collection[str] | None = None,
+        exclude_services: Collection[str] | None = None,
+        repeat_interval: float | None = None,
+        queue_size: int = 256,
+        max_attempts: int = 8,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        max_retry_after: float = 300.0,
+        timeout: float = 10.0,
+        sleep: Sleep = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if name is None:
+            name = self.kind
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"'name' must be a non-empty str: {name!r}")
+        self.name = name
+        self.route = Route.build(
+            self.default_min_severity if min_severity is None else min_severity,
+            services,
+            exclude_services,
+        )
+        self.repeat_interval = (
+            None if repeat_interval is None else check_seconds("repeat_interval", repeat_interval)
+        )
+        self.queue_size = check_int("queue_size", queue_size, 1)
+        self.max_attempts = check_int("max_attempts", max_attempts, 1)
+        self.backoff_base = check_seconds("backoff_base", backoff_base, allow_zero=True)
+        self.backoff_max = check_seconds("backoff_max", backoff_max, allow_zero=True)
+        self.max_retry_after = check_seconds("max_retry_after", max_retry_after, allow_zero=True)
+        self.timeout = check_seconds("timeout", timeout)
+        self._sleep = sleep
+        self._random = random
+        self._wall_clock = wall_clock
+
+        self._queue: deque[Notification] = deque()
+        self._active: dict[str, _Active] = {}
+        self._in_flight: Notification | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._close_deadline: float | None = None
+        self._failing = False
+        self._warned_full = False
+
+        self._sent = 0
+        self._retried = 0
+        self._dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._last_sent_at: float | None = None
+
+    # --- what a subclass provides -------------------------------------------------
+
+    async def send(self, note: Notification) -> None:
+        """Deliver ``note`` once; raise :class:`DeliveryError` to fail the attempt."""
+        raise NotImplementedError
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings never to show (URLs, keys, passwords); scrubbed from every reason."""
+        return ()
+
+    def describe(self) -> str:
+        """Extra ``repr`` text; never a destination URL or credential."""
+        return ""
+
+    async def release(self) -> None:
+        """Close what the sink holds open (connections); called once by :meth:`aclose`."""
+
+    # --- the alert handler ----------------------------------------------------------
+
+    async def __call__(self, alert: Alert) -> None:
+        """The alert handler: file ``alert`` for delivery (:meth:`submit`) and return at once.
+
+        Async so that the monitor and the recovery manager call it on the event
+        loop (a sync handler would be given a thread of its own); it never
+        awaits anything and never raises.
+        """
+        self.submit(alert)
+
+    def submit(self, alert: Alert) -> None:
+        """File ``alert`` for delivery without waiting; never raises.
+
+        Safe from any thread: called where no event loop runs, the alert is
+        handed to the loop the sink delivers on (or kept until the sink first
+        runs on one).
+        """
+        try:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            loop = self._loop
+            if running is None and loop is not None and loop.is_running():
+                loop.call_soon_threadsafe(self._offer, alert)
+                return
+            self._offer(alert)
+        except Exception as error:  # the monitor must never see a sink fail
+            logger.error(
+                "%s: could not file an alert: %s",
+                self.name,
+                type(error).__name__,
+                extra={"xnai.sink": self.name},
+            )
+
+    def _offer(self, alert: Alert) -> None:
+        if not isinstance(alert, Alert):
+            raise TypeError(f"'alert' must be an Alert: {type(alert).__name__}")
+        key = alert.key
+        if alert.resolved:
+            active = self._active.pop(key, None)
+            if active is None:
+                return  # its raise was never taken here: there is nothing to resolve
+            note = Notification(alert=alert, raised=active.raised, event="resolved")
+        else:
+            # A second raise of an active alert is the same page (the recovery
+            # manager's escalation reaches a sink added to both it and the monitor).
+            if key in self._active or not self.route.admits(alert):
+                return
+            self._active[key] = _Active(alert)
+            note = Notification(alert=alert, raised=alert, event="firing")
+        if self._closed:
+            self._active.pop(key, None)
+            self._drop(note, "shutdown")
+            return
+        self._enqueue(note)
+
+    def _enqueue(self, note: Notification) -> None:
+        if len(self._queue) >= self.queue_size:
+            evicted = self._make_room_for(note)
+            if evicted is None:
+                if note.event == "firing":
+                    self._active.pop(note.key, None)
+                self._drop(note, "queue_full")
+                return
+            self._drop(evicted, "queue_full")
+        self._queue.append(note)
+        self._idle.clear()
+        self._wake.set()
+        self._ensure_worker()
+
+    def _make_room_for(self, note: Notification) -> Notification | None:
+        """For a resolve, the newest queued firing notice, evicted; else None.
+
+        A resolve closes a page someone has seen; a queued raise has told nobody
+        yet. When the queue is full the raise gives way, and its own resolve,
+        should it come, is then not sent either.
+        """
+        if note.event != "resolved":
+            return None
+        for index in range(len(self._queue) - 1, -1, -1):
+            queued = self._queue[index]
+            if queued.event == "firing":
+                del self._queue[index]
+                if not queued.repeat:
+                    self._active.pop(queued.key, None)
+                return queued
+        return None
+
+    # --- the worker -------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is not None and not self._worker.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # started by the next call made on a loop, or by drain()/aclose()
+        self._loop = loop
+        self._worker = loop.create_task(self._run(), name=f"xnai-alert-sink-{self.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._warned_full = False
+                self._queue_due_repeats(loop.time())
+                if self._queue:
+                    continue
+                delay = self._until_next_repeat(loop.time())
+                if self._closed or delay is None:
+                    return  # nothing to do: a new alert starts a new worker
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            note = self._queue.popleft()
+            # Left set if the worker is cancelled: aclose() counts it as undelivered.
+            self._in_flight = note
+            try:
+                await self._deliver(note)
+            except Exception as error:  # _deliver handles every failure; this is a bug
+                logger.error(
+                    "%s: delivery of %s failed: %s",
+                    self.name,
+                    note.identity(),
+                    type(error).__name__,
+                    extra={"xnai.sink": self.name, "xnai.alert_key": note.key},
+                )
+            self._in_flight = None
+            self._schedule_repeat(note, loop.time())
+
+    def _schedule_repeat(self, note: Notification, now: float) -> None:
+        active = self._active.get(note.key)
+        interval = self.repeat_interval
+        if note.event != "firing" or active is None or active.raised is not note.raised:
+            return
+        active.next_repeat = None if interval is None else now + interval
+
+    def _queue_due_repeats(self, now: float) -> None:
+        if self._closed:
+            return
+        for active in self._active.values():
+            if active.next_repeat is not None and active.next_repeat <= now:
+                active.next_repeat = None
+                active.repeats += 1
+                self._queue.append(
+                    Notification(
+                        alert=active.raised,
+                        raised=active.raised,
+                        event="firing",
+                        repeat=active.repeats,
+                    )
+                )
+        if self._queue:
+            self._idle.clear()
+
+    def _until_next_repeat(self, now: float) -> float | None:
+        due = [a.next_repeat for a in self._active.values() if a.next_repeat is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    async def _deliver(self, note: Notification) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            attempt += 1
+            failure = await self._attempt(note)
+            if failure is None:
+                self._sent += 1
+                self._last_sent_at = self._wall_clock()
+                if self._failing:
+                    self._failing = False
+                    logger.info("%s: delivering again", self.name, extra={"xnai.sink": self.name})
+                return
+            self._last_error = failure.reason
+            self._last_error_at = self._wall_clock()
+            if not failure.retryable:
+                self._give_up(note, "rejected", failure.reason, attempt)
+                return
+            if attempt >= self.max_attempts:
+                self._give_up(note, "gave_up", failure.reason, attempt)
+                return
+            delay = self._delay_after(attempt, failure)
+            deadline = self._close_deadline
+            if deadline is not None and loop.time() + delay > deadline:
+                self._give_up(note, "shutdown", failure.reason, attempt)
+                return
+            if not self._failing:
+                self._failing = True
+                logger.warning(
+                    "%s: delivery failing (%s); retrying %s in %.1fs",
+                    self.name,
+                    failure.reason,
+                    note.identity(),
+                    delay,
+                    extra={"xnai.sink": self.name, "xnai.alert_key": note.key},
+                )
+            self._retried += 1
+            await self._sleep(delay)
+
+    async def _attempt(self, note: Notification) -> DeliveryError | None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.send(note)
+        except DeliveryError as error:
+            return DeliveryError(
+                self._safe(error.reason), retryable=error.retryable, retry_after=error.retry_after
+            )
+        except TimeoutError:
+            return DeliveryError(f"timed out after {self.timeout:g}s", retryable=True)
+        except Exception as error:
+            # A driver's surprise or a bug: its text may hold anything, so only its type.
+            return DeliveryError(f"unexpected {type(error).__name__}", retryable=False)
+        return None
+
+    def _delay_after(self, attempt: int, failure: DeliveryError) -> float:
+        if failure.retry_after is not None:
+            return min(max(failure.retry_after, 0.0), self.max_retry_after)
+        # Equal jitter: at least half the delay is kept, so a retry never comes
+        # right back; the random half spreads processes that failed together.
+        return backoff_delay(
+            attempt, base=self.backoff_base, cap=self.backoff_max, rand=self._random(), jitter=0.5
+        )
+
+    def _safe(self, text: str) -> str:
+        return mask_text(text, self.secrets())
+
+    def _give_up(self, note: Notification, reason: str, error: str, attempts: int) -> None:
+        self._dropped[reason] += 1
+        logger.error(
+            "%s: gave up delivering %s after %d attempt(s): %s",
+            self.name,
+            note.identity(),
+            attempts,
+            error,
+            extra={"xnai.sink": self.name, "xnai.alert_key": note.key, "xnai.reason": reason},
+        )
+
+    def _drop(self, note: Notification, reason: str) -> None:
+        self._dropped[reason] += 1
+        if reason == "queue_full":
+            # One WARNING per overflow, not one per alert of a storm.
+            if not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "%s: queue full (%d), dropping %s",
+                    self.name,
+                    self.queue_size,
+                    note.identity(),
+                    extra={"xnai.sink": self.name, "xnai.alert_key": note.key},
+                )
+            return
+        logger.error(
+            "%s: dropped %s: %s",
+            self.name,
+            note.identity(),
+            reason,
+            extra={"xnai.sink": self.name, "xnai.alert_key": note.key, "xnai.reason": reason},
+        )
+
+    # --- control ----------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait until every queued notification is delivered or given up."""
+        self._ensure_worker()
+        while self._queue or self._in_flight is not None:
+            self._ensure_worker()
+            await self._idle.wait()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Flush queued notifications within ``timeout`` seconds, then stop.
+
+        A retry that would end after the deadline is not waited for; what is
+        still undelivered then is dropped and logged (reason ``shutdown``).
+        Alerts filed after ``aclose()`` are dropped the same way. Idempotent.
+        """
+        deadline_in = check_seconds("timeout", timeout, allow_zero=True)
+        if self._closed and (self._worker is None or self._worker.done()):
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        self._close_deadline = loop.time() + deadline_in
+        self._ensure_worker()
+        self._wake.set()
+        worker = self._worker
+        if worker is not None and not worker.done():
+            done, _ = await asyncio.wait({worker}, timeout=deadline_in)
+            if not done:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+        leftovers = list(self._queue)
+        if self._in_flight is not None:
+            leftovers.insert(0, self._in_flight)
+        self._queue.clear()
+        self._in_flight = None
+        self._active.clear()
+        self._idle.set()
+        for note in leftovers:
+            self._drop(note, "shutdown")
+        await self.release()
+
+    async def __aenter__(self) -> AlertSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def stats(self) -> SinkStats:
+        """The counters: sent, retried, dropped (by reason), queued, last error."""
+        queued = len(self._queue) + (self._in_flight is not None)
+        return SinkStats(
+            name=self.name,
+            kind=self.kind,
+            sent=self._sent,
+            retried=self._retried,
+            dropped=sum(self._dropped.values()),
+            dropped_by_reason=dict(self._dropped),
+            queued=queued,
+            active_alerts=len(self._active),
+            last_error=self._last_error,
+            last_error_at=self._last_error_at,
+            last_sent_at=self._last_sent_at,
+        )
+
+    def __repr__(self) -> str:
+        extra = self.describe()
+        parts = [f"name={self.name!r}", self.route.describe()]
+        if self.repeat_interval is not None:
+            parts.append(f"repeat_interval={self.repeat_interval:g}")
+        if extra:
+            parts.append(extra)
+        return f"{type(self).__name__}({', '.join(parts)})"

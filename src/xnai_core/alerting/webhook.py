@@ -1,0 +1,166 @@
+"""Alerts as signed JSON to any HTTP endpoint.
+
+The body (``Content-Type: application/json``)::
+
+    {
+      "version": 1,
+      "id": "<delivery id: the same on every retry of this notification>",
+      "event": "firing" | "resolved",
+      "repeat": 0,                      # n for the n-th reminder of an active alert
+      "sent_at": "2026-12-07T16:30:57.123Z",
+      "source": "xnai-core",
+      "alert": {
+        "key": "rag_api:status", "service": "rag_api", "kind": "status",
+        "severity": "critical",         # of the raise, also on its resolve
+        "message": "...", "starts_at": "...", "ends_at": null | "...",
+        "details": {...}                # masked
+      }
+    }
+
+With a ``secret``, three headers let the receiver check it came from us:
+
+- ``X-Xnai-Delivery``: the delivery id (drop a retried copy you already took);
+- ``X-Xnai-Timestamp``: Unix seconds when this attempt was signed;
+- ``X-Xnai-Signature``: ``v1=`` and the hex HMAC-SHA256, keyed with the secret,
+  of ``"<timestamp>." + body`` (the raw bytes received).
+
+Verify by recomputing the HMAC over the raw body, comparing in constant time
+(``hmac.compare_digest``), and refusing a timestamp more than five minutes from
+your clock, so a captured request cannot be replayed later:
+:func:`verify_signature` does all three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import ssl
+import time
+from collections.abc import Mapping
+from typing import ClassVar, Unpack
+
+from ._http import HttpPoster, check_http_url
+from ._mask import mask_details, mask_text
+from ._model import Notification, iso_utc
+from ._secret import Secret
+from ._sink import AlertSink, SinkOptions
+
+SIGNATURE_HEADER = "X-Xnai-Signature"
+TIMESTAMP_HEADER = "X-Xnai-Timestamp"
+DELIVERY_HEADER = "X-Xnai-Delivery"
+SIGNATURE_VERSION = "v1"
+DEFAULT_TOLERANCE = 300.0
+
+
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    """The ``X-Xnai-Signature`` value for ``body`` sent at ``timestamp``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify_signature(
+    secret: str | bytes,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> bool:
+    """True if ``signature`` is ours for ``body`` and ``timestamp`` is within ``tolerance``.
+
+    ``timestamp`` and ``signature`` are the raw header values; ``body`` the raw
+    bytes received (before any JSON parsing).
+    """
+    if not timestamp or not signature or not timestamp.isdigit():
+        return False
+    moment = int(timestamp)
+    current = time.time() if now is None else now
+    if abs(current - moment) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, moment, body), signature.strip())
+
+
+class WebhookSink(AlertSink):
+    """POSTs the JSON body above to ``url``, signed when ``secret`` is given.
+
+    ``headers`` are added to every request (e.g. an ``Authorization``); their
+    values count as secrets too. The URL, the secret and the header values are
+    kept out of reprs, logs and stats.
+    """
+
+    kind: ClassVar[str] = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        secret: str | bytes | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        verify: ssl.SSLContext | bool = True,
+        **options: Unpack[SinkOptions],
+    ) -> None:
+        super().__init__(**options)
+        self._url = Secret(check_http_url("url", url))
+        if secret is not None and not isinstance(secret, str | bytes):
+            raise TypeError(f"'secret' must be a str or bytes: {type(secret).__name__}")
+        if secret is not None and not secret:
+            raise ValueError("'secret' must not be empty (pass None for unsigned requests)")
+        # Bytes round-trip through latin-1 unchanged; text is keyed as UTF-8.
+        self._secret_encoding = "latin-1" if isinstance(secret, bytes) else "utf-8"
+        raw = secret.decode("latin-1") if isinstance(secret, bytes) else secret
+        self._secret = None if raw is None else Secret(raw)
+        self._headers = {str(k): Secret(str(v)) for k, v in (headers or {}).items()}
+        self._poster = HttpPoster(timeout=self.timeout, verify=verify)
+
+    def secrets(self) -> tuple[str, ...]:
+        found = [self._url.reveal(), *(value.reveal() for value in self._headers.values())]
+        if self._secret is not None:
+            found.append(self._secret.reveal())
+        return tuple(found)
+
+    def describe(self) -> str:
+        return f"signed={self._secret is not None}"
+
+    def payload(self, note: Notification, *, now: float | None = None) -> dict[str, object]:
+        """The JSON body (see the module docstring)."""
+        raised = note.raised
+        resolved = note.event == "resolved"
+        shown = note.alert if resolved else raised
+        return {
+            "version": 1,
+            "id": note.delivery_id,
+            "event": note.event,
+            "repeat": note.repeat,
+            "sent_at": iso_utc(self._wall_clock() if now is None else now),
+            "source": "xnai-core",
+            "alert": {
+                "key": raised.key,
+                "service": raised.service,
+                "kind": raised.kind,
+                "severity": raised.severity,
+                "message": mask_text(shown.message, self.secrets()),
+                "starts_at": iso_utc(raised.timestamp),
+                "ends_at": iso_utc(note.alert.timestamp) if resolved else None,
+                "details": mask_details(shown.details, self.secrets()),
+            },
+        }
+
+    async def send(self, note: Notification) -> None:
+        now = self._wall_clock()
+        body = json.dumps(self.payload(note, now=now)).encode()
+        headers = {name: value.reveal() for name, value in self._headers.items()}
+        headers[DELIVERY_HEADER] = note.delivery_id
+        if self._secret is not None:
+            timestamp = int(now)
+            key = self._secret.reveal().encode(self._secret_encoding)
+            headers[TIMESTAMP_HEADER] = str(timestamp)
+            headers[SIGNATURE_HEADER] = sign(key, timestamp, body)
+        await self._poster.post(
+            self._url.reveal(), body, headers=headers, label="webhook", secrets=self.secrets()
+        )
+
+    async def release(self) -> None:
+        await self._poster.aclose()

@@ -1,0 +1,418 @@
+"""The delivery core every sink shares: routing, order, retries, the queue bound, repeats, close."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+
+import pytest
+
+from tests.alerting_helpers import RecordingSink, SleepRecorder, alert, iter_notes, resolved
+from tests.helpers import run_virtual
+from xnai_core import Alert
+from xnai_core.alerting import DeliveryError
+
+
+def test_min_severity_routes_raises_and_resolves_follow_their_raise() -> None:
+    """A warning skips a critical-only sink; a resolve (severity info) follows its raise."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink(min_severity="critical")
+        warn = alert(kind="success_rate", severity="warning")
+        crit = alert(kind="status")
+        for item in (warn, crit, resolved(warn), resolved(crit)):
+            sink.submit(item)
+        await sink.drain()
+        return list(iter_notes(sink))
+
+    assert run_virtual(scenario()) == [
+        ("rag_api:status", "firing", 0),
+        ("rag_api:status", "resolved", 0),
+    ]
+
+
+def test_services_and_exclude_services_choose_what_a_sink_takes() -> None:
+    """``services`` keeps only those; ``exclude_services`` removes some."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        only = RecordingSink(services=["rag_api"])
+        but = RecordingSink(exclude_services=["redis"])
+        for service in ("rag_api", "redis", "postgres"):
+            only.submit(alert(service))
+            but.submit(alert(service))
+        await only.drain()
+        await but.drain()
+        return [n.raised.service for n in only.delivered], [n.raised.service for n in but.delivered]
+
+    assert run_virtual(scenario()) == (["rag_api"], ["rag_api", "postgres"])
+
+
+def test_a_duplicate_raise_and_an_unknown_resolve_send_nothing() -> None:
+    """The same alert through the monitor and the recovery manager pages once."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink()
+        raised = alert(kind="manual_intervention")
+        sink.submit(raised)
+        sink.submit(raised)
+        sink.submit(resolved(alert(service="other")))
+        sink.submit(resolved(raised))
+        sink.submit(resolved(raised))
+        await sink.drain()
+        return list(iter_notes(sink))
+
+    assert run_virtual(scenario()) == [
+        ("rag_api:manual_intervention", "firing", 0),
+        ("rag_api:manual_intervention", "resolved", 0),
+    ]
+
+
+def test_raise_and_resolve_stay_in_order_through_retries() -> None:
+    """A raise retried three times is still delivered before its resolve."""
+
+    async def scenario() -> tuple[list[tuple[str, str, int]], int]:
+        sink = RecordingSink()
+        sink.outcomes.extend(DeliveryError("HTTP 503", retryable=True) for _ in range(3))
+        raised = alert()
+        sink.submit(raised)
+        sink.submit(resolved(raised))
+        await sink.drain()
+        return list(iter_notes(sink)), sink.stats().retried
+
+    notes, retried = run_virtual(scenario())
+    assert notes == [("rag_api:status", "firing", 0), ("rag_api:status", "resolved", 0)]
+    assert retried == 3
+
+
+def test_backoff_is_exponential_with_jitter_up_to_backoff_max() -> None:
+    """Delays double from backoff_base, keep at least half, and stop growing at backoff_max."""
+    sleep = SleepRecorder()
+
+    async def scenario() -> None:
+        sink = RecordingSink(
+            sleep=sleep, random=lambda: 0.0, backoff_base=1.0, backoff_max=8.0, max_attempts=7
+        )
+        sink.outcomes.extend(DeliveryError("refused", retryable=True) for _ in range(6))
+        sink.submit(alert())
+        await sink.drain()
+
+    run_virtual(scenario())
+    assert sleep.delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+    low = SleepRecorder()
+
+    async def jittered() -> None:
+        sink = RecordingSink(sleep=low, random=lambda: 1.0, backoff_base=1.0, max_attempts=3)
+        sink.outcomes.extend(DeliveryError("refused", retryable=True) for _ in range(2))
+        sink.submit(alert())
+        await sink.drain()
+
+    run_virtual(jittered())
+    assert low.delays == [0.5, 1.0]
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    """The receiver's Retry-After replaces the backoff, up to max_retry_after."""
+    sleep = SleepRecorder()
+
+    async def scenario() -> None:
+        sink = RecordingSink(sleep=sleep, max_retry_after=30.0)
+        sink.outcomes.append(DeliveryError("HTTP 429", retryable=True, retry_after=7.0))
+        sink.outcomes.append(DeliveryError("HTTP 429", retryable=True, retry_after=3600.0))
+        sink.submit(alert())
+        await sink.drain()
+
+    run_virtual(scenario())
+    assert sleep.delays == [7.0, 30.0]
+
+
+def test_gives_up_after_max_attempts_and_logs_the_alert(caplog: pytest.LogCaptureFixture) -> None:
+    """After max_attempts the notification is dropped (gave_up) with an ERROR naming the alert."""
+    caplog.set_level(logging.DEBUG, logger="xnai_core.alerting")
+
+    async def scenario() -> RecordingSink:
+        sink = RecordingSink(sleep=SleepRecorder(), max_attempts=3)
+        sink.outcomes.extend(DeliveryError("slack: HTTP 503", retryable=True) for _ in range(5))
+        sink.submit(alert())
+        await sink.drain()
+        return sink
+
+    sink = run_virtual(scenario())
+    stats = sink.stats()
+    assert (
+        stats.sent,
+        stats.retried,
+        stats.dropped,
+        stats.dropped_by_reason["gave_up"],
+    ) == (0, 2, 1, 1)
+    assert len(sink.attempts) == 3
+    assert stats.last_error == "slack: HTTP 503"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "'rag_api:status'" in errors[0].getMessage()
+    assert "3 attempt(s)" in errors[0].getMessage()
+    assert errors[0].__dict__["xnai.alert_key"] == "rag_api:status"
+
+
+def test_a_rejection_is_not_retried() -> None:
+    """A non-retryable failure (a 4xx) is dropped at once as rejected."""
+
+    async def scenario() -> RecordingSink:
+        sink = RecordingSink(sleep=SleepRecorder())
+        sink.outcomes.append(DeliveryError("HTTP 400", retryable=False))
+        sink.submit(alert())
+        await sink.drain()
+        return sink
+
+    sink = run_virtual(scenario())
+    assert len(sink.attempts) == 1
+    assert (sink.stats().dropped_by_reason) == {
+        "queue_full": 0,
+        "rejected": 1,
+        "gave_up": 0,
+        "shutdown": 0,
+    }
+
+
+def test_an_attempt_is_bounded_by_timeout_and_retried() -> None:
+    """A send that hangs is cut off at ``timeout`` and tried again."""
+
+    async def scenario() -> tuple[int, str | None, int]:
+        sink = RecordingSink(timeout=2.0, sleep=SleepRecorder(), max_attempts=2)
+        sink.hang = asyncio.Event()  # never set: every attempt hangs
+        sink.submit(alert())
+        await sink.drain()
+        return len(sink.attempts), sink.stats().last_error, sink.stats().dropped
+
+    assert run_virtual(scenario()) == (2, "timed out after 2s", 1)
+
+
+def test_an_unexpected_exception_fails_the_attempt_without_its_text() -> None:
+    """A bug in send is a rejection, reported by type only (its text may hold anything)."""
+
+    class Broken(RecordingSink):
+        async def send(self, note: object) -> None:
+            raise RuntimeError("https://hooks.example/secret-path")
+
+    async def scenario() -> Broken:
+        sink = Broken()
+        sink.submit(alert())
+        await sink.drain()
+        return sink
+
+    stats = run_virtual(scenario()).stats()
+    assert (stats.last_error, stats.dropped_by_reason["rejected"]) == ("unexpected RuntimeError", 1)
+
+
+def test_queue_bound_holds_and_overflow_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """With the destination stuck, at most queue_size wait; the rest are dropped, one WARNING."""
+    caplog.set_level(logging.WARNING, logger="xnai_core.alerting")
+
+    async def scenario() -> tuple[int, int, int]:
+        sink = RecordingSink(queue_size=5, timeout=1000.0)
+        sink.hang = asyncio.Event()
+        for index in range(50):
+            sink.submit(alert(service=f"svc{index}"))
+            await asyncio.sleep(0)
+        stats = sink.stats()
+        await sink.aclose(timeout=0)
+        return stats.queued, stats.dropped_by_reason["queue_full"], len(sink.attempts)
+
+    queued, dropped, attempts = run_virtual(scenario())
+    assert queued == 6  # five waiting and one in flight
+    assert dropped == 44
+    assert attempts == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "queue full" in warnings[0].getMessage()
+
+
+def test_a_resolve_takes_the_place_of_a_queued_raise_when_the_queue_is_full() -> None:
+    """A resolve closes a page already seen; a queued raise has told no one yet, so it gives way."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink(queue_size=2)
+        sink.hang = asyncio.Event()
+        first = alert(service="first")
+        sink.submit(first)
+        await asyncio.sleep(0)  # in flight now
+        second, third = alert(service="second"), alert(service="third")
+        sink.submit(second)
+        sink.submit(third)
+        sink.submit(resolved(first))  # the queue is full: third's raise gives way
+        sink.submit(resolved(third))  # third was never announced: nothing to resolve
+        sink.hang.set()
+        await sink.drain()
+        return list(iter_notes(sink))
+
+    assert run_virtual(scenario()) == [
+        ("first:status", "firing", 0),
+        ("second:status", "firing", 0),
+        ("first:status", "resolved", 0),
+    ]
+
+
+def test_repeat_interval_reminds_until_resolved() -> None:
+    """An alert that stays active is sent again every repeat_interval; its resolve stops that."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink(repeat_interval=60.0)
+        raised = alert()
+        sink.submit(raised)
+        await asyncio.sleep(60 * 3 + 30)  # virtual time: three reminders are due
+        sink.submit(resolved(raised))
+        await sink.drain()
+        await asyncio.sleep(600)
+        return list(iter_notes(sink))
+
+    assert run_virtual(scenario()) == [
+        ("rag_api:status", "firing", 0),
+        ("rag_api:status", "firing", 1),
+        ("rag_api:status", "firing", 2),
+        ("rag_api:status", "firing", 3),
+        ("rag_api:status", "resolved", 0),
+    ]
+
+
+def test_repeat_is_off_by_default_and_the_worker_task_ends_when_idle() -> None:
+    """Without repeat_interval nothing is sent again, and no task is left running."""
+
+    async def scenario() -> tuple[int, bool]:
+        sink = RecordingSink()
+        sink.submit(alert())
+        await sink.drain()
+        await asyncio.sleep(3600)
+        worker = sink._worker
+        return len(sink.delivered), worker is None or worker.done()
+
+    assert run_virtual(scenario()) == (1, True)
+
+
+def test_aclose_flushes_what_is_queued() -> None:
+    """aclose() delivers queued notifications before returning."""
+
+    async def scenario() -> int:
+        sink = RecordingSink()
+        for index in range(10):
+            sink.submit(alert(service=f"svc{index}"))
+        await sink.aclose(timeout=5)
+        return len(sink.delivered)
+
+    assert run_virtual(scenario()) == 10
+
+
+def test_aclose_keeps_its_deadline_with_a_hung_destination(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stuck send is cancelled at the deadline; the undelivered are counted and logged."""
+    caplog.set_level(logging.ERROR, logger="xnai_core.alerting")
+
+    async def scenario() -> tuple[float, int, int]:
+        sink = RecordingSink(timeout=1000.0)
+        sink.hang = asyncio.Event()
+        for index in range(3):
+            sink.submit(alert(service=f"svc{index}"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await sink.aclose(timeout=2.0)
+        took = loop.time() - started
+        sink.submit(alert(service="late"))  # after close: dropped, never raised
+        stats = sink.stats()
+        return took, stats.dropped_by_reason["shutdown"], stats.queued
+
+    took, dropped, queued = run_virtual(scenario())
+    assert 2.0 <= took < 2.5
+    assert (dropped, queued) == (4, 0)
+    assert {"svc0:status", "svc1:status", "svc2:status", "late:status"} == {
+        r.__dict__["xnai.alert_key"] for r in caplog.records
+    }
+
+
+def test_a_retry_past_the_close_deadline_is_not_waited_for() -> None:
+    """During aclose(), a backoff that would end after the deadline gives up at once."""
+    sleep = SleepRecorder()
+
+    async def scenario() -> tuple[int, int]:
+        sink = RecordingSink(sleep=sleep, backoff_base=10.0)
+        sink.outcomes.extend(DeliveryError("refused", retryable=True) for _ in range(5))
+        sink.submit(alert())
+        await sink.aclose(timeout=1.0)
+        return len(sink.attempts), sink.stats().dropped_by_reason["shutdown"]
+
+    assert run_virtual(scenario()) == (1, 1)
+    assert sleep.delays == []
+
+
+def test_calling_a_sink_never_raises() -> None:
+    """Whatever it is handed, a sink's handler returns None and logs."""
+
+    async def scenario() -> tuple[object, object]:
+        sink = RecordingSink()
+        return sink.submit("not an alert"), await sink("not an alert")  # type: ignore[arg-type,func-returns-value]
+
+    assert run_virtual(scenario()) == (None, None)
+
+
+async def test_an_alert_from_another_thread_reaches_the_loop() -> None:
+    """Called from a thread with no loop, the sink hands the alert to its own loop."""
+    sink = RecordingSink()
+    sink.submit(alert(service="first"))  # binds the sink to this loop
+    await sink.drain()
+    thread = threading.Thread(target=sink.submit, args=(alert(service="from_thread"),))
+    thread.start()
+    thread.join()
+    for _ in range(500):
+        if len(sink.delivered) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [n.raised.service for n in sink.delivered] == ["first", "from_thread"]
+    await sink.aclose()
+
+
+def test_stats_are_json_ready() -> None:
+    """stats().as_dict() serialises; it names the sink and its kind, nothing else about it."""
+
+    async def scenario() -> dict[str, object]:
+        sink = RecordingSink(name="ops")
+        sink.submit(alert())
+        await sink.drain()
+        return sink.stats().as_dict()
+
+    stats = run_virtual(scenario())
+    json.dumps(stats)
+    assert (
+        stats["name"],
+        stats["kind"],
+        stats["sent"],
+        stats["retried"],
+        stats["dropped"],
+        stats["active_alerts"],
+    ) == ("ops", "recording", 1, 0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"min_severity": "page"}, ValueError, "'min_severity' must be one of"),
+        ({"queue_size": 0}, ValueError, "'queue_size' must be >= 1: 0"),
+        ({"max_attempts": True}, TypeError, "'max_attempts' must be an int: True"),
+        ({"services": "rag_api"}, TypeError, "'services' must be a collection"),
+        ({"repeat_interval": -1}, ValueError, "'repeat_interval' must be > 0 seconds: -1"),
+        ({"timeout": 0}, ValueError, "'timeout' must be > 0 seconds: 0"),
+        ({"name": ""}, TypeError, "'name' must be a non-empty str"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_message(
+    options: dict[str, object], error: type[Exception], text: str
+) -> None:
+    """Errors name the argument, the rule and the value."""
+    with pytest.raises(error, match=text.replace("(", r"\(")):
+        RecordingSink(**options)
+
+
+def test_an_alert_of_unknown_severity_cannot_exist() -> None:
+    """Routing relies on Alert's own check of severity."""
+    with pytest.raises(ValueError, match="'severity' must be one of"):
+        Alert(service="s", kind="k", severity="page", message="m")  # type: ignore[arg-type]
