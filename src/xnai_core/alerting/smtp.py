@@ -10,6 +10,8 @@ asyncio client is cancelled like any other await and costs no thread.
 
 from __future__ import annotations
 
+import asyncio
+import email.policy
 import html
 import importlib
 import os
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate
 from types import ModuleType
-from typing import ClassVar, Literal, Unpack
+from typing import Any, ClassVar, Literal, Unpack
 
 from ._mask import mask_details, mask_text
 from ._model import DeliveryError, Notification, iso_utc
@@ -30,7 +32,12 @@ Security = Literal["starttls", "ssl", "none"]
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 _SUBJECT_MAX = 200
+_CLOSE_POLLS = 100
+_CLOSE_POLL_INTERVAL = 0.01
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+# SMTP's CRLF, and headers folded only past 998 characters (RFC 5322's hard limit): the
+# default 78 makes the folder push a long subject whole onto a continuation line.
+_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 def _driver() -> ModuleType:
@@ -38,6 +45,25 @@ def _driver() -> ModuleType:
         return importlib.import_module("aiosmtplib")
     except ImportError:
         raise ImportError("EmailSink needs aiosmtplib: pip install 'xnai-core[email]'") from None
+
+
+async def _goodbye(client: Any) -> None:
+    """QUIT, so the server closes too, then wait (briefly) until the connection is gone.
+
+    A TLS connection takes a few more turns of the loop to close (close_notify
+    both ways); a loop that ends before then (a service shutting down right
+    after ``aclose()``) would leave the socket open. The protocol drops its
+    transport when the connection is lost; that is polled, bounded.
+    """
+    protocol = client.protocol
+    try:
+        await client.quit()
+    except Exception:
+        client.close()
+    for _ in range(_CLOSE_POLLS):
+        if getattr(protocol, "transport", None) is None:
+            return
+        await asyncio.sleep(_CLOSE_POLL_INTERVAL)
 
 
 def _one_line(text: str) -> str:
@@ -141,7 +167,7 @@ class EmailSink(AlertSink):
         else:
             state = "FIRING"
         subject = f"{self.subject_prefix} {state} [{raised.severity}] {raised.service}: {text}"
-        mail = EmailMessage()
+        mail = EmailMessage(policy=_POLICY)
         mail["Subject"] = _one_line(subject)[:_SUBJECT_MAX]
         mail["From"] = self.mail_from
         mail["To"] = ", ".join(self.to)
@@ -196,16 +222,20 @@ class EmailSink(AlertSink):
         client = smtp.SMTP(
             hostname=self.host,
             port=self.port,
-            username=self.username,
-            password=None if self._password is None else self._password.reveal(),
             use_tls=self.security == "ssl",
             start_tls=self.security == "starttls",
             tls_context=self._tls_context,
             timeout=self.timeout,
         )
         try:
-            async with client:
-                refused, _ = await client.send_message(mail)
+            await client.connect()
+            try:
+                if self.username is not None and self._password is not None:
+                    await client.login(self.username, self._password.reveal())
+                # Flattened here, with our policy: the driver's own folds at 78.
+                refused, _ = await client.sendmail(self.mail_from, self.to, mail.as_bytes())
+            finally:
+                await _goodbye(client)
         except smtp.SMTPRecipientsRefused as error:
             codes = [refusal.code for refusal in error.recipients]
             raise DeliveryError(
@@ -224,9 +254,16 @@ class EmailSink(AlertSink):
             ) from None
         except ssl.SSLCertVerificationError:
             raise DeliveryError("smtp: TLS certificate not trusted", retryable=False) from None
-        except (smtp.SMTPException, OSError) as error:
-            # Refused, reset, timed out, disconnected: the server may be back soon.
+        except OSError as error:
+            # Refused, reset, timed out, disconnected (aiosmtplib's connection errors
+            # are ConnectionError and TimeoutError too): the server may be back soon.
             raise DeliveryError(f"smtp: {type(error).__name__}", retryable=True) from None
+        except smtp.SMTPException:
+            # The driver's own refusals ("no suitable authentication method"):
+            # the settings and the server disagree; repeating cannot help.
+            raise DeliveryError(
+                "smtp: the server cannot do what the settings ask", retryable=False
+            ) from None
         if refused:
             # The others have it: a retry would send them a second copy.
             codes = sorted({code for code, _ in refused.values()})
