@@ -123,6 +123,15 @@ class HttpPoster:
             raise DeliveryError(f"{label}: timed out", retryable=True) from None
         except httpx.UnsupportedProtocol:
             raise DeliveryError(f"{label}: unsupported URL scheme", retryable=False) from None
+        except httpx.ConnectError as error:
+            if _caused_by(error, ssl.SSLCertVerificationError):
+                # Retrying cannot make a certificate trusted.
+                raise DeliveryError(
+                    f"{label}: TLS certificate not trusted", retryable=False
+                ) from None
+            raise DeliveryError(
+                f"{label}: {type(error).__name__}{_os_reason(error)}", retryable=True
+            ) from None
         except httpx.TransportError as error:
             # The message of a connect error is the OS's ("Connection refused"),
             # but the request (and its URL) hangs off the exception: never log it.
@@ -159,3 +168,14 @@ def _os_reason(error: BaseException) -> str:
             return f" ({cause.strerror})"
         cause = cause.__cause__ or cause.__context__
     return ""
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = error
+    for _ in range(5):
+        if cause is None:
+            return False
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

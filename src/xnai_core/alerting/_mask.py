@@ -1,26 +1,25 @@
-"""What leaves the process in a notification: alert details with credentials masked.
+"""What leaves the process in a notification: alert text and details with credentials masked.
 
 Alert messages and details come from checkers and the recovery manager, which
 already mask what they know to be secret. A notification travels further (a
-chat channel, a pager, a mailbox), so its details are masked once more here:
-values under secret-looking names, and credentials inside any URL in a string.
+chat channel, a pager, a mailbox), so it is masked once more here with the
+package's redaction (``xnai_core._redact``): credentials in URLs, secret
+``name=value`` fields, bearer tokens, values under secret field names, and the
+sink's own secrets wherever they appear.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
-from ..health.redact import MASK, is_secret_name, redact_url, scrub
+from .._redact import MASK, is_secret_field, redact
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _MAX_DEPTH = 6
 
 
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with each URL's credentials masked and every string of ``secrets`` replaced."""
-    masked = _URL.sub(lambda match: redact_url(match.group(0)), text)
-    return scrub(masked, secrets)
+    """``text`` with every credential masked, and every string of ``secrets`` replaced."""
+    return redact(text, tuple(secrets))
 
 
 def mask_value(value: object, secrets: Iterable[str] = (), _depth: int = 0) -> object:
@@ -34,7 +33,7 @@ def mask_value(value: object, secrets: Iterable[str] = (), _depth: int = 0) -> o
         return MASK
     if isinstance(value, Mapping):
         return {
-            str(key): MASK if is_secret_name(str(key)) else mask_value(item, secrets, _depth + 1)
+            str(key): MASK if is_secret_field(str(key)) else mask_value(item, secrets, _depth + 1)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):

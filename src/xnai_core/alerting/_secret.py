@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import unquote, urlsplit
+
+from .._redact import url_secrets
 
 MASK: Final = "***"
 
@@ -41,3 +44,33 @@ class Secret:
     def __reduce__(self) -> str | tuple[object, ...]:
         # Pickling would write the credential wherever the pickle goes.
         raise TypeError("a Secret cannot be pickled")
+
+
+# A path segment this long may be a token (Slack's is 24 characters); shorter ones
+# ("services", "v2", "hook") are names, masked only inside the whole path.
+_MIN_TOKEN_SEGMENT = 8
+
+
+def url_pieces(url: str) -> tuple[str, ...]:
+    """Every piece of a URL that may be its credential, to scrub from text.
+
+    For a Slack or webhook URL the path itself is the secret, and an error page
+    may quote only the path, or only its last segment, so the URL is not enough:
+    also its path and query, the path, long path segments, and what
+    :func:`xnai_core._redact.url_secrets` finds (passwords, secret parameters).
+    """
+    pieces = {url, *url_secrets(url)}
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return tuple(pieces)
+    if parts.path not in ("", "/"):
+        pieces.add(parts.path)
+        pieces.add(unquote(parts.path))
+        if parts.query:
+            pieces.add(f"{parts.path}?{parts.query}")
+    for segment in parts.path.split("/"):
+        if len(segment) >= _MIN_TOKEN_SEGMENT:
+            pieces.update({segment, unquote(segment)})
+    # Longest first, so a piece that contains another is replaced whole.
+    return tuple(sorted(pieces, key=len, reverse=True))

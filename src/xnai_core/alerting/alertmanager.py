@@ -12,7 +12,7 @@ from typing import ClassVar, Unpack
 from ._http import HttpPoster, check_http_url
 from ._mask import mask_text
 from ._model import DeliveryError, Notification, iso_utc
-from ._secret import Secret
+from ._secret import Secret, url_pieces
 from ._sink import AlertSink, DeliveryOptions
 
 API_PATH = "/api/v2/alerts"
@@ -102,7 +102,7 @@ class AlertmanagerSink(AlertSink):
         self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(url.reveal() for url in self._urls)
+        return tuple(piece for url in self._urls for piece in url_pieces(url.reveal()))
 
     def describe(self) -> str:
         return f"alertmanagers={len(self._urls)}"

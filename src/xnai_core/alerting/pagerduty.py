@@ -14,7 +14,7 @@ from ..health.alerts import Severity
 from ._http import HttpPoster, check_http_url
 from ._mask import mask_details, mask_text
 from ._model import Notification, iso_utc
-from ._secret import Secret
+from ._secret import Secret, url_pieces
 from ._sink import AlertSink, SinkOptions
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -97,7 +97,7 @@ class PagerDutySink(AlertSink):
         self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
-        return (self._routing_key.reveal(), self._url.reveal())
+        return (self._routing_key.reveal(), *url_pieces(self._url.reveal()))
 
     def describe(self) -> str:
         return f"source={self._source!r}"

@@ -9,7 +9,7 @@ from typing import ClassVar, Unpack
 from ._http import HttpPoster, check_http_url
 from ._mask import mask_text
 from ._model import Notification
-from ._secret import Secret
+from ._secret import Secret, url_pieces
 from ._sink import AlertSink, SinkOptions
 
 # Slack's limits: a header's text, a section's text, a field's text.
@@ -61,7 +61,7 @@ class SlackSink(AlertSink):
         self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
-        return (self._url.reveal(),)
+        return url_pieces(self._url.reveal())
 
     def payload(self, note: Notification) -> dict[str, object]:
         """The JSON body: ``text`` (the notification's fallback) and ``blocks``."""

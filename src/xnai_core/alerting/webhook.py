@@ -43,7 +43,7 @@ from typing import ClassVar, Unpack
 from ._http import HttpPoster, check_http_url
 from ._mask import mask_details, mask_text
 from ._model import Notification, iso_utc
-from ._secret import Secret
+from ._secret import Secret, url_pieces
 from ._sink import AlertSink, SinkOptions
 
 SIGNATURE_HEADER = "X-Xnai-Signature"
@@ -116,7 +116,7 @@ class WebhookSink(AlertSink):
         self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
-        found = [self._url.reveal(), *(value.reveal() for value in self._headers.values())]
+        found = [*url_pieces(self._url.reveal()), *(v.reveal() for v in self._headers.values())]
         if self._secret is not None:
             found.append(self._secret.reveal())
         return tuple(found)

@@ -1,0 +1,152 @@
+"""No URL, routing key, webhook secret or password in any log, stat, repr or error of a sink."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.alerting_helpers import (
+    BlackHole,
+    Receiver,
+    Reply,
+    Request,
+    SleepRecorder,
+    alert,
+    all_text,
+    refused_url,
+    resolved,
+)
+from xnai_core.alerting import (
+    AlertmanagerSink,
+    AlertSink,
+    PagerDutySink,
+    SlackSink,
+    WebhookSink,
+)
+
+SLACK_TOKEN = "xoxSlackPathToken123"
+QUERY_TOKEN = "WebhookQueryToken456"
+HMAC_SECRET = "HmacSigningSecret789"
+HEADER_TOKEN = "HeaderBearerToken000"
+ROUTING_KEY = "R0ut1ngKeyS3cr3tR0ut1ngKeyS3cr3t"
+AM_PASSWORD = "AmBasicAuthPass321"
+SECRETS = (SLACK_TOKEN, QUERY_TOKEN, HMAC_SECRET, HEADER_TOKEN, ROUTING_KEY, AM_PASSWORD)
+
+
+def echo(request: Request) -> Reply:
+    """A receiver that refuses and echoes the whole request back, as some error pages do."""
+    headers = "".join(f"{k}: {v}\n" for k, v in request.headers.items())
+    return Reply(400, body=(request.path + "\n" + headers).encode() + request.body)
+
+
+@pytest.fixture
+def echoing() -> Iterator[Receiver]:
+    server = Receiver(echo)
+    yield server
+    server.close()
+
+
+def sinks_to(base: str, **options: object) -> list[AlertSink]:
+    host = base.removeprefix("http://")
+    return [
+        SlackSink(f"{base}/services/T000/B000/{SLACK_TOKEN}", **options),  # type: ignore[arg-type]
+        WebhookSink(
+            f"{base}/hook?token={QUERY_TOKEN}",
+            HMAC_SECRET,
+            headers={"Authorization": f"Bearer {HEADER_TOKEN}"},
+            **options,  # type: ignore[arg-type]
+        ),
+        PagerDutySink(ROUTING_KEY, url=f"{base}/v2/enqueue", **options),  # type: ignore[arg-type]
+        AlertmanagerSink(f"http://admin:{AM_PASSWORD}@{host}", **options),  # type: ignore[arg-type]
+    ]
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, secret
+
+
+async def exercise(sinks: list[AlertSink]) -> str:
+    """Send a raise and a resolve through each sink; everything they show, as one text."""
+    shown = []
+    for sink in sinks:
+        raised = alert(details={"note": f"see {sink!r}"})
+        sink.submit(raised)
+        sink.submit(resolved(raised))
+        await sink.aclose(timeout=2.0)
+        stats = sink.stats()
+        shown += [repr(sink), str(sink), str(stats), repr(stats.as_dict()), repr(vars(sink))]
+    return "\n".join(shown)
+
+
+async def test_a_rejecting_receiver_that_echoes_the_request(
+    echoing: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """4xx replies that quote the URL, headers and body back: masked in last_error and logs."""
+    caplog.set_level(logging.DEBUG)
+    sinks = sinks_to(echoing.url, min_severity="info")
+    shown = await exercise(sinks)
+    # A raise and its resolve through each sink, each rejected once and never retried.
+    assert len(echoing.requests) == 8
+    assert all(sink.stats().last_error for sink in sinks)
+    assert_no_secret(shown + all_text(caplog.records))
+
+
+async def test_refused_and_hung_destinations(caplog: pytest.LogCaptureFixture) -> None:
+    """Connection errors and timeouts: the reasons name the kind of sink, never where it points."""
+    caplog.set_level(logging.DEBUG)
+    hole = BlackHole()
+    try:
+        options = {"sleep": SleepRecorder(), "max_attempts": 2, "timeout": 0.2}
+        sinks = sinks_to(refused_url(), **options) + sinks_to(hole.url, **options)
+        shown = await exercise(sinks)
+    finally:
+        hole.close()
+    assert any("ConnectError" in (sink.stats().last_error or "") for sink in sinks)
+    assert any("timed out" in (sink.stats().last_error or "") for sink in sinks)
+    assert_no_secret(shown + all_text(caplog.records))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: SlackSink(f"ftp://h/services/{SLACK_TOKEN}"),
+        lambda: SlackSink(f"http:///{SLACK_TOKEN}"),
+        lambda: WebhookSink(f"gopher://{QUERY_TOKEN}@host/"),
+        lambda: PagerDutySink(ROUTING_KEY[:-1]),
+        lambda: PagerDutySink(ROUTING_KEY, url=f"file:///{ROUTING_KEY}"),
+        lambda: AlertmanagerSink(f"mailto:{AM_PASSWORD}"),
+    ],
+)
+def test_construction_errors_do_not_echo_the_secret(build: object) -> None:
+    """A bad URL or key is refused with a reason, never with the value."""
+    with pytest.raises(ValueError, match="must") as caught:
+        build()  # type: ignore[operator]
+    assert_no_secret(str(caught.value))
+
+
+def test_importing_xnai_core_does_not_import_the_alerting_drivers() -> None:
+    """``import xnai_core`` leaves the alerting package and aiosmtplib alone."""
+    code = (
+        "import sys, xnai_core, app.XNAi_rag_app.core\n"
+        "names = ('xnai_core.alerting', 'aiosmtplib')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(names)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_alerting_package_does_not_import_the_smtp_driver() -> None:
+    """aiosmtplib is loaded only when an EmailSink is built."""
+    code = (
+        "import sys, xnai_core.alerting\n"
+        "print('aiosmtplib' in sys.modules)\n"
+        "xnai_core.alerting.EmailSink('h', security='none', mail_from='a@b.c', to='d@e.f')\n"
+        "print('aiosmtplib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
