@@ -150,3 +150,18 @@ def test_importing_the_alerting_package_does_not_import_the_smtp_driver() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_the_readme_names_only_what_the_alerting_package_exports() -> None:
+    """The README's alerting table lists names of ``xnai_core.alerting.__all__``."""
+    import re
+    from pathlib import Path
+
+    import xnai_core.alerting
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| alert sinks")]
+    names = [n for n in re.findall(r"`([^`]+)`", row.split("|")[2]) if "[" not in n]
+    assert names
+    for name in names:
+        assert name in xnai_core.alerting.__all__, name
