@@ -45,6 +45,29 @@ def test_defaults_follow_the_anchors() -> None:
     rule = RecoveryRule("api", RecoveryActionType.RESTART_SERVICE, recovery_func=_noop)
     assert (rule.failure_threshold, rule.max_attempts, rule.backoff_max) == (3, 3, 300.0)
     assert rule.stable_period == 600.0
+    assert rule.grace_period is None  # derived from the attached monitor
+
+
+def test_default_grace_period_is_the_monitors_detection_time() -> None:
+    """success_threshold * min(interval, verify_interval) + interval, at least 1 s; 30 s
+    with no monitor; a rule's own grace_period always wins."""
+    from xnai_core.health.checkers import HTTPHealthChecker
+    from xnai_core.health.monitor import HealthMonitor
+    from xnai_core.recovery.seam import grace_period
+
+    rule = RecoveryRule("api", "restart_service", recovery_func=_noop)
+    own = RecoveryRule("api", "restart_service", recovery_func=_noop, grace_period=45)
+    default = HealthMonitor()
+    default.add_checker(HTTPHealthChecker("api", "http://127.0.0.1:9/"))
+    default.add_checker(HTTPHealthChecker("slow", "http://127.0.0.1:9/"), interval=5.0)
+    fast = HealthMonitor(check_interval=0.1, success_threshold=3)
+    fast.add_checker(HTTPHealthChecker("api", "http://127.0.0.1:9/", timeout=0.1))
+    assert grace_period(rule, default, "api", 1.0) == 2 * 1.0 + 30.0
+    assert grace_period(rule, default, "slow", 1.0) == 2 * 1.0 + 5.0
+    assert grace_period(rule, default, "not-monitored", 1.0) == 32.0  # the monitor's interval
+    assert grace_period(rule, fast, "api", 0.05) == 1.0  # 3 * 0.05 + 0.1, floored
+    assert grace_period(rule, None, "api", 1.0) == 30.0
+    assert grace_period(own, fast, "api", 0.05) == 45.0
 
 
 @pytest.mark.parametrize(
