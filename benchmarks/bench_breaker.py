@@ -68,6 +68,20 @@ def ours(timeout: float | None) -> CircuitBreaker:
     return CircuitBreaker(CircuitBreakerConfig(name=f"bench-{timeout}", timeout=timeout))
 
 
+def observed(timeout: float | None) -> CircuitBreaker:
+    """Ours with the Prometheus hook installed on this breaker only (its own registry)."""
+    from prometheus_client import CollectorRegistry
+
+    from xnai_core import events
+    from xnai_core.metrics import enable_prometheus
+
+    metrics = enable_prometheus(CollectorRegistry())
+    events.remove_hook(metrics.hook)  # not global: the other rows stay unobserved
+    breaker = CircuitBreaker(CircuitBreakerConfig(name=f"observed-{timeout}", timeout=timeout))
+    breaker.hooks.install(metrics.hook)
+    return breaker
+
+
 async def rejecting(step: AsyncStep) -> None:
     with contextlib.suppress(Exception):  # every peer raises its own "open" error
         await step()
@@ -80,6 +94,8 @@ async def async_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
 
     no_timeout = ours(None)
     default = ours(30.0)
+    prom_none = observed(None)
+    prom_default = observed(30.0)
     cb_peer = circuitbreaker.CircuitBreaker(name="peer")
     cb_peer_af = cb_peer(af)
     aio = aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=timedelta(seconds=60))
@@ -97,6 +113,8 @@ async def async_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
         ("xnai-core, timeout=None", lambda: no_timeout.call(af)),
         ("xnai-core, timeout=30 (default)", lambda: default.call(af)),
         ("xnai-core decorator, timeout=None", decorated),
+        ("xnai-core + Prometheus hook, timeout=None", lambda: prom_none.call(af)),
+        ("xnai-core + Prometheus hook, timeout=30", lambda: prom_default.call(af)),
         ("circuitbreaker 2.1.3", cb_peer_af),
         ("aiobreaker 1.2.0", lambda: aio.call_async(af)),
         ("purgatory 3.0.1 (memory)", purg_af),
@@ -144,7 +162,10 @@ def sync_rows(calls: int, repeats: int) -> list[tuple[str, float]]:
 
 async def _instruction_probe(kind: str, calls: int) -> None:
     """The loop that ``--instructions`` runs under callgrind: one kind of call, N times."""
-    breaker = ours(None if kind == "timeout=None" else 30.0)
+    if kind.startswith("prometheus"):
+        breaker = observed(None if kind.endswith("timeout=None") else 30.0)
+    else:
+        breaker = ours(None if kind == "timeout=None" else 30.0)
     if kind == "bare":
         for _ in range(calls):
             await af()
@@ -161,7 +182,8 @@ def instruction_rows(calls: int) -> list[tuple[str, float]]:
     """
     rows = []
     seeded = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
-    for kind in ("bare", "timeout=None", "timeout=30"):
+    kinds = ("bare", "timeout=None", "timeout=30", "prometheus, timeout=None")
+    for kind in kinds:
         totals = []
         for n in (0, calls):
             done = subprocess.run(

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CodeType, CoroutineType, GeneratorType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from ..deadlines import (
     DeadlineKeeper,
@@ -23,6 +23,13 @@ from ..deadlines import (
     keeper_and_task,
     thread_keeper,
     wait_within,
+)
+from ..events import (
+    CallKind,
+    CallRecorder,
+    FallbackUsed,
+    HookPoint,
+    StateChanged,
 )
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
@@ -38,6 +45,12 @@ StateListener = Callable[[str, CircuitState, CircuitState, str], object]
 """Called with (breaker name, old state, new state, reason); may be sync or async."""
 
 Fallback = Callable[..., Any]
+
+
+def _seen_remotely(reason: str) -> bool:
+    """Whether a transition was made by another process (the shared store says so
+    in the reason of every change it mirrors rather than makes)."""
+    return reason.endswith("(in another process)") or reason == "loaded from redis"
 
 
 def fallback_return_none(*args: object, **kwargs: object) -> None:
@@ -139,6 +152,9 @@ class CircuitBreaker:
         self._fallback_calls = 0
         self._last_failure_time: float | None = None
         self._last_state_change: float | None = None
+        self._record_call: CallRecorder | None = None  # kept current by self.hooks
+        self.hooks = HookPoint(self, calls_of=self.name, recorder_attribute="_record_call")
+        """Where this breaker's events go (:mod:`xnai_core.events`)."""
         store.add_transition_callback(self._on_transition)
 
     def __repr__(self) -> str:
@@ -175,15 +191,20 @@ class CircuitBreaker:
         generator or an async generator is refused with ``TypeError`` (counted
         neither way): its work would run after the breaker had counted the call.
         """
+        # With a hook installed the call is timed; without, this check is all it costs.
+        record = self._record_call
+        started = time.perf_counter() if record is not None else None
         epoch = self._store.hot_epoch
         if epoch is None:
             admission = self._store.acquire_nowait()
             if admission is not None and admission.ticket is None and self.fallback_func is None:
                 self._rejected += 1  # the open circuit's path: reject without a coroutine
+                if started is not None:
+                    self._report("not_permitted", started)
                 raise CircuitOpenError(
                     self.name, admission.retry_after, self._store.snapshot().state.value
                 )
-            return await self._call_admitted(fn, args, kwargs, admission)
+            return await self._call_admitted(fn, args, kwargs, admission, started)
         try:
             result = fn(*args, **kwargs)
             if type(result) is CoroutineType:
@@ -224,13 +245,18 @@ class CircuitBreaker:
             elif type(result) in _ITERATIONS:
                 raise _ReturnedIteration
         except _ReturnedIteration:
-            raise await self._refuse(fn, result, Ticket(epoch)) from None
+            raise await self._refuse(fn, result, Ticket(epoch), started) from None
         except BaseException as exc:
-            return await self._settle_error(exc, Ticket(epoch), args, kwargs)
+            return await self._settle_error(exc, Ticket(epoch), args, kwargs, started)
         if self._store.hot_epoch is None:
             # A failure landed while we ran; our success resets the count.
             await self._store.record_success(Ticket(epoch))
         self._successes += 1
+        if record is not None and started is not None:
+            try:
+                record("successful", time.perf_counter() - started)
+            except Exception:
+                logger.exception("call recorder of circuit '%s' failed", self.name)
         return result
 
     async def _call_admitted(
@@ -239,15 +265,22 @@ class CircuitBreaker:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         admission: Admission | None,
+        started: float | None,
     ) -> Any:
-        """The slow path: ask the store first, and always report back to it."""
+        """The slow path: ask the store first, and always report back to it.
+
+        ``started`` (perf_counter seconds) is set while a hook listens: outcomes are
+        then reported to it.
+        """
         if admission is None:
             admission = await self._store.acquire()
         ticket = admission.ticket
         if ticket is None:
             self._rejected += 1
+            if started is not None:
+                self._report("not_permitted", started)
             if self.fallback_func is not None:
-                return await self._run_fallback(args, kwargs)
+                return await self._run_fallback(args, kwargs, "not_permitted")
             state = self._store.snapshot().state.value
             raise CircuitOpenError(self.name, admission.retry_after, state)
         try:
@@ -257,12 +290,22 @@ class CircuitBreaker:
             elif type(result) in _ITERATIONS:
                 raise _ReturnedIteration
         except _ReturnedIteration:
-            raise await self._refuse(fn, result, ticket) from None
+            raise await self._refuse(fn, result, ticket, started) from None
         except BaseException as exc:
-            return await self._settle_error(exc, ticket, args, kwargs)
+            return await self._settle_error(exc, ticket, args, kwargs, started)
         await self._store.record_success(ticket)
         self._successes += 1
+        if started is not None:
+            self._report("successful", started)
         return result
+
+    def _report(self, kind: CallKind, started: float) -> None:
+        record = self._record_call
+        if record is not None:
+            try:
+                record(kind, time.perf_counter() - started)
+            except Exception:
+                logger.exception("call recorder of circuit '%s' failed", self.name)
 
     async def _await_within(self, awaitable: Awaitable[T]) -> T:
         """Await under this breaker's timeout (the slow path's version of the inlined one)."""
@@ -279,20 +322,29 @@ class CircuitBreaker:
         ticket: Ticket,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        started: float | None = None,
     ) -> Any:
-        """Report an exception to the store; fall back or re-raise."""
+        """Report an exception to the store; fall back or re-raise.
+
+        ``started`` (perf_counter seconds) is set while a hook listens: the outcome
+        is then reported to it.
+        """
         timed_out = isinstance(exc, CallTimeoutError) and exc.source is self
         if timed_out or self._counts(exc):
             self._failures += 1
             self._last_failure_time = time.time()
             if timed_out:
                 self._timeouts += 1
+            if started is not None:
+                self._report("timeout" if timed_out else "failed", started)
             await self._store.record_failure(ticket)
             if self.fallback_func is not None:
-                return await self._run_fallback(args, kwargs)
+                return await self._run_fallback(args, kwargs, "timeout" if timed_out else "failed")
             raise exc
         # Cancelled, or not an expected exception: counts neither way.
         self._other_outcomes += 1
+        if started is not None:
+            self._report("ignored", started)
         if ticket.permit:
             await self._store.release(ticket)
         raise exc
@@ -315,21 +367,34 @@ class CircuitBreaker:
             return cancelled is None and expected is not None
         return isinstance(exc, self._counted)
 
-    async def _refuse(self, fn: object, returned: object, ticket: Ticket) -> TypeError:
+    async def _refuse(
+        self, fn: object, returned: object, ticket: Ticket, started: float | None
+    ) -> TypeError:
         """Count a refused generator like an uncounted exception and say why."""
         self._other_outcomes += 1
+        if started is not None:
+            self._report("ignored", started)
         if ticket.permit:
             await self._store.release(ticket)
         kind = "async generator" if type(returned) is AsyncGeneratorType else "generator"
         what = f"{_describe(fn)}, which returned the {kind} {_describe(returned)}"
         return _iteration_refused(self.name, what)
 
-    async def _run_fallback(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _run_fallback(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        cause: Literal["failed", "timeout", "not_permitted"] = "failed",
+    ) -> Any:
         self._fallback_calls += 1
         assert self.fallback_func is not None
+        emit = self.hooks.emit
+        started = time.perf_counter() if emit is not None else 0.0
         result = self.fallback_func(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
+        if emit is not None:
+            emit(FallbackUsed(self.name, cause, time.perf_counter() - started))
         return result
 
     @overload
@@ -408,6 +473,9 @@ class CircuitBreaker:
             reason,
             extra={"breaker": self.name, "old_state": old.value, "new_state": new.value},
         )
+        emit = self.hooks.emit
+        if emit is not None:
+            emit(StateChanged(self.name, old.value, new.value, reason, _seen_remotely(reason)))
         for listener in list(self._listeners):
             try:
                 outcome = listener(self.name, old, new, reason)

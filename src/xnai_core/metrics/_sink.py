@@ -1,0 +1,128 @@
+"""What the metrics adapters do with events, as one small interface, and the hook
+that turns events into calls of it.
+
+:class:`EventsToSink` is the hook installed by ``enable_prometheus`` and
+``enable_opentelemetry``; it maps each event to one sink method, with label values
+made safe and bounded once per name (:mod:`._labels`). A sink records; it never
+decides what an event means.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Protocol
+
+from ..circuit.breaker import CircuitBreaker
+from ..circuit.machine import CircuitState
+from ..events import (
+    AlertChanged,
+    CallCompleted,
+    CallRecorder,
+    DegradationCall,
+    Event,
+    FallbackUsed,
+    HealthChecked,
+    RecoveryAttempted,
+    RecoveryEscalated,
+    StateChanged,
+    live_sources,
+)
+from ..health.checkers import HealthStatus
+from ._labels import LabelGuard
+
+DEFAULT_MAX_NAMES = 500
+"""Distinct breaker and service names kept apart in labels, each (the rest: ``_other``)."""
+
+CIRCUIT_STATES: tuple[str, ...] = tuple(state.value for state in CircuitState)
+HEALTH_STATUSES: tuple[str, ...] = tuple(status.value for status in HealthStatus)
+
+
+class Labels:
+    """The label guards of one adapter: names made safe and bounded once each."""
+
+    def __init__(self, max_names: int = DEFAULT_MAX_NAMES) -> None:
+        self.breaker = LabelGuard("breaker", max_names)
+        self.service = LabelGuard("service", max_names)
+        # Small vocabularies the user may extend (strategy, alert and action names).
+        self.word = LabelGuard("strategy/alert/action", max_names)
+
+
+class Sink(Protocol):
+    """Where one adapter records; every argument is already a safe label value."""
+
+    def call_recorder(self, breaker: str) -> CallRecorder:
+        """Where ``breaker``'s call outcomes go: (kind, seconds), on the hot path."""
+
+    def fallback(self, breaker: str) -> None: ...
+    def state(self, breaker: str, state: str) -> None: ...
+    def redis_available(self, breaker: str, available: bool) -> None: ...
+    def degradation(self, service: str, source: str, degraded: bool) -> None: ...
+    def health(self, service: str, result: str, status: str, seconds: float) -> None: ...
+    def alert(self, service: str, alert: str, active: bool) -> None: ...
+    def recovery(self, service: str, action: str, result: str) -> None: ...
+    def escalated(self, service: str, escalated: bool) -> None: ...
+
+
+class EventsToSink:
+    """A hook that feeds one sink (:class:`xnai_core.events.RecordsCalls`: breakers
+    hand it call outcomes through a recorder bound to each, not as events)."""
+
+    def __init__(self, sink: Sink, labels: Labels) -> None:
+        self.sink = sink
+        self.labels = labels
+        self._recorders: dict[str, CallRecorder] = {}
+        self._seen: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} sink={self.sink!r}>"
+
+    def call_recorder(self, breaker: str) -> CallRecorder:
+        try:
+            return self._recorders[breaker]
+        except KeyError:
+            recorder = self.sink.call_recorder(self.labels.breaker(breaker))
+            return self._recorders.setdefault(breaker, recorder)
+
+    def sync_breakers(self) -> None:
+        """Record the state (and Redis link) of every live breaker not seen yet."""
+        for source in live_sources():
+            if isinstance(source, CircuitBreaker) and source not in self._seen:
+                self._seen.add(source)
+                self._sync(source, self.labels.breaker(source.name))
+
+    def _sync(self, breaker: CircuitBreaker, name: str) -> None:
+        self.sink.state(name, breaker.state.value)
+        available = breaker.store.available
+        if available is not None:
+            self.sink.redis_available(name, available)
+
+    def __call__(self, event: Event) -> None:
+        labels = self.labels
+        if isinstance(event, CallCompleted):
+            self.call_recorder(event.breaker)(event.kind, event.duration)
+        elif isinstance(event, FallbackUsed):
+            self.sink.fallback(labels.breaker(event.breaker))
+        elif isinstance(event, StateChanged):
+            name = labels.breaker(event.breaker)
+            self.sink.state(name, event.new)
+            for source in live_sources():
+                if isinstance(source, CircuitBreaker) and source.name == event.breaker:
+                    available = source.store.available
+                    if available is not None:
+                        self.sink.redis_available(name, available)
+        elif isinstance(event, DegradationCall):
+            self.sink.degradation(
+                labels.service(event.service), labels.word(event.source), event.degraded
+            )
+        elif isinstance(event, HealthChecked):
+            self.sink.health(
+                labels.service(event.service), event.result, event.status, event.duration
+            )
+        elif isinstance(event, AlertChanged):
+            self.sink.alert(labels.service(event.service), labels.word(event.alert), event.active)
+        elif isinstance(event, RecoveryAttempted):
+            self.sink.recovery(
+                labels.service(event.service), labels.word(event.action), event.result
+            )
+        elif isinstance(event, RecoveryEscalated):
+            self.sink.escalated(labels.service(event.service), event.escalated)

@@ -1,0 +1,289 @@
+"""create_ops_app: /health, /livez, /readyz, /metrics, /circuits and operator controls.
+
+=====================================  ===================================================
+route                                  answers
+=====================================  ===================================================
+``GET /health``                        the seed's report (JSON), or with ``Accept:
+                                       application/health+json`` the IETF view; 503 when
+                                       the overall status is fail (unhealthy)
+``GET /livez``                         200 ``ok`` while the process answers
+``GET /readyz``                        200, or 503 while a critical service is unhealthy
+``GET /metrics``                       Prometheus text (OpenMetrics when asked for)
+``GET /circuits``                      every breaker's ``get_metrics()``, by name
+``POST /circuits/{name}/open|close|    force the circuit open, closed, or reset it: only
+reset``                                with ``Authorization: Bearer <control_token>``
+``GET /degradation``, ``/recovery``    the managers' statistics, when given
+=====================================  ===================================================
+
+Without ``control_token`` the control routes do not exist. Error texts and the
+checkers' details (hosts, URLs) in ``/health`` are shown only to a request bearing
+the token; without it a report says what is wrong, not where. Bind the server to
+loopback (or a private interface) unless a proxy in front authenticates: these
+routes tell a stranger which of your dependencies is down.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..circuit.breaker import CircuitBreaker
+from ..circuit.registry import CircuitBreakerRegistry
+from ..health.checkers import HealthStatus
+from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
+from ..health.monitor import HealthMonitor
+
+Breakers = CircuitBreakerRegistry | Mapping[str, CircuitBreaker] | Iterable[CircuitBreaker]
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _breakers_by_name(breakers: Breakers | None) -> Callable[[], dict[str, CircuitBreaker]]:
+    """A function giving the current breakers by name (a registry may grow)."""
+    if breakers is None:
+        return dict
+    if isinstance(breakers, CircuitBreakerRegistry):
+        registry = breakers
+        return lambda: {b.name: b for b in registry}
+    if isinstance(breakers, Mapping):
+        mapping = breakers
+        return lambda: dict(mapping)
+    fixed = list(breakers)
+    for breaker in fixed:
+        if not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"'breakers' must hold CircuitBreaker objects: {breaker!r}")
+    return lambda: {b.name: b for b in fixed}
+
+
+def _authorized(request: Request, token: bytes | None) -> bool:
+    """Whether the request bears ``token``, compared in constant time."""
+    if token is None:
+        return False
+    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(offered.strip().encode(), token)
+
+
+def _unauthorized() -> Response:
+    return JSONResponse(
+        {"error": "unauthorized"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="xnai-ops"', **_NO_STORE},
+    )
+
+
+def _wants_health_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip() == HEALTH_JSON_MEDIA_TYPE for part in accept.split(","))
+
+
+def _public_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report without the checkers' details (hosts, URLs, error texts)."""
+    services = {
+        name: {key: value for key, value in entry.items() if key != "details"}
+        for name, entry in report["services"].items()
+    }
+    return {**report, "services": services}
+
+
+def _public_health_json(document: Mapping[str, Any]) -> dict[str, Any]:
+    checks = document.get("checks")
+    if not isinstance(checks, Mapping):
+        return dict(document)
+    public = {
+        key: [
+            {field: value for field, value in entry.items() if field != "output"}
+            for entry in entries
+        ]
+        for key, entries in checks.items()
+    }
+    return {**document, "checks": public}
+
+
+def create_ops_app(
+    monitor: HealthMonitor | None = None,
+    *,
+    breakers: Breakers | None = None,
+    degradation: Any = None,
+    recovery: Any = None,
+    metrics: Any = True,
+    control_token: str | None = None,
+    critical: Iterable[str] | None = None,
+    service_id: str | None = None,
+) -> Starlette:
+    """A Starlette app with the operations routes (see the module docstring).
+
+    ``breakers``: a :class:`CircuitBreakerRegistry`, a mapping or an iterable of
+    breakers. ``degradation`` / ``recovery``: a ``ServiceDegradationManager`` /
+    ``RecoveryManager`` whose statistics to serve. ``metrics``: True enables the
+    Prometheus adapter on prometheus_client's default registry and serves it,
+    a ``CollectorRegistry`` does so for that registry, False serves no /metrics.
+    ``control_token`` enables the control routes and full health detail for
+    requests bearing it. ``critical``: the services /readyz waits for (default:
+    every service of ``monitor``). ``service_id`` names this app in health+json.
+    The app never starts the monitor: use :func:`monitor_lifespan` for that.
+    """
+    if monitor is not None and not isinstance(monitor, HealthMonitor):
+        raise TypeError(f"'monitor' must be a HealthMonitor or None: {monitor!r}")
+    if control_token is not None and (
+        not isinstance(control_token, str) or len(control_token) < 16
+    ):
+        raise ValueError("'control_token' must be a string of at least 16 characters: (hidden)")
+    token = control_token.encode() if control_token is not None else None
+    current_breakers = _breakers_by_name(breakers)
+    critical_services = None if critical is None else frozenset(critical)
+    registry = _metrics_registry(metrics)
+
+    async def health(request: Request) -> Response:
+        detailed = _authorized(request, token)
+        if _wants_health_json(request):
+            if monitor is None:
+                document: dict[str, Any] = {"status": "pass"}
+            else:
+                document = monitor.get_health_json(service_id=service_id)
+                if not detailed:
+                    document = _public_health_json(document)
+            return Response(
+                json.dumps(document),
+                status_code=http_status_for(document),
+                media_type=HEALTH_JSON_MEDIA_TYPE,
+                headers=_NO_STORE,
+            )
+        if monitor is None:
+            body: dict[str, Any] = {"services": {}, "summary": {"total": 0}}
+            return JSONResponse(body, headers=_NO_STORE)
+        report = monitor.get_health_report()
+        status = http_status_for(monitor.get_overall_status())
+        shown = report if detailed else _public_report(report)
+        return JSONResponse(shown, status_code=status, headers=_NO_STORE)
+
+    async def livez(request: Request) -> Response:
+        return PlainTextResponse("ok", headers=_NO_STORE)
+
+    async def readyz(request: Request) -> Response:
+        if monitor is None:
+            return PlainTextResponse("ready", headers=_NO_STORE)
+        services = monitor.services if critical_services is None else critical_services
+        down = sorted(
+            name
+            for name in services
+            if name in monitor.services and monitor.get_status(name) is HealthStatus.UNHEALTHY
+        )
+        if down:
+            return PlainTextResponse(
+                "not ready: " + ", ".join(down), status_code=503, headers=_NO_STORE
+            )
+        return PlainTextResponse("ready", headers=_NO_STORE)
+
+    async def circuits(request: Request) -> Response:
+        body = {name: b.get_metrics() for name, b in sorted(current_breakers().items())}
+        return JSONResponse(body, headers=_NO_STORE)
+
+    async def control(request: Request) -> Response:
+        if not _authorized(request, token):
+            return _unauthorized()
+        name = request.path_params["name"]
+        breaker = current_breakers().get(name)
+        action = request.path_params["action"]
+        if breaker is None or action not in ("open", "close", "reset"):
+            return JSONResponse({"error": "no such circuit or action"}, status_code=404)
+        if action == "open":
+            await breaker.force_open()
+        elif action == "close":
+            await breaker.force_close()
+        else:
+            await breaker.reset()
+        return JSONResponse(breaker.get_metrics(), headers=_NO_STORE)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/circuits", circuits, methods=["GET"]),
+    ]
+    if token is not None:
+        routes.append(
+            Route("/circuits/{name}/{action:str}", control, methods=["POST"], name="control")
+        )
+    if registry is not None:
+        routes.append(Route("/metrics", _metrics_endpoint(registry), methods=["GET"]))
+    if degradation is not None:
+        stats_of_degradation = degradation.get_degradation_stats
+
+        async def degradation_stats(request: Request) -> Response:
+            return JSONResponse(_jsonable(stats_of_degradation()), headers=_NO_STORE)
+
+        routes.append(Route("/degradation", degradation_stats, methods=["GET"]))
+    if recovery is not None:
+        stats_of_recovery = recovery.get_recovery_stats
+
+        async def recovery_stats(request: Request) -> Response:
+            return JSONResponse(_jsonable(stats_of_recovery()), headers=_NO_STORE)
+
+        routes.append(Route("/recovery", recovery_stats, methods=["GET"]))
+    return Starlette(routes=routes)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _metrics_registry(metrics: Any) -> Any:
+    if metrics is False or metrics is None:
+        return None
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    from ..metrics.prometheus import enable_prometheus
+
+    if metrics is True:
+        enable_prometheus(REGISTRY)
+        return REGISTRY
+    if isinstance(metrics, CollectorRegistry):
+        enable_prometheus(metrics)
+        return metrics
+    raise TypeError(
+        f"'metrics' must be a bool or a prometheus_client CollectorRegistry: {metrics!r}"
+    )
+
+
+def _metrics_endpoint(registry: Any) -> Callable[[Request], Any]:
+    from prometheus_client.exposition import choose_encoder
+
+    from ..metrics.prometheus import serving_registry
+
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        output = encoder(serving_registry(registry))
+        return Response(
+            output, media_type=None, headers={"Content-Type": content_type, **_NO_STORE}
+        )
+
+    return metrics
+
+
+def monitor_lifespan(
+    monitor: HealthMonitor,
+) -> Callable[[Any], Any]:
+    """A Starlette/FastAPI ``lifespan`` that starts ``monitor`` with the app and
+    stops it on shutdown: ``FastAPI(lifespan=monitor_lifespan(monitor))``."""
+    if not isinstance(monitor, HealthMonitor):
+        raise TypeError(f"'monitor' must be a HealthMonitor: {monitor!r}")
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await monitor.start_monitoring()
+        try:
+            yield
+        finally:
+            await monitor.stop_monitoring()
+
+    return lifespan

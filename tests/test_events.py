@@ -1,0 +1,268 @@
+"""events.py: every breaker outcome and transition reaches the hooks, cheaply and safely."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import SHARED_REDIS_URL
+from xnai_core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    create_redis_circuit_breaker,
+    events,
+)
+from xnai_core.events import (
+    CallCompleted,
+    Event,
+    FallbackUsed,
+    StateChanged,
+    call_completed,
+)
+
+E = TypeVar("E")
+
+
+class Boom(Exception):
+    pass
+
+
+class Uncounted(Exception):
+    pass
+
+
+class Recorder:
+    """A hook that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+@pytest.fixture(autouse=True)
+def no_global_hooks() -> Iterator[None]:
+    events.install_hooks()
+    yield
+    events.install_hooks()
+
+
+async def boom() -> None:
+    raise Boom("down")
+
+
+async def uncounted() -> None:
+    raise Uncounted("not ours to count")
+
+
+def breaker(**config: object) -> CircuitBreaker:
+    config.setdefault("name", "svc")
+    config.setdefault("timeout", None)
+    return CircuitBreaker(CircuitBreakerConfig(**config))  # type: ignore[arg-type]
+
+
+async def test_every_call_outcome_reaches_the_hook_with_its_duration() -> None:
+    """successful, failed, ignored, timeout and not permitted, each timed."""
+    hook = Recorder()
+    b = breaker(failure_threshold=3, expected_exception=Boom, timeout=0.02)
+    b.hooks.install(hook)
+    assert await b.call(asyncio.sleep, 0, "ok") == "ok"
+    with pytest.raises(Boom):
+        await b.call(boom)
+    with pytest.raises(Uncounted):
+        await b.call(uncounted)
+    with pytest.raises(TimeoutError):
+        await b.call(asyncio.sleep, 5)
+    with pytest.raises(Boom):
+        await b.call(boom)  # the third counted failure opens the circuit
+    with pytest.raises(CircuitOpenError):
+        await b.call(asyncio.sleep, 0)
+    calls = hook.of(CallCompleted)
+    kinds = [event.kind for event in calls]
+    assert kinds == ["successful", "failed", "ignored", "timeout", "failed", "not_permitted"]
+    assert all(event.breaker == "svc" for event in calls)
+    durations = {event.kind: event.duration for event in calls}
+    assert all(0 <= seconds < 5 for seconds in durations.values())
+    assert durations["timeout"] >= 0.02  # measured up to the timeout, not the sleep
+
+
+async def test_cancelled_call_is_reported_ignored() -> None:
+    hook = Recorder()
+    b = breaker()
+    b.hooks.install(hook)
+    task = asyncio.ensure_future(b.call(asyncio.sleep, 30))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [event.kind for event in hook.of(CallCompleted)] == ["ignored"]
+    assert b.get_metrics()["state"] == "closed"
+
+
+async def test_fallback_use_is_reported_with_its_cause() -> None:
+    hook = Recorder()
+    b = CircuitBreaker(
+        CircuitBreakerConfig(name="fb", failure_threshold=1, timeout=None),
+        lambda: "fallback",
+    )
+    b.hooks.install(hook)
+    assert await b.call(boom) == "fallback"  # type: ignore[func-returns-value]
+    assert await b.call(boom) == "fallback"  # type: ignore[func-returns-value]
+    fallbacks = hook.of(FallbackUsed)
+    assert [event.cause for event in fallbacks] == ["failed", "not_permitted"]
+    assert [event.kind for event in hook.of(CallCompleted)] == ["failed", "not_permitted"]
+    assert b.get_metrics()["fallback_calls"] == 2
+
+
+async def test_transitions_carry_reason_and_origin() -> None:
+    hook = Recorder()
+    b = breaker(failure_threshold=1)
+    b.hooks.install(hook)
+    with pytest.raises(Boom):
+        await b.call(boom)
+    await b.force_close()
+    changes = hook.of(StateChanged)
+    assert [(e.old, e.new, e.remote) for e in changes] == [
+        ("closed", "open", False),
+        ("open", "closed", False),
+    ]
+    assert "threshold" in changes[0].reason
+
+
+@pytest.mark.slow
+async def test_a_transition_made_by_another_process_is_reported_remote(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A circuit forced open by another OS process reaches this process's hooks, remote."""
+    hook = Recorder()
+    here = create_redis_circuit_breaker(
+        "shared", shared_redis, key_prefix=key_prefix, timeout=None, op_timeout=5
+    )
+    here.hooks.install(hook)
+    await here.call(asyncio.sleep, 0)  # loads the hash and subscribes
+    script = textwrap.dedent(f"""
+        import asyncio, redis.asyncio as aioredis
+        from xnai_core import create_redis_circuit_breaker
+        async def main():
+            client = aioredis.Redis.from_url({SHARED_REDIS_URL!r})
+            b = create_redis_circuit_breaker("shared", client, key_prefix={key_prefix!r})
+            await b.force_open()
+            await b.close()
+            await client.aclose()
+        asyncio.run(main())
+    """)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+    assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+    for _ in range(600):
+        if here.state == "open":
+            break
+        await asyncio.sleep(0.01)
+    opened = [e for e in hook.of(StateChanged) if e.new == "open"]
+    assert len(opened) == 1
+    assert opened[0].remote is True
+    assert "another process" in opened[0].reason
+    await here.close()
+
+
+async def test_global_hooks_reach_breakers_made_before_and_after() -> None:
+    before = breaker(name="before")
+    hook = Recorder()
+    events.install_hooks(hook)
+    after = breaker(name="after")
+    await before.call(asyncio.sleep, 0)
+    await after.call(asyncio.sleep, 0)
+    assert [e.breaker for e in hook.of(CallCompleted)] == ["before", "after"]
+    events.install_hooks()
+    assert before.hooks.emit is None
+    assert after.hooks.record_call is None
+
+
+async def test_own_hooks_replace_the_global_ones_until_uninstalled() -> None:
+    global_hook, own_hook = Recorder(), Recorder()
+    events.install_hooks(global_hook)
+    b = breaker()
+    b.hooks.install(own_hook)
+    await b.call(asyncio.sleep, 0)
+    assert (len(global_hook.events), len(own_hook.events)) == (0, 1)
+    b.hooks.install()  # silenced, even with global hooks installed
+    await b.call(asyncio.sleep, 0)
+    assert (len(global_hook.events), len(own_hook.events)) == (0, 1)
+    b.hooks.uninstall()
+    await b.call(asyncio.sleep, 0)
+    assert (len(global_hook.events), len(own_hook.events)) == (1, 1)
+    assert b.hooks.hooks == (global_hook,)
+
+
+async def test_add_and_remove_hook() -> None:
+    first, second = Recorder(), Recorder()
+    events.add_hook(first)
+    events.add_hook(second)
+    events.add_hook(first)  # once only
+    assert events.get_hooks() == (first, second)
+    events.remove_hook(first)
+    events.remove_hook(first)
+    assert events.get_hooks() == (second,)
+
+
+async def test_a_failing_hook_never_reaches_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(event: Event) -> None:
+        raise RuntimeError("hook bug")
+
+    after = Recorder()
+    events.install_hooks(broken, after)
+    b = breaker(failure_threshold=1)
+    with caplog.at_level(logging.ERROR, logger="xnai_core"):
+        assert await b.call(asyncio.sleep, 0, 5) == 5
+        with pytest.raises(Boom):
+            await b.call(boom)
+    assert len(after.of(CallCompleted)) == 2  # the next hook still hears everything
+    assert len(after.of(StateChanged)) == 1
+    assert "hook bug" in caplog.text
+
+
+def test_hooks_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="a hook must be callable: 3"):
+        events.install_hooks(3)  # type: ignore[arg-type]
+
+
+def test_no_hook_installed_builds_nothing() -> None:
+    b = breaker()
+    assert b.hooks.emit is None
+    assert b.hooks.record_call is None
+
+
+def test_payloads_are_frozen_slotted_and_the_fast_constructor_agrees() -> None:
+    fast = call_completed("svc", "successful", 0.5)
+    assert fast == CallCompleted("svc", "successful", 0.5)
+    assert repr(fast) == "CallCompleted(breaker='svc', kind='successful', duration=0.5)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.kind = "failed"  # type: ignore[misc]
+    for kind in (CallCompleted, FallbackUsed, StateChanged, events.DegradationCall,
+                 events.HealthChecked, events.AlertChanged, events.RecoveryAttempted,
+                 events.RecoveryEscalated):  # fmt: skip
+        assert dataclasses.is_dataclass(kind)
+        assert "__slots__" in vars(kind)
+        assert getattr(kind, "__dataclass_params__").frozen  # noqa: B009
+
+
+def test_live_sources_lists_breakers_until_they_are_gone() -> None:
+    b = breaker(name="alive")
+    assert b in list(events.live_sources())
+    del b
+    import gc
+
+    gc.collect()
+    assert all(getattr(s, "name", None) != "alive" for s in events.live_sources())

@@ -1,0 +1,101 @@
+"""The OpenTelemetry adapter, read through the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, events
+from xnai_core.events import AlertChanged, HealthChecked, RecoveryAttempted, RecoveryEscalated
+from xnai_core.metrics import enable_opentelemetry
+
+
+@pytest.fixture
+def reader() -> Iterator[InMemoryMetricReader]:
+    gc.collect()
+    memory = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[memory])
+    enabled = enable_opentelemetry(provider)
+    yield memory
+    enabled.disable()
+    events.install_hooks()
+    provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+    """Every instrument's data points: (attributes, point) pairs, by name."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            assert scope.scope.name == "xnai_core"
+            for metric in scope.metrics:
+                found[metric.name] = [
+                    (dict(point.attributes or {}), point) for point in metric.data.data_points
+                ]
+    return found
+
+
+def point(found: dict[str, list[tuple[dict[str, Any], Any]]], metric: str, /, **attrs: str) -> Any:
+    matches = [p for a, p in found[metric] if a == attrs]
+    assert len(matches) == 1, (metric, attrs, found.get(metric))
+    return matches[0]
+
+
+class Boom(Exception):
+    pass
+
+
+async def boom() -> None:
+    raise Boom
+
+
+async def test_breaker_instruments(reader: InMemoryMetricReader) -> None:
+    b = CircuitBreaker(CircuitBreakerConfig(name="otel-llm", failure_threshold=1, timeout=None))
+    await b.call(asyncio.sleep, 0)
+    with pytest.raises(Boom):
+        await b.call(boom)
+    with pytest.raises(CircuitOpenError):
+        await b.call(asyncio.sleep, 0)
+    found = points(reader)
+    duration = "xnai.circuitbreaker.call.duration"
+    assert point(found, duration, name="otel-llm", kind="successful").count == 1
+    assert point(found, duration, name="otel-llm", kind="failed").count == 1
+    assert point(found, "xnai.circuitbreaker.not_permitted", name="otel-llm").value == 1
+    state = "xnai.circuitbreaker.state"
+    assert point(found, state, name="otel-llm", state="open").value == 1
+    assert point(found, state, name="otel-llm", state="closed").value == 0
+
+
+def test_other_instruments(reader: InMemoryMetricReader) -> None:
+    hook = events.get_hooks()[-1]
+    hook(HealthChecked("rag_api", "unhealthy", "unhealthy", 0.25))
+    hook(AlertChanged("rag_api", "status", "critical", True))
+    hook(RecoveryAttempted("rag_api", "restart_service", "success", 1, 1.0))
+    hook(RecoveryEscalated("rag_api", True, "gave up"))
+    found = points(reader)
+    assert point(found, "xnai.health.checks", service="rag_api", result="unhealthy").value == 1
+    assert point(found, "xnai.health.check.duration", service="rag_api").sum == 0.25
+    assert point(found, "xnai.health.status", service="rag_api", status="unhealthy").value == 1
+    assert point(found, "xnai.alerts.active", service="rag_api", alert="status").value == 1
+    attempts = point(
+        found,
+        "xnai.recovery.attempts",
+        service="rag_api",
+        action="restart_service",
+        result="success",
+    )
+    assert attempts.value == 1
+    assert point(found, "xnai.recovery.escalated", service="rag_api").value == 1
+
+
+def test_meter_provider_is_checked() -> None:
+    with pytest.raises(TypeError, match="'meter_provider' must be an OpenTelemetry MeterProvider"):
+        enable_opentelemetry("provider")

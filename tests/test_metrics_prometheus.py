@@ -1,0 +1,191 @@
+"""The Prometheus adapter: names, labels and values, parsed as Prometheus parses them."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, events
+from xnai_core.events import (
+    AlertChanged,
+    DegradationCall,
+    HealthChecked,
+    RecoveryAttempted,
+    RecoveryEscalated,
+)
+from xnai_core.metrics import enable_prometheus
+from xnai_core.metrics.prometheus import PrometheusMetrics
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def metrics() -> Iterator[PrometheusMetrics]:
+    enabled = enable_prometheus(CollectorRegistry())
+    yield enabled
+    enabled.disable()
+    events.install_hooks()
+
+
+def scrape(registry: CollectorRegistry) -> Samples:
+    """Every sample of the registry's text exposition, parsed by prometheus_client."""
+    text = generate_latest(registry).decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, metric: str, /, **labels: str) -> float:
+    return samples[metric, tuple(sorted(labels.items()))]
+
+
+class Boom(Exception):
+    pass
+
+
+async def boom() -> None:
+    raise Boom
+
+
+async def test_breaker_metrics_after_a_trip(metrics: PrometheusMetrics) -> None:
+    b = CircuitBreaker(CircuitBreakerConfig(name="llm", failure_threshold=2, timeout=None))
+    for _ in range(3):
+        await b.call(asyncio.sleep, 0)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await b.call(boom)
+    with pytest.raises(CircuitOpenError):
+        await b.call(asyncio.sleep, 0)
+    s = scrape(metrics.registry)
+    assert value(s, "xnai_circuitbreaker_state", name="llm", state="open") == 1
+    assert value(s, "xnai_circuitbreaker_state", name="llm", state="closed") == 0
+    assert value(s, "xnai_circuitbreaker_state", name="llm", state="half_open") == 0
+    calls = "xnai_circuitbreaker_calls_seconds_count"
+    assert value(s, calls, name="llm", kind="successful") == 3
+    assert value(s, calls, name="llm", kind="failed") == 2
+    assert value(s, calls, name="llm", kind="timeout") == 0  # every kind exists from the start
+    assert (
+        value(s, "xnai_circuitbreaker_calls_seconds_bucket", name="llm", kind="failed", le="+Inf")
+        == 2
+    )
+    assert value(s, "xnai_circuitbreaker_not_permitted_calls_total", name="llm") == 1
+    assert ("xnai_circuitbreaker_redis_available", (("name", "llm"),)) not in s  # memory store
+    await b.force_close()
+    s = scrape(metrics.registry)
+    assert value(s, "xnai_circuitbreaker_state", name="llm", state="closed") == 1
+
+
+async def test_fallback_calls_are_counted(metrics: PrometheusMetrics) -> None:
+    b = CircuitBreaker(CircuitBreakerConfig(name="fb", failure_threshold=1), lambda: 0)
+    await b.call(boom)
+    await b.call(boom)
+    s = scrape(metrics.registry)
+    assert value(s, "xnai_circuitbreaker_fallback_calls_total", name="fb") == 2
+    assert value(s, "xnai_circuitbreaker_not_permitted_calls_total", name="fb") == 1
+
+
+async def test_a_breaker_shows_its_state_before_its_first_call(metrics: PrometheusMetrics) -> None:
+    b = CircuitBreaker(CircuitBreakerConfig(name="idle"))
+    s = scrape(metrics.registry)
+    assert value(s, "xnai_circuitbreaker_state", name="idle", state="closed") == 1
+    del b
+    gc.collect()
+    assert ("xnai_circuitbreaker_state", (("name", "idle"), ("state", "closed"))) not in scrape(
+        metrics.registry
+    )
+
+
+def test_other_parts_metrics_from_their_events(metrics: PrometheusMetrics) -> None:
+    emit = metrics.hook
+    emit(DegradationCall("chat", "primary", False, True, 0.01))
+    emit(DegradationCall("chat", "cache", True, True, 0.001))
+    emit(HealthChecked("rag_api", "unhealthy", "unhealthy", 0.2))
+    emit(HealthChecked("rag_api", "healthy", "degraded", 0.003))
+    emit(AlertChanged("rag_api", "consecutive_failures", "critical", True))
+    emit(AlertChanged("rag_api", "status", "critical", True))
+    emit(AlertChanged("rag_api", "status", "critical", False))
+    emit(RecoveryAttempted("rag_api", "restart_service", "failure", 1, 0.5))
+    emit(RecoveryAttempted("rag_api", "restart_service", "success", 2, 0.5))
+    emit(RecoveryEscalated("rag_api", True, "3 attempts failed"))
+    s = scrape(metrics.registry)
+    assert value(s, "xnai_degradation_calls_total", service="chat", source="primary") == 1
+    assert value(s, "xnai_degradation_calls_total", service="chat", source="cache") == 1
+    assert value(s, "xnai_degradation_degraded", service="chat") == 1
+    assert value(s, "xnai_health_checks_total", service="rag_api", result="unhealthy") == 1
+    assert value(s, "xnai_health_checks_total", service="rag_api", result="healthy") == 1
+    assert value(s, "xnai_health_status", service="rag_api", status="degraded") == 1
+    assert value(s, "xnai_health_status", service="rag_api", status="unhealthy") == 0
+    assert value(s, "xnai_health_check_duration_seconds_count", service="rag_api") == 2
+    assert value(s, "xnai_health_check_duration_seconds_bucket", service="rag_api", le="0.005") == 1
+    assert value(s, "xnai_alerts_active", service="rag_api", alert="consecutive_failures") == 1
+    assert value(s, "xnai_alerts_active", service="rag_api", alert="status") == 0
+    attempts = "xnai_recovery_attempts_total"
+    assert value(s, attempts, service="rag_api", action="restart_service", result="failure") == 1
+    assert value(s, attempts, service="rag_api", action="restart_service", result="success") == 1
+    assert value(s, "xnai_recovery_escalated", service="rag_api") == 1
+
+
+async def test_label_values_carry_no_secret(metrics: PrometheusMetrics) -> None:
+    """A breaker named after a URL with a password shows the URL, masked."""
+    b = CircuitBreaker(CircuitBreakerConfig(name="redis://:hunter2@cache:6379/0"))
+    await b.call(asyncio.sleep, 0)
+    metrics.hook(HealthChecked("postgresql://app:s3cret@db/app", "healthy", "healthy", 0.1))
+    text = generate_latest(metrics.registry).decode()
+    assert "hunter2" not in text
+    assert "s3cret" not in text
+    assert 'name="redis://:***@cache:6379/0"' in text
+
+
+async def test_label_values_never_grow_without_bound() -> None:
+    """Past max_names breaker names, the rest share one label value; no call is lost."""
+    gc.collect()
+    limited = enable_prometheus(CollectorRegistry(), max_names=3)
+    try:
+        breakers = [CircuitBreaker(CircuitBreakerConfig(name=f"b{i}")) for i in range(6)]
+        for b in breakers:
+            await b.call(asyncio.sleep, 0)
+        s = scrape(limited.registry)
+        counts = {
+            dict(labels)["name"]: count
+            for (metric, labels), count in s.items()
+            if metric == "xnai_circuitbreaker_calls_seconds_count"
+            and dict(labels)["kind"] == "successful"
+        }
+        assert "_other" in counts
+        assert len(counts) == 3 + 1  # (other live breakers, if any, took some of the 3)
+        assert sum(counts.values()) == 6
+    finally:
+        limited.disable()
+
+
+def test_enable_is_idempotent_per_registry_and_checks_its_argument() -> None:
+    registry = CollectorRegistry()
+    first = enable_prometheus(registry)
+    try:
+        assert enable_prometheus(registry) is first
+        assert events.get_hooks().count(first.hook) == 1
+    finally:
+        first.disable()
+    assert first.hook not in events.get_hooks()
+    with pytest.raises(TypeError, match="'registry' must be a prometheus_client CollectorRegistry"):
+        enable_prometheus("nope")
+
+
+def test_importing_the_core_imports_no_metrics_library() -> None:
+    """(redis-py itself imports opentelemetry when it is installed: not checked here.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xnai_core, xnai_core.events, xnai_core.metrics;"
+        "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'starlette'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

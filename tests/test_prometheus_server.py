@@ -1,0 +1,141 @@
+"""A real Prometheus scrapes the example app (create_ops_app mounted at /ops).
+
+The test trips a breaker, fails a health check and lets recovery heal it, then asks
+Prometheus' HTTP API for each metric. Every query of the Grafana dashboard and every
+alert rule is evaluated by the same Prometheus, and promtool runs the rules' tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import SHARED_REDIS_URL, free_port
+from tests.prometheus_helpers import (
+    ALERT_RULES,
+    ALERT_TESTS,
+    REPO,
+    PrometheusServer,
+    dashboard_queries,
+    prometheus_scraping,
+    require_prometheus,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def example_app(shared_redis: aioredis.Redis, key_prefix: str) -> AsyncIterator[str]:
+    """examples/ops_app.py under uvicorn on loopback; yields host:port."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "XNAI_EXAMPLE_REDIS_URL": SHARED_REDIS_URL,
+        "XNAI_EXAMPLE_KEY_PREFIX": key_prefix,
+        "XNAI_EXAMPLE_CHECK_INTERVAL": "0.5",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "examples.ops_app:app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        cwd=REPO, env=env,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 60
+        async with httpx.AsyncClient() as http:
+            while True:
+                assert server.returncode is None, "the example app exited"
+                try:
+                    if (await http.get(f"http://{address}/ops/livez")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert loop.time() < end, "the example app did not start"
+                await asyncio.sleep(0.1)
+        yield address
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), timeout=60)
+
+
+async def only_value(prometheus: PrometheusServer, expr: str) -> float:
+    result = await prometheus.wait_for(expr)
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
+
+
+@pytest.mark.timeout(240)
+async def test_prometheus_scrapes_breaker_health_and_recovery(
+    example_app: str, tmp_path: Path
+) -> None:
+    async with prometheus_scraping(tmp_path, example_app, "/ops/metrics") as prometheus:
+        base = f"http://{example_app}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/demo/work")).status_code == 200
+            for _ in range(2):
+                assert (await http.post("/demo/fail")).status_code == 502
+            assert (await http.get("/demo/work")).status_code == 503  # not permitted
+            assert (await http.get("/demo/chat")).json() == {"answer": "temporarily unavailable"}
+            assert (await http.post("/demo/vector_db/down")).status_code == 200
+
+        up = await only_value(prometheus, 'up{job="rag"} == 1')
+        assert up == 1
+        # The breaker: state, outcomes, rejections, Redis link.
+        sel = 'name="llm",job="rag"'
+        assert (
+            await only_value(prometheus, f'xnai_circuitbreaker_state{{{sel},state="open"}} == 1')
+            == 1
+        )
+        assert (
+            await only_value(prometheus, f'xnai_circuitbreaker_state{{{sel},state="closed"}}') == 0
+        )
+        failed = f'xnai_circuitbreaker_calls_seconds_count{{{sel},kind="failed"}} == 2'
+        assert await only_value(prometheus, failed) == 2
+        ok = f'xnai_circuitbreaker_calls_seconds_count{{{sel},kind="successful"}} == 1'
+        assert await only_value(prometheus, ok) == 1
+        rejected = f"xnai_circuitbreaker_not_permitted_calls_total{{{sel}}} == 1"
+        assert await only_value(prometheus, rejected) == 1
+        assert await only_value(prometheus, f"xnai_circuitbreaker_redis_available{{{sel}}}") == 1
+        # Every dashboard query and alert rule evaluates without error.
+        for expr in dashboard_queries():
+            await prometheus.query(expr)  # raises on a PromQL error
+        rules = await prometheus.api("rules")
+        loaded = [rule for group in rules["groups"] for rule in group["rules"]]
+        assert {rule["name"] for rule in loaded} >= {
+            "XnaiCircuitOpen",
+            "XnaiServiceUnhealthy",
+            "XnaiRecoveryEscalated",
+            "XnaiCircuitRedisUnavailable",
+        }
+        for _ in range(120):  # every rule evaluated at least once, without error
+            rules = await prometheus.api("rules")
+            loaded = [rule for group in rules["groups"] for rule in group["rules"]]
+            if all(rule.get("lastEvaluation", "").startswith("20") for rule in loaded):
+                break
+            await asyncio.sleep(0.25)
+        assert all(rule["health"] == "ok" for rule in loaded), loaded
+        # The open circuit is pending (for: 5m), not yet firing.
+        pending = {rule["name"]: rule["state"] for rule in loaded}
+        assert pending["XnaiCircuitOpen"] == "pending"
+
+
+async def test_promtool_checks_and_tests_the_alert_rules() -> None:
+    _, promtool = require_prometheus()
+    for args in (["check", "rules", str(ALERT_RULES)], ["test", "rules", str(ALERT_TESTS)]):
+        process = await asyncio.create_subprocess_exec(
+            promtool, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, out.decode()
+        assert b"SUCCESS" in out

@@ -1,0 +1,215 @@
+"""create_ops_app through httpx against uvicorn on loopback."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+
+from tests.conftest import free_port
+from tests.ops_helpers import serving
+from xnai_core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakerRegistry,
+    CustomHealthChecker,
+    HealthMonitor,
+    HTTPHealthChecker,
+    events,
+)
+from xnai_core.web import create_ops_app, monitor_lifespan
+
+TOKEN = "op-token-0123456789abcdef-never-shown"
+PASSWORD = "pw-hunter2-secret"
+
+
+@pytest.fixture(autouse=True)
+def no_global_hooks() -> Iterator[None]:
+    yield
+    events.install_hooks()
+
+
+@pytest.fixture
+async def monitor() -> AsyncIterator[HealthMonitor]:
+    """A monitor with a healthy service and one whose URL (with a password) refuses."""
+    mon = HealthMonitor(check_interval=3600, failure_threshold=1, success_threshold=1)
+    mon.add_checker(CustomHealthChecker("cache", lambda: True, in_thread=False))
+    url = f"http://admin:{PASSWORD}@127.0.0.1:{free_port()}/health"
+    mon.add_checker(HTTPHealthChecker("vector_db", url, timeout=5))
+    yield mon
+    await mon.stop_monitoring()
+
+
+@pytest.fixture
+def registry() -> CircuitBreakerRegistry:
+    breakers = CircuitBreakerRegistry()
+    breakers.register(CircuitBreaker(CircuitBreakerConfig(name="llm")))
+    return breakers
+
+
+def app_for(
+    monitor: HealthMonitor | None, breakers: CircuitBreakerRegistry | None, **kw: Any
+) -> Starlette:
+    kw.setdefault("metrics", CollectorRegistry())
+    return create_ops_app(monitor, breakers=breakers, **kw)
+
+
+async def test_health_report_json_and_503_when_a_service_fails(
+    monitor: HealthMonitor, registry: CircuitBreakerRegistry
+) -> None:
+    async with (
+        serving(app_for(monitor, registry)) as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        await monitor.trigger_manual_check("cache")
+        ok = await http.get("/health")
+        assert ok.status_code == 200
+        assert ok.headers["content-type"] == "application/json"
+        assert ok.json()["services"]["cache"]["status"] == "healthy"
+        await monitor.trigger_manual_check("vector_db")
+        failing = await http.get("/health")
+        assert failing.status_code == 503
+        assert failing.json()["services"]["vector_db"]["status"] == "unhealthy"
+        assert failing.json()["summary"]["unhealthy"] == 1
+        ietf = await http.get("/health", headers={"Accept": "application/health+json"})
+        assert ietf.status_code == 503
+        assert ietf.headers["content-type"] == "application/health+json"
+        assert ietf.json()["status"] == "fail"
+        assert ietf.json()["checks"]["vector_db:responseTime"][0]["status"] == "fail"
+
+
+async def test_detail_only_with_the_token(monitor: HealthMonitor) -> None:
+    app = app_for(monitor, None, control_token=TOKEN)
+    await monitor.trigger_manual_check("vector_db")
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        public = await http.get("/health")
+        public_json = await http.get("/health", headers={"Accept": "application/health+json"})
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        private = await http.get("/health", headers=auth)
+        private_json = await http.get(
+            "/health", headers={**auth, "Accept": "application/health+json"}
+        )
+    for response in (public, public_json):
+        assert "127.0.0.1" not in response.text
+        assert "ConnectError" not in response.text
+    assert "details" not in public.json()["services"]["vector_db"]
+    assert "output" not in public_json.json()["checks"]["vector_db:responseTime"][0]
+    assert "127.0.0.1" in private.json()["services"]["vector_db"]["details"]["url"]
+    assert private_json.json()["checks"]["vector_db:responseTime"][0]["output"]
+    for response in (public, public_json, private, private_json):
+        assert PASSWORD not in response.text
+        assert TOKEN not in response.text
+
+
+async def test_livez_and_readyz(monitor: HealthMonitor) -> None:
+    await monitor.trigger_manual_check("cache")
+    await monitor.trigger_manual_check("vector_db")
+    every = app_for(monitor, None)
+    only_cache = app_for(monitor, None, critical=["cache"])
+    async with serving(every) as base, httpx.AsyncClient(base_url=base) as http:
+        live = await http.get("/livez")
+        assert (live.status_code, live.text) == (200, "ok")
+        assert live.headers["content-type"].startswith("text/plain")
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert "vector_db" in ready.text
+    async with serving(only_cache) as base, httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_metrics_with_content_negotiation(registry: CircuitBreakerRegistry) -> None:
+    metrics = CollectorRegistry()
+    app = app_for(None, registry, metrics=metrics)
+    await registry.get("llm").call(lambda: 1)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        text = await http.get("/metrics")
+        assert text.status_code == 200
+        assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(text.text)}
+        assert "xnai_circuitbreaker_state" in families
+        assert "xnai_circuitbreaker_calls_seconds" in families
+        open_metrics = await http.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert open_metrics.text.rstrip().endswith("# EOF")
+    without = create_ops_app(None, metrics=False)
+    async with serving(without) as base, httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/metrics")).status_code == 404
+
+
+async def test_circuits_json(registry: CircuitBreakerRegistry) -> None:
+    async with serving(app_for(None, registry)) as base, httpx.AsyncClient(base_url=base) as http:
+        body = (await http.get("/circuits")).json()
+    assert body["llm"]["state"] == "closed"
+    assert body["llm"]["name"] == "llm"
+
+
+async def test_control_routes_absent_without_a_token(registry: CircuitBreakerRegistry) -> None:
+    async with serving(app_for(None, registry)) as base, httpx.AsyncClient(base_url=base) as http:
+        response = await http.post("/circuits/llm/open", headers={"Authorization": "Bearer x"})
+    assert response.status_code in (404, 405)
+    assert registry.get("llm").state == "closed"
+
+
+async def test_control_routes_need_the_token(
+    registry: CircuitBreakerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr("xnai_core.web.ops.hmac.compare_digest", spy)
+    breaker = registry.get("llm")
+    app = app_for(None, registry, control_token=TOKEN)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            refused = await http.post("/circuits/llm/open", headers=headers)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert TOKEN not in refused.text
+        assert breaker.state == "closed"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        opened = await http.post("/circuits/llm/open", headers=auth)
+        assert opened.status_code == 200
+        assert opened.json()["state"] == "open"
+        assert breaker.state == "open"
+        assert breaker.get_metrics()["forced_open"]
+        assert (await http.post("/circuits/llm/close", headers=auth)).json()["state"] == "closed"
+        await breaker.force_open()
+        assert (await http.post("/circuits/llm/reset", headers=auth)).json()["state"] == "closed"
+        assert (await http.post("/circuits/nope/open", headers=auth)).status_code == 404
+        assert (await http.post("/circuits/llm/explode", headers=auth)).status_code == 404
+    assert (b"wrong", TOKEN.encode()) in compared  # the wrong token went through compare_digest
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="'control_token' must be a string of at least 16"):
+        create_ops_app(None, control_token="short", metrics=False)
+    with pytest.raises(TypeError, match="'monitor' must be a HealthMonitor"):
+        create_ops_app("monitor", metrics=False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'metrics' must be a bool or"):
+        create_ops_app(None, metrics="yes")
+
+
+async def test_mounted_in_a_parent_app_with_the_lifespan_helper(monitor: HealthMonitor) -> None:
+    from starlette.routing import Mount
+
+    parent = Starlette(
+        routes=[Mount("/ops", app_for(monitor, None))], lifespan=monitor_lifespan(monitor)
+    )
+    assert not monitor.monitoring_active
+    async with serving(parent, lifespan="on") as base, httpx.AsyncClient(base_url=base) as http:
+        assert monitor.monitoring_active
+        assert (await http.get("/ops/livez")).status_code == 200
+        assert (await http.get("/ops/health")).status_code in (200, 503)
+    assert not monitor.monitoring_active
