@@ -27,7 +27,7 @@ from ..events import (
     StateChanged,
     live_sources,
 )
-from ..health.checkers import HealthStatus
+from ..health.result import HealthStatus
 from ._labels import LabelGuard
 
 DEFAULT_MAX_NAMES = 500

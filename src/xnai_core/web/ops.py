@@ -37,9 +37,9 @@ from starlette.routing import Route
 
 from ..circuit.breaker import CircuitBreaker
 from ..circuit.registry import CircuitBreakerRegistry
-from ..health.checkers import HealthStatus
 from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
 from ..health.monitor import HealthMonitor
+from ..health.result import HealthStatus
 
 Breakers = CircuitBreakerRegistry | Mapping[str, CircuitBreaker] | Iterable[CircuitBreaker]
 
