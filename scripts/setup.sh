@@ -3,15 +3,6 @@
 # Safe to run again: it only installs what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The observability tests run a real Prometheus (and promtool) from Debian's package.
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  else
-    echo "setup.sh: prometheus/promtool missing (apt-get install prometheus); their tests will fail" >&2
-  fi
-fi
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
@@ -29,5 +20,14 @@ if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-alertmanager >/dev/null
   else
     echo "setup.sh: prometheus-alertmanager is missing (apt-get install prometheus-alertmanager as root)" >&2
+  fi
+fi
+# The observability tests run a real Prometheus server and promtool (Debian's package).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+  else
+    echo "setup.sh: prometheus/promtool are missing (apt-get install prometheus as root)" >&2
   fi
 fi
