@@ -26,6 +26,7 @@ caller passes it in ``secrets`` (checkers know their own URL's secrets: :func:`u
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,7 @@ from urllib.parse import quote, unquote, unquote_plus
 __all__ = [
     "MASK",
     "SECRET_NAME_PARTS",
+    "argv_secrets",
     "is_secret_field",
     "is_secret_name",
     "redact",
@@ -419,3 +421,28 @@ def redact_argv(argv: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
             continue
         shown.append(redact(arg))
     return tuple(shown)
+
+
+def argv_secrets(argv: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
+    """The values :func:`redact_argv` masks in ``argv``, to :func:`scrub` from what the
+    command printed or the errors it caused (a program may echo its own arguments)."""
+    args = [os.fspath(arg) if not isinstance(arg, str) else arg for arg in argv]
+    found: set[str] = set()
+    for original, shown in zip(args, redact_argv(args), strict=True):
+        if original == shown:
+            continue
+        # Each "***" in the shown form stands for the text between the kept parts.
+        kept = shown.split(MASK)
+        position = 0
+        for before, after in itertools.pairwise(kept):
+            found_at = original.find(before, position)
+            start = found_at + len(before)
+            end = original.find(after, start) if after else len(original)
+            if found_at < 0 or end < start:
+                found.add(original)  # could not line them up: the whole argument
+                break
+            found.add(original[start:end])
+            position = end
+    return tuple(
+        sorted((s for s in found if len(s) >= _MIN_FREE_TEXT_SECRET), key=len, reverse=True)
+    )

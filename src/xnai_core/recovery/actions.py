@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._dispatch import CallbackBusyError, Dispatcher
+from .._redact import argv_secrets
 from .._redact import redact as redact  # public here since before _redact
 from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
 
@@ -218,7 +219,7 @@ async def run_command(
         return ActionOutcome(
             ok=False,
             detail=f"command {name!r} could not start",
-            error=redact(f"{type(exc).__name__}: {reason}"),
+            error=redact(f"{type(exc).__name__}: {reason}", argv_secrets(argv)),
             retryable=False,
         )
     except BaseException:
@@ -236,7 +237,8 @@ async def run_command(
         await asyncio.shield(_kill_group(proc))
         capture.close()
         raise
-    tail = capture.tail(drains)
+    # A program may print its own arguments: the ones that are secrets go too.
+    tail = redact(capture.tail(drains), argv_secrets(argv))
     if timed_out:
         return ActionOutcome(
             ok=False,
