@@ -91,15 +91,27 @@ def shapes(tag: str = "") -> tuple[Shape, ...]:
 
     add("url password", "redis://app:{c}@127.0.0.1:6379/0", url=True)
     add("url password, no user", "redis://:{c}@127.0.0.1:6379/0", url=True)
-    add("'@' in the password, core after it", "postgresql://app:p@{c}@db:5432/app", "p@{c}", url=True)
-    add("'@' in the password, core before it", "https://u:{c}@x@api.example.com/v1", "{c}@x", url=True)
+    add(
+        "'@' in the password, core after it",
+        "postgresql://app:p@{c}@db:5432/app",
+        "p@{c}",
+        url=True,
+    )
+    add(
+        "'@' in the password, core before it",
+        "https://u:{c}@x@api.example.com/v1",
+        "{c}@x",
+        url=True,
+    )
     add("'/' in the password", "postgresql://app:a/{c}@db:5432/app", "a/{c}", url=True)
     add("'#' in the password", "redis://:p#{c}@127.0.0.1:6379/0", "p#{c}", url=True)
     add("'?' in the password", "http://svc:p?{c}@127.0.0.1:8080/x", "p?{c}", url=True)
     add("token as the lone user", "https://{c}@api.example.com/v1/chat", url=True)
     add("token as the lone http user", "http://{c}@127.0.0.1:8080/health", url=True)
     for parameter in SECRET_PARAMETERS:
-        add(f"?{parameter}=", f"https://api.example.com/v1/chat?model=m&{parameter}={{c}}", url=True)
+        add(
+            f"?{parameter}=", f"https://api.example.com/v1/chat?model=m&{parameter}={{c}}", url=True
+        )
     add("second parameter", "http://127.0.0.1:8080/health?a=1&access_token={c}&b=2", url=True)
     add("';' separator", "http://127.0.0.1:8080/health?a=1;token={c}", url=True)
     add("fragment token", "https://app.example.com/cb#access_token={c}&state=1", url=True)

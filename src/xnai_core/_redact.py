@@ -373,6 +373,13 @@ _USER_AND_PASSWORD_FLAGS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = 
 )
 
 
+_TOOLS: tuple[str, ...] = tuple(
+    tool
+    for tools in [t for t, _, _ in _SHORT_SECRET_FLAGS] + [t for t, _ in _USER_AND_PASSWORD_FLAGS]
+    for tool in tools
+)
+
+
 def _short_flag_rule(program: str, arg: str) -> tuple[str, str] | None:
     for tools, flag, how in _SHORT_SECRET_FLAGS:
         if program.startswith(tools) and arg.startswith(flag):
@@ -383,7 +390,8 @@ def _short_flag_rule(program: str, arg: str) -> tuple[str, str] | None:
 def redact_argv(argv: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
     """``argv`` for showing: each argument through :func:`redact`, the value after a secret
     flag (``--password x``, ``--token x``) masked, and the short password flags of common
-    tools (``mysql -pX``, ``redis-cli -a X``, ``curl -u user:X``)."""
+    tools (``mysql -pX``, ``redis-cli -a X``, ``curl -u user:X``), also behind a wrapper
+    (``sudo``, ``env``, ``docker exec c``, ``ssh host``: the last tool named so far rules)."""
     args = [os.fspath(arg) if not isinstance(arg, str) else arg for arg in argv]
     program = os.path.basename(args[0]) if args else ""
     shown: list[str] = []
@@ -398,6 +406,10 @@ def redact_argv(argv: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
             continue
         if index == 0:
             shown.append(redact(arg))
+            continue
+        if os.path.basename(arg).startswith(_TOOLS):
+            program = os.path.basename(arg)
+            shown.append(arg)
             continue
         rule = _short_flag_rule(program, arg)
         if rule is not None:

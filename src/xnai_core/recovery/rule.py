@@ -64,14 +64,25 @@ MAX_PID = 2**31 - 1
 
 
 def _shown_command(value: object) -> str:
-    """``value`` for an error message: an argument list with its secrets masked."""
-    if isinstance(value, str | bytes):
-        return repr(redact(value if isinstance(value, str) else value.decode("utf-8", "replace")))
-    if isinstance(value, Sequence) and all(isinstance(a, str | os.PathLike) for a in value):
-        return repr(list(redact_argv(value)))
-    if isinstance(value, Sequence):
-        return repr([redact(a) if isinstance(a, str) else f"<{type(a).__name__}>" for a in value])
-    return f"<{type(value).__name__}>"
+    """``value`` for an error message: an argument list with its secrets masked, each
+    argument judged among its neighbours (``--password`` masks the one after it)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return repr(redact(" ".join(redact_argv(value.split()))))
+    if not isinstance(value, Sequence):
+        return f"<{type(value).__name__}>"
+    texts = [
+        os.fspath(a) if isinstance(a, os.PathLike) else a if isinstance(a, str) else None
+        for a in value
+    ]
+    masked = iter(redact_argv([t for t in texts if isinstance(t, str)]))
+    return repr(
+        [
+            next(masked) if t is not None else f"<{type(a).__name__}>"
+            for t, a in zip(texts, value, strict=True)
+        ]
+    )
 
 
 def _normalise_command(value: object, where: str) -> tuple[str, ...]:
@@ -92,13 +103,13 @@ def _normalise_command(value: object, where: str) -> tuple[str, ...]:
                 f"{index} of {_shown_command(value)}"
             )
     argv = tuple(os.fspath(arg) if not isinstance(arg, str) else arg for arg in args)
-    for arg in argv:
+    for index, arg in enumerate(argv):
         # No program can receive a NUL byte in an argument: exec would refuse it at
         # every attempt, so refuse the rule now.
         if "\0" in arg if isinstance(arg, str) else b"\0" in arg:
             raise ValueError(
-                f"'command' arguments must not contain a NUL byte, {where}: "
-                f"{redact(arg) if isinstance(arg, str) else '<bytes>'!r}"
+                f"'command' arguments must not contain a NUL byte, {where}: argument "
+                f"{index} of {_shown_command(value)}"
             )
     return argv
 
