@@ -38,6 +38,7 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
+    drop: bool = False  # read the request, then close without answering (a lost reply)
 
 
 # A validator returns the reply for a request it accepts or refuses (a 400 with why).
@@ -79,6 +80,9 @@ class Receiver:
                     self.rfile.read(length),
                 )
                 reply = receiver._answer(request)
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

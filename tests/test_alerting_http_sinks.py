@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.alerting_helpers import (
+    BlackHole,
     Receiver,
     Reply,
     Request,
@@ -117,6 +119,13 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver()
     yield server
     server.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.close()
 
 
 @pytest.fixture
@@ -387,6 +396,37 @@ async def test_webhook_delivery_id_is_the_same_on_every_retry(receiver: Receiver
     await sink.aclose()
     ids = {request.headers["x-xnai-delivery"] for request in receiver.requests}
     assert (len(receiver.requests), len(ids)) == (3, 1)
+
+
+async def test_a_lost_reply_is_retried_with_the_same_delivery_id(receiver: Receiver) -> None:
+    """The receiver took the request but the reply never came: the retry can be deduplicated."""
+    receiver.script.append(Reply(drop=True))
+    sink = WebhookSink(receiver.url, secret="s", sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.aclose()
+    first, second = receiver.requests
+    assert first.headers["x-xnai-delivery"] == second.headers["x-xnai-delivery"]
+    # The same notification; only the attempt's own time differs.
+    assert {**first.json(), "sent_at": None} == {**second.json(), "sent_at": None}
+    stats = sink.stats()
+    assert (stats.sent, stats.retried) == (1, 1)
+    assert stats.last_error is not None
+    assert stats.last_error.startswith("webhook: RemoteProtocolError")
+
+
+async def test_aclose_cancelled_leaves_no_task_behind(black_hole: BlackHole) -> None:
+    """Cancelling aclose() itself cancels the sink's task too."""
+    sink = WebhookSink(black_hole.url, timeout=30.0)
+    sink.submit(alert())
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(sink.aclose(timeout=30.0))
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    worker = sink._worker
+    assert worker is not None
+    assert worker.done()
 
 
 # --- Alertmanager (payload; the real server is in test_alerting_alertmanager.py) ----------

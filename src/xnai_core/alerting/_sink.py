@@ -469,10 +469,13 @@ class AlertSink:
         self._wake.set()
         worker = self._worker
         if worker is not None and not worker.done():
-            done, _ = await asyncio.wait({worker}, timeout=deadline_in)
-            if not done:
-                worker.cancel()
-                await asyncio.gather(worker, return_exceptions=True)
+            try:
+                await asyncio.wait({worker}, timeout=deadline_in)
+            finally:
+                # At the deadline, or when aclose() itself is cancelled: no task is left.
+                if not worker.done():
+                    worker.cancel()
+                    await asyncio.gather(worker, return_exceptions=True)
         leftovers = list(self._queue)
         if self._in_flight is not None:
             leftovers.insert(0, self._in_flight)
