@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -190,3 +190,46 @@ async def test_a_killed_holder_s_restart_is_not_repeated_by_its_peer(
         if worker.returncode is None:
             worker.kill()
         await worker.wait()
+
+
+async def test_a_replica_whose_monitor_stops_gives_its_turn_back(
+    tmp_path: Path, shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Finding 9 with replicas: a replica paused by its stopped monitor does not keep the
+    service's lease (renewed forever, it would lock every peer out); it gives it back at
+    its next decision (here, when its backoff ends)."""
+    web = Web.create(tmp_path)  # never started: refused
+    replica = Replica("me", web, shared_redis, key_prefix, check_interval=0.05)
+    replica.manager.add_rule(
+        RecoveryRule(
+            "web",
+            "clear_cache",
+            recovery_func=lambda service: None,  # "works", fixes nothing
+            failure_threshold=1,
+            grace_period=0.2,
+            backoff_base=1.0,
+            backoff_max=1.0,
+            stable_period=10.0,
+        )
+    )
+    lease = RecoveryCoordinator(shared_redis, key_prefix=key_prefix).lease_key("web")
+    try:
+        await replica.monitor.start_monitoring()
+        await _until(lambda: replica.state() == "waiting" and bool(web.restarts()) is False)
+        await _until_async_true(lambda: shared_redis.exists(lease))  # held through its backoff
+        await replica.monitor.stop_monitoring()
+        await _until_async_true(lambda: _not(shared_redis.exists(lease)))
+    finally:
+        await replica.aclose()
+
+
+async def _not(found: Awaitable[int]) -> bool:
+    return not await found
+
+
+async def _until_async_true(look: Callable[[], Awaitable[object]], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await look():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)

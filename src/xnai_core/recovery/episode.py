@@ -154,6 +154,9 @@ class EpisodeRunner:
                 if isinstance(step, Wait):
                     svc.phase = RecoveryPhase.WAITING
                     self._announce(svc, step.reason, announced)
+                    if step.reason == "monitor stopped":
+                        # Blind here: let a peer whose monitor runs take the service.
+                        await self._hand_back(svc)
                     await self._wait(svc, step.until, probe=step.probe)
                 elif isinstance(step, Verify):
                     svc.phase = RecoveryPhase.VERIFYING
@@ -165,7 +168,7 @@ class EpisodeRunner:
                     turn = await self._take_turn(svc, slot.rule)
                     if turn is False:
                         return
-                    if turn:
+                    if turn and svc.status == UNHEALTHY:  # it may have come back meanwhile
                         acted = slot.rule
                         attempt = await self._act(svc, slot)
                         if attempt is not None:
