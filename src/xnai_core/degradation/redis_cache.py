@@ -105,6 +105,7 @@ class RedisCache:
         """The entry under ``key``; None when absent, unreadable, or Redis is down."""
         if self._down:
             self._skipped += 1
+            self._start_probe()
             return None
         try:
             async with asyncio.timeout(self.op_timeout):
@@ -145,6 +146,7 @@ class RedisCache:
             return
         if self._down:
             self._writes_dropped += 1
+            self._start_probe()
             return
         millis = max(1, math.ceil(keep_for * 1000))
         try:
@@ -160,6 +162,7 @@ class RedisCache:
         """Forget ``key``; skipped while Redis is down, a Redis problem is logged, not raised."""
         if self._down:
             self._skipped += 1
+            self._start_probe()
             return
         try:
             async with asyncio.timeout(self.op_timeout):
@@ -254,9 +257,12 @@ class RedisCache:
             logger.info("redis cache available again", extra={"cache_prefix": self.prefix})
 
     def _start_probe(self) -> None:
-        if self._probe is not None and not self._probe.done():
+        """Make sure one probe runs, on this loop (one left on a closed loop never ends)."""
+        loop = asyncio.get_running_loop()
+        probe = self._probe
+        if probe is not None and not probe.done() and probe.get_loop() is loop:
             return
-        self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
+        self._probe = loop.create_task(self._probe_until_back())
 
     async def _probe_until_back(self) -> None:
         """PING with backoff until Redis answers; the only Redis traffic while down."""
