@@ -82,6 +82,9 @@ async def stores(
     made: list[RedisStore] = []
 
     def make(config: CircuitBreakerConfig, **kwargs: Any) -> RedisStore:
+        # A cluster client's first connection (CLUSTER SLOTS on every node) takes
+        # 100-300 ms on a busy machine: more than the default first call's deadline.
+        kwargs.setdefault("op_timeout", 2.0)
         store = RedisStore(config, clients(), key_prefix=prefix, **kwargs)
         made.append(store)
         return store

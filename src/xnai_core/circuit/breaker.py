@@ -528,6 +528,7 @@ class CircuitBreaker:
             "forced_open": snap.forced,
             "backend": self._store.backend,
             "redis_available": self._store.available,
+            **self._store.backend_metrics(),
             "config": {
                 "failure_threshold": self.config.failure_threshold,
                 "recovery_timeout": self.config.recovery_timeout,

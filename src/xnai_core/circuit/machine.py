@@ -17,6 +17,13 @@ Rules:
   successful trials close it. A cancelled trial gives its permit back.
 - Every transition bumps ``epoch``. A result carries the epoch its call was
   admitted under; a result from an older epoch changes nothing.
+- Stored times never lie ahead of now (:func:`clamp`): after a clock steps back,
+  an open circuit waits at most ``recovery_timeout`` more and a lease ends at most
+  one lease from now.
+
+A store shared between processes keeps a mirror of the circuit and answers some
+questions without asking the others: :func:`answer_locally` and the
+``*_changes`` predicates say when that is the same answer the machine would give.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class Admission(NamedTuple):
 
 
 _FORCED_OPEN = Admission(None, None)
+_ALL_PERMITS_TAKEN = Admission(None, None)
 
 
 def _open(snap: Snapshot, now: float, failure_count: int) -> Snapshot:
@@ -100,23 +108,84 @@ def _half_open(snap: Snapshot) -> Snapshot:
     )
 
 
+def clamp(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> Snapshot:
+    """``snap`` with no time ahead of ``now``: ``opened_at`` at most now, each lease
+    ending at most one lease from now (the clock stepped back since they were set)."""
+    horizon = now + config.lease_seconds
+    if snap.opened_at <= now and all(expiry <= horizon for _, expiry in snap.trials):
+        return snap
+    trials = tuple((permit, min(expiry, horizon)) for permit, expiry in snap.trials)
+    return replace(snap, opened_at=min(snap.opened_at, now), trials=trials)
+
+
 def open_rejection(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> Admission | None:
     """The rejection of an open circuit still inside its recovery timeout (or forced), else None.
 
-    It changes nothing, so a store may answer with it without taking its lock.
+    It changes nothing, so a store may answer with it without taking its lock. None
+    too when the circuit opened "in the future" (the clock stepped back): :func:`admit`
+    clamps that first.
     """
     if snap.state is not OPEN:
         return None
     if snap.forced:
         return _FORCED_OPEN
     reopen_at = snap.opened_at + config.recovery_timeout
-    return Admission(None, reopen_at - now) if now < reopen_at else None
+    if now < reopen_at and snap.opened_at <= now:
+        return Admission(None, reopen_at - now)
+    return None
+
+
+def answer_locally(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> Admission | None:
+    """A shared store's answer from its mirror alone, when it is the machine's answer
+    whatever the others did meanwhile; None: ask the shared state.
+
+    Open inside its recovery timeout (or forced): rejected. Half-open with every
+    permit held by a live lease: rejected, when one frees up is unknown. Closed:
+    admitted. A time ahead of now (the clock stepped back): ask, so the shared state
+    is clamped.
+    """
+    if snap.state is CLOSED:
+        return Admission(Ticket(snap.epoch))
+    if snap.state is OPEN:
+        return open_rejection(snap, config, now)
+    horizon = now + config.lease_seconds
+    live = 0
+    for _, expiry in snap.trials:
+        if expiry > horizon:
+            return None
+        if expiry > now:
+            live += 1
+    if live + snap.half_open_successes >= config.half_open_max_calls:
+        return _ALL_PERMITS_TAKEN
+    return None
+
+
+def success_changes(snap: Snapshot, ticket: Ticket) -> bool:
+    """Whether :func:`on_success` with ``ticket`` would change ``snap``, as far as the
+    mirror knows: False means a store need not report it."""
+    if ticket.epoch != snap.epoch:
+        return False
+    if snap.state is CLOSED:
+        return snap.failure_count != 0
+    return snap.state is HALF_OPEN and ticket.permit != 0
+
+
+def failure_changes(snap: Snapshot, ticket: Ticket) -> bool:
+    """Whether :func:`on_failure` with ``ticket`` would change ``snap``: not for an
+    older epoch's call (fenced), nor for an open circuit."""
+    return ticket.epoch == snap.epoch and snap.state is not OPEN
+
+
+def release_changes(snap: Snapshot, ticket: Ticket) -> bool:
+    """Whether :func:`on_release` of ``ticket`` could change ``snap``."""
+    return bool(ticket.permit) and ticket.epoch == snap.epoch and snap.state is HALF_OPEN
 
 
 def admit(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> tuple[Admission, Snapshot]:
     """Decide whether a call may run now, and take a trial permit if half-open."""
     if snap.state is CLOSED:
         return Admission(Ticket(snap.epoch)), snap
+    snap = clamp(snap, config, now)
     if snap.state is OPEN:
         rejection = open_rejection(snap, config, now)
         if rejection is not None:

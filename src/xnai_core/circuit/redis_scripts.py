@@ -10,7 +10,8 @@ one slot and runs unchanged on Redis Cluster) holds plain decimal strings only:
 
 ==============  ==============================================================
 ``v``           schema version, ``1``
-``gen``         lineage: Redis TIME (us) when this hash was (re)created
+``gen``         lineage: Redis TIME (us) when this hash was (re)created; even when
+                it was missing, odd when it replaced a malformed one
 ``ver``         bumped on every write; orders messages within a lineage
 ``epoch``       bumped on every transition; fences results of older calls
 ``state``       ``closed`` | ``open`` | ``half_open``
@@ -29,16 +30,35 @@ epoch above the old one, and says so in its reply, so the caller can log it.
 
 Every script shares this calling convention.
 
+``KEYS``: ``[1]`` the hash; ``[2]`` its request log ``<hash>:rq`` (same slot).
 ``ARGV``: ``[1]`` now in us, or ``""`` to use Redis TIME; ``[2]`` the channel
 to PUBLISH on; ``[3]`` failure_threshold; ``[4]`` recovery_timeout (us);
-``[5]`` half_open_max_calls; ``[6]`` half-open lease (us); ``[7..]`` per script.
+``[5]`` half_open_max_calls; ``[6]`` half-open lease (us); ``[7]`` the request
+id (``""``: none); ``[8]`` request ids whose answers arrived, comma-separated;
+``[9..]`` per script.
+
+**At most once.** A client may send a script twice: redis-py retries a command
+whose connection dropped, even when Redis ran it and only the answer was lost.
+A script that changed the hash records its request id and answer in the request
+log (a hash that expires after a minute without writes); a second run with the
+same id changes nothing and answers as the first did (note ``replayed``). The
+caller acknowledges answers it received in its next script, which forgets them,
+so the log holds only requests whose answers are outstanding. ``RELEASE`` given
+the id of an ``ADMIT`` whose answer never came gives back the permit it took, or,
+if that ``ADMIT`` has not run yet, records it as cancelled so it takes nothing.
+
+**Time is bounded.** Stored times never lie ahead of now: on load ``opened_at``
+is clamped to now and each lease expiry to now + lease (note ``clamped``, and
+the clamp is written back). So after the clock steps back an open circuit waits
+at most ``recovery_timeout`` and a lease lasts at most its length.
 
 Returns ``{admitted, permit, retry_after_us, now_us, snapshot, note}``:
 ``admitted`` is 1/0 for ``ADMIT`` and -1 for the others; ``permit`` the trial
 permit taken (0: none); ``retry_after_us`` -1 when unknown; ``snapshot`` the
 state after the script, encoded as by :func:`encode`; ``note`` is ``""``,
-``missing`` (hash created), ``malformed:<field>`` (hash reset), ``pushed``
-(``RECONCILE`` wrote the caller's open circuit), possibly joined by ``;``.
+``missing`` (hash created), ``malformed:<field>`` (hash reset), ``clamped``
+(stored times were ahead of now), ``replayed`` (a second run of a request),
+``pushed`` (``RECONCILE`` wrote the caller's open circuit), joined by ``;``.
 
 A snapshot is PUBLISHed (same encoding) whenever a script changes the epoch,
 whether failures are pending, the trial permits, the trial successes, the
@@ -59,6 +79,12 @@ local THRESHOLD = tonumber(ARGV[3])
 local RECOVERY = tonumber(ARGV[4])
 local MAX_CALLS = tonumber(ARGV[5])
 local LEASE = tonumber(ARGV[6])
+local RQ = KEYS[2]
+local RID = ARGV[7]
+local ACKS = ARGV[8]
+-- How long a request's answer is kept for a resend of it (us); the caller never
+-- resends a request older than half of it.
+local HORIZON = 60000000
 
 local function server_time()
   local t = redis.call('TIME')
@@ -76,8 +102,13 @@ local function fmt(n) return string.format('%.0f', n) end
 local LIMIT = 9007199254740992
 local function capped(n) return math.min(n, LIMIT - 1) end
 
-local function fresh(epoch)
-  return {gen = fmt(server_time()), ver = 0, epoch = epoch, state = 'closed', failures = 0,
+-- A new lineage: even when the hash was missing, odd when it replaces a malformed
+-- one, so every process can tell a repair (an order to start closed) from a loss.
+local function fresh(epoch, repaired)
+  local gen = server_time()
+  gen = gen - gen % 2
+  if repaired then gen = gen + 1 end
+  return {gen = fmt(gen), ver = 0, epoch = epoch, state = 'closed', failures = 0,
           opened_at = 0, successes = 0, next_permit = 1, forced = 0, trials = {}}
 end
 
@@ -99,7 +130,7 @@ local function load()
   if kind == 'none' then return fresh(math.floor(NOW / 1000)), 'missing' end
   if kind ~= 'hash' then
     NOT_A_HASH = true
-    return fresh(math.floor(NOW / 1000)), 'malformed:type'
+    return fresh(math.floor(NOW / 1000), true), 'malformed:type'
   end
   local raw = redis.call('HGETALL', KEY)
   local h, trials, bad = {}, {}, nil
@@ -128,11 +159,19 @@ local function load()
   if bad then
     local old_epoch = 0
     if digits(h.epoch) then old_epoch = tonumber(h.epoch) end
-    return fresh(math.max(math.floor(NOW / 1000), old_epoch + 1)), 'malformed:' .. bad
+    return fresh(math.max(math.floor(NOW / 1000), old_epoch + 1), true), 'malformed:' .. bad
   end
   table.sort(trials, function(a, b) return a[1] < b[1] end)
   local s = {gen = h.gen, state = h.state, forced = tonumber(h.forced), trials = trials}
   for _, name in ipairs(COUNTERS) do s[name] = tonumber(h[name]) end
+  -- Times ahead of now (the clock stepped back, or a failover to a server whose
+  -- clock is behind): clamped, so no wait outlasts its own length from now.
+  local clamped = false
+  if s.opened_at > NOW then s.opened_at, clamped = NOW, true end
+  for _, t in ipairs(trials) do
+    if t[2] > NOW + LEASE then t[2], clamped = capped(NOW + LEASE), true end
+  end
+  if clamped then return s, 'clamped' end
   return s, ''
 end
 
@@ -208,21 +247,53 @@ local function without_trial(s, permit)
   return kept
 end
 
+-- The request log: answers of requests that changed the hash, by request id.
+local function remember(rid, admitted, permit, retry)
+  redis.call('HSET', RQ, rid, table.concat({fmt(NOW + HORIZON), admitted, permit, retry}, ' '))
+  redis.call('PEXPIRE', RQ, math.floor(HORIZON / 1000))
+  if redis.call('HLEN', RQ) > 64 then
+    local raw = redis.call('HGETALL', RQ)
+    for i = 1, #raw, 2 do
+      local expiry = tonumber(string.match(raw[i + 1], '^(%d+) '))
+      if expiry == nil or expiry < NOW then redis.call('HDEL', RQ, raw[i]) end
+    end
+  end
+end
+
+local function recalled(rid)
+  local record = redis.call('HGET', RQ, rid)
+  if not record then return nil end
+  local admitted, permit, retry = string.match(record, '^%d+ (%-?%d+) (%d+) (%-?%d+)$')
+  if admitted == nil then return nil end
+  return {tonumber(admitted), tonumber(permit), tonumber(retry)}
+end
+
 local function finish(s, before, changed, note, admitted, permit, retry)
   if changed then
     save(s)
     if signature(s) ~= before then redis.call('PUBLISH', CHANNEL, encode(s)) end
+    if RID ~= '' then remember(RID, admitted, permit, retry) end
   end
   return {admitted, permit, retry, NOW, encode(s), note}
+end
+
+if ACKS ~= '' then
+  for rid in string.gmatch(ACKS, '[^,]+') do redis.call('HDEL', RQ, rid) end
 end
 
 local s, note = load()
 local before = signature(s)
 if note ~= '' then before = '' end
+
+if RID ~= '' and (note == '' or note == 'clamped') then
+  -- A second run of a request (the client resent it): it took effect already.
+  local first = recalled(RID)
+  if first then return {first[1], first[2], first[3], NOW, encode(s), 'replayed'} end
+end
 """
 
 ADMIT_BODY = """
--- ADMIT: machine.admit. ARGV[7..]: none.
+-- ADMIT: machine.admit. ARGV[9..]: none.
 local changed = note ~= ''
 if s.state == 'closed' then return finish(s, before, changed, note, 1, 0, -1) end
 if s.state == 'open' then
@@ -247,9 +318,9 @@ return finish(s, before, true, note, 1, permit, -1)
 """
 
 SUCCESS_BODY = """
--- SUCCESS: machine.on_success. ARGV[7] ticket epoch, ARGV[8] ticket permit.
+-- SUCCESS: machine.on_success. ARGV[9] ticket epoch, ARGV[10] ticket permit.
 local changed = note ~= ''
-local epoch, permit = tonumber(ARGV[7]), tonumber(ARGV[8])
+local epoch, permit = tonumber(ARGV[9]), tonumber(ARGV[10])
 if epoch == s.epoch then
   if s.state == 'closed' then
     if s.failures ~= 0 then
@@ -272,14 +343,14 @@ return finish(s, before, changed, note, -1, 0, -1)
 """
 
 FAILURE_BODY = """
--- FAILURE: machine.on_failure, ARGV[9] times over (default 1): the failures of
+-- FAILURE: machine.on_failure, ARGV[11] times over (default 1): the failures of
 -- one epoch that a process gathered while its previous FAILURE was in flight.
--- ARGV[7] ticket epoch, ARGV[8] ticket permit, ARGV[9] how many failures.
+-- ARGV[9] ticket epoch, ARGV[10] ticket permit, ARGV[11] how many failures.
 -- As if applied one by one: the failure that reaches the threshold opens the
 -- circuit, and the epoch it bumps fences the rest.
 local changed = note ~= ''
-local count = tonumber(ARGV[9] or '1')
-if tonumber(ARGV[7]) == s.epoch and count ~= nil and count >= 1 then
+local count = tonumber(ARGV[11] or '1')
+if tonumber(ARGV[9]) == s.epoch and count ~= nil and count >= 1 then
   if s.state == 'closed' then
     changed = true
     if s.failures + count >= THRESHOLD then
@@ -296,10 +367,23 @@ return finish(s, before, changed, note, -1, 0, -1)
 """
 
 RELEASE_BODY = """
--- RELEASE: machine.on_release. ARGV[7] ticket epoch, ARGV[8] ticket permit.
+-- RELEASE: machine.on_release. ARGV[9] ticket epoch, ARGV[10] ticket permit.
+-- Or, with ARGV[11] the id of an ADMIT request whose answer never came: give back
+-- the permit it took; if it has not run yet, it is recorded as cancelled (it will
+-- take nothing when it comes). Permit ids are never reused, so a permit is removed
+-- whatever the epoch.
 local changed = note ~= ''
-local permit = tonumber(ARGV[8])
-if tonumber(ARGV[7]) == s.epoch and s.state == 'half_open' and permit ~= 0 then
+local permit = tonumber(ARGV[10])
+local lost = ARGV[11] or ''
+local match_epoch = tonumber(ARGV[9]) == s.epoch
+if lost ~= '' then
+  local first = recalled(lost)
+  permit, match_epoch = 0, true
+  if first and first[1] == 1 then permit = first[2] end
+  redis.call('HSET', RQ, lost, table.concat({fmt(NOW + HORIZON), 0, 0, -1}, ' '))
+  redis.call('PEXPIRE', RQ, math.floor(HORIZON / 1000))
+end
+if match_epoch and s.state == 'half_open' and permit ~= 0 then
   local kept = without_trial(s, permit)
   if #kept ~= #s.trials then
     s.trials = kept
@@ -310,8 +394,8 @@ return finish(s, before, changed, note, -1, 0, -1)
 """
 
 FORCE_BODY = """
--- FORCE: machine.force. ARGV[7] the target state.
-local target = ARGV[7]
+-- FORCE: machine.force. ARGV[9] the target state.
+local target = ARGV[9]
 if target == 'open' then
   open(s, s.failures)
   s.forced = 1
@@ -324,21 +408,21 @@ return finish(s, before, true, note, -1, 0, -1)
 """
 
 RESET_BODY = """
--- RESET: a fresh closed circuit, keeping the epoch and permit sequences. ARGV[7..]: none.
+-- RESET: a fresh closed circuit, keeping the epoch and permit sequences. ARGV[9..]: none.
 close(s)
 return finish(s, before, true, note, -1, 0, -1)
 """
 
 READ_BODY = """
--- READ: the stored snapshot (created or repaired if need be). ARGV[7..]: none.
+-- READ: the stored snapshot (created or repaired if need be). ARGV[9..]: none.
 return finish(s, before, note ~= '', note, -1, 0, -1)
 """
 
 RECONCILE_BODY = """
 -- RECONCILE: after an outage, keep a circuit this process opened while Redis was away.
--- ARGV[7] 1 to push an open circuit; ARGV[8] the lineage the caller last saw ('' none);
--- ARGV[9] 1 if it opened while Redis was away; ARGV[10] failures; ARGV[11] opened_at (us);
--- ARGV[12] forced (0/1); ARGV[13] 1 if it was forced open while Redis was away.
+-- ARGV[9] 1 to push an open circuit; ARGV[10] the lineage the caller last saw ('' none);
+-- ARGV[11] 1 if it opened while Redis was away; ARGV[12] failures; ARGV[13] opened_at (us);
+-- ARGV[14] forced (0/1); ARGV[15] 1 if it was forced open while Redis was away.
 -- Rule: a circuit forced open during the outage is pushed over anything but a forced
 -- open one (an operator's order is not undone by a reconnect). Any other open circuit
 -- is pushed only over a closed one, and only if the caller opened it during the
@@ -346,18 +430,18 @@ RECONCILE_BODY = """
 -- Otherwise Redis wins.
 local changed = note ~= ''
 local push = false
-if ARGV[7] == '1' then
-  if ARGV[13] == '1' and ARGV[12] == '1' then
+if ARGV[9] == '1' then
+  if ARGV[15] == '1' and ARGV[14] == '1' then
     push = not (s.state == 'open' and s.forced == 1)
   else
-    push = s.state == 'closed' and (ARGV[9] == '1' or s.gen ~= ARGV[8])
+    push = s.state == 'closed' and (ARGV[11] == '1' or s.gen ~= ARGV[10])
   end
 end
 if push then
-  local opened_at = tonumber(ARGV[11])
-  open(s, tonumber(ARGV[10]))
+  local opened_at = tonumber(ARGV[13])
+  open(s, tonumber(ARGV[12]))
   if opened_at < NOW then s.opened_at = opened_at end
-  s.forced = tonumber(ARGV[12])
+  s.forced = tonumber(ARGV[14])
   changed = true
   if note == '' then note = 'pushed' else note = note .. ';pushed' end
 end

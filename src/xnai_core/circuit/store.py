@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from . import machine
 from .config import CircuitBreakerConfig
@@ -70,6 +70,9 @@ class StateStore(Protocol):
 
     async def close(self) -> None:
         """Release background tasks and connections."""
+
+    def backend_metrics(self) -> dict[str, Any]:
+        """Extra counters for ``get_metrics()`` (empty for a store with no backend)."""
 
 
 class MemoryStore:
@@ -164,3 +167,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    def backend_metrics(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,562 @@
+"""RedisLink: what the circuits of one client and key prefix share in one process.
+
+The registered scripts, one pattern subscription for every circuit under the
+prefix, the offset from this host's clock to Redis TIME, whether Redis is known
+down, and one background task that listens, checks the subscription is alive,
+resyncs, and reconnects with backoff. The link knows its circuits only through
+:class:`LinkMember`: it tells them of outages and messages and asks them to catch
+up; it never reaches into their state.
+
+Deadlines. A caller waits for a script at most its own budget (``op_timeout``);
+the script itself runs as a task of the link that the caller's cancellation or
+deadline never interrupts, so a reply that was already on its way is never
+thrown away: the caller stops waiting, the answer is still read (and a permit it
+took is given back). Connecting, subscribing, loading the scripts and catching
+up after an outage are the link's own business and get a longer deadline
+(:func:`setup_timeout`), so a Redis 150 ms away comes back instead of flapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import weakref
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+
+from .. import _backoff
+from .._redis_errors import POOL_FULL, REDIS_DOWN
+from . import redis_scripts
+from .redis_codec import describe, glob_escape, text
+
+logger = logging.getLogger("xnai_core.circuit.redis")
+
+RedisClient: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
+T = TypeVar("T")
+
+# How long the link waits for a message before it looks at its other chores.
+_POLL = 0.2
+# Subscription liveness: after this long without hearing anything on it, PING it;
+# a PING unanswered this long means the connection is dead (black-holed): so a
+# silent subscription is found within _HEARTBEAT_IDLE + _HEARTBEAT_DEADLINE + _POLL.
+_HEARTBEAT_IDLE = 0.4
+_HEARTBEAT_DEADLINE = 1.0
+# Reconnecting: 50 ms doubling to 5 s, equal jitter (at least half of it waited).
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 5.0
+# Set-up (connect, subscribe, load scripts, catch up) gets at least this long...
+_SETUP_FLOOR = 5.0
+# ...or this many times the circuits' op_timeout.
+_SETUP_FACTOR = 10
+# Waiting for a connection of a full pool: first and longest pause between tries.
+_POOL_WAIT_MIN = 0.001
+_POOL_WAIT_MAX = 0.02
+# A script nobody waits for any more is read until this long after it was sent, then
+# dropped; below half the scripts' request-log horizon, so a resend is always recognised.
+LATE_CAP = 30.0
+# A caller whose deadline passed yields this many times for a reply already received.
+_LATE_YIELDS = 8
+
+SCRIPTS = {
+    "admit": redis_scripts.ADMIT,
+    "success": redis_scripts.SUCCESS,
+    "failure": redis_scripts.FAILURE,
+    "release": redis_scripts.RELEASE,
+    "force": redis_scripts.FORCE,
+    "reset": redis_scripts.RESET,
+    "read": redis_scripts.READ,
+    "reconcile": redis_scripts.RECONCILE,
+}
+
+
+def setup_timeout(op_timeout: float) -> float:
+    """The deadline of the link's own work (connecting, catching up)."""
+    return max(_SETUP_FLOOR, _SETUP_FACTOR * op_timeout)
+
+
+class LinkMember(Protocol):
+    """What the link needs of a circuit (a :class:`~.redis_store.RedisStore`)."""
+
+    @property
+    def channel(self) -> str:
+        """The circuit's channel (its key)."""
+
+    @property
+    def op_timeout(self) -> float:
+        """The circuit's deadline for one operation."""
+
+    @property
+    def resync_interval(self) -> float:
+        """How often the circuit wants to be re-read."""
+
+    def on_outage(self) -> None:
+        """Redis failed: decide locally until :meth:`catch_up` succeeds."""
+
+    def on_message(self, payload: str) -> None:
+        """A message on the circuit's channel."""
+
+    async def catch_up(self) -> bool:
+        """Reconcile (after an outage) or resync (messages may have been missed).
+
+        False: this circuit could not be brought in step (the link tries again later).
+        """
+
+
+@dataclass(slots=True, eq=False)
+class ScriptRun:
+    """One script sent by the link: the task reading it, and what it is doing."""
+
+    task: asyncio.Task[object] = field(init=False)
+    # The link's outage count when it was sent: an answer from before an outage is
+    # older than the local decisions made since.
+    errors: int = 0
+    sent: float = field(default_factory=time.monotonic)
+    received: float = 0.0
+    waiting_for_pool: bool = False
+
+
+class RedisLink:
+    """The shared part of every circuit on one client, key prefix and event loop."""
+
+    _links: ClassVar[weakref.WeakKeyDictionary[Any, dict[str, RedisLink]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def get(cls, client: RedisClient, prefix: str) -> RedisLink:
+        loop = asyncio.get_running_loop()
+        by_prefix = cls._links.setdefault(client, {})
+        link = by_prefix.get(prefix)
+        if link is None or link.loop is not loop or link.closed:
+            link = by_prefix[prefix] = cls(client, prefix, loop)
+        return link
+
+    def __init__(self, client: RedisClient, prefix: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.loop = loop
+        self.pattern = glob_escape(prefix) + "*"
+        self.scripts: dict[str, AsyncScript] = {
+            name: client.register_script(source) for name, source in SCRIPTS.items()
+        }
+        # Request ids: this link's random name and a counter (see redis_scripts).
+        self._name = os.urandom(6).hex()
+        self._requests = 0
+        # Redis TIME runs on the wall clock; until we hear from it, assume ours.
+        self.offset = time.time() - time.monotonic()
+        self.down = False
+        self.down_since = 0.0
+        self.last_error: str | None = None
+        # Bumped by every failed operation: an answer that was in flight meanwhile is
+        # older than the local decisions made since, and is not mirrored.
+        self.errors = 0
+        self.closed = False
+        # Counters for get_metrics().
+        self.outages = 0
+        self.silences = 0
+        self.late_replies = 0
+        self._resync_soon = False
+        self._members: dict[str, dict[int, weakref.ref[LinkMember]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._pubsub: PubSub | None = None
+        self._wake = asyncio.Event()
+        self._last_heard = 0.0
+        self._ping_sent: float | None = None
+        self._logged_unexpected = False
+        # Set while subscribed with every circuit synced; cleared on any failure.
+        self.ready = asyncio.Event()
+        # Set once the first connection attempt is over, whichever way it went.
+        self.settled = asyncio.Event()
+
+    # -- membership ----------------------------------------------------------
+
+    def register(self, member: LinkMember) -> None:
+        """Serve ``member`` until it unregisters or is garbage-collected."""
+        channel, key = member.channel, id(member)
+
+        def gone(ref: weakref.ref[LinkMember]) -> None:
+            refs = self._members.get(channel)
+            if refs is not None and refs.get(key) is ref:
+                del refs[key]
+                if not refs:
+                    del self._members[channel]
+
+        self._members.setdefault(channel, {})[key] = weakref.ref(member, gone)
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._run(), name=f"xnai-redis-link:{self.prefix}")
+
+    async def unregister(self, member: LinkMember) -> None:
+        refs = self._members.get(member.channel)
+        if refs is not None:
+            refs.pop(id(member), None)
+            if not refs:
+                del self._members[member.channel]
+        if not self._members:
+            await self.aclose()
+
+    def members(self) -> list[LinkMember]:
+        """The circuits served now (strong references: do not keep the list)."""
+        found = []
+        for ref in self._refs():
+            member = ref()
+            if member is not None:
+                found.append(member)
+        return found
+
+    def _refs(self) -> list[weakref.ref[LinkMember]]:
+        return [ref for refs in list(self._members.values()) for ref in list(refs.values())]
+
+    @property
+    def channels(self) -> int:
+        """How many circuits (channels) the link serves: its bookkeeping's size."""
+        return len(self._members)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        task, self._task = self._task, None
+        jobs = [job for job in self._jobs if job is not asyncio.current_task()]
+        for job in jobs:
+            job.cancel()
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            jobs.append(task)
+        if jobs:
+            await asyncio.gather(*jobs, return_exceptions=True)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
+        await self._drop_pubsub()
+        by_prefix = self._links.get(self.client)
+        if by_prefix is not None and by_prefix.get(self.prefix) is self:
+            del by_prefix[self.prefix]
+
+    # -- requests ------------------------------------------------------------
+
+    def request_id(self) -> str:
+        """A request id no other request of any process carries."""
+        self._requests += 1
+        return f"{self._name}:{self._requests}"
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str = "xnai-redis-job") -> asyncio.Task[T]:
+        """Run ``coro`` as the link's background job (cancelled when the link closes)."""
+        job = self.loop.create_task(coro, name=name)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return job
+
+    def send(self, name: str, keys: Sequence[str], args: Sequence[str]) -> ScriptRun:
+        """Start script ``name``; its task runs to its end whoever waits for it."""
+        run = ScriptRun(errors=self.errors)
+        run.task = self.spawn(self._send(run, name, keys, args), name=f"xnai-redis-{name}")
+        return run
+
+    async def _send(
+        self, run: ScriptRun, name: str, keys: Sequence[str], args: Sequence[str]
+    ) -> object:
+        script = self.scripts[name]
+        wait = _POOL_WAIT_MIN
+        async with asyncio.timeout(LATE_CAP):
+            while True:
+                try:
+                    raw = await script(keys=keys, args=args)
+                    run.received = time.monotonic()
+                    return raw
+                except POOL_FULL:
+                    # Every connection of the client's pool is taken (many calls at
+                    # once, or the application's own): no outage. Wait for one, as a
+                    # blocking pool would; the caller's own deadline still holds.
+                    run.waiting_for_pool = True
+                    await asyncio.sleep(wait * (0.5 + random.random() / 2))
+                    wait = min(wait * 2, _POOL_WAIT_MAX)
+                    run.waiting_for_pool = False
+
+    async def settle(self, run: ScriptRun, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``run``; True if it has ended.
+
+        Never cancels it. When the deadline passes, the loop gets a few more turns
+        first: after a stall (a blocking callback) the reply may already sit in the
+        socket, and a timeout that fired late must not throw it away.
+        """
+        task = run.task
+        if not task.done() and seconds > 0:
+            await asyncio.wait((task,), timeout=seconds)
+        for _ in range(_LATE_YIELDS):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        return task.done()
+
+    def note_late_reply(self) -> None:
+        """A script answered after its caller had stopped waiting: Redis is alive."""
+        self.late_replies += 1
+        if self.down:
+            self._wake.set()  # try to reconnect now rather than after the backoff
+
+    # -- clock ---------------------------------------------------------------
+
+    def redis_now(self) -> float:
+        """This host's estimate of Redis TIME, in seconds."""
+        return time.monotonic() + self.offset
+
+    def observe_time(self, redis_now: float, sent: float, received: float) -> None:
+        # The server read its clock somewhere in the round trip: assume the middle.
+        self.offset = redis_now - (sent + received) / 2
+
+    # -- outages -------------------------------------------------------------
+
+    def mark_down(self, exc: BaseException) -> None:
+        """Redis failed us: every circuit of this link decides locally from now on.
+
+        ``exc`` is one of :data:`REDIS_DOWN` (a WARNING once per outage) or anything
+        else Redis refused us with (logged with its traceback once: it may be a bug).
+        """
+        self.last_error = describe(exc)
+        self.errors += 1
+        self.ready.clear()
+        self.settled.set()
+        if not isinstance(exc, REDIS_DOWN) and not self._logged_unexpected:
+            self._logged_unexpected = True
+            logger.error(
+                "unexpected error from redis for circuit breakers under %r",
+                self.prefix,
+                exc_info=exc,
+                extra={"key_prefix": self.prefix},
+            )
+        if not self.down:
+            self.down = True
+            self.outages += 1
+            self.down_since = time.monotonic()
+            logger.warning(
+                "redis unreachable for circuit breakers under %r (%s); "
+                "deciding on local state until it answers again",
+                self.prefix,
+                self.last_error,
+                extra={"key_prefix": self.prefix, "error": self.last_error},
+            )
+        for member in self.members():
+            member.on_outage()
+
+    def request_resync(self) -> None:
+        """Re-read every circuit at the next poll instead of at the next interval."""
+        self._resync_soon = True
+
+    def _mark_up(self) -> None:
+        if self.down:
+            self.down = False
+            self._logged_unexpected = False
+            logger.info(
+                "redis answers again for circuit breakers under %r after %.1fs; state reconciled",
+                self.prefix,
+                time.monotonic() - self.down_since,
+                extra={"key_prefix": self.prefix},
+            )
+
+    # -- the background task -------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            # Closed, or the loop is shutting down (asyncio.run cancels what is left):
+            # say goodbye on the subscription's connection either way.
+            await self._drop_pubsub()
+            raise
+
+    async def _serve(self) -> None:
+        failures = 0
+        next_resync = 0.0
+        while not self.closed:
+            # What the circuits want, without holding on to them across a wait: a
+            # dropped breaker must be collectable whatever the link is doing.
+            members = self.members()
+            if not members:
+                # Every circuit was dropped without close(): nothing left to serve.
+                await self.aclose()
+                return
+            interval = min(member.resync_interval for member in members)
+            setup = setup_timeout(max(member.op_timeout for member in members))
+            del members
+            if self._pubsub is None or self.down:
+                self.ready.clear()
+                synced = await self._connect(setup)
+                if self.closed:
+                    return
+                if not synced:
+                    failures += 1
+                    await self._pause(backoff(failures))
+                    continue
+                failures = 0
+                self._mark_up()
+                self.ready.set()
+                self.settled.set()
+                next_resync = time.monotonic() + interval
+            if not await self._listen(setup):
+                continue  # the subscription broke or fell silent: subscribe again
+            if not self.down and (self._resync_soon or time.monotonic() >= next_resync):
+                next_resync = time.monotonic() + interval
+                self._resync_soon = False
+                # A lost message is caught here, and a circuit still deciding
+                # locally (it joined while we reconnected) is brought in.
+                await self._catch_up()
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _connect(self, setup: float) -> bool:
+        """Subscribe, load the scripts, and bring every circuit in step (every
+        subscription is followed by a resync: messages may have been missed)."""
+        await self._drop_pubsub()
+        try:
+            async with asyncio.timeout(setup):
+                await self._subscribe()
+                await self._load_scripts()
+        except Exception as exc:
+            if not self.closed:
+                self.mark_down(exc)
+            await self._drop_pubsub()
+            return False
+        if not await self._catch_up():
+            await self._drop_pubsub()
+            return False
+        self._last_heard, self._ping_sent = time.monotonic(), None
+        return True
+
+    async def _subscribe(self) -> None:
+        client = self.client
+        if isinstance(client, aioredis.RedisCluster):
+            # Classic pub/sub is broadcast to every node: any node will do.
+            await client.initialize()
+            pubsub: PubSub = client.pubsub(node=client.get_random_node())
+        else:
+            pubsub = client.pubsub()
+        self._pubsub = pubsub
+        await pubsub.psubscribe(self.pattern)
+        while True:
+            message = await pubsub.get_message(timeout=_POLL)
+            if message is not None and message.get("type") == "psubscribe":
+                return
+
+    async def _load_scripts(self) -> None:
+        # EVALSHA would reload a missing script itself, but at the price of two more
+        # round trips on some caller's failure: load them all up front instead
+        # (after every reconnect too: a restarted server has forgotten them).
+        scripts = list(self.scripts.values())
+        client = self.client
+        if isinstance(client, aioredis.RedisCluster):
+            shas = [await client.script_load(script.script) for script in scripts]
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                for script in scripts:
+                    pipe.script_load(script.script)
+                shas = await pipe.execute()
+        for script, sha in zip(scripts, shas, strict=True):
+            script.sha = text(sha)
+
+    async def _listen(self, setup: float) -> bool:
+        """Read one message (or wait a poll); False if the subscription is gone.
+
+        A subscription can die without a sound (a black hole: no FIN, no RST), so
+        it is PINGed when quiet: no answer within the deadline and it is dropped.
+        """
+        pubsub = self._pubsub
+        assert pubsub is not None
+        try:
+            async with asyncio.timeout(_POLL + setup):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL)
+                now = time.monotonic()
+                if message is not None:
+                    self._last_heard, self._ping_sent = now, None
+                    self._dispatch(message)
+                    return True
+                if self._ping_sent is None and now - self._last_heard >= _HEARTBEAT_IDLE:
+                    self._ping_sent = now
+                    await pubsub.ping()
+        except Exception as exc:
+            if not self.closed:
+                logger.info(
+                    "redis subscription for circuit breakers under %r broke (%s); "
+                    "subscribing again",
+                    self.prefix,
+                    describe(exc),
+                    extra={"key_prefix": self.prefix},
+                )
+                await self._drop_pubsub()
+            return False
+        if self._ping_sent is not None and time.monotonic() - self._ping_sent > _HEARTBEAT_DEADLINE:
+            self.silences += 1
+            logger.warning(
+                "redis subscription for circuit breakers under %r silent for %.1fs "
+                "(no answer to PING); subscribing again and re-reading every circuit",
+                self.prefix,
+                time.monotonic() - self._last_heard,
+                extra={"key_prefix": self.prefix},
+            )
+            await self._drop_pubsub()
+            return False
+        return True
+
+    async def _catch_up(self) -> bool:
+        """Catch every circuit up; False as soon as Redis fails (back off first).
+
+        A circuit whose answer could not be used (unreadable, or changed here
+        meanwhile) is a problem of that circuit alone: it keeps deciding locally, is
+        tried again at the next resync, and the others go on.
+        """
+        errors = self.errors
+        for ref in self._refs():
+            member = ref()
+            if member is None:
+                continue
+            if self.closed:
+                return False
+            await member.catch_up()
+            del member
+            if self.errors != errors:
+                return False
+        return True
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await pubsub.aclose()
+            except Exception:  # a dead connection may fail to say goodbye
+                logger.debug("closing a redis subscription failed", exc_info=True)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "pmessage":
+            return
+        try:
+            channel = text(message["channel"])
+            payload = text(message["data"])
+        except (KeyError, ValueError):
+            logger.warning("ignored an unreadable circuit message under %r", self.prefix)
+            return
+        refs = self._members.get(channel)
+        if refs:
+            for ref in list(refs.values()):
+                member = ref()
+                if member is not None:
+                    member.on_message(payload)
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row to reach Redis."""
+    return _backoff.delay(
+        failures, base=_BACKOFF_BASE, cap=_BACKOFF_CAP, rand=random.random(), jitter=0.5
+    )

@@ -1,0 +1,640 @@
+"""The shared circuit under real faults (issue 10): one test per finding.
+
+Every test runs a private redis-server, most behind the fault proxy, with clients
+built as users build them (``redis.asyncio.Redis(host=..., port=...)``: redis-py's
+default retry policy on, so a dropped reply makes redis-py send a script again).
+A second client straight to the server ("direct") stands for another process, or
+for the truth of what Redis holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import statistics
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from tests.conftest import PrivateRedis, free_port
+from tests.fault_proxy import FaultProxy, replies_to
+from xnai_core import (
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    RedisStore,
+    create_redis_circuit_breaker,
+)
+from xnai_core.circuit.machine import Ticket
+
+REDIS_LOGGER = "xnai_core.circuit.redis"
+KEY = "xnai:cb:{svc}"
+
+
+class Boom(Exception):
+    """The protected dependency failed."""
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def boom() -> None:
+    raise Boom
+
+
+class Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0
+) -> float:
+    """Wait until ``predicate()`` holds (polled); how long it took."""
+    start = time.monotonic()
+    while True:
+        outcome = predicate()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == REDIS_LOGGER
+        and record.levelno >= logging.WARNING
+        and text in record.getMessage()
+    ]
+
+
+@pytest.fixture
+async def direct(private_redis: PrivateRedis) -> AsyncIterator[aioredis.Redis]:
+    """A client straight to the private server: what Redis really holds."""
+    client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    yield client
+    await client.aclose()
+
+
+Factory = Callable[..., RedisStore]
+
+
+@pytest.fixture
+async def stores(private_redis: PrivateRedis, fault_proxy: FaultProxy) -> AsyncIterator[Factory]:
+    """``stores(config, proxied=True, **options)``: a RedisStore on its own client (one
+    client stands for one process), through the proxy unless ``proxied=False``."""
+    made: list[tuple[RedisStore, aioredis.Redis]] = []
+
+    def make(config: CircuitBreakerConfig, *, proxied: bool = True, **options: Any) -> RedisStore:
+        port = fault_proxy.port if proxied else private_redis.port
+        client = aioredis.Redis(host="127.0.0.1", port=port)
+        store = RedisStore(config, client, **options)
+        made.append((store, client))
+        return store
+
+    yield make
+    fault_proxy.heal()
+    for store, client in made:
+        await store.close()
+        await client.aclose()
+
+
+def cfg(**kwargs: Any) -> CircuitBreakerConfig:
+    kwargs.setdefault("name", "svc")
+    return CircuitBreakerConfig(**kwargs)
+
+
+async def stored(direct: aioredis.Redis, *fields: str) -> list[str | None]:
+    values: list[bytes | None] = await direct.hmget(KEY, list(fields))  # type: ignore[assignment]
+    return [None if v is None else v.decode() for v in values]
+
+
+async def hash_of(direct: aioredis.Redis) -> dict[str, str]:
+    raw: dict[bytes, bytes] = await direct.hgetall(KEY)  # type: ignore[assignment]
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def trials_in_redis(direct: aioredis.Redis) -> list[str]:
+    return sorted(k for k in await hash_of(direct) if k.startswith("trial:"))
+
+
+async def fail_once(store: RedisStore) -> None:
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
+
+
+async def trip_and_half_open(store: RedisStore, clock: Clock) -> None:
+    """Open the circuit (threshold 1) and move the clock past its recovery timeout."""
+    await fail_once(store)
+    assert store.snapshot().state is CircuitState.OPEN
+    clock.now += store.config.recovery_timeout
+
+
+# -- 1. at most once, whatever redis-py's retry policy -------------------------------
+
+
+async def test_1_a_failure_whose_reply_is_dropped_counts_once(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """Redis ran FAILURE, the reply was lost, redis-py sent it again: counted once.
+
+    Threshold 2, one failure per dropped reply: the circuit stays closed with the
+    exact count, and Redis is not taken for down."""
+    store = stores(cfg(failure_threshold=3), op_timeout=2.0)
+    await store.start()
+    assert store.available
+    for expected in ("1", "2"):
+        rule = fault_proxy.drop_replies(replies_to("EVALSHA"))
+        await fail_once(store)
+        assert rule.hits == 1
+        assert await stored(direct, "state", "failures") == ["closed", expected]
+    assert store.available
+    assert store.snapshot().failure_count == 2
+    assert store.backend_metrics()["redis_replayed_requests"] == 2
+
+
+async def test_1_an_admission_whose_reply_is_dropped_takes_one_permit(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """ADMIT ran, its reply was lost, redis-py resent it: one permit, the same one."""
+    clock = Clock()
+    store = stores(
+        cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2),
+        clock=clock,
+        op_timeout=2.0,
+    )
+    await trip_and_half_open(store, clock)
+    rule = fault_proxy.drop_replies(replies_to("EVALSHA"))
+    admission = await store.acquire()
+    assert rule.hits == 1
+    assert admission.ticket is not None
+    assert await trials_in_redis(direct) == [f"trial:{admission.ticket.permit}"]
+    # A second caller gets the second permit; two successes close the circuit.
+    second = await store.acquire()
+    assert second.ticket is not None
+    await store.record_success(admission.ticket)
+    await store.record_success(second.ticket)
+    assert await stored(direct, "state") == ["closed"]
+
+
+# -- 2. a cancelled sender never makes another resend its batch ----------------------
+
+
+async def test_2_a_cancelled_failure_sender_is_not_resent(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """Four real failures, threshold 5; the caller sending the second batch is
+    cancelled while it is on the wire: Redis counts four, the circuit stays closed."""
+    store = stores(cfg(failure_threshold=5), op_timeout=3.0, resync_interval=3600)
+    await store.start()
+    fault_proxy.delay_replies(0.3, when=replies_to("EVALSHA"))
+    ticket = Ticket(store.snapshot().epoch)
+    first = asyncio.create_task(store.record_failure(ticket))
+    await asyncio.sleep(0.05)  # the first batch (one failure) is on the wire
+    others = [asyncio.create_task(store.record_failure(ticket)) for _ in range(3)]
+    await asyncio.sleep(0.4)  # the first answer is in: the second batch (three) is sent
+    others[0].cancel()
+    await asyncio.gather(first, *others, return_exceptions=True)
+    fault_proxy.heal()
+    await eventually(lambda: store.snapshot().failure_count == 4)
+    await asyncio.sleep(0.3)
+    assert await stored(direct, "state", "failures") == ["closed", "4"]
+
+
+# -- 3. a permit whose answer was lost goes back at once, not after its lease ---------
+
+
+@pytest.mark.parametrize("how", ["cancelled", "past the deadline"])
+async def test_3_a_lost_admission_gives_its_permit_back(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis, how: str
+) -> None:
+    """The caller leaves while ADMIT is in flight (cancelled, or its deadline passes):
+    the permit Redis handed out is released as soon as the answer arrives, so another
+    process is admitted long before the lease (90 s) ends."""
+    clock = Clock()
+    config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=1)
+    here = stores(config, clock=clock, op_timeout=0.2 if how != "cancelled" else 2.0)
+    there = stores(config, proxied=False, clock=clock, op_timeout=2.0)
+    await there.start()
+    await trip_and_half_open(here, clock)
+    fault_proxy.delay_replies(0.5, when=replies_to("EVALSHA"), count=1)
+    caller = asyncio.create_task(here.acquire())
+    if how == "cancelled":
+        await asyncio.sleep(0.1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    else:
+        admission = await caller
+        assert admission.ticket is None or admission.ticket.epoch < 0  # decided without it
+    # The script did take the permit in Redis...
+    await eventually(lambda: there.snapshot().state is CircuitState.HALF_OPEN, timeout=5)
+    # ...and it is given back once the answer is in, not when the lease ends.
+    await eventually(lambda: _no_trials(direct), timeout=5)
+    admitted = await there.acquire()
+    assert admitted.ticket is not None
+    assert admitted.ticket.permit > 0
+
+
+async def _no_trials(direct: aioredis.Redis) -> bool:
+    return await trials_in_redis(direct) == []
+
+
+async def test_3_an_admission_whose_reply_never_comes_is_cancelled_by_request_id(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis, private_redis: PrivateRedis
+) -> None:
+    """A client with retries off: the ADMIT's reply is dropped, its effect unknown. The
+    store releases by request id when Redis answers again: no permit stays taken."""
+    clock = Clock()
+    config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=1)
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port, retry=Retry(NoBackoff(), 0))
+    store = RedisStore(config, client, clock=clock, op_timeout=2.0)
+    try:
+        await trip_and_half_open(store, clock)
+        fault_proxy.drop_replies(replies_to("EVALSHA"))
+        admission = await store.acquire()
+        assert admission.ticket is None or admission.ticket.epoch < 0
+        await eventually(lambda: store.available, timeout=10)
+        await eventually(lambda: _no_trials(direct), timeout=10)
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+# -- 4. a vanished hash is not adopted while this process holds it open ---------------
+
+
+@pytest.mark.parametrize("how", ["flushdb", "del"])
+async def test_4_an_open_circuit_whose_key_vanishes_is_written_back(
+    private_redis: PrivateRedis, direct: aioredis.Redis, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """FLUSHDB (or DEL) while open everywhere: no process closes; Redis holds it open
+    again at once; one WARNING per process that held it names the key; no "forced"."""
+    caplog.set_level(logging.INFO, logger="xnai_core")
+    clients = [aioredis.Redis(host="127.0.0.1", port=private_redis.port) for _ in range(2)]
+    breakers = [
+        create_redis_circuit_breaker(
+            "svc", client, failure_threshold=1, recovery_timeout=60, resync_interval=0.2
+        )
+        for client in clients
+    ]
+    seen: list[tuple[str, str, str]] = []
+    for breaker in breakers:
+        breaker.add_listener(lambda n, old, new, why: seen.append((old.value, new.value, why)))
+    try:
+        assert await breakers[1].call(ok) == "ok"
+        with pytest.raises(Boom):
+            await breakers[0].call(boom)
+        await eventually(lambda: breakers[1].state is CircuitState.OPEN)
+        opened_at = (await stored(direct, "opened_at"))[0]
+        await (direct.flushdb() if how == "flushdb" else direct.delete(KEY))
+        await eventually(lambda: _state_is(direct, "open"), timeout=5)
+        await asyncio.sleep(0.5)  # a few resyncs: nothing flips back
+        assert [b.state for b in breakers] == [CircuitState.OPEN] * 2
+        assert await stored(direct, "state", "opened_at") == ["open", opened_at]
+        for breaker in breakers:
+            with pytest.raises(CircuitOpenError):
+                await breaker.call(ok)
+        assert [s for s in seen if s[1] != "open"] == []
+        assert not any("forced" in why for _, _, why in seen)
+        lost = warnings_of(caplog, "lost the open circuit")
+        assert 1 <= len(lost) <= 2
+        assert all("'xnai:cb:{svc}'" in text for text in lost)
+        losses = sum(b.get_metrics()["redis_state_losses"] for b in breakers)
+        assert losses == len(lost)
+    finally:
+        for breaker in breakers:
+            await breaker.close()
+        for client in clients:
+            await client.aclose()
+
+
+async def _state_is(direct: aioredis.Redis, state: str) -> bool:
+    return await stored(direct, "state") == [state]
+
+
+# -- 5. stored times are bounded by now ----------------------------------------------
+
+
+async def test_5_a_clock_stepped_back_never_holds_a_circuit_longer(
+    stores: Factory, direct: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Opened, then the clock steps back an hour: rejected with retry_after at most
+    recovery_timeout, and half-open once recovery_timeout has passed from the step."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    clock = Clock(now=10_000.0)
+    store = stores(cfg(failure_threshold=1, recovery_timeout=60), proxied=False, clock=clock)
+    await fail_once(store)
+    assert store.snapshot().state is CircuitState.OPEN
+    clock.now -= 3600
+    rejected = await store.acquire()
+    assert rejected.ticket is None
+    assert rejected.retry_after is not None
+    assert 0 < rejected.retry_after <= 60
+    clock.now += 60
+    trial = await store.acquire()
+    assert trial.ticket is not None
+    assert store.snapshot().state is CircuitState.HALF_OPEN
+    assert warnings_of(caplog, "ahead of the clock")
+    assert store.backend_metrics()["redis_clock_clamps"] >= 1
+
+
+async def test_5_a_lease_never_lasts_longer_than_its_length_from_now(
+    stores: Factory, direct: aioredis.Redis
+) -> None:
+    """A trial's lease was set before the clock stepped back an hour: it ends at most
+    one lease from now, so the circuit is not wedged for an hour."""
+    clock = Clock(now=10_000.0)
+    config = cfg(
+        failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, timeout=7, half_open_lease=8
+    )
+    store = stores(config, proxied=False, clock=clock)
+    await trip_and_half_open(store, clock)
+    lost = await store.acquire()
+    assert lost.ticket is not None  # a trial that never reports back
+    clock.now -= 3600
+    assert (await store.acquire()).ticket is None
+    clock.now += 8
+    again = await store.acquire()
+    assert again.ticket is not None
+    expiries = [int(v) for k, v in (await hash_of(direct)).items() if k.startswith("trial:")]
+    assert max(expiries) <= int((clock.now + 8) * 1_000_000)
+
+
+# -- 6. a silent subscription is found within 2 s -------------------------------------
+
+
+async def test_6_a_black_holed_subscription_is_detected_and_replaced(
+    stores: Factory, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subscription's connection goes silent (no FIN, no RST); another process
+    trips the circuit. Without a periodic resync, this one learns of it within ~2 s:
+    the silence is detected, logged once, counted, and followed by a resync."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    config = cfg(failure_threshold=1, recovery_timeout=60)
+    here = stores(config, resync_interval=3600)
+    there = stores(config, proxied=False)
+    await here.start()
+    await there.start()
+    assert here.available
+    assert fault_proxy.black_hole(lambda c: "PSUBSCRIBE" in c.sent) == 1
+    started = time.monotonic()
+    await fail_once(there)
+    took = await eventually(lambda: here.snapshot().state is CircuitState.OPEN, timeout=6)
+    assert took < 3.0
+    assert here.available
+    assert len(warnings_of(caplog, "silent")) == 1
+    assert here.backend_metrics()["redis_subscription_silences"] == 1
+    assert time.monotonic() - started < 4.0
+
+
+# -- 7. a stall is not an outage ------------------------------------------------------
+
+
+async def test_7_a_reply_received_during_a_stall_is_used(
+    stores: Factory,
+    fault_proxy: FaultProxy,
+    direct: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The event loop blocks (a sync callback sleeping 0.6 s) while a FAILURE is in
+    flight; its reply arrives during the stall. The late deadline must not throw it
+    away: the failure is counted, no outage, no WARNING."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    store = stores(cfg(failure_threshold=5), op_timeout=0.25)
+    await store.start()
+    fault_proxy.delay_replies(0.05, when=replies_to("EVALSHA"), count=1)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.01, time.sleep, 0.6)  # after the request went out
+    await fail_once(store)
+    assert store.available
+    assert warnings_of(caplog, "unreachable") == []
+    assert store.snapshot().failure_count == 1
+    assert await stored(direct, "failures") == ["1"]
+    assert store.backend_metrics()["redis_outages"] == 0
+
+
+# -- 9. one deadline per call ------------------------------------------------------------
+
+
+async def test_9_a_half_open_call_waits_one_deadline_in_total(
+    stores: Factory, fault_proxy: FaultProxy
+) -> None:
+    """Two callers at half-open while ADMIT takes 0.35 s and op_timeout is 0.5 s: the
+    second waits for the admission lock, then would wait for its own ADMIT. Neither
+    waits more than op_timeout in total."""
+    clock = Clock()
+    config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=3)
+    store = stores(config, clock=clock, op_timeout=0.5)
+    await trip_and_half_open(store, clock)
+    fault_proxy.delay_replies(0.35, when=replies_to("EVALSHA"))
+
+    async def timed() -> float:
+        started = time.monotonic()
+        await store.acquire()
+        return time.monotonic() - started
+
+    waits = await asyncio.gather(timed(), timed())
+    assert max(waits) < 0.5 + 0.15, waits
+
+
+# -- 10. connection set-up has its own deadline ----------------------------------------
+
+
+async def test_10_redis_150_ms_away_comes_back_and_stays(
+    fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every packet 50-75 ms late each way (a 100-150 ms round trip): connecting,
+    subscribing, loading the scripts and syncing take longer than op_timeout, but the
+    store comes up, and with warm connections it stays up."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    fault_proxy.set_latency(0.05, 0.075)
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    breaker = create_redis_circuit_breaker("svc", client, failure_threshold=10)
+    try:
+        assert await breaker.call(ok) == "ok"
+        await eventually(lambda: breaker.get_metrics()["redis_available"] is True, timeout=15)
+        outages = breaker.get_metrics()["redis_outages"]
+        for _ in range(3):
+            with pytest.raises(Boom):
+                await breaker.call(boom)
+        assert breaker.get_metrics()["failure_count"] == 3
+        assert breaker.get_metrics()["redis_available"] is True
+        assert breaker.get_metrics()["redis_outages"] == outages
+    finally:
+        await breaker.close()
+        await client.aclose()
+
+
+# -- 11. bookkeeping goes away with its breakers ---------------------------------------
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def churn(client: aioredis.Redis, first: int, count: int, *, batch: int = 50) -> None:
+    """Create, load and drop (without close) ``count`` distinctly named breakers."""
+    for base in range(first, first + count, batch):
+        made = [
+            create_redis_circuit_breaker(f"tenant-{n}", client) for n in range(base, base + batch)
+        ]
+        await asyncio.gather(*(cast(RedisStore, b.store).start() for b in made))
+        del made
+
+
+async def bookkeeping_drains(link: Any, expected: int) -> None:
+    """The link's per-name bookkeeping shrinks to ``expected`` names once the dropped
+    breakers are collected (their last background jobs may hold them a moment)."""
+
+    def drained() -> bool:
+        gc.collect()
+        return bool(link.channels == expected)
+
+    await eventually(drained, timeout=10)
+
+
+@pytest.mark.slow
+async def test_11_a_hundred_thousand_dropped_breakers_leave_memory_flat() -> None:
+    """100,000 distinctly named breakers, each started (registered with the client's
+    link) and dropped without close(): the per-name bookkeeping goes with them and
+    resident memory stays flat (the old ~1 KB per name would be ~90 MB here). Redis
+    refuses here, so the test measures bookkeeping, not round trips."""
+    client = aioredis.Redis(host="127.0.0.1", port=free_port())
+    keeper = RedisStore(cfg(name="keeper"), client, op_timeout=0.2)
+    try:
+        await keeper.start()
+        link = keeper._link
+        assert link is not None
+        await churn(client, 0, 10_000, batch=1_000)
+        await bookkeeping_drains(link, 1)
+        before = resident_bytes()
+        await churn(client, 10_000, 90_000, batch=1_000)
+        await bookkeeping_drains(link, 1)
+        grown = resident_bytes() - before
+        assert grown < 16_000_000, grown
+    finally:
+        await keeper.close()
+        await client.aclose()
+
+
+async def test_11_breakers_loaded_from_redis_and_dropped_leave_memory_flat(
+    private_redis: PrivateRedis,
+) -> None:
+    """The same against a live Redis, each breaker loaded with its round trip:
+    tracemalloc sees no growth per name once the dropped breakers are collected."""
+    client = aioredis.Redis(host="127.0.0.1", port=private_redis.port, max_connections=64)
+    keeper = RedisStore(cfg(name="keeper"), client)
+    try:
+        await keeper.start()
+        link = keeper._link
+        assert link is not None
+        await churn(client, 0, 500)  # warm-up: pools, caches, the allocator's arenas
+        await bookkeeping_drains(link, 1)
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        await churn(client, 500, 2_000)
+        await bookkeeping_drains(link, 1)
+        after = tracemalloc.take_snapshot()
+        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        assert grown < 400_000, grown  # the old bookkeeping: ~2 MB for 2,000 names
+    finally:
+        tracemalloc.stop()
+        await keeper.close()
+        await client.aclose()
+
+
+# -- 18. fallbacks do not queue behind each other's failure reports ---------------------
+
+
+async def test_18_four_hundred_simultaneous_failures_fall_back_together(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """400 calls fail at the same instant on a busy loop (every pass of the loop costs
+    1 ms, as under a web server's load): each gets its fallback within a few loop
+    passes, not one pass per caller queued on a lock."""
+    fault_proxy.delay_replies(0.001, when=replies_to("EVALSHA"))
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    breaker = create_redis_circuit_breaker(
+        "svc", client, failure_threshold=5, fallback_func=lambda n: "fallback", op_timeout=2.0
+    )
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            time.sleep(0.001)  # noqa: ASYNC251 - the point: a loop busy with sync work
+            await asyncio.sleep(0)
+
+    failed_at: dict[int, float] = {}
+
+    async def failing(n: int) -> str:
+        await asyncio.sleep(0.05)
+        failed_at[n] = time.monotonic()
+        raise Boom
+
+    async def one(n: int) -> float:
+        assert await breaker.call(failing, n) == "fallback"
+        return time.monotonic() - failed_at[n]
+
+    try:
+        assert await breaker.call(ok) == "ok"
+        load = asyncio.create_task(busy())
+        lateness = await asyncio.gather(*(one(n) for n in range(400)))
+        stop.set()
+        await load
+        assert breaker.state is CircuitState.OPEN
+        assert statistics.median(lateness) < 0.1, statistics.median(lateness)
+        assert max(lateness) < 0.25, max(lateness)
+    finally:
+        stop.set()
+        await breaker.close()
+        await client.aclose()
+
+
+# -- REDIS_DOWN: what is an outage, and what is not -------------------------------------
+
+
+async def test_a_full_pool_through_the_proxy_is_no_outage(
+    stores: Factory, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MaxConnectionsError is a ConnectionError subclass but not in REDIS_DOWN's sense:
+    the failure waits for a connection."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    config = cfg(failure_threshold=5)
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port, max_connections=2)
+    store = RedisStore(config, client, op_timeout=1.0)
+    try:
+        await store.start()
+        pool = client.connection_pool
+        held = await pool.get_connection()  # type: ignore[no-untyped-call]
+        asyncio.get_running_loop().call_later(
+            0.1, lambda: asyncio.ensure_future(pool.release(held))
+        )
+        await fail_once(store)
+        assert store.available
+        assert warnings_of(caplog, "unreachable") == []
+    finally:
+        await store.close()
+        await client.aclose()
