@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.alerting_helpers import Receiver, alert, wait_for
+from tests.alerting_helpers import Receiver, alert, refused_url, wait_for
 from tests.conftest import free_port
 from xnai_core import CustomHealthChecker, HealthMonitor, HealthStatus
 from xnai_core.alerting import AlertmanagerSink
@@ -186,9 +186,11 @@ async def test_a_failing_service_fires_in_alertmanager_and_its_recovery_resolves
 async def test_alertmanager_groups_alerts_of_the_same_name(
     grouping_alertmanager: Alertmanager, hook: Receiver
 ) -> None:
-    """Grouped by alertname: two failing services arrive in one notification."""
+    """Grouped by alertname: two failing services arrive in one notification (sent to an
+    HA pair whose other member is down)."""
 
-    sink = AlertmanagerSink(grouping_alertmanager.url)
+    # One member of the "pair" is down: the other one has every alert.
+    sink = AlertmanagerSink([refused_url(), grouping_alertmanager.url])
     sink.submit(alert(service="alpha"))
     sink.submit(alert(service="beta"))
     await sink.drain()
@@ -201,6 +203,7 @@ async def test_alertmanager_groups_alerts_of_the_same_name(
         )
 
     await wait_for(grouped)
+    assert (sink.stats().sent, sink.stats().retried) == (2, 0)
     await sink.aclose()
 
 
