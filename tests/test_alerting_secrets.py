@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -46,6 +47,13 @@ def echo(request: Request) -> Reply:
 @pytest.fixture
 def echoing() -> Iterator[Receiver]:
     server = Receiver(echo)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def receiver_all() -> Iterator[Receiver]:
+    server = Receiver()
     yield server
     server.close()
 
@@ -165,3 +173,66 @@ def test_the_readme_names_only_what_the_alerting_package_exports() -> None:
     assert names
     for name in names:
         assert name in xnai_core.alerting.__all__, name
+
+
+# --- the package's secret corpus (tests/secret_corpus.py) ----------------------------------
+
+
+async def test_no_corpus_secret_leaves_in_a_notification(receiver_all: Receiver) -> None:
+    """Messages and details carrying every secret shape reach the destinations masked."""
+    from tests.secret_corpus import SHAPES, leaks
+
+    sinks: list[AlertSink] = [
+        SlackSink(f"{receiver_all.url}/slack", min_severity="info"),
+        WebhookSink(f"{receiver_all.url}/hook", min_severity="info"),
+        PagerDutySink(ROUTING_KEY, url=f"{receiver_all.url}/pd", min_severity="info"),
+        AlertmanagerSink(receiver_all.url, min_severity="info"),
+    ]
+    for index, shape in enumerate(SHAPES):
+        raised = alert(
+            service=f"svc{index}",
+            message=f"svc{index} is unhealthy: {shape.text}",
+            details={"error": shape.text, "nested": {"cause": shape.text}},
+        )
+        for sink in sinks:
+            sink.submit(raised)
+            sink.submit(resolved(raised, message=f"resolved after {shape.text}"))
+    for sink in sinks:
+        await sink.aclose(timeout=30)
+        assert sink.stats().sent == 2 * len(SHAPES)
+    assert leaks(request.body.decode() for request in receiver_all.requests) == []
+
+
+async def test_no_corpus_secret_in_a_destination_url_shows(
+    echoing: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every URL shape as a sink's destination (moved to a loopback receiver that echoes the
+    request back in a 400): nothing of it in logs, stats, reprs or errors."""
+    from tests.secret_corpus import SHAPES, leaks
+
+    caplog.set_level(logging.DEBUG)
+    host = echoing.url.removeprefix("http://")
+    urls = [
+        shape.text.replace("127.0.0.1:8080", host)
+        .replace("api.example.com", host)
+        .replace("app.example.com", host)
+        for shape in SHAPES
+        if shape.url and shape.scheme in ("http", "https")
+    ]
+    assert len(urls) > 20
+    sinks: list[AlertSink] = []
+    for url in urls:
+        sinks += [
+            SlackSink(url, max_attempts=1),
+            WebhookSink(url, max_attempts=1),
+            AlertmanagerSink(url, max_attempts=1),
+        ]
+    for sink in sinks:
+        sink.submit(alert())
+    await asyncio.gather(*(sink.aclose(timeout=10) for sink in sinks))
+    shown: list[str] = []
+    for sink in sinks:
+        stats = sink.stats()
+        assert stats.dropped == 1
+        shown += [repr(sink), str(stats), repr(vars(sink))]
+    assert leaks([*shown, all_text(caplog.records)]) == []
