@@ -107,6 +107,18 @@ async def test_prometheus_scrapes_breaker_health_and_recovery(
         rejected = f"xnai_circuitbreaker_not_permitted_calls_total{{{sel}}} == 1"
         assert await only_value(prometheus, rejected) == 1
         assert await only_value(prometheus, f"xnai_circuitbreaker_redis_available{{{sel}}}") == 1
+        # Degradation: the chat service answered by its canned fallback.
+        chat = 'service="chat",job="rag"'
+        by_canned = f'xnai_degradation_calls_total{{{chat},source="canned"}} == 1'
+        assert await only_value(prometheus, by_canned) == 1
+        assert await only_value(prometheus, f"xnai_degradation_degraded{{{chat}}} == 1") == 1
+        # Recovery: the vector store restarted by its rule, seen healthy again.
+        vdb = 'service="vector_db",job="rag"'
+        restarted = (
+            f'xnai_recovery_attempts_total{{{vdb},action="restart_service",result="succeeded"}}'
+        )
+        assert await only_value(prometheus, f"{restarted} == 1") == 1
+
         # Every dashboard query and alert rule evaluates without error.
         for expr in dashboard_queries():
             await prometheus.query(expr)  # raises on a PromQL error

@@ -101,6 +101,8 @@ class DegradationCall:
 
     ``source`` is ``"primary"`` when the primary function answered, else the name of
     the strategy that did, or ``"none"`` when nothing could answer (``ok`` False).
+    ``degraded``: the service is in a degraded episode after this call (it stays
+    degraded until the primary answers again, cache hits in between included).
     """
 
     service: str
@@ -137,8 +139,10 @@ class AlertChanged:
 
 @dataclass(frozen=True, slots=True)
 class RecoveryAttempted:
-    """A recovery action ran for ``service``: ``result`` is ``"success"``,
-    ``"failure"`` or ``"skipped"`` (dry run, cooldown, another replica acting)."""
+    """A recovery attempt for ``service`` was judged: ``result`` is ``"succeeded"``
+    (seen healthy within the grace period), ``"failed"``, or ``"escalated"`` (the
+    ``manual_intervention`` action: a person was called). ``duration``: the action's
+    own run, in seconds. Dry runs are not reported: nothing ran."""
 
     service: str
     action: str

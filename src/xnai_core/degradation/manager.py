@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, cast
 
 from ..circuit.errors import CircuitOpenError
 from ..deadlines import wait_within
+from ..events import DegradationCall, HookPoint
 from .call import PRIMARY, CallInfo, ServiceCall, ServiceResult, invoke, set_last_call_info
 from .errors import AllStrategiesFailedError, ServiceTimeoutError
 from .protocols import DegradationStrategy, GuardAnswer, PrimaryGuard, Proceed, strategy_name
@@ -159,6 +160,8 @@ class ServiceDegradationManager:
         self._listeners: list[DegradationListener] = []
         self._listener_tasks: set[asyncio.Task[object]] = set()
         self._order = 0
+        self.hooks = HookPoint(self)
+        """Where this manager's events go (:mod:`xnai_core.events`)."""
 
     def __repr__(self) -> str:
         return f"<ServiceDegradationManager services={sorted(self._services)}>"
@@ -266,7 +269,7 @@ class ServiceDegradationManager:
         Raises :class:`AllStrategiesFailedError` when the primary and every
         strategy failed, and any exception outside ``degrade_on`` unchanged.
         """
-        value, _ = await self._call(service_name, func, args, kwargs)
+        value, _ = await self._call_reported(service_name, func, args, kwargs)
         return value
 
     async def call_service_detailed(
@@ -278,8 +281,35 @@ class ServiceDegradationManager:
         **kwargs: P.kwargs,
     ) -> ServiceResult[Any]:
         """Like :meth:`call_service`, but returns the value with how it was obtained."""
-        value, info = await self._call(service_name, func, args, kwargs)
+        value, info = await self._call_reported(service_name, func, args, kwargs)
         return ServiceResult(value, info)
+
+    async def _call_reported(
+        self,
+        service_name: str,
+        func: Callable[..., object],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> tuple[Any, CallInfo]:
+        """:meth:`_call`, and a :class:`DegradationCall` event when a hook listens.
+
+        Calls that end in an answer or in :class:`AllStrategiesFailedError` are
+        reported; an exception outside ``degrade_on`` passes through unreported.
+        """
+        emit = self.hooks.emit
+        if emit is None:
+            return await self._call(service_name, func, args, kwargs)
+        started = time.perf_counter()
+        try:
+            value, info = await self._call(service_name, func, args, kwargs)
+        except AllStrategiesFailedError:
+            seconds = time.perf_counter() - started
+            emit(DegradationCall(service_name, "none", True, False, seconds))
+            raise
+        seconds = time.perf_counter() - started
+        degraded = self.is_degraded(service_name)
+        emit(DegradationCall(service_name, info.source, degraded, True, seconds))
+        return value, info
 
     async def _call(
         self,

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 from .._dispatch import Dispatcher
 from .._redact import redact
+from ..events import HookPoint, RecoveryAttempted, RecoveryEscalated
 from ..health.alerts import AlertHandler
 from .actions import ActionContext
 from .coordination import RecoveryCoordinator
@@ -38,7 +39,7 @@ from .episode import Clock, EpisodeRunner, Sleep
 from .rule import RecoveryRule
 from .seam import SupportsMonitor, check_stable_period, stable_period_too_short
 from .state import UNHEALTHY, ServiceState, status_text
-from .stats import StatsBook
+from .stats import AttemptOutcome, RecoveryAttempt, StatsBook
 
 logger = logging.getLogger("xnai_core.recovery")
 
@@ -96,6 +97,9 @@ class RecoveryManager:
         self._clock = clock
         self._services: dict[str, ServiceState] = {}
         self._book = StatsBook(history_size)
+        self.hooks = HookPoint(self)
+        """Where this manager's events go (:mod:`xnai_core.events`)."""
+        self._book.on_judged = self._report_attempt
         self._handlers: list[AlertHandler] = []
         self._coordinator = coordinator
         self._warned: set[int] = set()
@@ -270,6 +274,9 @@ class RecoveryManager:
                 extra={"service": service_name},
             )
         if was_escalated and not self.dry_run:
+            emit = self.hooks.emit
+            if emit is not None:
+                emit(RecoveryEscalated(service_name, False, "reset"))
             await self._runner.alert(svc, resolved=True, reason=reason)
         if svc.status == UNHEALTHY:
             self._start(svc)
@@ -320,6 +327,17 @@ class RecoveryManager:
                 services[name] = svc.detail(now, functools.partial(self._grace, service=name))
         stats["services"] = services
         return stats
+
+    def _report_attempt(self, attempt: RecoveryAttempt) -> None:
+        """An attempt's outcome to the hooks; an escalation also as the latch it sets."""
+        emit = self.hooks.emit
+        if emit is None:
+            return
+        outcome = attempt.outcome.value
+        action = attempt.action.value
+        emit(RecoveryAttempted(attempt.service, action, outcome, attempt.attempt, attempt.duration))
+        if attempt.outcome is AttemptOutcome.ESCALATED:
+            emit(RecoveryEscalated(attempt.service, True, redact(attempt.reason or "escalated")))
 
     def _grace(self, rule: RecoveryRule, service: str) -> float:
         return self._runner.grace(rule, service)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._redact import redact
@@ -72,6 +73,8 @@ class StatsBook:
     """
 
     def __init__(self, history_size: int) -> None:
+        self.on_judged: Callable[[RecoveryAttempt], None] | None = None
+        """Called with every attempt once its outcome is known (the manager's events)."""
         self.total_attempts = 0
         self.pending = 0
         self.successes = 0
@@ -98,6 +101,8 @@ class StatsBook:
         self._judged(attempt)
 
     def _judged(self, attempt: RecoveryAttempt) -> None:
+        if self.on_judged is not None:
+            self.on_judged(attempt)
         if attempt.outcome is AttemptOutcome.SUCCEEDED:
             self.successes += 1
             self.recovery_time_sum += attempt.recovery_time or 0.0
