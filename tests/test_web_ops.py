@@ -213,3 +213,36 @@ async def test_mounted_in_a_parent_app_with_the_lifespan_helper(monitor: HealthM
         assert (await http.get("/ops/livez")).status_code == 200
         assert (await http.get("/ops/health")).status_code in (200, 503)
     assert not monitor.monitoring_active
+
+
+async def test_no_secret_of_the_corpus_in_any_response() -> None:
+    """Every shape of tests/secret_corpus.py as a service's error, a breaker's name and a
+    check's detail: no core shows in any route's answer, token or not."""
+    from tests.secret_corpus import SHAPES, leaks
+    from xnai_core import CircuitBreakerConfig
+
+    mon = HealthMonitor(check_interval=3600, failure_threshold=1, success_threshold=1)
+    for index, shape in enumerate(SHAPES):
+
+        def failing(text: str = shape.text) -> dict[str, object]:
+            return {"healthy": False, "error": f"upstream said: {text}", "endpoint": text}
+
+        mon.add_checker(CustomHealthChecker(f"svc{index}", failing, in_thread=False))
+    breakers = CircuitBreakerRegistry()
+    for shape in SHAPES:
+        breakers.register(CircuitBreaker(CircuitBreakerConfig(name=shape.text)))
+    for index in range(len(SHAPES)):
+        await mon.trigger_manual_check(f"svc{index}")
+    app = app_for(mon, breakers, control_token=TOKEN)
+    texts = []
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+            for accept in ("application/json", "application/health+json"):
+                response = await http.get("/health", headers={**headers, "Accept": accept})
+                assert response.status_code == 503
+                texts.append(response.text)
+            for path in ("/circuits", "/metrics", "/readyz", "/livez"):
+                texts.append((await http.get(path, headers=headers)).text)
+    assert leaks(texts) == []
+    assert all(TOKEN not in text for text in texts)
+    await mon.stop_monitoring()

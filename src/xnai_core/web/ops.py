@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .._redact import redact
 from ..circuit.breaker import CircuitBreaker
 from ..circuit.registry import CircuitBreakerRegistry
 from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
@@ -44,6 +45,27 @@ from ..health.result import HealthStatus
 Breakers = CircuitBreakerRegistry | Mapping[str, CircuitBreaker] | Iterable[CircuitBreaker]
 
 _NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _masked(value: Any) -> Any:
+    """``value`` (JSON-ready) with every string redacted: keys, values, list items.
+
+    The parts already mask what they know; this is the last line for what they
+    cannot (a breaker named after a URL, a custom check's own details).
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {_masked(key): _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
+
+
+def _json(body: Any, status_code: int = 200, media_type: str | None = None) -> Response:
+    return JSONResponse(
+        _masked(body), status_code=status_code, media_type=media_type, headers=_NO_STORE
+    )
 
 
 def _breakers_by_name(breakers: Breakers | None) -> Callable[[], dict[str, CircuitBreaker]]:
@@ -152,19 +174,12 @@ def create_ops_app(
                 document = monitor.get_health_json(service_id=service_id)
                 if not detailed:
                     document = _public_health_json(document)
-            return Response(
-                json.dumps(document),
-                status_code=http_status_for(document),
-                media_type=HEALTH_JSON_MEDIA_TYPE,
-                headers=_NO_STORE,
-            )
+            return _json(document, http_status_for(document), HEALTH_JSON_MEDIA_TYPE)
         if monitor is None:
-            body: dict[str, Any] = {"services": {}, "summary": {"total": 0}}
-            return JSONResponse(body, headers=_NO_STORE)
+            return _json({"services": {}, "summary": {"total": 0}})
         report = monitor.get_health_report()
         status = http_status_for(monitor.get_overall_status())
-        shown = report if detailed else _public_report(report)
-        return JSONResponse(shown, status_code=status, headers=_NO_STORE)
+        return _json(report if detailed else _public_report(report), status)
 
     async def livez(request: Request) -> Response:
         return PlainTextResponse("ok", headers=_NO_STORE)
@@ -180,13 +195,12 @@ def create_ops_app(
         )
         if down:
             return PlainTextResponse(
-                "not ready: " + ", ".join(down), status_code=503, headers=_NO_STORE
+                redact("not ready: " + ", ".join(down)), status_code=503, headers=_NO_STORE
             )
         return PlainTextResponse("ready", headers=_NO_STORE)
 
     async def circuits(request: Request) -> Response:
-        body = {name: b.get_metrics() for name, b in sorted(current_breakers().items())}
-        return JSONResponse(body, headers=_NO_STORE)
+        return _json({name: b.get_metrics() for name, b in sorted(current_breakers().items())})
 
     async def control(request: Request) -> Response:
         if not _authorized(request, token):
@@ -195,14 +209,14 @@ def create_ops_app(
         breaker = current_breakers().get(name)
         action = request.path_params["action"]
         if breaker is None or action not in ("open", "close", "reset"):
-            return JSONResponse({"error": "no such circuit or action"}, status_code=404)
+            return _json({"error": "no such circuit or action"}, 404)
         if action == "open":
             await breaker.force_open()
         elif action == "close":
             await breaker.force_close()
         else:
             await breaker.reset()
-        return JSONResponse(breaker.get_metrics(), headers=_NO_STORE)
+        return _json(breaker.get_metrics())
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -220,14 +234,14 @@ def create_ops_app(
         stats_of_degradation = degradation.get_degradation_stats
 
         async def degradation_stats(request: Request) -> Response:
-            return JSONResponse(_jsonable(stats_of_degradation()), headers=_NO_STORE)
+            return _json(_jsonable(stats_of_degradation()))
 
         routes.append(Route("/degradation", degradation_stats, methods=["GET"]))
     if recovery is not None:
         stats_of_recovery = recovery.get_recovery_stats
 
         async def recovery_stats(request: Request) -> Response:
-            return JSONResponse(_jsonable(stats_of_recovery()), headers=_NO_STORE)
+            return _json(_jsonable(stats_of_recovery()))
 
         routes.append(Route("/recovery", recovery_stats, methods=["GET"]))
     return Starlette(routes=routes)
