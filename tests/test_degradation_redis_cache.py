@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import SHARED_REDIS_URL, PrivateRedis
+from tests.conftest import SHARED_REDIS_URL, PrivateRedis, free_port
 from tests.fault_proxy import FaultProxy, replies_to
+from tests.helpers import run_virtual
 from xnai_core.degradation.cache import CacheEntry
 from xnai_core.degradation.cache_first import CacheFirstStrategy
 from xnai_core.degradation.errors import CacheClearError
@@ -583,3 +584,45 @@ async def test_the_answer_never_waits_for_the_cache_write(
     finally:
         await cache.aclose()
         await client.aclose()
+
+
+def test_one_probe_at_a_time_backing_off_with_jitter() -> None:
+    """While Redis is down (a port nothing listens on), one background probe PINGs it,
+    after probe_interval, then twice as long each time up to probe_max_interval; lookups
+    meanwhile start no probe of their own. Jitter shortens each wait by up to half.
+    (On a loop whose clock jumps to the next timer: no test time is slept.)"""
+
+    def probes_seen(rand: float, checkpoints: list[float]) -> list[int]:
+        async def scenario() -> list[int]:
+            loop = asyncio.get_running_loop()
+            client = aioredis.Redis(host="127.0.0.1", port=free_port())  # default retry
+            cache = RedisCache(
+                client,
+                prefix="xnai-test:",
+                op_timeout=0.1,
+                probe_interval=1,
+                probe_max_interval=8,
+                random=lambda: rand,
+            )
+            seen = []
+            try:
+                assert await cache.get("k") is None  # finds it down
+                start = loop.time()
+                for checkpoint in checkpoints:
+                    await asyncio.sleep(start + checkpoint - loop.time())
+                    await asyncio.gather(*(cache.get("k") for _ in range(20)))
+                    probes = cache.get_stats()["probes"]
+                    assert isinstance(probes, int)
+                    seen.append(probes)
+                assert cache.get_stats()["errors"] == 1
+            finally:
+                await cache.aclose()
+                await client.aclose()
+            return seen
+
+        return run_virtual(scenario())
+
+    # No jitter drawn: probes at about 1, 3, 7, 15, 23 s (each PING costs <= 0.1 s).
+    assert probes_seen(0.0, [0.9, 2, 5, 10, 20, 30]) == [0, 1, 2, 3, 4, 5]
+    # The largest draw halves every wait: about 0.5, 1.5, 3.5, 7.5, 11.5 s.
+    assert probes_seen(0.999, [0.9, 2, 5, 10, 14]) == [1, 2, 3, 4, 5]
