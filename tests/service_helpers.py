@@ -97,3 +97,79 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
             return True
         time.sleep(interval)
     return condition()
+
+
+class ServiceProcess:
+    """``xnai-core serve`` in a subprocess on a free port; its log lines collected."""
+
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self.url = ""
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 30) -> ServiceProcess:
+        self.process = subprocess.Popen(
+            [*command(), "serve", "--config", str(self.config), "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not wait_for(
+            lambda: bool(self.url) or self.process is None or self.process.poll() is not None,
+            timeout,
+        ):
+            raise AssertionError(f"the service did not start: {self.log()}")
+        if not self.url:
+            raise AssertionError(f"the service exited: {self.log()}")
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "serving http://" in line and not self.url:
+                self.url = line.split("serving ", 1)[1].split()[0].rstrip("/")
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def get(self, path: str) -> Any:
+        import httpx
+
+        return httpx.get(self.url + path, timeout=5)
+
+    def state(self) -> Any:
+        return self.get("/api/state").json()
+
+    def service(self, name: str) -> Any:
+        return next(s for s in self.state()["services"] if s["name"] == name)
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout=timeout)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()

@@ -33,6 +33,7 @@ def http(name: str, url: str, extra: str = "") -> str:
 
 COMMANDS = [
     [],
+    ["serve"],
     ["check"],
     ["config"],
     ["config", "check"],

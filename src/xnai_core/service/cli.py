@@ -26,7 +26,7 @@ from ..health.factories import DEFAULT_REDIS_URL, REDIS_URL_ENV
 from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
 from .circuits import CircuitView, RedisUnavailableError, SharedCircuits, format_time
-from .config import ServiceConfig, load_config
+from .config import DEFAULT_PORT, ServiceConfig, load_config
 from .oneshot import CheckOutcome, check_once
 
 T = TypeVar("T")
@@ -90,6 +90,36 @@ def main() -> None:
     library = logging.getLogger("xnai_core")
     if not library.handlers:
         library.addHandler(logging.NullHandler())
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option(
+    "--host", default=None, help="Address to listen on (default: the config's, 127.0.0.1)."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help=f"Port (default {DEFAULT_PORT})."
+)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+def serve(config_path: str | None, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the monitor, recovery and alerts, and serve the dashboard and ops endpoints.
+
+    SIGTERM or Ctrl-C stops it; SIGHUP reloads the config file (a bad one is refused
+    and the running config kept).
+    """
+    config = _load(config_path)
+    from .server import run_server  # Starlette and uvicorn only for this command
+
+    code = run_server(
+        config,
+        host=host or config.host,
+        port=config.port if port is None else port,
+        log_level=log_level,
+    )
+    sys.exit(code)
 
 
 # -- check -------------------------------------------------------------------------------

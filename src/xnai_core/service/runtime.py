@@ -1,0 +1,402 @@
+"""The running service: a HealthMonitor, recovery per service, alert sinks, shared circuits.
+
+:class:`ServiceRuntime` is built from a :class:`ServiceConfig`, started and stopped by the
+web app's lifespan, and reloaded in place (:meth:`ServiceRuntime.reload`): services whose
+settings did not change keep their checker, history, active alerts and recovery state
+(latch, counters, backoff); a changed service is replaced; a change of the monitor's own
+settings, of ``redis_url`` or of ``[recovery]`` rebuilds everything (said in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .._redact import redact
+from ..health.monitor import HealthMonitor
+from ..recovery import RecoveryCoordinator
+from ._schema import ConfigError
+from .checks import build_checker
+from .circuit_watch import CircuitWatch
+from .config import ServiceConfig, ServiceSpec
+from .recovery_router import RecoveryRouter
+from .sinks import build_sinks
+
+__all__ = ["ServiceRuntime", "check_buildable"]
+
+logger = logging.getLogger("xnai_core.service")
+
+SINK_FLUSH_DEADLINE = 2.0
+HISTORY_SHOWN = 60
+
+
+@dataclass
+class _Parts:
+    """What one generation of the runtime holds (rebuilt whole on a deep change)."""
+
+    monitor: HealthMonitor
+    router: RecoveryRouter
+    redis: aioredis.Redis | None
+    circuits: CircuitWatch | None
+    sinks: list[Any] = field(default_factory=list)
+
+
+def _deep_settings(config: ServiceConfig) -> tuple[object, ...]:
+    """What cannot change under a running monitor and recovery router."""
+    return (config.monitor, config.redis_url, config.recovery, config.circuits)
+
+
+class ServiceRuntime:
+    """Monitor, recovery, alerts and circuits for one config; see the module docstring."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.reloads = 0
+        self._parts: _Parts | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._lock:
+            self._parts = await self._build(self.config)
+            await self._parts.monitor.start_monitoring()
+        logger.info(
+            "watching %d services%s",
+            len(self.config.services),
+            "; recovery coordinated through Redis" if self.config.redis_url else "",
+        )
+
+    async def stop(self) -> None:
+        async with self._lock:
+            parts, self._parts = self._parts, None
+            if parts is not None:
+                await self._teardown(parts)
+
+    async def reload(self, new: ServiceConfig) -> list[str]:
+        """Apply ``new`` in place; the changes made, as log-ready phrases.
+
+        Raises ConfigError (and keeps the running config) when ``new`` cannot be built.
+        """
+        async with self._lock:
+            parts = self._parts
+            if parts is None:
+                raise RuntimeError("the service is not running")
+            old = self.config
+            await check_buildable(new)  # refused here: nothing has changed yet
+            if _deep_settings(new) != _deep_settings(old):
+                fresh = await self._build(new)  # refused here: the old one keeps running
+                await self._teardown(parts)
+                self._parts = fresh
+                await fresh.monitor.start_monitoring()
+                changes = ["monitor, redis_url, [recovery] or [circuits] changed: rebuilt all"]
+            else:
+                changes = await self._reload_services(parts, old, new)
+                changes += await self._reload_sinks(parts, old, new)
+            self.config = new
+            self.reloads += 1
+            return changes
+
+    # -- building ---------------------------------------------------------------------
+
+    async def _build(self, config: ServiceConfig) -> _Parts:
+        redis_client = None
+        coordinator = None
+        if config.redis_url is not None:
+            redis_client = aioredis.Redis.from_url(
+                config.redis_url, socket_connect_timeout=2, socket_timeout=5
+            )
+            coordinator = RecoveryCoordinator(redis_client, key_prefix=config.recovery.key_prefix)
+        router = RecoveryRouter(
+            coordinator=coordinator,
+            dry_run=config.recovery.dry_run,
+            verify_interval=config.recovery.verify_interval,
+        )
+        spec = config.monitor
+        monitor = HealthMonitor(
+            spec.check_interval,
+            dict(spec.alert_thresholds) or None,
+            recovery_manager=router,
+            failure_threshold=spec.failure_threshold,
+            success_threshold=spec.success_threshold,
+            history_size=spec.history_size,
+            alert_window=spec.alert_window,
+        )
+        parts = _Parts(monitor=monitor, router=router, redis=redis_client, circuits=None)
+        try:
+            for index, service in enumerate(config.services):
+                await self._add_service(parts, service, index)
+            parts.sinks = self._make_sinks(config)
+            for sink in parts.sinks:
+                monitor.add_alert_handler(sink)
+                router.add_alert_handler(sink)
+            if redis_client is not None:
+                parts.circuits = CircuitWatch(
+                    redis_client,
+                    key_prefix=config.circuits.key_prefix,
+                    names=config.circuits.names,
+                    recovery_timeout=config.circuits.recovery_timeout,
+                )
+                await parts.circuits.start()
+        except BaseException:
+            await self._teardown(parts)
+            raise
+        return parts
+
+    def _make_sinks(self, config: ServiceConfig) -> list[Any]:
+        return build_sinks(config.alerts)
+
+    async def _add_service(self, parts: _Parts, spec: ServiceSpec, index: int) -> None:
+        try:
+            checker = build_checker(spec)
+            parts.monitor.add_checker(checker, interval=spec.interval)
+            await parts.router.set_rules(spec.name, spec.rules)
+        except (TypeError, ValueError) as exc:
+            # What only the library can judge: a rule's stable_period against this
+            # monitor's detection time, a checker's own argument checks.
+            raise ConfigError(f"services[{index}]", redact(str(exc))) from None
+
+    async def _teardown(self, parts: _Parts) -> None:
+        await parts.monitor.stop_monitoring()
+        await parts.router.aclose()
+        await asyncio.gather(
+            *(sink.aclose(SINK_FLUSH_DEADLINE) for sink in parts.sinks), return_exceptions=True
+        )
+        if parts.circuits is not None:
+            await parts.circuits.aclose()
+        if parts.redis is not None:
+            with contextlib.suppress(Exception):
+                await parts.redis.aclose()
+
+    async def _reload_services(
+        self, parts: _Parts, old: ServiceConfig, new: ServiceConfig
+    ) -> list[str]:
+        changes: list[str] = []
+        before = {spec.name: spec for spec in old.services}
+        after = {spec.name: spec for spec in new.services}
+        # Check everything buildable first: a bad new service refuses the whole reload.
+        for index, spec in enumerate(new.services):
+            if _checker_changed(before.get(spec.name), spec):
+                try:
+                    build_checker(spec)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"services[{index}]", redact(str(exc))) from None
+        for name in before.keys() - after.keys():
+            parts.monitor.remove_checker(name)
+            await parts.router.set_rules(name, ())
+            changes.append(f"removed {name}")
+        for index, spec in enumerate(new.services):
+            previous = before.get(spec.name)
+            if previous is None:
+                await self._add_service(parts, spec, index)
+                changes.append(f"added {spec.name}")
+            elif _checker_changed(previous, spec):
+                parts.monitor.remove_checker(spec.name)
+                await self._add_service(parts, spec, index)
+                changes.append(f"replaced {spec.name}")
+            elif previous.rules != spec.rules:
+                try:
+                    await parts.router.set_rules(spec.name, spec.rules)
+                except ValueError as exc:
+                    raise ConfigError(f"services[{index}].recovery", redact(str(exc))) from None
+                changes.append(f"new recovery rules for {spec.name}")
+        return changes
+
+    async def _reload_sinks(
+        self, parts: _Parts, old: ServiceConfig, new: ServiceConfig
+    ) -> list[str]:
+        if _sink_identity(old.alerts) == _sink_identity(new.alerts):
+            return []
+        fresh = self._make_sinks(new)
+        for sink in parts.sinks:
+            parts.monitor.remove_alert_handler(sink)
+            parts.router.remove_alert_handler(sink)
+        await asyncio.gather(
+            *(sink.aclose(SINK_FLUSH_DEADLINE) for sink in parts.sinks), return_exceptions=True
+        )
+        parts.sinks = fresh
+        for sink in fresh:
+            parts.monitor.add_alert_handler(sink)
+            parts.router.add_alert_handler(sink)
+        return [f"alert sinks: {len(fresh)}"]
+
+    # -- reading ----------------------------------------------------------------------
+
+    @property
+    def monitor(self) -> HealthMonitor | None:
+        return None if self._parts is None else self._parts.monitor
+
+    @property
+    def router(self) -> RecoveryRouter | None:
+        return None if self._parts is None else self._parts.router
+
+    @property
+    def circuits(self) -> CircuitWatch | None:
+        return None if self._parts is None else self._parts.circuits
+
+    @property
+    def sinks(self) -> Sequence[Any]:
+        return () if self._parts is None else tuple(self._parts.sinks)
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything the dashboard shows, JSON-ready, masked."""
+        parts = self._parts
+        if parts is None:
+            return {"running": False}
+        monitor = parts.monitor
+        report = monitor.get_health_report()
+        stats = parts.router.get_recovery_stats()
+        recovery_services: dict[str, Any] = stats["services"]  # type: ignore[assignment]
+        services = []
+        for spec in self.config.services:
+            if spec.name not in report["services"]:
+                continue
+            entry = report["services"][spec.name]
+            full = monitor.get_history(spec.name)
+            history = full[-HISTORY_SHOWN:]
+            healthy = sum(1 for result in full if result.status.value != "unhealthy")
+            last_error = None
+            for result in reversed(history):
+                if result.error:
+                    last_error = {"error": redact(result.error), "at": result.timestamp}
+                    break
+            recovery = recovery_services.get(spec.name)
+            services.append(
+                {
+                    "name": spec.name,
+                    "type": spec.type,
+                    "target": spec.target(),
+                    "critical": spec.critical,
+                    "status": entry["status"],
+                    "last_check": entry["last_check"],
+                    "response_time": entry["response_time"],
+                    # Answered (healthy or degraded) among the results kept.
+                    "uptime": round(100.0 * healthy / len(full), 2) if full else None,
+                    "total_checks": entry["total_checks"],
+                    "consecutive_failures": entry["consecutive_failures"],
+                    "history": [
+                        [round(r.timestamp, 3), round(r.response_time, 4), r.status.value]
+                        for r in history
+                    ],
+                    "last_error": last_error,
+                    "recovery": None if recovery is None else _recovery_view(recovery),
+                }
+            )
+        return {
+            "running": True,
+            "now": time.time(),
+            "started_at": self.started_at,
+            "reloads": self.reloads,
+            "overall": monitor.get_overall_status().value,
+            "summary": report["summary"],
+            "services": services,
+            "circuits": None if parts.circuits is None else parts.circuits.views(),
+            "alerts": [
+                {
+                    "key": alert.key,
+                    "service": alert.service,
+                    "kind": alert.kind,
+                    "severity": alert.severity,
+                    "message": redact(alert.message),
+                    "since": alert.timestamp,
+                }
+                for alert in monitor.get_active_alerts()
+            ],
+            "episodes": list(reversed(parts.router.episodes)),
+            "recovery": {
+                "total_attempts": stats["total_attempts"],
+                "coordinated": self.config.redis_url is not None,
+            },
+            "controls": self.config.control_token is not None and parts.circuits is not None,
+        }
+
+
+async def check_buildable(config: ServiceConfig) -> None:
+    """Raise ConfigError for what only the library can judge (a rule's stable_period
+    against this monitor, a sink's own checks), starting nothing and touching no network."""
+    router = RecoveryRouter(coordinator=None, dry_run=True)
+    spec = config.monitor
+    monitor = HealthMonitor(
+        spec.check_interval,
+        dict(spec.alert_thresholds) or None,
+        recovery_manager=router,
+        failure_threshold=spec.failure_threshold,
+        success_threshold=spec.success_threshold,
+        history_size=spec.history_size,
+        alert_window=spec.alert_window,
+    )
+    try:
+        for index, service in enumerate(config.services):
+            try:
+                monitor.add_checker(build_checker(service), interval=service.interval)
+                await router.set_rules(service.name, service.rules)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"services[{index}]", redact(str(exc))) from None
+        sinks = build_sinks(config.alerts)
+        await asyncio.gather(*(sink.aclose(0.1) for sink in sinks), return_exceptions=True)
+    finally:
+        await monitor.stop_monitoring()
+        await router.aclose()
+
+
+def _recovery_view(detail: dict[str, Any]) -> dict[str, object]:
+    last = detail.get("last_attempt")
+    return {
+        "state": detail.get("state"),
+        "escalated": detail.get("escalated"),
+        "escalation_reason": None
+        if not detail.get("escalation_reason")
+        else redact(str(detail["escalation_reason"])),
+        "attempts": detail.get("attempts"),
+        "successes": detail.get("successes"),
+        "episodes": detail.get("episodes"),
+        "last_attempt": None
+        if not isinstance(last, dict)
+        else {
+            "action": last.get("action"),
+            "outcome": last.get("outcome") or last.get("result"),
+            "at": last.get("started_at") or last.get("timestamp"),
+        },
+    }
+
+
+def _checker_changed(old: ServiceSpec | None, new: ServiceSpec) -> bool:
+    """Whether the check itself differs (rules aside)."""
+    if old is None:
+        return True
+    keys = (
+        "type",
+        "timeout",
+        "interval",
+        "degraded_threshold",
+        "url",
+        "host",
+        "port",
+        "dsn",
+        "command",
+        "method",
+        "expected_status",
+        "verify",
+        "critical",
+    )
+    return any(getattr(old, key) != getattr(new, key) for key in keys)
+
+
+def _sink_identity(sinks: Sequence[Any]) -> tuple[object, ...]:
+    return tuple(
+        (
+            s.type,
+            s.name,
+            tuple(sorted((k, repr(v)) for k, v in s.options.items())),
+            tuple(sorted(s.secrets.items())),
+        )
+        for s in sinks
+    )

@@ -1,0 +1,318 @@
+"""``xnai-core serve``: the runtime behind a Starlette app, served by uvicorn.
+
+Routes: ``/`` the dashboard (one page and its script and style, served from the package:
+no build step, no CDN); ``/api/state`` what the dashboard shows, as JSON;
+``POST /api/circuits/{name}/{open|close|reset}`` the dashboard's controls, which exist
+only when a control token is configured and answer 401 without it; ``/ops/...`` the
+operations endpoints (``/ops/health``, ``/ops/livez``, ``/ops/readyz``, ...).
+
+Signals: SIGTERM and SIGINT stop the service (uvicorn's own handling, then the lifespan
+stops the monitor, cancels recovery in flight, flushes the alert sinks and closes every
+connection); SIGHUP re-reads the config file and applies it in place, or logs why it was
+refused and keeps the running one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from importlib import resources
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from .._redact import redact
+from ._schema import ConfigError
+from .config import ServiceConfig, load_config
+from .runtime import ServiceRuntime, check_buildable
+
+__all__ = ["build_app", "run_server"]
+
+logger = logging.getLogger("xnai_core.service")
+
+GRACEFUL_SHUTDOWN = 2
+_ACTIONS = ("open", "close", "reset")
+_STATIC = {
+    "/": ("dashboard.html", "text/html; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+# Everything the page loads comes from this origin; no inline script, no framing.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def _static(path: str) -> bytes:
+    return resources.files("xnai_core.service").joinpath("static", path).read_bytes()
+
+
+class _OpsApp:
+    """The ops endpoints of the runtime's current monitor (rebuilt when it changes)."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+        self._app: ASGIApp | None = None
+        self._monitor: object = None
+        self._token: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        monitor = self._runtime.monitor
+        token = self._runtime.config.control_token
+        if self._app is None or monitor is not self._monitor or token != self._token:
+            self._app = _make_ops_app(self._runtime)
+            self._monitor, self._token = monitor, token
+        await self._app(scope, receive, send)
+
+
+def _make_ops_app(runtime: ServiceRuntime) -> ASGIApp:
+    """``xnai_core.web.create_ops_app`` when it is there; else the probes alone."""
+    try:
+        from ..web import create_ops_app  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return _probe_app(runtime)
+    circuits = runtime.circuits
+    app: ASGIApp = create_ops_app(
+        runtime.monitor,
+        breakers=None if circuits is None else circuits.registry,
+        recovery=runtime.router,
+        metrics=False,
+        control_token=runtime.config.control_token,
+        critical=[spec.name for spec in runtime.config.services if spec.critical],
+        service_id="xnai-core",
+    )
+    return app
+
+
+def _probe_app(runtime: ServiceRuntime) -> ASGIApp:
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "pass"})
+
+    async def readyz(request: Request) -> Response:
+        monitor = runtime.monitor
+        if monitor is None:
+            return JSONResponse({"status": "fail"}, status_code=503)
+        critical = [s.name for s in runtime.config.services if s.critical]
+        failing = [name for name in critical if monitor.get_status(name).value == "unhealthy"]
+        body = {"status": "fail" if failing else "pass", "failing": failing}
+        return JSONResponse(body, status_code=503 if failing else 200)
+
+    async def health(request: Request) -> Response:
+        monitor = runtime.monitor
+        if monitor is None:
+            return JSONResponse({"status": "fail"}, status_code=503)
+        report = monitor.get_health_report()
+        for entry in report["services"].values():
+            entry["details"] = {}  # hosts and error texts only with the token
+        overall = monitor.get_overall_status().value
+        return JSONResponse(report, status_code=503 if overall == "unhealthy" else 200)
+
+    return Starlette(
+        routes=[
+            Route("/livez", livez, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
+
+
+def _authorized(request: Request, token: str | None) -> bool:
+    if token is None:
+        return False
+    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        offered.strip().encode(), token.encode()
+    )
+
+
+def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starlette:
+    """The service's app; its lifespan starts and stops a :class:`ServiceRuntime`."""
+    runtime = ServiceRuntime(config)
+    path = reload_path or config.path
+
+    async def reload() -> None:
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            if (new.host, new.port) != (runtime.config.host, runtime.config.port):
+                logger.warning("config reload: [server] host/port take effect at the next start")
+            changes = await runtime.reload(new)
+        except ConfigError as exc:
+            logger.error("config reload refused, the running config is kept: %s", exc)
+            return
+        except Exception as exc:
+            logger.exception(
+                "config reload failed, the running config is kept: %s", redact(str(exc))
+            )
+            return
+        for warning in new.warnings:
+            logger.warning("%s", warning)
+        logger.info("config reloaded from %s: %s", path, "; ".join(changes) or "no change")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(reload(), name="xnai-service-reload")
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await runtime.stop()
+            logger.info("stopped")
+
+    async def page(request: Request) -> Response:
+        name, media = _STATIC[request.url.path]
+        return Response(_static(name), media_type=media, headers=_SECURITY_HEADERS)
+
+    async def state(request: Request) -> Response:
+        return JSONResponse(runtime.snapshot(), headers={"Cache-Control": "no-store"})
+
+    async def control(request: Request) -> Response:
+        token = runtime.config.control_token
+        circuits = runtime.circuits
+        if token is None or circuits is None:
+            return JSONResponse({"error": "controls are disabled"}, status_code=404)
+        if not _authorized(request, token):
+            return JSONResponse(
+                {"error": "the control token is missing or wrong"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        if action not in _ACTIONS:
+            return JSONResponse({"error": f"unknown action {action!r}"}, status_code=404)
+        if name not in circuits.registry:
+            return JSONResponse({"error": f"no circuit {name!r}"}, status_code=404)
+        try:
+            view = await circuits.act(name, action)
+        except ConnectionError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        logger.warning("circuit %r: %s from the dashboard", name, action)
+        return JSONResponse(view)
+
+    app = Starlette(
+        routes=[
+            *(Route(path, page, methods=["GET"]) for path in _STATIC),
+            Route("/api/state", state, methods=["GET"]),
+            Route("/api/circuits/{name}/{action}", control, methods=["POST"]),
+            Mount("/ops", app=_OpsApp(runtime)),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, exiting with status 0 after a clean stop on SIGTERM or SIGINT.
+
+    uvicorn re-raises the signal once it has shut down, so the process would end "killed
+    by SIGTERM"; a service that stopped cleanly says so with its exit status.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def run_server(config: ServiceConfig, *, host: str, port: int, log_level: str = "info") -> int:
+    """Serve until SIGTERM/SIGINT; the process's exit code (0 clean, 1 failed, 3 config)."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for warning in config.warnings:
+        logger.warning("%s", warning)
+    try:
+        asyncio.run(check_buildable(config))
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 3
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        return 1
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    app = build_app(config)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            server_header=False,
+        )
+    )
+    original = server.startup
+
+    async def startup(sockets: list[socket.socket] | None = None) -> None:
+        await original(sockets=sockets)
+        if server.started:
+            logger.info(
+                "xnai-core serving http://%s:%d/ (dashboard; ops endpoints under /ops/)",
+                shown_host,
+                bound_port,
+            )
+
+    server.startup = startup  # type: ignore[method-assign]
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0 if server.started else 1

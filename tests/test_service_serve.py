@@ -1,0 +1,308 @@
+"""``xnai-core serve`` as a subprocess: serving, SIGHUP reloads, SIGTERM, two replicas."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PrivateRedis, free_port
+from tests.service_helpers import (
+    REPO,
+    ServiceProcess,
+    http_service,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "serve-test-token-0123456789"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def http(name: str, url: str, extra: str = "") -> str:
+    return f'\n[[services]]\nname = "{name}"\ntype = "http"\nurl = "{url}"\ntimeout = 1\n{extra}\n'
+
+
+MONITOR = """
+control_token_env = "XNAI_TEST_SERVE_TOKEN"
+[monitor]
+check_interval = 0.3
+failure_threshold = 1
+success_threshold = 1
+"""
+
+
+@pytest.fixture
+def service() -> Iterator[list[ServiceProcess]]:
+    started: list[ServiceProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def launch(
+    started: list[ServiceProcess], config: Path, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    process = ServiceProcess(config, env={"XNAI_TEST_SERVE_TOKEN": TOKEN, **(env or {})})
+    started.append(process)
+    return process.start()
+
+
+def test_serve_serves_the_dashboard_state_and_probes_and_logs_one_url(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    with http_service() as (url, _):
+        config = write(tmp_path / "s.toml", MONITOR + http("api", url))
+        proc = launch(service, config)
+        assert sum("serving http://" in line for line in proc.lines) == 1
+        page = proc.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert proc.get("/dashboard.js").status_code == 200
+        assert proc.get("/dashboard.css").status_code == 200
+        assert wait_for(lambda: proc.service("api")["status"] == "healthy", 15)
+        state = proc.state()
+        assert state["controls"] is False  # no redis_url: no shared circuits to steer
+        assert state["circuits"] is None
+        assert proc.get("/ops/livez").status_code == 200
+        assert proc.get("/ops/readyz").status_code == 200
+        assert proc.get("/api/state").headers["cache-control"] == "no-store"
+
+
+def test_sighup_keeps_unchanged_services_and_refuses_a_bad_config(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/"
+    with http_service() as (url, _):
+        config = tmp_path / "s.toml"
+        kept = http("kept", url) + http(
+            "down",
+            dead,
+            '[[services.recovery]]\naction = "manual_intervention"\nfailure_threshold = 1\n',
+        )
+        write(config, MONITOR + kept + http("dropped", url))
+        proc = launch(service, config)
+        assert wait_for(lambda: proc.service("kept")["total_checks"] >= 3, 15)
+        assert wait_for(lambda: bool(proc.service("down")["recovery"]["escalated"]), 15)
+        assert wait_for(lambda: any(a["service"] == "down" for a in proc.state()["alerts"]), 15)
+        checks_before = proc.service("kept")["total_checks"]
+
+        write(config, MONITOR + kept + http("added", url))
+        proc.signal(signal.SIGHUP)
+        assert wait_for(lambda: proc.logged("config reloaded"), 15), proc.log()
+        state = proc.state()
+        names = [s["name"] for s in state["services"]]
+        assert names == ["kept", "down", "added"]
+        # Unchanged services kept their history, their active alert and their latch.
+        assert proc.service("kept")["total_checks"] >= checks_before
+        assert proc.service("down")["recovery"]["escalated"] is True
+        assert any(a["service"] == "down" for a in state["alerts"])
+        assert state["reloads"] == 1
+
+        write(config, MONITOR + kept + http("added", url, "timout = 3"))
+        proc.signal(signal.SIGHUP)
+        assert wait_for(lambda: proc.logged("config reload refused"), 15), proc.log()
+        assert proc.logged("services[2].timout: unknown key (did you mean 'timeout'?)")
+        state = proc.state()
+        assert [s["name"] for s in state["services"]] == ["kept", "down", "added"]
+        assert state["reloads"] == 1
+        checks = proc.service("kept")["total_checks"]
+        assert wait_for(lambda: proc.service("kept")["total_checks"] > checks, 15)
+
+
+def test_sigterm_stops_within_5_s_and_leaves_nothing_running(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    pid_file = tmp_path / "restart.pid"
+    config = write(
+        tmp_path / "s.toml",
+        MONITOR
+        + http(
+            "down",
+            f"http://127.0.0.1:{free_port()}/",
+            '[[services.recovery]]\naction = "restart_service"\nfailure_threshold = 1\n'
+            f'command = ["sh", "-c", "echo $$ > {pid_file}; exec sleep 60"]\ntimeout = 120\n'
+            "grace_period = 120\n",
+        ),
+    )
+    proc = launch(service, config)
+    # A restart command is running when the service is told to stop.
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 20)
+    restart_pid = int(pid_file.read_text())
+    os.kill(restart_pid, 0)
+    started = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    code = proc.wait(timeout=10)
+    took = time.monotonic() - started
+    assert code == 0, proc.log()
+    assert took < 5.0, took
+    assert proc.logged("stopped")
+    for bad in ("Traceback", "Task was destroyed", "Unclosed", "never awaited"):
+        assert not proc.logged(bad), proc.log()
+
+    def gone() -> bool:
+        try:
+            os.kill(restart_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    # The restart command's process group was signalled (SIGTERM, then SIGKILL).
+    assert wait_for(gone, 5)
+
+
+def test_serve_refuses_a_config_the_library_rejects_with_exit_3(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "s.toml",
+        MONITOR
+        + http(
+            "api",
+            "http://127.0.0.1:1/",
+            '[[services.recovery]]\naction = "restart_service"\ncommand = ["true"]\n'
+            "stable_period = 0.01\n",
+        ),
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "xnai-core"),
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "services[0]" in done.stderr
+    assert "stable_period" in done.stderr
+
+
+def test_two_replicas_sharing_redis_restart_a_killed_service_once(
+    tmp_path: Path, service: list[ServiceProcess], private_redis: PrivateRedis
+) -> None:
+    stack = {"XNAI_DEMO_STACK_DIR": str(tmp_path / "stack")}
+    env = {**os.environ, **stack}
+    port = free_port()
+    python = sys.executable
+
+    def demo(*args: str) -> None:
+        subprocess.run(
+            [python, "-m", "examples.demo_stack", *args],
+            cwd=REPO,
+            env=env,
+            check=True,
+            timeout=30,
+            capture_output=True,
+        )
+
+    demo("start", "rag_api", str(port))
+    try:
+        config = write(
+            tmp_path / "s.toml",
+            f'redis_url = "{private_redis.url}"\n'
+            + MONITOR.replace("failure_threshold = 1", "failure_threshold = 2")
+            + http(
+                "rag_api",
+                f"http://127.0.0.1:{port}/health",
+                '[[services.recovery]]\naction = "restart_service"\nfailure_threshold = 2\n'
+                f'command = ["{python}", "-m", "examples.demo_stack", "restart", "rag_api"]\n'
+                "backoff_base = 1\nbackoff_max = 5\ncooldown = 5\ngrace_period = 15\n"
+                "timeout = 20\n",
+            ),
+        )
+        replicas = [launch(service, config, stack), launch(service, config, stack)]
+
+        def healthy(replica: ServiceProcess) -> bool:
+            return bool(replica.service("rag_api")["status"] == "healthy")
+
+        def checks(replica: ServiceProcess) -> int:
+            return int(replica.service("rag_api")["total_checks"])
+
+        for replica in replicas:
+            assert wait_for(functools.partial(healthy, replica), 20)
+        demo("kill", "rag_api")
+        restarts = tmp_path / "stack" / "rag_api.restarts"
+        assert wait_for(restarts.exists, 30), "\n".join(r.log() for r in replicas)
+        for replica in replicas:
+            assert wait_for(functools.partial(healthy, replica), 30), replica.log()
+        # Several more rounds of checks on both replicas: still one restart.
+        marks = [checks(r) for r in replicas]
+        for replica, mark in zip(replicas, marks, strict=True):
+            assert wait_for(lambda r=replica, m=mark: checks(r) >= m + 6, 20)  # type: ignore[misc]
+        assert len(restarts.read_text().splitlines()) == 1
+        attempts = [r.service("rag_api")["recovery"]["attempts"] for r in replicas]
+        assert sorted(attempts) == [0, 1], attempts
+    finally:
+        demo("kill", "rag_api")
+
+
+def test_dashboard_controls_need_the_token_and_change_the_shared_state(
+    tmp_path: Path, service: list[ServiceProcess], key_prefix: str
+) -> None:
+    import httpx
+
+    from tests.conftest import SHARED_REDIS_URL
+    from tests.service_helpers import run_cli
+
+    prefix = f"{key_prefix}:cb:"
+    text = (
+        f'redis_url = "{SHARED_REDIS_URL}"\n'
+        + MONITOR
+        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["llm"]\n'
+    )
+    config = write(tmp_path / "s.toml", text)
+    try:
+        proc = launch(service, config)
+        state = proc.state()
+        assert state["controls"] is True
+        assert [c["name"] for c in state["circuits"]] == ["llm"]
+        target = proc.url + "/api/circuits/llm/open"
+        assert httpx.post(target, timeout=5).status_code == 401
+        wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
+        assert httpx.post(target, headers=wrong, timeout=5).status_code == 401
+        assert proc.state()["circuits"][0]["state"] == "closed"
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        answer = httpx.post(target, headers=right, timeout=5)
+        assert answer.status_code == 200
+        assert answer.json()["state"] == "open"
+        shown = run_cli(
+            "circuits", "show", "llm", "--redis-url", SHARED_REDIS_URL, "--prefix", prefix, "--json"
+        )
+        assert shown.json()["state"] == "open"
+        assert TOKEN not in proc.log()
+        proc.stop()
+
+        # Without the token's variable set, the control routes do not exist.
+        bare = ServiceProcess(config, env={"XNAI_TEST_SERVE_TOKEN": ""}).start()
+        service.append(bare)
+        assert bare.state()["controls"] is False
+        assert (
+            httpx.post(bare.url + "/api/circuits/llm/close", headers=right, timeout=5).status_code
+            == 404
+        )
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(SHARED_REDIS_URL)
+        for key in client.scan_iter(match=f"{key_prefix}*"):
+            client.unlink(key)
+        client.close()
