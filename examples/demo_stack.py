@@ -173,7 +173,7 @@ def restart(name: str) -> None:
     print(f"{name} restarted on port {port}")
 
 
-def up(service_port: int) -> int:
+def up(service_port: int, config: Path) -> int:
     """Start the stack and the service; stop everything on Ctrl-C (or SIGTERM)."""
     ports = {name: _free(port) for name, port in SERVICES.items()}
     for name, port in ports.items():
@@ -191,17 +191,21 @@ def up(service_port: int) -> int:
     port = _free(service_port)
     print(
         f"demo stack: toy RAG API on http://127.0.0.1:{ports['rag_api']}/ , "
-        f"toy UI on http://127.0.0.1:{ports['chainlit_ui']}/"
+        f"toy UI on http://127.0.0.1:{ports['chainlit_ui']}/",
+        flush=True,
     )
-    print("try: python3 -m examples.demo_stack kill rag_api   (the service restarts it)")
+    print(
+        "try: python3 -m examples.demo_stack kill rag_api   (the service restarts it)", flush=True
+    )
     command = [
         str(Path(sys.executable).parent / "xnai-core"),
         "serve",
         "--config",
-        str(REPO / "examples" / "stack.toml"),
+        str(config),
         "--port",
         str(port),
     ]
+    print(f"dashboard: http://127.0.0.1:{port}/   (Ctrl-C stops everything)", flush=True)
     service = subprocess.Popen(command, cwd=REPO, env=env)
     signal.signal(signal.SIGTERM, lambda *_: service.send_signal(signal.SIGTERM))
     try:
@@ -212,7 +216,7 @@ def up(service_port: int) -> int:
     finally:
         for name in SERVICES:
             kill(name)
-        print("demo stack stopped")
+        print("demo stack stopped", flush=True)
 
 
 def main() -> None:
@@ -220,6 +224,9 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("up", help="start the stack and xnai-core serve")
     run.add_argument("--port", type=int, default=SERVICE_PORT, help="the dashboard's port")
+    run.add_argument(
+        "--config", type=Path, default=REPO / "examples" / "stack.toml", help="the config file"
+    )
     one = commands.add_parser("serve-one")
     one.add_argument("name", choices=sorted(SERVICES))
     one.add_argument("port", type=int)
@@ -230,7 +237,7 @@ def main() -> None:
             sub.add_argument("port", type=int)
     args = parser.parse_args()
     if args.command == "up":
-        sys.exit(up(args.port))
+        sys.exit(up(args.port, args.config))
     elif args.command == "serve-one":
         serve_one(args.name, args.port)
     elif args.command == "restart":

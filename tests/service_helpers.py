@@ -56,6 +56,13 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 6
 class Behaviour:
     status: int = 200
     delay: float = 0.0
+    server: ThreadingHTTPServer | None = None
+
+    def kill(self) -> None:
+        """Stop the server now: its port refuses connections from here on."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @contextmanager
@@ -80,6 +87,7 @@ def http_service(behaviour: Behaviour | None = None) -> Iterator[tuple[str, Beha
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    state.server = server
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -102,8 +110,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
 class ServiceProcess:
     """``xnai-core serve`` in a subprocess on a free port; its log lines collected."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None, port: int = 0) -> None:
         self.config = config
+        self.port = port
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.url = ""
@@ -111,8 +120,9 @@ class ServiceProcess:
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30) -> ServiceProcess:
+        self.url = ""
         self.process = subprocess.Popen(
-            [*command(), "serve", "--config", str(self.config), "--port", "0"],
+            [*command(), "serve", "--config", str(self.config), "--port", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -173,3 +183,38 @@ class ServiceProcess:
             self.process.wait(timeout=10)
         if self.process is not None and self.process.stderr is not None:
             self.process.stderr.close()
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@contextmanager
+def receiver() -> Iterator[tuple[str, list[Received]]]:
+    """A loopback HTTP receiver that records every POST and answers 200."""
+    got: list[Received] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            got.append(Received(self.path, dict(self.headers.items()), body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", got
+    finally:
+        server.shutdown()
+        server.server_close()

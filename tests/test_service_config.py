@@ -317,3 +317,19 @@ def test_example_stack_file_is_valid() -> None:
     config = load_config(REPO / "examples" / "stack.toml", env={})
     assert [s.name for s in config.services] == ["rag_api", "chainlit_ui", "redis", "postgres"]
     assert config.service("rag_api").rules
+
+
+def test_the_kubernetes_config_map_holds_a_valid_config(tmp_path: Path) -> None:
+    manifest = (REPO / "deploy" / "kubernetes" / "xnai-core.yaml").read_text().splitlines()
+    start = manifest.index("  stack.toml: |") + 1
+    block = []
+    for line in manifest[start:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    path = tmp_path / "stack.toml"
+    path.write_text("\n".join(block))
+    env = {"XNAI_CONTROL_TOKEN": "k" * 24, "XNAI_DATABASE_DSN": "postgresql://db/app"}
+    config = load_config(path, env=env)
+    assert [s.name for s in config.services] == ["rag_api", "chainlit_ui", "redis", "postgres"]
+    assert config.host == "0.0.0.0"

@@ -192,7 +192,7 @@ def test_serve_refuses_a_config_the_library_rejects_with_exit_3(tmp_path: Path) 
         check=False,
     )
     assert done.returncode == 3, done.stderr
-    assert "services[0]" in done.stderr
+    assert f"{config}: services[0]" in done.stderr
     assert "stable_period" in done.stderr
 
 

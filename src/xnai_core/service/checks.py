@@ -13,14 +13,14 @@ import os
 import signal
 from collections.abc import Mapping
 
-from .._redact import redact, redact_argv
-from ..health.checkers import (
+from .. import (
     DatabaseHealthChecker,
     HealthChecker,
     HealthCheckError,
     HTTPHealthChecker,
     RedisHealthChecker,
 )
+from .._redact import redact, redact_argv
 from .config import ServiceSpec
 
 __all__ = ["CommandHealthChecker", "TCPHealthChecker", "build_checker"]

@@ -16,9 +16,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from ..circuit.factory import create_redis_circuit_breaker
-from ..circuit.machine import CircuitState
-from ..circuit.registry import CircuitBreakerRegistry
+from .. import CircuitBreakerRegistry, CircuitState, create_redis_circuit_breaker
 from .circuits import SharedCircuits
 
 __all__ = ["CircuitWatch"]

@@ -18,10 +18,8 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
+from .. import CircuitState, RedisStore, create_redis_circuit_breaker
 from .._redis_errors import REDIS_DOWN
-from ..circuit.factory import create_redis_circuit_breaker
-from ..circuit.machine import CircuitState
-from ..circuit.redis_store import RedisStore
 
 __all__ = ["CircuitView", "RedisUnavailableError", "SharedCircuits"]
 

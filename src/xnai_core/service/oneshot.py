@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+from .. import HealthCheckResult, HealthStatus
 from .._redact import redact
-from ..health.checkers import HealthCheckResult, HealthStatus
 from .checks import build_checker
 from .config import ServiceConfig
 

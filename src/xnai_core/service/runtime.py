@@ -19,8 +19,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .. import HealthMonitor
 from .._redact import redact
-from ..health.monitor import HealthMonitor
 from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
 from .checks import build_checker
@@ -260,9 +260,8 @@ class ServiceRuntime:
             if spec.name not in report["services"]:
                 continue
             entry = report["services"][spec.name]
-            full = monitor.get_history(spec.name)
-            history = full[-HISTORY_SHOWN:]
-            healthy = sum(1 for result in full if result.status.value != "unhealthy")
+            history = monitor.get_history(spec.name)[-HISTORY_SHOWN:]
+            answered = sum(1 for result in history if result.status.value != "unhealthy")
             last_error = None
             for result in reversed(history):
                 if result.error:
@@ -278,8 +277,8 @@ class ServiceRuntime:
                     "status": entry["status"],
                     "last_check": entry["last_check"],
                     "response_time": entry["response_time"],
-                    # Answered (healthy or degraded) among the results kept.
-                    "uptime": round(100.0 * healthy / len(full), 2) if full else None,
+                    # Percent answered (healthy or degraded) over the results shown.
+                    "uptime": round(100.0 * answered / len(history), 2) if history else None,
                     "total_checks": entry["total_checks"],
                     "consecutive_failures": entry["consecutive_failures"],
                     "history": [
@@ -339,8 +338,13 @@ async def check_buildable(config: ServiceConfig) -> None:
                 monitor.add_checker(build_checker(service), interval=service.interval)
                 await router.set_rules(service.name, service.rules)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"services[{index}]", redact(str(exc))) from None
-        sinks = build_sinks(config.alerts)
+                raise ConfigError(
+                    f"services[{index}]", redact(str(exc)), file=config.path
+                ) from None
+        try:
+            sinks = build_sinks(config.alerts)
+        except ConfigError as exc:
+            raise exc.in_file(config.path) from None
         await asyncio.gather(*(sink.aclose(0.1) for sink in sinks), return_exceptions=True)
     finally:
         await monitor.stop_monitoring()
