@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -80,6 +81,10 @@ def test_serve_serves_the_dashboard_state_and_probes_and_logs_one_url(
         assert state["circuits"] is None
         assert proc.get("/ops/livez").status_code == 200
         assert proc.get("/ops/readyz").status_code == 200
+        assert proc.get("/ops/health").json()["services"]["api"]["status"] == "healthy"
+        metrics = proc.get("/ops/metrics")
+        assert metrics.status_code == 200
+        assert "# TYPE xnai_health_status gauge" in metrics.text
         assert proc.get("/api/state").headers["cache-control"] == "no-store"
 
 
@@ -284,6 +289,14 @@ def test_dashboard_controls_need_the_token_and_change_the_shared_state(
         answer = httpx.post(target, headers=right, timeout=5)
         assert answer.status_code == 200
         assert answer.json()["state"] == "open"
+        # The same circuit through the ops endpoints of xnai_core.web.
+        listed = httpx.get(proc.url + "/ops/circuits", timeout=5).json()
+        assert "llm" in json.dumps(listed)
+        ops_close = proc.url + "/ops/circuits/llm/close"
+        assert httpx.post(ops_close, timeout=5).status_code == 401
+        assert httpx.post(ops_close, headers=right, timeout=5).status_code == 200
+        assert wait_for(lambda: proc.state()["circuits"][0]["state"] == "closed", 10)
+        assert httpx.post(target, headers=right, timeout=5).status_code == 200
         shown = run_cli(
             "circuits", "show", "llm", "--redis-url", SHARED_REDIS_URL, "--prefix", prefix, "--json"
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.util
 import logging
 import signal
 import socket
@@ -41,6 +42,8 @@ __all__ = ["build_app", "run_server"]
 logger = logging.getLogger("xnai_core.service")
 
 GRACEFUL_SHUTDOWN = 2
+# /ops/metrics is served when prometheus_client is installed (the service extra has it).
+_METRICS = importlib.util.find_spec("prometheus_client") is not None
 _ACTIONS = ("open", "close", "reset")
 _STATIC = {
     "/": ("dashboard.html", "text/html; charset=utf-8"),
@@ -85,54 +88,22 @@ class _OpsApp:
 
 
 def _make_ops_app(runtime: ServiceRuntime) -> ASGIApp:
-    """``xnai_core.web.create_ops_app`` when it is there; else the probes alone."""
-    try:
-        from ..web import create_ops_app  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return _probe_app(runtime)
+    """``xnai_core.web.create_ops_app`` over the runtime's current monitor, circuits and
+    recovery: ``/health``, ``/livez``, ``/readyz``, ``/metrics`` (when prometheus_client
+    is installed), ``/circuits`` (+ token-guarded controls) and ``/recovery``."""
+    from ..web import create_ops_app
+
     circuits = runtime.circuits
     app: ASGIApp = create_ops_app(
         runtime.monitor,
         breakers=None if circuits is None else circuits.registry,
         recovery=runtime.router,
-        metrics=False,
+        metrics=_METRICS,
         control_token=runtime.config.control_token,
         critical=[spec.name for spec in runtime.config.services if spec.critical],
         service_id="xnai-core",
     )
     return app
-
-
-def _probe_app(runtime: ServiceRuntime) -> ASGIApp:
-    async def livez(request: Request) -> Response:
-        return JSONResponse({"status": "pass"})
-
-    async def readyz(request: Request) -> Response:
-        monitor = runtime.monitor
-        if monitor is None:
-            return JSONResponse({"status": "fail"}, status_code=503)
-        critical = [s.name for s in runtime.config.services if s.critical]
-        failing = [name for name in critical if monitor.get_status(name).value == "unhealthy"]
-        body = {"status": "fail" if failing else "pass", "failing": failing}
-        return JSONResponse(body, status_code=503 if failing else 200)
-
-    async def health(request: Request) -> Response:
-        monitor = runtime.monitor
-        if monitor is None:
-            return JSONResponse({"status": "fail"}, status_code=503)
-        report = monitor.get_health_report()
-        for entry in report["services"].values():
-            entry["details"] = {}  # hosts and error texts only with the token
-        overall = monitor.get_overall_status().value
-        return JSONResponse(report, status_code=503 if overall == "unhealthy" else 200)
-
-    return Starlette(
-        routes=[
-            Route("/livez", livez, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ]
-    )
 
 
 def _authorized(request: Request, token: str | None) -> bool:
@@ -169,6 +140,11 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if _METRICS:
+            # Before the first check, so /ops/metrics holds every status from the start.
+            from ..metrics import enable_prometheus
+
+            enable_prometheus()
         await runtime.start()
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()
