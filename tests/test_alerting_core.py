@@ -254,6 +254,28 @@ def test_a_resolve_takes_the_place_of_a_queued_raise_when_the_queue_is_full() ->
     ]
 
 
+def test_a_full_queue_cancels_a_resolve_with_its_unsent_raise() -> None:
+    """A resolve whose own raise is still queued (nobody was told): neither is sent."""
+
+    async def scenario() -> tuple[list[tuple[str, str, int]], int]:
+        sink = RecordingSink(queue_size=2)
+        sink.hang = asyncio.Event()
+        first = alert(service="first")
+        sink.submit(first)
+        await asyncio.sleep(0)  # in flight now
+        second, third = alert(service="second"), alert(service="third")
+        sink.submit(second)
+        sink.submit(third)
+        sink.submit(resolved(second))  # second's raise is queued: both go
+        sink.hang.set()
+        await sink.drain()
+        return list(iter_notes(sink)), sink.stats().dropped_by_reason["queue_full"]
+
+    notes, dropped = run_virtual(scenario())
+    assert notes == [("first:status", "firing", 0), ("third:status", "firing", 0)]
+    assert dropped == 2
+
+
 def test_repeat_interval_reminds_until_resolved() -> None:
     """An alert that stays active is sent again every repeat_interval; its resolve stops that."""
 

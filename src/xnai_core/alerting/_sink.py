@@ -238,6 +238,8 @@ class AlertSink:
 
     def _enqueue(self, note: Notification) -> None:
         if len(self._queue) >= self.queue_size:
+            if note.event == "resolved" and self._cancel_unsent_raise(note):
+                return
             evicted = self._make_room_for(note)
             if evicted is None:
                 if note.event == "firing":
@@ -263,10 +265,25 @@ class AlertSink:
             queued = self._queue[index]
             if queued.event == "firing":
                 del self._queue[index]
+                active = self._active.get(queued.key)
                 if not queued.repeat:
                     self._active.pop(queued.key, None)
+                elif active is not None and self.repeat_interval is not None:
+                    # The reminder gives way, not the reminders after it.
+                    now = self._loop.time() if self._loop is not None else 0.0
+                    active.next_repeat = now + self.repeat_interval
                 return queued
         return None
+
+    def _cancel_unsent_raise(self, note: Notification) -> bool:
+        """A resolve whose raise is still queued: both go, as nobody was told. True if so."""
+        for index, queued in enumerate(self._queue):
+            if queued.event == "firing" and not queued.repeat and queued.raised is note.raised:
+                del self._queue[index]
+                self._drop(queued, "queue_full")
+                self._drop(note, "queue_full")
+                return True
+        return False
 
     # --- the worker -------------------------------------------------------------------
 
