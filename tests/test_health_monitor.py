@@ -361,6 +361,7 @@ async def test_threshold_alert_raised_once_and_resolved_once() -> None:
     monitor = HealthMonitor(
         alert_thresholds={"success_rate": 95},
         alert_window=4,
+        alert_clear_after=1,
         failure_threshold=5,
     )
     monitor.add_checker(Scripted(script=script))

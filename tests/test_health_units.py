@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xnai_core.health.alerts import Alert, AlertThresholds, evaluate, success_rate
+from xnai_core.health.alerts import Alert, AlertThresholds, success_percent
 from xnai_core.health.checkers import HealthCheckResult, HealthStatus
+from xnai_core.health.fold import FoldConfig, evaluate_alerts
 from xnai_core.health.health_json import (
     HEALTH_JSON_MEDIA_TYPE,
     http_status_for,
@@ -262,10 +263,29 @@ def test_alert_rejects_unknown_severity() -> None:
         Alert(service="a", kind="k", severity="fatal", message="m")  # type: ignore[arg-type]
 
 
-def test_success_rate_ignores_unknown_results() -> None:
+def test_success_percent_ignores_unknown_results() -> None:
     """Undecided results are neither successes nor failures."""
-    assert success_rate(results(HEALTHY, UNHEALTHY, UNKNOWN)) == 50.0
-    assert success_rate(results(UNKNOWN)) is None
+    assert success_percent(results(HEALTHY, UNHEALTHY, UNKNOWN)) == 50.0
+    assert success_percent(results(UNKNOWN)) is None
+
+
+def evaluate(
+    service: str,
+    *,
+    status: HealthStatus,
+    consecutive_failures: int,
+    window: list[HealthCheckResult],
+    thresholds: AlertThresholds,
+    active: set[str],
+    now: float,
+    min_samples: int = 1,
+    clear_after: int = 1,
+) -> list[Alert]:
+    """The alerts after one result, with no clear streak carried over."""
+    config = FoldConfig(thresholds=thresholds, min_samples=min_samples, clear_after=clear_after)
+    counters = Counters(status, consecutive_failures, 0 if consecutive_failures else 1)
+    alerts, _ = evaluate_alerts(service, counters, window, active, {}, config, now)
+    return list(alerts)
 
 
 def test_evaluate_raises_once_and_resolves_once() -> None:
@@ -368,6 +388,20 @@ def test_evaluate_response_time_uses_window_mean() -> None:
     )
     assert [a.key for a in alerts] == ["api:response_time"]
     assert alerts[0].details["value"] == 6.0
+
+
+def test_default_clear_thresholds() -> None:
+    """Clear thresholds default to halfway to 100% and to 80% of the response time."""
+    thresholds = AlertThresholds.from_mapping({"success_rate": 95, "response_time": 5.0})
+    assert thresholds.clear_dict() == {"success_rate": 97.5, "response_time": 4.0}
+
+
+def test_clear_thresholds_are_validated() -> None:
+    """A clear threshold on the wrong side of its threshold is refused, naming both."""
+    with pytest.raises(ValueError, match=r"'alert_clear_thresholds\['success_rate'\]' must be in"):
+        AlertThresholds.from_mapping({"success_rate": 95}, {"success_rate": 90})
+    with pytest.raises(ValueError, match="needs 'alert_thresholds"):
+        AlertThresholds.from_mapping({}, {"response_time": 1.0})
 
 
 # -- health+json -----------------------------------------------------------------------

@@ -304,6 +304,10 @@ class Lane:
                 self._drain(), name=f"xnai-lane-{self._label}"
             )
 
+    def drop_pending(self) -> None:
+        """Forget the jobs not yet started; the running one finishes."""
+        self._pending.clear()
+
     def busy(self) -> bool:
         """True while a job runs or waits."""
         return self._worker is not None and not self._worker.done()

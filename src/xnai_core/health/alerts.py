@@ -2,19 +2,21 @@
 
 An alert has a stable ``key`` (``"<service>:<kind>"``) so a pager or chat
 integration can deduplicate it and match the resolved notice to the alert.
-Kinds the monitor raises by itself:
+Kinds the monitor raises by itself (decided in :mod:`.fold`):
 
 - ``status``: the service became ``unhealthy`` (critical); resolved when it no
-  longer is.
-- ``success_rate``: the success rate over the last ``alert_window`` results fell
-  below the threshold, in percent (warning).
-- ``response_time``: the mean response time over that window rose above the
-  threshold, in seconds (warning).
+  longer is (the status itself has hysteresis).
+- ``success_rate``: the percent of successful checks over the last
+  ``alert_window`` results fell below the threshold (warning).
+- ``response_time``: the mean response time of the *answered* checks over that
+  window rose above the threshold, in seconds (warning).
+- ``consecutive_failures``: that many failed checks in a row (critical);
+  resolved after ``success_threshold`` successes in a row.
 
-  Both window kinds are judged only once the window holds ``min_samples``
-  results (the monitor's ``alert_min_samples``, by default a full window): one
-  failure among the first three checks is not a 67% success rate worth a page.
-- ``consecutive_failures``: that many failed checks in a row (critical).
+The window kinds are judged once the window holds ``min_samples`` results, and
+have hysteresis: raised when the value crosses the threshold, resolved only when
+it is back past a separate clear threshold for ``clear_after`` results in a row.
+Rates in this package's health modules are percents (0-100), named so.
 
 Other components (the recovery manager) raise their own alerts through
 ``HealthMonitor.emit_alert`` and reach the same handlers.
@@ -27,7 +29,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -35,7 +37,16 @@ from .._dispatch import Dispatcher
 from ._validate import check_int
 from .result import HealthCheckResult, HealthStatus
 
-__all__ = ["Alert", "AlertHandler", "AlertThresholds", "Severity", "deliver", "evaluate"]
+__all__ = [
+    "ActiveAlerts",
+    "Alert",
+    "AlertHandler",
+    "AlertThresholds",
+    "Severity",
+    "deliver",
+    "mean_response_time",
+    "success_percent",
+]
 
 logger = logging.getLogger("xnai_core.health.alerts")
 
@@ -87,47 +98,103 @@ AlertHandler = Callable[[Alert], Awaitable[None] | None]
 
 def _threshold(name: str, value: object, low: float, high: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'alert_thresholds[{name!r}]' must be a number: {value!r}")
+        raise TypeError(f"'{name}' must be a number: {value!r}")
     number = float(value)
     if math.isnan(number) or not low < number <= high:
-        raise ValueError(f"'alert_thresholds[{name!r}]' must be in ({low:g}, {high:g}]: {value!r}")
+        raise ValueError(f"'{name}' must be in ({low:g}, {high:g}]: {value!r}")
     return number
+
+
+_KINDS = ("consecutive_failures", "response_time", "success_rate")
+_WINDOW_KINDS = ("response_time", "success_rate")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlertThresholds:
-    """Validated ``alert_thresholds``; ``None`` disables a kind."""
+    """Validated ``alert_thresholds``, with their clear thresholds; ``None`` disables a kind.
+
+    ``success_rate`` is a percent (raise below it), ``response_time`` seconds (raise
+    above it). A raised window alert resolves only once its value is back past the
+    clear threshold: ``success_rate_clear`` (percent, default halfway from the
+    threshold to 100) or ``response_time_clear`` (seconds, default 80% of the
+    threshold), for ``clear_after`` results in a row (the monitor's
+    ``alert_clear_after``, default a full alert window).
+    """
 
     success_rate: float | None = None  # percent, 0 < x <= 100
     response_time: float | None = None  # seconds
     consecutive_failures: int | None = None
+    success_rate_clear: float | None = None  # percent, >= success_rate
+    response_time_clear: float | None = None  # seconds, <= response_time
+
+    def __post_init__(self) -> None:
+        rate, clear_rate = self.success_rate, self.success_rate_clear
+        if rate is not None:
+            if clear_rate is None:
+                object.__setattr__(self, "success_rate_clear", rate + (100.0 - rate) / 2.0)
+            elif not rate <= clear_rate <= 100.0:
+                raise ValueError(
+                    f"'alert_clear_thresholds['success_rate']' must be in"
+                    f" [{rate:g}, 100]: {clear_rate!r}"
+                )
+        latency, clear_latency = self.response_time, self.response_time_clear
+        if latency is not None:
+            if clear_latency is None:
+                object.__setattr__(self, "response_time_clear", 0.8 * latency)
+            elif not 0.0 < clear_latency <= latency:
+                raise ValueError(
+                    f"'alert_clear_thresholds['response_time']' must be in"
+                    f" (0, {latency:g}]: {clear_latency!r}"
+                )
 
     @classmethod
-    def from_mapping(cls, thresholds: Mapping[str, object] | None) -> AlertThresholds:
-        """Parse the seed's ``{"success_rate": 95, "response_time": 5.0}`` form."""
-        if thresholds is None:
-            return cls()
-        known = ("consecutive_failures", "response_time", "success_rate")
+    def from_mapping(
+        cls,
+        thresholds: Mapping[str, object] | None,
+        clear: Mapping[str, object] | None = None,
+    ) -> AlertThresholds:
+        """Parse the seed's ``{"success_rate": 95, "response_time": 5.0}`` form.
+
+        ``clear`` takes the same keys (window kinds only) for the clear thresholds.
+        """
+        thresholds = thresholds or {}
+        clear = clear or {}
         for key in thresholds:
-            if key not in known:
-                raise ValueError(f"'alert_thresholds' has an unknown key (known: {known}): {key!r}")
-        rate = thresholds.get("success_rate")
-        latency = thresholds.get("response_time")
+            if key not in _KINDS:
+                raise ValueError(
+                    f"'alert_thresholds' has an unknown key (known: {_KINDS}): {key!r}"
+                )
+        for key in clear:
+            if key not in _WINDOW_KINDS:
+                raise ValueError(
+                    f"'alert_clear_thresholds' has an unknown key (known: {_WINDOW_KINDS}): {key!r}"
+                )
+            if key not in thresholds:
+                raise ValueError(
+                    f"'alert_clear_thresholds[{key!r}]' needs 'alert_thresholds[{key!r}]': missing"
+                )
+
+        def number(
+            mapping: Mapping[str, object], where: str, key: str, high: float
+        ) -> float | None:
+            value = mapping.get(key)
+            return None if value is None else _threshold(f"{where}[{key!r}]", value, 0.0, high)
+
         failures = thresholds.get("consecutive_failures")
         return cls(
-            success_rate=None if rate is None else _threshold("success_rate", rate, 0.0, 100.0),
-            response_time=(
-                None if latency is None else _threshold("response_time", latency, 0.0, math.inf)
-            ),
+            success_rate=number(thresholds, "alert_thresholds", "success_rate", 100.0),
+            response_time=number(thresholds, "alert_thresholds", "response_time", math.inf),
             consecutive_failures=(
                 None
                 if failures is None
                 else check_int("alert_thresholds['consecutive_failures']", failures, 1)
             ),
+            success_rate_clear=number(clear, "alert_clear_thresholds", "success_rate", 100.0),
+            response_time_clear=number(clear, "alert_clear_thresholds", "response_time", math.inf),
         )
 
     def as_dict(self) -> dict[str, float]:
-        """The thresholds that are set."""
+        """The thresholds that are set (the seed's keys)."""
         pairs = {
             "success_rate": self.success_rate,
             "response_time": self.response_time,
@@ -135,9 +202,14 @@ class AlertThresholds:
         }
         return {key: float(value) for key, value in pairs.items() if value is not None}
 
+    def clear_dict(self) -> dict[str, float]:
+        """The clear thresholds in force (window kinds that are set)."""
+        pairs = {"success_rate": self.success_rate_clear, "response_time": self.response_time_clear}
+        return {key: float(value) for key, value in pairs.items() if value is not None}
 
-def success_rate(window: Iterable[HealthCheckResult]) -> float | None:
-    """Percent of decisive results that succeeded; None if there are none."""
+
+def success_percent(window: Iterable[HealthCheckResult]) -> float | None:
+    """Percent (0-100) of decisive results that succeeded; None if there are none."""
     decided = [result for result in window if result.status is not HealthStatus.UNKNOWN]
     if not decided:
         return None
@@ -145,122 +217,43 @@ def success_rate(window: Iterable[HealthCheckResult]) -> float | None:
 
 
 def mean_response_time(window: Iterable[HealthCheckResult]) -> float | None:
-    """Mean response time (seconds) of decisive results; None if there are none."""
-    times = [r.response_time for r in window if r.status is not HealthStatus.UNKNOWN]
+    """Mean response time (seconds) of the answered checks; None if none answered.
+
+    A failed check's time says how fast it failed, not how fast the service
+    answers: a crash must not make a slow service look fast.
+    """
+    times = [result.response_time for result in window if result.ok]
     return sum(times) / len(times) if times else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Condition:
-    kind: str
-    severity: Severity
-    breached: bool
-    message: str
-    details: dict[str, object]
+class ActiveAlerts:
+    """The one record of the alerts raised and not yet resolved, by service then key."""
+
+    def __init__(self) -> None:
+        self._by_service: dict[str, dict[str, Alert]] = {}
+
+    def apply(self, alert: Alert) -> None:
+        """Record a raised alert, or forget the one a resolved notice resolves."""
+        if alert.resolved:
+            keyed = self._by_service.get(alert.service)
+            if keyed is not None:
+                keyed.pop(alert.key, None)
+                if not keyed:
+                    del self._by_service[alert.service]
+        else:
+            self._by_service.setdefault(alert.service, {})[alert.key] = alert
+
+    def of(self, service: str) -> Mapping[str, Alert]:
+        """The active alerts of ``service``, by key (read-only view)."""
+        return self._by_service.get(service, _EMPTY)
+
+    def all(self) -> list[Alert]:
+        """Every active alert, oldest first."""
+        alerts = [alert for keyed in self._by_service.values() for alert in keyed.values()]
+        return sorted(alerts, key=lambda alert: alert.timestamp)
 
 
-def _conditions(
-    service: str,
-    status: HealthStatus,
-    consecutive_failures: int,
-    window: Sequence[HealthCheckResult],
-    thresholds: AlertThresholds,
-    min_samples: int,
-) -> list[_Condition]:
-    last_error = window[-1].error if window else None
-    enough = len(window) >= min_samples
-    found = [
-        _Condition(
-            "status",
-            "critical",
-            status is HealthStatus.UNHEALTHY,
-            f"{service} is unhealthy" + (f": {last_error}" if last_error else ""),
-            {"status": status.value},
-        )
-    ]
-    if thresholds.success_rate is not None:
-        rate = success_rate(window)
-        found.append(
-            _Condition(
-                "success_rate",
-                "warning",
-                enough and rate is not None and rate < thresholds.success_rate,
-                f"{service} success rate {rate or 0.0:.1f}% < {thresholds.success_rate:g}%",
-                {"value": rate, "threshold": thresholds.success_rate, "window": len(window)},
-            )
-        )
-    if thresholds.response_time is not None:
-        mean = mean_response_time(window)
-        found.append(
-            _Condition(
-                "response_time",
-                "warning",
-                enough and mean is not None and mean > thresholds.response_time,
-                f"{service} mean response time {mean or 0.0:.3f}s > {thresholds.response_time:g}s",
-                {"value": mean, "threshold": thresholds.response_time, "window": len(window)},
-            )
-        )
-    if thresholds.consecutive_failures is not None:
-        found.append(
-            _Condition(
-                "consecutive_failures",
-                "critical",
-                consecutive_failures >= thresholds.consecutive_failures,
-                f"{service} failed {consecutive_failures} checks in a row",
-                {"value": consecutive_failures, "threshold": thresholds.consecutive_failures},
-            )
-        )
-    return found
-
-
-def evaluate(
-    service: str,
-    *,
-    status: HealthStatus,
-    consecutive_failures: int,
-    window: Sequence[HealthCheckResult],
-    thresholds: AlertThresholds,
-    active: Collection[str],
-    now: float,
-    min_samples: int = 1,
-) -> list[Alert]:
-    """The alerts to send after a result: new crossings, and resolved ones.
-
-    ``active`` holds the keys of this service's alerts that are raised now; the
-    caller adds the keys of returned alerts and removes those of resolved ones.
-    The window kinds (success rate, response time) are judged only once
-    ``window`` holds at least ``min_samples`` results.
-    """
-    alerts: list[Alert] = []
-    conditions = _conditions(service, status, consecutive_failures, window, thresholds, min_samples)
-    for condition in conditions:
-        key = f"{service}:{condition.kind}"
-        if condition.breached and key not in active:
-            alerts.append(
-                Alert(
-                    key=key,
-                    service=service,
-                    kind=condition.kind,
-                    severity=condition.severity,
-                    message=condition.message,
-                    timestamp=now,
-                    details=condition.details,
-                )
-            )
-        elif not condition.breached and key in active:
-            alerts.append(
-                Alert(
-                    key=key,
-                    service=service,
-                    kind=condition.kind,
-                    severity="info",
-                    message=f"resolved: {service} {condition.kind.replace('_', ' ')} is back",
-                    resolved=True,
-                    timestamp=now,
-                    details=condition.details,
-                )
-            )
-    return alerts
+_EMPTY: Mapping[str, Alert] = {}
 
 
 async def deliver(

@@ -77,8 +77,8 @@ def _check_entry(service: ServiceHealth) -> dict[str, object]:
     entry["consecutiveFailures"] = service.consecutive_failures
     entry["consecutiveSuccesses"] = service.consecutive_successes
     entry["totalChecks"] = service.total_checks
-    if service.success_rate is not None:
-        entry["successRate"] = round(service.success_rate, 3)
+    if service.success_percent is not None:
+        entry["successPercent"] = round(service.success_percent, 3)
     return entry
 
 

@@ -1,22 +1,20 @@
-"""HealthMonitor: runs checkers on a schedule and keeps each service's status.
+"""HealthMonitor: the front over a scheduler, a pure fold and a notifier.
 
-Scheduling (Kubernetes / Consul style):
+- :mod:`.scheduler` runs each checker in a task of its own: a jittered first run,
+  then ``interval`` after each run ends (runs never overlap).
+- Runs of one service share one flight (:mod:`xnai_core._singleflight`): a manual
+  check joins a run in progress instead of starting a second; every run is
+  bounded by the service's timeout (a timeout is an unhealthy result).
+- :mod:`.fold` turns each result into the new status, the outage flag, and the
+  alerts to raise or resolve (with hysteresis); no clock, no I/O.
+- :mod:`.notifier` delivers alerts, recovery callbacks and status changes in
+  background lanes through the monitor's dispatcher (sync ones on its own bounded
+  threads), so a slow webhook or a long recovery never delays a check.
+- :class:`~.alerts.ActiveAlerts` is the one record of raised alerts.
 
-- one task per checker; the first run waits a random part of the interval so a
-  fleet of checks does not start at once;
-- the next run starts ``check_interval`` after the previous one ENDS, so runs of
-  one check never overlap; a manual check joins a run in flight instead of
-  starting a second one;
-- each run is bounded by a timeout no longer than the interval; a timeout is an
-  unhealthy result.
-
-Status follows results with hysteresis (see :mod:`.hysteresis`). The report reads
-stored state and never runs a check. Alert handlers, recovery callbacks and the
-recovery manager's hook run in per-service background lanes, so a slow webhook or
-a long recovery never delays a health check; they may call back into the monitor
-(even ``stop_monitoring()`` or ``remove_checker()``): the monitor never cancels or
-awaits the task it is called from. Memory is bounded: each service keeps at most
-``history_size`` results.
+Callbacks may call back into the monitor (even ``stop_monitoring()`` or
+``remove_checker()``): the monitor never cancels or awaits the task it is called
+from. Memory is bounded: each service keeps at most ``history_size`` results.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import asyncio
 import inspect
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,27 +30,26 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
-from .._dispatch import Dispatcher, Job, Lane
-from ._validate import check_int, check_name, check_seconds
-from .alerts import Alert, AlertHandler, AlertThresholds, deliver, evaluate, success_rate
+from .._dispatch import Dispatcher
+from .._singleflight import FlightTimeoutError, SingleFlight
+from ._validate import check_name, check_seconds
+from .alerts import ActiveAlerts, Alert, AlertHandler, deliver, success_percent
+from .fold import ServiceState, fold
 from .health_json import overall_status, to_health_json
 from .hooks import RecoveryCallback, RecoveryHook
-from .hysteresis import Counters, StatusPolicy, step
+from .notifier import Notifier
 from .redact import scrub
 from .report import HealthReport, HealthSummary, ServiceReport
 from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck, error_text
+from .scheduler import Scheduler, uniform_jitter
 from .service import ServiceHealth
+from .settings import MonitorSettings
 
 __all__ = ["HealthMonitor"]
 
 logger = logging.getLogger("xnai_core.health.monitor")
 
 UNHEALTHY = HealthStatus.UNHEALTHY
-HEALTHY = HealthStatus.HEALTHY
-
-
-def _uniform_jitter(interval: float) -> float:
-    return random.uniform(0.0, interval)
 
 
 @dataclass(slots=True, eq=False)
@@ -65,27 +61,11 @@ class _Service:
     interval: float
     timeout: float
     history: deque[HealthCheckResult]
+    window: deque[HealthCheckResult]
     health: ServiceHealth
-    counters: Counters = field(default_factory=Counters)
-    task: asyncio.Task[None] | None = None
-    # The run in progress, for joiners; `runner` is the task of a manual run (a
-    # scheduled run executes inside `task` itself, saving loop hops on every check).
-    inflight: asyncio.Future[HealthCheckResult] | None = None
-    runner: asyncio.Task[HealthCheckResult] | None = None
+    state: ServiceState = field(default_factory=ServiceState)
+    runner: asyncio.Task[Any] | None = None  # the run in flight
     changed: asyncio.Event | None = None
-    in_outage: bool = False
-    active_alerts: set[str] = field(default_factory=set)
-    alert_lane: Lane = field(init=False)
-    hook_lane: Lane = field(init=False)
-    callback_lane: Lane = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.alert_lane = Lane(f"{self.name}:alerts", log=logger)
-        self.hook_lane = Lane(f"{self.name}:recovery_hook", log=logger)
-        self.callback_lane = Lane(f"{self.name}:recovery_callbacks", log=logger)
-
-    def lanes(self) -> tuple[Lane, Lane, Lane]:
-        return self.alert_lane, self.hook_lane, self.callback_lane
 
     def wake_waiters(self) -> None:
         event, self.changed = self.changed, None
@@ -118,25 +98,35 @@ def _describe(checker: object) -> dict[str, object]:
     return {}
 
 
+def _own_timeout(checker: object) -> float | None:
+    value = getattr(checker, "timeout", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    return None
+
+
 class HealthMonitor:
     """Schedules health checks and keeps each service's status, report and alerts.
 
     ``check_interval`` seconds between the end of one check and the start of the
     next. ``alert_thresholds``: ``{"success_rate": 95, "response_time": 5.0,
     "consecutive_failures": 5}`` (percent, seconds, count; any subset) evaluated
-    over the last ``alert_window`` results; the window kinds (success rate, mean
-    response time) only once it holds ``alert_min_samples`` results (default: a
-    full window), so one failure among the first checks does not page.
-    ``failure_threshold`` failures in a row
-    make a service unhealthy (fewer: degraded); ``success_threshold`` successes in
-    a row make it healthy again. ``check_timeout`` caps every check (default: the
-    checker's own timeout, never more than the interval). ``clock`` gives the
-    wall-clock timestamps of reports and monitor-made results; ``jitter(interval)``
-    gives the delay before a checker's first run (default: uniform over the
-    interval). ``recovery_manager`` receives every status change (see
+    over the last ``alert_window`` results; the window kinds only once it holds
+    ``alert_min_samples`` results (default: a full window). A raised window alert
+    resolves once its value is back past ``alert_clear_thresholds`` (same keys;
+    default halfway from the success-rate threshold to 100%, 80% of the
+    response-time threshold) for ``alert_clear_after`` results in a row (default:
+    ``alert_window``). ``failure_threshold`` failures in a row make a service
+    unhealthy (fewer: degraded); ``success_threshold`` successes in a row make it
+    healthy again. ``check_timeout`` caps every check (default: the checker's own
+    timeout, never more than the interval). ``clock`` gives the wall-clock
+    timestamps of reports and monitor-made results; ``jitter(interval)`` the delay
+    before a checker's first run (default: uniform over the interval).
+    ``recovery_manager`` receives every status change (see
     :class:`~xnai_core.health.hooks.RecoveryHook`). Alert handlers are bounded by
-    ``alert_handler_timeout``, recovery callbacks and the hook by ``callback_timeout``;
-    sync ones run on at most ``callback_workers`` threads of the monitor's own.
+    ``alert_handler_timeout``, recovery callbacks and the hook by
+    ``callback_timeout``; sync ones run on at most ``callback_workers`` threads of
+    the monitor's own.
     """
 
     def __init__(
@@ -151,62 +141,48 @@ class HealthMonitor:
         history_size: int = 100,
         alert_window: int = 20,
         alert_min_samples: int | None = None,
+        alert_clear_thresholds: Mapping[str, float] | None = None,
+        alert_clear_after: int | None = None,
         alert_handler_timeout: float | None = 10.0,
         callback_timeout: float | None = 60.0,
         callback_workers: int = 4,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[float], float] | None = None,
     ) -> None:
-        self.check_interval = check_seconds("check_interval", check_interval)
-        self._thresholds = AlertThresholds.from_mapping(alert_thresholds)
-        self._policy = StatusPolicy(
-            failure_threshold=failure_threshold, success_threshold=success_threshold
+        self._settings = MonitorSettings.parse(
+            check_interval=check_interval,
+            alert_thresholds=alert_thresholds,
+            alert_clear_thresholds=alert_clear_thresholds,
+            failure_threshold=failure_threshold,
+            success_threshold=success_threshold,
+            check_timeout=check_timeout,
+            history_size=history_size,
+            alert_window=alert_window,
+            alert_min_samples=alert_min_samples,
+            alert_clear_after=alert_clear_after,
+            alert_handler_timeout=alert_handler_timeout,
+            callback_timeout=callback_timeout,
+            callback_workers=callback_workers,
         )
-        self._check_timeout: float | None = None
-        if check_timeout is not None:
-            self._check_timeout = check_seconds("check_timeout", check_timeout)
-            if self._check_timeout > self.check_interval:
-                raise ValueError(
-                    f"'check_timeout' must be <= check_interval ({self.check_interval:g}):"
-                    f" {check_timeout!r}"
-                )
-        self._history_size = check_int("history_size", history_size, 1)
-        self._alert_window = check_int("alert_window", alert_window, 1)
-        if self._alert_window > self._history_size:
-            raise ValueError(
-                f"'alert_window' must be <= history_size ({self._history_size}): {alert_window!r}"
-            )
-        if alert_min_samples is None:
-            self._alert_min_samples = self._alert_window
-        else:
-            self._alert_min_samples = check_int("alert_min_samples", alert_min_samples, 1)
-            if self._alert_min_samples > self._alert_window:
-                raise ValueError(
-                    f"'alert_min_samples' must be <= alert_window ({self._alert_window}):"
-                    f" {alert_min_samples!r}"
-                )
-        self._alert_handler_timeout = (
-            None
-            if alert_handler_timeout is None
-            else check_seconds("alert_handler_timeout", alert_handler_timeout)
-        )
-        self._callback_timeout = (
-            None
-            if callback_timeout is None
-            else check_seconds("callback_timeout", callback_timeout)
-        )
-        # Sync handlers, callbacks and hooks run on these threads, never on the loop.
-        self._dispatcher = Dispatcher(
-            max_workers=check_int("callback_workers", callback_workers, 1),
-            name="xnai-health-callback",
-            log=logger,
-        )
+        self.check_interval = self._settings.check_interval
         self._clock = clock
-        self._jitter = jitter or _uniform_jitter
         self._services: dict[str, _Service] = {}
         self._recovery_callbacks: dict[str, list[RecoveryCallback]] = {}
         self._alert_handlers: list[AlertHandler] = []
-        self._active_alerts: dict[str, Alert] = {}
+        self._alerts = ActiveAlerts()
+        self._flights: SingleFlight[_Service, HealthCheckResult] = SingleFlight()
+        self._scheduler = Scheduler(jitter or uniform_jitter, logger)
+        # Sync handlers, callbacks and hooks run on these threads, never on the loop.
+        self._dispatcher = Dispatcher(
+            max_workers=self._settings.callback_workers, name="xnai-health-callback", log=logger
+        )
+        self._notifier = Notifier(
+            handlers=self._alert_handlers,
+            dispatcher=self._dispatcher,
+            alert_timeout=self._settings.alert_handler_timeout,
+            callback_timeout=self._settings.callback_timeout,
+            log=logger,
+        )
         # Removed services still delivering their last notices and closing.
         self._retiring: dict[asyncio.Task[None], _Service] = {}
         self._active = False
@@ -228,18 +204,23 @@ class HealthMonitor:
 
     @property
     def alert_thresholds(self) -> dict[str, float]:
-        """The thresholds in force (only the kinds that are set)."""
-        return self._thresholds.as_dict()
+        """The thresholds in force (only the kinds that are set; the seed's keys)."""
+        return self._settings.fold.thresholds.as_dict()
+
+    @property
+    def alert_clear_thresholds(self) -> dict[str, float]:
+        """The clear thresholds of the window alert kinds that are set."""
+        return self._settings.fold.thresholds.clear_dict()
 
     @property
     def failure_threshold(self) -> int:
         """Failures in a row that make a service unhealthy."""
-        return self._policy.failure_threshold
+        return self._settings.fold.policy.failure_threshold
 
     @property
     def success_threshold(self) -> int:
         """Successes in a row that make a service healthy again."""
-        return self._policy.success_threshold
+        return self._settings.fold.policy.success_threshold
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -257,23 +238,15 @@ class HealthMonitor:
         if name in self._services:
             raise ValueError(f"'name' must be unique in a monitor: {name!r} is already monitored")
         every = self.check_interval if interval is None else check_seconds("interval", interval)
-        own_timeout = getattr(checker, "timeout", None)
-        limits = [every]
-        if (
-            isinstance(own_timeout, int | float)
-            and not isinstance(own_timeout, bool)
-            and 0 < own_timeout < math.inf
-        ):
-            limits.append(float(own_timeout))
-        if self._check_timeout is not None:
-            limits.append(self._check_timeout)
+        limits = [every, _own_timeout(checker), self._settings.check_timeout]
         component_type = getattr(checker, "component_type", "component")
         service = _Service(
             name=name,
             checker=checker,
             interval=every,
-            timeout=min(limits),
-            history=deque(maxlen=self._history_size),
+            timeout=min(limit for limit in limits if limit is not None),
+            history=deque(maxlen=self._settings.history_size),
+            window=deque(maxlen=self._settings.alert_window),
             health=ServiceHealth(
                 name=name,
                 component_type=component_type if isinstance(component_type, str) else "component",
@@ -294,23 +267,37 @@ class HealthMonitor:
         """
         service = self._service(name)
         del self._services[name]
-        resolved = self._resolve_alerts_of(name, service)
         service.wake_waiters()
         caller = _current_task()
         tasks = [
-            t
-            for t in (service.task, service.runner)
-            if t is not None and not t.done() and t is not caller
+            task
+            for task in (self._scheduler.detach(name), service.runner)
+            if task is not None and not task.done() and task is not caller
         ]
-        service.task = None  # a schedule loop calling this from its own check ends after it
         for task in tasks:
             task.cancel()
+        now = self._clock()
+        notices = [
+            Alert(
+                key=key,
+                service=name,
+                kind=active.kind,
+                severity="info",
+                message=f"resolved: {name} is no longer monitored",
+                resolved=True,
+                timestamp=now,
+                details={"reason": "checker removed"},
+            )
+            for key, active in sorted(self._alerts.of(name).items())
+        ]
+        for notice in notices:
+            self._announce(name, notice, queue=False)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop, so nothing of it can be running (nor deliver the notices)
-        for alert in resolved:
-            service.alert_lane.push(self._delivery(alert))
+        for notice in notices:
+            self._notifier.alert(name, notice)
         retire = loop.create_task(
             self._retire(service, tasks, caller), name=f"xnai-health-retire-{name}"
         )
@@ -319,30 +306,6 @@ class HealthMonitor:
 
     def _forget_retired(self, task: asyncio.Task[None]) -> None:
         self._retiring.pop(task, None)
-
-    def _resolve_alerts_of(self, name: str, service: _Service) -> list[Alert]:
-        """Resolved notices for every active alert of a service that is going away."""
-        keys = set(service.active_alerts)
-        keys.update(key for key, alert in self._active_alerts.items() if alert.service == name)
-        service.active_alerts.clear()
-        notices = []
-        now = self._clock()
-        for key in sorted(keys):
-            active = self._active_alerts.get(key)
-            kind = active.kind if active is not None else key.rpartition(":")[2] or "status"
-            notice = Alert(
-                key=key,
-                service=name,
-                kind=kind,
-                severity="info",
-                message=f"resolved: {name} is no longer monitored",
-                resolved=True,
-                timestamp=now,
-                details={"reason": "checker removed"},
-            )
-            self._track_alert(notice)
-            notices.append(notice)
-        return notices
 
     def add_recovery_callback(self, name: str, callback: RecoveryCallback) -> None:
         """Call ``callback(name)`` (sync or async) each time ``name`` recovers.
@@ -364,6 +327,8 @@ class HealthMonitor:
     def remove_alert_handler(self, handler: AlertHandler) -> None:
         """Stop sending alerts to ``handler``; ``ValueError`` if it was not added."""
         self._alert_handlers.remove(handler)
+        if handler not in self._alert_handlers:
+            self._notifier.forget_handler(handler)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -374,7 +339,7 @@ class HealthMonitor:
         self._active = True
         for service in self._services.values():
             self._start(service)
-        logger.info("health monitoring started", extra={"services": len(self._services)})
+        logger.info("health monitoring started", extra={"xnai.services": len(self._services)})
 
     async def stop_monitoring(self) -> None:
         """Cancel every check and notification task, await them, close connections.
@@ -388,27 +353,22 @@ class HealthMonitor:
         """
         was_active, self._active = self._active, False
         caller = _current_task()
-        tasks: list[asyncio.Task[Any]] = []
-        for service in self._services.values():
-            for task in (service.task, service.runner):
-                if task is not None and not task.done() and task is not caller:
-                    task.cancel()
-                    tasks.append(task)
-            service.task = None
+        tasks: list[asyncio.Task[Any]] = list(self._scheduler.detach_all())
+        tasks.extend(s.runner for s in self._services.values() if s.runner is not None)
+        tasks = [task for task in tasks if not task.done() and task is not caller]
+        for task in tasks:
+            task.cancel()
         for retiring in list(self._retiring.values()):
             # Removed services: drop their undelivered notices too, then let them close.
-            await retiring.alert_lane.aclose()
+            await self._notifier.close(retiring.name, spare=caller)
         tasks.extend(task for task in self._retiring if task is not caller)
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._notifier.close_all()
         for service in list(self._services.values()):
-            if service.runner is not caller:
-                service.runner = None
-            for lane in service.lanes():
-                await lane.aclose()
             await self._close_checker(service)
         self._dispatcher.close()
         if was_active:
-            logger.info("health monitoring stopped", extra={"services": len(self._services)})
+            logger.info("health monitoring stopped", extra={"xnai.services": len(self._services)})
 
     async def drain_notifications(self) -> None:
         """Wait until queued alerts, recovery callbacks and hook calls have run.
@@ -416,14 +376,13 @@ class HealthMonitor:
         Includes the resolved notices of removed checkers. From inside a callback,
         it does not wait for that callback's own lane.
         """
-        for service in list(self._services.values()):
-            for lane in service.lanes():
-                await lane.idle()
+        for name in self._notifier.services():
+            await self._notifier.idle(name)
         caller = _current_task()
         retiring = [
             task
             for task, service in self._retiring.items()
-            if task is not caller and not any(lane.runs_in(caller) for lane in service.lanes())
+            if task is not caller and not self._notifier.runs_in(service.name, caller)
         ]
         if retiring:
             await asyncio.wait(retiring)
@@ -444,10 +403,10 @@ class HealthMonitor:
 
     def get_status(self, name: str) -> HealthStatus:
         """The current status of ``name``; ``KeyError`` for an unknown name."""
-        return self._service(name).counters.status
+        return self._service(name).state.counters.status
 
     def get_service_health(self, name: str) -> ServiceHealth:
-        """The full snapshot of ``name``: streaks, totals, success rate, last result."""
+        """The full snapshot of ``name``: streaks, totals, success percent, last result."""
         return self._service(name).health
 
     def get_history(self, name: str) -> tuple[HealthCheckResult, ...]:
@@ -456,11 +415,11 @@ class HealthMonitor:
 
     def get_overall_status(self) -> HealthStatus:
         """The worst status of all services (unknown only if all are unknown)."""
-        return overall_status(s.counters.status for s in self._services.values())
+        return overall_status(s.state.counters.status for s in self._services.values())
 
     def get_active_alerts(self) -> list[Alert]:
         """Alerts raised and not yet resolved, oldest first."""
-        return sorted(self._active_alerts.values(), key=lambda alert: alert.timestamp)
+        return self._alerts.all()
 
     def get_health_report(self) -> HealthReport:
         """The seed's report: timestamp, monitoring_active, services, summary.
@@ -470,7 +429,7 @@ class HealthMonitor:
         counts = dict.fromkeys(HealthStatus, 0)
         services: dict[str, ServiceReport] = {}
         for name, service in self._services.items():
-            counts[service.counters.status] += 1
+            counts[service.state.counters.status] += 1
             services[name] = service.health.report_entry()
         summary: HealthSummary = {
             "total": len(services),
@@ -509,16 +468,15 @@ class HealthMonitor:
         """Check ``name`` now and return the result (recorded like any other).
 
         If a check of ``name`` is already running, waits for that one instead of
-        starting a second. ``KeyError`` for an unknown name.
+        starting a second (for at most twice its timeout: a run still going then is
+        not waited for, and the answer is an unhealthy result saying so).
+        ``KeyError`` for an unknown name.
         """
         service = self._service(name)
-        running = service.inflight
-        if running is None or running.done():
-            running = self._begin(service)
-            service.runner = asyncio.get_running_loop().create_task(
-                self._run_into(service, running), name=f"xnai-health-check-{service.name}"
-            )
-        return await self._join(service, running)
+        try:
+            return await self._run(service)
+        except FlightTimeoutError as exc:
+            return self._failure(service, self._clock(), time.perf_counter(), str(exc))
 
     async def wait_for_status(
         self, name: str, status: HealthStatus | str, timeout: float | None = None
@@ -528,7 +486,7 @@ class HealthMonitor:
         service = self._service(name)
         try:
             async with asyncio.timeout(timeout):
-                while service.counters.status is not target:
+                while service.state.counters.status is not target:
                     if service.changed is None:
                         service.changed = asyncio.Event()
                     await service.changed.wait()
@@ -544,9 +502,12 @@ class HealthMonitor:
         """
         if not isinstance(alert, Alert):
             raise TypeError(f"'alert' must be an Alert: {alert!r}")
-        self._track_alert(alert)
+        self._announce(alert.service, alert, queue=False)
         await deliver(
-            alert, tuple(self._alert_handlers), self._alert_handler_timeout, self._dispatcher
+            alert,
+            tuple(self._alert_handlers),
+            self._settings.alert_handler_timeout,
+            self._dispatcher,
         )
 
     # -- internals -------------------------------------------------------------------
@@ -558,71 +519,41 @@ class HealthMonitor:
             raise KeyError(f"no health checker named {name!r}") from None
 
     def _start(self, service: _Service) -> None:
-        if service.task is None or service.task.done():
-            service.task = asyncio.get_running_loop().create_task(
-                self._schedule(service), name=f"xnai-health-{service.name}"
+        self._scheduler.start(service.name, service.interval, lambda: self._scheduled(service))
+
+    async def _scheduled(self, service: _Service) -> None:
+        try:
+            await self._run(service)
+        except FlightTimeoutError:
+            logger.warning(
+                "a check of %s is still running past twice its timeout",
+                service.name,
+                extra={"xnai.service": service.name},
             )
 
-    async def _schedule(self, service: _Service) -> None:
-        me = asyncio.current_task()
-        first = min(max(self._jitter(service.interval), 0.0), service.interval)
-        await asyncio.sleep(first)
-        # service.task stops being this task when monitoring stops, or the checker is
-        # removed, from inside its own check (which is then not cancelled).
-        while service.task is me:
-            try:
-                await self._check(service)
-            except Exception:
-                # A bug must not end this service's monitoring.
-                logger.exception("health check loop error", extra={"service": service.name})
-            if service.task is not me:
-                return
-            await asyncio.sleep(service.interval)
-
-    async def _check(self, service: _Service) -> HealthCheckResult:
-        """The scheduler's run: join a manual run in flight, else run here, inline."""
-        running = service.inflight
-        if running is not None and not running.done():
-            return await self._join(service, running)
-        return await self._run_into(service, self._begin(service))
-
-    @staticmethod
-    def _begin(service: _Service) -> asyncio.Future[HealthCheckResult]:
-        running: asyncio.Future[HealthCheckResult] = asyncio.get_running_loop().create_future()
-        service.inflight = running
-        return running
-
-    async def _run_into(
-        self, service: _Service, running: asyncio.Future[HealthCheckResult]
-    ) -> HealthCheckResult:
+    async def _run(self, service: _Service) -> HealthCheckResult:
+        """Run a check of ``service``, or join the one in flight."""
         try:
-            result = await self._execute(service)
+            # A flight is shared for twice the check's own bound: the run ends by its
+            # timeout, so only a checker that ignores cancellation outlives that.
+            return await self._flights.run(
+                service, lambda: self._execute(service), deadline=2.0 * service.timeout
+            )
         except asyncio.CancelledError:
-            running.cancel()
-            raise
-        except BaseException as exc:
-            running.set_exception(exc)
-            running.exception()  # joiners still get it; nobody waiting is no error to log
-            raise
-        running.set_result(result)
-        return result
-
-    @staticmethod
-    async def _join(
-        service: _Service, running: asyncio.Future[HealthCheckResult]
-    ) -> HealthCheckResult:
-        try:
-            # shield: a joiner that is cancelled must not cancel the run for the others.
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
+            runner = service.runner
             current = asyncio.current_task()
-            if running.cancelled() and (current is None or not current.cancelling()):
+            if (
+                runner is not None
+                and runner.cancelled()
+                and (current is None or not current.cancelling())
+            ):
                 raise RuntimeError(
                     f"the health check of {service.name!r} was cancelled (monitor stopped)"
                 ) from None
             raise
 
     async def _execute(self, service: _Service) -> HealthCheckResult:
+        service.runner = asyncio.current_task()
         checker = service.checker
         timestamp = self._clock()
         started = time.perf_counter()
@@ -640,9 +571,8 @@ class HealthMonitor:
                 error = scrub(error_text(exc), _secrets_of(checker))
             result = self._failure(service, timestamp, started, error)
         except Exception as exc:
-            result = self._failure(
-                service, timestamp, started, scrub(error_text(exc), _secrets_of(checker))
-            )
+            error = scrub(error_text(exc), _secrets_of(checker))
+            result = self._failure(service, timestamp, started, error)
         self._record(service, result)
         return result
 
@@ -661,66 +591,56 @@ class HealthMonitor:
     def _record(self, service: _Service, result: HealthCheckResult) -> None:
         if self._services.get(service.name) is not service:
             return  # removed while the check ran
-        before = service.counters
-        after = step(before, result.status, self._policy)
-        service.counters = after
         service.history.append(result)
-        window = list(service.history)[-self._alert_window :]
+        service.window.append(result)
+        outcome = fold(
+            service.state,
+            result,
+            service.window,
+            self._alerts.of(service.name),
+            self._settings.fold,
+            self._clock(),
+        )
+        service.state = outcome.state
+        counters = outcome.state.counters
         decided = result.status is not HealthStatus.UNKNOWN
+        failed = decided and not result.ok
         previous = service.health
         service.health = replace(
             previous,
-            status=after.status,
-            consecutive_failures=after.consecutive_failures,
-            consecutive_successes=after.consecutive_successes,
+            status=counters.status,
+            consecutive_failures=counters.consecutive_failures,
+            consecutive_successes=counters.consecutive_successes,
             total_checks=previous.total_checks + 1,
-            total_failures=previous.total_failures + (decided and not result.ok),
+            total_failures=previous.total_failures + failed,
             last_check=result.timestamp,
             response_time=result.response_time,
             last_success=result.timestamp if result.ok else previous.last_success,
-            last_failure=(result.timestamp if decided and not result.ok else previous.last_failure),
-            success_rate=success_rate(window),
+            last_failure=result.timestamp if failed else previous.last_failure,
+            success_percent=success_percent(service.window),
             last_result=result,
         )
-        if after.status is not before.status:
-            self._on_status_change(service, before.status, after.status, result)
-        alerts = evaluate(
-            service.name,
-            status=after.status,
-            consecutive_failures=after.consecutive_failures,
-            window=window,
-            thresholds=self._thresholds,
-            active=service.active_alerts,
-            now=self._clock(),
-            min_samples=self._alert_min_samples,
-        )
-        for alert in alerts:
-            if alert.resolved:
-                service.active_alerts.discard(alert.key)
-            else:
-                service.active_alerts.add(alert.key)
-            self._track_alert(alert)
-            service.alert_lane.push(self._delivery(alert))
+        if outcome.change is not None:
+            self._on_status_change(service, *outcome.change, result)
+        if outcome.recovered:
+            callbacks = self._recovery_callbacks.get(service.name, ())
+            self._notifier.recovered(service.name, callbacks)
+        for alert in outcome.alerts:
+            self._announce(service.name, alert, queue=True)
 
-    def _delivery(self, alert: Alert) -> Job:
-        async def job() -> None:
-            await deliver(
-                alert, tuple(self._alert_handlers), self._alert_handler_timeout, self._dispatcher
-            )
-
-        return job
-
-    def _track_alert(self, alert: Alert) -> None:
+    def _announce(self, service: str, alert: Alert, *, queue: bool) -> None:
+        """Record ``alert`` in the one record of active alerts, log it, queue it if asked."""
+        self._alerts.apply(alert)
         if alert.resolved:
-            self._active_alerts.pop(alert.key, None)
-            logger.info("alert resolved", extra={"alert_key": alert.key})
+            logger.info("alert resolved", extra={"xnai.alert_key": alert.key})
         else:
-            self._active_alerts[alert.key] = alert
             logger.warning(
                 "alert raised: %s",
                 alert.message,
-                extra={"alert_key": alert.key, "severity": alert.severity},
+                extra={"xnai.alert_key": alert.key, "xnai.severity": alert.severity},
             )
+        if queue:
+            self._notifier.alert(service, alert)
 
     def _on_status_change(
         self,
@@ -737,38 +657,15 @@ class HealthMonitor:
             new.value,
             old.value,
             f": {result.error}" if result.error else "",
-            extra={"service": service.name, "old_status": old.value, "new_status": new.value},
+            extra={
+                "xnai.service": service.name,
+                "xnai.old_status": old.value,
+                "xnai.new_status": new.value,
+            },
         )
         service.wake_waiters()
-        if new is UNHEALTHY:
-            service.in_outage = True
-        elif new is HEALTHY and service.in_outage:
-            service.in_outage = False
-            for callback in self._recovery_callbacks.get(service.name, ()):
-                service.callback_lane.push(self._callback_job(callback, service.name))
-        hook = self._recovery_hook
-        if hook is not None:
-
-            async def notify() -> None:
-                await self._dispatcher.notify(
-                    hook.on_status_change,
-                    service.name,
-                    old,
-                    new,
-                    result,
-                    timeout=self._callback_timeout,
-                    what="recovery hook",
-                )
-
-            service.hook_lane.push(notify)
-
-    def _callback_job(self, callback: RecoveryCallback, name: str) -> Job:
-        async def job() -> None:
-            await self._dispatcher.notify(
-                callback, name, timeout=self._callback_timeout, what="recovery callback"
-            )
-
-        return job
+        if self._recovery_hook is not None:
+            self._notifier.status_changed(self._recovery_hook, service.name, old, new, result)
 
     async def _retire(
         self,
@@ -778,9 +675,9 @@ class HealthMonitor:
     ) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         # Deliver what is queued for the service (its resolved notices last), then close.
-        await service.alert_lane.idle()
-        for lane in service.lanes():
-            await lane.aclose(spare=caller)
+        await self._notifier.idle(service.name, alerts_only=True)
+        if service.name not in self._services:  # not added again meanwhile
+            await self._notifier.close(service.name, spare=caller)
         await self._close_checker(service)
 
     async def _close_checker(self, service: _Service) -> None:
@@ -792,4 +689,6 @@ class HealthMonitor:
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception:
-            logger.exception("closing a health checker failed", extra={"service": service.name})
+            logger.exception(
+                "closing a health checker failed", extra={"xnai.service": service.name}
+            )

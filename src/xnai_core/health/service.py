@@ -13,7 +13,9 @@ class ServiceHealth:
     """One service's status, streaks, totals and last result.
 
     Times are wall-clock seconds (``time.time()``); ``None`` until known.
-    ``success_rate`` is a percentage over the monitor's alert window.
+    ``success_percent`` is the percent (0-100) of successful checks over the
+    monitor's alert window (``success_rate`` reads the same value, under the name
+    the seed's ``alert_thresholds`` use).
     """
 
     name: str
@@ -26,10 +28,15 @@ class ServiceHealth:
     response_time: float | None = None
     last_success: float | None = None
     last_failure: float | None = None
-    success_rate: float | None = None
+    success_percent: float | None = None
     last_result: HealthCheckResult | None = None
     component_type: str = "component"
     interval: float = 30.0
+
+    @property
+    def success_rate(self) -> float | None:
+        """The same as :attr:`success_percent`: a percent, like ``alert_thresholds``."""
+        return self.success_percent
 
     def report_entry(self) -> ServiceReport:
         """The seed's per-service report entry, exactly its seven keys.
