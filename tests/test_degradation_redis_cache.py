@@ -626,3 +626,28 @@ def test_one_probe_at_a_time_backing_off_with_jitter() -> None:
     assert probes_seen(0.0, [0.9, 2, 5, 10, 20, 30]) == [0, 1, 2, 3, 4, 5]
     # The largest draw halves every wait: about 0.5, 1.5, 3.5, 7.5, 11.5 s.
     assert probes_seen(0.999, [0.9, 2, 5, 10, 14]) == [1, 2, 3, 4, 5]
+
+
+async def test_clear_drops_answers_still_being_written(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """An answer whose write is in flight when the cache is cleared does not come back:
+    neither from the strategy's pending writes nor from Redis."""
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    clock = FakeClock()
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=10)
+    manager = manager_with(cache, clock)
+    strategy = _CACHE_OF[id(manager)]
+    fault_proxy.delay_replies(2.0, when=replies_to("SET"), count=1)
+    try:
+        await manager.call_service("llm", ask, "q")
+        assert strategy.get_stats()["pending_writes"] == 1
+        await strategy.clear()
+        assert strategy.get_stats()["pending_writes"] == 0
+        again = await manager.call_service_detailed("llm", ask, "q")
+        assert again.source == "primary"  # a miss: the cleared answer is gone
+        assert Backend.calls == 2
+    finally:
+        await strategy.flush()
+        await cache.aclose()
+        await client.aclose()

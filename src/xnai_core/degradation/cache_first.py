@@ -184,7 +184,15 @@ class CacheFirstStrategy:
 
     async def clear(self) -> int:
         """Empty the cache (for a RedisCache, every key under its prefix); returns how many
-        entries went. A RedisCache that fails or hangs raises :class:`CacheClearError`."""
+        entries went. A RedisCache that fails or hangs raises :class:`CacheClearError`.
+
+        Answers still on their way to the cache are dropped first, so none lands after
+        the clear (a write Redis already applied is removed by the clear itself)."""
+        writes = list(self._writes)
+        for task in writes:
+            task.cancel()
+        await asyncio.gather(*writes, return_exceptions=True)
+        self._writing.clear()
         return await self.cache.clear()
 
     def get_stats(self) -> dict[str, object]:
