@@ -13,7 +13,11 @@ free loopback port (so INFO commandstats counts only our calls):
 - Redis commands per call, from INFO commandstats deltas over those calls;
 - calls per second with 100 concurrent tasks;
 - trip propagation: another OS process registers a listener and reports when its
-  breaker sees the circuit open; we trip it here and take the difference.
+  breaker sees the circuit open; we trip it here and take the difference;
+- the same trip propagation, and the call latency (p50, p99, worst) of 100 concurrent
+  callers of which 10% fail (closed calls, failure reports, trips, rejections, half-open
+  trials), with every reply held 1 ms by the test suite's fault proxy
+  (``tests/fault_proxy.py``) in front of the server.
 
 Shared 2-core machines are noisy: read the ratios.
 """
@@ -26,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -39,10 +44,12 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from tests.fault_proxy import FaultProxy
 
 from xnai_core import (
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitOpenError,
     CircuitState,
     create_redis_circuit_breaker,
 )
@@ -195,12 +202,12 @@ def spawn_watcher(port: int, names: list[str]) -> subprocess.Popen[str]:
     )
 
 
-async def propagation(port: int, rounds: int) -> list[float]:
+async def propagation(port: int, rounds: int, tag: str = "prop") -> list[float]:
     """Milliseconds from the start of the failing call here to the listener there.
 
     An upper bound: it includes this process's own failure round trip.
     """
-    names = [f"prop-{i}" for i in range(rounds)]
+    names = [f"{tag}-{i}" for i in range(rounds)]
     child = spawn_watcher(port, names)
     assert child.stdout is not None
     loop = asyncio.get_running_loop()
@@ -229,10 +236,65 @@ async def propagation(port: int, rounds: int) -> list[float]:
     return [(seen[name] - tripped[name]) * 1000 for name in names if name in seen]
 
 
+# -- under the fault proxy's delay ---------------------------------------------------
+
+PROXY_DELAY = 0.001
+
+
+async def latencies(port: int, rounds: int) -> list[float]:
+    """Milliseconds per call: ``rounds`` x 100 concurrent callers, 10% failing."""
+    client = aioredis.Redis(port=port)
+    breaker = create_redis_circuit_breaker(
+        "bench-worst",
+        client,
+        failure_threshold=5,
+        recovery_timeout=0.02,
+        half_open_max_calls=3,
+        key_prefix="bench:cb:",
+    )
+    await breaker.store.start()  # type: ignore[attr-defined]
+    rng = random.Random(7)
+    samples: list[float] = []
+
+    async def boom() -> None:
+        raise RuntimeError("down")
+
+    async def one(fails: bool) -> None:
+        started = time.perf_counter()
+        with contextlib.suppress(RuntimeError, CircuitOpenError):
+            await breaker.call(boom if fails else af)
+        samples.append((time.perf_counter() - started) * 1000)
+
+    for _ in range(rounds):
+        await asyncio.gather(*(one(rng.random() < 0.1) for _ in range(100)))
+    await breaker.close()
+    await client.aclose()
+    return samples
+
+
+async def under_delay(port: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Call latencies and trip propagation with every reply held ``PROXY_DELAY``."""
+    proxy = FaultProxy(port)
+    await proxy.start()
+    proxy.delay_replies(PROXY_DELAY)
+    try:
+        return await latencies(proxy.port, rounds), await propagation(proxy.port, 10, "delayed")
+    finally:
+        await proxy.aclose()
+
+
 # -- the variants -------------------------------------------------------------------
 
 
-async def run(calls: int, repeats: int, port: int) -> tuple[list[Row], list[float]]:
+@dataclass
+class Results:
+    rows: list[Row]
+    hops: list[float]
+    delayed_calls: list[float]
+    delayed_hops: list[float]
+
+
+async def run(calls: int, repeats: int, port: int) -> Results:
     import pybreaker
     from aiobreaker_redis.breaker import CircuitBreaker as AioRedisBreaker
     from purgatory import AsyncCircuitBreakerFactory
@@ -309,10 +371,17 @@ async def run(calls: int, repeats: int, port: int) -> tuple[list[Row], list[floa
         await repository.redis.aclose()
 
     hops = await propagation(port, rounds=10)
-    return rows, hops
+    delayed_calls, delayed_hops = await under_delay(port, rounds=max(calls // 100, 10))
+    return Results(rows, hops, delayed_calls, delayed_hops)
 
 
-def print_table(rows: list[Row], hops: list[float]) -> None:
+def _percentile(samples: list[float], share: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def print_table(results: Results) -> None:
+    rows, hops = results.rows, results.hops
     bare = rows[0].ns_per_call
     memory = next(r for r in rows if r.name == "xnai-core, in-memory").ns_per_call
     ping = next(r for r in rows if r.name == "redis.asyncio PING").ns_per_call
@@ -337,6 +406,20 @@ def print_table(rows: list[Row], hops: list[float]) -> None:
             f"median {statistics.median(hops):.2f} ms, max {max(hops):.2f} ms, "
             f"min {min(hops):.2f} ms"
         )
+    calls, delayed = results.delayed_calls, results.delayed_hops
+    if calls:
+        print()
+        print(
+            f"Under the fault proxy, every reply {PROXY_DELAY * 1000:g} ms late: "
+            f"{len(calls):,} calls (100 at a time, 10% failing): "
+            f"p50 {_percentile(calls, 0.5):.2f} ms, p99 {_percentile(calls, 0.99):.2f} ms, "
+            f"worst {max(calls):.2f} ms"
+        )
+    if delayed:
+        print(
+            f"Trip propagation under the same delay ({len(delayed)} trips): "
+            f"median {statistics.median(delayed):.2f} ms, max {max(delayed):.2f} ms"
+        )
 
 
 def main() -> None:
@@ -351,10 +434,10 @@ def main() -> None:
         asyncio.run(watch(int(args.watch[0]), args.watch[1:]))
         return
     with private_server() as port:
-        rows, hops = asyncio.run(run(args.calls, args.repeats, port))
+        results = asyncio.run(run(args.calls, args.repeats, port))
     print(f"python {sys.version.split()[0]}, redis-py {redis.__version__}, {os.cpu_count()} cores")
     print(f"{args.calls} calls x {args.repeats} repeats (x10 for the bare and in-memory rows)\n")
-    print_table(rows, hops)
+    print_table(results)
 
 
 if __name__ == "__main__":

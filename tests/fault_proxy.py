@@ -86,6 +86,14 @@ def first_word(frame: bytes) -> str:
     return word.decode("latin-1").strip().upper()
 
 
+def second_word(frame: bytes) -> str:
+    """A request's first argument (EVALSHA's script SHA), lower-cased; "" if none."""
+    lines = frame.split(b"\r\n", 5)
+    if frame[:1] == b"*" and len(lines) > 4 and lines[3][:1] == b"$":
+        return lines[4].decode("latin-1").lower()
+    return ""
+
+
 class Connection:
     """One client connection through the proxy, and the commands it has sent."""
 
@@ -100,7 +108,9 @@ class Connection:
         self._server = server
         self.to_client = _Pipe(self, client)
         self.to_server = _Pipe(self, server)
-        self._awaiting: deque[str] = deque()  # one name per reply still to come
+        # (name, first argument) of the request each reply still to come answers.
+        self._awaiting: deque[tuple[str, str]] = deque()
+        self.argument = ""  # the first argument of the request the reply at hand answers
         self._closing = False  # a drop or reset is on its way: forward nothing more
 
     def __repr__(self) -> str:
@@ -116,13 +126,15 @@ class Connection:
         replies = 1
         if name in _SUBSCRIBING and frame[:1] == b"*":
             replies = max(1, int(frame[1 : frame.index(b"\r\n")]) - 1)
-        self._awaiting.extend([name] * replies)
+        self._awaiting.extend([(name, second_word(frame))] * replies)
 
     def answered(self, frame: bytes) -> str | None:
         """The command this reply answers; None for a message nobody asked for."""
-        if frame[:1] in (b"*", b">") and first_word(frame) in _PUSH_KINDS:
+        self.argument = ""
+        if (frame[:1] in (b"*", b">") and first_word(frame) in _PUSH_KINDS) or not self._awaiting:
             return None
-        return self._awaiting.popleft() if self._awaiting else None
+        name, self.argument = self._awaiting.popleft()
+        return name
 
     def close(self, *, rst: bool = False) -> None:
         if self.closed.is_set():
@@ -192,6 +204,12 @@ def replies_to(*commands: str) -> Which:
     """Replies to these commands (``"EVALSHA"``), on any connection."""
     names = {name.upper() for name in commands}
     return lambda connection, command: command in names
+
+
+def replies_to_script(sha: str) -> Which:
+    """Replies to EVALSHA of one script (its SHA1, as ``redis-cli SCRIPT LOAD`` prints)."""
+    sha = sha.lower()
+    return lambda connection, command: command == "EVALSHA" and connection.argument == sha
 
 
 def on_connections_that_sent(*commands: str) -> Which:
@@ -321,38 +339,40 @@ class FaultProxy:
         assert task is not None
         self._tasks.add(task)
         try:
-            try:
-                server_in, server_out = await asyncio.open_connection(
-                    "127.0.0.1", self.upstream_port
-                )
-            except OSError:
-                client_out.transport.abort()  # refused upstream: refused here too
-                return
-            except asyncio.CancelledError:
-                # Only aclose() cancels; asyncio's stream callback would log a cancelled
-                # client_connected_cb as an error, so end quietly.
-                client_out.transport.abort()
-                return
-            self.accepted += 1
-            connection = Connection(next(self._numbers), client_out, server_out)
-            self.connections.append(connection)
-            parts = [
-                self._requests(connection, client_in),
-                self._replies(connection, server_in),
-                connection.to_client.run(),
-                connection.to_server.run(),
-            ]
-            pumps = [asyncio.create_task(part) for part in parts]
-            try:
-                await connection.closed.wait()
-            finally:
-                connection.close(rst=True)
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-                self.connections.remove(connection)
+            await self._forward(client_in, client_out)
+        except asyncio.CancelledError:
+            # Only aclose() or the loop's shutdown cancel this; asyncio's stream callback
+            # would log a cancelled client_connected_cb as an error, so end quietly.
+            client_out.transport.abort()
         finally:
             self._tasks.discard(task)
+
+    async def _forward(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        try:
+            server_in, server_out = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            client_out.transport.abort()  # refused upstream: refused here too
+            return
+        self.accepted += 1
+        connection = Connection(next(self._numbers), client_out, server_out)
+        self.connections.append(connection)
+        parts = [
+            self._requests(connection, client_in),
+            self._replies(connection, server_in),
+            connection.to_client.run(),
+            connection.to_server.run(),
+        ]
+        pumps = [asyncio.create_task(part) for part in parts]
+        try:
+            await connection.closed.wait()
+        finally:
+            connection.close(rst=True)
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self.connections.remove(connection)
 
     async def _requests(self, connection: Connection, reader: asyncio.StreamReader) -> None:
         pending = bytearray()

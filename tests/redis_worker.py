@@ -146,7 +146,12 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
     store = cast(RedisStore, breaker.store)
     try:
         await store.start()
-        if not store.available:
+        # A loaded machine may take longer than op_timeout to set up: wait (bounded).
+        for _ in range(200):
+            if store.available:
+                break
+            await asyncio.sleep(0.05)
+        else:
             raise RuntimeError("the worker could not reach redis")
         if "ready_key" in spec:
             await rendezvous(client, spec)

@@ -23,6 +23,7 @@ from tests.fault_proxy import (
     frame_end,
     on_connections_that_sent,
     replies_to,
+    replies_to_script,
 )
 
 INCR_SCRIPT = "return redis.call('INCR', KEYS[1])"
@@ -95,6 +96,18 @@ async def test_only_replies_to_evalsha(
     assert await client.evalsha(sha, 1, "n") == 2
     assert rule.hits == 1
     assert await direct.get("n") == b"2"
+
+
+async def test_only_replies_to_one_script(
+    fault_proxy: FaultProxy, client: aioredis.Redis, direct: aioredis.Redis
+) -> None:
+    incr = await direct.script_load(INCR_SCRIPT)
+    other = await direct.script_load("return redis.call('INCR', KEYS[1] .. ':other')")
+    rule = fault_proxy.drop_replies(replies_to_script(incr))
+    assert await client.evalsha(other, 1, "n") == 1
+    assert rule.hits == 0
+    assert await client.evalsha(incr, 1, "n") == 2
+    assert rule.hits == 1
 
 
 async def test_delayed_replies_come_late_and_in_order(
