@@ -52,6 +52,17 @@ async def ok() -> str:
     return "ok"
 
 
+async def synced(store: RedisStore) -> None:
+    """Start ``store`` and wait (bounded) until it is in step with Redis: a loaded machine
+    may need longer than its op_timeout."""
+    await store.start()
+    for _ in range(200):
+        if store.available:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the store could not sync with Redis")
+
+
 @pytest.fixture
 async def shared() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(SHARED_REDIS_URL)
@@ -119,8 +130,8 @@ async def test_a_trial_on_a_slow_link_keeps_its_permit_until_it_reports(
         return run
 
     try:
-        await cast(RedisStore, slow.store).start()
-        await cast(RedisStore, near.store).start()
+        await synced(cast(RedisStore, slow.store))
+        await synced(cast(RedisStore, near.store))
         with pytest.raises(Boom):
             await slow.call(boom)
         fault_proxy.delay_replies(0.2, when=replies_to("EVALSHA"))
@@ -178,7 +189,7 @@ async def test_a_hash_with_thousands_of_permits_is_never_deleted(
         fields[f"trial:{permit}"] = str(now_us + 60_000_000)
     await shared.hset(store.key, mapping=cast(Any, fields))
     try:
-        await store.start()
+        await synced(store)
         assert store.snapshot().epoch == 7
         await store.release(Ticket(7, 1))  # RELEASE rewrites the other 4,999
         stored: dict[bytes | str, bytes | str] = await shared.hgetall(store.key)
@@ -201,6 +212,7 @@ async def test_the_cap_works_in_redis(shared: aioredis.Redis, key_prefix: str) -
     )
     store = RedisStore(config, shared, key_prefix=f"{key_prefix}:cb:", clock=lambda: 1000.0)
     try:
+        await synced(store)
         first = await store.acquire()
         assert first.ticket is not None
         await store.record_failure(first.ticket)
