@@ -188,9 +188,12 @@ class RecordingSink(AlertSink):
         self.attempts: list[Notification] = []
         self.outcomes: deque[DeliveryError | None] = deque()
         self.hang: asyncio.Event | None = None
+        self.takes = 0.0  # seconds each attempt takes (virtual time in run_virtual tests)
 
     async def send(self, note: Notification) -> None:
         self.attempts.append(note)
+        if self.takes:
+            await asyncio.sleep(self.takes)
         if self.hang is not None:
             await self.hang.wait()
         if self.outcomes:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.alerting_helpers import RecordingSink, SleepRecorder, alert, iter_notes, resolved
 from tests.helpers import run_virtual
@@ -438,3 +441,68 @@ def test_an_alert_of_unknown_severity_cannot_exist() -> None:
     """Routing relies on Alert's own check of severity."""
     with pytest.raises(ValueError, match="'severity' must be one of"):
         Alert(service="s", kind="k", severity="page", message="m")  # type: ignore[arg-type]
+
+
+# --- a randomized run: many alerts, failures and overflows at once --------------------------
+
+_KEYS = ("a", "b", "c")
+_step = st.one_of(
+    st.tuples(st.just("raise"), st.sampled_from(_KEYS)),
+    st.tuples(st.just("resolve"), st.sampled_from(_KEYS)),
+    st.tuples(st.just("fail"), st.sampled_from(("retry", "reject"))),
+    st.tuples(st.just("wait"), st.sampled_from(("0", "1", "30"))),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_step, max_size=40), queue_size=st.integers(1, 4))
+# Found by this test: a full queue evicted a's raise for b's resolve but sent a's resolve.
+@example(steps=[("raise", "b"), ("wait", "0"), ("raise", "a"), ("resolve", "a")], queue_size=2)
+def test_invariants_hold_under_random_alerts_failures_and_overflows(
+    steps: list[tuple[str, str]], queue_size: int
+) -> None:
+    """Per alert, first notices alternate raise/resolve starting with a raise; every notice
+    filed is sent or counted dropped; the queue never holds more than its bound."""
+
+    async def scenario() -> None:
+        sink = RecordingSink(
+            queue_size=queue_size, max_attempts=3, sleep=SleepRecorder(), repeat_interval=20.0
+        )
+        sink.takes = 0.5  # a slow destination: notices pile up between waits
+        active: dict[str, Alert] = {}
+        worst = 0
+        for action, arg in steps:
+            if action == "raise" and arg not in active:
+                active[arg] = alert(service=arg)
+                sink.submit(active[arg])
+            elif action == "resolve" and arg in active:
+                sink.submit(resolved(active.pop(arg)))
+            elif action == "fail":
+                retryable = arg == "retry"
+                sink.outcomes.append(DeliveryError(arg, retryable=retryable))
+            elif action == "wait":
+                await asyncio.sleep(float(arg))
+            worst = max(worst, sink.stats().queued)
+        for item in list(active.values()):
+            sink.submit(resolved(item))
+        await sink.drain()
+        await sink.aclose(timeout=1.0)
+
+        assert worst <= queue_size + 1
+        attempted: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        for note in sink.attempts:
+            if note.repeat or note.delivery_id in seen:
+                continue  # reminders and retries
+            seen.add(note.delivery_id)
+            attempted.setdefault(note.key, []).append(note.event)
+        for events in attempted.values():
+            assert events[0] == "firing"
+            assert all(a != b for a, b in itertools.pairwise(events))
+        stats = sink.stats()
+        # Each notice attempted ends sent or counted dropped; a queue-full drop never ran.
+        notes_attempted = len({n.delivery_id for n in sink.attempts})
+        assert stats.sent == len(sink.delivered)
+        assert stats.sent + stats.dropped - stats.dropped_by_reason["queue_full"] == notes_attempted
+
+    run_virtual(scenario())

@@ -268,12 +268,21 @@ class AlertSink:
                 active = self._active.get(queued.key)
                 if not queued.repeat:
                     self._active.pop(queued.key, None)
+                    self._drop_queued_resolve_of(queued)
                 elif active is not None and self.repeat_interval is not None:
                     # The reminder gives way, not the reminders after it.
                     now = self._loop.time() if self._loop is not None else 0.0
                     active.next_repeat = now + self.repeat_interval
                 return queued
         return None
+
+    def _drop_queued_resolve_of(self, raised: Notification) -> None:
+        """An evicted raise takes its queued resolve along: never a resolve without a raise."""
+        for index, queued in enumerate(self._queue):
+            if queued.event == "resolved" and queued.raised is raised.raised:
+                del self._queue[index]
+                self._drop(queued, "queue_full")
+                return
 
     def _cancel_unsent_raise(self, note: Notification) -> bool:
         """A resolve whose raise is still queued: both go, as nobody was told. True if so."""
