@@ -81,6 +81,8 @@ async def test_prometheus_scrapes_breaker_health_and_recovery(
 ) -> None:
     async with prometheus_scraping(tmp_path, example_app, "/ops/metrics") as prometheus:
         base = f"http://{example_app}"
+        # Scraping before anything happens, so short-lived states are seen.
+        assert await only_value(prometheus, 'up{job="rag"} == 1') == 1
         async with httpx.AsyncClient(base_url=base) as http:
             assert (await http.get("/demo/work")).status_code == 200
             for _ in range(2):
@@ -89,8 +91,6 @@ async def test_prometheus_scrapes_breaker_health_and_recovery(
             assert (await http.get("/demo/chat")).json() == {"answer": "temporarily unavailable"}
             assert (await http.post("/demo/vector_db/down")).status_code == 200
 
-        up = await only_value(prometheus, 'up{job="rag"} == 1')
-        assert up == 1
         # The breaker: state, outcomes, rejections, Redis link.
         sel = 'name="llm",job="rag"'
         assert (
@@ -107,13 +107,24 @@ async def test_prometheus_scrapes_breaker_health_and_recovery(
         rejected = f"xnai_circuitbreaker_not_permitted_calls_total{{{sel}}} == 1"
         assert await only_value(prometheus, rejected) == 1
         assert await only_value(prometheus, f"xnai_circuitbreaker_redis_available{{{sel}}}") == 1
+        # Health: the vector store seen failing and unhealthy, alerted, then healthy again.
+        vdb = 'service="vector_db",job="rag"'
+        failed_checks = f'xnai_health_checks_total{{{vdb},result="unhealthy"}} >= 1'
+        assert await only_value(prometheus, failed_checks) >= 1
+        unhealthy = f'max_over_time(xnai_health_status{{{vdb},status="unhealthy"}}[5m]) == 1'
+        assert await only_value(prometheus, unhealthy) == 1
+        alerted = f'max_over_time(xnai_alerts_active{{{vdb},alert="status"}}[5m]) == 1'
+        assert await only_value(prometheus, alerted) == 1
+        healthy = f'xnai_health_status{{{vdb},status="healthy"}} == 1'
+        assert await only_value(prometheus, healthy) == 1
+        timed = f"xnai_health_check_duration_seconds_count{{{vdb}}} > 3"
+        assert await only_value(prometheus, timed) > 3
         # Degradation: the chat service answered by its canned fallback.
         chat = 'service="chat",job="rag"'
         by_canned = f'xnai_degradation_calls_total{{{chat},source="canned"}} == 1'
         assert await only_value(prometheus, by_canned) == 1
         assert await only_value(prometheus, f"xnai_degradation_degraded{{{chat}}} == 1") == 1
         # Recovery: the vector store restarted by its rule, seen healthy again.
-        vdb = 'service="vector_db",job="rag"'
         restarted = (
             f'xnai_recovery_attempts_total{{{vdb},action="restart_service",result="succeeded"}}'
         )

@@ -32,6 +32,7 @@ from typing import Any, Self
 
 from .._dispatch import Dispatcher
 from .._singleflight import FlightTimeoutError, SingleFlight
+from ..events import AlertChanged, HealthChecked, HookPoint
 from ._validate import check_name, check_seconds
 from .alerts import ActiveAlerts, Alert, AlertHandler, deliver, success_percent
 from .fold import ServiceState, fold
@@ -186,6 +187,8 @@ class HealthMonitor:
         # Removed services still delivering their last notices and closing.
         self._retiring: dict[asyncio.Task[None], _Service] = {}
         self._active = False
+        self.hooks = HookPoint(self)
+        """Where this monitor's events go (:mod:`xnai_core.events`)."""
         self._recovery_hook = recovery_manager
         if recovery_manager is not None:
             attach = getattr(recovery_manager, "attach", None)
@@ -620,6 +623,11 @@ class HealthMonitor:
             success_percent=success_percent(service.window),
             last_result=result,
         )
+        emit = self.hooks.emit
+        if emit is not None:
+            status = counters.status.value
+            seconds = result.response_time or 0.0
+            emit(HealthChecked(service.name, result.status.value, status, seconds))
         if outcome.change is not None:
             self._on_status_change(service, *outcome.change, result)
         if outcome.recovered:
@@ -631,6 +639,9 @@ class HealthMonitor:
     def _announce(self, service: str, alert: Alert, *, queue: bool) -> None:
         """Record ``alert`` in the one record of active alerts, log it, queue it if asked."""
         self._alerts.apply(alert)
+        emit = self.hooks.emit
+        if emit is not None:
+            emit(AlertChanged(alert.service, alert.kind, alert.severity, not alert.resolved))
         if alert.resolved:
             logger.info("alert resolved", extra={"xnai.alert_key": alert.key})
         else:
