@@ -96,6 +96,18 @@ def test_other_instruments(reader: InMemoryMetricReader) -> None:
     assert point(found, "xnai.recovery.escalated", service="rag_api").value == 1
 
 
+def test_enabling_twice_records_once() -> None:
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    first = enable_opentelemetry(provider)
+    try:
+        assert enable_opentelemetry(provider) is first
+        assert events.get_hooks().count(first.hook) == 1
+    finally:
+        first.disable()
+        provider.shutdown()
+    assert first.hook not in events.get_hooks()
+
+
 def test_meter_provider_is_checked() -> None:
     with pytest.raises(TypeError, match="'meter_provider' must be an OpenTelemetry MeterProvider"):
         enable_opentelemetry("provider")

@@ -192,7 +192,8 @@ class OpenTelemetryMetrics:
         self.hook.sync_breakers()
 
     def disable(self) -> None:
-        """Stop recording (instruments stay registered with the meter, silent)."""
+        """Stop recording (instruments stay registered with the meter, silent); enabling
+        again for the same provider makes a new adapter."""
         events.remove_hook(self.hook)
 
 
@@ -204,4 +205,13 @@ def enable_opentelemetry(
         raise TypeError(
             f"'meter_provider' must be an OpenTelemetry MeterProvider: {meter_provider!r}"
         )
-    return OpenTelemetryMetrics(meter_provider, max_names)
+    with _enable_lock:
+        existing = _enabled.get(meter_provider)
+        if existing is None or existing.hook not in events.get_hooks():
+            existing = _enabled[meter_provider] = OpenTelemetryMetrics(meter_provider, max_names)
+        return existing
+
+
+# One adapter per meter provider (None: the global one): enabling twice records once.
+_enabled: dict[MeterProvider | None, OpenTelemetryMetrics] = {}
+_enable_lock = threading.Lock()
