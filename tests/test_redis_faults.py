@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from tests.conftest import PrivateRedis, free_port
 from tests.fault_proxy import FaultProxy, replies_to
 from xnai_core import (
+    CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
@@ -456,6 +457,25 @@ async def test_9_a_half_open_call_waits_one_deadline_in_total(
 
     waits = await asyncio.gather(timed(), timed())
     assert max(waits) < 0.5 + 0.15, waits
+
+
+async def test_9_a_call_behind_a_failure_report_waits_one_deadline_in_total(
+    stores: Factory, fault_proxy: FaultProxy
+) -> None:
+    """A failure report is in flight (0.4 s) when the next call starts: it waits for
+    that report, then reports its own success (another 0.4 s). Its waits share one
+    op_timeout (0.5 s) instead of adding up."""
+    store = stores(cfg(failure_threshold=5), op_timeout=0.5)
+    breaker = CircuitBreaker(store.config, store=store)
+    await store.start()
+    fault_proxy.delay_replies(0.4, when=replies_to("EVALSHA"))
+    failing = asyncio.create_task(store.record_failure(Ticket(store.snapshot().epoch)))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await breaker.call(ok) == "ok"
+    took = time.monotonic() - started
+    await failing
+    assert took < 0.5 + 0.15, took
 
 
 # -- 10. connection set-up has its own deadline ----------------------------------------

@@ -23,6 +23,7 @@ by a pub/sub subscription and by a periodic resync (:mod:`.redis_link`), so:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,8 +60,11 @@ DEFAULT_RESYNC_INTERVAL = 5.0
 _RECONCILE_TRIES = 3
 # Answers received, acknowledged in the next script (older ones simply expire).
 _MAX_ACKS = 64
-# Per-permit budgets of calls between admission and report; more means leftovers.
-_MAX_BUDGETS = 256
+# The deadline of the call this task is making: set by acquire() with the ticket it
+# handed out, used by that ticket's report, so admission and report share one budget.
+_CALL: contextvars.ContextVar[tuple[Ticket, float] | None] = contextvars.ContextVar(
+    "xnai_redis_call", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +171,6 @@ class RedisStore:
         self._gathering: _Failures | None = None
         self._sender: asyncio.Task[None] | None = None
         self._acks: list[str] = []
-        # What is left of a trial call's op_timeout after its admission, for its report.
-        self._budgets: dict[Ticket, float] = {}
         self._writing_back = False
         self._unreadable_logged = False
         self.state_losses = 0
@@ -260,6 +262,21 @@ class RedisStore:
         # One deadline for everything this call waits for: loading, the failure
         # report in flight, the admission lock, the ADMIT script, and the report.
         deadline = time.monotonic() + self.op_timeout
+        admission = await self._acquire(deadline)
+        if admission.ticket is not None:
+            _CALL.set((admission.ticket, deadline))
+        return admission
+
+    def _budget(self, ticket: Ticket) -> float:
+        """What is left of the call's op_timeout for reporting ``ticket``: the rest of
+        its admission's deadline when acquire() handed it out in this task."""
+        call = _CALL.get()
+        if call is None or call[0] is not ticket:
+            return self.op_timeout
+        _CALL.set(None)
+        return _left(call[1])
+
+    async def _acquire(self, deadline: float) -> Admission:
         if not self._started:
             await self._start(deadline)
         sender = self._sender
@@ -312,16 +329,11 @@ class RedisStore:
             self._give_back_later(run, rid)
             return self._admit_locally() if self._mode is not SYNCED else Admission(None, None)
         if reply.admitted == 1:
-            ticket = Ticket(reply.snap.epoch, reply.permit)
-            if reply.permit:
-                if len(self._budgets) >= _MAX_BUDGETS:
-                    self._budgets.clear()
-                self._budgets[ticket] = _left(deadline)
-            return Admission(ticket)
+            return Admission(Ticket(reply.snap.epoch, reply.permit))
         return Admission(None, reply.retry_after)
 
     async def record_success(self, ticket: Ticket) -> None:
-        budget = self._budgets.pop(ticket, self.op_timeout)
+        budget = self._budget(ticket)
         snap = self._mirror
         if not machine.success_changes(snap, ticket):
             return  # nothing to change, here as in Redis
@@ -343,7 +355,7 @@ class RedisStore:
         )
 
     async def record_failure(self, ticket: Ticket) -> None:
-        budget = self._budgets.pop(ticket, self.op_timeout)
+        budget = self._budget(ticket)
         batch = self._enqueue_failure(ticket)
         if batch is not None and budget > 0:
             # Every waiter of a batch wakes at once when its answer is in; a caller's
@@ -351,7 +363,7 @@ class RedisStore:
             await asyncio.wait((batch.done,), timeout=budget)
 
     async def release(self, ticket: Ticket) -> None:
-        budget = self._budgets.pop(ticket, self.op_timeout)
+        budget = self._budget(ticket)
         if not machine.release_changes(self._mirror, ticket):
             return
         step = _on_release(ticket)
