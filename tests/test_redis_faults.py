@@ -593,30 +593,34 @@ async def test_18_four_hundred_simultaneous_failures_fall_back_together(
     private_redis: PrivateRedis, fault_proxy: FaultProxy
 ) -> None:
     """400 calls fail at the same instant on a busy loop (every pass of the loop costs
-    1 ms, as under a web server's load): each gets its fallback within a few loop
-    passes, not one pass per caller queued on a lock."""
+    1 ms of sync work, as under a web server's load). How late each fallback comes is
+    counted in loop passes, which load on the machine cannot stretch: within a few
+    passes (the batch's round trips), not one pass per caller queued on a lock."""
     fault_proxy.delay_replies(0.001, when=replies_to("EVALSHA"))
     client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
     breaker = create_redis_circuit_breaker(
-        "svc", client, failure_threshold=5, fallback_func=lambda n: "fallback", op_timeout=2.0
+        "svc", client, failure_threshold=5, fallback_func=lambda n: "fallback", op_timeout=5.0
     )
     stop = asyncio.Event()
+    passes = 0
 
     async def busy() -> None:
+        nonlocal passes
         while not stop.is_set():
+            passes += 1
             time.sleep(0.001)  # noqa: ASYNC251 - the point: a loop busy with sync work
             await asyncio.sleep(0)
 
-    failed_at: dict[int, float] = {}
+    failed_at: dict[int, int] = {}
 
     async def failing(n: int) -> str:
         await asyncio.sleep(0.05)
-        failed_at[n] = time.monotonic()
+        failed_at[n] = passes
         raise Boom
 
-    async def one(n: int) -> float:
+    async def one(n: int) -> int:
         assert await breaker.call(failing, n) == "fallback"
-        return time.monotonic() - failed_at[n]
+        return passes - failed_at[n]
 
     try:
         assert await breaker.call(ok) == "ok"
@@ -625,8 +629,11 @@ async def test_18_four_hundred_simultaneous_failures_fall_back_together(
         stop.set()
         await load
         assert breaker.state is CircuitState.OPEN
-        assert statistics.median(lateness) < 0.1, statistics.median(lateness)
-        assert max(lateness) < 0.25, max(lateness)
+        assert breaker.get_metrics()["redis_available"] is True
+        # Two batches (the first failure, then the other 399 together), each a round
+        # trip of a few passes; the old lock woke one waiter per pass (median ~200).
+        assert statistics.median(lateness) <= 40, sorted(lateness)[::40]
+        assert max(lateness) <= 80, sorted(lateness)[::40]
     finally:
         stop.set()
         await breaker.close()
