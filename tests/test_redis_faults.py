@@ -13,7 +13,9 @@ import asyncio
 import gc
 import logging
 import os
+import socket
 import statistics
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -412,27 +414,43 @@ async def test_6_a_black_holed_subscription_is_detected_and_replaced(
 # -- 7. a stall is not an outage ------------------------------------------------------
 
 
+def debug_sleep(port: int, seconds: float) -> None:
+    """Another client makes Redis itself busy (``DEBUG SLEEP``), from a thread."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
+        assert sock.recv(16).startswith(b"+OK")
+
+
 async def test_7_a_reply_received_during_a_stall_is_used(
-    stores: Factory,
-    fault_proxy: FaultProxy,
-    direct: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The event loop blocks (a sync callback sleeping 0.6 s) while a FAILURE is in
-    flight; its reply arrives during the stall. The late deadline must not throw it
-    away: the failure is counted, no outage, no WARNING."""
+    """Our FAILURE waits in Redis (busy with another client's DEBUG SLEEP 0.4 s) while
+    our event loop blocks 0.6 s (a sync callback): the reply arrives during the stall.
+    The deadline that fires late must not throw it away: the failure is counted, no
+    outage, no WARNING."""
     caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
-    store = stores(cfg(failure_threshold=5), op_timeout=0.25)
-    await store.start()
-    fault_proxy.delay_replies(0.05, when=replies_to("EVALSHA"), count=1)
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.01, time.sleep, 0.6)  # after the request went out
-    await fail_once(store)
-    assert store.available
-    assert warnings_of(caplog, "unreachable") == []
-    assert store.snapshot().failure_count == 1
-    assert await stored(direct, "failures") == ["1"]
-    assert store.backend_metrics()["redis_outages"] == 0
+    server = PrivateRedis(extra_args=("--enable-debug-command", "yes"))
+    server.start()
+    client = aioredis.Redis(host="127.0.0.1", port=server.port)
+    store = RedisStore(cfg(failure_threshold=5), client, op_timeout=0.25)
+    try:
+        await store.start()
+        assert store.available
+        busy = threading.Thread(target=debug_sleep, args=(server.port, 0.4))
+        busy.start()
+        await asyncio.sleep(0.02)  # DEBUG SLEEP reached Redis first
+        asyncio.get_running_loop().call_later(0.1, time.sleep, 0.6)  # after ours is sent
+        await fail_once(store)
+        busy.join()
+        assert store.available
+        assert warnings_of(caplog, "unreachable") == []
+        assert store.snapshot().failure_count == 1
+        assert await client.hget(KEY, "failures") == b"1"
+        assert store.backend_metrics()["redis_outages"] == 0
+    finally:
+        await store.close()
+        await client.aclose()
+        server.cleanup()
 
 
 # -- 9. one deadline per call ------------------------------------------------------------

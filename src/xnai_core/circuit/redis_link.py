@@ -286,14 +286,7 @@ class RedisLink:
         first: after a stall (a blocking callback) the reply may already sit in the
         socket, and a timeout that fired late must not throw it away.
         """
-        task = run.task
-        if not task.done() and seconds > 0:
-            await asyncio.wait((task,), timeout=seconds)
-        for _ in range(_LATE_YIELDS):
-            if task.done():
-                break
-            await asyncio.sleep(0)
-        return task.done()
+        return await patiently(run.task, seconds)
 
     def note_late_reply(self) -> None:
         """A script answered after its caller had stopped waiting: Redis is alive."""
@@ -560,3 +553,19 @@ def backoff(failures: int) -> float:
     return _backoff.delay(
         failures, base=_BACKOFF_BASE, cap=_BACKOFF_CAP, rand=random.random(), jitter=0.5
     )
+
+
+async def patiently(waited: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``waited`` (never cancelling it); True if it is done.
+
+    When the time is up, the loop gets a few more turns first: after a stall (a
+    blocking callback) the answer may already sit in a socket or a callback queue, and
+    a deadline that fired late must not throw it away.
+    """
+    if not waited.done() and seconds > 0:
+        await asyncio.wait((waited,), timeout=seconds)
+    for _ in range(_LATE_YIELDS):
+        if waited.done():
+            break
+        await asyncio.sleep(0)
+    return waited.done()

@@ -37,7 +37,7 @@ from . import machine
 from .config import CircuitBreakerConfig
 from .machine import Admission, CircuitState, Snapshot, Ticket
 from .redis_codec import Reply, decode_reply, decode_snapshot, describe, message_reply, us
-from .redis_link import RedisClient, RedisLink, ScriptRun, backoff, setup_timeout
+from .redis_link import RedisClient, RedisLink, ScriptRun, backoff, patiently, setup_timeout
 from .redis_mirror import Mirrored, Verdict, is_hot, judge
 from .store import TransitionCallback
 
@@ -60,8 +60,9 @@ DEFAULT_RESYNC_INTERVAL = 5.0
 _RECONCILE_TRIES = 3
 # Answers received, acknowledged in the next script (older ones simply expire).
 _MAX_ACKS = 64
-# The deadline of the call this task is making: set by acquire() with the ticket it
-# handed out, used by that ticket's report, so admission and report share one budget.
+# What is left of the op_timeout of the call this task is making: set by acquire()
+# with the ticket it handed out, used by that ticket's report, so the call's waits for
+# Redis (admission, then report) share one budget, however long the call itself ran.
 _CALL: contextvars.ContextVar[tuple[Ticket, float] | None] = contextvars.ContextVar(
     "xnai_redis_call", default=None
 )
@@ -264,7 +265,7 @@ class RedisStore:
         deadline = time.monotonic() + self.op_timeout
         admission = await self._acquire(deadline)
         if admission.ticket is not None:
-            _CALL.set((admission.ticket, deadline))
+            _CALL.set((admission.ticket, _left(deadline)))
         return admission
 
     def _budget(self, ticket: Ticket) -> float:
@@ -274,14 +275,14 @@ class RedisStore:
         if call is None or call[0] is not ticket:
             return self.op_timeout
         _CALL.set(None)
-        return _left(call[1])
+        return call[1]
 
     async def _acquire(self, deadline: float) -> Admission:
         if not self._started:
             await self._start(deadline)
         sender = self._sender
         if sender is not None and _left(deadline) > 0:
-            await asyncio.wait((sender,), timeout=_left(deadline))
+            await patiently(sender, _left(deadline))
         answer = self.acquire_nowait()
         if answer is not None:
             return answer
@@ -360,7 +361,7 @@ class RedisStore:
         if batch is not None and budget > 0:
             # Every waiter of a batch wakes at once when its answer is in; a caller's
             # cancellation or deadline never stops the send.
-            await asyncio.wait((batch.done,), timeout=budget)
+            await patiently(batch.done, budget)
 
     async def release(self, ticket: Ticket) -> None:
         budget = self._budget(ticket)
@@ -650,7 +651,7 @@ class RedisStore:
 
         task = link.spawn(job(), name=f"xnai-redis-{script}")
         if budget > 0:
-            await asyncio.wait((task,), timeout=budget)
+            await patiently(task, budget)
 
     def _give_back_later(self, run: ScriptRun, rid: str) -> None:
         link = self._link
