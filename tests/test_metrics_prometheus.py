@@ -189,3 +189,45 @@ def test_importing_the_core_imports_no_metrics_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("blocked", "code", "message"),
+    [
+        (
+            "prometheus_client",
+            "from xnai_core.metrics import enable_prometheus; enable_prometheus()",
+            "enable_prometheus() needs prometheus_client, which is not installed: "
+            "pip install 'xnai-core[prometheus]'",
+        ),
+        (
+            "opentelemetry",
+            "from xnai_core.metrics import enable_opentelemetry; enable_opentelemetry()",
+            "pip install 'xnai-core[otel]'",
+        ),
+        ("starlette", "import xnai_core.web", "pip install 'xnai-core[web]'"),
+        (
+            "prometheus_client",
+            "from xnai_core.web import create_ops_app; create_ops_app()",
+            "create_ops_app(metrics=...) needs prometheus_client",
+        ),
+    ],
+)
+def test_a_missing_extra_is_named(blocked: str, code: str, message: str) -> None:
+    """Without the optional package, the error says which extra to install."""
+    import subprocess
+    import sys
+
+    # A None entry in sys.modules makes every import of that package fail.
+    prelude = (
+        f"import sys; [sys.modules.__setitem__(m, None) for m in list(sys.modules) "
+        f"if m == {blocked!r} or m.startswith({blocked + '.'!r})]; "
+        f"sys.modules[{blocked!r}] = None; "
+    )
+    if blocked == "opentelemetry":
+        prelude += "sys.modules['opentelemetry.metrics'] = None; "
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert message in done.stderr

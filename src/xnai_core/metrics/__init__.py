@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._extras import require
+
 if TYPE_CHECKING:
     from .otel import OpenTelemetryMetrics
     from .prometheus import PrometheusMetrics
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 def enable_prometheus(registry: Any = None, *, max_names: int = 500) -> PrometheusMetrics:
     """Record xnai-core's metrics in a prometheus_client registry (the default one
     when None); see :mod:`xnai_core.metrics.prometheus`."""
+    require("prometheus_client", "prometheus", "enable_prometheus()")
     from .prometheus import enable_prometheus as enable
 
     return enable(registry, max_names=max_names)
@@ -31,6 +34,7 @@ def enable_opentelemetry(
 ) -> OpenTelemetryMetrics:
     """Record xnai-core's metrics as OpenTelemetry instruments (the global meter
     provider when None); see :mod:`xnai_core.metrics.otel`."""
+    require("opentelemetry.metrics", "otel", "enable_opentelemetry()")
     from .otel import enable_opentelemetry as enable
 
     return enable(meter_provider, max_names=max_names)

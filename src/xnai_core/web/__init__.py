@@ -9,6 +9,10 @@ See :mod:`xnai_core.web.ops` and docs/observability.md.
 
 from __future__ import annotations
 
-from .ops import create_ops_app, monitor_lifespan
+from .._extras import require
+
+require("starlette", "web", "xnai_core.web")
+
+from .ops import create_ops_app, monitor_lifespan  # noqa: E402
 
 __all__ = ["create_ops_app", "monitor_lifespan"]

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .._extras import require
 from .._redact import redact
 from ..circuit.breaker import CircuitBreaker
 from ..circuit.registry import CircuitBreakerRegistry
@@ -254,6 +255,7 @@ def _jsonable(value: Any) -> Any:
 def _metrics_registry(metrics: Any) -> Any:
     if metrics is False or metrics is None:
         return None
+    require("prometheus_client", "prometheus", "create_ops_app(metrics=...)")
     from prometheus_client import REGISTRY, CollectorRegistry
 
     from ..metrics.prometheus import enable_prometheus
