@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .. import HealthMonitor
+from .. import HealthMonitor, HealthStatus
 from .._redact import redact
 from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
@@ -34,6 +35,13 @@ __all__ = ["ServiceRuntime", "check_buildable"]
 logger = logging.getLogger("xnai_core.service")
 
 SINK_FLUSH_DEADLINE = 2.0
+_MARKS = {
+    HealthStatus.HEALTHY: "h",
+    HealthStatus.DEGRADED: "d",
+    HealthStatus.UNHEALTHY: "u",
+}
+# Error texts repeat (one outage, the same words every check): mask each text once.
+_masked = functools.lru_cache(maxsize=4096)(redact)
 HISTORY_SHOWN = 60
 
 
@@ -62,6 +70,7 @@ class ServiceRuntime:
         self.reloads = 0
         self._parts: _Parts | None = None
         self._lock = asyncio.Lock()
+        self._targets: dict[str, str] = {}  # masked once: redaction is not free
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -102,6 +111,7 @@ class ServiceRuntime:
                 changes = await self._reload_services(parts, old, new)
                 changes += await self._reload_sinks(parts, old, new)
             self.config = new
+            self._targets.clear()
             self.reloads += 1
             return changes
 
@@ -246,8 +256,9 @@ class ServiceRuntime:
     def sinks(self) -> Sequence[Any]:
         return () if self._parts is None else tuple(self._parts.sinks)
 
-    def snapshot(self) -> dict[str, object]:
-        """Everything the dashboard shows, JSON-ready, masked."""
+    def snapshot(self, *, detail: bool = False) -> dict[str, object]:
+        """Everything the dashboard shows, JSON-ready, masked; ``detail`` adds each shown
+        result's start time (``started_at``), for tools such as bench_service."""
         parts = self._parts
         if parts is None:
             return {"running": False}
@@ -261,34 +272,42 @@ class ServiceRuntime:
                 continue
             entry = report["services"][spec.name]
             history = monitor.get_history(spec.name)[-HISTORY_SHOWN:]
-            answered = sum(1 for result in history if result.status.value != "unhealthy")
+            marks = "".join(_MARKS.get(result.status, "x") for result in history)
             last_error = None
             for result in reversed(history):
                 if result.error:
-                    last_error = {"error": redact(result.error), "at": result.timestamp}
+                    last_error = {"error": _masked(result.error), "at": result.timestamp}
                     break
             recovery = recovery_services.get(spec.name)
-            services.append(
-                {
-                    "name": spec.name,
-                    "type": spec.type,
-                    "target": spec.target(),
-                    "critical": spec.critical,
-                    "status": entry["status"],
-                    "last_check": entry["last_check"],
-                    "response_time": entry["response_time"],
-                    # Percent answered (healthy or degraded) over the results shown.
-                    "uptime": round(100.0 * answered / len(history), 2) if history else None,
-                    "total_checks": entry["total_checks"],
-                    "consecutive_failures": entry["consecutive_failures"],
-                    "history": [
-                        [round(r.timestamp, 3), round(r.response_time, 4), r.status.value]
-                        for r in history
-                    ],
-                    "last_error": last_error,
-                    "recovery": None if recovery is None else _recovery_view(recovery),
-                }
-            )
+            target = self._targets.get(spec.name)
+            if target is None:
+                target = self._targets[spec.name] = spec.target()
+            shown: dict[str, object] = {
+                "name": spec.name,
+                "type": spec.type,
+                "target": target,
+                "critical": spec.critical,
+                "status": entry["status"],
+                "last_check": entry["last_check"],
+                "response_time": entry["response_time"],
+                # Percent answered (healthy or degraded) over the results shown.
+                "uptime": (
+                    round(100.0 * (len(marks) - marks.count("u")) / len(marks), 2)
+                    if marks
+                    else None
+                ),
+                "total_checks": entry["total_checks"],
+                "consecutive_failures": entry["consecutive_failures"],
+                # The plot's data, compact: response times (ms) and one letter per
+                # result (h healthy, d degraded, u unhealthy, x unknown).
+                "times_ms": [int(result.response_time * 1000 + 0.5) for result in history],
+                "marks": marks,
+                "last_error": last_error,
+                "recovery": None if recovery is None else _recovery_view(recovery),
+            }
+            if detail:
+                shown["started_at"] = [round(result.timestamp, 3) for result in history]
+            services.append(shown)
         return {
             "running": True,
             "now": time.time(),
@@ -304,7 +323,7 @@ class ServiceRuntime:
                     "service": alert.service,
                     "kind": alert.kind,
                     "severity": alert.severity,
-                    "message": redact(alert.message),
+                    "message": _masked(alert.message),
                     "since": alert.timestamp,
                 }
                 for alert in monitor.get_active_alerts()

@@ -18,16 +18,20 @@ import asyncio
 import contextlib
 import hmac
 import importlib.util
+import json
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from importlib import resources
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -42,6 +46,8 @@ __all__ = ["build_app", "run_server"]
 logger = logging.getLogger("xnai_core.service")
 
 GRACEFUL_SHUTDOWN = 2
+STATE_MAX_AGE = 0.5
+_NO_STORE = {"Cache-Control": "no-store"}
 # /ops/metrics is served when prometheus_client is installed (the service extra has it).
 _METRICS = importlib.util.find_spec("prometheus_client") is not None
 _ACTIONS = ("open", "close", "reset")
@@ -169,8 +175,18 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
         name, media = _STATIC[request.url.path]
         return Response(_static(name), media_type=media, headers=_SECURITY_HEADERS)
 
+    cached: list[tuple[float, bytes]] = []
+
     async def state(request: Request) -> Response:
-        return JSONResponse(runtime.snapshot(), headers={"Cache-Control": "no-store"})
+        detail = request.query_params.get("detail") == "1"
+        now = time.monotonic()
+        if detail or not cached or now - cached[0][0] > STATE_MAX_AGE:
+            body = json.dumps(runtime.snapshot(detail=detail), separators=(",", ":")).encode()
+            if detail:
+                return Response(body, media_type="application/json", headers=_NO_STORE)
+            cached[:] = [(now, body)]
+        # Several open dashboards share one snapshot per STATE_MAX_AGE.
+        return Response(cached[0][1], media_type="application/json", headers=_NO_STORE)
 
     async def control(request: Request) -> Response:
         token = runtime.config.control_token
@@ -197,6 +213,9 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
         return JSONResponse(view)
 
     app = Starlette(
+        # /api/state grows with services and history (about 2 KB per service): compressed,
+        # a poll costs a sixth of that on the wire.
+        middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
         routes=[
             *(Route(path, page, methods=["GET"]) for path in _STATIC),
             Route("/api/state", state, methods=["GET"]),

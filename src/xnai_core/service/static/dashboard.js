@@ -36,27 +36,27 @@ function badge(state, label) {
   return el("span", { class: `badge ${state}`, text: label || state.replace("_", "-") });
 }
 
-function sparkline(name, history) {
+function sparkline(name, times, marks) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("viewBox", "0 0 100 40");
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  const times = history.map((h) => h[1]);
-  const max = Math.max(0.001, ...times);
-  const last = times.length ? times[times.length - 1] : null;
-  svg.setAttribute("aria-label", `Response times of ${name}, last ${seconds(last)}, highest ${seconds(times.length ? max : null)}`);
-  if (history.length < 1) return svg;
-  const step = history.length > 1 ? 100 / (history.length - 1) : 0;
-  const points = history.map((h, i) => [i * step, 38 - (h[1] / max) * 34]);
+  const max = Math.max(1, ...times);
+  const last = times.length ? times[times.length - 1] / 1000 : null;
+  svg.setAttribute("aria-label", `Response times of ${name}, last ${seconds(last)}, highest ${seconds(times.length ? max / 1000 : null)}`);
+  if (times.length < 1) return svg;
+  const step = times.length > 1 ? 100 / (times.length - 1) : 0;
+  const points = times.map((t, i) => [i * step, 38 - (t / max) * 34]);
   const line = document.createElementNS(SVG, "polyline");
   line.setAttribute("points", points.map((p) => `${p[0].toFixed(2)},${p[1].toFixed(2)}`).join(" "));
   line.setAttribute("vector-effect", "non-scaling-stroke");
   svg.append(line);
-  history.forEach((h, i) => {
-    if (h[2] === "healthy") return;
+  const kinds = { d: "degraded", u: "unhealthy" };
+  [...marks].forEach((mark, i) => {
+    if (!kinds[mark]) return;
     const dot = document.createElementNS(SVG, "circle");
-    dot.setAttribute("class", h[2]);
+    dot.setAttribute("class", kinds[mark]);
     dot.setAttribute("cx", points[i][0].toFixed(2));
     dot.setAttribute("cy", points[i][1].toFixed(2));
     dot.setAttribute("r", "1.8");
@@ -72,8 +72,8 @@ function renderServices(services) {
     const card = el("article", { class: "card", "data-service": s.name, "aria-label": `${s.name}: ${s.status}` },
       el("h3", {}, el("span", { text: s.name }), badge(s.status)),
       el("p", { class: "target", text: `${s.type} ${s.target}${s.critical ? "" : " (not critical)"}` }),
-      sparkline(s.name, s.history),
-      el("p", { class: "meta", text: `response ${seconds(s.response_time)} · uptime ${uptime} of the last ${s.history.length} checks` }),
+      sparkline(s.name, s.times_ms, s.marks),
+      el("p", { class: "meta", text: `response ${seconds(s.response_time)} · uptime ${uptime} of the last ${s.marks.length} checks` }),
     );
     if (s.last_error) card.append(el("p", { class: "error", text: `last error ${when(s.last_error.at)}: ${s.last_error.error}` }));
     return card;
