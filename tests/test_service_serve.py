@@ -144,7 +144,8 @@ def test_sigterm_stops_within_5_s_and_leaves_nothing_running(
             "grace_period = 120\n",
         ),
     )
-    proc = launch(service, config)
+    # Unclosed sockets and transports would print a ResourceWarning: make them show.
+    proc = launch(service, config, {"PYTHONWARNINGS": "always::ResourceWarning"})
     # A restart command is running when the service is told to stop.
     assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 20)
     restart_pid = int(pid_file.read_text())
@@ -156,7 +157,7 @@ def test_sigterm_stops_within_5_s_and_leaves_nothing_running(
     assert code == 0, proc.log()
     assert took < 5.0, took
     assert proc.logged("stopped")
-    for bad in ("Traceback", "Task was destroyed", "Unclosed", "never awaited"):
+    for bad in ("Traceback", "Task was destroyed", "Unclosed", "unclosed", "never awaited"):
         assert not proc.logged(bad), proc.log()
 
     def gone() -> bool:

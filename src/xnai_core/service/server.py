@@ -125,6 +125,8 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
     """The service's app; its lifespan starts and stops a :class:`ServiceRuntime`."""
     runtime = ServiceRuntime(config)
     path = reload_path or config.path
+    # The last /api/state body and when it was built; cleared by every change made here.
+    cached: list[tuple[float, bytes]] = []
 
     async def reload() -> None:
         try:
@@ -132,6 +134,7 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
             if (new.host, new.port) != (runtime.config.host, runtime.config.port):
                 logger.warning("config reload: [server] host/port take effect at the next start")
             changes = await runtime.reload(new)
+            cached.clear()
         except ConfigError as exc:
             logger.error("config reload refused, the running config is kept: %s", exc)
             return
@@ -175,8 +178,6 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
         name, media = _STATIC[request.url.path]
         return Response(_static(name), media_type=media, headers=_SECURITY_HEADERS)
 
-    cached: list[tuple[float, bytes]] = []
-
     async def state(request: Request) -> Response:
         detail = request.query_params.get("detail") == "1"
         now = time.monotonic()
@@ -209,6 +210,7 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
             view = await circuits.act(name, action)
         except ConnectionError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
+        cached.clear()
         logger.warning("circuit %r: %s from the dashboard", name, action)
         return JSONResponse(view)
 
