@@ -513,3 +513,20 @@ def test_sinks_share_one_verified_tls_context() -> None:
     assert shared.verify_mode is ssl.CERT_REQUIRED
     assert shared.check_hostname
     assert own._poster._verify is mine
+
+
+async def test_retry_after_as_an_http_date_is_read_against_the_sinks_clock(
+    receiver: Receiver,
+) -> None:
+    """``Retry-After: <HTTP date>`` waits until that date by the (injected) wall clock."""
+    from email.utils import formatdate
+
+    now = 1_800_000_000.0
+    receiver.script.append(Reply(503, {"Retry-After": formatdate(now + 120, usegmt=True)}))
+    sleep = SleepRecorder()
+    sink = WebhookSink(receiver.url, sleep=sleep, wall_clock=lambda: now)
+    sink.submit(alert())
+    await sink.drain()
+    assert sleep.delays == [120.0]
+    assert receiver.answers == [503, 200]
+    await sink.aclose()

@@ -168,7 +168,12 @@ class AlertmanagerSink(AlertSink):
         label = "alertmanager" if len(self._urls) == 1 else f"alertmanager #{index + 1}"
         try:
             await self._poster.post(
-                url.reveal(), body, headers={}, label=label, secrets=self.secrets()
+                url.reveal(),
+                body,
+                headers={},
+                label=label,
+                secrets=self.secrets(),
+                wall_clock=self._wall_clock(),
             )
         except DeliveryError as error:
             return error

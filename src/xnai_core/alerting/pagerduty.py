@@ -144,7 +144,12 @@ class PagerDutySink(AlertSink):
     async def send(self, note: Notification) -> None:
         body = json.dumps(self.payload(note)).encode()
         await self._poster.post(
-            self._url.reveal(), body, headers={}, label="pagerduty", secrets=self.secrets()
+            self._url.reveal(),
+            body,
+            headers={},
+            label="pagerduty",
+            secrets=self.secrets(),
+            wall_clock=self._wall_clock(),
         )
 
     async def release(self) -> None:

@@ -121,7 +121,12 @@ class SlackSink(AlertSink):
     async def send(self, note: Notification) -> None:
         body = json.dumps(self.payload(note)).encode()
         await self._poster.post(
-            self._url.reveal(), body, headers={}, label="slack", secrets=self.secrets()
+            self._url.reveal(),
+            body,
+            headers={},
+            label="slack",
+            secrets=self.secrets(),
+            wall_clock=self._wall_clock(),
         )
 
     async def release(self) -> None:

@@ -159,7 +159,12 @@ class WebhookSink(AlertSink):
             headers[TIMESTAMP_HEADER] = str(timestamp)
             headers[SIGNATURE_HEADER] = sign(key, timestamp, body)
         await self._poster.post(
-            self._url.reveal(), body, headers=headers, label="webhook", secrets=self.secrets()
+            self._url.reveal(),
+            body,
+            headers=headers,
+            label="webhook",
+            secrets=self.secrets(),
+            wall_clock=self._wall_clock(),
         )
 
     async def release(self) -> None:
