@@ -120,10 +120,9 @@ def _free(port: int) -> int:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
-            return port
         except OSError:
             sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+        return int(sock.getsockname()[1])
 
 
 def _pid(name: str) -> int | None:
