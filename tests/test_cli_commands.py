@@ -316,3 +316,18 @@ def test_recovery_without_redis_is_exit_4(private_redis: PrivateRedis) -> None:
     ran = run_cli("recovery", "reset", "x", "--redis-url", private_redis.url)
     assert ran.code == 4
     assert ran.err.startswith("xnai-core: Redis did not answer")
+
+
+def test_check_of_real_redis_and_postgres(tmp_path: Path, postgres_dsn: str) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    path = write_config(
+        tmp_path,
+        f'[[services]]\nname = "redis"\ntype = "redis"\nurl = "{SHARED_REDIS_URL}"\n'
+        f'[[services]]\nname = "db"\ntype = "postgres"\ndsn = "{postgres_dsn}"\n'
+        f'[[services]]\nname = "gone"\ntype = "redis"\nurl = "{dead_redis}"\ntimeout = 2\n'
+        "critical = false\n",
+    )
+    ran = run_cli("check", "--config", str(path), "--json")
+    statuses = {s["name"]: s["status"] for s in ran.json()["services"]}
+    assert statuses == {"redis": "healthy", "db": "healthy", "gone": "unhealthy"}, ran.out
+    assert ran.code == 1  # only a non-critical service is down: degraded
