@@ -143,3 +143,32 @@ async def test_emit_alert_runs_sync_handlers_off_the_loop() -> None:
         await emitting
         ticking.cancel()
         await monitor.stop_monitoring()
+
+
+def test_a_stuck_handler_holds_back_only_itself() -> None:
+    """Raise and resolve reach a good handler while another handler is stuck on the raise."""
+    from tests.helpers import run_virtual
+    from tests.test_health_monitor import Scripted
+
+    received: list[tuple[str, bool]] = []
+
+    async def stuck(alert: Alert) -> None:
+        await asyncio.Event().wait()
+
+    async def record(alert: Alert) -> None:
+        received.append((alert.key, alert.resolved))
+
+    async def scenario() -> None:
+        monitor = HealthMonitor(
+            failure_threshold=1, success_threshold=1, alert_handler_timeout=30.0
+        )
+        monitor.add_checker(Scripted(script=[HealthStatus.UNHEALTHY, HealthStatus.HEALTHY]))
+        monitor.add_alert_handler(stuck)
+        monitor.add_alert_handler(record)
+        await monitor.trigger_manual_check("svc")
+        await monitor.trigger_manual_check("svc")
+        await asyncio.sleep(1.0)  # virtual time: well before the stuck handler's 30 s bound
+        assert received == [("svc:status", False), ("svc:status", True)]
+        await monitor.stop_monitoring()
+
+    run_virtual(scenario())

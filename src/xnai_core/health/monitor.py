@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -39,9 +38,9 @@ from .fold import ServiceState, fold
 from .health_json import overall_status, to_health_json
 from .hooks import RecoveryCallback, RecoveryHook
 from .notifier import Notifier
-from .redact import scrub
 from .report import HealthReport, HealthSummary, ServiceReport
-from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck, error_text
+from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck
+from .run import checker_timeout, close_checker, failure, run_check
 from .scheduler import Scheduler, uniform_jitter
 from .service import ServiceHealth
 from .settings import MonitorSettings
@@ -79,31 +78,6 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None  # no running loop
-
-
-def _secrets_of(checker: object) -> tuple[str, ...]:
-    secrets = getattr(checker, "secrets", None)
-    if callable(secrets):
-        value = secrets()
-        if isinstance(value, tuple):
-            return tuple(str(item) for item in value)
-    return ()
-
-
-def _describe(checker: object) -> dict[str, object]:
-    describe = getattr(checker, "describe", None)
-    if callable(describe):
-        value = describe()
-        if isinstance(value, dict):
-            return dict(value)
-    return {}
-
-
-def _own_timeout(checker: object) -> float | None:
-    value = getattr(checker, "timeout", None)
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
-        return float(value)
-    return None
 
 
 class HealthMonitor:
@@ -241,7 +215,7 @@ class HealthMonitor:
         if name in self._services:
             raise ValueError(f"'name' must be unique in a monitor: {name!r} is already monitored")
         every = self.check_interval if interval is None else check_seconds("interval", interval)
-        limits = [every, _own_timeout(checker), self._settings.check_timeout]
+        limits = [every, checker_timeout(checker), self._settings.check_timeout]
         component_type = getattr(checker, "component_type", "component")
         service = _Service(
             name=name,
@@ -479,7 +453,7 @@ class HealthMonitor:
         try:
             return await self._run(service)
         except FlightTimeoutError as exc:
-            return self._failure(service, self._clock(), time.perf_counter(), str(exc))
+            return failure(service.checker, name, self._clock(), time.perf_counter(), str(exc))
 
     async def wait_for_status(
         self, name: str, status: HealthStatus | str, timeout: float | None = None
@@ -557,39 +531,9 @@ class HealthMonitor:
 
     async def _execute(self, service: _Service) -> HealthCheckResult:
         service.runner = asyncio.current_task()
-        checker = service.checker
-        timestamp = self._clock()
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(service.timeout) as deadline:
-                result = await checker.check()
-            if not isinstance(result, HealthCheckResult):
-                raise TypeError(f"check() must return a HealthCheckResult: {type(result).__name__}")
-            if result.service != service.name:
-                result = replace(result, service=service.name)
-        except TimeoutError as exc:
-            if deadline.expired():
-                error = f"timed out after {service.timeout:g}s"
-            else:
-                error = scrub(error_text(exc), _secrets_of(checker))
-            result = self._failure(service, timestamp, started, error)
-        except Exception as exc:
-            error = scrub(error_text(exc), _secrets_of(checker))
-            result = self._failure(service, timestamp, started, error)
+        result = await run_check(service.checker, service.name, service.timeout, self._clock)
         self._record(service, result)
         return result
-
-    def _failure(
-        self, service: _Service, timestamp: float, started: float, error: str
-    ) -> HealthCheckResult:
-        return HealthCheckResult(
-            service=service.name,
-            status=UNHEALTHY,
-            response_time=time.perf_counter() - started,
-            timestamp=timestamp,
-            details=_describe(service.checker),
-            error=error,
-        )
 
     def _record(self, service: _Service, result: HealthCheckResult) -> None:
         if self._services.get(service.name) is not service:
@@ -605,27 +549,12 @@ class HealthMonitor:
             self._clock(),
         )
         service.state = outcome.state
-        counters = outcome.state.counters
-        decided = result.status is not HealthStatus.UNKNOWN
-        failed = decided and not result.ok
-        previous = service.health
-        service.health = replace(
-            previous,
-            status=counters.status,
-            consecutive_failures=counters.consecutive_failures,
-            consecutive_successes=counters.consecutive_successes,
-            total_checks=previous.total_checks + 1,
-            total_failures=previous.total_failures + failed,
-            last_check=result.timestamp,
-            response_time=result.response_time,
-            last_success=result.timestamp if result.ok else previous.last_success,
-            last_failure=result.timestamp if failed else previous.last_failure,
-            success_percent=success_percent(service.window),
-            last_result=result,
+        service.health = service.health.after(
+            result, outcome.state.counters, success_percent(service.window)
         )
         emit = self.hooks.emit
         if emit is not None:
-            status = counters.status.value
+            status = outcome.state.counters.status.value
             seconds = result.response_time or 0.0
             emit(HealthChecked(service.name, result.status.value, status, seconds))
         if outcome.change is not None:
@@ -692,14 +621,4 @@ class HealthMonitor:
         await self._close_checker(service)
 
     async def _close_checker(self, service: _Service) -> None:
-        aclose = getattr(service.checker, "aclose", None)
-        if not callable(aclose):
-            return
-        try:
-            outcome = aclose()
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:
-            logger.exception(
-                "closing a health checker failed", extra={"xnai.service": service.name}
-            )
+        await close_checker(service.checker, service.name, logger)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .hysteresis import Counters
 from .report import ServiceReport
 from .result import HealthCheckResult, HealthStatus
 
@@ -32,6 +33,27 @@ class ServiceHealth:
     last_result: HealthCheckResult | None = None
     component_type: str = "component"
     interval: float = 30.0
+
+    def after(
+        self, result: HealthCheckResult, counters: Counters, success_percent: float | None
+    ) -> ServiceHealth:
+        """This snapshot updated by one recorded ``result`` (pure)."""
+        decided = result.status is not HealthStatus.UNKNOWN
+        failed = decided and not result.ok
+        return replace(
+            self,
+            status=counters.status,
+            consecutive_failures=counters.consecutive_failures,
+            consecutive_successes=counters.consecutive_successes,
+            total_checks=self.total_checks + 1,
+            total_failures=self.total_failures + failed,
+            last_check=result.timestamp,
+            response_time=result.response_time,
+            last_success=result.timestamp if result.ok else self.last_success,
+            last_failure=result.timestamp if failed else self.last_failure,
+            success_percent=success_percent,
+            last_result=result,
+        )
 
     @property
     def success_rate(self) -> float | None:
