@@ -411,6 +411,34 @@ async def test_6_a_black_holed_subscription_is_detected_and_replaced(
     assert time.monotonic() - started < 4.0
 
 
+async def test_6_every_resubscription_is_followed_by_a_resync(
+    stores: Factory, direct: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server cuts the subscription (CLIENT KILL TYPE pubsub) and the hash changes
+    without a message meanwhile: the new subscription is followed by a resync at once
+    (not after resync_interval), and a cut subscription is no outage."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    here = stores(cfg(recovery_timeout=60), proxied=False, resync_interval=3600)
+    await here.start()
+    assert here.hot_epoch is not None
+    raw = await hash_of(direct)
+    await direct.client_kill_filter(_type="pubsub")
+    await direct.hset(
+        KEY,
+        mapping={
+            "state": "open",
+            "failures": "5",
+            "opened_at": str(int(time.time() * 1_000_000)),
+            "epoch": str(int(raw["epoch"]) + 1),
+            "ver": str(int(raw["ver"]) + 1),
+        },
+    )
+    await eventually(lambda: here.snapshot().state is CircuitState.OPEN, timeout=5)
+    assert here.available
+    assert here.backend_metrics()["redis_outages"] == 0
+    assert warnings_of(caplog, "unreachable") == []
+
+
 # -- 7. a stall is not an outage ------------------------------------------------------
 
 

@@ -469,10 +469,12 @@ class RedisLink:
         assert pubsub is not None
         try:
             async with asyncio.timeout(_POLL + setup):
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL)
+                message = await pubsub.get_message(timeout=_POLL)
                 now = time.monotonic()
                 if message is not None:
                     self._last_heard, self._ping_sent = now, None
+                    if message.get("type") == "psubscribe":
+                        self._resubscribed()
                     self._dispatch(message)
                     return True
                 if self._ping_sent is None and now - self._last_heard >= _HEARTBEAT_IDLE:
@@ -501,6 +503,17 @@ class RedisLink:
             await self._drop_pubsub()
             return False
         return True
+
+    def _resubscribed(self) -> None:
+        # redis-py reconnects a broken subscription by itself and subscribes again:
+        # messages sent meanwhile were lost, so every circuit is re-read now.
+        logger.info(
+            "redis subscription for circuit breakers under %r was re-established by the "
+            "client; re-reading every circuit",
+            self.prefix,
+            extra={"key_prefix": self.prefix},
+        )
+        self._resync_soon = True
 
     async def _catch_up(self) -> bool:
         """Catch every circuit up; False as soon as Redis fails (back off first).
