@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random as _random
+import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -42,6 +44,17 @@ logger = logging.getLogger("xnai_core.alerting")
 DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "gave_up", "shutdown")
 
 Sleep = Callable[[float], Awaitable[object]]
+
+# Every sink alive in this process, for the metrics adapters to read at scrape
+# time (weak: a sink dropped by its owner leaves no series and no leak behind).
+_live: weakref.WeakSet[AlertSink] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def live_sinks() -> list[AlertSink]:
+    """The sinks alive now, in no particular order."""
+    with _live_lock:
+        return list(_live)
 
 
 @dataclass(slots=True)
@@ -160,6 +173,8 @@ class AlertSink:
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         self._last_sent_at: float | None = None
+        with _live_lock:
+            _live.add(self)
 
     # --- what a subclass provides -------------------------------------------------
 

@@ -45,6 +45,8 @@ class Labels:
         self.service = LabelGuard("service", max_names)
         # Small vocabularies the user may extend (strategy, alert and action names).
         self.word = LabelGuard("strategy/alert/action", max_names)
+        # Alert sinks' names and kinds (a name is the user's, so it is guarded too).
+        self.sink = LabelGuard("alert sink", max_names)
 
 
 class Sink(Protocol):

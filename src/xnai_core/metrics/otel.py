@@ -20,9 +20,15 @@ instrument                             kind              attributes
 ``xnai.alerts.active``                 observable gauge  service, alert
 ``xnai.recovery.attempts``             counter           service, action, result
 ``xnai.recovery.escalated``            observable gauge  service
+``xnai.alert.notifications.sent``      obs. counter      sink, kind
+``xnai.alert.notifications.retried``   obs. counter      sink, kind
+``xnai.alert.notifications.dropped``   obs. counter      sink, kind, reason
+``xnai.alert.queue.length``            observable gauge  sink, kind
+``xnai.alert.last_error.timestamp``    observable gauge  sink, kind (Unix time, s)
 =====================================  ================  ==========================
 
-Gauges are observed at collection time, circuit states from the live breakers.
+Gauges are observed at collection time, circuit states from the live breakers, and
+the ``xnai.alert.*`` instruments from the live alert sinks' ``stats()``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from .. import events
 from ..circuit.breaker import CircuitBreaker
 from ..events import CALL_KINDS, CallKind, CallRecorder
+from ._alert_sinks import sink_counts
 from ._sink import CIRCUIT_STATES, DEFAULT_MAX_NAMES, HEALTH_STATUSES, EventsToSink, Labels
 
 
@@ -89,6 +96,36 @@ class OpenTelemetrySink:
         )
         meter.create_observable_gauge(
             "xnai.recovery.escalated", [self._observe_escalated], description="1: escalated"
+        )
+        meter.create_observable_counter(
+            "xnai.alert.notifications.sent",
+            [self._observe_sent],
+            unit="{notification}",
+            description="Alert notifications delivered",
+        )
+        meter.create_observable_counter(
+            "xnai.alert.notifications.retried",
+            [self._observe_retried],
+            unit="{attempt}",
+            description="Failed alert delivery attempts tried again",
+        )
+        meter.create_observable_counter(
+            "xnai.alert.notifications.dropped",
+            [self._observe_dropped],
+            unit="{notification}",
+            description="Alert notifications never delivered, by reason",
+        )
+        meter.create_observable_gauge(
+            "xnai.alert.queue.length",
+            [self._observe_queued],
+            unit="{notification}",
+            description="Alert notifications waiting in the sink",
+        )
+        meter.create_observable_gauge(
+            "xnai.alert.last_error.timestamp",
+            [self._observe_last_error],
+            unit="s",
+            description="When the sink's last delivery attempt failed (Unix time)",
         )
 
     # -- Sink ------------------------------------------------------------------
@@ -172,6 +209,38 @@ class OpenTelemetrySink:
     def _observe_escalated(self, options: CallbackOptions) -> Iterable[Observation]:
         items = sorted(self._escalated.items())
         return [Observation(int(flag), {"service": service}) for service, flag in items]
+
+    def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(counts.sent, {"sink": sink, "kind": kind})
+            for (sink, kind), counts in sink_counts(self._labels).items()
+        ]
+
+    def _observe_retried(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(counts.retried, {"sink": sink, "kind": kind})
+            for (sink, kind), counts in sink_counts(self._labels).items()
+        ]
+
+    def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(dropped, {"sink": sink, "kind": kind, "reason": reason})
+            for (sink, kind), counts in sink_counts(self._labels).items()
+            for reason, dropped in sorted(counts.dropped.items())
+        ]
+
+    def _observe_queued(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(counts.queued, {"sink": sink, "kind": kind})
+            for (sink, kind), counts in sink_counts(self._labels).items()
+        ]
+
+    def _observe_last_error(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(counts.last_error_at, {"sink": sink, "kind": kind})
+            for (sink, kind), counts in sink_counts(self._labels).items()
+            if counts.last_error_at is not None
+        ]
 
 
 class OpenTelemetryMetrics:

@@ -19,7 +19,15 @@ metric                                                    type       labels
 ``xnai_alerts_active``                                    gauge      service, alert
 ``xnai_recovery_attempts_total``                          counter    service, action, result
 ``xnai_recovery_escalated``                               gauge      service
+``xnai_alert_notifications_sent_total``                   counter    sink, kind
+``xnai_alert_notifications_retried_total``                counter    sink, kind
+``xnai_alert_notifications_dropped_total``                counter    sink, kind, reason
+``xnai_alert_queue_length``                               gauge      sink, kind
+``xnai_alert_last_error_timestamp_seconds``               gauge      sink, kind
 ========================================================  =========  =============================
+
+The ``xnai_alert_*`` series are the alert sinks' own counters (``AlertSink.stats()``),
+read from the live sinks at scrape time; one process only (not in multiprocess mode).
 
 Two ways to record, chosen by :func:`enable_prometheus`:
 
@@ -55,6 +63,7 @@ from ..circuit.breaker import CircuitBreaker
 from ..events import CallKind, CallRecorder
 from ..health.monitor import HealthMonitor
 from ._aggregate import HISTOGRAM_KINDS, LATENCY_BUCKETS, Aggregate
+from ._alert_sinks import sink_counts
 from ._sink import CIRCUIT_STATES, DEFAULT_MAX_NAMES, HEALTH_STATUSES, EventsToSink, Labels
 
 _HELP = {
@@ -71,6 +80,11 @@ _HELP = {
     "xnai_alerts_active": "1 while the alert is active",
     "xnai_recovery_attempts": "Recovery actions run, by result",
     "xnai_recovery_escalated": "1 while automated recovery has escalated to a person",
+    "xnai_alert_notifications_sent": "Alert notifications the sink delivered",
+    "xnai_alert_notifications_retried": "Failed alert delivery attempts that were tried again",
+    "xnai_alert_notifications_dropped": "Alert notifications never delivered, by reason",
+    "xnai_alert_queue_length": "Alert notifications waiting in the sink (in flight included)",
+    "xnai_alert_last_error_timestamp_seconds": "When the sink's last delivery attempt failed",
 }
 
 
@@ -116,6 +130,11 @@ class XnaiCollector(Collector):
             ("xnai_alerts_active", gauge, ["service", "alert"]),
             ("xnai_recovery_attempts", counter, ["service", "action", "result"]),
             ("xnai_recovery_escalated", gauge, ["service"]),
+            ("xnai_alert_notifications_sent", counter, ["sink", "kind"]),
+            ("xnai_alert_notifications_retried", counter, ["sink", "kind"]),
+            ("xnai_alert_notifications_dropped", counter, ["sink", "kind", "reason"]),
+            ("xnai_alert_queue_length", gauge, ["sink", "kind"]),
+            ("xnai_alert_last_error_timestamp_seconds", gauge, ["sink", "kind"]),
         ]
         return {name: kind(name, _HELP[name], labels=labels) for name, kind, labels in specs}
 
@@ -169,6 +188,15 @@ class XnaiCollector(Collector):
             _one_hot(f["xnai_health_status"], [service], status, HEALTH_STATUSES)
         for labels, buckets, total in agg.histograms(agg.check_seconds):
             f["xnai_health_check_duration_seconds"].add_metric(list(labels), buckets, total)
+        for (sink, kind), sink_count in sink_counts(hook.labels).items():
+            f["xnai_alert_notifications_sent"].add_metric([sink, kind], sink_count.sent)
+            f["xnai_alert_notifications_retried"].add_metric([sink, kind], sink_count.retried)
+            for reason, dropped in sorted(sink_count.dropped.items()):
+                f["xnai_alert_notifications_dropped"].add_metric([sink, kind, reason], dropped)
+            f["xnai_alert_queue_length"].add_metric([sink, kind], sink_count.queued)
+            if sink_count.last_error_at is not None:
+                last_error = f["xnai_alert_last_error_timestamp_seconds"]
+                last_error.add_metric([sink, kind], sink_count.last_error_at)
 
 
 def _labels(labels: str | tuple[str, ...]) -> list[str]:
