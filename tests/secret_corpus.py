@@ -131,6 +131,18 @@ def shapes(tag: str = "") -> tuple[Shape, ...]:
     add("yaml field", "password: {c}")
     add("libpq keyword DSN", "host=db user=app password={c} dbname=app")
     add("quoted libpq password", "host=db password='a {c}' dbname=app", "a {c}")
+    # Shapes a red team found leaking after issue 11 (as text: their hosts do not resolve).
+    add("'/' in a password after digits", "GET http://u:1234/{c}@127.0.0.1:8080/x failed")
+    add("'/' in a lone-user token", "GET https://tok/{c}@api.example.com/v1 failed")
+    add("bracketed value", "settings: password=[{c}] retries=3")
+    add("parenthesised value", "config(secret=({c}))")
+    add("bytes literal", "{{'password': b'{c}', 'db': 0}}")
+    add("YAML value on the next line", "password:\n  {c}\nuser: app")
+    add(
+        "URL percent-encoded in a parameter",
+        "redirect to https://app.example.com/login?next=https%3A%2F%2Fh%2Fcb%3Fapi_token%3D{c}",
+    )
+    add("percent-encoded form body", "POST form=user%3Dme%26password%3D{c} rejected")
     return tuple(made)
 
 

@@ -38,6 +38,19 @@ from xnai_core.recovery.rule import RecoveryRule
         # a '#' inside a secret query value does not cut it in two
         ("redis://h/0?password=p#ss?x&db=1", "redis://h/0?password=***&db=1"),
         ("unix:///run/redis@6379.sock", "unix:///run/redis@6379.sock"),
+        # read two ways (a port then a path, or a password with a '/'): both readings masked
+        ("http://u:1234/x@h/x?token=t9", "http://u:***/***@h/x?token=***"),
+        ("https://tok/en@api.example/v1", "https://***/***@api.example/v1"),
+        ("redis://app/x@h:1/0", "redis://app/***@h:1/0"),
+        # ... while '@' in a deeper path stays
+        ("https://h/v1/users/a@b.example", "https://h/v1/users/a@b.example"),
+        ("https://h/@user/post", "https://h/@user/post"),
+        # a URL percent-encoded into a harmless parameter
+        (
+            "https://h/login?next=https%3A%2F%2Fa%2F%3Ftoken%3Dt10&lang=en",
+            "https://h/login?next=***&lang=en",
+        ),
+        ("https://h/login?next=%2Fhome&lang=en", "https://h/login?next=%2Fhome&lang=en"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
@@ -64,6 +77,12 @@ def test_redact_url(url: str, expected: str) -> None:
         ("PGPASSWORD=s3cret AWS_SECRET_ACCESS_KEY=k3y", "PGPASSWORD=*** AWS_SECRET_ACCESS_KEY=***"),
         ("host=db user=app password='a b'", "host=db user=app password=***"),
         ("login failed: password: hunter2", "login failed: password: ***"),
+        ("password=[a, b] next=1", "password=*** next=1"),
+        ("(secret=(s1)) done", "(secret=***) done"),
+        ("{'password': b'pw1'}", "{'password': ***}"),
+        ("password:\n  pw2\nuser: app", "password:\n  ***\nuser: app"),
+        ("form=user%3Dme%26password%3Dpw3 sent", "form=*** sent"),
+        ("form=user%3Dme sent", "form=user%3Dme sent"),
         # harmless look-alikes stay
         ("KeyError: 'prompt'", "KeyError: 'prompt'"),
         ("AuthenticationError: invalid password", "AuthenticationError: invalid password"),

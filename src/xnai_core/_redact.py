@@ -9,10 +9,16 @@ What is masked (each value becomes ``***``):
   database and broker schemes, where it is a role (``https://<token>@host`` hides the
   token, ``postgresql://app@db`` shows ``app``); query and fragment parameters whose name
   looks secret (:func:`is_secret_name`: ``token``, ``access_token``, ``api_key``,
-  ``client_secret``, ``X-Amz-Signature``, ``sig``, ``code``, ...).
+  ``client_secret``, ``X-Amz-Signature``, ``sig``, ``code``, ...), and any parameter whose
+  percent-encoded value hides one (``?next=https%3A%2F%2Fh%2F%3Ftoken%3D...``). Where a URL
+  reads two ways (``http://u:1234/x@h``: a port and a path, or a password with a ``/``),
+  both readings are masked (``http://u:***/***@h``).
 - Free text (:func:`redact`): every URL in it as above; ``name=value``, ``name: value``
-  and ``"name": "value"`` where the name is a secret field (:func:`is_secret_field`:
-  ``password``, ``PGPASSWORD``, ``api_key``, ``auth_token``, ``X-Api-Key``, ...);
+  (the value may be on the next line, YAML style), ``"name": "value"`` and ``b'...'``
+  literals where the name is a secret field (:func:`is_secret_field`:
+  ``password``, ``PGPASSWORD``, ``api_key``, ``auth_token``, ``X-Api-Key``, ...), a
+  bracketed value taken whole (``password=[a, b]``), and any field whose percent-encoded
+  value hides a secret (``form=user%3Dme%26password%3D...``);
   ``Authorization: Bearer ...``/``Basic ...`` and any ``Bearer <token>``; command-line
   flags ``--password=...`` and ``--password ...``; plus exact secrets the caller knows.
 - Argument lists (:func:`redact_argv`): the same per argument, the value after a secret
@@ -120,14 +126,20 @@ _MIN_FREE_TEXT_SECRET = 4
 _PARAM_END = re.compile(r"[&;]")
 _PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.%a-z]+\])(?::\d*)?")
 _URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
-_VALUE = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&;,'"<>()\[\]{}]+)"""
+# A value: quoted (also a bytes or raw literal: b'...'), or bare, where brackets are
+# taken whole ("password=[x, y]", "secret=(x)"), so a secret inside them is masked,
+# while an unmatched closing bracket ends it ("(password=x)").
+_VALUE = (
+    r"""(?:[bBrRuU]{0,2}"(?:[^"\\]|\\.)*"|[bBrRuU]{0,2}'(?:[^'\\]|\\.)*'"""
+    r"""|(?:[^\s&;,'"<>()\[\]{}]|\[[^\]]*\]|\([^)]*\)|\{[^}]*\})+)"""
+)
 # name=value (env style, libpq DSNs, --flag=value, key=value in messages).
 _ASSIGNMENT = re.compile(
     rf"(?P<name>(?<![\w-])-{{0,2}}[A-Za-z_][\w.-]*)\s*=\s*(?=(?P<value>{_VALUE}))"
 )
 # name: value (headers, YAML, dict reprs); the name may be quoted.
 _COLON_FIELD = re.compile(
-    rf"""(?P<name>(?<![\w-])["']?[A-Za-z_][\w.-]*["']?)\s*:[ \t]*(?!//)(?=(?P<value>{_VALUE}))"""
+    rf"""(?P<name>(?<![\w-])["']?[A-Za-z_][\w.-]*["']?)\s*:\s*(?!//)(?=(?P<value>{_VALUE}))"""
 )
 _AUTHORIZATION = re.compile(
     r"(?i)(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
@@ -196,6 +208,36 @@ def _split_userinfo(scheme: str, rest: str) -> tuple[str | None, str]:
     return head, rest[at + 1 :]
 
 
+def _ambiguous_user_info(scheme: str, rest: str) -> tuple[str, str, str] | None:
+    """``(authority, segment, after)`` when ``rest`` reads two ways, else None.
+
+    In ``u:1234/x@h/`` (or ``tok/en@h/``) the text before the first ``/`` is a plain
+    ``host[:port]``, so a URL parser reads ``/x@h/`` as a path; but it may as well be a
+    user ``u`` whose password ``1234/x`` holds an unencoded ``/`` (or a token with a
+    ``/``). Read as one path segment up to the last ``@`` (not ``/@scope`` nor a
+    multi-segment path), both readings are masked: the port or lone user, and the segment.
+    """
+    if scheme == "unix":
+        return None
+    at = rest.rfind("@")
+    slash = rest.find("/", 0, max(at, 0))
+    if at < 0 or slash < 0:
+        return None
+    authority, segment = rest[:slash], rest[slash + 1 : at]
+    if not segment or any(c in segment for c in "/?#") or not _PLAIN_HOST.fullmatch(authority):
+        return None
+    return authority, segment, rest[at + 1 :]
+
+
+def _authority_secret(url: str, authority: str) -> str | None:
+    """What of ``authority`` is secret if it is user info: the text after ``:``, or a
+    lone user name where a lone user is a token."""
+    user, has_password, password = authority.partition(":")
+    if has_password:
+        return password
+    return user if user and _hides_lone_user(url) else None
+
+
 def _secret_params(params: str) -> list[tuple[str, str, int, int]]:
     """``(name, value, value start, value end)`` of each secret parameter in ``params``
     (the query and fragment, after the first ``?`` or ``#``).
@@ -209,14 +251,29 @@ def _secret_params(params: str) -> list[tuple[str, str, int, int]]:
     for match in re.finditer(r"[^&;#]+", params):
         if match.start() < position:
             continue
-        name, has_value, _ = match.group(0).partition("=")
-        if not has_value or not is_secret_name(name):
+        name, has_value, value = match.group(0).partition("=")
+        if not has_value:
             continue
         start = match.start() + len(name) + 1
-        end = _PARAM_END.search(params, start)
-        position = len(params) if end is None else end.start()
+        if is_secret_name(name):
+            end = _PARAM_END.search(params, start)
+            position = len(params) if end is None else end.start()
+        elif _encodes_a_secret(value):
+            position = match.end()
+        else:
+            continue
         found.append((name, params[start:position], start, position))
     return found
+
+
+def _encodes_a_secret(value: str) -> bool:
+    """True if a harmless-looking parameter's percent-encoded value hides a credential:
+    a URL passed along (``?next=https%3A%2F%2Fh%2F%3Ftoken%3D...``, an OAuth
+    ``redirect_uri``) or a form body (``payload=password%3D...``)."""
+    if "%" not in value:
+        return False
+    decoded = unquote_plus(value)
+    return redact(decoded) != decoded
 
 
 def _mask_params(params: str) -> str:
@@ -248,6 +305,16 @@ def redact_url(url: str) -> str:
     scheme_text, sep, rest = url.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme_text):
         return _redact_patterns(url)
+    ambiguous = _ambiguous_user_info(_scheme(url), rest)
+    if ambiguous is not None:
+        authority, _, after = ambiguous
+        secret = _authority_secret(url, authority)
+        if secret is not None:
+            authority = authority[: len(authority) - len(secret)] + MASK
+        location, params = _split_location(after)
+        return (
+            f"{scheme_text}://{authority}/{MASK}@{location}{params[:1]}{_mask_params(params[1:])}"
+        )
     userinfo, rest = _split_userinfo(_scheme(url), rest)
     shown_user = ""
     if userinfo is not None:
@@ -275,7 +342,15 @@ def url_secrets(url: str) -> tuple[str, ...]:
             if is_secret_field(match.group("name")):
                 found.append(match.group("value").strip("'\""))
     else:
-        userinfo, rest = _split_userinfo(_scheme(url), rest)
+        ambiguous = _ambiguous_user_info(_scheme(url), rest)
+        if ambiguous is not None:
+            authority, segment, rest = ambiguous
+            secret = _authority_secret(url, authority)
+            whole = segment if secret is None else f"{secret}/{segment}"
+            for part in (whole, segment, secret or ""):
+                if len(unquote(part)) >= _MIN_FREE_TEXT_SECRET:
+                    found.append(part)
+        userinfo, rest = _split_userinfo(_scheme(url), rest) if ambiguous is None else (None, rest)
         if userinfo is not None:
             user, has_password, password = userinfo.partition(":")
             if has_password:
@@ -326,7 +401,9 @@ def _mask_fields(pattern: re.Pattern[str], text: str) -> str:
         name = match.group("name")
         start, end = match.span("value")
         # An Authorization header was masked already, keeping its scheme word ("Bearer").
-        if start < done or not is_secret_field(name) or _normalised(name).endswith("authorization"):
+        if start < done or _normalised(name).endswith("authorization"):
+            continue
+        if not is_secret_field(name) and not _encodes_a_secret(text[start:end]):
             continue
         pieces.append(text[done:start])
         pieces.append(MASK)
