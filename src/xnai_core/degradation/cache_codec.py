@@ -50,7 +50,7 @@ def encode(value: object, stored_at: float) -> str:
 def decode(raw: bytes | str) -> tuple[object, float] | None:
     """``(value, stored_at)`` from what :func:`encode` wrote, or None for anything else."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict) or "v" not in data:
@@ -62,6 +62,19 @@ def decode(raw: bytes | str) -> tuple[object, float] | None:
         return _from_json(data["v"], 0), float(stored_at)
     except ValueError:
         return None
+
+
+def _refuse_constant(name: str) -> float:
+    # NaN and Infinity are not JSON, and encode() never writes them: an entry holding one
+    # (a "t" of Infinity would stay fresh for ever) was not written by us.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} overflows a float")
+    return number
 
 
 def _to_json(value: object, depth: int) -> object:
