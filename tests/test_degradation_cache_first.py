@@ -11,7 +11,12 @@ import pytest
 
 from tests.helpers import run_virtual
 from xnai_core.degradation.cache import CacheEntry, MemoryCache
-from xnai_core.degradation.cache_first import DEFAULT_FLIGHT_DEADLINE, CacheFirstStrategy, KeyFunc
+from xnai_core.degradation.cache_first import (
+    DEFAULT_FLIGHT_DEADLINE,
+    FLIGHT_GRACE,
+    CacheFirstStrategy,
+    KeyFunc,
+)
 from xnai_core.degradation.call import ServiceCall
 from xnai_core.degradation.errors import AllStrategiesFailedError, StrategyDeclinedError
 from xnai_core.degradation.manager import ServiceDegradationManager
@@ -590,6 +595,37 @@ def test_with_a_service_timeout_every_caller_of_a_flight_shares_it() -> None:
         assert {type(r.info.error).__name__ for r in results} == {"ServiceTimeoutError"}
         stats = manager.get_degradation_stats()["services"]["llm"]
         assert (stats["timeouts"], stats["coalesced"]) == (1, 2)
+
+    run_virtual(scenario())
+
+
+def test_a_joiner_never_waits_past_its_own_deadline() -> None:
+    """A call hung under no timeout; the service's timeout is then set to 5 s. A caller
+    that joins the old flight waits its own 5 s (plus the grace), not the hung flight's
+    remaining DEFAULT_FLIGHT_DEADLINE, and the fallback answers."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        manager, strategy = cached_manager(clock, key_func=str)  # timeout=None
+        never = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def hangs(prompt: str) -> str:
+            await never.wait()
+            return prompt
+
+        hung = asyncio.create_task(manager.call_service("llm", hangs, "q"))
+        await asyncio.sleep(1)
+        manager.configure_service("llm", timeout=5)
+        started = loop.time()
+        joiner = await manager.call_service_detailed("llm", hangs, "q")
+        assert (joiner.value, joiner.source) == ("sorry", "DegradedModeStrategy")
+        assert type(joiner.info.error).__name__ == "FlightTimeoutError"
+        # old code: DEFAULT_FLIGHT_DEADLINE - 1 (59 s)
+        assert loop.time() - started == pytest.approx(5 + FLIGHT_GRACE, abs=0.1)
+        assert strategy.get_stats()["flights_expired"] == 1
+        never.set()
+        assert await hung == "q"
 
     run_virtual(scenario())
 

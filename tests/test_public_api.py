@@ -74,3 +74,16 @@ def test_every_exception_the_readme_names_is_exported() -> None:
     assert "CallTimeoutError" in ours
     missing = sorted(ours - set(xnai_core.__all__))
     assert missing == []
+
+
+def test_every_exception_the_degradation_page_names_is_exported() -> None:
+    """docs/degradation.md tells callers to catch FlightTimeoutError, CacheClearError...:
+    each exception it names is a builtin or exported from xnai_core (and so from the
+    stack's path)."""
+    page = README.parent / "docs" / "degradation.md"
+    named = set(re.findall(r"`([A-Z]\w*(?:Error|Exception))`", page.read_text()))
+    ours = {name for name in named if not hasattr(builtins, name)}
+    assert "FlightTimeoutError" in ours
+    assert sorted(ours - set(xnai_core.__all__)) == []
+    core = importlib.import_module("app.XNAi_rag_app.core")
+    assert all(getattr(core, name) is getattr(xnai_core, name) for name in ours)

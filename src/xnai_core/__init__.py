@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 # (tests/test_health_imports.py checks that they agree).
 if TYPE_CHECKING:
     # --- circuit (issue 2, 3, 7) ---
+    from ._singleflight import FlightTimeoutError
     from .circuit.breaker import CircuitBreaker, fallback_return_none
     from .circuit.config import CircuitBreakerConfig
     from .circuit.errors import CallTimeoutError, CircuitOpenError
@@ -102,6 +103,7 @@ _EXPORTS: dict[str, str] = {
     "AllStrategiesFailedError": ".degradation.errors",
     "CacheClearError": ".degradation.errors",
     "ServiceTimeoutError": ".degradation.errors",
+    "FlightTimeoutError": "._singleflight",
     "StrategyDeclinedError": ".degradation.errors",
     "ServiceDegradationManager": ".degradation.manager",
     "ServiceSettings": ".degradation.manager",
@@ -178,6 +180,7 @@ __all__ = [
     "DegradationStrategy",
     "DegradedModeStrategy",
     "FallbackStrategy",
+    "FlightTimeoutError",
     "GuardAnswer",
     "HTTPHealthChecker",
     "HealthCheckError",

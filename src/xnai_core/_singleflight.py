@@ -11,7 +11,9 @@ Every flight has a deadline, ``deadline`` seconds after it started, and is share
 then:
 
 - a caller that joined stops waiting at the deadline with :class:`FlightTimeoutError` (a
-  ``TimeoutError``), so it never waits longer than the flight was meant to take;
+  ``TimeoutError``), so it never waits longer than the flight was meant to take; nor
+  longer than its own ``deadline`` (a flight started under a longer one, before a
+  service's timeout was shortened, does not hold a caller that expects less);
 - a caller arriving after the deadline does not join: it starts a fresh flight, so one hung
   call never blocks its key. The late flight runs on for the caller that started it (whose
   call carries its own timeout, if it has one) and lands without disturbing the fresh one.
@@ -97,7 +99,7 @@ class SingleFlight(Generic[K, T]):
                 self.joined += 1
                 if on_join is not None:
                     on_join()
-                return await self._join(flight)
+                return await self._join(flight, min(flight.due, now + deadline), now)
             self.overdue += 1
         task = loop.create_task(_await(call))
         flight = _Flight(task, float(deadline), now + deadline)
@@ -106,8 +108,8 @@ class SingleFlight(Generic[K, T]):
         self.started += 1
         return await asyncio.shield(task)
 
-    async def _join(self, flight: _Flight[T]) -> T:
-        timeout = asyncio.timeout_at(flight.due)
+    async def _join(self, flight: _Flight[T], due: float, joined_at: float) -> T:
+        timeout = asyncio.timeout_at(due)
         try:
             async with timeout:
                 return await asyncio.shield(flight.task)
@@ -115,7 +117,9 @@ class SingleFlight(Generic[K, T]):
             if not timeout.expired():
                 raise  # the flight's own TimeoutError, shared like any outcome
         self.expired += 1
-        raise FlightTimeoutError(flight.deadline)
+        raise FlightTimeoutError(
+            flight.deadline if due == flight.due else round(due - joined_at, 6)
+        )
 
     def _land(self, key: K, task: asyncio.Task[T]) -> None:
         flight = self._flights.get(key)

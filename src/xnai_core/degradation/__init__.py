@@ -9,6 +9,7 @@ Modules, one concept each: ``manager`` (ServiceDegradationManager), ``protocols`
 
 from __future__ import annotations
 
+from .._singleflight import FlightTimeoutError
 from .cache import CacheBackend, CacheEntry, MemoryCache
 from .cache_first import CacheFirstStrategy
 from .call import CallInfo, ServiceCall, ServiceResult, last_call_info
@@ -36,6 +37,7 @@ __all__ = [
     "DegradationStrategy",
     "DegradedModeStrategy",
     "FallbackStrategy",
+    "FlightTimeoutError",
     "GuardAnswer",
     "MemoryCache",
     "PrimaryGuard",
