@@ -657,3 +657,144 @@ async def test_one_deadline_per_call_when_every_connection_goes_black(
     waits = await asyncio.gather(*first)
     assert max(waits) < 0.5 + 0.6, sorted(waits)[-3:]
     assert not store.available
+
+
+# -- cancellation through the public breaker -------------------------------------------
+
+
+async def test_a_trial_cancelled_mid_call_gives_its_permit_back_at_once(
+    breakers: Breakers, direct: aioredis.Redis
+) -> None:
+    """Half-open, one trial cluster-wide; the trial's caller goes away (an HTTP client
+    disconnects) while the protected call runs: the permit goes back now, so another
+    process runs the next trial long before the lease (default ~90 s) ends."""
+    clock = Clock()
+    here, there = breakers(
+        2, failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, clock=clock
+    )
+    assert await there.call(ok) == "ok"
+    with pytest.raises(Boom):
+        await here.call(boom)
+    clock.now += 5
+    entered = asyncio.Event()
+
+    async def hangs() -> None:
+        entered.set()
+        await asyncio.sleep(30)
+
+    trial = asyncio.create_task(here.call(hangs))
+    await asyncio.wait_for(entered.wait(), 10)
+    assert len(await trials_in_redis(direct)) == 1
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    await eventually(lambda: _no_trials(direct), timeout=5)
+    assert await there.call(ok) == "ok"
+
+
+async def test_a_trial_whose_caller_leaves_during_its_success_report_still_closes(
+    breakers: Breakers, direct: aioredis.Redis, fault_proxy: FaultProxy
+) -> None:
+    """The trial succeeded; its caller is cancelled while the success report is on the
+    wire (replies held 0.3 s): the report is not lost nor sent twice, the circuit closes
+    and no permit stays taken."""
+    clock = Clock()
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    here = create_redis_circuit_breaker(
+        "svc",
+        client,
+        failure_threshold=1,
+        recovery_timeout=5,
+        half_open_max_calls=1,
+        clock=clock,
+        op_timeout=2.0,
+    )
+    try:
+        assert await here.call(ok) == "ok"
+        with pytest.raises(Boom):
+            await here.call(boom)
+        clock.now += 5
+        reported = asyncio.Event()
+
+        async def succeeds() -> str:
+            fault_proxy.delay_replies(0.3, when=replies_to("EVALSHA"), count=1)
+            reported.set()
+            return "ok"
+
+        trial = asyncio.create_task(here.call(succeeds))
+        await asyncio.wait_for(reported.wait(), 10)
+        await asyncio.sleep(0.05)  # the report is on the wire
+        trial.cancel()
+        await asyncio.gather(trial, return_exceptions=True)
+        await eventually(lambda: _is(direct, "closed"), timeout=5)
+        assert await trials_in_redis(direct) == []
+        await eventually(lambda: here.state is CircuitState.CLOSED, timeout=5)
+    finally:
+        await here.close()
+        await client.aclose()
+
+
+# -- memory: names that only pass through pub/sub ---------------------------------------
+
+
+@pytest.mark.slow
+async def test_trips_of_names_this_process_never_uses_leave_its_memory_flat(
+    private_redis: PrivateRedis, direct: aioredis.Redis
+) -> None:
+    """Other processes trip thousands of distinct circuits (each trip is published on
+    the pattern this process subscribes to): this process, which serves one circuit,
+    keeps no per-name bookkeeping for names it never used. The trips are replayed as
+    raw PUBLISHes of a real trip message, so only this process's link allocates."""
+    import gc
+    import tracemalloc
+
+    client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    keeper = RedisStore(cfg(name="keeper"), client)
+    tripper = RedisStore(cfg(name="model", failure_threshold=1), direct)
+    listener = direct.pubsub()
+    try:
+        await keeper.start()
+        link: Any = keeper._link
+        assert link is not None
+        await listener.psubscribe("xnai:cb:*")
+        await fail_once(tripper)
+        payload = None
+        for _ in range(200):
+            message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if message is not None:
+                payload = message["data"]
+                break
+        assert payload is not None
+
+        async def trips(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                await direct.publish(f"xnai:cb:{{t-{n}}}", payload)
+
+        await trips(0, 500)
+        await asyncio.sleep(0.5)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        await trips(500, 2_000)
+        await asyncio.sleep(1.0)  # the messages reach this process's subscription
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        assert link.channels == 1
+        grown = sum(
+            stat.size_diff
+            for stat in after.compare_to(before, "filename")
+            if "xnai_core" in str(stat.traceback)
+        )
+        assert grown < 100_000, grown  # ~50 bytes a name would already be 100 KB
+    finally:
+        tracemalloc.stop()
+        await listener.aclose()
+        await tripper.close()
+        await keeper.close()
+        await client.aclose()
+
+
+async def fail_once(store: RedisStore) -> None:
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
