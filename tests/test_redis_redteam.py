@@ -455,8 +455,9 @@ async def test_random_dropped_replies_under_many_callers_keep_the_threshold_exac
     for p in procs:
         await p.start()
     reported = 0
+    dropped = 0
     for _ in range(3):
-        fault_proxy.drop_replies(
+        rule = fault_proxy.drop_replies(
             lambda c, cmd: cmd == "EVALSHA" and rng.random() < 0.33, count=None
         )
         calls = []
@@ -467,12 +468,14 @@ async def test_random_dropped_replies_under_many_callers_keep_the_threshold_exac
             calls.append(asyncio.create_task(p.record_failure(ticket)))
         await asyncio.gather(*calls)
         reported += 10
+        dropped += rule.hits
         fault_proxy.heal()
         for p in procs:
             await eventually(lambda p=p: p.available, timeout=15)  # type: ignore[misc]
         held = await hash_of(direct)
         assert held["state"] == "closed", (reported, held)
         assert int(held["failures"]) <= reported, (reported, held)
+    assert dropped > 0  # the attack happened
     held = await hash_of(direct)
     # Without an outage every report reached Redis exactly once.
     outages = sum(p.backend_metrics()["redis_outages"] for p in procs)
@@ -497,9 +500,12 @@ async def test_random_dropped_admissions_never_exceed_the_half_open_limit(
     assert ticket is not None
     await procs[0].record_failure(ticket)
     clock.now += 5
-    fault_proxy.drop_replies(lambda c, cmd: cmd == "EVALSHA" and rng.random() < 0.5, count=None)
+    rule = fault_proxy.drop_replies(
+        lambda c, cmd: cmd == "EVALSHA" and rng.random() < 0.5, count=None
+    )
     admissions = await asyncio.gather(*(p.acquire() for p in procs for _ in range(5)))
     fault_proxy.heal()
+    assert rule.hits > 0
     shared = [a.ticket for a in admissions if a.ticket is not None and a.ticket.epoch >= 0]
     assert len(shared) <= 2, shared
     assert len({t.permit for t in shared}) == len(shared)
@@ -632,11 +638,12 @@ async def test_many_concurrent_callers_in_three_processes_open_at_exactly_the_th
 
 
 async def test_one_deadline_per_call_when_every_connection_goes_black(
-    stores: Factory, fault_proxy: FaultProxy
+    stores: Factory, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every connection to Redis black-holed (no FIN, no RST) with calls in flight:
     each call (admission plus its report) waits at most op_timeout in total, give or
-    take a generous scheduling margin, and none sees a Redis error."""
+    take a generous scheduling margin, and none sees a Redis error; one WARNING."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
     store = stores(cfg(failure_threshold=100), op_timeout=0.5, resync_interval=3600)
     await store.start()
 
@@ -657,6 +664,7 @@ async def test_one_deadline_per_call_when_every_connection_goes_black(
     waits = await asyncio.gather(*first)
     assert max(waits) < 0.5 + 0.6, sorted(waits)[-3:]
     assert not store.available
+    assert len(warnings_of(caplog, "unreachable")) == 1  # one per outage, not per call
 
 
 # -- cancellation through the public breaker -------------------------------------------
