@@ -806,3 +806,25 @@ async def fail_once(store: RedisStore) -> None:
     admission = await store.acquire()
     assert admission.ticket is not None
     await store.record_failure(admission.ticket)
+
+
+async def test_a_forced_open_circuit_survives_a_restart_empty(
+    breakers: Breakers, direct: aioredis.Redis, private_redis: PrivateRedis
+) -> None:
+    """Forced open by an operator; Redis restarts without persistence: after the
+    reconnect Redis holds it forced open again, past recovery_timeout nobody half-opens."""
+    here, there = breakers(2, failure_threshold=5, recovery_timeout=1, resync_interval=0.2)
+    seen_here, seen_there = recorder(here), recorder(there)
+    assert await there.call(ok) == "ok"
+    await here.force_open()
+    await eventually(lambda: there.state is CircuitState.OPEN)
+    private_redis.kill()
+    private_redis.start()
+    await eventually(lambda: _is(direct, "open"), timeout=15)
+    await asyncio.sleep(1.5)
+    assert (await hash_of(direct)).get("forced") == "1"
+    assert [here.state, there.state] == [CircuitState.OPEN] * 2
+    with pytest.raises(CircuitOpenError):
+        await there.call(ok)
+    assert [s for s in seen_here + seen_there if s[1] != "open"] == []
+    assert seen_there  # the listener did hear the forced open
