@@ -828,3 +828,106 @@ async def test_a_forced_open_circuit_survives_a_restart_empty(
         await there.call(ok)
     assert [s for s in seen_here + seen_there if s[1] != "open"] == []
     assert seen_there  # the listener did hear the forced open
+
+
+async def test_a_flush_during_a_trial_leaves_a_consistent_circuit_everywhere(
+    breakers: Breakers, direct: aioredis.Redis
+) -> None:
+    """FLUSHDB while a half-open trial runs: whatever its report meets, Redis ends
+    with a well-formed hash that holds no permit, and every process agrees with it
+    (no wedged half-open, no second trial beyond the limit)."""
+    clock = Clock()
+    here, there = breakers(
+        2,
+        failure_threshold=1,
+        recovery_timeout=5,
+        half_open_max_calls=1,
+        clock=clock,
+        resync_interval=0.2,
+    )
+    assert await there.call(ok) == "ok"
+    with pytest.raises(Boom):
+        await here.call(boom)
+    clock.now += 5
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def trial() -> str:
+        entered.set()
+        await release.wait()
+        return "ok"
+
+    running = asyncio.create_task(here.call(trial))
+    await asyncio.wait_for(entered.wait(), 10)
+    await direct.flushdb()
+    await asyncio.sleep(0.5)
+    release.set()
+    assert await running == "ok"
+    await eventually(lambda: _agreed(direct, here, there), timeout=10)
+    assert await trials_in_redis(direct) == []
+    assert await there.call(ok) == "ok"
+    assert await here.call(ok) == "ok"
+
+
+async def _agreed(direct: aioredis.Redis, *made: Any) -> bool:
+    state = await state_in_redis(direct)
+    return state is not None and all(b.state.value == state for b in made)
+
+
+async def test_a_trial_report_held_by_client_pause_leaks_no_permit(
+    breakers: Breakers, direct: aioredis.Redis
+) -> None:
+    """A half-open trial succeeds while Redis is paused for writes (CLIENT PAUSE 1500
+    WRITE, op_timeout 0.3 s): the caller gets its result at once, and once the pause
+    ends no permit stays taken and every process agrees with Redis."""
+    clock = Clock()
+    here, there = breakers(
+        2,
+        failure_threshold=1,
+        recovery_timeout=5,
+        half_open_max_calls=1,
+        clock=clock,
+        resync_interval=0.2,
+        op_timeout=0.3,
+    )
+    assert await there.call(ok) == "ok"
+    with pytest.raises(Boom):
+        await here.call(boom)
+    clock.now += 5
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def trial() -> str:
+        entered.set()
+        await release.wait()
+        return "ok"
+
+    running = asyncio.create_task(here.call(trial))
+    await asyncio.wait_for(entered.wait(), 10)
+    await direct.client_pause(1500, all=False)
+    release.set()
+    started = time.monotonic()
+    assert await running == "ok"
+    assert time.monotonic() - started < 1.4  # never the whole pause
+    await eventually(lambda: _no_trials(direct), timeout=10)
+    await eventually(lambda: _agreed(direct, here, there), timeout=10)
+    assert await there.call(ok) == "ok"
+
+
+async def test_a_stall_is_not_taken_for_a_silent_subscription(
+    stores: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop blocks 1.2 s (past the heartbeat's 1 s deadline) just after the idle
+    subscription was PINGed: the PONG waits in the socket, so this is no silence: no
+    WARNING, no replaced subscription, no outage."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    store = stores(cfg(), proxied=False, resync_interval=3600)
+    await store.start()
+    assert store.available
+    for pause in (0.42, 0.45, 0.5, 0.6):
+        await asyncio.sleep(pause)  # quiet: the heartbeat PINGs at 0.4 s
+        asyncio.get_running_loop().call_soon(time.sleep, 1.2)  # a blocking callback
+        await asyncio.sleep(0.3)
+    assert store.backend_metrics()["redis_subscription_silences"] == 0
+    assert warnings_of(caplog, "silent") == []
+    assert store.backend_metrics()["redis_outages"] == 0
