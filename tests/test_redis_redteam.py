@@ -297,6 +297,33 @@ async def test_an_open_circuit_evicted_under_allkeys_lru_is_written_back(
 # -- connections cut by the server ----------------------------------------------------
 
 
+async def test_client_kill_type_pubsub_is_followed_by_resubscribe_and_resync(
+    stores: Factory, direct: aioredis.Redis
+) -> None:
+    """CLIENT KILL TYPE pubsub, then another process trips the circuit at once (its
+    message may be lost in the gap): without a periodic resync this process still
+    learns it, by the resync after re-subscribing, and later trips reach it by pub/sub."""
+    config = cfg(failure_threshold=1, recovery_timeout=1)
+    clock = Clock()
+    here = stores(config, proxied=False, resync_interval=3600, clock=clock)
+    there = stores(config, proxied=False, clock=clock)
+    await here.start()
+    await there.start()
+    assert here.available
+    killed = await direct.client_kill_filter(_type="pubsub")
+    assert int(killed) >= 1
+    admission = await there.acquire()
+    assert admission.ticket is not None
+    await there.record_failure(admission.ticket)
+    await eventually(lambda: here.snapshot().state is CircuitState.OPEN, timeout=6)
+    # The new subscription carries later news: half-open + close by the other process.
+    clock.now += 2
+    trial = await there.acquire()
+    assert trial.ticket is not None
+    await there.record_success(trial.ticket)
+    await eventually(lambda: here.snapshot().state is CircuitState.CLOSED, timeout=6)
+
+
 async def test_client_kill_type_normal_mid_burst_counts_each_failure_once(
     stores: Factory, direct: aioredis.Redis
 ) -> None:
