@@ -303,7 +303,7 @@ async def test_client_kill_type_pubsub_is_followed_by_resubscribe_and_resync(
     """CLIENT KILL TYPE pubsub, then another process trips the circuit at once (its
     message may be lost in the gap): without a periodic resync this process still
     learns it, by the resync after re-subscribing, and later trips reach it by pub/sub."""
-    config = cfg(failure_threshold=1, recovery_timeout=1)
+    config = cfg(failure_threshold=1, recovery_timeout=1, half_open_max_calls=1)
     clock = Clock()
     here = stores(config, proxied=False, resync_interval=3600, clock=clock)
     there = stores(config, proxied=False, clock=clock)
