@@ -220,3 +220,69 @@ async def test_idle_workers_end_and_come_back() -> None:
         assert await runner.call(lambda: 2, timeout=5.0) == 2
     finally:
         runner.close()
+
+
+async def test_notify_queues_a_busy_sync_handler_instead_of_dropping_the_page(
+    dispatcher: Dispatcher,
+) -> None:
+    """Three notices at once to one slow sync handler: all delivered, one at a time, in order."""
+    gate = Hung()
+    delivered: list[int] = []
+    running = 0
+    overlapped = False
+
+    def handler(n: int) -> None:
+        nonlocal running, overlapped
+        running += 1
+        overlapped = overlapped or running > 1
+        if n == 0:
+            gate(n)
+        delivered.append(n)
+        running -= 1
+
+    tasks = [
+        asyncio.create_task(dispatcher.notify(handler, n, timeout=10.0, what="alert handler"))
+        for n in range(3)
+    ]
+    await wait_until(gate.entered.is_set)
+    await asyncio.sleep(0.05)  # the later two are waiting their turn, not refused
+    assert not any(t.done() for t in tasks)
+    gate.release.set()
+    assert await asyncio.gather(*tasks) == [True, True, True]
+    assert delivered == [0, 1, 2]
+    assert not overlapped
+    assert dispatcher.dropped == 0
+
+
+async def test_notify_drops_loudly_behind_a_hung_handler_and_counts_it(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler hung past its timeout: a later notice is refused at once, logged and counted."""
+    hung = Hung()
+    assert not await dispatcher.notify(hung, timeout=0.05, what="alert handler")
+    assert not await dispatcher.notify(hung, timeout=5.0, what="alert handler")
+    assert hung.calls == 1
+    assert dispatcher.dropped == 1
+    assert "skipped: its previous call is still running" in caplog.text
+    hung.release.set()
+    await wait_until(lambda: dispatcher.running_in_threads() == 0)
+    assert await dispatcher.notify(hung, timeout=5.0, what="alert handler")
+
+
+async def test_notify_queue_per_handler_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Past max_queued waiting calls of one handler, more are refused loudly and counted."""
+    runner = Dispatcher(max_workers=1, name="test-bounded-queue", max_queued=2)
+    gate = Hung()
+    try:
+        tasks = [
+            asyncio.create_task(runner.notify(gate, timeout=10.0, what="alert handler"))
+            for _ in range(5)
+        ]
+        await wait_until(lambda: sum(t.done() for t in tasks) == 2)
+        assert runner.dropped == 2
+        gate.release.set()
+        assert sorted(await asyncio.gather(*tasks)) == [False, False, True, True, True]
+        assert gate.calls == 3
+    finally:
+        gate.release.set()
+        runner.close()

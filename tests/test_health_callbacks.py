@@ -172,3 +172,40 @@ def test_a_stuck_handler_holds_back_only_itself() -> None:
         await monitor.stop_monitoring()
 
     run_virtual(scenario())
+
+
+async def test_a_slow_sync_alert_handler_gets_every_page_when_services_fail_at_once() -> None:
+    """Three services fail at once, one sync handler still busy with the first page: no page lost.
+
+    The per-service alert lanes call the handler concurrently; its calls queue (one at
+    a time, never two at once) instead of being refused while the first is running.
+    """
+    blocking = Blocking()
+    received: list[str] = []
+
+    def pager(alert: Alert) -> None:
+        if not received:
+            blocking()
+        received.append(alert.service)
+
+    async with LoopbackHTTPServer() as server:
+        server.status = 500
+        monitor = HealthMonitor(
+            check_interval=60.0, failure_threshold=1, alert_handler_timeout=10.0
+        )
+        for n in range(3):
+            monitor.add_checker(HTTPHealthChecker(f"svc{n}", server.url, timeout=1.0))
+        monitor.add_alert_handler(pager)
+        await asyncio.gather(*(monitor.trigger_manual_check(f"svc{n}") for n in range(3)))
+        try:
+            await wait_until(blocking.entered.is_set)
+            await asyncio.sleep(
+                0.1
+            )  # the other pages arrive while the first is still with the pager
+            blocking.release.set()
+            await wait_until(lambda: len(received) == 3)
+            assert sorted(received) == ["svc0", "svc1", "svc2"]
+        finally:
+            blocking.release.set()
+            await monitor.drain_notifications()
+            await monitor.stop_monitoring()

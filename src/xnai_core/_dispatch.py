@@ -9,10 +9,17 @@ the caller's event loop:
 - a sync callback runs on one of the dispatcher's own worker threads (a bounded
   pool owned by whoever owns the dispatcher, never the loop's default executor,
   where DNS lookups queue), and the caller stops waiting after ``timeout``;
-- a sync callback whose earlier call is still running in a thread (hung past its
-  timeout) is not started again until that call returns
-  (:class:`CallbackBusyError`): one hung callback holds at most one thread;
-- a call that timed out while still queued for a worker never runs.
+- a sync callback never runs twice at once. :meth:`Dispatcher.call` refuses a
+  call while an earlier one of the same function is still running
+  (:class:`CallbackBusyError`): one hung callback holds at most one thread, and a
+  recovery action or check is never started beside its stuck self.
+  :meth:`Dispatcher.notify` instead queues the call behind the running one (one
+  queue per function, at most ``max_queued`` waiting), so a slow alert handler
+  still receives every page, in order. A queued call's ``timeout`` covers its wait.
+  Once the running call has outlived its caller's timeout (hung), later calls
+  are refused at once; refused calls and calls whose timeout expired while still
+  waiting are logged at ERROR and counted in :attr:`Dispatcher.dropped`;
+- a call that timed out while still queued (for its turn or for a worker) never runs.
 
 :meth:`Dispatcher.call` returns the callback's value or raises its error (for
 callers that need the outcome, such as a recovery action); :meth:`Dispatcher.notify`
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -154,6 +162,17 @@ class _Workers:
             self._jobs.put(None)
 
 
+class _Turns:
+    """One function's sync calls: at most one running, the rest waiting in order."""
+
+    __slots__ = ("overdue", "running", "waiting")
+
+    def __init__(self) -> None:
+        self.running = False
+        self.overdue = False  # the running call outlived its caller's timeout
+        self.waiting: deque[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = deque()
+
+
 class Dispatcher:
     """Runs user callbacks off the event loop, each bounded, one thread per hung callback.
 
@@ -170,14 +189,19 @@ class Dispatcher:
         name: str = "xnai-callback",
         log: logging.Logger | None = None,
         idle_timeout: float = 30.0,
+        max_queued: int = 64,
     ) -> None:
         self._max_workers = check_int("max_workers", max_workers, 1)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
+        self._max_queued = check_int("max_queued", max_queued, 0)
         self._name = name
         self._log = log or logger
         self._workers: _Workers | None = None
-        self._busy: set[object] = set()
-        self._busy_lock = threading.Lock()
+        # Per function: its calls started or waiting. Reentrant: a worker future's
+        # done-callback may run at once, inside the lock's holder.
+        self._turns: dict[object, _Turns] = {}
+        self._busy_lock = threading.RLock()
+        self._dropped = 0
 
     @property
     def max_workers(self) -> int:
@@ -187,20 +211,30 @@ class Dispatcher:
     def running_in_threads(self) -> int:
         """Sync callbacks started or queued and not yet returned (hung ones included)."""
         with self._busy_lock:
-            return len(self._busy)
+            return len(self._turns)
 
-    async def call(self, func: Callable[..., Any], /, *args: Any, timeout: float | None) -> Any:
+    @property
+    def dropped(self) -> int:
+        """Queued calls that never ran: refused (hung call, full queue) or timed out waiting."""
+        with self._busy_lock:
+            return self._dropped
+
+    async def call(
+        self, func: Callable[..., Any], /, *args: Any, timeout: float | None, queue: bool = False
+    ) -> Any:
         """``func(*args)``, awaited if async, in a worker thread if sync; bounded by ``timeout``.
 
         Returns its value (an awaitable returned by a sync function is awaited
         too, within the same bound). Raises its exception, ``TimeoutError`` after
         ``timeout`` seconds (a sync call keeps running in its thread until it
-        returns) or :class:`CallbackBusyError`.
+        returns) or :class:`CallbackBusyError`: at once while an earlier call of
+        ``func`` runs, or with ``queue=True`` only when that call is hung past its
+        caller's timeout or ``max_queued`` calls already wait for their turn.
         """
         async with asyncio.timeout(timeout):
             if is_async_callable(func):
                 return await func(*args)
-            value = await self._in_thread(func, args)
+            value = await self._in_thread(func, args, queue)
             if inspect.isawaitable(value):
                 value = await value
             return value
@@ -214,7 +248,7 @@ class Dispatcher:
         Cancellation still propagates.
         """
         try:
-            await self.call(func, *args, timeout=timeout)
+            await self.call(func, *args, timeout=timeout, queue=True)
         except TimeoutError:
             self._log.error(
                 "%s did not finish within %gs (%s)",
@@ -225,10 +259,11 @@ class Dispatcher:
             )
         except CallbackBusyError:
             self._log.error(
-                "%s skipped: its previous call is still running (%s)",
+                "%s skipped: its previous call is still running (%s; %d dropped so far)",
                 what,
                 _describe(func),
-                extra={"xnai.callback": _describe(func)},
+                self.dropped,
+                extra={"xnai.callback": _describe(func), "xnai.dropped": self.dropped},
             )
         except Exception:
             self._log.exception(
@@ -238,31 +273,78 @@ class Dispatcher:
             return True
         return False
 
-    async def _in_thread(self, func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    async def _in_thread(self, func: Callable[..., Any], args: tuple[Any, ...], queue: bool) -> Any:
         key = _key(func)
-        with self._busy_lock:
-            if key in self._busy:
-                raise CallbackBusyError(
-                    f"previous call of {_describe(func)} is still running in its thread"
-                )
-            self._busy.add(key)
-
-        def done(_: concurrent.futures.Future[Any]) -> None:
-            # Runs when the call returns, raises, or is cancelled before it started.
-            with self._busy_lock:
-                self._busy.discard(key)
-
+        outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         context = contextvars.copy_context()
+        call = functools.partial(context.run, func, *args)
+        with self._busy_lock:
+            turns = self._turns.get(key)
+            if turns is not None:
+                if not queue or turns.overdue or len(turns.waiting) >= self._max_queued:
+                    if queue:
+                        self._dropped += 1
+                    why = "hung" if turns.overdue else "still running"
+                    raise CallbackBusyError(
+                        f"previous call of {_describe(func)} is {why} in its thread"
+                    )
+            else:
+                turns = self._turns[key] = _Turns()
+            turns.waiting.append((outer, call))
+            if not turns.running:
+                self._start_next(key, turns)
         try:
-            if self._workers is None:
-                self._workers = _Workers(self._max_workers, self._name, self._idle_timeout)
-            future = self._workers.submit(functools.partial(context.run, func, *args))
-        except BaseException:
-            done(concurrent.futures.Future())
+            # Cancelling the wrapper cancels a call still waiting; a running one finishes.
+            return await asyncio.wrap_future(outer)
+        except asyncio.CancelledError:
+            with self._busy_lock:
+                if outer.cancelled():
+                    if queue:
+                        self._dropped += 1  # gave up waiting: this call never runs
+                elif self._turns.get(key) is turns:
+                    turns.overdue = True  # its caller gave up on it: later ones are refused
             raise
-        future.add_done_callback(done)
-        # Cancelling the wrapper cancels a job still queued; a running one finishes.
-        return await asyncio.wrap_future(future)
+
+    def _start_next(self, key: object, turns: _Turns) -> None:
+        """Hand the next call still wanted to a worker (the lock is held)."""
+        while turns.waiting:
+            outer, call = turns.waiting.popleft()
+            if outer.cancelled():
+                continue  # its caller gave up while it waited
+            turns.running = True
+            turns.overdue = False
+
+            def run(outer: concurrent.futures.Future[Any] = outer, call: Any = call) -> None:
+                if not outer.set_running_or_notify_cancel():
+                    return  # timed out while queued for a worker: never runs
+                try:
+                    result = call()
+                except BaseException as exc:
+                    outer.set_exception(exc)
+                else:
+                    outer.set_result(result)
+
+            def finished(inner: concurrent.futures.Future[Any], outer: Any = outer) -> None:
+                # The call returned, raised, was skipped, or the workers shut down.
+                if inner.exception() is not None and not outer.done():
+                    with contextlib.suppress(concurrent.futures.InvalidStateError):
+                        outer.set_exception(inner.exception())
+                with self._busy_lock:
+                    turns.running = False
+                    self._start_next(key, turns)
+
+            try:
+                if self._workers is None:
+                    self._workers = _Workers(self._max_workers, self._name, self._idle_timeout)
+                inner = self._workers.submit(run)
+            except BaseException as exc:
+                turns.running = False
+                outer.set_exception(exc)
+                continue
+            inner.add_done_callback(finished)
+            return
+        if self._turns.get(key) is turns:
+            del self._turns[key]
 
     def close(self) -> None:
         """End the worker threads (busy ones after their current call); reusable after."""
