@@ -142,8 +142,10 @@ class PeerEscalatesAfterFirstLook(RecoveryCoordinator):
         await self._peer_gives_up(service_name)
         return found
 
-    async def take_turn(self, service_name: str, ttl: float, *, lag: float = 0.0) -> Turn | None:
-        turn = await super().take_turn(service_name, ttl, lag=lag)
+    async def take_turn_settling(
+        self, service_name: str, ttl: float, *, lag: float = 0.0
+    ) -> tuple[Turn, float] | None:
+        turn = await super().take_turn_settling(service_name, ttl, lag=lag)
         await self._peer_gives_up(service_name)
         return turn
 

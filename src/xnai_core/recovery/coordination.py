@@ -62,9 +62,9 @@ return 1
 """
 
 # KEYS[1] lease, KEYS[2] latch, KEYS[3] settle; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] lag ms.
-# Like ACQUIRE, but answers -1 and takes nothing while the service is latched, and 2 while
-# another process's last action or recovery of it (the settle record: "token|at ms|window
-# ms", at in Redis's own time) is younger than its window plus the caller's lag. One step,
+# Like ACQUIRE, but answers -1 and takes nothing while the service is latched, and {2, ms
+# left} while another process's last action or recovery of it (the settle record: "token|at
+# ms|window ms", at in Redis's own time) is younger than its window plus the caller's lag. One step,
 # so a peer that latches (or settles) and then releases its lease can never hand the lease
 # to a process that looked before.
 TAKE_TURN = """
@@ -83,8 +83,9 @@ if record then
       redis.call('SET', KEYS[3], owner .. '|' .. now .. '|' .. window, 'KEEPTTL')
       since = now
     end
-    if since + tonumber(window) + tonumber(ARGV[3]) > now then
-      return 2
+    local left = since + tonumber(window) + tonumber(ARGV[3]) - now
+    if left > 0 then
+      return {2, left}
     end
   end
 end
@@ -240,6 +241,15 @@ class RecoveryCoordinator:
         gap in which the holder can latch and release: the lease would then be taken for
         a service already escalated, and restarted once more.
         """
+        found = await self.take_turn_settling(service_name, ttl, lag=lag)
+        return None if found is None else found[0]
+
+    async def take_turn_settling(
+        self, service_name: str, ttl: float, *, lag: float = 0.0
+    ) -> tuple[Turn, float] | None:
+        """:meth:`take_turn`, with the seconds a :attr:`Turn.SETTLING` answer has left (0.0
+        for the others), so the caller can keep honouring a peer's settling action should
+        Redis lose the record (flushed, restarted empty, evicted, its clock stepped)."""
         ms = max(1, int(ttl * 1000))
         keys = [
             self.lease_key(service_name),
@@ -254,7 +264,9 @@ class RecoveryCoordinator:
             self._unreachable(exc)
             return None
         self._reachable()
-        return _TURNS[int(found)]
+        if isinstance(found, list):
+            return _TURNS[int(found[0])], max(0.0, int(found[1]) / 1000)
+        return _TURNS[int(found)], 0.0
 
     async def settle(self, service_name: str, window: float) -> bool:
         """Record that this process acts on the service now (``window``: until its grace

@@ -248,11 +248,17 @@ class EpisodeRunner:
             return True
         # One step: a peer that latches and then releases between a separate latch check
         # and lease grab would hand us the lease for a service it already escalated.
-        turn = await coordinator.take_turn(
-            svc.name,
-            self._lease_ttl(rule.timeout + self.grace(rule, svc.name)),
-            lag=self.lag(svc.name),
-        )
+        if self._clock() < svc.peer_settled_until:
+            turn: Turn | None = Turn.SETTLING  # seen in Redis before; it may have lost it since
+        else:
+            found = await coordinator.take_turn_settling(
+                svc.name,
+                self._lease_ttl(rule.timeout + self.grace(rule, svc.name)),
+                lag=self.lag(svc.name),
+            )
+            turn = None if found is None else found[0]
+            if found is not None and found[0] is Turn.SETTLING:
+                svc.peer_settled_until = self._clock() + found[1]
         if turn is Turn.LATCHED:
             # Which reset would lift it: read with the latch, so a reset in between shows.
             view = await coordinator.latch_state(svc.name)

@@ -97,6 +97,9 @@ class ServiceState:
         self.verifying: Verifying | None = None
         self.peer_until = -math.inf  # a peer's turn or settling action: not before this
         self.peer_settling = False  # ... and it is a settling action: our view may lag
+        # A peer's settling action as last seen in Redis, on our clock: honoured even if
+        # Redis then loses the record (flushed, restarted empty), so we never repeat it.
+        self.peer_settled_until = -math.inf
         self.pending = 0  # attempts made and not yet judged
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

@@ -1,0 +1,94 @@
+"""Replicas act once per outage even when Redis loses the coordination keys mid-episode.
+
+A private redis-server (flushed, or restarted empty, while the holder's restart settles):
+the peer already saw the holder's settle record, so it keeps honouring it from its own
+clock and does not restart the service the holder just restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import PrivateRedis
+from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+
+
+def _replica(
+    who: str, client: aioredis.Redis, restarts: list[str], verify_interval: float
+) -> RecoveryManager:
+    manager = RecoveryManager(
+        verify_interval=verify_interval, coordinator=RecoveryCoordinator(client, key_prefix="lost")
+    )
+
+    async def restart(service: str) -> None:
+        restarts.append(who)
+
+    manager.add_rule(
+        RecoveryRule(
+            "web",
+            "restart_service",
+            recovery_func=restart,
+            failure_threshold=1,
+            backoff_base=0.1,
+            backoff_max=0.1,
+            cooldown=0.0,
+            grace_period=3.0,
+            stable_period=10.0,
+            timeout=1.0,
+        )
+    )
+    return manager
+
+
+async def _until(predicate: Callable[[], bool], bound: float = 10.0) -> None:
+    deadline = time.monotonic() + bound
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def _state(manager: RecoveryManager) -> object:
+    return manager.get_recovery_stats()["services"]["web"]["state"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("loss", ["flushdb", "restart_empty"])
+async def test_coordination_keys_lost_mid_grace_do_not_buy_a_second_restart(
+    private_redis: PrivateRedis, loss: str
+) -> None:
+    """The holder restarted the service and waits for health; Redis loses every key; the
+    peer, still seeing the service down, does not restart it again within the settle window."""
+    restarts: list[str] = []
+    clients = [aioredis.Redis(host="127.0.0.1", port=private_redis.port) for _ in range(2)]
+    # The holder renews its lease slowly (every 0.75 s of its grace), the peer looks every
+    # 0.05 s: after the loss, the peer looks before the holder writes anything back.
+    holder = _replica("holder", clients[0], restarts, verify_interval=1.0)
+    peer = _replica("peer", clients[1], restarts, verify_interval=0.05)
+    try:
+        await holder.on_status_change("web", "healthy", "unhealthy", None)
+        await _until(lambda: _state(holder) == "verifying")
+        await peer.on_status_change("web", "healthy", "unhealthy", None)
+        await _until(
+            lambda: peer.get_recovery_stats()["services"]["web"]["deferred_to_peer"] == 1  # type: ignore[index]
+        )
+        if loss == "flushdb":
+            await clients[0].flushdb()
+        else:
+            private_redis.kill()
+            private_redis.start()
+        await asyncio.sleep(1.0)  # twenty of the peer's polls
+        assert restarts == ["holder"]
+        for manager in (holder, peer):
+            await manager.on_status_change("web", "unhealthy", "healthy", None)
+        for manager in (holder, peer):
+            await manager.wait_idle()
+        assert restarts == ["holder"]
+    finally:
+        for manager in (holder, peer):
+            await manager.aclose()
+        for client in clients:
+            await client.aclose()
