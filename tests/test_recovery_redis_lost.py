@@ -56,12 +56,13 @@ def _state(manager: RecoveryManager) -> object:
     return manager.get_recovery_stats()["services"]["web"]["state"]  # type: ignore[index]
 
 
-@pytest.mark.parametrize("loss", ["flushdb", "restart_empty"])
+@pytest.mark.parametrize("loss", ["flushdb", "restart_empty", "clock_forward"])
 async def test_coordination_keys_lost_mid_grace_do_not_buy_a_second_restart(
     private_redis: PrivateRedis, loss: str
 ) -> None:
-    """The holder restarted the service and waits for health; Redis loses every key; the
-    peer, still seeing the service down, does not restart it again within the settle window."""
+    """The holder restarted the service and waits for health; Redis loses every key (or its
+    clock jumps so the record looks stale); the peer, still seeing the service down, does
+    not restart it again within the settle window it saw."""
     restarts: list[str] = []
     clients = [aioredis.Redis(host="127.0.0.1", port=private_redis.port) for _ in range(2)]
     # The holder renews its lease slowly (every 0.75 s of its grace), the peer looks every
@@ -77,9 +78,20 @@ async def test_coordination_keys_lost_mid_grace_do_not_buy_a_second_restart(
         )
         if loss == "flushdb":
             await clients[0].flushdb()
-        else:
+        elif loss == "restart_empty":
             private_redis.kill()
             private_redis.start()
+        else:
+            # Redis's clock steps an hour forward: the record looks an hour older and the
+            # lease (expiry follows the same clock) is gone.
+            coordinator = RecoveryCoordinator(clients[0], key_prefix="lost")
+            raw = await clients[0].get(coordinator.settle_key("web"))
+            assert isinstance(raw, bytes)
+            record = raw.decode()
+            owner, at, window = record.rsplit("|", 2)
+            stepped = f"{owner}|{int(at) - 3_600_000}|{window}"
+            await clients[0].set(coordinator.settle_key("web"), stepped, keepttl=True)
+            await clients[0].delete(coordinator.lease_key("web"))
         await asyncio.sleep(1.0)  # twenty of the peer's polls
         assert restarts == ["holder"]
         for manager in (holder, peer):
