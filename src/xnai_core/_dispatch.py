@@ -326,7 +326,7 @@ class Dispatcher:
 
             def finished(inner: concurrent.futures.Future[Any], outer: Any = outer) -> None:
                 # The call returned, raised, was skipped, or the workers shut down.
-                if inner.exception() is not None and not outer.done():
+                if not inner.cancelled() and inner.exception() is not None and not outer.done():
                     with contextlib.suppress(concurrent.futures.InvalidStateError):
                         outer.set_exception(inner.exception())
                 with self._busy_lock:
