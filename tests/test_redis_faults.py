@@ -711,3 +711,70 @@ async def test_a_full_pool_through_the_proxy_is_no_outage(
     finally:
         await store.close()
         await client.aclose()
+
+
+# -- 19. a trial whose report was lost does not hold its permit for its lease ----------
+
+
+async def test_19_a_trial_whose_success_report_is_lost_gives_its_permit_back(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """The SUCCESS of a half-open trial never reaches Redis (its connection goes
+    silent, and stays so: redis-py never resends it): once Redis answers again the
+    report is resolved by its request id, so the permit is not held for the whole
+    lease (60 s, on a clock that never moves)."""
+    clock = Clock()
+    config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2, half_open_lease=60)
+    store = stores(config, clock=clock, op_timeout=0.3)
+    await trip_and_half_open(store, clock)
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    assert admission.ticket.permit > 0
+    assert await trials_in_redis(direct) == [f"trial:{admission.ticket.permit}"]
+    assert fault_proxy.black_hole() >= 1  # new connections pass: Redis is back at once
+    await store.record_success(admission.ticket)
+    await eventually(lambda: store.available, timeout=10)
+    # Before the fix the permit stayed taken ~5 s after Redis answered again (until
+    # something else happened to free the silent send); resolved by request id, it
+    # goes back within a fraction of a second.
+    await eventually(lambda: _no_trials(direct), timeout=2.5)
+    assert await stored(direct, "state", "successes") == ["half_open", "1"]
+
+
+# -- 20. an open made here on a stale state is not pushed over a newer circuit ---------
+
+
+async def test_20_an_open_made_on_a_stale_state_is_not_written_over_a_newer_circuit(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """This process counted one failure in Redis, then lost Redis (silent connections).
+    Elsewhere that failure and another opened the circuit, which recovered and closed
+    (a newer epoch). Here, a failure reported on the stale epoch opens it locally. On
+    reconnect that open must not be written back: it rests on failures Redis already
+    counted (threshold 2, so it would count them twice); Redis's newer state wins."""
+    clock = Clock()
+    config = cfg(failure_threshold=2, recovery_timeout=5, half_open_max_calls=1)
+    here = stores(config, clock=clock, op_timeout=0.3, resync_interval=3600)
+    there = stores(config, proxied=False, clock=clock, op_timeout=2.0, resync_interval=3600)
+    await here.start()
+    await there.start()
+    stale = Ticket(here.snapshot().epoch)
+    await here.record_failure(stale)
+    assert await stored(direct, "state", "failures") == ["closed", "1"]
+    assert fault_proxy.black_hole() >= 1  # every connection of this process goes silent
+    fault_proxy.drop_replies(replies_to("HELLO"), count=None)  # and it cannot reconnect
+    await there.sync()
+    await there.record_failure(Ticket(there.snapshot().epoch))
+    assert there.snapshot().state is CircuitState.OPEN
+    clock.now += 5
+    trial = await there.acquire()
+    assert trial.ticket is not None
+    await there.record_success(trial.ticket)
+    assert await stored(direct, "state", "failures") == ["closed", "0"]
+    await here.record_failure(stale)  # unanswered: Redis is away, counted here
+    await eventually(lambda: here.snapshot().state is CircuitState.OPEN, timeout=5)
+    assert not here.available
+    fault_proxy.heal()
+    await eventually(lambda: here.available, timeout=10)
+    assert await stored(direct, "state", "failures") == ["closed", "0"]
+    assert here.snapshot().state is CircuitState.CLOSED

@@ -422,19 +422,23 @@ RECONCILE_BODY = """
 -- RECONCILE: after an outage, keep a circuit this process opened while Redis was away.
 -- ARGV[9] 1 to push an open circuit; ARGV[10] the lineage the caller last saw ('' none);
 -- ARGV[11] 1 if it opened while Redis was away; ARGV[12] failures; ARGV[13] opened_at (us);
--- ARGV[14] forced (0/1); ARGV[15] 1 if it was forced open while Redis was away.
+-- ARGV[14] forced (0/1); ARGV[15] 1 if it was forced open while Redis was away;
+-- ARGV[16] the epoch of the state its local decisions started from.
 -- Rule: a circuit forced open during the outage is pushed over anything but a forced
 -- open one (an operator's order is not undone by a reconnect). Any other open circuit
--- is pushed only over a closed one, and only if the caller opened it during the
--- outage or Redis lost the lineage the caller knew (flushed, restarted empty).
--- Otherwise Redis wins.
+-- is pushed only over a closed one, and only if Redis lost the lineage the caller
+-- knew (flushed, restarted empty), or the caller opened it during the outage from
+-- the very state Redis still holds (same lineage and epoch): if Redis moved on
+-- meanwhile (it opened, recovered, was reset), the failures the caller counted were
+-- already counted there, or belong to a state that is over. Otherwise Redis wins.
 local changed = note ~= ''
 local push = false
 if ARGV[9] == '1' then
   if ARGV[15] == '1' and ARGV[14] == '1' then
     push = not (s.state == 'open' and s.forced == 1)
   else
-    push = s.state == 'closed' and (ARGV[11] == '1' or s.gen ~= ARGV[10])
+    local same = s.gen == ARGV[10] and s.epoch == tonumber(ARGV[16] or '')
+    push = s.state == 'closed' and (s.gen ~= ARGV[10] or (ARGV[11] == '1' and same))
   end
 end
 if push then

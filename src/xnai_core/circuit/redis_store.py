@@ -58,6 +58,11 @@ DEFAULT_OP_TIMEOUT = 0.25
 DEFAULT_RESYNC_INTERVAL = 5.0
 # A reconcile is run again when the circuit changes here during its round trip.
 _RECONCILE_TRIES = 3
+# Reports whose lost answer is resolved in the background by resending their request.
+_REPORTS = frozenset({"success", "failure", "release"})
+# A request is resent only within this long of its first send (seconds): the request
+# log keeps an answer for 60 s (HORIZON in redis_scripts), so a resend finds it.
+_RESEND_HORIZON = 30.0
 # Answers received, acknowledged in the next script (older ones simply expire).
 _MAX_ACKS = 64
 # What is left of the op_timeout of the call this task is making: set by acquire()
@@ -77,11 +82,15 @@ class Synced:
 class Local:
     """Deciding on the mirror alone with the machine: before the first sync
     (``cause`` "starting") or while Redis is away ("outage"). What the outage rule
-    needs on return: whether the circuit opened here, or was forced open here."""
+    needs on return: whether the circuit opened here, or was forced open here, and
+    the epoch of Redis's state the local decisions started from (``based_on``): a
+    local opening is written back only over that very state, never over a newer one
+    (its failures would then count twice)."""
 
     cause: str
     opened_here: bool = False
     forced_here: bool = False
+    based_on: int = 0
 
 
 SYNCED = Synced()
@@ -423,7 +432,7 @@ class RedisStore:
 
     def on_outage(self) -> None:
         if self._mode is SYNCED:
-            self._mode = Local("outage")
+            self._mode = Local("outage", based_on=self._mirror.epoch)
 
     def on_message(self, payload: str) -> None:
         if self._mode is not SYNCED:
@@ -594,10 +603,13 @@ class RedisStore:
         run = self._send(script, extra, request)
         if not await link.settle(run, wait):
             self._deadline_passed(run)
-            return None
-        reply = self._read(run, script, request)
+            reply = None
+        else:
+            reply = self._read(run, script, request)
         if reply is not None:
             self._take(reply, None, installs, remote=script == "read")
+        elif request and script in _REPORTS:
+            self._resolve_later(run, script, extra, request)
         return reply
 
     async def _call(self, script: str, extra: Sequence[str]) -> Reply | None:
@@ -643,8 +655,11 @@ class RedisStore:
                     self._deadline_passed(run)
                 if reply is not None:
                     self._take(reply, reason, installs)
-                elif self._mode is not SYNCED:  # Redis went away: decide here
-                    self._apply_locally(step, reason, forced=forced)
+                else:
+                    if script in _REPORTS:
+                        self._resolve_later(run, script, extra, request)
+                    if self._mode is not SYNCED:  # Redis went away: decide here
+                        self._apply_locally(step, reason, forced=forced)
             finally:
                 if after is not None:
                     after()
@@ -652,6 +667,41 @@ class RedisStore:
         task = link.spawn(job(), name=f"xnai-redis-{script}")
         if budget > 0:
             await patiently(task, budget)
+
+    def _resolve_later(self, run: ScriptRun, script: str, extra: Sequence[str], rid: str) -> None:
+        link = self._link
+        if link is not None:
+            link.spawn(self._resolve(link, run, script, extra, rid), name="xnai-redis-resolve")
+
+    async def _resolve(
+        self, link: RedisLink, run: ScriptRun, script: str, extra: Sequence[str], rid: str
+    ) -> None:
+        """Settle a report whose answer was lost (dropped, late, unreadable, or Redis
+        failed meanwhile): it may or may not have run, and if it did not, a trial's
+        permit stays held in Redis for its whole lease, wedging the half-open circuit.
+        So it is sent again with the same request id once Redis answers: Redis runs it
+        if it never did, or replays the first answer (at most once). Tried until Redis
+        answers, for less than half the request log's horizon (a resend after that
+        could run twice) and never past the lease. A first send still in flight (a
+        silent connection may hold it for ever) is not waited for past ``op_timeout``:
+        whichever of the two runs first, the other replays it."""
+        await asyncio.wait((run.task,), timeout=self.op_timeout)
+        until = run.sent + min(self.config.lease_seconds, _RESEND_HORIZON)
+        tries = 0
+        while self._link is link and not link.closed and time.monotonic() < until:
+            if not link.down:
+                installs = self._installs
+                again = self._send(script, extra, rid)
+                if await link.settle(again, setup_timeout(self.op_timeout)):
+                    reply = self._read(again, script, rid)
+                    if reply is not None:
+                        if self._mode is SYNCED:
+                            self._take(reply, None, installs)
+                        return
+                else:
+                    self._deadline_passed(again)
+            tries += 1
+            await asyncio.sleep(backoff(tries))
 
     def _give_back_later(self, run: ScriptRun, rid: str) -> None:
         link = self._link
@@ -705,9 +755,11 @@ class RedisStore:
             snap = self._mirror
             opened = isinstance(mode, Local) and mode.opened_here
             forced = isinstance(mode, Local) and mode.forced_here and snap.forced
+            based_on = mode.based_on if isinstance(mode, Local) else snap.epoch
             rid = link.request_id()
             installs = self._installs
-            run = self._send("reconcile", self._reconcile_args(snap, opened, forced), rid)
+            args = self._reconcile_args(snap, opened, forced, based_on)
+            run = self._send("reconcile", args, rid)
             if not await link.settle(run, wait):
                 self._deadline_passed(run)
                 return False
@@ -726,7 +778,9 @@ class RedisStore:
             return True
         return False
 
-    def _reconcile_args(self, snap: Snapshot, opened_here: bool, forced_here: bool) -> list[str]:
+    def _reconcile_args(
+        self, snap: Snapshot, opened_here: bool, forced_here: bool, based_on: int
+    ) -> list[str]:
         return [
             "1" if snap.state is CircuitState.OPEN else "0",
             self._gen,
@@ -735,6 +789,7 @@ class RedisStore:
             str(us(snap.opened_at)),
             "1" if snap.forced else "0",
             "1" if forced_here else "0",
+            str(based_on),
         ]
 
     async def _write_back(self, link: RedisLink) -> None:
@@ -747,7 +802,9 @@ class RedisStore:
                     return  # moved on, or Redis went away: the outage rule takes over
                 rid = link.request_id()
                 installs = self._installs
-                run = self._send("reconcile", self._reconcile_args(snap, False, False), rid)
+                run = self._send(
+                    "reconcile", self._reconcile_args(snap, False, False, snap.epoch), rid
+                )
                 if not await link.settle(run, setup_timeout(self.op_timeout)):
                     self._deadline_passed(run)
                     return
