@@ -39,6 +39,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     drop: bool = False  # read the request, then close without answering (a lost reply)
+    delay: float = 0.0  # seconds before answering (a slow but successful receiver)
 
 
 # A validator returns the reply for a request it accepts or refuses (a 400 with why).
@@ -80,6 +81,8 @@ class Receiver:
                     self.rfile.read(length),
                 )
                 reply = receiver._answer(request)
+                if reply.delay:
+                    time.sleep(reply.delay)
                 if reply.drop:
                     self.close_connection = True
                     return

@@ -9,17 +9,24 @@ come only from the sink's own arguments, never from the environment.
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from functools import cache
+from typing import Unpack
 from urllib.parse import urlsplit
 
 import httpx
 
 from ._mask import mask_text
 from ._model import DeliveryError
+from ._sink import AlertSink, SinkOptions
+
+# Worth another attempt: the receiver's own "try later" answers. 408 is a request the
+# server gave up reading (an idle or slow connection), not a judgement of its content.
+RETRYABLE_STATUSES = frozenset({408, 429})
 
 MAX_REPLY_BYTES = 4096
 _REASON_EXCERPT = 120
@@ -75,11 +82,13 @@ class HttpPoster:
         self,
         *,
         timeout: float,
+        reply_timeout: float | None = None,
         verify: ssl.SSLContext | bool = True,
         proxy: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        read = timeout if reply_timeout is None else reply_timeout
+        self._timeouts = {"connect": timeout, "read": read, "write": timeout, "pool": timeout}
         self._verify = default_ssl_context() if verify is True else verify
         self._proxy = proxy
         self._transport = transport
@@ -156,7 +165,7 @@ class HttpPoster:
             bytes(reply[:_REASON_EXCERPT]).decode("utf-8", "replace").strip(), secrets
         )
         reason = f"{label}: HTTP {status}" + (f" {excerpt!r}" if excerpt else "")
-        if status == 429 or status >= 500:
+        if status in RETRYABLE_STATUSES or status >= 500:
             now = time.time() if wall_clock is None else wall_clock
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
             raise DeliveryError(reason, retryable=True, retry_after=retry_after)
@@ -167,6 +176,43 @@ class HttpPoster:
         if self._owns_transport and self._transport is not None:
             transport, self._transport = self._transport, None
             await transport.aclose()
+
+
+class HttpSink(AlertSink):
+    """A sink that POSTs JSON over one pooled :class:`HttpPoster` (closed by ``release()``).
+
+    ``timeout`` bounds connecting and sending, ``reply_timeout`` the wait for the answer.
+    """
+
+    def __init__(
+        self, *, verify: ssl.SSLContext | bool = True, **options: Unpack[SinkOptions]
+    ) -> None:
+        super().__init__(**options)
+        self._poster = HttpPoster(
+            timeout=self.timeout, reply_timeout=self.reply_timeout, verify=verify
+        )
+
+    async def post_json(
+        self,
+        url: str,
+        payload: object,
+        *,
+        label: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> bytes:
+        """POST ``payload`` as JSON (or ``body`` as it is) to ``url``; DeliveryError if refused."""
+        return await self._poster.post(
+            url,
+            json.dumps(payload).encode() if body is None else body,
+            headers=headers or {},
+            label=self.kind if label is None else label,
+            secrets=self.secrets(),
+            wall_clock=self._wall_clock(),
+        )
+
+    async def release(self) -> None:
+        await self._poster.aclose()
 
 
 def _os_reason(error: BaseException) -> str:

@@ -4,19 +4,22 @@ A sink is an alert handler (``monitor.add_alert_handler(sink)``). Calling it
 only files the alert: it never awaits, never raises, and returns at once, so a
 slow or dead destination cannot hold up a health check, the monitor's other
 handlers, another sink or the application. Each sink then delivers from its
-own task, one notification at a time in the order they came, which keeps an
-alert's raise before its resolve.
+own task, one notification at a time. Each alert has its own lane: its raise,
+reminders and resolve go in the order they came; between alerts, a critical
+goes first, then the oldest.
 
 Life of an alert in a sink::
 
     raise --route?--> active --queued--> sent (then a repeat every repeat_interval)
     resolve of an active alert --queued--> sent, no longer active
 
-An attempt that fails with a retryable error (refused, timed out, HTTP 5xx or
-429) is tried again after an exponential backoff with jitter, or after the
-receiver's ``Retry-After``; after ``max_attempts`` the sink gives up, logs an
-ERROR naming the alert and counts it as dropped. A rejection (HTTP 4xx) is not
-retried.
+An attempt that fails with a retryable error (refused, timed out, HTTP 408,
+429 or 5xx) is tried again after an exponential backoff with jitter, or after
+the receiver's ``Retry-After``; after ``max_attempts`` the sink gives up, logs
+an ERROR naming the alert and counts it as dropped. A rejection (other HTTP
+4xx) is not retried. While a notice waits for its retry, the destination is
+left alone for notices of its severity and below; a more severe one is still
+tried (a critical is never held back by a warning's ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, TypedDict
 
@@ -37,7 +40,7 @@ from .._validation import check_int, check_seconds
 from ..health.alerts import Alert, Severity
 from ._mask import mask_text
 from ._model import DeliveryError, Notification, SinkStats
-from ._routing import Route
+from ._routing import SEVERITY_ORDER, Route
 
 logger = logging.getLogger("xnai_core.alerting")
 
@@ -64,6 +67,27 @@ class _Active:
     raised: Alert
     repeats: int = 0
     next_repeat: float | None = None  # loop time; None while a notice of it is pending
+    told: bool = False  # a notice of it reached the destination
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """A queued notification and the attempts made at it so far."""
+
+    note: Notification
+    attempts: int = 0
+
+    @property
+    def rank(self) -> int:
+        return SEVERITY_ORDER[self.note.severity]
+
+
+@dataclass(slots=True)
+class _Hold:
+    """The destination is left alone until ``until`` (loop time) for notices of a rank and below."""
+
+    until: float
+    retry_after: bool  # asked by the receiver (kept after a success), else our own backoff
 
 
 class DeliveryOptions(TypedDict, total=False):
@@ -79,6 +103,7 @@ class DeliveryOptions(TypedDict, total=False):
     backoff_max: float
     max_retry_after: float
     timeout: float
+    reply_timeout: float | None
     sleep: Sleep
     random: Callable[[], float]
     wall_clock: Callable[[], float]
@@ -107,11 +132,20 @@ class AlertSink:
       each shortened by a random part of up to half).
     - ``max_retry_after``: the longest ``Retry-After`` honoured (300 s).
     - ``timeout``: the bound of one attempt, connection included (10 s).
+    - ``reply_timeout``: how long an answer is awaited once the request is sent
+      (default ``timeout``; 60 s on sinks whose destination cannot drop a
+      retried copy, ``idempotent = False``: Slack). An attempt is then bounded
+      by ``timeout + reply_timeout``.
     - ``sleep``, ``random``, ``wall_clock``: injectable for tests.
     """
 
     kind: ClassVar[str] = "sink"
     default_min_severity: ClassVar[Severity] = "warning"
+    # True when a retried copy of a notice that did arrive is dropped by the destination
+    # (a dedup key, the same labels, a delivery id). Otherwise a timed-out answer is a
+    # likely duplicate: such sinks wait longer for it (default_reply_timeout).
+    idempotent: ClassVar[bool] = True
+    default_reply_timeout: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -127,6 +161,7 @@ class AlertSink:
         backoff_max: float = 60.0,
         max_retry_after: float = 300.0,
         timeout: float = 10.0,
+        reply_timeout: float | None = None,
         sleep: Sleep = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         wall_clock: Callable[[], float] = time.time,
@@ -150,13 +185,25 @@ class AlertSink:
         self.backoff_max = check_seconds("backoff_max", backoff_max, allow_zero=True)
         self.max_retry_after = check_seconds("max_retry_after", max_retry_after, allow_zero=True)
         self.timeout = check_seconds("timeout", timeout)
+        if reply_timeout is None:
+            reply_timeout = self.default_reply_timeout
+        self.reply_timeout = (
+            self.timeout if reply_timeout is None else check_seconds("reply_timeout", reply_timeout)
+        )
+        # One attempt: connecting and sending within timeout, then the answer's wait.
+        self.attempt_timeout = (
+            self.timeout + self.reply_timeout if self.reply_timeout > self.timeout else self.timeout
+        )
         self._sleep = sleep
         self._random = random
         self._wall_clock = wall_clock
 
-        self._queue: deque[Notification] = deque()
+        self._queue: deque[_Pending] = deque()
         self._active: dict[str, _Active] = {}
-        self._in_flight: Notification | None = None
+        self._in_flight: _Pending | None = None
+        self._holds: dict[int, _Hold] = {}  # by severity rank
+        self._resumed = asyncio.Event()  # cleared while a predecessor flushes (pause())
+        self._resumed.set()
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -262,49 +309,55 @@ class AlertSink:
                 self._drop(note, "queue_full")
                 return
             self._drop(evicted, "queue_full")
-        self._queue.append(note)
+        self._queue.append(_Pending(note))
         self._idle.clear()
         self._wake.set()
         self._ensure_worker()
 
     def _make_room_for(self, note: Notification) -> Notification | None:
-        """For a resolve, the newest queued firing notice, evicted; else None.
+        """For a resolve, the newest queued firing notice never tried, evicted; else None.
 
         A resolve closes a page someone has seen; a queued raise has told nobody
         yet. When the queue is full the raise gives way, and its own resolve,
-        should it come, is then not sent either.
+        should it come, is then not sent either. A raise already tried may have
+        arrived (its answer timed out): it is kept, so that its resolve is too.
         """
         if note.event != "resolved":
             return None
         for index in range(len(self._queue) - 1, -1, -1):
             queued = self._queue[index]
-            if queued.event == "firing":
+            if queued.note.event == "firing" and queued.attempts == 0:
                 del self._queue[index]
-                active = self._active.get(queued.key)
-                if not queued.repeat:
-                    self._active.pop(queued.key, None)
-                    self._drop_queued_resolve_of(queued)
+                active = self._active.get(queued.note.key)
+                if not queued.note.repeat:
+                    self._active.pop(queued.note.key, None)
+                    self._drop_queued_resolve_of(queued.note)
                 elif active is not None and self.repeat_interval is not None:
                     # The reminder gives way, not the reminders after it.
                     now = self._loop.time() if self._loop is not None else 0.0
                     active.next_repeat = now + self.repeat_interval
-                return queued
+                return queued.note
         return None
 
     def _drop_queued_resolve_of(self, raised: Notification) -> None:
         """An evicted raise takes its queued resolve along: never a resolve without a raise."""
         for index, queued in enumerate(self._queue):
-            if queued.event == "resolved" and queued.raised is raised.raised:
+            if queued.note.event == "resolved" and queued.note.raised is raised.raised:
                 del self._queue[index]
-                self._drop(queued, "queue_full")
+                self._drop(queued.note, "queue_full")
                 return
 
     def _cancel_unsent_raise(self, note: Notification) -> bool:
-        """A resolve whose raise is still queued: both go, as nobody was told. True if so."""
+        """A resolve whose raise is still queued, never tried: both go, as nobody was told."""
         for index, queued in enumerate(self._queue):
-            if queued.event == "firing" and not queued.repeat and queued.raised is note.raised:
+            if (
+                queued.note.event == "firing"
+                and not queued.note.repeat
+                and queued.attempts == 0
+                and queued.note.raised is note.raised
+            ):
                 del self._queue[index]
-                self._drop(queued, "queue_full")
+                self._drop(queued.note, "queue_full")
                 self._drop(note, "queue_full")
                 return True
         return False
@@ -324,6 +377,7 @@ class AlertSink:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._resumed.wait()
             if not self._queue:
                 self._idle.set()
                 self._warned_full = False
@@ -340,21 +394,137 @@ class AlertSink:
                 except TimeoutError:
                     pass
                 continue
-            note = self._queue.popleft()
+            now = loop.time()
+            index, held_until = self._pick(now)
+            if index is None:
+                # Every lane waits for a retry: sleep until the first may go, or a new
+                # (perhaps more severe) notice comes.
+                wait = max(0.0, (held_until or now) - now)
+                deadline = self._close_deadline
+                if deadline is not None and now + wait > deadline:
+                    return  # aclose() drops what is left, naming each
+                await self._wait(wait, now + wait)
+                continue
+            pending = self._queue[index]
+            del self._queue[index]
             # Left set if the worker is cancelled: aclose() counts it as undelivered.
-            self._in_flight = note
+            self._in_flight = pending
             try:
-                await self._deliver(note)
-            except Exception as error:  # _deliver handles every failure; this is a bug
+                await self._try(pending, loop)
+            except Exception as error:  # _try handles every failure; this is a bug
                 logger.error(
                     "%s: delivery of %s failed: %s",
                     self.name,
-                    note.identity(),
+                    pending.note.identity(),
                     type(error).__name__,
-                    extra={"xnai.sink": self.name, "xnai.alert_key": note.key},
+                    extra={"xnai.sink": self.name, "xnai.alert_key": pending.note.key},
                 )
             self._in_flight = None
+
+    def _pick(self, now: float) -> tuple[int | None, float | None]:
+        """The queued notice to send now, and (when none may go) when the first may.
+
+        Only the first notice of each alert may go (its lane keeps raise, reminders and
+        resolve in order); of those not held back, the most severe, then the oldest.
+        """
+        seen: set[str] = set()
+        best: int | None = None
+        best_rank = -1
+        soonest: float | None = None
+        for index, pending in enumerate(self._queue):
+            key = pending.note.key
+            if key in seen:
+                continue
+            seen.add(key)
+            rank = pending.rank
+            until = self._held_until(rank)
+            if until is not None and until > now:
+                soonest = until if soonest is None else min(soonest, until)
+                continue
+            if rank > best_rank:
+                best, best_rank = index, rank
+        return best, soonest
+
+    def _held_until(self, rank: int) -> float | None:
+        holds = [hold.until for held, hold in self._holds.items() if held >= rank]
+        return max(holds) if holds else None
+
+    async def _wait(self, delay: float, hold_until: float) -> None:
+        """Sleep ``delay`` (through the injectable sleep) unless woken by a new notice.
+
+        A sleep that ran out lifts the holds it waited for, also when ``sleep`` is a
+        test's instant one.
+        """
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            done, _ = await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        if sleeper in done:
+            for rank, hold in list(self._holds.items()):
+                if hold.until <= hold_until:
+                    del self._holds[rank]
+
+    async def _try(self, pending: _Pending, loop: asyncio.AbstractEventLoop) -> None:
+        """One attempt at ``pending``; on a retryable failure it goes back to its lane's head."""
+        note = pending.note
+        pending.attempts += 1
+        attempt = pending.attempts
+        failure = await self._attempt(note)
+        if failure is None:
+            self._sent += 1
+            self._last_sent_at = self._wall_clock()
+            # The destination answers: our own backoffs end (a receiver's Retry-After stays).
+            for rank, hold in list(self._holds.items()):
+                if not hold.retry_after:
+                    del self._holds[rank]
+            active = self._active.get(note.key)
+            if active is not None and active.raised is note.raised and note.event == "firing":
+                active.told = True
+            if self._failing:
+                self._failing = False
+                logger.info("%s: delivering again", self.name, extra={"xnai.sink": self.name})
             self._schedule_repeat(note, loop.time())
+            return
+        self._last_error = failure.reason
+        self._last_error_at = self._wall_clock()
+        if not failure.retryable:
+            self._give_up(note, "rejected", failure.reason, attempt)
+            self._schedule_repeat(note, loop.time())
+            return
+        if attempt >= self.max_attempts:
+            self._give_up(note, "gave_up", failure.reason, attempt)
+            self._schedule_repeat(note, loop.time())
+            return
+        delay = self._delay_after(attempt, failure)
+        now = loop.time()
+        deadline = self._close_deadline
+        if deadline is not None and now + delay > deadline:
+            self._give_up(note, "shutdown", failure.reason, attempt)
+            return
+        if not self._failing:
+            self._failing = True
+            logger.warning(
+                "%s: delivery failing (%s); retrying %s in %.1fs",
+                self.name,
+                failure.reason,
+                note.identity(),
+                delay,
+                extra={"xnai.sink": self.name, "xnai.alert_key": note.key},
+            )
+        self._retried += 1
+        # The destination is failing for this severity and below: hold them all (one
+        # attempt per backoff, not one per queued notice), not the more severe ones.
+        current = self._holds.get(pending.rank)
+        until = now + delay
+        if current is None or current.until < until:
+            self._holds[pending.rank] = _Hold(until, failure.retry_after is not None)
+        self._queue.appendleft(pending)
+        self._idle.clear()
 
     def _schedule_repeat(self, note: Notification, now: float) -> None:
         active = self._active.get(note.key)
@@ -371,11 +541,13 @@ class AlertSink:
                 active.next_repeat = None
                 active.repeats += 1
                 self._queue.append(
-                    Notification(
-                        alert=active.raised,
-                        raised=active.raised,
-                        event="firing",
-                        repeat=active.repeats,
+                    _Pending(
+                        Notification(
+                            alert=active.raised,
+                            raised=active.raised,
+                            event="firing",
+                            repeat=active.repeats,
+                        )
                     )
                 )
         if self._queue:
@@ -385,55 +557,16 @@ class AlertSink:
         due = [a.next_repeat for a in self._active.values() if a.next_repeat is not None]
         return max(0.0, min(due) - now) if due else None
 
-    async def _deliver(self, note: Notification) -> None:
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        while True:
-            attempt += 1
-            failure = await self._attempt(note)
-            if failure is None:
-                self._sent += 1
-                self._last_sent_at = self._wall_clock()
-                if self._failing:
-                    self._failing = False
-                    logger.info("%s: delivering again", self.name, extra={"xnai.sink": self.name})
-                return
-            self._last_error = failure.reason
-            self._last_error_at = self._wall_clock()
-            if not failure.retryable:
-                self._give_up(note, "rejected", failure.reason, attempt)
-                return
-            if attempt >= self.max_attempts:
-                self._give_up(note, "gave_up", failure.reason, attempt)
-                return
-            delay = self._delay_after(attempt, failure)
-            deadline = self._close_deadline
-            if deadline is not None and loop.time() + delay > deadline:
-                self._give_up(note, "shutdown", failure.reason, attempt)
-                return
-            if not self._failing:
-                self._failing = True
-                logger.warning(
-                    "%s: delivery failing (%s); retrying %s in %.1fs",
-                    self.name,
-                    failure.reason,
-                    note.identity(),
-                    delay,
-                    extra={"xnai.sink": self.name, "xnai.alert_key": note.key},
-                )
-            self._retried += 1
-            await self._sleep(delay)
-
     async def _attempt(self, note: Notification) -> DeliveryError | None:
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.attempt_timeout):
                 await self.send(note)
         except DeliveryError as error:
             return DeliveryError(
                 self._safe(error.reason), retryable=error.retryable, retry_after=error.retry_after
             )
         except TimeoutError:
-            return DeliveryError(f"timed out after {self.timeout:g}s", retryable=True)
+            return DeliveryError(f"timed out after {self.attempt_timeout:g}s", retryable=True)
         except Exception as error:
             # A driver's surprise or a bug: its text may hold anything, so only its type.
             return DeliveryError(f"unexpected {type(error).__name__}", retryable=False)
@@ -486,6 +619,70 @@ class AlertSink:
 
     # --- control ----------------------------------------------------------------------
 
+    def destination(self) -> tuple[object, ...]:
+        """What identifies where this sink delivers (compared, never shown): its kind and
+        secrets by default; a sink whose destination is not all secret adds the rest."""
+        return (self.kind, self.secrets())
+
+    def pause(self) -> None:
+        """Hold delivery (alerts are still filed and queued) until :meth:`resume`."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        """Deliver again after :meth:`pause`."""
+        self._resumed.set()
+        self._ensure_worker()
+
+    def adopt(self, alerts: Iterable[Alert], *, predecessor: AlertSink | None = None) -> None:
+        """Take alerts already active elsewhere, as if this sink had seen them raised.
+
+        For a sink built while alerts are active (a config reload): each raise this
+        sink's route takes is held as active, so that its resolve comes here later, and
+        is announced (a firing notice) unless ``predecessor``, a sink to the same
+        destination being replaced, has already told it. An announced alert's firing
+        notice still queued, untried, at ``predecessor`` is taken off that queue.
+        """
+        same_place = predecessor is not None and predecessor.destination() == self.destination()
+        for alert in alerts:
+            if alert.resolved or alert.key in self._active or not self.route.admits(alert):
+                continue
+            told = None
+            if same_place and predecessor is not None:
+                told = predecessor._active.get(alert.key)
+            if told is not None and told.told and told.raised is alert:
+                now = self._loop.time() if self._loop is not None else None
+                self._active[alert.key] = _Active(
+                    alert,
+                    repeats=told.repeats,
+                    told=True,
+                    next_repeat=(
+                        None
+                        if self.repeat_interval is None
+                        else (told.next_repeat or ((now or 0.0) + self.repeat_interval))
+                    ),
+                )
+                continue
+            if predecessor is not None:
+                predecessor._forget_unsent(alert.key)
+            self._offer(alert)
+        self._ensure_worker()
+
+    def _forget_unsent(self, key: str) -> None:
+        """Take an alert's untried first notice off the queue (a successor announces it)."""
+        for index, pending in enumerate(self._queue):
+            note = pending.note
+            if note.key == key and note.event == "firing" and pending.attempts == 0:
+                if not note.repeat:
+                    del self._queue[index]
+                    self._active.pop(key, None)
+                return
+            if note.key == key:
+                return
+
+    def told_active(self) -> list[str]:
+        """The keys of active alerts this sink has told its destination about."""
+        return [key for key, active in self._active.items() if active.told]
+
     async def drain(self) -> None:
         """Wait until every queued notification is delivered or given up."""
         self._ensure_worker()
@@ -504,6 +701,7 @@ class AlertSink:
         if self._closed and (self._worker is None or self._worker.done()):
             return
         self._closed = True
+        self._resumed.set()
         loop = asyncio.get_running_loop()
         self._close_deadline = loop.time() + deadline_in
         self._ensure_worker()
@@ -517,9 +715,9 @@ class AlertSink:
                 if not worker.done():
                     worker.cancel()
                     await asyncio.gather(worker, return_exceptions=True)
-        leftovers = list(self._queue)
+        leftovers = [pending.note for pending in self._queue]
         if self._in_flight is not None:
-            leftovers.insert(0, self._in_flight)
+            leftovers.insert(0, self._in_flight.note)
         self._queue.clear()
         self._in_flight = None
         self._active.clear()

@@ -9,11 +9,11 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Unpack
 
-from ._http import HttpPoster, check_http_url
+from ._http import HttpSink, check_http_url
 from ._mask import mask_text
 from ._model import DeliveryError, Notification, iso_utc
 from ._secret import Secret, url_pieces
-from ._sink import AlertSink, DeliveryOptions
+from ._sink import DeliveryOptions
 
 API_PATH = "/api/v2/alerts"
 
@@ -58,7 +58,7 @@ def _api_url(field: str, url: str) -> str:
     return stripped if stripped.endswith(API_PATH) else stripped + API_PATH
 
 
-class AlertmanagerSink(AlertSink):
+class AlertmanagerSink(HttpSink):
     """Posts alerts to Alertmanager (``POST /api/v2/alerts``).
 
     ``urls`` is one base URL (``http://alertmanager:9093``) or several: give
@@ -91,7 +91,7 @@ class AlertmanagerSink(AlertSink):
     ) -> None:
         # No repeat_interval: Alertmanager repeats notifications itself (its route's
         # repeat_interval); this sink re-posts so that Alertmanager keeps the alert.
-        super().__init__(repeat_interval=resend_interval, **options)
+        super().__init__(verify=verify, repeat_interval=resend_interval, **options)
         listed = [urls] if isinstance(urls, str) else list(urls)
         if not listed:
             raise ValueError("'urls' must name at least one Alertmanager: []")
@@ -99,7 +99,6 @@ class AlertmanagerSink(AlertSink):
         self._labels = _check_labels(labels)
         self._generator_url = generator_url
         self._dashboard_url = dashboard_url
-        self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(piece for url in self._urls for piece in url_pieces(url.reveal()))
@@ -167,17 +166,7 @@ class AlertmanagerSink(AlertSink):
     async def _post_one(self, index: int, url: Secret, body: bytes) -> DeliveryError | None:
         label = "alertmanager" if len(self._urls) == 1 else f"alertmanager #{index + 1}"
         try:
-            await self._poster.post(
-                url.reveal(),
-                body,
-                headers={},
-                label=label,
-                secrets=self.secrets(),
-                wall_clock=self._wall_clock(),
-            )
+            await self.post_json(url.reveal(), None, label=label, body=body)
         except DeliveryError as error:
             return error
         return None
-
-    async def release(self) -> None:
-        await self._poster.aclose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import socket
 import ssl
@@ -11,11 +10,11 @@ from collections.abc import Mapping
 from typing import ClassVar, Literal, Unpack
 
 from ..health.alerts import Severity
-from ._http import HttpPoster, check_http_url
+from ._http import HttpSink, check_http_url
 from ._mask import mask_details, mask_text
 from ._model import Notification, iso_utc
 from ._secret import Secret, url_pieces
-from ._sink import AlertSink, SinkOptions
+from ._sink import SinkOptions
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
@@ -43,7 +42,7 @@ def dedup_key(alert_key: str) -> str:
     return "xnai-core:sha256:" + hashlib.sha256(alert_key.encode()).hexdigest()
 
 
-class PagerDutySink(AlertSink):
+class PagerDutySink(HttpSink):
     """Sends PagerDuty Events API v2 events (``trigger`` / ``resolve``).
 
     ``routing_key`` is the integration key of a PagerDuty service (32
@@ -72,7 +71,7 @@ class PagerDutySink(AlertSink):
         verify: ssl.SSLContext | bool = True,
         **options: Unpack[SinkOptions],
     ) -> None:
-        super().__init__(**options)
+        super().__init__(verify=verify, **options)
         if not isinstance(routing_key, str) or not _ROUTING_KEY.fullmatch(routing_key):
             # The value is not shown: a near-miss of a real key is still most of one.
             raise ValueError("'routing_key' must be a 32-character PagerDuty integration key")
@@ -94,7 +93,6 @@ class PagerDutySink(AlertSink):
                     )
             mapping.update(severity_map)
         self._severity_map = mapping
-        self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
         return (self._routing_key.reveal(), *url_pieces(self._url.reveal()))
@@ -142,15 +140,5 @@ class PagerDutySink(AlertSink):
         return event
 
     async def send(self, note: Notification) -> None:
-        body = json.dumps(self.payload(note)).encode()
-        await self._poster.post(
-            self._url.reveal(),
-            body,
-            headers={},
-            label="pagerduty",
-            secrets=self.secrets(),
-            wall_clock=self._wall_clock(),
-        )
-
-    async def release(self) -> None:
-        await self._poster.aclose()
+        # A retried trigger or resolve carries the same dedup_key: PagerDuty drops the copy.
+        await self.post_json(self._url.reveal(), self.payload(note))

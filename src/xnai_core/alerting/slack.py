@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import ssl
 from typing import ClassVar, Unpack
 
-from ._http import HttpPoster, check_http_url
+from ._http import HttpSink, check_http_url
 from ._mask import mask_text
 from ._model import Notification
 from ._secret import Secret, url_pieces
-from ._sink import AlertSink, SinkOptions
+from ._sink import SinkOptions
 
 # Slack's limits: a header's text, a section's text, a field's text.
 _HEADER_MAX = 150
@@ -33,7 +32,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-class SlackSink(AlertSink):
+class SlackSink(HttpSink):
     """Posts to a Slack incoming webhook (``https://hooks.slack.com/services/...``).
 
     The webhook URL is the credential (anyone holding it can post to the
@@ -41,9 +40,15 @@ class SlackSink(AlertSink):
     (firing, still firing, resolved), the alert's message, the service,
     severity, alert kind and the time it started, and, with ``dashboard_url``
     (``{service}`` in it is replaced by the service name), a button to it.
+
+    Slack cannot drop a retried copy of a message that did arrive, so an answer
+    is awaited ``reply_timeout`` (60 s) before the attempt counts as failed;
+    connecting and sending are still bounded by ``timeout``.
     """
 
     kind: ClassVar[str] = "slack"
+    idempotent: ClassVar[bool] = False
+    default_reply_timeout: ClassVar[float | None] = 60.0
 
     def __init__(
         self,
@@ -53,12 +58,11 @@ class SlackSink(AlertSink):
         verify: ssl.SSLContext | bool = True,
         **options: Unpack[SinkOptions],
     ) -> None:
-        super().__init__(**options)
+        super().__init__(verify=verify, **options)
         self._url = Secret(check_http_url("webhook_url", webhook_url))
         if dashboard_url is not None:
             check_http_url("dashboard_url", dashboard_url)
         self._dashboard_url = dashboard_url
-        self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
         return url_pieces(self._url.reveal())
@@ -119,15 +123,4 @@ class SlackSink(AlertSink):
         return {"text": _clip(f"{title}: {message}", _SECTION_MAX), "blocks": blocks}
 
     async def send(self, note: Notification) -> None:
-        body = json.dumps(self.payload(note)).encode()
-        await self._poster.post(
-            self._url.reveal(),
-            body,
-            headers={},
-            label="slack",
-            secrets=self.secrets(),
-            wall_clock=self._wall_clock(),
-        )
-
-    async def release(self) -> None:
-        await self._poster.aclose()
+        await self.post_json(self._url.reveal(), self.payload(note))

@@ -151,6 +151,9 @@ class EmailSink(AlertSink):
     def secrets(self) -> tuple[str, ...]:
         return () if self._password is None else (self._password.reveal(),)
 
+    def destination(self) -> tuple[object, ...]:
+        return (self.kind, self.host, self.port, self.mail_from, tuple(self.to), self.secrets())
+
     def describe(self) -> str:
         auth = ", auth=True" if self.username else ""
         return f"host={self.host!r}, port={self.port}, security={self.security!r}{auth}"

@@ -40,15 +40,16 @@ import time
 from collections.abc import Mapping
 from typing import ClassVar, Unpack
 
-from ._http import HttpPoster, check_http_url
+from ._http import HttpSink, check_http_url
 from ._mask import mask_details, mask_text
 from ._model import Notification, iso_utc
 from ._secret import Secret, url_pieces
-from ._sink import AlertSink, SinkOptions
+from ._sink import SinkOptions
 
 SIGNATURE_HEADER = "X-Xnai-Signature"
 TIMESTAMP_HEADER = "X-Xnai-Timestamp"
 DELIVERY_HEADER = "X-Xnai-Delivery"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300.0
 
@@ -83,7 +84,7 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, moment, body), signature.strip())
 
 
-class WebhookSink(AlertSink):
+class WebhookSink(HttpSink):
     """POSTs the JSON body above to ``url``, signed when ``secret`` is given.
 
     ``headers`` are added to every request (e.g. an ``Authorization``); their
@@ -102,7 +103,7 @@ class WebhookSink(AlertSink):
         verify: ssl.SSLContext | bool = True,
         **options: Unpack[SinkOptions],
     ) -> None:
-        super().__init__(**options)
+        super().__init__(verify=verify, **options)
         self._url = Secret(check_http_url("url", url))
         if secret is not None and not isinstance(secret, str | bytes):
             raise TypeError(f"'secret' must be a str or bytes: {type(secret).__name__}")
@@ -113,7 +114,6 @@ class WebhookSink(AlertSink):
         raw = secret.decode("latin-1") if isinstance(secret, bytes) else secret
         self._secret = None if raw is None else Secret(raw)
         self._headers = {str(k): Secret(str(v)) for k, v in (headers or {}).items()}
-        self._poster = HttpPoster(timeout=self.timeout, verify=verify)
 
     def secrets(self) -> tuple[str, ...]:
         found = [*url_pieces(self._url.reveal()), *(v.reveal() for v in self._headers.values())]
@@ -152,20 +152,13 @@ class WebhookSink(AlertSink):
         now = self._wall_clock()
         body = json.dumps(self.payload(note, now=now)).encode()
         headers = {name: value.reveal() for name, value in self._headers.items()}
+        # The same on every retry of this notification (and from every replica, and from a
+        # sink rebuilt by a reload): a receiver that took it once drops the copies.
         headers[DELIVERY_HEADER] = note.delivery_id
+        headers[IDEMPOTENCY_HEADER] = note.delivery_id
         if self._secret is not None:
             timestamp = int(now)
             key = self._secret.reveal().encode(self._secret_encoding)
             headers[TIMESTAMP_HEADER] = str(timestamp)
             headers[SIGNATURE_HEADER] = sign(key, timestamp, body)
-        await self._poster.post(
-            self._url.reveal(),
-            body,
-            headers=headers,
-            label="webhook",
-            secrets=self.secrets(),
-            wall_clock=self._wall_clock(),
-        )
-
-    async def release(self) -> None:
-        await self._poster.aclose()
+        await self.post_json(self._url.reveal(), None, headers=headers, body=body)

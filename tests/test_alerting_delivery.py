@@ -1,0 +1,131 @@
+"""What is retried, what a slow receiver costs, and who goes first, against loopback receivers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tests.alerting_helpers import (
+    Receiver,
+    Reply,
+    SleepRecorder,
+    alert,
+    resolved,
+    wait_for,
+)
+from xnai_core.alerting import PagerDutySink, SlackSink, WebhookSink
+
+ROUTING_KEY = "R0123456789abcdef0123456789ABCDE"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+async def test_http_408_is_retried_like_429_and_5xx(receiver: Receiver) -> None:
+    """408 Request Timeout is the server giving up on reading, not a verdict: try again."""
+    receiver.script.append(Reply(408, body=b"request timeout"))
+    sleep = SleepRecorder()
+    sink = WebhookSink(f"{receiver.url}/hook", sleep=sleep, random=lambda: 0.0)
+    sink.submit(alert())
+    await sink.drain()
+    stats = sink.stats()
+    await sink.aclose()
+    assert receiver.answers == [408, 200]
+    assert (stats.sent, stats.retried, stats.dropped) == (1, 1, 0)
+
+
+async def test_a_slow_slack_answer_is_waited_for_not_sent_twice(receiver: Receiver) -> None:
+    """Slack cannot drop a retried copy: an answer slower than ``timeout`` (connecting and
+    sending) is still waited for, so the channel gets one message, not two."""
+    receiver.script.append(Reply(200, delay=1.0))
+    sink = SlackSink(f"{receiver.url}/services/T/B/x", timeout=0.3, sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.drain()
+    stats = sink.stats()
+    await sink.aclose()
+    assert len(receiver.requests) == 1
+    assert (stats.sent, stats.retried) == (1, 0)
+
+
+async def test_a_slow_webhook_answer_is_retried_with_the_same_idempotency_key(
+    receiver: Receiver,
+) -> None:
+    """The webhook's retry after a timed-out answer carries the first attempt's delivery id
+    (``X-Xnai-Delivery`` and the common ``Idempotency-Key``): a receiver that keys on
+    either processes the alert once, though it arrived twice."""
+    receiver.script.append(Reply(200, delay=1.0))
+    sink = WebhookSink(f"{receiver.url}/hook", timeout=0.3, sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.drain()
+    await sink.aclose()
+    await wait_for(lambda: len(receiver.requests) == 2)
+    ids = [request.headers.get("idempotency-key") for request in receiver.requests]
+    deliveries = [request.headers.get("x-xnai-delivery") for request in receiver.requests]
+    assert ids[0] is not None
+    assert len(set(ids)) == 1
+    assert deliveries == ids
+    assert len({body["id"] for body in receiver.bodies()}) == 1
+
+
+async def test_a_slow_pagerduty_answer_retried_keeps_one_incident(receiver: Receiver) -> None:
+    """PagerDuty's retry after a timeout is the same trigger (same dedup_key): one incident."""
+    receiver.script.append(Reply(202, delay=1.0))
+    sink = PagerDutySink(ROUTING_KEY, url=receiver.url, timeout=0.3, sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.drain()
+    await sink.aclose()
+    await wait_for(lambda: len(receiver.requests) == 2)
+    events = receiver.bodies()
+    assert {event["dedup_key"] for event in events} == {"rag_api:status"}
+    assert [event["event_action"] for event in events] == ["trigger", "trigger"]
+
+
+async def test_a_warnings_long_retry_after_does_not_hold_back_a_critical(
+    receiver: Receiver,
+) -> None:
+    """A 429 with Retry-After: 300 on a warning: a critical filed after it is delivered at
+    once (the warning keeps waiting for its turn), and the critical's resolve follows it."""
+    receiver.script.append(Reply(429, {"Retry-After": "300"}, b"slow down"))
+    sink = WebhookSink(f"{receiver.url}/hook", min_severity="info")
+    warning = alert(service="search", kind="success_rate", severity="warning")
+    sink.submit(warning)
+    await wait_for(lambda: receiver.answers == [429])
+    critical = alert(service="db")
+    sink.submit(critical)
+    sink.submit(resolved(critical))
+    await wait_for(lambda: sink.stats().sent == 2, timeout=10)
+    stats = sink.stats()
+    await sink.aclose(timeout=0.1)
+    bodies = receiver.bodies()
+    assert [(b["alert"]["key"], b["event"]) for b in bodies] == [
+        ("search:success_rate", "firing"),
+        ("db:status", "firing"),
+        ("db:status", "resolved"),
+    ]
+    assert stats.queued == 1  # the warning, still waiting out its Retry-After
+    assert sink.stats().dropped_by_reason["shutdown"] == 1
+
+
+async def test_a_retry_after_on_a_warning_holds_the_other_warnings_too(
+    receiver: Receiver,
+) -> None:
+    """The receiver asked us to wait: other notices of that severity wait with it (no storm
+    of one attempt per queued alert), and go in order once the wait is over."""
+    receiver.script.append(Reply(429, {"Retry-After": "1"}, b"slow down"))
+    sink = WebhookSink(f"{receiver.url}/hook")
+    first = alert(service="a", severity="warning")
+    second = alert(service="b", severity="warning")
+    sink.submit(first)
+    await wait_for(lambda: receiver.answers == [429])
+    sink.submit(second)
+    await asyncio.sleep(0.3)
+    assert receiver.answers == [429]
+    await sink.drain()
+    await sink.aclose()
+    assert [b["alert"]["service"] for b in receiver.bodies()] == ["a", "a", "b"]
