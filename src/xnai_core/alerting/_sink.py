@@ -54,6 +54,10 @@ _live: weakref.WeakSet[AlertSink] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
 
+def _same_raise(one: Alert, other: Alert) -> bool:
+    return one.key == other.key and one.timestamp == other.timestamp
+
+
 def live_sinks() -> list[AlertSink]:
     """The sinks alive now, in no particular order."""
     with _live_lock:
@@ -649,7 +653,7 @@ class AlertSink:
             told = None
             if same_place and predecessor is not None:
                 told = predecessor._active.get(alert.key)
-            if told is not None and told.told and told.raised is alert:
+            if told is not None and told.told and _same_raise(told.raised, alert):
                 now = self._loop.time() if self._loop is not None else None
                 self._active[alert.key] = _Active(
                     alert,

@@ -17,9 +17,11 @@ The body (``Content-Type: application/json``)::
       }
     }
 
-With a ``secret``, three headers let the receiver check it came from us:
+Every request carries the delivery id in ``X-Xnai-Delivery`` and ``Idempotency-Key``:
+the same on every retry (a retry may follow an answer that timed out after the request
+arrived), so a receiver drops a copy it already took. With a ``secret``, two more headers
+let the receiver check it came from us:
 
-- ``X-Xnai-Delivery``: the delivery id (drop a retried copy you already took);
 - ``X-Xnai-Timestamp``: Unix seconds when this attempt was signed;
 - ``X-Xnai-Signature``: ``v1=`` and the hex HMAC-SHA256, keyed with the secret,
   of ``"<timestamp>." + body`` (the raw bytes received).

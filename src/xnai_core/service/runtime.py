@@ -26,7 +26,7 @@ from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
 from .checks import build_checker
 from .circuit_watch import CircuitWatch
-from .config import ServiceConfig, ServiceSpec
+from .config import ServiceConfig, ServiceSpec, SinkSpec
 from .recovery_router import RecoveryRouter
 from .sinks import build_sinks
 
@@ -223,20 +223,72 @@ class ServiceRuntime:
     async def _reload_sinks(
         self, parts: _Parts, old: ServiceConfig, new: ServiceConfig
     ) -> list[str]:
-        if _sink_identity(old.alerts) == _sink_identity(new.alerts):
+        """Keep unchanged sinks (queue, retries, alerts); hand active alerts to the others.
+
+        A new or changed sink is told of every active alert it takes (so its resolve comes
+        later) unless it replaces a sink of the same name and destination that already
+        told it; it delivers only once the sinks it replaces have flushed (order per
+        alert). A removed sink flushes its queue and resolves nothing: the outage is not
+        over. Alerts it told stay open there, named in a WARNING.
+        """
+        spare: dict[tuple[object, ...], list[tuple[SinkSpec, Any]]] = {}
+        for spec, sink in zip(old.alerts, parts.sinks, strict=True):
+            spare.setdefault(_one_sink_identity(spec), []).append((spec, sink))
+        kept: list[Any] = []
+        for spec in new.alerts:
+            pool = spare.get(_one_sink_identity(spec))
+            kept.append(pool.pop(0)[1] if pool else None)
+        gone = [pair for pool in spare.values() for pair in pool]
+        wanted = [spec for spec, sink in zip(new.alerts, kept, strict=True) if sink is None]
+        if not gone and not wanted:
             return []
-        fresh = self._make_sinks(new)
-        for sink in parts.sinks:
+        built = iter(build_sinks(wanted))
+        by_name = {(spec.type, spec.name): sink for spec, sink in gone}
+        sinks: list[Any] = []
+        fresh: list[tuple[Any, Any]] = []
+        for spec, sink in zip(new.alerts, kept, strict=True):
+            if sink is None:
+                sink = next(built)
+                fresh.append((sink, by_name.get((spec.type, spec.name))))
+            sinks.append(sink)
+        for _, sink in gone:
             parts.monitor.remove_alert_handler(sink)
             parts.router.remove_alert_handler(sink)
-        await asyncio.gather(
-            *(sink.aclose(SINK_FLUSH_DEADLINE) for sink in parts.sinks), return_exceptions=True
-        )
-        parts.sinks = fresh
-        for sink in fresh:
+        # No await from here to the handlers' registration: no alert slips between.
+        active = parts.monitor.get_active_alerts()
+        for sink, predecessor in fresh:
+            sink.pause()
+            sink.adopt(active, predecessor=predecessor)
             parts.monitor.add_alert_handler(sink)
             parts.router.add_alert_handler(sink)
-        return [f"alert sinks: {len(fresh)}"]
+        parts.sinks = sinks
+        try:
+            adopted = {
+                id(p) for s, p in fresh if p is not None and p.destination() == s.destination()
+            }
+            for spec, sink in gone:
+                open_keys = [] if id(sink) in adopted else sink.told_active()
+                if open_keys:
+                    logger.warning(
+                        "alert sink %r removed: %d alert(s) it announced stay open there "
+                        "(not resolved: the outage is not over): %s",
+                        spec.name,
+                        len(open_keys),
+                        ", ".join(open_keys),
+                    )
+            await asyncio.gather(
+                *(sink.aclose(SINK_FLUSH_DEADLINE) for _, sink in gone), return_exceptions=True
+            )
+        finally:
+            for sink, _ in fresh:
+                sink.resume()
+        changes = [
+            f"alert sink {spec.name!r} removed"
+            for spec, _ in gone
+            if (spec.type, spec.name) not in {(s.type, s.name) for s in new.alerts}
+        ]
+        changes += [f"alert sink {spec.name!r} added or changed" for spec in wanted]
+        return changes
 
     # -- reading ----------------------------------------------------------------------
 
@@ -413,13 +465,11 @@ def _checker_changed(old: ServiceSpec | None, new: ServiceSpec) -> bool:
     return any(getattr(old, key) != getattr(new, key) for key in keys)
 
 
-def _sink_identity(sinks: Sequence[Any]) -> tuple[object, ...]:
-    return tuple(
-        (
-            s.type,
-            s.name,
-            tuple(sorted((k, repr(v)) for k, v in s.options.items())),
-            tuple(sorted(s.secrets.items())),
-        )
-        for s in sinks
+def _one_sink_identity(spec: SinkSpec) -> tuple[object, ...]:
+    """What makes a sink the same across a reload (compared in memory, never shown)."""
+    return (
+        spec.type,
+        spec.name,
+        tuple(sorted((k, repr(v)) for k, v in spec.options.items())),
+        tuple(sorted(spec.secrets.items())),
     )

@@ -1,0 +1,161 @@
+"""A config reload that changes the alert sinks, through the real ServiceRuntime: an outage
+under way keeps its resolve, new sinks hear of it, unchanged sinks keep their state."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.alerting_helpers import Receiver, Reply, wait_for
+from tests.conftest import free_port
+from xnai_core.service import parse_config
+from xnai_core.service.runtime import ServiceRuntime
+
+
+@pytest.fixture
+def hooks() -> Iterator[dict[str, Receiver]]:
+    servers = {name: Receiver() for name in ("a", "b", "c")}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+def config(port: int, sinks: list[dict[str, Any]]) -> Any:
+    return parse_config(
+        {
+            "monitor": {"check_interval": 0.1, "failure_threshold": 1, "success_threshold": 1},
+            "services": [{"name": "db", "type": "tcp", "host": "127.0.0.1", "port": port}],
+            "alerts": sinks,
+        },
+        env={},
+    )
+
+
+def hook(name: str, receiver: Receiver, **options: Any) -> dict[str, Any]:
+    return {"type": "webhook", "name": name, "url": f"{receiver.url}/{name}", **options}
+
+
+def events(receiver: Receiver) -> list[tuple[str, str]]:
+    return [(body["alert"]["key"], body["event"]) for body in receiver.bodies()]
+
+
+def resolved_at(receiver: Receiver) -> Callable[[], bool]:
+    return lambda: ("db:status", "resolved") in events(receiver)
+
+
+def listen(port: int) -> socket.socket:
+    """The checked service comes up: something listens on its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(16)
+    return sock
+
+
+async def test_a_reload_keeps_unchanged_sinks_and_hands_the_outage_to_new_ones(
+    hooks: dict[str, Receiver],
+) -> None:
+    """Down with sinks a and b; reload with a unchanged, b changed (same destination) and c
+    new; the service comes back: a and b each got one firing and one resolve, c was told of
+    the outage at the reload and got its resolve."""
+    port = free_port()
+    first = config(port, [hook("a", hooks["a"]), hook("b", hooks["b"])])
+    second = config(
+        port,
+        [hook("a", hooks["a"]), hook("b", hooks["b"], timeout=7), hook("c", hooks["c"])],
+    )
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    up = None
+    try:
+        await wait_for(lambda: events(hooks["a"]) == [("db:status", "firing")])
+        await wait_for(lambda: events(hooks["b"]) == [("db:status", "firing")])
+        kept = runtime.sinks[0]
+        changes = await runtime.reload(second)
+        assert runtime.sinks[0] is kept
+        assert changes == ["alert sink 'b' added or changed", "alert sink 'c' added or changed"]
+        await wait_for(lambda: events(hooks["c"]) == [("db:status", "firing")])
+        up = listen(port)
+        for receiver in hooks.values():
+            await wait_for(resolved_at(receiver))
+    finally:
+        await runtime.stop()
+        if up is not None:
+            up.close()
+    for name in "abc":
+        assert events(hooks[name]) == [("db:status", "firing"), ("db:status", "resolved")], name
+
+
+async def test_a_kept_sink_keeps_its_queue_and_retries_through_a_reload(
+    hooks: dict[str, Receiver],
+) -> None:
+    """Sink a is mid-retry (its receiver answered 503) when another sink is added: a keeps
+    its pending notice and its attempt count, and delivers it; nothing is dropped."""
+    port = free_port()
+    hooks["a"].script.extend([Reply(503), Reply(503)])
+    first = config(port, [hook("a", hooks["a"])])
+    second = config(port, [hook("a", hooks["a"]), hook("c", hooks["c"])])
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    try:
+        await wait_for(lambda: hooks["a"].answers[:1] == [503])
+        kept = runtime.sinks[0]
+        await runtime.reload(second)
+        assert runtime.sinks[0] is kept
+        await wait_for(lambda: kept.stats().sent == 1)
+        await wait_for(lambda: events(hooks["c"]) == [("db:status", "firing")])
+        assert kept.stats().dropped == 0
+    finally:
+        await runtime.stop()
+    assert hooks["a"].answers == [503, 503, 200]
+
+
+async def test_a_sink_moved_to_a_new_destination_announces_the_outage_there(
+    hooks: dict[str, Receiver],
+) -> None:
+    """Sink b now points at receiver c: c hears of the outage under way and of its end;
+    the old destination keeps the page it had (not resolved, named in a WARNING)."""
+    port = free_port()
+    first = config(port, [hook("b", hooks["b"])])
+    second = config(port, [hook("b", hooks["c"])])
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    up = None
+    try:
+        await wait_for(lambda: events(hooks["b"]) == [("db:status", "firing")])
+        await runtime.reload(second)
+        await wait_for(lambda: events(hooks["c"]) == [("db:status", "firing")])
+        up = listen(port)
+        await wait_for(resolved_at(hooks["c"]))
+    finally:
+        await runtime.stop()
+        if up is not None:
+            up.close()
+    assert events(hooks["b"]) == [("db:status", "firing")]
+    assert events(hooks["c"]) == [("db:status", "firing"), ("db:status", "resolved")]
+
+
+async def test_a_removed_sink_flushes_what_it_owes_before_closing(
+    hooks: dict[str, Receiver],
+) -> None:
+    """Sink b is removed while its notice waits out its first retry (at most 1 s): it is
+    delivered within the 2 s flush deadline, not dropped."""
+    port = free_port()
+    hooks["b"].script.append(Reply(503))
+    first = config(port, [hook("a", hooks["a"]), hook("b", hooks["b"])])
+    second = config(port, [hook("a", hooks["a"])])
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    try:
+        await wait_for(lambda: hooks["b"].answers == [503])
+        removed = runtime.sinks[1]
+        changes = await runtime.reload(second)
+        assert changes == ["alert sink 'b' removed"]
+        assert removed.stats().sent == 1
+        assert removed.stats().dropped == 0
+    finally:
+        await runtime.stop()
+    assert events(hooks["b"]) == [("db:status", "firing"), ("db:status", "firing")]
