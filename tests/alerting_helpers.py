@@ -11,9 +11,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from tests.conftest import free_port
+from tests.helpers import run_virtual
 from xnai_core import Alert
 from xnai_core.alerting import AlertSink, DeliveryError, Notification
 
@@ -146,6 +147,22 @@ class BlackHole:
         self.sock.close()
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+Served = TypeVar("Served", bound=_Closable)
+
+
+def served(item: Served) -> Iterator[Served]:
+    """For a fixture: ``yield from served(Receiver())`` hands the receiver to the test and
+    closes it afterwards."""
+    try:
+        yield item
+    finally:
+        item.close()
+
+
 def refused_url() -> str:
     """An http URL on a loopback port where nothing listens."""
     return f"http://127.0.0.1:{free_port()}"
@@ -244,3 +261,15 @@ class Receivers:
 def iter_notes(sink: RecordingSink) -> Iterator[tuple[str, str, int]]:
     for note in sink.delivered:
         yield note.key, note.event, note.repeat
+
+
+def delivered_in_virtual_time(sink: RecordingSink, *alerts: Alert) -> list[tuple[str, str, int]]:
+    """File ``alerts`` with ``sink`` on a virtual-time loop, drain it: what it delivered."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        for item in alerts:
+            sink.submit(item)
+        await sink.drain()
+        return list(iter_notes(sink))
+
+    return run_virtual(scenario())

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.alerting_helpers import Receiver, alert, refused_url, wait_for
+from tests.alerting_helpers import Receiver, alert, refused_url, served, wait_for
 from tests.conftest import free_port
 from xnai_core import CustomHealthChecker, HealthMonitor, HealthStatus
 from xnai_core.alerting import AlertmanagerSink
@@ -101,9 +101,7 @@ def start_alertmanager(hook: str, group_by: str) -> Alertmanager:
 
 @pytest.fixture
 def hook() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+    yield from served(Receiver())
 
 
 def _stop(manager: Alertmanager) -> None:

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.alerting_helpers import RecordingSink, SleepRecorder, alert, iter_notes, resolved
+from tests.alerting_helpers import (
+    RecordingSink,
+    SleepRecorder,
+    alert,
+    delivered_in_virtual_time,
+    iter_notes,
+    resolved,
+)
 from tests.helpers import run_virtual
 from xnai_core import Alert
 from xnai_core.alerting import DeliveryError
@@ -21,16 +28,10 @@ from xnai_core.alerting import DeliveryError
 def test_min_severity_routes_raises_and_resolves_follow_their_raise() -> None:
     """A warning skips a critical-only sink; a resolve (severity info) follows its raise."""
 
-    async def scenario() -> list[tuple[str, str, int]]:
-        sink = RecordingSink(min_severity="critical")
-        warn = alert(kind="success_rate", severity="warning")
-        crit = alert(kind="status")
-        for item in (warn, crit, resolved(warn), resolved(crit)):
-            sink.submit(item)
-        await sink.drain()
-        return list(iter_notes(sink))
-
-    assert run_virtual(scenario()) == [
+    warn = alert(kind="success_rate", severity="warning")
+    crit = alert(kind="status")
+    sink = RecordingSink(min_severity="critical")
+    assert delivered_in_virtual_time(sink, warn, crit, resolved(warn), resolved(crit)) == [
         ("rag_api:status", "firing", 0),
         ("rag_api:status", "resolved", 0),
     ]
@@ -55,18 +56,12 @@ def test_services_and_exclude_services_choose_what_a_sink_takes() -> None:
 def test_a_duplicate_raise_and_an_unknown_resolve_send_nothing() -> None:
     """The same alert through the monitor and the recovery manager pages once."""
 
-    async def scenario() -> list[tuple[str, str, int]]:
-        sink = RecordingSink()
-        raised = alert(kind="manual_intervention")
-        sink.submit(raised)
-        sink.submit(raised)
-        sink.submit(resolved(alert(service="other")))
-        sink.submit(resolved(raised))
-        sink.submit(resolved(raised))
-        await sink.drain()
-        return list(iter_notes(sink))
-
-    assert run_virtual(scenario()) == [
+    raised = alert(kind="manual_intervention")
+    other = resolved(alert(service="other"))
+    sink = RecordingSink()
+    assert delivered_in_virtual_time(
+        sink, raised, raised, other, resolved(raised), resolved(raised)
+    ) == [
         ("rag_api:manual_intervention", "firing", 0),
         ("rag_api:manual_intervention", "resolved", 0),
     ]
@@ -75,18 +70,12 @@ def test_a_duplicate_raise_and_an_unknown_resolve_send_nothing() -> None:
 def test_raise_and_resolve_stay_in_order_through_retries() -> None:
     """A raise retried three times is still delivered before its resolve."""
 
-    async def scenario() -> tuple[list[tuple[str, str, int]], int]:
-        sink = RecordingSink()
-        sink.outcomes.extend(DeliveryError("HTTP 503", retryable=True) for _ in range(3))
-        raised = alert()
-        sink.submit(raised)
-        sink.submit(resolved(raised))
-        await sink.drain()
-        return list(iter_notes(sink)), sink.stats().retried
-
-    notes, retried = run_virtual(scenario())
+    sink = RecordingSink()
+    sink.outcomes.extend(DeliveryError("HTTP 503", retryable=True) for _ in range(3))
+    raised = alert()
+    notes = delivered_in_virtual_time(sink, raised, resolved(raised))
     assert notes == [("rag_api:status", "firing", 0), ("rag_api:status", "resolved", 0)]
-    assert retried == 3
+    assert sink.stats().retried == 3
 
 
 def test_backoff_is_exponential_with_jitter_up_to_backoff_max() -> None:
@@ -232,21 +221,28 @@ def test_queue_bound_holds_and_overflow_warns_once(caplog: pytest.LogCaptureFixt
     assert "queue full" in warnings[0].getMessage()
 
 
+async def full_queue() -> tuple[RecordingSink, asyncio.Event, tuple[Alert, Alert, Alert]]:
+    """A sink of queue_size 2 with ``first`` in flight (hung until the event) and two raises
+    queued."""
+    sink = RecordingSink(queue_size=2)
+    sink.hang = hang = asyncio.Event()
+    first = alert(service="first")
+    sink.submit(first)
+    await asyncio.sleep(0)  # in flight now
+    second, third = alert(service="second"), alert(service="third")
+    sink.submit(second)
+    sink.submit(third)
+    return sink, hang, (first, second, third)
+
+
 def test_a_resolve_takes_the_place_of_a_queued_raise_when_the_queue_is_full() -> None:
     """A resolve closes a page already seen; a queued raise has told no one yet, so it gives way."""
 
     async def scenario() -> list[tuple[str, str, int]]:
-        sink = RecordingSink(queue_size=2)
-        sink.hang = asyncio.Event()
-        first = alert(service="first")
-        sink.submit(first)
-        await asyncio.sleep(0)  # in flight now
-        second, third = alert(service="second"), alert(service="third")
-        sink.submit(second)
-        sink.submit(third)
+        sink, hang, (first, _second, third) = await full_queue()
         sink.submit(resolved(first))  # the queue is full: third's raise gives way
         sink.submit(resolved(third))  # third was never announced: nothing to resolve
-        sink.hang.set()
+        hang.set()
         await sink.drain()
         return list(iter_notes(sink))
 
@@ -261,16 +257,9 @@ def test_a_full_queue_cancels_a_resolve_with_its_unsent_raise() -> None:
     """A resolve whose own raise is still queued (nobody was told): neither is sent."""
 
     async def scenario() -> tuple[list[tuple[str, str, int]], int]:
-        sink = RecordingSink(queue_size=2)
-        sink.hang = asyncio.Event()
-        first = alert(service="first")
-        sink.submit(first)
-        await asyncio.sleep(0)  # in flight now
-        second, third = alert(service="second"), alert(service="third")
-        sink.submit(second)
-        sink.submit(third)
+        sink, hang, (_first, second, _third) = await full_queue()
         sink.submit(resolved(second))  # second's raise is queued: both go
-        sink.hang.set()
+        hang.set()
         await sink.drain()
         return list(iter_notes(sink)), sink.stats().dropped_by_reason["queue_full"]
 

@@ -13,6 +13,7 @@ from tests.alerting_helpers import (
     SleepRecorder,
     alert,
     resolved,
+    served,
     wait_for,
 )
 from xnai_core.alerting import PagerDutySink, SlackSink, WebhookSink
@@ -22,9 +23,7 @@ ROUTING_KEY = "R0123456789abcdef0123456789ABCDE"
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+    yield from served(Receiver())
 
 
 async def test_http_408_is_retried_like_429_and_5xx(receiver: Receiver) -> None:

@@ -104,32 +104,32 @@ def plain_server() -> Iterator[Server]:
     yield from serve(Mailbox())
 
 
+def serve_with_auth(**options: Any) -> Iterator[Server]:
+    """A server that requires AUTH (the password above), with the TLS ``options`` given."""
+    mailbox = Mailbox()
+    yield from serve(mailbox, auth_required=True, authenticator=mailbox.authenticate, **options)
+
+
 @pytest.fixture
 def starttls_server(certificate: Certificate) -> Iterator[Server]:
     """STARTTLS required, then AUTH required."""
-    mailbox = Mailbox()
-    yield from serve(
-        mailbox,
-        tls_context=certificate.server_context(),
-        require_starttls=True,
-        auth_required=True,
-        auth_require_tls=True,
-        authenticator=mailbox.authenticate,
+    yield from serve_with_auth(
+        tls_context=certificate.server_context(), require_starttls=True, auth_require_tls=True
     )
 
 
 @pytest.fixture
 def tls_server(certificate: Certificate) -> Iterator[Server]:
     """TLS from the first byte (SMTPS), AUTH required."""
-    mailbox = Mailbox()
-    yield from serve(
-        mailbox,
-        ssl_context=certificate.server_context(),
-        auth_required=True,
-        # aiosmtpd sees TLS only when it came by STARTTLS; here the socket itself is TLS.
-        auth_require_tls=False,
-        authenticator=mailbox.authenticate,
-    )
+    # aiosmtpd sees TLS only when it came by STARTTLS; here the socket itself is TLS.
+    yield from serve_with_auth(ssl_context=certificate.server_context(), auth_require_tls=False)
+
+
+def mail_sink(port: int, **options: Any) -> EmailSink:
+    """An EmailSink to the loopback server on ``port``, from and to ops.example."""
+    options.setdefault("mail_from", "xnai@ops.example")
+    options.setdefault("to", "oncall@ops.example")
+    return EmailSink("127.0.0.1", port, **options)
 
 
 def parts(mail: EmailMessage) -> tuple[str, str]:
@@ -180,11 +180,8 @@ async def test_starttls_and_auth_with_the_password_from_the_environment(
     """STARTTLS, then AUTH with the password read from the named variable; never logged."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("XNAI_TEST_SMTP_PASSWORD", PASSWORD)
-    sink = EmailSink(
-        "127.0.0.1",
+    sink = mail_sink(
         starttls_server.port,
-        mail_from="xnai@ops.example",
-        to="oncall@ops.example",
         username="alerts",
         password_env="XNAI_TEST_SMTP_PASSWORD",
         tls_context=certificate.client_context(),
@@ -201,12 +198,9 @@ async def test_starttls_and_auth_with_the_password_from_the_environment(
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_implicit_tls_and_auth(tls_server: Server, certificate: Certificate) -> None:
     """security="ssl": TLS from the first byte, then AUTH."""
-    sink = EmailSink(
-        "127.0.0.1",
+    sink = mail_sink(
         tls_server.port,
         security="ssl",
-        mail_from="xnai@ops.example",
-        to="oncall@ops.example",
         username="alerts",
         password=PASSWORD,
         tls_context=certificate.client_context(),
@@ -222,11 +216,8 @@ async def test_a_wrong_password_is_rejected_not_retried(
 ) -> None:
     """535 is final: one attempt, dropped as rejected, the password nowhere in the logs."""
     caplog.set_level(logging.DEBUG)
-    sink = EmailSink(
-        "127.0.0.1",
+    sink = mail_sink(
         starttls_server.port,
-        mail_from="xnai@ops.example",
-        to="oncall@ops.example",
         username="alerts",
         password="not-the-Password-91",
         tls_context=certificate.client_context(),
@@ -243,11 +234,8 @@ async def test_a_wrong_password_is_rejected_not_retried(
 
 async def test_starttls_refused_by_the_server_sends_nothing_in_clear(plain_server: Server) -> None:
     """security="starttls" against a server without STARTTLS: rejected, no mail sent."""
-    sink = EmailSink(
-        "127.0.0.1",
+    sink = mail_sink(
         plain_server.port,
-        mail_from="xnai@ops.example",
-        to="oncall@ops.example",
         sleep=SleepRecorder(),
     )
     sink.submit(alert())
@@ -258,11 +246,8 @@ async def test_starttls_refused_by_the_server_sends_nothing_in_clear(plain_serve
 
 async def test_an_untrusted_certificate_is_refused(starttls_server: Server) -> None:
     """The system CAs do not trust the test's self-signed certificate: nothing is sent."""
-    sink = EmailSink(
-        "127.0.0.1",
+    sink = mail_sink(
         starttls_server.port,
-        mail_from="xnai@ops.example",
-        to="oncall@ops.example",
         username="alerts",
         password=PASSWORD,
         sleep=SleepRecorder(),
@@ -276,12 +261,9 @@ async def test_an_untrusted_certificate_is_refused(starttls_server: Server) -> N
 async def test_a_server_that_is_down_is_retried() -> None:
     """Connection refused is temporary: retried up to max_attempts."""
     sleep = SleepRecorder()
-    sink = EmailSink(
-        "127.0.0.1",
+    sink = mail_sink(
         free_port(),
         security="none",
-        mail_from="xnai@ops.example",
-        to="oncall@ops.example",
         max_attempts=3,
         sleep=sleep,
     )

@@ -21,6 +21,7 @@ from tests.alerting_helpers import (
     alert,
     refused_url,
     resolved,
+    served,
     wait_for,
 )
 from xnai_core.alerting import (
@@ -116,30 +117,22 @@ def pagerduty_validator(request: Request) -> Reply:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+    yield from served(Receiver())
 
 
 @pytest.fixture
 def black_hole() -> Iterator[BlackHole]:
-    hole = BlackHole()
-    yield hole
-    hole.close()
+    yield from served(BlackHole())
 
 
 @pytest.fixture
 def slack() -> Iterator[Receiver]:
-    server = Receiver(slack_validator)
-    yield server
-    server.close()
+    yield from served(Receiver(slack_validator))
 
 
 @pytest.fixture
 def pagerduty() -> Iterator[Receiver]:
-    server = Receiver(pagerduty_validator)
-    yield server
-    server.close()
+    yield from served(Receiver(pagerduty_validator))
 
 
 # --- Slack --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from tests.alerting_helpers import (
     Receiver,
     RecordingSink,
     refused_url,
+    served,
     wait_for,
 )
 from xnai_core import (
@@ -27,16 +28,12 @@ from xnai_core.alerting import WebhookSink
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+    yield from served(Receiver())
 
 
 @pytest.fixture
 def black_hole() -> Iterator[BlackHole]:
-    hole = BlackHole()
-    yield hole
-    hole.close()
+    yield from served(BlackHole())
 
 
 async def test_hung_and_refusing_sinks_never_slow_checks_or_other_sinks(

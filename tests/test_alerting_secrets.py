@@ -20,6 +20,7 @@ from tests.alerting_helpers import (
     all_text,
     refused_url,
     resolved,
+    served,
 )
 from xnai_core.alerting import (
     AlertmanagerSink,
@@ -46,16 +47,12 @@ def echo(request: Request) -> Reply:
 
 @pytest.fixture
 def echoing() -> Iterator[Receiver]:
-    server = Receiver(echo)
-    yield server
-    server.close()
+    yield from served(Receiver(echo))
 
 
 @pytest.fixture
 def receiver_all() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+    yield from served(Receiver())
 
 
 def sinks_to(base: str, **options: object) -> list[AlertSink]:
