@@ -495,3 +495,50 @@ def test_invariants_hold_under_random_alerts_failures_and_overflows(
         assert stats.sent + stats.dropped - stats.dropped_by_reason["queue_full"] == notes_attempted
 
     run_virtual(scenario())
+
+
+def test_a_raise_already_tried_is_never_cancelled_by_a_full_queue() -> None:
+    """A raise whose first attempt timed out may have arrived: when its resolve meets a full
+    queue, an untried raise gives way instead, so the page that may be open is closed."""
+
+    async def scenario() -> tuple[list[tuple[str, str, int]], int]:
+        sink = RecordingSink(queue_size=2, random=lambda: 0.0)
+        sink.outcomes.append(DeliveryError("timed out", retryable=True))
+        first = alert(service="first")
+        sink.submit(first)
+        await asyncio.sleep(0.1)  # tried once; waiting 1 s for its retry, in the queue
+        sink.submit(alert(service="second"))
+        sink.submit(resolved(first))
+        await sink.drain()
+        return list(iter_notes(sink)), sink.stats().dropped_by_reason["queue_full"]
+
+    notes, dropped = run_virtual(scenario())
+    assert notes == [("first:status", "firing", 0), ("first:status", "resolved", 0)]
+    assert dropped == 1
+
+
+def test_lanes_keep_each_alerts_order_and_send_criticals_first() -> None:
+    """Queued together: the critical and its resolve go before the older warning, and each
+    alert's raise still precedes its resolve."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink(min_severity="info")
+        sink.hang = asyncio.Event()
+        blocker = alert(service="blocker", severity="info")
+        sink.submit(blocker)
+        await asyncio.sleep(0)  # in flight
+        warning = alert(service="w", severity="warning")
+        critical = alert(service="c")
+        for item in (warning, resolved(warning), critical, resolved(critical)):
+            sink.submit(item)
+        sink.hang.set()
+        await sink.drain()
+        return list(iter_notes(sink))
+
+    assert run_virtual(scenario()) == [
+        ("blocker:status", "firing", 0),
+        ("c:status", "firing", 0),
+        ("c:status", "resolved", 0),
+        ("w:status", "firing", 0),
+        ("w:status", "resolved", 0),
+    ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import pytest
 
 from tests.alerting_helpers import (
+    BlackHole,
     Receiver,
     Reply,
     SleepRecorder,
@@ -16,6 +18,7 @@ from tests.alerting_helpers import (
     served,
     wait_for,
 )
+from xnai_core import CustomHealthChecker, HealthMonitor
 from xnai_core.alerting import PagerDutySink, SlackSink, WebhookSink
 
 ROUTING_KEY = "R0123456789abcdef0123456789ABCDE"
@@ -128,3 +131,62 @@ async def test_a_retry_after_on_a_warning_holds_the_other_warnings_too(
     await sink.drain()
     await sink.aclose()
     assert [b["alert"]["service"] for b in receiver.bodies()] == ["a", "a", "b"]
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    yield from served(BlackHole())
+
+
+async def test_a_cancelled_aclose_still_counts_and_names_what_was_not_delivered(
+    black_hole: BlackHole, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's shutdown is cancelled while a sink waits on a hung receiver: the
+    notice is still counted as dropped (shutdown) and logged with its key, and a second
+    aclose() releases the connection pool instead of returning early."""
+    caplog.set_level(logging.ERROR)
+    sink = WebhookSink(black_hole.url, timeout=30.0)
+    sink.submit(alert())
+    await asyncio.sleep(0.2)  # the attempt hangs on the receiver
+    closing = asyncio.ensure_future(sink.aclose(timeout=10.0))
+    await asyncio.sleep(0.1)
+    closing.cancel()
+    await asyncio.gather(closing, return_exceptions=True)
+    stats = sink.stats()
+    assert (stats.queued, stats.dropped_by_reason["shutdown"]) == (0, 1)
+    assert any(
+        getattr(record, "xnai.alert_key", None) == "rag_api:status" for record in caplog.records
+    )
+    released: list[bool] = []
+    original = sink.release
+
+    async def release() -> None:
+        released.append(True)
+        await original()
+
+    sink.release = release  # type: ignore[method-assign]
+    await sink.aclose()
+    assert released == [True]
+
+
+async def test_the_monitor_stopped_mid_delivery_loses_and_doubles_nothing(
+    receiver: Receiver,
+) -> None:
+    """A service goes down, the monitor is stopped (its tasks cancelled) while the sink's
+    POST waits on a slow receiver: the alert still arrives exactly once, and aclose()
+    delivers the rest within its deadline."""
+    receiver.script.append(Reply(200, delay=0.5))
+    monitor = HealthMonitor(check_interval=0.05, failure_threshold=1, success_threshold=1)
+    monitor.add_checker(CustomHealthChecker("db", lambda: False, in_thread=False))
+    sink = WebhookSink(receiver.url)
+    monitor.add_alert_handler(sink)
+    await monitor.start_monitoring()
+    try:
+        await wait_for(lambda: len(receiver.requests) == 1)
+    finally:
+        await monitor.stop_monitoring()
+    sink.submit(alert(service="late"))  # filed as the process winds down
+    await sink.aclose(timeout=5.0)
+    stats = sink.stats()
+    assert [b["alert"]["key"] for b in receiver.bodies()] == ["db:status", "late:status"]
+    assert (stats.sent, stats.retried, stats.dropped) == (2, 0, 0)

@@ -214,6 +214,7 @@ class AlertSink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._released = False
         self._close_deadline: float | None = None
         self._failing = False
         self._warned_full = False
@@ -688,7 +689,8 @@ class AlertSink:
         return [key for key, active in self._active.items() if active.told]
 
     async def drain(self) -> None:
-        """Wait until every queued notification is delivered or given up."""
+        """Wait until every queued notification is delivered or given up (after
+        :meth:`resume`, when paused)."""
         self._ensure_worker()
         while self._queue or self._in_flight is not None:
             self._ensure_worker()
@@ -703,6 +705,9 @@ class AlertSink:
         """
         deadline_in = check_seconds("timeout", timeout, allow_zero=True)
         if self._closed and (self._worker is None or self._worker.done()):
+            if not self._released:  # a first aclose() was cancelled before it got here
+                self._released = True
+                await self.release()
             return
         self._closed = True
         self._resumed.set()
@@ -711,14 +716,22 @@ class AlertSink:
         self._ensure_worker()
         self._wake.set()
         worker = self._worker
-        if worker is not None and not worker.done():
-            try:
-                await asyncio.wait({worker}, timeout=deadline_in)
-            finally:
-                # At the deadline, or when aclose() itself is cancelled: no task is left.
-                if not worker.done():
-                    worker.cancel()
-                    await asyncio.gather(worker, return_exceptions=True)
+        try:
+            if worker is not None and not worker.done():
+                try:
+                    await asyncio.wait({worker}, timeout=deadline_in)
+                finally:
+                    # At the deadline, or when aclose() itself is cancelled: no task is left.
+                    if not worker.done():
+                        worker.cancel()
+                        await asyncio.gather(worker, return_exceptions=True)
+        finally:
+            # Also when aclose() is cancelled: what was not delivered is counted and named.
+            self._drop_leftovers()
+        self._released = True
+        await self.release()
+
+    def _drop_leftovers(self) -> None:
         leftovers = [pending.note for pending in self._queue]
         if self._in_flight is not None:
             leftovers.insert(0, self._in_flight.note)
@@ -728,7 +741,6 @@ class AlertSink:
         self._idle.set()
         for note in leftovers:
             self._drop(note, "shutdown")
-        await self.release()
 
     async def __aenter__(self) -> AlertSink:
         return self
