@@ -154,8 +154,8 @@ class WebhookSink(HttpSink):
         now = self._wall_clock()
         body = json.dumps(self.payload(note, now=now)).encode()
         headers = {name: value.reveal() for name, value in self._headers.items()}
-        # The same on every retry of this notification (and from every replica, and from a
-        # sink rebuilt by a reload): a receiver that took it once drops the copies.
+        # The same on every retry of this notification (and from a sink rebuilt by a
+        # reload): a receiver that took it once drops the copies.
         headers[DELIVERY_HEADER] = note.delivery_id
         headers[IDEMPOTENCY_HEADER] = note.delivery_id
         if self._secret is not None:
