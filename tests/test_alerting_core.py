@@ -542,3 +542,41 @@ def test_lanes_keep_each_alerts_order_and_send_criticals_first() -> None:
         ("w:status", "firing", 0),
         ("w:status", "resolved", 0),
     ]
+
+
+def test_adopting_from_a_predecessor_announces_only_what_it_had_not_told() -> None:
+    """A sink rebuilt by a reload: the alert its predecessor (same destination) delivered is
+    taken over silently, its first reminder a full repeat_interval later; the one still
+    untried at the predecessor is announced by the new sink and not by the old."""
+
+    async def scenario() -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+        await asyncio.sleep(1000)  # the process has been up a while
+        old = RecordingSink()
+        told, untold = alert(service="told"), alert(service="untold")
+        old.submit(told)
+        await old.drain()
+        old.pause()
+        old.submit(untold)
+        new = RecordingSink(repeat_interval=60.0)
+        new.adopt([told, untold], predecessor=old)
+        await old.aclose()
+        await asyncio.sleep(30)
+        early = list(iter_notes(new))
+        await asyncio.sleep(40)
+        new.submit(resolved(told))
+        new.submit(resolved(untold))
+        await new.drain()
+        await new.aclose()
+        return list(iter_notes(old)), [*early, ("--", "--", 0), *list(iter_notes(new))]
+
+    old_notes, new_notes = run_virtual(scenario())
+    assert old_notes == [("told:status", "firing", 0)]
+    assert new_notes == [
+        ("untold:status", "firing", 0),
+        ("--", "--", 0),
+        ("untold:status", "firing", 0),
+        ("told:status", "firing", 1),
+        ("untold:status", "firing", 1),
+        ("told:status", "resolved", 0),
+        ("untold:status", "resolved", 0),
+    ]

@@ -54,6 +54,14 @@ _live: weakref.WeakSet[AlertSink] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
 
+def _loop_time() -> float:
+    """The running loop's clock (what repeats are scheduled on), else the monotonic one."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
 def _same_raise(one: Alert, other: Alert) -> bool:
     return one.key == other.key and one.timestamp == other.timestamp
 
@@ -655,16 +663,13 @@ class AlertSink:
             if same_place and predecessor is not None:
                 told = predecessor._active.get(alert.key)
             if told is not None and told.told and _same_raise(told.raised, alert):
-                now = self._loop.time() if self._loop is not None else None
+                next_repeat = None
+                if self.repeat_interval is not None:
+                    next_repeat = told.next_repeat
+                    if next_repeat is None:
+                        next_repeat = _loop_time() + self.repeat_interval
                 self._active[alert.key] = _Active(
-                    alert,
-                    repeats=told.repeats,
-                    told=True,
-                    next_repeat=(
-                        None
-                        if self.repeat_interval is None
-                        else (told.next_repeat or ((now or 0.0) + self.repeat_interval))
-                    ),
+                    alert, repeats=told.repeats, told=True, next_repeat=next_repeat
                 )
                 continue
             if predecessor is not None:
