@@ -25,6 +25,7 @@ tried (a critical is never held back by a warning's ``Retry-After``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random as _random
 import threading
@@ -52,6 +53,11 @@ Sleep = Callable[[float], Awaitable[object]]
 # time (weak: a sink dropped by its owner leaves no series and no leak behind).
 _live: weakref.WeakSet[AlertSink] = weakref.WeakSet()
 _live_lock = threading.Lock()
+
+
+def fingerprint(*parts: object) -> str:
+    """A SHA-256 digest of ``parts`` (their reprs): equal parts, equal digest."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def _loop_time() -> float:
@@ -632,10 +638,11 @@ class AlertSink:
 
     # --- control ----------------------------------------------------------------------
 
-    def destination(self) -> tuple[object, ...]:
-        """What identifies where this sink delivers (compared, never shown): its kind and
-        secrets by default; a sink whose destination is not all secret adds the rest."""
-        return (self.kind, self.secrets())
+    def destination(self) -> str:
+        """A digest of where this sink delivers, to compare two sinks: its kind and secrets
+        by default; a sink whose destination is not all secret adds the rest. A digest, so
+        that printing it shows nothing."""
+        return fingerprint(self.kind, *self.secrets())
 
     def pause(self) -> None:
         """Hold delivery (alerts are still filed and queued) until :meth:`resume`."""

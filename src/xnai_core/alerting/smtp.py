@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal, Unpack
 from ._mask import mask_details, mask_text
 from ._model import DeliveryError, Notification, iso_utc
 from ._secret import Secret
-from ._sink import AlertSink, SinkOptions, logger
+from ._sink import AlertSink, SinkOptions, fingerprint, logger
 
 Security = Literal["starttls", "ssl", "none"]
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
@@ -151,8 +151,10 @@ class EmailSink(AlertSink):
     def secrets(self) -> tuple[str, ...]:
         return () if self._password is None else (self._password.reveal(),)
 
-    def destination(self) -> tuple[object, ...]:
-        return (self.kind, self.host, self.port, self.mail_from, tuple(self.to), self.secrets())
+    def destination(self) -> str:
+        return fingerprint(
+            self.kind, self.host, self.port, self.mail_from, self.to, *self.secrets()
+        )
 
     def describe(self) -> str:
         auth = ", auth=True" if self.username else ""
