@@ -45,6 +45,9 @@ from ._routing import SEVERITY_ORDER, Route
 
 logger = logging.getLogger("xnai_core.alerting")
 
+# How long a sink that cannot drop a retried copy waits for an answer before retrying.
+SLOW_REPLY_TIMEOUT = 60.0
+
 DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "gave_up", "shutdown")
 
 Sleep = Callable[[float], Awaitable[object]]
@@ -161,9 +164,8 @@ class AlertSink:
     default_min_severity: ClassVar[Severity] = "warning"
     # True when a retried copy of a notice that did arrive is dropped by the destination
     # (a dedup key, the same labels, a delivery id). Otherwise a timed-out answer is a
-    # likely duplicate: such sinks wait longer for it (default_reply_timeout).
+    # likely duplicate: such sinks wait longer for it (SLOW_REPLY_TIMEOUT).
     idempotent: ClassVar[bool] = True
-    default_reply_timeout: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -204,7 +206,7 @@ class AlertSink:
         self.max_retry_after = check_seconds("max_retry_after", max_retry_after, allow_zero=True)
         self.timeout = check_seconds("timeout", timeout)
         if reply_timeout is None:
-            reply_timeout = self.default_reply_timeout
+            reply_timeout = None if self.idempotent else SLOW_REPLY_TIMEOUT
         self.reply_timeout = (
             self.timeout if reply_timeout is None else check_seconds("reply_timeout", reply_timeout)
         )

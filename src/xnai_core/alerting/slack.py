@@ -48,7 +48,6 @@ class SlackSink(HttpSink):
 
     kind: ClassVar[str] = "slack"
     idempotent: ClassVar[bool] = False
-    default_reply_timeout: ClassVar[float | None] = 60.0
 
     def __init__(
         self,
