@@ -3,14 +3,18 @@ under way keeps its resolve, new sinks hear of it, unchanged sinks keep their st
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.alerting_helpers import Receiver, Reply, wait_for
 from tests.conftest import free_port
+from tests.service_helpers import Behaviour, ServiceProcess, http_service
+from tests.service_helpers import wait_for as blocking_wait
 from xnai_core.service import parse_config
 from xnai_core.service.runtime import ServiceRuntime
 
@@ -159,3 +163,42 @@ async def test_a_removed_sink_flushes_what_it_owes_before_closing(
     finally:
         await runtime.stop()
     assert events(hooks["b"]) == [("db:status", "firing"), ("db:status", "firing")]
+
+
+@pytest.mark.slow
+def test_sighup_to_the_service_adds_a_sink_that_hears_of_the_outage_and_its_end(
+    hooks: dict[str, Receiver], tmp_path: Path
+) -> None:
+    """The real ``xnai-core serve``: down, SIGHUP with a second webhook; the service comes
+    back: both receivers get the firing and the resolve, each once."""
+    with http_service(Behaviour(status=503)) as (base, behaviour):
+
+        def text(*names: str) -> str:
+            tables = "".join(
+                f'[[alerts]]\ntype = "webhook"\nname = "{n}"\nurl = "{hooks[n].url}/{n}"\n'
+                for n in names
+            )
+            return (
+                "[monitor]\ncheck_interval = 0.2\nfailure_threshold = 1\n"
+                "success_threshold = 1\n\n"
+                f'[[services]]\nname = "api"\ntype = "http"\nurl = "{base}/health"\n\n' + tables
+            )
+
+        path = tmp_path / "service.toml"
+        path.write_text(text("a"))
+        service = ServiceProcess(path).start()
+        try:
+            assert blocking_wait(lambda: events(hooks["a"]) == [("api:status", "firing")], 30)
+            path.write_text(text("a", "b"))
+            service.signal(signal.SIGHUP)
+            assert blocking_wait(lambda: events(hooks["b"]) == [("api:status", "firing")], 30), (
+                service.log()
+            )
+            behaviour.status = 200
+            assert blocking_wait(lambda: all(len(events(hooks[n])) == 2 for n in "ab"), 30), (
+                service.log()
+            )
+        finally:
+            service.stop()
+    for name in "ab":
+        assert events(hooks[name]) == [("api:status", "firing"), ("api:status", "resolved")]
