@@ -7,6 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xnai_core.health import HealthStatus
 from xnai_core.recovery import RecoveryActionType
 from xnai_core.recovery.decide import (
     Act,
@@ -32,8 +33,9 @@ def slot(action: RecoveryActionType = RESTART, **kwargs: object) -> SlotView:
 
 
 def view(*slots: SlotView, **kwargs: object) -> View:
-    settings: dict[str, object] = {"status": "unhealthy", "poll": 1.0}
+    settings: dict[str, object] = {"status": HealthStatus.UNHEALTHY, "poll": 1.0}
     settings.update(kwargs)
+    settings["status"] = HealthStatus(str(settings["status"]))
     return View(slots=slots or (slot(),), **settings)  # type: ignore[arg-type]
 
 

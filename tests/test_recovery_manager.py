@@ -112,13 +112,15 @@ async def test_successful_restart_is_recorded_with_its_recovery_time() -> None:
 
 
 async def test_stats_have_exactly_the_seed_keys_plus_services() -> None:
-    """The stats dict has the seed's five keys and the per-service detail, nothing else."""
+    """The stats dict has the seed's five keys, the rate named for its unit and the
+    per-service detail, nothing else."""
     clock = FakeClock()
     async with make_manager(clock) as manager:
         stats = manager.get_recovery_stats()
     assert list(stats) == [
         "total_attempts",
         "success_rate",
+        "success_fraction",
         "average_recovery_time",
         "actions_by_type",
         "recent_failures",
@@ -129,6 +131,29 @@ async def test_stats_have_exactly_the_seed_keys_plus_services() -> None:
         0.0,
         0.0,
     )
+
+
+async def test_statuses_are_health_statuses_whatever_form_they_come_in() -> None:
+    """HealthStatus members and their strings mean the same; a word that is not a status
+    is unknown (shown so, never acted on), not a fourth status of recovery's own."""
+    from xnai_core.health import HealthStatus
+    from xnai_core.recovery import state
+
+    assert (state.HEALTHY, state.UNHEALTHY) == (HealthStatus.HEALTHY, HealthStatus.UNHEALTHY)
+    clock = FakeClock()
+    ref: list[RecoveryManager] = []
+    fix, calls = action(ref, clock, heals=lambda n: True)
+    async with make_manager(clock) as manager:
+        ref.append(manager)
+        manager.add_rule(rule(recovery_func=fix, failure_threshold=1))
+        await manager.on_status_change("api", HealthStatus.HEALTHY, "starting", None)
+        await manager.wait_idle()
+        shown = manager.get_recovery_stats()["services"]["api"]["status"]  # type: ignore[index]
+        assert (shown, calls) == ("unknown", [])
+        await manager.on_status_change("api", "starting", HealthStatus.UNHEALTHY, None)
+        await manager.wait_idle()
+    assert len(calls) == 1
+    assert manager.get_recovery_stats()["success_fraction"] == 1.0
 
 
 async def test_never_recovering_service_backs_off_escalates_once_and_latches() -> None:

@@ -176,14 +176,15 @@ async def test_an_attempt_counts_when_made_and_is_pending_until_judged(
         stats = manager.get_recovery_stats()
         assert stats["total_attempts"] == 1
         assert stats["actions_by_type"]["restart_service"] == 1  # type: ignore[index]
-        assert stats["success_rate"] == 0.0  # nothing judged yet
+        assert stats["success_rate"] == stats["success_fraction"] == 0.0  # nothing judged
         detail = _detail(manager)
         assert (detail["attempts"], detail["pending"], detail["failures"]) == (1, 1, 0)
         assert detail["last_attempt"]["outcome"] == "pending"  # type: ignore[index]
 
         await manager.wait_idle()
         stats = manager.get_recovery_stats()
-        assert (stats["total_attempts"], stats["success_rate"]) == (1, 1.0)
+        assert (stats["total_attempts"], stats["success_fraction"]) == (1, 1.0)
+        assert stats["success_rate"] == 1.0  # the seed's name: a fraction, as the seed shows
         assert _detail(manager)["pending"] == 0
         assert _detail(manager)["last_attempt"]["outcome"] == "succeeded"  # type: ignore[index]
     finally:
@@ -226,7 +227,7 @@ async def test_the_default_grace_period_follows_the_monitor(
         )
         monitor = _watch(stack, manager, web.url)
         rule = _detail(manager)["rules"][0]  # type: ignore[index]
-        # success_threshold 2 * min(interval 0.1, verify 0.05) + interval 0.1, floored at 1 s
+        # success_threshold 2 * (min(interval 0.1, verify 0.05) + timeout 0.1), floored at 1 s
         assert rule["grace_period"] == 1.0
         await monitor.start_monitoring()
         assert await monitor.wait_for_status("web", "healthy", timeout=10)

@@ -49,8 +49,9 @@ def test_defaults_follow_the_anchors() -> None:
 
 
 def test_default_grace_period_is_the_monitors_detection_time() -> None:
-    """success_threshold * min(interval, verify_interval) + interval, at least 1 s; 30 s
-    with no monitor; a rule's own grace_period always wins."""
+    """success_threshold * (min(interval, verify_interval) + timeout), at least 1 s, where
+    timeout bounds one check as the monitor bounds it; 30 s with no monitor; a rule's own
+    grace_period always wins."""
     from xnai_core.health.checkers import HTTPHealthChecker
     from xnai_core.health.monitor import HealthMonitor
     from xnai_core.recovery.seam import grace_period
@@ -58,16 +59,35 @@ def test_default_grace_period_is_the_monitors_detection_time() -> None:
     rule = RecoveryRule("api", "restart_service", recovery_func=_noop)
     own = RecoveryRule("api", "restart_service", recovery_func=_noop, grace_period=45)
     default = HealthMonitor()
-    default.add_checker(HTTPHealthChecker("api", "http://127.0.0.1:9/"))
+    default.add_checker(HTTPHealthChecker("api", "http://127.0.0.1:9/"))  # timeout 5 s
     default.add_checker(HTTPHealthChecker("slow", "http://127.0.0.1:9/"), interval=5.0)
     fast = HealthMonitor(check_interval=0.1, success_threshold=3)
     fast.add_checker(HTTPHealthChecker("api", "http://127.0.0.1:9/", timeout=0.1))
-    assert grace_period(rule, default, "api", 1.0) == 2 * 1.0 + 30.0
-    assert grace_period(rule, default, "slow", 1.0) == 2 * 1.0 + 5.0
-    assert grace_period(rule, default, "not-monitored", 1.0) == 32.0  # the monitor's interval
-    assert grace_period(rule, fast, "api", 0.05) == 1.0  # 3 * 0.05 + 0.1, floored
+    assert grace_period(rule, default, "api", 1.0) == 2 * (1.0 + 5.0)
+    assert grace_period(rule, default, "slow", 1.0) == 2 * (1.0 + 5.0)
+    assert grace_period(rule, default, "not-monitored", 1.0) == 2 * (1.0 + 30.0)
+    assert grace_period(rule, fast, "api", 0.05) == 1.0  # 3 * (0.05 + 0.1), floored
     assert grace_period(rule, None, "api", 1.0) == 30.0
     assert grace_period(own, fast, "api", 0.05) == 45.0
+
+
+def test_default_grace_period_bounds_a_check_as_the_monitor_does() -> None:
+    """The check interval is not the timeout: a 2 s checker on a 30 s interval is 2 s per
+    check; one longer than its interval is cut at the interval; so is a monitor's
+    check_timeout taken."""
+    from xnai_core.health.checkers import HTTPHealthChecker
+    from xnai_core.health.monitor import HealthMonitor
+    from xnai_core.recovery.seam import grace_period
+
+    rule = RecoveryRule("api", "restart_service", recovery_func=_noop)
+    monitor = HealthMonitor(check_interval=30.0)
+    monitor.add_checker(HTTPHealthChecker("quick", "http://127.0.0.1:9/", timeout=2.0))
+    monitor.add_checker(HTTPHealthChecker("long", "http://127.0.0.1:9/", timeout=60.0))
+    capped = HealthMonitor(check_interval=30.0, check_timeout=3.0)
+    capped.add_checker(HTTPHealthChecker("quick", "http://127.0.0.1:9/", timeout=10.0))
+    assert grace_period(rule, monitor, "quick", 1.0) == 2 * (1.0 + 2.0)
+    assert grace_period(rule, monitor, "long", 1.0) == 2 * (1.0 + 30.0)
+    assert grace_period(rule, capped, "quick", 1.0) == 2 * (1.0 + 3.0)
 
 
 @pytest.mark.parametrize(

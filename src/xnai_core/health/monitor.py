@@ -216,18 +216,20 @@ class HealthMonitor:
             raise ValueError(f"'name' must be unique in a monitor: {name!r} is already monitored")
         every = self.check_interval if interval is None else check_seconds("interval", interval)
         limits = [every, checker_timeout(checker), self._settings.check_timeout]
+        timeout = min(limit for limit in limits if limit is not None)
         component_type = getattr(checker, "component_type", "component")
         service = _Service(
             name=name,
             checker=checker,
             interval=every,
-            timeout=min(limit for limit in limits if limit is not None),
+            timeout=timeout,
             history=deque(maxlen=self._settings.history_size),
             window=deque(maxlen=self._settings.alert_window),
             health=ServiceHealth(
                 name=name,
                 component_type=component_type if isinstance(component_type, str) else "component",
                 interval=every,
+                timeout=timeout,
             ),
         )
         self._services[name] = service

@@ -16,7 +16,9 @@ class ServiceHealth:
     Times are wall-clock seconds (``time.time()``); ``None`` until known.
     ``success_percent`` is the percent (0-100) of successful checks over the
     monitor's alert window (``success_rate`` reads the same value, under the name
-    the seed's ``alert_thresholds`` use).
+    the seed's ``alert_thresholds`` use). ``interval`` is the seconds between its
+    checks; ``timeout`` bounds one check (the checker's own timeout and the monitor's
+    ``check_timeout``, never more than ``interval``).
     """
 
     name: str
@@ -33,6 +35,7 @@ class ServiceHealth:
     last_result: HealthCheckResult | None = None
     component_type: str = "component"
     interval: float = 30.0
+    timeout: float = 30.0
 
     def after(
         self, result: HealthCheckResult, counters: Counters, success_percent: float | None

@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..health.result import HealthStatus
 from .rule import RecoveryActionType
 
-HEALTHY = "healthy"
-UNHEALTHY = "unhealthy"
 MANUAL = RecoveryActionType.MANUAL_INTERVENTION
 
 
@@ -48,7 +47,7 @@ class View:
     soon to look again at what can only be polled.
     """
 
-    status: str
+    status: HealthStatus
     slots: tuple[SlotView, ...]
     poll: float
     escalated: bool = False
@@ -128,14 +127,14 @@ def decide(view: View, now: float) -> Step:
     if view.closed:
         return Idle("closed")
     if view.verifying_until is not None:
-        if view.status == HEALTHY:
+        if view.status == HealthStatus.HEALTHY:
             return Conclude(succeeded=True)
         if now >= view.verifying_until:
             return Conclude(succeeded=False)
         return Verify(until=view.verifying_until, probe=view.monitor_running)
     if view.escalated:
         return Idle("escalated")
-    if view.status != UNHEALTHY:
+    if view.status != HealthStatus.UNHEALTHY:
         return Idle(f"service is {view.status}")
     index = next_slot(view.slots)
     if index is None:

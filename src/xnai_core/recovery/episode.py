@@ -39,7 +39,7 @@ from .state import (
     RuleSlot,
     ServiceState,
     Verifying,
-    status_text,
+    as_status,
 )
 from .stats import AttemptOutcome, RecoveryAttempt, StatsBook
 
@@ -455,7 +455,7 @@ class EpisodeRunner:
         except Exception as exc:  # the monitor's trouble must not end recovery
             logger.debug("manual check of %s failed: %r", svc.name, exc)
             return
-        svc.note_status(status_text(status), self._clock())
+        svc.note_status(as_status(status), self._clock())
 
     async def _wait_changed(self, svc: ServiceState, timeout: float) -> None:
         """Sleep up to ``timeout`` on the injected clock, waking early on a status change."""

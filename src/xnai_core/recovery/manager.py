@@ -38,7 +38,7 @@ from .coordination import RecoveryCoordinator
 from .episode import Clock, EpisodeRunner, Sleep
 from .rule import RecoveryRule
 from .seam import SupportsMonitor, check_stable_period, stable_period_too_short
-from .state import UNHEALTHY, ServiceState, status_text
+from .state import UNHEALTHY, ServiceState, as_status
 from .stats import AttemptOutcome, RecoveryAttempt, StatsBook
 
 logger = logging.getLogger("xnai_core.recovery")
@@ -190,7 +190,7 @@ class RecoveryManager:
         Returns at once: recovery runs in a task of its own, one per service.
         """
         svc = self._service(service_name)
-        svc.note_status(status_text(new_status), self._clock())
+        svc.note_status(as_status(new_status), self._clock())
         if svc.status != UNHEALTHY or not svc.slots:
             return
         error = getattr(result, "error", None)
@@ -313,7 +313,9 @@ class RecoveryManager:
     def get_recovery_stats(self) -> dict[str, object]:
         """The seed's structure, plus ``services``: per-service detail.
 
-        ``total_attempts``, ``success_rate`` (0..1; 0.0 before any attempt),
+        ``total_attempts``, ``success_fraction`` (0..1 of the judged attempts; 0.0
+        before any; ``success_rate`` is the seed's name for the same fraction, unlike the
+        health monitor's ``success_rate``, a percent),
         ``average_recovery_time`` (seconds from action to healthy, over successful
         attempts), ``actions_by_type`` (every action string, escalations counted as
         ``manual_intervention``), ``recent_failures`` (bounded, oldest first).

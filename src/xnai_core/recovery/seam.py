@@ -109,20 +109,29 @@ def detection_time(
     """How long the monitor needs to see a service healthy once it is back, while the
     manager asks for a check every ``verify_interval``; None without a monitor.
 
-    ``success_threshold`` successful checks, one every ``min(interval, verify_interval)``,
-    plus one check's timeout, which the monitor caps at the service's ``interval``.
+    ``success_threshold`` successful checks in a row, each started at most
+    ``min(interval, verify_interval)`` after the one before it ended and each answering
+    within the service's check timeout: the checker's own ``timeout`` (and the monitor's
+    ``check_timeout``), capped at its ``interval`` as the monitor caps it.
     """
     if monitor is None:
         return None
     successes = getattr(monitor, "success_threshold", None)
     interval: object = getattr(monitor, "check_interval", None)
+    timeout: object = interval  # a service it does not watch: the monitor's own cap
     get_service_health = getattr(monitor, "get_service_health", None)
     if get_service_health is not None:
         with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
-            interval = float(get_service_health(service_name).interval)
-    if not isinstance(successes, int) or not isinstance(interval, int | float):
+            health = get_service_health(service_name)
+            every, bound = float(health.interval), float(health.timeout)
+            interval, timeout = every, min(bound, every)
+    if (
+        not isinstance(successes, int)
+        or not isinstance(interval, int | float)
+        or not isinstance(timeout, int | float)
+    ):
         return None
-    return successes * min(float(interval), verify_interval) + float(interval)
+    return successes * (min(float(interval), verify_interval) + float(timeout))
 
 
 def grace_period(

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..health.result import HealthStatus
 from .actions import ActionOutcome
 from .decide import SlotView
 from .rule import RecoveryActionType, RecoveryRule
@@ -16,16 +17,20 @@ from .stats import AttemptOutcome, RecoveryAttempt
 
 logger = logging.getLogger("xnai_core.recovery")
 
-HEALTHY = "healthy"
-UNHEALTHY = "unhealthy"
-ANSWERING = frozenset({HEALTHY, "degraded"})  # up: what the stable period counts
+HEALTHY = HealthStatus.HEALTHY
+UNHEALTHY = HealthStatus.UNHEALTHY
+ANSWERING = frozenset({HEALTHY, HealthStatus.DEGRADED})  # up: what the stable period counts
 MANUAL = RecoveryActionType.MANUAL_INTERVENTION
 
 
-def status_text(status: object) -> str:
-    """A status as its plain string: HealthStatus is a str enum, plain strings pass."""
+def as_status(status: object) -> HealthStatus:
+    """A status as a :class:`HealthStatus`: the monitor's own pass through, and so do their
+    strings (``"healthy"``); anything else is ``UNKNOWN``, on which recovery never acts."""
     value = getattr(status, "value", status)
-    return str(value) if value is not None else "unknown"
+    try:
+        return HealthStatus(str(value))
+    except ValueError:
+        return HealthStatus.UNKNOWN
 
 
 class RecoveryPhase(enum.StrEnum):
@@ -91,7 +96,7 @@ class ServiceState:
     def __init__(self, name: str) -> None:
         self.name = name
         self.slots: list[RuleSlot] = []
-        self.status = "unknown"
+        self.status = HealthStatus.UNKNOWN
         self.healthy_since: float | None = None
         self.up_since: float | None = None
         self.verifying: Verifying | None = None
@@ -142,7 +147,7 @@ class ServiceState:
     def slot_views(self) -> tuple[SlotView, ...]:
         return tuple(slot.view() for slot in self.slots)
 
-    def note_status(self, status: str, now: float) -> None:
+    def note_status(self, status: HealthStatus, now: float) -> None:
         """Take a new status; wake the episode if it changed."""
         if status == self.status:
             return
@@ -223,7 +228,7 @@ class ServiceState:
         in force (its own, or the one derived from the monitor)."""
         recovered = self.recovered_episodes
         return {
-            "status": self.status,
+            "status": self.status.value,
             "state": self.phase.value,
             "escalated": self.escalated,
             "escalated_at": self.escalated_at,

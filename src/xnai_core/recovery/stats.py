@@ -112,13 +112,18 @@ class StatsBook:
     def summary(self) -> dict[str, object]:
         """The seed's structure: totals, rate, mean recovery time, counts by action type.
 
-        ``success_rate`` is over the attempts already judged: a pending one is neither.
+        ``success_fraction`` (0..1) is over the attempts already judged: a pending one is
+        neither. ``success_rate`` is the same fraction under the seed's name for it; the
+        health monitor's ``success_rate`` (``alert_thresholds``) is a percent, hence the
+        unit in the first name.
         """
         total = self.total_attempts
         judged = total - self.pending
+        fraction = self.successes / judged if judged else 0.0
         return {
             "total_attempts": total,
-            "success_rate": self.successes / judged if judged else 0.0,
+            "success_rate": fraction,
+            "success_fraction": fraction,
             "average_recovery_time": (
                 self.recovery_time_sum / self.successes if self.successes else 0.0
             ),
