@@ -143,9 +143,9 @@ class PeerEscalatesAfterFirstLook(RecoveryCoordinator):
         return found
 
     async def take_turn_settling(
-        self, service_name: str, ttl: float, *, lag: float = 0.0
+        self, service_name: str, ttl: float, *, lag: float = 0.0, owner: str | None = None
     ) -> tuple[Turn, float] | None:
-        turn = await super().take_turn_settling(service_name, ttl, lag=lag)
+        turn = await super().take_turn_settling(service_name, ttl, lag=lag, owner=owner)
         await self._peer_gives_up(service_name)
         return turn
 

@@ -236,3 +236,62 @@ async def _until_async_true(look: Callable[[], Awaitable[object]], timeout: floa
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+class _Rebuilt:
+    """A service's recovery as the service's reload rebuilds it: the same coordinator (the
+    same token), a new manager, a recovery function that counts its runs."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.coordinator = RecoveryCoordinator(client, key_prefix=prefix)
+        self.runs: list[int] = []
+
+    def manager(self) -> RecoveryManager:
+        manager = RecoveryManager(verify_interval=0.05, coordinator=self.coordinator)
+        manager.add_rule(
+            RecoveryRule(
+                "web",
+                "restart_service",
+                recovery_func=self._restart,
+                failure_threshold=1,
+                cooldown=0.0,
+                grace_period=2.0,  # the restart takes effect late: nothing seen in this test
+                stable_period=10.0,
+                timeout=1.0,
+            )
+        )
+        return manager
+
+    async def _restart(self, service: str) -> None:
+        self.runs.append(len(self.runs) + 1)
+
+
+def _state(manager: RecoveryManager) -> object:
+    return manager.get_recovery_stats()["services"]["web"]["state"]  # type: ignore[index]
+
+
+def _deferred(manager: RecoveryManager) -> object:
+    return manager.get_recovery_stats()["services"]["web"]["deferred_to_peer"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("old_closed", [True, False], ids=["old-closed", "old-running"])
+async def test_a_manager_rebuilt_on_the_same_coordinator_mid_grace_does_not_restart_again(
+    shared_redis: aioredis.Redis, key_prefix: str, old_closed: bool
+) -> None:
+    """A reload (SIGHUP) replaces a service's manager while its restart's grace period runs;
+    the new one, on the same coordinator, leaves that restart to settle."""
+    service = _Rebuilt(shared_redis, key_prefix)
+    old = service.manager()
+    new = service.manager()
+    try:
+        await old.on_status_change("web", "healthy", "unhealthy")
+        await _until(lambda: _state(old) == "verifying")
+        if old_closed:
+            await old.aclose()
+        await new.on_status_change("web", "unknown", "unhealthy")
+        await _until(lambda: _deferred(new) == 1 or len(service.runs) > 1)
+        await asyncio.sleep(0.5)  # several polls of the new manager
+        assert service.runs == [1]
+    finally:
+        await old.aclose()
+        await new.aclose()

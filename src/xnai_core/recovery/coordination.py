@@ -8,7 +8,8 @@ backs off once and pages once.
 
 Keys (hash-tagged so both live in one slot on Redis Cluster), plain strings only:
 
-- ``<prefix>:{<service>}:lease``: the token of the process running the episode,
+- ``<prefix>:{<service>}:lease``: the owner running the episode (the process's token and
+  a suffix per manager, :meth:`RecoveryCoordinator.new_owner`),
   with a TTL the holder renews while it works; a holder that dies lets it expire.
 - ``<prefix>:{<service>}:escalated``: the escalation reason while the service is
   latched; removed by ``reset()`` on any process.
@@ -62,12 +63,13 @@ return 1
 """
 
 # KEYS[1] lease, KEYS[2] latch, KEYS[3] settle; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] lag ms.
-# Like ACQUIRE, but answers -1 and takes nothing while the service is latched, and {2, ms
-# left} while another process's last action or recovery of it (the settle record: "token|at
-# ms|window ms", at in Redis's own time) is younger than its window plus the caller's lag. One step,
-# so a peer that latches (or settles) and then releases its lease can never hand the lease
-# to a process that looked before.
-TAKE_TURN = """
+# ACQUIRE, after two checks: answers -1 and takes nothing while the service is latched, and
+# {2, ms left} while another owner's last action or recovery of it (the settle record:
+# "token|at ms|window ms", at in Redis's own time) is younger than its window plus the
+# caller's lag. One step, so a peer that latches (or settles) and then releases its lease
+# can never hand the lease to a process that looked before.
+TAKE_TURN = (
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
 end
@@ -89,16 +91,9 @@ if record then
     end
   end
 end
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-elseif holder then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
 """
+    + ACQUIRE
+)
 
 # KEYS[1] settle; ARGV[1] token, ARGV[2] window ms, ARGV[3] ttl ms. Records "this process
 # acted on (or saw the recovery of) the service now, settling for window ms", stamped with
@@ -216,13 +211,29 @@ class RecoveryCoordinator:
     def settle_key(self, service_name: str) -> str:
         return f"{self.key_prefix}:{{{service_name}}}:settle"
 
-    async def acquire(self, service_name: str, ttl: float) -> bool | None:
-        """Take (or extend) the service's lease for ``ttl`` seconds; None if Redis is away."""
+    def new_owner(self) -> str:
+        """A name of its own for one party acting through this coordinator (each
+        ``RecoveryManager`` takes one): this process's token and a random suffix.
+
+        Leases and settle records belong to an owner, not to the coordinator: a manager
+        rebuilt on the same coordinator (a service's reload) honours the lease and the
+        settle record of the one it replaces, as any peer would.
+        """
+        return f"{self.token}/{uuid.uuid4().hex[:8]}"
+
+    async def acquire(
+        self, service_name: str, ttl: float, *, owner: str | None = None
+    ) -> bool | None:
+        """Take (or extend) the service's lease for ``ttl`` seconds; None if Redis is away.
+
+        ``owner`` (every method that takes one): whose lease or record it is; this
+        coordinator's ``token`` by default.
+        """
         ms = max(1, int(ttl * 1000))
         try:
             async with asyncio.timeout(self.timeout):
                 held = await self._acquire(
-                    keys=[self.lease_key(service_name)], args=[self.token, ms]
+                    keys=[self.lease_key(service_name)], args=[owner or self.token, ms]
                 )
         except REDIS_DOWN as exc:
             self._unreachable(exc)
@@ -230,7 +241,9 @@ class RecoveryCoordinator:
         self._reachable()
         return bool(held)
 
-    async def take_turn(self, service_name: str, ttl: float, *, lag: float = 0.0) -> Turn | None:
+    async def take_turn(
+        self, service_name: str, ttl: float, *, lag: float = 0.0, owner: str | None = None
+    ) -> Turn | None:
         """Before acting: the latch check, the settle check and ``acquire`` in one atomic step;
         None if Redis is away.
 
@@ -241,11 +254,11 @@ class RecoveryCoordinator:
         gap in which the holder can latch and release: the lease would then be taken for
         a service already escalated, and restarted once more.
         """
-        found = await self.take_turn_settling(service_name, ttl, lag=lag)
+        found = await self.take_turn_settling(service_name, ttl, lag=lag, owner=owner)
         return None if found is None else found[0]
 
     async def take_turn_settling(
-        self, service_name: str, ttl: float, *, lag: float = 0.0
+        self, service_name: str, ttl: float, *, lag: float = 0.0, owner: str | None = None
     ) -> tuple[Turn, float] | None:
         """:meth:`take_turn`, with the seconds a :attr:`Turn.SETTLING` answer has left (0.0
         for the others), so the caller can keep honouring a peer's settling action should
@@ -256,7 +269,7 @@ class RecoveryCoordinator:
             self.latch_key(service_name),
             self.settle_key(service_name),
         ]
-        args: list[str | int] = [self.token, ms, max(0, int(lag * 1000))]
+        args: list[str | int] = [owner or self.token, ms, max(0, int(lag * 1000))]
         try:
             async with asyncio.timeout(self.timeout):
                 found = await self._take_turn(keys=keys, args=args)
@@ -268,7 +281,7 @@ class RecoveryCoordinator:
             return _TURNS[int(found[0])], max(0.0, int(found[1]) / 1000)
         return _TURNS[int(found)], 0.0
 
-    async def settle(self, service_name: str, window: float) -> bool:
+    async def settle(self, service_name: str, window: float, *, owner: str | None = None) -> bool:
         """Record that this process acts on the service now (``window``: until its grace
         period ends) or saw it recover (``window``: its cooldown). False if Redis is away.
         """
@@ -277,7 +290,8 @@ class RecoveryCoordinator:
         try:
             async with asyncio.timeout(self.timeout):
                 await self._settle(
-                    keys=[self.settle_key(service_name)], args=[self.token, window_ms, ttl_ms]
+                    keys=[self.settle_key(service_name)],
+                    args=[owner or self.token, window_ms, ttl_ms],
                 )
         except REDIS_DOWN as exc:
             self._unreachable(exc)
@@ -285,11 +299,11 @@ class RecoveryCoordinator:
         self._reachable()
         return True
 
-    async def release(self, service_name: str) -> None:
+    async def release(self, service_name: str, *, owner: str | None = None) -> None:
         """Give the lease back, if it is still ours."""
         try:
             async with asyncio.timeout(self.timeout):
-                await self._release(keys=[self.lease_key(service_name)], args=[self.token])
+                await self._release(keys=[self.lease_key(service_name)], args=[owner or self.token])
         except REDIS_DOWN as exc:
             self._unreachable(exc)
 

@@ -82,6 +82,9 @@ class EpisodeRunner:
         self._book = book
         self._handlers = handlers
         self._coordinator = coordinator
+        # This manager's own name in Redis: a manager rebuilt on the same coordinator
+        # (a reload) is a peer, and honours this one's lease and settle record.
+        self.owner = None if coordinator is None else coordinator.new_owner()
         self.context = context
         self.alerts = alerts
         self._alerting = asyncio.Lock()
@@ -255,6 +258,7 @@ class EpisodeRunner:
                 svc.name,
                 self._lease_ttl(rule.timeout + self.grace(rule, svc.name)),
                 lag=self.lag(svc.name),
+                owner=self.owner,
             )
             turn = None if found is None else found[0]
             if found is not None and found[0] is Turn.SETTLING:
@@ -295,7 +299,8 @@ class EpisodeRunner:
     async def _renew(self, svc: ServiceState, seconds: float) -> None:
         if not svc.holds_lease or self._coordinator is None:
             return
-        if await self._coordinator.acquire(svc.name, self._lease_ttl(seconds)) is False:
+        ttl = self._lease_ttl(seconds)
+        if await self._coordinator.acquire(svc.name, ttl, owner=self.owner) is False:
             # It expired and a peer took it: finish what is running, then take turns.
             svc.holds_lease = False
             logger.warning(
@@ -310,7 +315,7 @@ class EpisodeRunner:
         if not svc.holds_lease or self._coordinator is None:
             return
         svc.holds_lease = False
-        await self._coordinator.release(svc.name)
+        await self._coordinator.release(svc.name, owner=self.owner)
 
     # -- one attempt --------------------------------------------------------------------
 
@@ -350,7 +355,7 @@ class EpisodeRunner:
                 if self._coordinator is not None:
                     # Peers (even if this process dies now) leave the service alone until
                     # this attempt's grace period is over, plus their own view's lag.
-                    await self._coordinator.settle(svc.name, rule.timeout + grace)
+                    await self._coordinator.settle(svc.name, rule.timeout + grace, owner=self.owner)
                 await self._renew(svc, rule.timeout + grace)
                 outcome = await perform(rule, svc.name, self.context)
             except BaseException:  # cancelled mid-action: the episode's end judges it
@@ -427,7 +432,7 @@ class EpisodeRunner:
             if self._coordinator is not None and not closing:
                 # Peers whose monitors still see it down leave it alone through our
                 # cooldown plus their own lag: one restart per outage, cluster-wide.
-                await self._coordinator.settle(svc.name, rule.cooldown)
+                await self._coordinator.settle(svc.name, rule.cooldown, owner=self.owner)
         elif result is AttemptOutcome.FAILED:
             logger.warning(
                 "%s: %s attempt %d/%d failed: %s; %s",
