@@ -1,7 +1,8 @@
 """One replica in its own OS process, for the killed-holder test: a HealthMonitor checking a
 web service every 0.05 s and a RecoveryManager that restarts it, sharing recovery through
 Redis. Usage: ``python -m tests.recovery_worker '<json spec>'`` with ``url`` (Redis),
-``prefix``, ``web_url``, ``command`` (the restart argv). It runs until it is killed.
+``prefix``, ``web_url``, ``command`` (the restart argv). It prints ``ready`` once it
+watches, ``recovered`` once it has judged its restart a success, and runs until killed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 import redis.asyncio as aioredis
 
+from xnai_core.events import RecoveryAttempted
 from xnai_core.health.checkers import HTTPHealthChecker
 from xnai_core.health.monitor import HealthMonitor
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
@@ -42,8 +44,17 @@ async def main(spec: dict[str, object]) -> None:
         jitter=lambda interval: 0.0,
     )
     monitor.add_checker(HTTPHealthChecker("web", str(spec["web_url"]), timeout=0.25))
+    recovered = asyncio.Event()
+
+    def judged(event: object) -> None:
+        if isinstance(event, RecoveryAttempted) and event.result == "succeeded":
+            recovered.set()
+
+    manager.hooks.install(judged)
     await monitor.start_monitoring()
     print("ready", flush=True)
+    await recovered.wait()  # the moment this replica has judged its restart a success
+    print("recovered", flush=True)
     await asyncio.Event().wait()  # until killed
 
 

@@ -131,6 +131,54 @@ async def test_a_slower_replica_does_not_restart_a_service_just_fixed(
     assert sum(deferred) >= 1
 
 
+async def test_three_replicas_with_different_intervals_restart_an_outage_once(
+    tmp_path: Path, shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Three replicas checking every 0.05 s, 0.15 s and 0.3 s (believing it back after 2, 4
+    and 12 good answers): each outage is restarted exactly once, by whichever comes first."""
+    web = Web.create(tmp_path, takes=1.0)
+    replicas = [
+        Replica("fast", web, shared_redis, key_prefix, check_interval=0.05, failure_threshold=2),
+        Replica(
+            "mid",
+            web,
+            shared_redis,
+            key_prefix,
+            check_interval=0.15,
+            failure_threshold=2,
+            success_threshold=4,
+        ),
+        Replica(
+            "slow",
+            web,
+            shared_redis,
+            key_prefix,
+            check_interval=0.3,
+            failure_threshold=2,
+            success_threshold=12,
+        ),
+    ]
+    web.start()
+    try:
+        for replica in replicas:
+            await replica.monitor.start_monitoring()
+        await _healthy_everywhere(*replicas)
+        for outage in (1, 2):
+            web.kill()
+            await _until(lambda: all(r.monitor.get_status("web") == "unhealthy" for r in replicas))
+            await _healthy_everywhere(*replicas)
+            for replica in replicas:
+                await replica.manager.wait_idle()
+            await asyncio.sleep(0.5)  # a wrong second restart would have been logged by now
+            assert len(web.restarts()) == outage, web.restarts()
+        attempts = [r.manager.get_recovery_stats()["total_attempts"] for r in replicas]
+        assert sum(attempts) == 2  # type: ignore[arg-type]
+    finally:
+        for replica in replicas:
+            await replica.aclose()
+        web.stop()
+
+
 async def test_a_holder_gone_mid_grace_leaves_its_restart_to_settle(
     pair: tuple[Web, Replica, Replica],
 ) -> None:
@@ -193,6 +241,62 @@ async def test_a_killed_holder_s_restart_is_not_repeated_by_its_peer(
         if worker.returncode is None:
             worker.kill()
         await worker.wait()
+
+
+async def test_a_holder_killed_right_after_its_restart_worked_is_not_repeated(
+    tmp_path: Path, shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """The replica that restarted the service is SIGKILLed the moment it judged the restart a
+    success (cooldown 0: its lease may still be held, its recovery just recorded); a peer
+    that still sees the service down for seconds leaves it alone."""
+    web = Web.create(tmp_path, takes=1.0)
+    # Slow to see it down (so the worker acts) and slower to see it back: 12 * 0.3 s.
+    peer = Replica(
+        "peer",
+        web,
+        shared_redis,
+        key_prefix,
+        check_interval=0.3,
+        failure_threshold=4,
+        success_threshold=12,
+    )
+    spec = {
+        "url": SHARED_REDIS_URL,
+        "prefix": key_prefix,
+        "web_url": web.url,
+        "command": web.restart_command("worker"),
+    }
+    web.start()
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.recovery_worker",
+        json.dumps(spec),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert worker.stdout is not None
+        async with asyncio.timeout(30):
+            assert await worker.stdout.readline() == b"ready\n"
+        await peer.monitor.start_monitoring()
+        assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
+        web.kill()
+        async with asyncio.timeout(30):
+            assert await worker.stdout.readline() == b"recovered\n"
+        os.kill(worker.pid, signal.SIGKILL)
+        assert peer.monitor.get_status("web") == "unhealthy"  # its view still lags
+        assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
+        await peer.manager.wait_idle()
+        await asyncio.sleep(0.5)
+        assert web.restarts() == ["worker"]
+        assert peer.manager.get_recovery_stats()["total_attempts"] == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+        await worker.wait()
+        await peer.aclose()
+        web.stop()
 
 
 async def test_a_replica_whose_monitor_stops_gives_its_turn_back(
@@ -294,4 +398,38 @@ async def test_a_manager_rebuilt_on_the_same_coordinator_mid_grace_does_not_rest
         assert service.runs == [1]
     finally:
         await old.aclose()
+        await new.aclose()
+
+
+async def test_a_manager_rebuilt_mid_outage_takes_over_once_the_old_restart_has_settled(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Rebuilt while the service is down and stays down, the new manager does not wait
+    for a status change that never comes: it leaves the old restart its grace period,
+    then restarts once itself."""
+    from xnai_core.health.checker import HealthChecker
+
+    class Down(HealthChecker):
+        async def probe(self) -> dict[str, object]:
+            raise ConnectionRefusedError("down")
+
+    service = _Rebuilt(shared_redis, key_prefix)
+    old = service.manager()
+    monitor = HealthMonitor(
+        check_interval=0.05,
+        failure_threshold=1,
+        recovery_manager=old,
+        jitter=lambda interval: 0.0,
+    )
+    monitor.add_checker(Down("web", timeout=0.05))
+    new = service.manager()
+    try:
+        await monitor.start_monitoring()
+        await _until(lambda: _state(old) == "verifying")
+        await old.aclose()
+        new.attach(monitor)  # as the reload's router attaches the manager it rebuilt
+        await _until(lambda: len(service.runs) == 2, timeout=20)
+        assert _deferred(new) == 1
+    finally:
+        await monitor.stop_monitoring()
         await new.aclose()

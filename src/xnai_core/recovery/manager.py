@@ -37,7 +37,12 @@ from .actions import ActionContext
 from .coordination import RecoveryCoordinator
 from .episode import Clock, EpisodeRunner, Sleep
 from .rule import RecoveryRule
-from .seam import SupportsMonitor, check_stable_period, stable_period_too_short
+from .seam import (
+    SupportsMonitor,
+    check_stable_period,
+    current_status,
+    stable_period_too_short,
+)
 from .state import UNHEALTHY, ServiceState, as_status
 from .stats import AttemptOutcome, RecoveryAttempt, StatsBook
 
@@ -149,6 +154,9 @@ class RecoveryManager:
     def attach(self, monitor: SupportsMonitor) -> None:
         """Called once by ``HealthMonitor(recovery_manager=...)``; idempotent for one monitor.
 
+        The monitor's current status of each service with rules is taken at once: a
+        manager attached while a service is down (rebuilt by a reload) recovers it.
+
         ValueError if a rule's ``stable_period`` is too short for this monitor ever
         to see a crash loop (see :func:`~xnai_core.recovery.seam.check_stable_period`).
         """
@@ -160,6 +168,15 @@ class RecoveryManager:
             for slot in svc.slots:
                 check_stable_period(slot.rule, monitor)
         self._runner.monitor = monitor
+        # A manager attached mid-outage (a reload rebuilt it) must not wait for a status
+        # change that may never come: it takes the monitor's current view of its services.
+        for svc in self._services.values():
+            status = current_status(monitor, svc.name)
+            if status is not None and svc.slots:
+                svc.note_status(status, self._clock())
+                if svc.status == UNHEALTHY:
+                    with contextlib.suppress(RuntimeError):  # no running loop: next change
+                        self._start(svc)
 
     @property
     def monitor(self) -> SupportsMonitor | None:

@@ -12,6 +12,7 @@ import contextlib
 from typing import Protocol
 
 from ..health.alerts import Alert
+from ..health.result import HealthStatus
 from .rule import RecoveryRule
 
 
@@ -84,6 +85,18 @@ def consecutive_failures(monitor: object | None, service_name: str) -> int | Non
         return int(get_service_health(service_name).consecutive_failures)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
+
+
+def current_status(monitor: object | None, service_name: str) -> HealthStatus | None:
+    """The monitor's status of the service; None if it does not watch it (or cannot say)."""
+    get_status = getattr(monitor, "get_status", None)
+    if get_status is None:
+        return None
+    try:
+        status = get_status(service_name)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+    return status if isinstance(status, HealthStatus) else None
 
 
 def monitor_running(monitor: object | None) -> bool:
