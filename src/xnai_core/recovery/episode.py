@@ -254,6 +254,9 @@ class EpisodeRunner:
         if self._clock() < svc.peer_settled_until:
             turn: Turn | None = Turn.SETTLING  # seen in Redis before; it may have lost it since
         else:
+            # Ours the moment Redis answers ACT: cancelled before we read the answer, the
+            # episode's end must still give it back (RELEASE deletes only our own lease).
+            svc.holds_lease = True
             found = await coordinator.take_turn_settling(
                 svc.name,
                 self._lease_ttl(rule.timeout + self.grace(rule, svc.name)),
@@ -264,6 +267,7 @@ class EpisodeRunner:
             if found is not None and found[0] is Turn.SETTLING:
                 svc.peer_settled_until = self._clock() + found[1]
         if turn is Turn.LATCHED:
+            svc.holds_lease = False  # the script takes nothing while latched
             # Which reset would lift it: read with the latch, so a reset in between shows.
             view = await coordinator.latch_state(svc.name)
             if view is not None and not view.latched:
@@ -315,7 +319,14 @@ class EpisodeRunner:
         if not svc.holds_lease or self._coordinator is None:
             return
         svc.holds_lease = False
-        await self._coordinator.release(svc.name, owner=self.owner)
+        release = asyncio.ensure_future(self._coordinator.release(svc.name, owner=self.owner))
+        try:
+            await asyncio.shield(release)
+        except asyncio.CancelledError:
+            # Closed while giving it back: finish (bounded by the coordinator's timeout),
+            # or the lease would lock every peer out until it expires.
+            await release
+            raise
 
     # -- one attempt --------------------------------------------------------------------
 
