@@ -13,7 +13,8 @@ from typing import TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import SHARED_REDIS_URL
+from tests.conftest import SHARED_REDIS_URL, PrivateRedis
+from tests.test_redis_outage import _acl_user
 from xnai_core import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -175,6 +176,41 @@ async def test_a_transition_made_by_another_process_is_reported_remote(
     assert opened[0].remote is True
     assert "another process" in opened[0].reason
     await here.close()
+
+
+@pytest.mark.slow
+async def test_a_change_made_elsewhere_during_an_outage_is_reported_remote(
+    private_redis: PrivateRedis,
+) -> None:
+    """The flag is the store's word, not the reason's wording: a circuit forced open
+    by another process while this one was cut off from Redis (ACL) arrives, once this
+    one is back in step, as a remote transition."""
+    await _acl_user(private_redis, enabled=True, password="secret-a")
+    client_a = aioredis.Redis.from_url(private_redis.url, username="proc-a", password="secret-a")
+    client_b = aioredis.Redis.from_url(private_redis.url)
+    a = create_redis_circuit_breaker("svc", client_a, op_timeout=0.2, timeout=None)
+    b = create_redis_circuit_breaker("svc", client_b, op_timeout=0.2, timeout=None)
+    hook = Recorder()
+    a.hooks.install(hook)
+    try:
+        await a.call(asyncio.sleep, 0)
+        await b.call(asyncio.sleep, 0)
+        await _acl_user(private_redis, enabled=False)
+        with pytest.raises(Boom):
+            await a.call(boom)  # its script fails: a decides locally now
+        assert a.get_metrics()["redis_available"] is False
+        await b.force_open()
+        await _acl_user(private_redis, enabled=True)
+        for _ in range(1000):
+            if a.state == "open":
+                break
+            await asyncio.sleep(0.01)
+        opened = [e for e in hook.of(StateChanged) if e.new == "open"]
+        assert [(e.old, e.remote) for e in opened] == [("closed", True)]
+    finally:
+        for breaker_, client in ((a, client_a), (b, client_b)):
+            await breaker_.close()
+            await client.aclose()
 
 
 async def test_global_hooks_reach_breakers_made_before_and_after() -> None:

@@ -47,12 +47,6 @@ StateListener = Callable[[str, CircuitState, CircuitState, str], object]
 Fallback = Callable[..., Any]
 
 
-def _seen_remotely(reason: str) -> bool:
-    """Whether a transition was made by another process (the shared store says so
-    in the reason of every change it mirrors rather than makes)."""
-    return reason.endswith("(in another process)") or reason == "loaded from redis"
-
-
 def fallback_return_none(*args: object, **kwargs: object) -> None:
     """A fallback that answers None, whatever the call's arguments were."""
 
@@ -459,7 +453,9 @@ class CircuitBreaker:
         """Stop calling ``listener``; a ValueError if it was never added."""
         self._listeners.remove(listener)
 
-    def _on_transition(self, old: CircuitState, new: CircuitState, reason: str) -> None:
+    def _on_transition(
+        self, old: CircuitState, new: CircuitState, reason: str, remote: bool = False
+    ) -> None:
         if old is new:
             return  # a reset or a forced move to the same state: nothing changed
         self._last_state_change = time.time()
@@ -475,7 +471,7 @@ class CircuitBreaker:
         )
         emit = self.hooks.emit
         if emit is not None:
-            emit(StateChanged(self.name, old.value, new.value, reason, _seen_remotely(reason)))
+            emit(StateChanged(self.name, old.value, new.value, reason, remote))
         for listener in list(self._listeners):
             try:
                 outcome = listener(self.name, old, new, reason)

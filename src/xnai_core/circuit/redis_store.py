@@ -768,11 +768,11 @@ class RedisStore:
                 return False
             if self._mode is SYNCED:
                 # Another reconcile of this circuit (start() and the link's) won.
-                self._take(reply, None, installs, guard=False)
+                self._take(reply, None, installs, guard=False, remote=True)
                 return True
             if self._mirror.epoch != snap.epoch:
                 continue
-            self._take(reply, None, installs, guard=False, authoritative=True)
+            self._take(reply, None, installs, guard=False, authoritative=True, remote=True)
             self._mode = SYNCED
             self._refresh_hot()
             return True
@@ -812,7 +812,7 @@ class RedisStore:
                 if reply is None:
                     return
                 if self._installs == installs:
-                    self._take(reply, None, installs, guard=False, authoritative=True)
+                    self._take(reply, None, installs, guard=False, authoritative=True, remote=True)
                     return
         finally:
             self._writing_back = False
@@ -903,6 +903,9 @@ class RedisStore:
             # nothing happened to the circuit.
             self._install(old, new, None, announce=False)
             return verdict
+        # Mirrored rather than made here: a first load, or a change seen by a read or a
+        # message (not the answer to this process's own report or force).
+        seen = reason is None and (first or remote)
         if reason is None:
             if first:
                 reason = "loaded from redis"
@@ -910,7 +913,7 @@ class RedisStore:
                 reason = "its state in redis was replaced (the key was lost or rebuilt)"
             elif remote:
                 reason = f"{machine.transition_reason(old, new)} (in another process)"
-        self._install(old, new, reason)
+        self._install(old, new, reason, remote=seen)
         return verdict
 
     def _lost(self) -> None:
@@ -929,7 +932,13 @@ class RedisStore:
         link.spawn(self._write_back(link), name="xnai-redis-write-back")
 
     def _install(
-        self, old: Snapshot, new: Snapshot, reason: str | None, *, announce: bool = True
+        self,
+        old: Snapshot,
+        new: Snapshot,
+        reason: str | None,
+        *,
+        announce: bool = True,
+        remote: bool = False,
     ) -> None:
         self._mirror = new
         self._installs += 1
@@ -939,7 +948,7 @@ class RedisStore:
         why = reason or machine.transition_reason(old, new)
         for callback in list(self._callbacks):
             try:
-                callback(old.state, new.state, why)
+                callback(old.state, new.state, why, remote)
             except Exception:
                 logger.exception("transition callback of circuit '%s' failed", self.config.name)
 

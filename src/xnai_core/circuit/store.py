@@ -21,8 +21,9 @@ from . import machine
 from .config import CircuitBreakerConfig
 from .machine import Admission, CircuitState, Snapshot, Ticket
 
-TransitionCallback = Callable[[CircuitState, CircuitState, str], None]
-"""Called with (old state, new state, reason) after every transition the store sees."""
+TransitionCallback = Callable[[CircuitState, CircuitState, str, bool], None]
+"""Called with (old state, new state, reason, remote) after every transition the store
+sees; ``remote``: another process made it and this one mirrors it from the shared store."""
 
 
 @runtime_checkable
@@ -127,7 +128,7 @@ class MemoryStore:
             return
         why = reason or machine.transition_reason(old, new)
         for callback in self._callbacks:
-            callback(old.state, new.state, why)
+            callback(old.state, new.state, why, False)
 
     def acquire_nowait(self) -> Admission:
         snap = self._snap
