@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ._sink import Labels
 
 if TYPE_CHECKING:
+    from ..alerting._model import SinkStats
     from ..alerting._sink import AlertSink
 
 # Read through sys.modules, not imported: the alerting package needs httpx, which a
@@ -41,12 +42,19 @@ def _live_sinks() -> list[AlertSink]:
     return sinks
 
 
+def each_sink(labels: Labels) -> list[tuple[AlertSink, tuple[str, str], SinkStats]]:
+    """Every live sink, its (sink, kind) label values and its counts now."""
+    found = []
+    for sink in _live_sinks():
+        stats = sink.stats()
+        found.append((sink, (labels.sink(stats.name), labels.sink(stats.kind)), stats))
+    return found
+
+
 def sink_counts(labels: Labels) -> dict[tuple[str, str], SinkCounts]:
     """Each live sink's counts by (sink, kind) label values."""
     counts: dict[tuple[str, str], SinkCounts] = {}
-    for sink in _live_sinks():
-        stats = sink.stats()
-        key = (labels.sink(stats.name), labels.sink(stats.kind))
+    for _, key, stats in each_sink(labels):
         # Two live sinks of one name and kind are one series: their sum (never two
         # samples of one series, which Prometheus would refuse).
         total = counts.setdefault(key, SinkCounts())

@@ -34,15 +34,15 @@ the ``xnai.alert.*`` instruments from the live alert sinks' ``stats()``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from .. import events
-from ..circuit.breaker import CircuitBreaker
 from ..events import CALL_KINDS, CallKind, CallRecorder
-from ._alert_sinks import sink_counts
+from . import _current
+from ._alert_sinks import SinkCounts, sink_counts
 from ._sink import CIRCUIT_STATES, DEFAULT_MAX_NAMES, HEALTH_STATUSES, EventsToSink, Labels
 
 
@@ -97,36 +97,13 @@ class OpenTelemetrySink:
         meter.create_observable_gauge(
             "xnai.recovery.escalated", [self._observe_escalated], description="1: escalated"
         )
-        meter.create_observable_counter(
-            "xnai.alert.notifications.sent",
-            [self._observe_sent],
-            unit="{notification}",
-            description="Alert notifications delivered",
-        )
-        meter.create_observable_counter(
-            "xnai.alert.notifications.retried",
-            [self._observe_retried],
-            unit="{attempt}",
-            description="Failed alert delivery attempts tried again",
-        )
-        meter.create_observable_counter(
-            "xnai.alert.notifications.dropped",
-            [self._observe_dropped],
-            unit="{notification}",
-            description="Alert notifications never delivered, by reason",
-        )
-        meter.create_observable_gauge(
-            "xnai.alert.queue.length",
-            [self._observe_queued],
-            unit="{notification}",
-            description="Alert notifications waiting in the sink",
-        )
-        meter.create_observable_gauge(
-            "xnai.alert.last_error.timestamp",
-            [self._observe_last_error],
-            unit="s",
-            description="When the sink's last delivery attempt failed (Unix time)",
-        )
+        for name, kind, unit, description, observe in _SINK_INSTRUMENTS:
+            create = (
+                meter.create_observable_counter
+                if kind == "counter"
+                else meter.create_observable_gauge
+            )
+            create(name, [self._sink_observer(observe)], unit=unit, description=description)
 
     # -- Sink ------------------------------------------------------------------
 
@@ -172,10 +149,7 @@ class OpenTelemetrySink:
     # -- observable gauges -------------------------------------------------------
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
-        states = dict(self._states)
-        for source in events.live_sources():
-            if isinstance(source, CircuitBreaker):
-                states[self._labels.breaker(source.name)] = source.state.value
+        states = {**self._states, **_current.circuits(self._labels)[0]}
         return [
             Observation(1 if state == value else 0, {"name": name, "state": value})
             for name, state in sorted(states.items())
@@ -183,10 +157,7 @@ class OpenTelemetrySink:
         ]
 
     def _observe_redis(self, options: CallbackOptions) -> Iterable[Observation]:
-        redis = dict(self._redis)
-        for source in events.live_sources():
-            if isinstance(source, CircuitBreaker) and source.store.available is not None:
-                redis[self._labels.breaker(source.name)] = source.store.available
+        redis = {**self._redis, **_current.circuits(self._labels)[1]}
         return [Observation(int(up), {"name": name}) for name, up in sorted(redis.items())]
 
     def _observe_degraded(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -194,9 +165,10 @@ class OpenTelemetrySink:
         return [Observation(int(flag), {"service": service}) for service, flag in items]
 
     def _observe_statuses(self, options: CallbackOptions) -> Iterable[Observation]:
+        statuses = {**self._statuses, **_current.statuses(self._labels)}
         return [
             Observation(1 if status == value else 0, {"service": service, "status": value})
-            for service, status in sorted(self._statuses.items())
+            for service, status in sorted(statuses.items())
             for value in HEALTH_STATUSES
         ]
 
@@ -207,40 +179,51 @@ class OpenTelemetrySink:
         ]
 
     def _observe_escalated(self, options: CallbackOptions) -> Iterable[Observation]:
-        items = sorted(self._escalated.items())
-        return [Observation(int(flag), {"service": service}) for service, flag in items]
+        escalated = {**self._escalated, **_current.escalations(self._labels)}
+        return [Observation(int(flag), {"service": s}) for s, flag in sorted(escalated.items())]
 
-    def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(counts.sent, {"sink": sink, "kind": kind})
-            for (sink, kind), counts in sink_counts(self._labels).items()
-        ]
+    def _sink_observer(
+        self, observe: _SinkObservation
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """One callback over the live sinks' counts, ``observe`` making its observations."""
 
-    def _observe_retried(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(counts.retried, {"sink": sink, "kind": kind})
-            for (sink, kind), counts in sink_counts(self._labels).items()
-        ]
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(amount, {"sink": sink, "kind": kind, **extra})
+                for (sink, kind), counts in sink_counts(self._labels).items()
+                for amount, extra in observe(counts)
+            ]
 
-    def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(dropped, {"sink": sink, "kind": kind, "reason": reason})
-            for (sink, kind), counts in sink_counts(self._labels).items()
-            for reason, dropped in sorted(counts.dropped.items())
-        ]
+        return callback
 
-    def _observe_queued(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(counts.queued, {"sink": sink, "kind": kind})
-            for (sink, kind), counts in sink_counts(self._labels).items()
-        ]
 
-    def _observe_last_error(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(counts.last_error_at, {"sink": sink, "kind": kind})
-            for (sink, kind), counts in sink_counts(self._labels).items()
-            if counts.last_error_at is not None
-        ]
+_SinkObservation = Callable[[SinkCounts], Iterable[tuple[float, dict[str, str]]]]
+
+_SINK_INSTRUMENTS: tuple[tuple[str, str, str, str, _SinkObservation], ...] = (
+    (
+        "xnai.alert.notifications.sent", "counter", "{notification}",
+        "Alert notifications delivered", lambda c: [(c.sent, {})],
+    ),
+    (
+        "xnai.alert.notifications.retried", "counter", "{attempt}",
+        "Failed alert delivery attempts tried again", lambda c: [(c.retried, {})],
+    ),
+    (
+        "xnai.alert.notifications.dropped", "counter", "{notification}",
+        "Alert notifications never delivered, by reason",
+        lambda c: [(n, {"reason": reason}) for reason, n in sorted(c.dropped.items())],
+    ),
+    (
+        "xnai.alert.queue.length", "gauge", "{notification}",
+        "Alert notifications waiting in the sink", lambda c: [(c.queued, {})],
+    ),
+    (
+        "xnai.alert.last_error.timestamp", "gauge", "s",
+        "When the sink's last delivery attempt failed (Unix time)",
+        lambda c: [] if c.last_error_at is None else [(c.last_error_at, {})],
+    ),
+)  # fmt: skip
+"""The alert sinks' instruments: name, kind, unit, description, observations."""
 
 
 class OpenTelemetryMetrics:

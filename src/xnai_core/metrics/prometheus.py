@@ -44,12 +44,13 @@ Two ways to record, chosen by :func:`enable_prometheus`:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -59,36 +60,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import events
-from ..circuit.breaker import CircuitBreaker
-from ..events import CallKind, CallRecorder
-from ..health.monitor import HealthMonitor
-from ._aggregate import HISTOGRAM_KINDS, LATENCY_BUCKETS, Aggregate
+from . import _current
+from ._aggregate import Aggregate
 from ._alert_sinks import sink_counts
+from ._current import refresh_shared_state
+from ._help import HELP
+from ._multiprocess import ClientSink, Publisher
 from ._sink import CIRCUIT_STATES, DEFAULT_MAX_NAMES, HEALTH_STATUSES, EventsToSink, Labels
-
-_HELP = {
-    "xnai_circuitbreaker_state": "1 for the circuit's current state, 0 for the others",
-    "xnai_circuitbreaker_calls_seconds": "Duration of calls through the circuit, by outcome",
-    "xnai_circuitbreaker_not_permitted_calls": "Calls the open circuit rejected",
-    "xnai_circuitbreaker_fallback_calls": "Calls the fallback answered",
-    "xnai_circuitbreaker_redis_available": "1 while the circuit is in step with Redis",
-    "xnai_degradation_calls": "Degradation manager calls, by who answered",
-    "xnai_degradation_degraded": "1 while the service is answered by a degraded strategy",
-    "xnai_health_status": "1 for the service's current health status, 0 for the others",
-    "xnai_health_check_duration_seconds": "Duration of health checks",
-    "xnai_health_checks": "Health checks run, by result",
-    "xnai_alerts_active": "1 while the alert is active",
-    "xnai_recovery_attempts": "Recovery actions run, by result",
-    "xnai_recovery_escalated": "1 while automated recovery has escalated to a person",
-    "xnai_alert_notifications_sent": "Alert notifications the sink delivered",
-    "xnai_alert_notifications_retried": "Failed alert delivery attempts that were tried again",
-    "xnai_alert_notifications_dropped": "Alert notifications never delivered, by reason",
-    "xnai_alert_queue_length": "Alert notifications waiting in the sink (in flight included)",
-    "xnai_alert_last_error_timestamp_seconds": "When the sink's last delivery attempt failed",
-}
-
-
-_RANK = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def _one_hot(
@@ -96,6 +74,10 @@ def _one_hot(
 ) -> None:
     for value in values:
         family.add_metric([*labels, value], 1.0 if value == current else 0.0)
+
+
+PUBLISH_INTERVAL = 5.0
+"""Seconds between two writes of a worker's own state in multiprocess mode."""
 
 
 class XnaiCollector(Collector):
@@ -136,32 +118,17 @@ class XnaiCollector(Collector):
             ("xnai_alert_queue_length", gauge, ["sink", "kind"]),
             ("xnai_alert_last_error_timestamp_seconds", gauge, ["sink", "kind"]),
         ]
-        return {name: kind(name, _HELP[name], labels=labels) for name, kind, labels in specs}
+        return {name: kind(name, HELP[name], labels=labels) for name, kind, labels in specs}
 
     def _fill(self, f: dict[str, Any]) -> None:
-        agg, hook = self.aggregate, self.hook
-        # A circuit's state and Redis link are read from the live breakers (a dead
-        # breaker's series goes with it); a service's status from the live monitors,
-        # else from the last check event.
-        redis: dict[str, bool] = {}
-        statuses = dict(agg.statuses)
-        states: dict[str, str] = {}
-        for source in events.live_sources():
-            if isinstance(source, CircuitBreaker):
-                name = hook.labels.breaker(source.name)
-                # Two live breakers of one name: show the worse state, never hide an open one.
-                state = source.state.value
-                if _RANK[state] >= _RANK[states.get(name, "closed")]:
-                    states[name] = state
-                available = source.store.available
-                if available is not None:
-                    redis[name] = available
-            elif isinstance(source, HealthMonitor):
-                for service in source.services:
-                    statuses[hook.labels.service(service)] = source.get_status(service).value
-        for name, state in sorted(states.items()):
+        agg, guard = self.aggregate, self.hook.labels
+        # What is (states, links, statuses, latches) is read from the live objects
+        # (a dead breaker's series goes with it); what they no longer say, from events.
+        states, redis = _current.circuits(guard)
+        live_statuses, live_escalations = _current.statuses(guard), _current.escalations(guard)
+        for name, state in states.items():
             _one_hot(f["xnai_circuitbreaker_state"], [name], state, CIRCUIT_STATES)
-        for name, available in sorted(redis.items()):
+        for name, available in redis.items():
             f["xnai_circuitbreaker_redis_available"].add_metric([name], float(available))
         for labels, buckets, total in agg.histograms(agg.calls):
             f["xnai_circuitbreaker_calls_seconds"].add_metric(list(labels), buckets, total)
@@ -176,8 +143,10 @@ class XnaiCollector(Collector):
             gauges: dict[str, list[tuple[Any, bool]]] = {
                 "xnai_degradation_degraded": list(agg.degraded.items()),
                 "xnai_alerts_active": list(agg.alerts.items()),
-                "xnai_recovery_escalated": list(agg.escalations.items()),
             }
+            statuses = {**agg.statuses, **live_statuses}
+            escalated = {**agg.escalations, **live_escalations}
+        gauges["xnai_recovery_escalated"] = list(escalated.items())
         for metric, items in counts.items():
             for labels, count in sorted(items):
                 f[metric].add_metric(_labels(labels), float(count))
@@ -188,7 +157,7 @@ class XnaiCollector(Collector):
             _one_hot(f["xnai_health_status"], [service], status, HEALTH_STATUSES)
         for labels, buckets, total in agg.histograms(agg.check_seconds):
             f["xnai_health_check_duration_seconds"].add_metric(list(labels), buckets, total)
-        for (sink, kind), sink_count in sink_counts(hook.labels).items():
+        for (sink, kind), sink_count in sink_counts(guard).items():
             f["xnai_alert_notifications_sent"].add_metric([sink, kind], sink_count.sent)
             f["xnai_alert_notifications_retried"].add_metric([sink, kind], sink_count.retried)
             for reason, dropped in sorted(sink_count.dropped.items()):
@@ -203,93 +172,23 @@ def _labels(labels: str | tuple[str, ...]) -> list[str]:
     return [labels] if isinstance(labels, str) else list(labels)
 
 
-class ClientSink:
-    """prometheus_client's own metrics, for multiprocess mode (one file per worker)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def gauge(name: str, labels: list[str], mode: str) -> Gauge:
-            return Gauge(name, _HELP[name], labels, registry=registry, multiprocess_mode=mode)  # type: ignore[arg-type]
-
-        def counter(name: str, labels: list[str]) -> Counter:
-            return Counter(name, _HELP[name], labels, registry=registry)
-
-        def histogram(name: str, labels: list[str]) -> Histogram:
-            return Histogram(name, _HELP[name], labels, registry=registry, buckets=LATENCY_BUCKETS)
-
-        self._state = gauge("xnai_circuitbreaker_state", ["name", "state"], "livemostrecent")
-        self._calls = histogram("xnai_circuitbreaker_calls_seconds", ["name", "kind"])
-        self._not_permitted = counter("xnai_circuitbreaker_not_permitted_calls", ["name"])
-        self._fallback = counter("xnai_circuitbreaker_fallback_calls", ["name"])
-        self._redis = gauge("xnai_circuitbreaker_redis_available", ["name"], "livemin")
-        self._degradation = counter("xnai_degradation_calls", ["service", "source"])
-        self._degraded = gauge("xnai_degradation_degraded", ["service"], "livemax")
-        self._status = gauge("xnai_health_status", ["service", "status"], "livemostrecent")
-        self._check_seconds = histogram("xnai_health_check_duration_seconds", ["service"])
-        self._checks = counter("xnai_health_checks", ["service", "result"])
-        self._alerts = gauge("xnai_alerts_active", ["service", "alert"], "livemax")
-        self._recovery = counter("xnai_recovery_attempts", ["service", "action", "result"])
-        self._escalated = gauge("xnai_recovery_escalated", ["service"], "livemax")
-        self._lock = threading.Lock()
-        self.on_new_breaker: Callable[[], None] = lambda: None
-
-    def call_recorder(self, breaker: str) -> CallRecorder:
-        timed = {kind: self._calls.labels(breaker, kind) for kind in HISTOGRAM_KINDS}
-        rejected = self._not_permitted.labels(breaker)
-        first = True
-
-        def record(kind: CallKind, seconds: float) -> None:
-            nonlocal first
-            if first:  # a breaker made after enable_prometheus(): show its state
-                first = False
-                self.on_new_breaker()
-            if kind == "not_permitted":
-                rejected.inc()
-            else:
-                timed[kind].observe(seconds)
-
-        return record
-
-    def fallback(self, breaker: str) -> None:
-        self._fallback.labels(breaker).inc()
-
-    def state(self, breaker: str, state: str) -> None:
-        with self._lock:  # the three samples of one circuit change together
-            for value in CIRCUIT_STATES:
-                self._state.labels(breaker, value).set(1.0 if value == state else 0.0)
-
-    def redis_available(self, breaker: str, available: bool) -> None:
-        self._redis.labels(breaker).set(float(available))
-
-    def degradation(self, service: str, source: str, degraded: bool) -> None:
-        self._degradation.labels(service, source).inc()
-        self._degraded.labels(service).set(float(degraded))
-
-    def health(self, service: str, result: str, status: str, seconds: float) -> None:
-        self._checks.labels(service, result).inc()
-        self._check_seconds.labels(service).observe(seconds)
-        with self._lock:
-            for value in HEALTH_STATUSES:
-                self._status.labels(service, value).set(1.0 if value == status else 0.0)
-
-    def alert(self, service: str, alert: str, active: bool) -> None:
-        self._alerts.labels(service, alert).set(float(active))
-
-    def recovery(self, service: str, action: str, result: str) -> None:
-        self._recovery.labels(service, action, result).inc()
-
-    def escalated(self, service: str, escalated: bool) -> None:
-        self._escalated.labels(service).set(float(escalated))
-
-
 class PrometheusMetrics:
     """What :func:`enable_prometheus` installed: the hook and where it records."""
 
-    def __init__(self, registry: CollectorRegistry, multiprocess: bool, max_names: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        multiprocess: bool,
+        max_names: int,
+        publish_interval: float = PUBLISH_INTERVAL,
+    ) -> None:
         self.registry = registry
         self.multiprocess = multiprocess
         self.collector: XnaiCollector | None = None
+        self.client_sink: ClientSink | None = None
+        self._publisher: Publisher | None = None
         if multiprocess:
-            sink = ClientSink(registry)
+            sink = self.client_sink = ClientSink(registry)
             self.hook = EventsToSink(sink, Labels(max_names))
             sink.on_new_breaker = self.hook.sync_breakers
         else:
@@ -298,18 +197,30 @@ class PrometheusMetrics:
             self.collector = XnaiCollector(aggregate, self.hook)
             registry.register(self.collector)
         events.add_hook(self.hook)
-        if multiprocess:
+        if self.client_sink is not None:
             self.hook.sync_breakers()
+            labels, own = self.hook.labels, self.client_sink.publish_own
+            self._publisher = Publisher(lambda: own(labels), publish_interval)
 
     def __repr__(self) -> str:
         return f"<PrometheusMetrics multiprocess={self.multiprocess} registry={self.registry!r}>"
 
+    def publish(self) -> None:
+        """Multiprocess mode: write what this process sees now (circuit states, Redis
+        links, escalation latches, alert sinks' counters) for the next collection;
+        :func:`serving_registry` does it at every scrape. One process: nothing to do."""
+        if self.client_sink is not None:
+            self.client_sink.publish_current(self.hook.labels)
+
     def disable(self) -> None:
-        """Stop recording: remove the hook (and the collector) again."""
+        """Stop recording: remove the hook (and the collector, or the publisher) again."""
         events.remove_hook(self.hook)
         if self.collector is not None:
             self.registry.unregister(self.collector)
             self.collector = None
+        if self._publisher is not None:
+            self._publisher.stop()
+            self._publisher = None
         _enabled.pop(self.registry, None)
 
 
@@ -323,11 +234,22 @@ def multiprocess_dir() -> str | None:
 
 
 def enable_prometheus(
-    registry: CollectorRegistry | None = None, *, max_names: int = DEFAULT_MAX_NAMES
+    registry: CollectorRegistry | None = None,
+    *,
+    max_names: int = DEFAULT_MAX_NAMES,
+    publish_interval: float = PUBLISH_INTERVAL,
 ) -> PrometheusMetrics:
     """Record xnai-core's metrics into ``registry`` (prometheus_client's default one
     when None) from now on; calling it again for the same registry returns the same
-    object. Multiprocess mode is chosen when ``PROMETHEUS_MULTIPROC_DIR`` is set."""
+    object. Multiprocess mode is chosen when ``PROMETHEUS_MULTIPROC_DIR`` is set; each
+    worker then writes what only it knows (Redis links, alert sinks' counters) every
+    ``publish_interval`` seconds."""
+    if (
+        not isinstance(publish_interval, int | float)
+        or isinstance(publish_interval, bool)
+        or not 0 < publish_interval < math.inf
+    ):
+        raise ValueError(f"'publish_interval' must be > 0 seconds: {publish_interval!r}")
     if registry is None:
         registry = REGISTRY
     if not isinstance(registry, CollectorRegistry):
@@ -336,30 +258,47 @@ def enable_prometheus(
         existing = _enabled.get(registry)
         if existing is not None:
             return existing
-        enabled = PrometheusMetrics(registry, multiprocess_dir() is not None, max_names)
+        multiprocess = multiprocess_dir() is not None
+        enabled = PrometheusMetrics(registry, multiprocess, max_names, float(publish_interval))
         _enabled[registry] = enabled
         return enabled
 
 
 def serving_registry(registry: CollectorRegistry | None = None) -> CollectorRegistry:
     """The registry a ``/metrics`` handler should expose: in multiprocess mode a fresh
-    one over ``MultiProcessCollector`` (every worker's files), else ``registry``."""
+    one over ``MultiProcessCollector`` (every worker's files) that first writes what
+    this worker sees now (:meth:`PrometheusMetrics.publish`), else ``registry``.
+
+    Await :func:`refresh_shared_state` before collecting it, so what lives in Redis
+    (circuits not loaded yet, peers' escalation latches) is current too."""
     if multiprocess_dir() is not None:
         from prometheus_client import multiprocess
 
         served = CollectorRegistry()
-        multiprocess.MultiProcessCollector(served)  # type: ignore[no-untyped-call]
+        served.register(_PublishThenCollect(multiprocess.MultiProcessCollector(None)))  # type: ignore[no-untyped-call]
         return served
     return REGISTRY if registry is None else registry
+
+
+class _PublishThenCollect(Collector):
+    def __init__(self, files: Collector) -> None:
+        self._files = files
+
+    def collect(self) -> Iterable[Metric]:
+        for enabled in list(_enabled.values()):
+            enabled.publish()
+        return self._files.collect()
 
 
 __all__ = [
     "CIRCUIT_STATES",
     "HEALTH_STATUSES",
+    "PUBLISH_INTERVAL",
     "ClientSink",
     "PrometheusMetrics",
     "XnaiCollector",
     "enable_prometheus",
     "multiprocess_dir",
+    "refresh_shared_state",
     "serving_registry",
 ]

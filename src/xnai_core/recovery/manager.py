@@ -259,6 +259,38 @@ class RecoveryManager:
         svc = self._services.get(service_name)
         return bool(svc and svc.escalated)
 
+    def escalations(self) -> dict[str, bool]:
+        """Every service with rules: whether this process holds it latched."""
+        return {name: svc.escalated for name, svc in self._services.items() if svc.slots}
+
+    async def shared_escalations(self) -> dict[str, bool]:
+        """:meth:`escalations` as the replicas sharing the coordinator see them.
+
+        A latch a peer wrote to Redis counts, though this process has not acted on the
+        service (and so not latched it here yet); a latch this process holds but that a
+        ``reset()`` on another process lifted (a new reset id in Redis) does not. Where
+        Redis does not answer (within the coordinator's timeout), this process's own
+        view stands. No coordinator, or a dry run: :meth:`escalations`.
+        """
+        local = self.escalations()
+        coordinator = self._coordinator
+        if coordinator is None or self._runner.dry_run or not local:
+            return local
+        names = list(local)
+        views = await asyncio.gather(*(coordinator.latch_state(name) for name in names))
+        shared = dict(local)
+        for name, view in zip(names, views, strict=True):
+            if view is None:
+                continue
+            svc = self._services[name]
+            reset_elsewhere = (
+                svc.latch_shared
+                and view.reset_id is not None
+                and view.reset_id != svc.latch_reset_seen
+            )
+            shared[name] = view.latched or (local[name] and not reset_elsewhere)
+        return shared
+
     async def reset(self, service_name: str) -> bool:
         """Lift the manual-intervention latch and clear the service's counters and cooldown.
 

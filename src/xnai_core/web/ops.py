@@ -274,9 +274,10 @@ def _metrics_registry(metrics: Any) -> Any:
 def _metrics_endpoint(registry: Any) -> Callable[[Request], Any]:
     from prometheus_client.exposition import choose_encoder
 
-    from ..metrics.prometheus import serving_registry
+    from ..metrics.prometheus import refresh_shared_state, serving_registry
 
     async def metrics(request: Request) -> Response:
+        await refresh_shared_state()  # circuits not loaded yet, peers' latches
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         output = encoder(serving_registry(registry))
         return Response(

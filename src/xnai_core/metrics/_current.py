@@ -1,0 +1,142 @@
+"""Current state, read from the live objects when metrics are collected.
+
+Counters come from events; what *is* (a circuit's state, its Redis link, a
+service's status, an escalation latch) is read here at scrape time, so it is right
+for changes this process only saw (a circuit another process opened, a latch a
+peer replica wrote) and needs no event at all. Every adapter reads through these
+functions: the Prometheus collector, the multiprocess publisher, OpenTelemetry's
+observable gauges.
+
+Some of it lives in Redis and can only be read with ``await``:
+:func:`refresh_shared_state` (awaited by ``create_ops_app``'s ``/metrics`` before it
+collects) loads the state of every Redis-backed circuit this process has not
+loaded yet and reads the shared escalation latches; the synchronous readers use
+what it found for :data:`FRESH_FOR` seconds, and this process's own view after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+from .. import events
+from ..circuit.breaker import CircuitBreaker
+from ..health.monitor import HealthMonitor
+from ..recovery.manager import RecoveryManager
+from ._sink import Labels
+
+logger = logging.getLogger("xnai_core.metrics")
+
+FRESH_FOR = 10.0
+"""Seconds a shared-latch reading by :func:`refresh_shared_state` is used for."""
+
+LOAD_WAIT = 1.0
+"""At most this long, in seconds, a scrape waits for circuits to load from Redis (the
+loading goes on in the background; the scrape then shows what this process knew)."""
+
+_RANK = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    at: float
+    escalated: dict[str, bool]
+
+
+_shared: weakref.WeakKeyDictionary[RecoveryManager, _Reading] = weakref.WeakKeyDictionary()
+
+
+def _live(kind: type[object]) -> list[object]:
+    return [source for source in events.live_sources() if isinstance(source, kind)]
+
+
+def circuits(labels: Labels) -> tuple[dict[str, str], dict[str, bool]]:
+    """Each circuit's state and (Redis-backed only) link, by label value.
+
+    Two live breakers of one name (or names folded into ``_other``) show the worse
+    state and the worse link: an open circuit is never hidden.
+    """
+    states: dict[str, str] = {}
+    links: dict[str, bool] = {}
+    for breaker in _live(CircuitBreaker):
+        assert isinstance(breaker, CircuitBreaker)
+        name = labels.breaker(breaker.name)
+        state = breaker.state.value
+        if _RANK[state] >= _RANK[states.get(name, "closed")]:
+            states[name] = state
+        available = breaker.store.available
+        if available is not None:
+            links[name] = links.get(name, True) and available
+    return dict(sorted(states.items())), dict(sorted(links.items()))
+
+
+def statuses(labels: Labels) -> dict[str, str]:
+    """Each service's status in the live health monitors, by label value."""
+    found: dict[str, str] = {}
+    for monitor in _live(HealthMonitor):
+        assert isinstance(monitor, HealthMonitor)
+        for service in monitor.services:
+            found[labels.service(service)] = monitor.get_status(service).value
+    return found
+
+
+def escalations(labels: Labels) -> dict[str, bool]:
+    """Each service's escalation latch in the live recovery managers, by label value:
+    as the replicas see it when :func:`refresh_shared_state` read it lately, else as
+    this process holds it. Several managers of one service: escalated if any is."""
+    now = time.monotonic()
+    found: dict[str, bool] = {}
+    for manager in _live(RecoveryManager):
+        assert isinstance(manager, RecoveryManager)
+        reading = _shared.get(manager)
+        if reading is not None and now - reading.at <= FRESH_FOR:
+            # Services added since the reading: this process's view.
+            latches = {**manager.escalations(), **reading.escalated}
+        else:
+            latches = manager.escalations()
+        for service, escalated in latches.items():
+            label = labels.service(service)
+            found[label] = found.get(label, False) or escalated
+    return found
+
+
+async def _load(breaker: CircuitBreaker) -> None:
+    try:
+        await breaker.store.start()  # type: ignore[attr-defined]
+    except Exception:  # it never should: the next call tries again
+        logger.exception("could not load circuit '%s' for a scrape", breaker.name)
+
+
+async def _read_latches(manager: RecoveryManager) -> None:
+    try:
+        latches = await manager.shared_escalations()
+    except Exception:  # the scrape goes on with this process's view
+        logger.exception("could not read the shared escalation latches")
+        return
+    _shared[manager] = _Reading(time.monotonic(), latches)
+
+
+async def refresh_shared_state() -> None:
+    """Read what lives in Redis, for the next collection: the shared escalation
+    latches of every live recovery manager with a coordinator, and the state of every
+    Redis-backed circuit this process has not loaded yet (waiting for those at most
+    :data:`LOAD_WAIT`). Call it (``await``) in a ``/metrics`` handler before
+    collecting; it never raises for Redis trouble."""
+    jobs: list[asyncio.Future[None]] = []
+    for breaker in _live(CircuitBreaker):
+        assert isinstance(breaker, CircuitBreaker)
+        if breaker.store.available is False and hasattr(breaker.store, "start"):
+            jobs.append(asyncio.ensure_future(_load(breaker)))
+    loading = list(jobs)
+    for manager in _live(RecoveryManager):
+        assert isinstance(manager, RecoveryManager)
+        jobs.append(asyncio.ensure_future(_read_latches(manager)))
+    if not jobs:
+        return
+    if loading:
+        # A store that cannot reach Redis keeps trying in the background.
+        await asyncio.wait(loading, timeout=LOAD_WAIT)
+    await asyncio.gather(*(job for job in jobs if job not in loading), return_exceptions=True)
