@@ -7,13 +7,13 @@ import dataclasses
 import logging
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis
+from tests.metrics_helpers import Recorder, no_global_hooks  # noqa: F401 (an autouse fixture)
 from tests.test_redis_outage import _acl_user
 from xnai_core import (
     CircuitBreaker,
@@ -39,26 +39,6 @@ class Boom(Exception):
 
 class Uncounted(Exception):
     pass
-
-
-class Recorder:
-    """A hook that keeps what it hears."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-
-@pytest.fixture(autouse=True)
-def no_global_hooks() -> Iterator[None]:
-    events.install_hooks()
-    yield
-    events.install_hooks()
 
 
 async def boom() -> None:

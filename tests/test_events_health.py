@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TypeVar
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
-from xnai_core import CustomHealthChecker, HealthMonitor, events
-from xnai_core.events import AlertChanged, Event, HealthChecked
+from tests.metrics_helpers import Recorder, no_global_hooks, parse  # noqa: F401
+from xnai_core import CustomHealthChecker, HealthMonitor
+from xnai_core.events import AlertChanged, HealthChecked
 from xnai_core.metrics import enable_prometheus
 
 E = TypeVar("E")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-
-@pytest.fixture(autouse=True)
-def no_global_hooks() -> Iterator[None]:
-    events.install_hooks()
-    yield
-    events.install_hooks()
 
 
 def monitor_of(up: dict[str, bool]) -> HealthMonitor:
@@ -77,11 +57,7 @@ async def test_health_metrics_from_the_live_monitor_and_its_events() -> None:
         await monitor.stop_monitoring()
     finally:
         metrics.disable()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = parse(text)
     vdb = ("service", "vector_db")
     assert samples["xnai_health_status", (vdb, ("status", "unhealthy"))] == 1
     assert samples["xnai_health_status", (vdb, ("status", "healthy"))] == 0

@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.metrics_helpers import Recorder, no_global_hooks, parse  # noqa: F401
 from tests.test_recovery_manager import FakeClock, action, go_unhealthy, make_manager, rule
 from xnai_core import (
     AllStrategiesFailedError,
     FallbackStrategy,
     RecoveryManager,
     ServiceDegradationManager,
-    events,
 )
-from xnai_core.events import DegradationCall, Event, RecoveryAttempted, RecoveryEscalated
+from xnai_core.events import DegradationCall, RecoveryAttempted, RecoveryEscalated
 from xnai_core.metrics import enable_prometheus
 
 E = TypeVar("E")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-
-@pytest.fixture(autouse=True)
-def no_global_hooks() -> Iterator[None]:
-    events.install_hooks()
-    yield
-    events.install_hooks()
 
 
 async def llm_down() -> str:
@@ -118,11 +98,7 @@ async def test_recovery_and_degradation_metrics() -> None:
         text = generate_latest(metrics.registry).decode()
     finally:
         metrics.disable()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = parse(text)
     chat = (("service", "chat"), ("source", "canned"))
     assert samples["xnai_degradation_calls_total", chat] == 1
     assert samples["xnai_degradation_degraded", (("service", "chat"),)] == 1

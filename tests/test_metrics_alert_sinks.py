@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.alerting_helpers import Receiver, Reply, SleepRecorder, alert, refused_url
+from tests.metrics_helpers import (  # noqa: F401 (otel_reader: a fixture)
+    Samples,
+    otel_reader,
+    parse,
+    points,
+    series,
+    value,
+)
 from tests.secret_corpus import SHAPES, leaks
 from xnai_core import events
 from xnai_core.alerting import SlackSink, WebhookSink
-from xnai_core.metrics import enable_opentelemetry, enable_prometheus
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from xnai_core.metrics import enable_prometheus
 
 ERROR_AT = 1_765_000_000.5  # the injected wall clock: when a failed attempt is recorded
 
@@ -41,23 +44,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 def scrape(registry: CollectorRegistry) -> tuple[str, Samples]:
-    """The text exposition and its samples, parsed as Prometheus parses them."""
+    """The text exposition and its samples."""
     text = generate_latest(registry).decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = sample.name, tuple(sorted(sample.labels.items()))
-            assert key not in samples, f"duplicate series {key}"
-            samples[key] = sample.value
-    return text, samples
-
-
-def value(samples: Samples, metric: str, /, **labels: str) -> float:
-    return samples[metric, tuple(sorted(labels.items()))]
-
-
-def series(samples: Samples, metric: str) -> list[dict[str, str]]:
-    return [dict(labels) for name, labels in samples if name == metric]
+    return text, parse(text)
 
 
 async def test_delivery_counters_are_scraped_from_real_sinks(
@@ -169,35 +158,21 @@ async def test_two_live_sinks_of_one_name_are_one_series(
     await second.aclose()
 
 
-async def test_opentelemetry_observes_the_same_counters() -> None:
-    gc.collect()
-    memory = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[memory])
-    enabled = enable_opentelemetry(provider)
-    try:
-        sink = SlackSink(f"{refused_url()}/hook", max_attempts=2, sleep=SleepRecorder())
-        sink.submit(alert())
-        await sink.drain()
-        data = memory.get_metrics_data()
-        assert data is not None
-        found: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    found[metric.name] = [
-                        (dict(p.attributes or {}), getattr(p, "value", None))
-                        for p in metric.data.data_points
-                    ]
-        of_sink = {"sink": "slack", "kind": "slack"}
-        assert found["xnai.alert.notifications.sent"] == [(of_sink, 0)]
-        assert found["xnai.alert.notifications.retried"] == [(of_sink, 1)]
-        assert ({**of_sink, "reason": "gave_up"}, 1) in found["xnai.alert.notifications.dropped"]
-        assert found["xnai.alert.queue.length"] == [(of_sink, 0)]
-        [(attributes, at)] = found["xnai.alert.last_error.timestamp"]
-        assert attributes == of_sink
-        assert at > 0
-        await sink.aclose()
-    finally:
-        enabled.disable()
-        events.install_hooks()
-        provider.shutdown()
+async def test_opentelemetry_observes_the_same_counters(reader: InMemoryMetricReader) -> None:
+    sink = SlackSink(f"{refused_url()}/hook", max_attempts=2, sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.drain()
+    found = {
+        name: [(attributes, getattr(p, "value", None)) for attributes, p in pairs]
+        for name, pairs in points(reader).items()
+    }
+    of_sink = {"sink": "slack", "kind": "slack"}
+    assert found["xnai.alert.notifications.sent"] == [(of_sink, 0)]
+    assert found["xnai.alert.notifications.retried"] == [(of_sink, 1)]
+    assert ({**of_sink, "reason": "gave_up"}, 1) in found["xnai.alert.notifications.dropped"]
+    assert found["xnai.alert.queue.length"] == [(of_sink, 0)]
+    [(attributes, at)] = found["xnai.alert.last_error.timestamp"]
+    assert attributes == of_sink
+    assert isinstance(at, float)
+    assert at > 0
+    await sink.aclose()

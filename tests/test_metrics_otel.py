@@ -3,58 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from tests.metrics_helpers import Boom, boom, otel_reader, point, points  # noqa: F401 (a fixture)
 from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, events
 from xnai_core.events import AlertChanged, HealthChecked, RecoveryAttempted, RecoveryEscalated
 from xnai_core.metrics import enable_opentelemetry
-
-
-@pytest.fixture
-def reader() -> Iterator[InMemoryMetricReader]:
-    gc.collect()
-    memory = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[memory])
-    enabled = enable_opentelemetry(provider)
-    yield memory
-    enabled.disable()
-    events.install_hooks()
-    provider.shutdown()
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
-    """Every instrument's data points: (attributes, point) pairs, by name."""
-    data = reader.get_metrics_data()
-    assert data is not None
-    found: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            assert scope.scope.name == "xnai_core"
-            for metric in scope.metrics:
-                found[metric.name] = [
-                    (dict(point.attributes or {}), point) for point in metric.data.data_points
-                ]
-    return found
-
-
-def point(found: dict[str, list[tuple[dict[str, Any], Any]]], metric: str, /, **attrs: str) -> Any:
-    matches = [p for a, p in found[metric] if a == attrs]
-    assert len(matches) == 1, (metric, attrs, found.get(metric))
-    return matches[0]
-
-
-class Boom(Exception):
-    pass
-
-
-async def boom() -> None:
-    raise Boom
 
 
 async def test_breaker_instruments(reader: InMemoryMetricReader) -> None:

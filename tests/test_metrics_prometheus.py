@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.metrics_helpers import Boom, boom, scrape, value
 from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, events
 from xnai_core.events import (
     AlertChanged,
@@ -21,8 +21,6 @@ from xnai_core.events import (
 from xnai_core.metrics import enable_prometheus
 from xnai_core.metrics.prometheus import PrometheusMetrics
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
 
 @pytest.fixture
 def metrics() -> Iterator[PrometheusMetrics]:
@@ -30,28 +28,6 @@ def metrics() -> Iterator[PrometheusMetrics]:
     yield enabled
     enabled.disable()
     events.install_hooks()
-
-
-def scrape(registry: CollectorRegistry) -> Samples:
-    """Every sample of the registry's text exposition, parsed by prometheus_client."""
-    text = generate_latest(registry).decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, metric: str, /, **labels: str) -> float:
-    return samples[metric, tuple(sorted(labels.items()))]
-
-
-class Boom(Exception):
-    pass
-
-
-async def boom() -> None:
-    raise Boom
 
 
 async def test_breaker_metrics_after_a_trip(metrics: PrometheusMetrics) -> None:
