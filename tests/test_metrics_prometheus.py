@@ -6,11 +6,22 @@ import asyncio
 import gc
 from collections.abc import Iterator
 
+import httpx
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.metrics_helpers import Boom, boom, scrape, value
-from xnai_core import CircuitBreaker, CircuitBreakerConfig, CircuitOpenError, events
+from tests.metrics_helpers import Boom, boom, parse, scrape, value
+from tests.ops_helpers import serving
+from tests.test_recovery_manager import FakeClock, go_unhealthy, make_manager, rule
+from xnai_core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    RecoveryCoordinator,
+    RecoveryManager,
+    events,
+)
 from xnai_core.events import (
     AlertChanged,
     DegradationCall,
@@ -20,6 +31,7 @@ from xnai_core.events import (
 )
 from xnai_core.metrics import enable_prometheus
 from xnai_core.metrics.prometheus import PrometheusMetrics
+from xnai_core.web import create_ops_app
 
 
 @pytest.fixture
@@ -207,3 +219,47 @@ def test_a_missing_extra_is_named(blocked: str, code: str, message: str) -> None
     )
     assert done.returncode == 1
     assert message in done.stderr
+
+
+async def _escalated_on_scrape(base: str) -> float | None:
+    async with httpx.AsyncClient(base_url=base) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    return parse(response.text).get(("xnai_recovery_escalated", (("service", "api"),)))
+
+
+async def test_a_latch_set_by_a_peer_replica_shows_at_scrape_time(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A peer escalates the shared service and goes away; this replica never acted on
+    it, yet its /metrics says escalated (read from Redis), and not once it is reset."""
+    gc.collect()
+    clock = FakeClock()
+
+    def replica() -> RecoveryManager:
+        manager = make_manager(
+            clock, coordinator=RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+        )
+        manager.add_rule(rule(max_attempts=1, recovery_func=lambda service: None))
+        return manager
+
+    peer = replica()
+    peer.hooks.install()  # its events go to its own process's metrics, not ours
+    await go_unhealthy(peer, "api")
+    assert peer.is_escalated("api")
+    await peer.aclose()
+    del peer
+    gc.collect()
+    here = replica()
+    registry = CollectorRegistry()
+    enabled = enable_prometheus(registry)
+    try:
+        async with serving(create_ops_app(recovery=here, metrics=registry)) as base:
+            assert await _escalated_on_scrape(base) == 1
+            assert not here.is_escalated("api")  # this replica has not looked itself
+            # An operator resets it on another replica.
+            assert await RecoveryCoordinator(shared_redis, key_prefix=key_prefix).unlatch("api")
+            assert await _escalated_on_scrape(base) == 0
+    finally:
+        enabled.disable()
+        await here.aclose()
