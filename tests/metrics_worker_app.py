@@ -7,6 +7,7 @@ Environment: ``XNAI_TEST_REDIS_URL``, ``XNAI_TEST_KEY_PREFIX``, ``XNAI_TEST_WEBH
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import redis.asyncio as aioredis
@@ -37,8 +38,13 @@ breakers.register(
 sink = WebhookSink(os.environ["XNAI_TEST_WEBHOOK_URL"], secret="hmac-secret-value", name="pager")
 
 
+sent = itertools.count()
+
+
 async def send_alert(request: Request) -> JSONResponse:
-    sink.submit(Alert(service="rag_api", kind="status", severity="critical", message="down"))
+    """One new alert (a repeat of an active one would not be sent again)."""
+    service = f"svc{next(sent)}"
+    sink.submit(Alert(service=service, kind="status", severity="critical", message="down"))
     await sink.drain()
     return JSONResponse({"pid": os.getpid()})
 
