@@ -12,12 +12,14 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from tests.alerting_helpers import Receiver, Reply
 from tests.conftest import SHARED_REDIS_URL, free_port
 from tests.prometheus_helpers import (
     ALERT_RULES,
@@ -28,26 +30,21 @@ from tests.prometheus_helpers import (
     prometheus_scraping,
     require_prometheus,
 )
+from xnai_core.metrics._help import HELP
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def example_app(shared_redis: aioredis.Redis, key_prefix: str) -> AsyncIterator[str]:
-    """examples/ops_app.py under uvicorn on loopback; yields host:port."""
+@asynccontextmanager
+async def one_process(app: str, **env: str) -> AsyncIterator[str]:
+    """``uvicorn app`` (one process) on loopback; yields host:port."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "XNAI_EXAMPLE_REDIS_URL": SHARED_REDIS_URL,
-        "XNAI_EXAMPLE_KEY_PREFIX": key_prefix,
-        "XNAI_EXAMPLE_CHECK_INTERVAL": "0.5",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "examples.ops_app:app",
+        sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        cwd=REPO, env=env,
+        cwd=REPO, env=environ,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
     try:
@@ -55,18 +52,30 @@ async def example_app(shared_redis: aioredis.Redis, key_prefix: str) -> AsyncIte
         end = loop.time() + 60
         async with httpx.AsyncClient() as http:
             while True:
-                assert server.returncode is None, "the example app exited"
+                assert server.returncode is None, f"{app} exited"
                 try:
                     if (await http.get(f"http://{address}/ops/livez")).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
-                assert loop.time() < end, "the example app did not start"
+                assert loop.time() < end, f"{app} did not start"
                 await asyncio.sleep(0.1)
         yield address
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), timeout=60)
+
+
+@pytest.fixture
+async def example_app(shared_redis: aioredis.Redis, key_prefix: str) -> AsyncIterator[str]:
+    """examples/ops_app.py under uvicorn on loopback; yields host:port."""
+    async with one_process(
+        "examples.ops_app:app",
+        XNAI_EXAMPLE_REDIS_URL=SHARED_REDIS_URL,
+        XNAI_EXAMPLE_KEY_PREFIX=key_prefix,
+        XNAI_EXAMPLE_CHECK_INTERVAL="0.5",
+    ) as address:
+        yield address
 
 
 async def only_value(prometheus: PrometheusServer, expr: str) -> float:
@@ -162,3 +171,51 @@ async def test_promtool_checks_and_tests_the_alert_rules() -> None:
         out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
         assert process.returncode == 0, out.decode()
         assert b"SUCCESS" in out
+
+
+def test_every_metric_is_on_the_dashboard() -> None:
+    """Each metric the adapter exports is queried by some dashboard panel."""
+    queries = " ".join(dashboard_queries())
+    missing = [name for name in HELP if name not in queries]
+    assert not missing, f"no dashboard panel shows {missing}"
+
+
+@pytest.mark.timeout(240)
+async def test_prometheus_scrapes_alert_sink_counters_for_the_dashboard(
+    tmp_path: Path, shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A sink delivers after a failed attempt; the dashboard's alert-delivery queries,
+    evaluated by Prometheus, return the sink's series (its name and kind only)."""
+    receiver = Receiver()
+    receiver.script.append(Reply(500, body=b"try again"))
+    try:
+        async with (
+            one_process(
+                "tests.metrics_worker_app:app",
+                XNAI_TEST_REDIS_URL=SHARED_REDIS_URL,
+                XNAI_TEST_KEY_PREFIX=key_prefix,
+                XNAI_TEST_WEBHOOK_URL=f"{receiver.url}/hooks/T0Z9route?token=webhooktoken123",
+            ) as address,
+            prometheus_scraping(tmp_path, address, "/ops/metrics") as prometheus,
+        ):
+            assert await only_value(prometheus, 'up{job="rag"} == 1') == 1
+            async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+                for _ in range(2):
+                    assert (await http.post("/demo/alert")).status_code == 200
+            sink = 'sink="pager",kind="webhook",job="rag"'
+            sent = f"xnai_alert_notifications_sent_total{{{sink}}} == 2"
+            assert await only_value(prometheus, sent) == 2
+            retried = f"xnai_alert_notifications_retried_total{{{sink}}} == 1"
+            assert await only_value(prometheus, retried) == 1
+            panels = [expr for expr in dashboard_queries() if "xnai_alert_" in expr]
+            assert len(panels) == 5
+            for expr in panels:
+                for series in await prometheus.wait_for(expr):
+                    labels = set(series["metric"]) - {"reason"}
+                    assert labels == {"sink", "kind"}, series
+                    assert (series["metric"]["sink"], series["metric"]["kind"]) == (
+                        "pager",
+                        "webhook",
+                    )
+    finally:
+        receiver.close()
