@@ -27,19 +27,23 @@ metric                                                    type       labels
 ========================================================  =========  =============================
 
 The ``xnai_alert_*`` series are the alert sinks' own counters (``AlertSink.stats()``),
-read from the live sinks at scrape time; one process only (not in multiprocess mode).
+read from the live sinks at scrape time (in multiprocess mode, written by each worker).
 
 Two ways to record, chosen by :func:`enable_prometheus`:
 
 - One process (the default): a custom collector. Events add to our own counters
   and bucket arrays (:mod:`._aggregate`); the collector turns them into samples at
-  scrape time and reads current state (a circuit's state, a monitor's statuses)
-  from the live objects, so it is right even for a change another process made.
+  scrape time and reads current state (a circuit's state, a monitor's statuses, the
+  escalation latches) from the live objects (:mod:`._current`), so it is right even
+  for a change another process made.
 - ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn/uvicorn workers): prometheus_client's
-  own metrics, which write to files that ``MultiProcessCollector`` sums. State
-  gauges are set on every change each worker sees and use ``livemostrecent``;
-  "is anything wrong" gauges use ``livemax`` (degraded, alert active, escalated)
-  and Redis availability ``livemin``, so one worker's trouble shows.
+  own metrics, which write to files that ``MultiProcessCollector`` sums
+  (:mod:`._multiprocess`). State gauges are written on every change each worker
+  sees and by the scraping worker at every scrape, and use ``livemostrecent``;
+  "is anything wrong" gauges use ``livemax`` (degraded, alert active) and Redis
+  availability ``livemin``, so one worker's trouble shows.
+
+``/metrics`` handlers await :func:`refresh_shared_state` first (what lives in Redis).
 """
 
 from __future__ import annotations
