@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 import textwrap
+import threading
 from typing import TypeVar
 
 import pytest
@@ -282,3 +283,34 @@ def test_live_sources_lists_breakers_until_they_are_gone() -> None:
 
     gc.collect()
     assert all(getattr(s, "name", None) != "alive" for s in events.live_sources())
+
+
+def test_live_sources_can_be_listed_while_another_thread_makes_breakers() -> None:
+    """A scrape (or the multiprocess publisher) lists the live objects in its own thread
+    while the application makes breakers in another: never 'Set changed size'."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def make() -> None:
+        keep: list[CircuitBreaker] = []
+        for i in range(10_000):
+            keep.append(breaker(name=f"race-{i}"))
+            if len(keep) > 50:
+                keep.clear()
+        done.set()
+
+    def read() -> None:
+        for _ in range(200_000):
+            if done.is_set():
+                return
+            try:
+                list(events.live_sources())
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=make), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []

@@ -21,6 +21,7 @@ attribute check.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -267,6 +268,14 @@ def _checked(hooks: tuple[object, ...]) -> tuple[Hook, ...]:
 
 _global_hooks: tuple[Hook, ...] = ()
 _points: weakref.WeakSet[HookPoint] = weakref.WeakSet()
+# Objects are made in any thread while a scrape (or a metrics publisher thread) lists
+# them: a WeakSet copied while another thread adds to it raises RuntimeError.
+_points_lock = threading.Lock()
+
+
+def _all_points() -> list[HookPoint]:
+    with _points_lock:
+        return list(_points)
 
 
 class HookPoint:
@@ -303,7 +312,8 @@ class HookPoint:
         self.emit: Emit | None = None
         self.record_call: CallRecorder | None = None
         self._resolve(_global_hooks)
-        _points.add(self)
+        with _points_lock:
+            _points.add(self)
 
     def _resolve(self, hooks: tuple[Hook, ...]) -> None:
         if self._calls_of is not None:
@@ -346,7 +356,7 @@ def install_hooks(*hooks: Hook) -> None:
     before; objects with hooks of their own keep them)."""
     global _global_hooks
     _global_hooks = _checked(hooks)
-    for point in list(_points):
+    for point in _all_points():
         point._global_changed()
 
 
@@ -374,7 +384,7 @@ def live_sources() -> Iterator[object]:
     it from these at collection time, so it is right even for changes this process
     only saw (a circuit opened by another process).
     """
-    for point in list(_points):
+    for point in _all_points():
         owner = point._owner()
         if owner is not None:
             yield owner
