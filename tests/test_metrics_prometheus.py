@@ -263,3 +263,22 @@ async def test_a_latch_set_by_a_peer_replica_shows_at_scrape_time(
     finally:
         enabled.disable()
         await here.aclose()
+
+
+async def test_names_minted_per_tenant_keep_no_memory_per_name() -> None:
+    """Past max_names, a new breaker name costs the adapter nothing that lasts: every
+    one shares the overflow label's recorder (and series)."""
+    gc.collect()
+    limited = enable_prometheus(CollectorRegistry(), max_names=5)
+    try:
+        for i in range(300):
+            tenant = CircuitBreaker(CircuitBreakerConfig(name=f"tenant-{i}", timeout=None))
+            await tenant.call(asyncio.sleep, 0)
+        assert len(limited.hook._recorders) <= 5 + 1
+        s = scrape(limited.registry)
+        other = value(
+            s, "xnai_circuitbreaker_calls_seconds_count", name="_other", kind="successful"
+        )
+        assert other >= 300 - 5
+    finally:
+        limited.disable()

@@ -79,11 +79,13 @@ class EventsToSink:
         return f"<{type(self).__name__} sink={self.sink!r}>"
 
     def call_recorder(self, breaker: str) -> CallRecorder:
+        # By label value, not by name: names minted per tenant or request share the
+        # overflow label's recorder instead of keeping one each for ever.
+        label = self.labels.breaker(breaker)
         try:
-            return self._recorders[breaker]
+            return self._recorders[label]
         except KeyError:
-            recorder = self.sink.call_recorder(self.labels.breaker(breaker))
-            return self._recorders.setdefault(breaker, recorder)
+            return self._recorders.setdefault(label, self.sink.call_recorder(label))
 
     def sync_breakers(self) -> None:
         """Record the state (and Redis link) of every live breaker not seen yet."""
