@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -282,3 +286,25 @@ async def test_names_minted_per_tenant_keep_no_memory_per_name() -> None:
         assert other >= 300 - 5
     finally:
         limited.disable()
+
+
+def test_multiprocess_mode_can_be_disabled_and_enabled_again(tmp_path: Path) -> None:
+    """disable() takes prometheus_client's metrics out of the registry too, so enabling
+    again for that registry works (it failed with 'Duplicated timeseries')."""
+    code = (
+        "from prometheus_client import CollectorRegistry, generate_latest\n"
+        "from xnai_core.metrics import enable_prometheus\n"
+        "registry = CollectorRegistry()\n"
+        "first = enable_prometheus(registry)\n"
+        "assert first.multiprocess\n"
+        "first.disable()\n"
+        "again = enable_prometheus(registry)\n"
+        "assert again is not first\n"
+        "assert b'xnai_circuitbreaker_state' in generate_latest(registry)\n"
+        "again.disable()\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -37,14 +37,23 @@ class ClientSink:
     """prometheus_client's own metrics, for multiprocess mode (one file per worker)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._metrics: list[Gauge | Counter | Histogram] = []
+
         def gauge(name: str, labels: list[str], mode: str) -> Gauge:
-            return Gauge(name, HELP[name], labels, registry=registry, multiprocess_mode=mode)  # type: ignore[arg-type]
+            made = Gauge(name, HELP[name], labels, registry=registry, multiprocess_mode=mode)  # type: ignore[arg-type]
+            self._metrics.append(made)
+            return made
 
         def counter(name: str, labels: list[str]) -> Counter:
-            return Counter(name, HELP[name], labels, registry=registry)
+            made = Counter(name, HELP[name], labels, registry=registry)
+            self._metrics.append(made)
+            return made
 
         def histogram(name: str, labels: list[str]) -> Histogram:
-            return Histogram(name, HELP[name], labels, registry=registry, buckets=LATENCY_BUCKETS)
+            made = Histogram(name, HELP[name], labels, registry=registry, buckets=LATENCY_BUCKETS)
+            self._metrics.append(made)
+            return made
 
         self._state = gauge("xnai_circuitbreaker_state", ["name", "state"], "livemostrecent")
         self._calls = histogram("xnai_circuitbreaker_calls_seconds", ["name", "kind"])
@@ -74,6 +83,12 @@ class ClientSink:
         )
         self._queue_labels: set[tuple[str, str]] = set()
         self.on_new_breaker: Callable[[], None] = lambda: None
+
+    def unregister(self) -> None:
+        """Take these metrics out of the registry (a later enable makes them again)."""
+        for metric in self._metrics:
+            self._registry.unregister(metric)
+        self._metrics.clear()
 
     def call_recorder(self, breaker: str) -> CallRecorder:
         timed = {kind: self._calls.labels(breaker, kind) for kind in HISTOGRAM_KINDS}

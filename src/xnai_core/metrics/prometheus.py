@@ -225,6 +225,9 @@ class PrometheusMetrics:
         if self._publisher is not None:
             self._publisher.stop()
             self._publisher = None
+        if self.client_sink is not None:
+            self.client_sink.unregister()
+            self.client_sink = None
         _enabled.pop(self.registry, None)
 
 
