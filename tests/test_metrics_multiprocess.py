@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.alerting_helpers import Receiver
-from tests.conftest import SHARED_REDIS_URL, free_port
+from tests.conftest import SHARED_REDIS_URL, PrivateRedis, free_port
 from tests.metrics_helpers import Samples, parse
 from xnai_core import create_redis_circuit_breaker
 
@@ -184,3 +184,22 @@ async def test_every_workers_alert_sink_counters_are_served(
                     assert secret not in text
     finally:
         receiver.close()
+
+
+async def test_a_redis_outage_that_changes_no_state_shows_in_every_scrape(
+    tmp_path: Path, private_redis: PrivateRedis, key_prefix: str
+) -> None:
+    """Redis dies while the circuit stays closed: no transition, yet within a publish
+    interval every scrape says the circuit is not in step with Redis."""
+    link = ("xnai_circuitbreaker_redis_available", (("name", "llm"),))
+    async with workers(
+        "tests.metrics_worker_app:app", tmp_path,
+        XNAI_TEST_REDIS_URL=private_redis.url,
+        XNAI_TEST_KEY_PREFIX=key_prefix,
+        XNAI_TEST_WEBHOOK_URL="http://127.0.0.1:9/unused",
+    ) as base:  # fmt: skip
+        for _, found in await until_every_scrape(base, lambda s: s.get(link) == 1):
+            assert (found[link], found[CLOSED]) == (1, 1)
+        private_redis.kill()
+        for _, found in await until_every_scrape(base, lambda s: s.get(link) == 0):
+            assert (found[link], found[CLOSED]) == (0, 1)
