@@ -14,7 +14,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from xnai_core import events
-from xnai_core.events import Event
+from xnai_core.events import (
+    AlertChanged,
+    DegradationCall,
+    Event,
+    HealthChecked,
+    RecoveryAttempted,
+    RecoveryEscalated,
+)
 from xnai_core.metrics import enable_opentelemetry
 
 E = TypeVar("E")
@@ -111,3 +118,39 @@ class Boom(Exception):
 
 async def boom() -> None:
     raise Boom
+
+
+OTHER_PARTS: tuple[Event, ...] = (
+    DegradationCall("chat", "primary", False, True, 0.01),
+    DegradationCall("chat", "cache", True, True, 0.001),
+    HealthChecked("rag_api", "unhealthy", "unhealthy", 0.2),
+    HealthChecked("rag_api", "healthy", "degraded", 0.003),
+    AlertChanged("rag_api", "consecutive_failures", "critical", True),
+    AlertChanged("rag_api", "status", "critical", True),
+    AlertChanged("rag_api", "status", "critical", False),
+    RecoveryAttempted("rag_api", "restart_service", "failure", 1, 0.5),
+    RecoveryAttempted("rag_api", "restart_service", "success", 2, 0.5),
+    RecoveryEscalated("rag_api", True, "3 attempts failed"),
+)
+"""Events of the degradation, health and recovery parts, for both adapters' tests."""
+
+_RAG, _RESTART = {"service": "rag_api"}, {"service": "rag_api", "action": "restart_service"}
+_ATTEMPTS = ("xnai_recovery_attempts_total", "xnai.recovery.attempts")
+OTHER_PARTS_SEEN: tuple[tuple[str, str, dict[str, str], float], ...] = (
+    ("xnai_degradation_calls_total", "xnai.degradation.calls",
+     {"service": "chat", "source": "primary"}, 1),
+    ("xnai_degradation_calls_total", "xnai.degradation.calls",
+     {"service": "chat", "source": "cache"}, 1),
+    ("xnai_degradation_degraded", "xnai.degradation.degraded", {"service": "chat"}, 1),
+    ("xnai_health_checks_total", "xnai.health.checks", {**_RAG, "result": "unhealthy"}, 1),
+    ("xnai_health_checks_total", "xnai.health.checks", {**_RAG, "result": "healthy"}, 1),
+    ("xnai_health_status", "xnai.health.status", {**_RAG, "status": "degraded"}, 1),
+    ("xnai_health_status", "xnai.health.status", {**_RAG, "status": "unhealthy"}, 0),
+    ("xnai_alerts_active", "xnai.alerts.active", {**_RAG, "alert": "consecutive_failures"}, 1),
+    ("xnai_alerts_active", "xnai.alerts.active", {**_RAG, "alert": "status"}, 0),
+    (*_ATTEMPTS, {**_RESTART, "result": "failure"}, 1),
+    (*_ATTEMPTS, {**_RESTART, "result": "success"}, 1),
+    ("xnai_recovery_escalated", "xnai.recovery.escalated", _RAG, 1),
+)  # fmt: skip
+"""What :data:`OTHER_PARTS` leaves: (Prometheus metric, OpenTelemetry instrument,
+labels, value)."""

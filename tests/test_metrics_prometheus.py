@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.metrics_helpers import Boom, boom, parse, scrape, value
+from tests.metrics_helpers import OTHER_PARTS, OTHER_PARTS_SEEN, Boom, boom, parse, scrape, value
 from tests.ops_helpers import serving
 from tests.test_recovery_manager import FakeClock, go_unhealthy, make_manager, rule
 from xnai_core import (
@@ -27,11 +27,7 @@ from xnai_core import (
     events,
 )
 from xnai_core.events import (
-    AlertChanged,
-    DegradationCall,
     HealthChecked,
-    RecoveryAttempted,
-    RecoveryEscalated,
 )
 from xnai_core.metrics import enable_prometheus
 from xnai_core.metrics.prometheus import PrometheusMetrics
@@ -95,33 +91,13 @@ async def test_a_breaker_shows_its_state_before_its_first_call(metrics: Promethe
 
 
 def test_other_parts_metrics_from_their_events(metrics: PrometheusMetrics) -> None:
-    emit = metrics.hook
-    emit(DegradationCall("chat", "primary", False, True, 0.01))
-    emit(DegradationCall("chat", "cache", True, True, 0.001))
-    emit(HealthChecked("rag_api", "unhealthy", "unhealthy", 0.2))
-    emit(HealthChecked("rag_api", "healthy", "degraded", 0.003))
-    emit(AlertChanged("rag_api", "consecutive_failures", "critical", True))
-    emit(AlertChanged("rag_api", "status", "critical", True))
-    emit(AlertChanged("rag_api", "status", "critical", False))
-    emit(RecoveryAttempted("rag_api", "restart_service", "failure", 1, 0.5))
-    emit(RecoveryAttempted("rag_api", "restart_service", "success", 2, 0.5))
-    emit(RecoveryEscalated("rag_api", True, "3 attempts failed"))
+    for event in OTHER_PARTS:
+        metrics.hook(event)
     s = scrape(metrics.registry)
-    assert value(s, "xnai_degradation_calls_total", service="chat", source="primary") == 1
-    assert value(s, "xnai_degradation_calls_total", service="chat", source="cache") == 1
-    assert value(s, "xnai_degradation_degraded", service="chat") == 1
-    assert value(s, "xnai_health_checks_total", service="rag_api", result="unhealthy") == 1
-    assert value(s, "xnai_health_checks_total", service="rag_api", result="healthy") == 1
-    assert value(s, "xnai_health_status", service="rag_api", status="degraded") == 1
-    assert value(s, "xnai_health_status", service="rag_api", status="unhealthy") == 0
+    for metric, _, labels, expected in OTHER_PARTS_SEEN:
+        assert value(s, metric, **labels) == expected, (metric, labels)
     assert value(s, "xnai_health_check_duration_seconds_count", service="rag_api") == 2
     assert value(s, "xnai_health_check_duration_seconds_bucket", service="rag_api", le="0.005") == 1
-    assert value(s, "xnai_alerts_active", service="rag_api", alert="consecutive_failures") == 1
-    assert value(s, "xnai_alerts_active", service="rag_api", alert="status") == 0
-    attempts = "xnai_recovery_attempts_total"
-    assert value(s, attempts, service="rag_api", action="restart_service", result="failure") == 1
-    assert value(s, attempts, service="rag_api", action="restart_service", result="success") == 1
-    assert value(s, "xnai_recovery_escalated", service="rag_api") == 1
 
 
 async def test_label_values_carry_no_secret(metrics: PrometheusMetrics) -> None:
