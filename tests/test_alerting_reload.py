@@ -27,11 +27,20 @@ def hooks() -> Iterator[dict[str, Receiver]]:
         server.close()
 
 
-def config(port: int, sinks: list[dict[str, Any]]) -> Any:
+def config(
+    port: int, sinks: list[dict[str, Any]], *, interval: float = 0.1, gone: int | None = None
+) -> Any:
+    services = [{"name": "db", "type": "tcp", "host": "127.0.0.1", "port": port}]
+    if gone is not None:
+        services.append({"name": "gone", "type": "tcp", "host": "127.0.0.1", "port": gone})
     return parse_config(
         {
-            "monitor": {"check_interval": 0.1, "failure_threshold": 1, "success_threshold": 1},
-            "services": [{"name": "db", "type": "tcp", "host": "127.0.0.1", "port": port}],
+            "monitor": {
+                "check_interval": interval,
+                "failure_threshold": 1,
+                "success_threshold": 1,
+            },
+            "services": services,
             "alerts": sinks,
         },
         env={},
@@ -202,3 +211,35 @@ def test_sighup_to_the_service_adds_a_sink_that_hears_of_the_outage_and_its_end(
             service.stop()
     for name in "ab":
         assert events(hooks[name]) == [("api:status", "firing"), ("api:status", "resolved")]
+
+
+async def test_a_full_rebuild_carries_the_outage_and_keeps_unchanged_sinks(
+    hooks: dict[str, Receiver],
+) -> None:
+    """A [monitor] change rebuilds the runtime; the new config checks db where it is up (the
+    old monitor never saw it recover) and drops service "gone": sink a (kept) gets no second
+    firing, and both resolves; sink c (new) hears of db's outage and of its end."""
+    down, up_port, gone = free_port(), free_port(), free_port()
+    first = config(down, [hook("a", hooks["a"])], gone=gone)
+    second = config(up_port, [hook("a", hooks["a"]), hook("c", hooks["c"])], interval=0.15)
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    up = listen(up_port)
+    try:
+        await wait_for(lambda: len(events(hooks["a"])) == 2)
+        kept = runtime.sinks[0]
+        changes = await runtime.reload(second)
+        assert changes == ["monitor, redis_url, [recovery] or [circuits] changed: rebuilt all"]
+        assert runtime.sinks[0] is kept
+        await wait_for(lambda: len(events(hooks["a"])) == 4)
+        await wait_for(resolved_at(hooks["c"]))
+    finally:
+        await runtime.stop()
+        up.close()
+    assert sorted(events(hooks["a"])) == [
+        ("db:status", "firing"),
+        ("db:status", "resolved"),
+        ("gone:status", "firing"),
+        ("gone:status", "resolved"),
+    ]
+    assert events(hooks["c"]) == [("db:status", "firing"), ("db:status", "resolved")]

@@ -698,6 +698,24 @@ class AlertSink:
             if note.key == key:
                 return
 
+    def resolve_all_but(self, keys: Collection[str], message: str) -> list[str]:
+        """Resolve every alert held active here whose key is not in ``keys`` (the source
+        of alerts was replaced and no longer tracks it); the keys resolved."""
+        gone = [key for key in self._active if key not in keys]
+        for key in gone:
+            raised = self._active[key].raised
+            self._offer(
+                Alert(
+                    key=key,
+                    service=raised.service,
+                    kind=raised.kind,
+                    severity="info",
+                    message=message,
+                    resolved=True,
+                )
+            )
+        return gone
+
     def told_active(self) -> list[str]:
         """The keys of active alerts this sink has told its destination about."""
         return [key for key, active in self._active.items() if active.told]

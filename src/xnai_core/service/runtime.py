@@ -4,7 +4,9 @@
 web app's lifespan, and reloaded in place (:meth:`ServiceRuntime.reload`): services whose
 settings did not change keep their checker, history, active alerts and recovery state
 (latch, counters, backoff); a changed service is replaced; a change of the monitor's own
-settings, of ``redis_url`` or of ``[recovery]`` rebuilds everything (said in the log).
+settings, of ``redis_url`` or of ``[recovery]`` rebuilds everything (said in the log),
+except the unchanged alert sinks, which are kept, and the alerts under way, which the new
+monitor carries on (``sink_reload``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
 from .checks import build_checker
 from .circuit_watch import CircuitWatch
-from .config import ServiceConfig, ServiceSpec, SinkSpec
+from .config import ServiceConfig, ServiceSpec
 from .recovery_router import RecoveryRouter
+from .sink_reload import SinkHandover
 from .sinks import build_sinks
 
 __all__ = ["ServiceRuntime", "check_buildable"]
@@ -103,7 +106,7 @@ class ServiceRuntime:
             await check_buildable(new)  # refused here: nothing has changed yet
             if _deep_settings(new) != _deep_settings(old):
                 fresh = await self._build(new)  # refused here: the old one keeps running
-                await self._teardown(parts)
+                await self._rebuild(parts, old, new, fresh)
                 self._parts = fresh
                 await fresh.monitor.start_monitoring()
                 changes = ["monitor, redis_url, [recovery] or [circuits] changed: rebuilt all"]
@@ -223,72 +226,35 @@ class ServiceRuntime:
     async def _reload_sinks(
         self, parts: _Parts, old: ServiceConfig, new: ServiceConfig
     ) -> list[str]:
-        """Keep unchanged sinks (queue, retries, alerts); hand active alerts to the others.
-
-        A new or changed sink is told of every active alert it takes (so its resolve comes
-        later) unless it replaces a sink of the same name and destination that already
-        told it; it delivers only once the sinks it replaces have flushed (order per
-        alert). A removed sink flushes its queue and resolves nothing: the outage is not
-        over. Alerts it told stay open there, named in a WARNING.
-        """
-        spare: dict[tuple[object, ...], list[tuple[SinkSpec, Any]]] = {}
-        for spec, sink in zip(old.alerts, parts.sinks, strict=True):
-            spare.setdefault(_one_sink_identity(spec), []).append((spec, sink))
-        kept: list[Any] = []
-        for spec in new.alerts:
-            pool = spare.get(_one_sink_identity(spec))
-            kept.append(pool.pop(0)[1] if pool else None)
-        gone = [pair for pool in spare.values() for pair in pool]
-        wanted = [spec for spec, sink in zip(new.alerts, kept, strict=True) if sink is None]
-        if not gone and not wanted:
+        """Sinks kept, added, changed or removed in place (see ``sink_reload``)."""
+        handover = SinkHandover.plan(old.alerts, parts.sinks, new.alerts)
+        if handover is None:
             return []
-        built = iter(build_sinks(wanted))
-        by_name = {(spec.type, spec.name): sink for spec, sink in gone}
-        sinks: list[Any] = []
-        fresh: list[tuple[Any, Any]] = []
-        for spec, sink in zip(new.alerts, kept, strict=True):
-            if sink is None:
-                sink = next(built)
-                fresh.append((sink, by_name.get((spec.type, spec.name))))
-            sinks.append(sink)
-        for _, sink in gone:
-            parts.monitor.remove_alert_handler(sink)
-            parts.router.remove_alert_handler(sink)
-        # No await from here to the handlers' registration: no alert slips between.
-        active = parts.monitor.get_active_alerts()
-        for sink, predecessor in fresh:
-            sink.pause()
-            sink.adopt(active, predecessor=predecessor)
-            parts.monitor.add_alert_handler(sink)
-            parts.router.add_alert_handler(sink)
-        parts.sinks = sinks
+        handover.attach(parts.monitor, parts.router, parts.monitor.get_active_alerts())
+        parts.sinks = handover.sinks
+        await handover.finish(SINK_FLUSH_DEADLINE)
+        return handover.changes
+
+    async def _rebuild(
+        self, parts: _Parts, old: ServiceConfig, new: ServiceConfig, fresh: _Parts
+    ) -> None:
+        """Replace ``parts`` by ``fresh``: unchanged sinks and the alerts under way go along."""
+        handover = SinkHandover.plan(old.alerts, parts.sinks, new.alerts, built=fresh.sinks)
+        assert handover is not None
+        carried = handover.move(
+            (parts.monitor, parts.router),
+            (fresh.monitor, fresh.router),
+            parts.monitor.get_active_alerts(),
+            {spec.name for spec in new.services},
+        )
+        fresh.sinks = handover.sinks
+        parts.sinks = [sink for _, sink in handover.gone]
+        await handover.carry(fresh.monitor, carried)
+        handover.name_open()
         try:
-            adopted = {
-                id(p) for s, p in fresh if p is not None and p.destination() == s.destination()
-            }
-            for spec, sink in gone:
-                open_keys = [] if id(sink) in adopted else sink.told_active()
-                if open_keys:
-                    logger.warning(
-                        "alert sink %r removed: %d alert(s) it announced stay open there "
-                        "(not resolved: the outage is not over): %s",
-                        spec.name,
-                        len(open_keys),
-                        ", ".join(open_keys),
-                    )
-            await asyncio.gather(
-                *(sink.aclose(SINK_FLUSH_DEADLINE) for _, sink in gone), return_exceptions=True
-            )
+            await self._teardown(parts)
         finally:
-            for sink, _ in fresh:
-                sink.resume()
-        changes = [
-            f"alert sink {spec.name!r} removed"
-            for spec, _ in gone
-            if (spec.type, spec.name) not in {(s.type, s.name) for s in new.alerts}
-        ]
-        changes += [f"alert sink {spec.name!r} added or changed" for spec in wanted]
-        return changes
+            await handover.finish(SINK_FLUSH_DEADLINE, flush=False)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -463,13 +429,3 @@ def _checker_changed(old: ServiceSpec | None, new: ServiceSpec) -> bool:
         "critical",
     )
     return any(getattr(old, key) != getattr(new, key) for key in keys)
-
-
-def _one_sink_identity(spec: SinkSpec) -> tuple[object, ...]:
-    """What makes a sink the same across a reload (compared in memory, never shown)."""
-    return (
-        spec.type,
-        spec.name,
-        tuple(sorted((k, repr(v)) for k, v in spec.options.items())),
-        tuple(sorted(spec.secrets.items())),
-    )
