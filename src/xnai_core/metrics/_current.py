@@ -18,15 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import events
 from ..circuit.breaker import CircuitBreaker
 from ..health.monitor import HealthMonitor
-from ..recovery.manager import RecoveryManager
 from ._sink import Labels
+
+if TYPE_CHECKING:
+    from ..recovery.manager import RecoveryManager
+
+# Read through sys.modules, not imported: the recovery package is heavy to import
+# (most of a second), and while it was never imported no manager can exist.
+_RECOVERY_MODULE = "xnai_core.recovery.manager"
 
 logger = logging.getLogger("xnai_core.metrics")
 
@@ -50,6 +58,14 @@ _shared: weakref.WeakKeyDictionary[RecoveryManager, _Reading] = weakref.WeakKeyD
 
 
 def _live(kind: type[object]) -> list[object]:
+    return [source for source in events.live_sources() if isinstance(source, kind)]
+
+
+def _managers() -> list[RecoveryManager]:
+    module = sys.modules.get(_RECOVERY_MODULE)
+    if module is None:
+        return []
+    kind: type[RecoveryManager] = module.RecoveryManager
     return [source for source in events.live_sources() if isinstance(source, kind)]
 
 
@@ -89,8 +105,7 @@ def escalations(labels: Labels) -> dict[str, bool]:
     this process holds it. Several managers of one service: escalated if any is."""
     now = time.monotonic()
     found: dict[str, bool] = {}
-    for manager in _live(RecoveryManager):
-        assert isinstance(manager, RecoveryManager)
+    for manager in _managers():
         reading = _shared.get(manager)
         if reading is not None and now - reading.at <= FRESH_FOR:
             # Services added since the reading: this process's view.
@@ -131,8 +146,7 @@ async def refresh_shared_state() -> None:
         if breaker.store.available is False and hasattr(breaker.store, "start"):
             jobs.append(asyncio.ensure_future(_load(breaker)))
     loading = list(jobs)
-    for manager in _live(RecoveryManager):
-        assert isinstance(manager, RecoveryManager)
+    for manager in _managers():
         jobs.append(asyncio.ensure_future(_read_latches(manager)))
     if not jobs:
         return
