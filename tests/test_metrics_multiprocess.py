@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from tests.alerting_helpers import Receiver
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis, free_port
@@ -22,6 +25,10 @@ from tests.metrics_helpers import Samples, parse
 from xnai_core import create_redis_circuit_breaker
 
 REPO = Path(__file__).resolve().parent.parent
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -126,6 +133,17 @@ async def test_two_workers_share_counts_and_state(
             assert found[OPEN] == 1
             assert found[CLOSED] == 0
             assert found["xnai_circuitbreaker_redis_available", (("name", "llm"),)] == 1
+        # What Prometheus asks for: OpenMetrics, valid as such, the same state.
+        async with httpx.AsyncClient(base_url=base) as http:
+            answer = await http.get("/ops/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        assert answer.headers["content-type"].startswith("application/openmetrics-text")
+        families = {f.name: f for f in openmetrics_families(answer.text)}  # type: ignore[no-untyped-call]
+        states = {
+            s.labels["state"]: s.value
+            for s in families["xnai_circuitbreaker_state"].samples
+            if s.labels["name"] == "llm"
+        }
+        assert states == {"closed": 0, "half_open": 0, "open": 1}
         files = {name.split("_")[0] for name in await asyncio.to_thread(os.listdir, tmp_path)}
         assert {"counter", "histogram", "gauge"} <= files
 
