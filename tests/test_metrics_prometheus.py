@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.conftest import SHARED_REDIS_URL
 from tests.metrics_helpers import OTHER_PARTS, OTHER_PARTS_SEEN, Boom, boom, parse, scrape, value
 from tests.ops_helpers import serving
 from tests.test_recovery_manager import FakeClock, go_unhealthy, make_manager, rule
@@ -24,6 +25,7 @@ from xnai_core import (
     CircuitOpenError,
     RecoveryCoordinator,
     RecoveryManager,
+    create_redis_circuit_breaker,
     events,
 )
 from xnai_core.events import (
@@ -284,3 +286,29 @@ def test_multiprocess_mode_can_be_disabled_and_enabled_again(tmp_path: Path) -> 
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+async def test_a_shared_circuit_never_called_here_shows_its_state_in_redis(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """One process: a Redis-backed breaker this process has not called yet is loaded by
+    the scrape, so /metrics says open, not the closed it assumed at start."""
+    elsewhere_client = aioredis.Redis.from_url(SHARED_REDIS_URL)  # another process's
+    elsewhere = create_redis_circuit_breaker("shared", elsewhere_client, key_prefix=key_prefix)
+    await elsewhere.force_open()
+    await elsewhere.close()
+    await elsewhere_client.aclose()
+    del elsewhere
+    gc.collect()  # gone: only this process's breaker is live
+    here = create_redis_circuit_breaker("shared", shared_redis, key_prefix=key_prefix)
+    registry = CollectorRegistry()
+    enabled = enable_prometheus(registry)
+    try:
+        app = create_ops_app(breakers=[here], metrics=registry)
+        async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+            found = parse((await http.get("/metrics")).text)
+        assert value(found, "xnai_circuitbreaker_state", name="shared", state="open") == 1
+        assert value(found, "xnai_circuitbreaker_redis_available", name="shared") == 1
+    finally:
+        enabled.disable()
+        await here.close()
