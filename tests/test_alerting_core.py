@@ -580,3 +580,47 @@ def test_adopting_from_a_predecessor_announces_only_what_it_had_not_told() -> No
         ("told:status", "resolved", 0),
         ("untold:status", "resolved", 0),
     ]
+
+
+def test_reminders_keep_coming_while_another_alert_waits_out_a_retry_after() -> None:
+    """A warning waits 300 s on the receiver's Retry-After: the critical's reminders (the
+    re-posts that keep an alert alive in Alertmanager) still go every 60 s."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink(min_severity="info", repeat_interval=60.0)
+        sink.submit(alert(service="c"))
+        await sink.drain()
+        sink.outcomes.append(DeliveryError("HTTP 429", retryable=True, retry_after=300.0))
+        sink.submit(alert(service="w", severity="warning"))
+        await asyncio.sleep(200)
+        notes = list(iter_notes(sink))
+        await sink.aclose(timeout=0.0)
+        return notes
+
+    assert run_virtual(scenario()) == [
+        ("c:status", "firing", 0),
+        ("c:status", "firing", 1),
+        ("c:status", "firing", 2),
+        ("c:status", "firing", 3),
+    ]
+
+
+def test_reminders_respect_the_queue_bound() -> None:
+    """Reminders due while the queue is full are skipped (the next one comes an interval
+    later), so the bound holds."""
+
+    async def scenario() -> int:
+        sink = RecordingSink(min_severity="info", repeat_interval=10.0, queue_size=2)
+        for service in ("a", "b", "c"):
+            sink.submit(alert(service=service))
+        await sink.drain()
+        sink.hang = asyncio.Event()
+        most = 0
+        for _ in range(100):
+            await asyncio.sleep(1)
+            most = max(most, sink.stats().queued)
+        sink.hang.set()
+        await sink.aclose(timeout=0.0)
+        return most
+
+    assert run_virtual(scenario()) <= 2 + 1  # the bound, and the one in flight

@@ -399,32 +399,30 @@ class AlertSink:
         loop = asyncio.get_running_loop()
         while True:
             await self._resumed.wait()
+            # Reminders (and Alertmanager's re-posts) come due also while other lanes wait.
+            self._queue_due_repeats(loop.time())
             if not self._queue:
                 self._idle.set()
                 self._warned_full = False
-                self._queue_due_repeats(loop.time())
-                if self._queue:
-                    continue
                 delay = self._until_next_repeat(loop.time())
                 if self._closed or delay is None:
                     return  # nothing to do: a new alert starts a new worker
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                await self._doze(delay)
                 continue
             now = loop.time()
             index, held_until = self._pick(now)
             if index is None:
-                # Every lane waits for a retry: sleep until the first may go, or a new
-                # (perhaps more severe) notice comes.
+                # Every lane waits for a retry: sleep until the first may go, a reminder is
+                # due, or a new (perhaps more severe) notice comes.
                 wait = max(0.0, (held_until or now) - now)
                 deadline = self._close_deadline
                 if deadline is not None and now + wait > deadline:
                     return  # aclose() drops what is left, naming each
-                await self._wait(wait, now + wait)
+                reminder = None if self._closed else self._until_next_repeat(now)
+                if reminder is not None and reminder < wait:
+                    await self._doze(reminder)
+                else:
+                    await self._wait(wait, now + wait)
                 continue
             pending = self._queue[index]
             del self._queue[index]
@@ -469,6 +467,15 @@ class AlertSink:
     def _held_until(self, rank: int) -> float | None:
         holds = [hold.until for held, hold in self._holds.items() if held >= rank]
         return max(holds) if holds else None
+
+    async def _doze(self, delay: float) -> None:
+        """Wait ``delay`` seconds on the loop's clock (reminders), or until woken."""
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
 
     async def _wait(self, delay: float, hold_until: float) -> None:
         """Sleep ``delay`` (through the injectable sleep) unless woken by a new notice.
@@ -559,6 +566,10 @@ class AlertSink:
             return
         for active in self._active.values():
             if active.next_repeat is not None and active.next_repeat <= now:
+                if len(self._queue) >= self.queue_size and self.repeat_interval is not None:
+                    # The queue bound holds for reminders too: this one is skipped.
+                    active.next_repeat = now + self.repeat_interval
+                    continue
                 active.next_repeat = None
                 active.repeats += 1
                 self._queue.append(
