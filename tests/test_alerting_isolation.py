@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from tests.alerting_helpers import (
     BlackHole,
     Receiver,
     RecordingSink,
+    Reply,
     refused_url,
     served,
     wait_for,
@@ -23,7 +26,7 @@ from xnai_core import (
     RecoveryManager,
     RecoveryRule,
 )
-from xnai_core.alerting import WebhookSink
+from xnai_core.alerting import SlackSink, WebhookSink
 
 
 @pytest.fixture
@@ -127,3 +130,58 @@ async def test_a_sink_on_both_the_monitor_and_the_manager_pages_once() -> None:
         await manager.aclose()
     pages = [n for n in sink.delivered if n.key == "db:manual_intervention"]
     assert len(pages) == 1
+
+
+async def test_a_storm_of_flaps_against_bad_receivers_keeps_each_alerts_order(
+    receiver: Receiver, black_hole: BlackHole
+) -> None:
+    """Three flapping services; sinks to a hung Slack, a 429 with Retry-After 86400, a
+    receiver answering slowly, and a good one; the monitor is stopped mid-storm. Every
+    sink closes within its deadline; at the good and slow receivers each alert's notices
+    alternate firing/resolved (never two raises or two resolves in a row) and no delivery
+    id is taken twice."""
+    flips: dict[str, int] = {}
+
+    def flapping(name: str) -> Any:
+        def check() -> bool:
+            flips[name] = flips.get(name, 0) + 1
+            return flips[name] % 3 != 0
+
+        return check
+
+    slow = Receiver()
+    slow.validator = lambda request: Reply(200, delay=0.05)
+    limited = Receiver()
+    limited.validator = lambda request: Reply(429, {"Retry-After": "86400"}, b"later")
+    monitor = HealthMonitor(check_interval=0.02, failure_threshold=1, success_threshold=1)
+    for name in ("a", "b", "c"):
+        monitor.add_checker(CustomHealthChecker(name, flapping(name), in_thread=False))
+    sinks = [
+        SlackSink(f"{black_hole.url}/services/T/B/x", name="hung-slack", timeout=0.2),
+        WebhookSink(limited.url, name="limited"),
+        WebhookSink(slow.url, name="slow"),
+        WebhookSink(receiver.url, name="good"),
+    ]
+    for sink in sinks:
+        monitor.add_alert_handler(sink)
+    await monitor.start_monitoring()
+    try:
+        await wait_for(lambda: len(receiver.requests) >= 20)
+    finally:
+        await monitor.stop_monitoring()
+    closing = [asyncio.ensure_future(sink.aclose(timeout=1.0)) for sink in sinks]
+    done, _ = await asyncio.wait(closing, timeout=30)
+    assert len(done) == len(sinks)
+    for server in (receiver, slow):
+        bodies = server.bodies()
+        assert len({body["id"] for body in bodies}) == len(bodies)
+        by_key: dict[str, list[str]] = {}
+        for body in bodies:
+            by_key.setdefault(body["alert"]["key"], []).append(body["event"])
+        for events in by_key.values():
+            assert all(x != y for x, y in itertools.pairwise(events)), events
+            assert events[0] == "firing"
+    assert sinks[1].stats().sent == 0
+    assert all(sink.stats().queued == 0 for sink in sinks)
+    slow.close()
+    limited.close()
