@@ -3,6 +3,7 @@ under way keeps its resolve, new sinks hear of it, unchanged sinks keep their st
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -28,9 +29,17 @@ def hooks() -> Iterator[dict[str, Receiver]]:
 
 
 def config(
-    port: int, sinks: list[dict[str, Any]], *, interval: float = 0.1, gone: int | None = None
+    port: int,
+    sinks: list[dict[str, Any]],
+    *,
+    interval: float = 0.1,
+    gone: int | None = None,
+    escalate: bool = False,
 ) -> Any:
-    services = [{"name": "db", "type": "tcp", "host": "127.0.0.1", "port": port}]
+    db: dict[str, Any] = {"name": "db", "type": "tcp", "host": "127.0.0.1", "port": port}
+    if escalate:
+        db["recovery"] = [{"action": "manual_intervention", "failure_threshold": 1}]
+    services = [db]
     if gone is not None:
         services.append({"name": "gone", "type": "tcp", "host": "127.0.0.1", "port": gone})
     return parse_config(
@@ -243,3 +252,30 @@ async def test_a_full_rebuild_carries_the_outage_and_keeps_unchanged_sinks(
         ("gone:status", "resolved"),
     ]
     assert events(hooks["c"]) == [("db:status", "firing"), ("db:status", "resolved")]
+
+
+async def test_a_removed_sink_ignores_what_the_recovery_managers_still_send_it(
+    hooks: dict[str, Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The recovery managers cannot forget a handler: after sink b is removed, db's
+    escalation still reaches it. It is ignored, not counted as a dropped page (which would
+    set off the page-path alert on the drop counter) nor logged as an ERROR."""
+    caplog.set_level(logging.WARNING)
+    port = free_port()
+    up = listen(port)
+    first = config(port, [hook("a", hooks["a"]), hook("b", hooks["b"])], escalate=True)
+    second = config(port, [hook("a", hooks["a"])], escalate=True)
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    try:
+        removed = runtime.sinks[1]
+        await runtime.reload(second)
+        up.close()
+        await wait_for(lambda: ("db:manual_intervention", "firing") in events(hooks["a"]))
+    finally:
+        await runtime.stop()
+        up.close()
+    assert events(hooks["b"]) == []
+    assert removed.stats().dropped == 0
+    alerting = [r for r in caplog.records if r.name.startswith("xnai_core.alerting")]
+    assert [r.getMessage() for r in alerting if r.levelno >= logging.ERROR] == []

@@ -231,6 +231,7 @@ class AlertSink:
         self._idle.set()
         self._closed = False
         self._released = False
+        self._retired = False
         self._close_deadline: float | None = None
         self._failing = False
         self._warned_full = False
@@ -300,6 +301,8 @@ class AlertSink:
     def _offer(self, alert: Alert) -> None:
         if not isinstance(alert, Alert):
             raise TypeError(f"'alert' must be an Alert: {type(alert).__name__}")
+        if self._retired:
+            return  # replaced: its successor takes the alerts
         key = alert.key
         if alert.resolved:
             active = self._active.pop(key, None)
@@ -656,6 +659,12 @@ class AlertSink:
         by default; a sink whose destination is not all secret adds the rest. A digest, so
         that printing it shows nothing."""
         return fingerprint(self.kind, *self.secrets())
+
+    def retire(self) -> None:
+        """Take no more alerts, silently (a config reload removed or replaced this sink, and
+        a source that cannot forget a handler may still call it); what is queued is still
+        delivered, by :meth:`aclose`."""
+        self._retired = True
 
     def pause(self) -> None:
         """Hold delivery (alerts are still filed and queued) until :meth:`resume`."""

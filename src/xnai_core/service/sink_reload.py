@@ -108,6 +108,7 @@ class SinkHandover:
         for _, sink in self.gone:
             monitor.remove_alert_handler(sink)
             router.remove_alert_handler(sink)
+            sink.retire()  # the router's managers keep calling it
         for sink, predecessor in self.fresh:
             sink.pause()
             sink.adopt(active, predecessor=predecessor)
@@ -138,6 +139,8 @@ class SinkHandover:
             old_router.remove_alert_handler(sink)
             new_monitor.add_alert_handler(sink)
             new_router.add_alert_handler(sink)
+        for _, sink in self.gone:
+            sink.retire()
         for sink, predecessor in self.fresh:
             sink.pause()
             sink.adopt(carried, predecessor=predecessor)
