@@ -624,3 +624,28 @@ def test_reminders_respect_the_queue_bound() -> None:
         return most
 
     assert run_virtual(scenario()) <= 2 + 1  # the bound, and the one in flight
+
+
+def test_a_critical_raise_is_not_crowded_out_by_a_storm_of_warnings() -> None:
+    """The queue is full of warnings nobody has seen yet: a critical takes the place of the
+    newest of them instead of being dropped; a warning on the full queue is dropped."""
+
+    async def scenario() -> tuple[list[tuple[str, str, int]], int]:
+        sink = RecordingSink(queue_size=2, min_severity="info")
+        sink.hang = hang = asyncio.Event()
+        sink.submit(alert(service="first", severity="warning"))
+        await asyncio.sleep(0)  # in flight now
+        for service in ("w1", "w2", "w3"):
+            sink.submit(alert(service=service, severity="warning"))
+        sink.submit(alert(service="db"))
+        hang.set()
+        await sink.drain()
+        return list(iter_notes(sink)), sink.stats().dropped_by_reason["queue_full"]
+
+    notes, dropped = run_virtual(scenario())
+    assert notes == [
+        ("first:status", "firing", 0),
+        ("db:status", "firing", 0),
+        ("w1:status", "firing", 0),
+    ]
+    assert dropped == 2

@@ -339,17 +339,20 @@ class AlertSink:
         self._ensure_worker()
 
     def _make_room_for(self, note: Notification) -> Notification | None:
-        """For a resolve, the newest queued firing notice never tried, evicted; else None.
+        """The newest queued firing notice never tried that gives way to ``note``, evicted;
+        else None. For a resolve, any; for a raise, one less severe.
 
         A resolve closes a page someone has seen; a queued raise has told nobody
-        yet. When the queue is full the raise gives way, and its own resolve,
+        yet. A critical raise is the page that matters most: a storm of warnings
+        filling the queue does not crowd it out. The evicted raise's own resolve,
         should it come, is then not sent either. A raise already tried may have
         arrived (its answer timed out): it is kept, so that its resolve is too.
         """
-        if note.event != "resolved":
-            return None
+        rank = SEVERITY_ORDER[note.severity]
         for index in range(len(self._queue) - 1, -1, -1):
             queued = self._queue[index]
+            if note.event == "firing" and queued.rank >= rank:
+                continue
             if queued.note.event == "firing" and queued.attempts == 0:
                 del self._queue[index]
                 active = self._active.get(queued.note.key)
