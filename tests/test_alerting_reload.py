@@ -279,3 +279,26 @@ async def test_a_removed_sink_ignores_what_the_recovery_managers_still_send_it(
     assert removed.stats().dropped == 0
     alerting = [r for r in caplog.records if r.name.startswith("xnai_core.alerting")]
     assert [r.getMessage() for r in alerting if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_raise_waiting_for_its_retry_moves_to_the_changed_sink_once(
+    hooks: dict[str, Receiver],
+) -> None:
+    """Sink b's raise got a 503 and waits for its retry when b's settings change: the new b
+    sends it (once), the old one does not retry it too, and nothing counts as dropped."""
+    port = free_port()
+    hooks["b"].script.append(Reply(503))
+    first = config(port, [hook("b", hooks["b"])])
+    second = config(port, [hook("b", hooks["b"], timeout=7)])
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    try:
+        await wait_for(lambda: hooks["b"].answers == [503])
+        old = runtime.sinks[0]
+        await runtime.reload(second)
+        new = runtime.sinks[0]
+        await wait_for(lambda: new.stats().sent == 1)
+    finally:
+        await runtime.stop()
+    assert hooks["b"].answers == [503, 200]
+    assert (old.stats().sent, old.stats().dropped) == (0, 0)

@@ -685,7 +685,8 @@ class AlertSink:
         sink's route takes is held as active, so that its resolve comes here later, and
         is announced (a firing notice) unless ``predecessor``, a sink to the same
         destination being replaced, has already told it. An announced alert's firing
-        notice still queued, untried, at ``predecessor`` is taken off that queue.
+        notice still queued at ``predecessor`` (untried, or waiting for a retry) is taken
+        off that queue.
         """
         same_place = predecessor is not None and predecessor.destination() == self.destination()
         for alert in alerts:
@@ -710,16 +711,16 @@ class AlertSink:
         self._ensure_worker()
 
     def _forget_unsent(self, key: str) -> None:
-        """Take an alert's untried first notice off the queue (a successor announces it)."""
+        """Take an alert's queued first notice (not delivered: untried, or waiting for a
+        retry) off the queue: a successor announces it, and retries it there."""
         for index, pending in enumerate(self._queue):
             note = pending.note
-            if note.key == key and note.event == "firing" and pending.attempts == 0:
-                if not note.repeat:
-                    del self._queue[index]
-                    self._active.pop(key, None)
-                return
-            if note.key == key:
-                return
+            if note.key != key:
+                continue
+            if note.event == "firing" and not note.repeat:
+                del self._queue[index]
+                self._active.pop(key, None)
+            return
 
     def resolve_all_but(self, keys: Collection[str], message: str) -> list[str]:
         """Resolve every alert held active here whose key is not in ``keys`` (the source
