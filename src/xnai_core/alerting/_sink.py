@@ -428,7 +428,9 @@ class AlertSink:
                 if reminder is not None and reminder < wait:
                     await self._doze(reminder)
                 else:
-                    await self._wait(wait, now + wait)
+                    # The holds up to the one waited for are lifted when the sleep ends
+                    # (compared with the very value, so a test's instant sleep ends them).
+                    await self._wait(wait, held_until if held_until is not None else now)
                 continue
             pending = self._queue[index]
             del self._queue[index]
