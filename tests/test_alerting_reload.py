@@ -3,6 +3,7 @@ under way keeps its resolve, new sinks hear of it, unchanged sinks keep their st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.alerting_helpers import Receiver, Reply, wait_for
+from tests.alerting_helpers import BlackHole, Receiver, Reply, alert, wait_for
 from tests.conftest import free_port
 from tests.service_helpers import Behaviour, ServiceProcess, http_service
 from tests.service_helpers import wait_for as blocking_wait
@@ -302,3 +303,29 @@ async def test_a_raise_waiting_for_its_retry_moves_to_the_changed_sink_once(
         await runtime.stop()
     assert hooks["b"].answers == [503, 200]
     assert (old.stats().sent, old.stats().dropped) == (0, 0)
+
+
+async def test_a_full_rebuild_cancelled_mid_way_leaves_nothing_running(
+    hooks: dict[str, Receiver],
+) -> None:
+    """The reload is cancelled (the service is stopping) while the removed sink flushes to a
+    hung receiver: stop() then closes the new runtime, the kept sink included."""
+    hole = BlackHole()
+    port = free_port()
+    stuck = {"type": "webhook", "name": "stuck", "url": f"{hole.url}/x", "timeout": 30}
+    first = config(port, [hook("a", hooks["a"]), stuck])
+    second = config(port, [hook("a", hooks["a"])], interval=0.15)
+    runtime = ServiceRuntime(first)
+    await runtime.start()
+    try:
+        await wait_for(lambda: events(hooks["a"]) == [("db:status", "firing")])
+        kept = runtime.sinks[0]
+        reloading = asyncio.ensure_future(runtime.reload(second))
+        await asyncio.sleep(0.5)  # the removed sink's flush waits on the hung receiver
+        reloading.cancel()
+        await asyncio.gather(reloading, return_exceptions=True)
+    finally:
+        await runtime.stop()
+        hole.close()
+    kept.submit(alert(service="late"))
+    assert kept.stats().dropped_by_reason["shutdown"] == 1

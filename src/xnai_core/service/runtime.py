@@ -249,12 +249,17 @@ class ServiceRuntime:
         )
         fresh.sinks = handover.sinks
         parts.sinks = [sink for _, sink in handover.gone]
-        await handover.carry(fresh.monitor, carried)
-        handover.name_open()
+        # From here the new parts are the runtime's: a reload cancelled below (the service
+        # stopping) leaves them to stop(), and the old ones are torn down all the same.
+        self._parts = fresh
         try:
-            await self._teardown(parts)
+            await handover.carry(fresh.monitor, carried)
+            handover.name_open()
         finally:
-            await handover.finish(SINK_FLUSH_DEADLINE, flush=False)
+            try:
+                await self._teardown(parts)
+            finally:
+                await handover.finish(SINK_FLUSH_DEADLINE, flush=False)
 
     # -- reading ----------------------------------------------------------------------
 
