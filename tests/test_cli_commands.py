@@ -96,6 +96,71 @@ def test_config_check_refuses_a_bad_file_in_one_line_exit_3(tmp_path: Path) -> N
     )
 
 
+def _missing(folder: Path, *modules: str) -> dict[str, str]:
+    """An environment in which ``modules`` cannot be imported (as if not installed)."""
+    for module in modules:
+        (folder / module).mkdir(parents=True)
+        (folder / module / "__init__.py").write_text(
+            f"raise ImportError('No module named {module}')\n"
+        )
+    return {"PYTHONPATH": str(folder)}
+
+
+REFUSED_BY_SERVE = {
+    "pagerduty_key_too_short": (
+        '[[alerts]]\ntype = "pagerduty"\nrouting_key_env = "XNAI_TEST_PD_KEY"\n',
+        (),
+        "alerts[0]: 'routing_key' must be a 32-character PagerDuty integration key",
+    ),
+    "email_without_aiosmtplib": (
+        '[[alerts]]\ntype = "email"\nhost = "127.0.0.1"\nmail_from = "x@example.org"\n'
+        'to = "ops@example.org"\n',
+        ("aiosmtplib",),
+        "alerts[0]: EmailSink needs aiosmtplib",
+    ),
+    "postgres_without_asyncpg": (
+        '[[services]]\nname = "db"\ntype = "postgres"\ndsn = "postgresql://127.0.0.1/x"\n',
+        ("asyncpg",),
+        "services[0]: postgres checks need asyncpg",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_BY_SERVE))
+def test_config_check_refuses_what_serve_refuses_with_the_same_line(
+    tmp_path: Path, case: str
+) -> None:
+    text, missing, expected = REFUSED_BY_SERVE[case]
+    path = write_config(tmp_path, text)
+    env = {"XNAI_TEST_PD_KEY": "short-key", **_missing(tmp_path / "shadow", *missing)}
+    checked = run_cli("config", "check", str(path), env=env)
+    served = run_cli("serve", "--config", str(path), "--port", "0", env=env)
+    assert served.code == 3, served.err
+    assert checked.code == 3, checked.out
+    assert checked.out == ""
+    assert checked.err == served.err
+    assert checked.err.startswith(f"xnai-core: {path}: {expected}")
+    assert checked.err.count("\n") == 1
+
+
+def test_config_check_shows_the_timeout_the_monitor_applies(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        http("api", "http://127.0.0.1:1/").replace("timeout = 2", "timeout = 30")
+        + http("slow", "http://127.0.0.1:1/", "interval = 60").replace(
+            "timeout = 2", "timeout = 30"
+        ),
+        head="[monitor]\ncheck_interval = 10\n",
+    )
+    ran = run_cli("config", "check", str(path), "--json")
+    assert ran.code == 0, ran.err
+    api, slow = ran.json()["services"]
+    assert (api["timeout"], api["interval"]) == (10, 10)
+    assert api["timeout_note"] == "capped by the interval (30 s in the file)"
+    assert (slow["timeout"], slow["interval"]) == (30, 60)
+    assert "timeout_note" not in slow
+
+
 def test_missing_config_is_exit_3(tmp_path: Path) -> None:
     ran = run_cli("check", "--config", str(tmp_path / "none.toml"))
     assert ran.code == 3
@@ -192,15 +257,17 @@ def test_circuits_commands_exit_codes_and_json(cb_prefix: str) -> None:
     assert missing.code == 1
     assert missing.err == "xnai-core: no circuit 'llm' under this prefix\n"
 
-    declined = run_cli("circuits", "open", "llm", *base)
-    assert declined.code == 1
-    assert "not confirmed" in declined.err
-    assert run_cli("circuits", "show", "llm", *base).code == 1  # nothing was written
-
-    opened = run_cli("circuits", "open", "llm", *base, "--yes", "--json")
+    opened = run_cli("circuits", "open", "llm", *base, "--yes", "--create", "--json")
     assert opened.code == 0, opened.err
     assert opened.json()["state"] == "open"
     assert opened.json()["forced_open"] is True
+
+    declined = run_cli("circuits", "close", "llm", *base)
+    assert declined.code == 1
+    assert declined.err == (
+        "xnai-core: close 'llm': not confirmed (pass --yes to skip the question)\n"
+    )
+    assert run_cli("circuits", "show", "llm", *base, "--json").json()["state"] == "open"
 
     shown = run_cli("circuits", "show", "llm", *base, "--json")
     assert shown.code == 0
@@ -220,6 +287,23 @@ def test_circuits_commands_exit_codes_and_json(cb_prefix: str) -> None:
     assert reset.code == 0
     assert reset.json()["state"] == "closed"
     assert [v["name"] for v in run_cli("circuits", "list", *base, "--json").json()] == ["llm"]
+
+
+@pytest.mark.parametrize("action", ["open", "close", "reset"])
+def test_changing_an_unknown_circuit_exits_1_and_creates_nothing(
+    cb_prefix: str, action: str
+) -> None:
+    base = ("--redis-url", SHARED_REDIS_URL, "--prefix", cb_prefix)
+    ran = run_cli("circuits", action, "llmm", *base, "--yes")
+    assert ran.code == 1, ran.out
+    assert ran.out == ""
+    assert ran.err == (
+        f"xnai-core: no circuit 'llmm' under this prefix (pass --create to {action} it anyway)\n"
+    )
+    assert run_cli("circuits", "show", "llmm", *base).code == 1
+    assert run_cli("circuits", "list", *base, "--json").json() == []
+    # Asked without --yes, the answer is the same: no question about a circuit that is not there.
+    assert run_cli("circuits", action, "llmm", *base).err == ran.err
 
 
 def test_circuits_without_redis_exit_4_and_change_nothing() -> None:
@@ -275,6 +359,10 @@ def test_circuits_take_redis_and_prefix_from_the_config(tmp_path: Path, cb_prefi
     assert ran.code == 0, ran.err
     assert ran.json()[0]["name"] == "planned"
     assert ran.json()[0]["exists"] is False
+    # A circuit the config names is known: changed without --create.
+    opened = run_cli("circuits", "open", "planned", "--config", str(path), "--yes", "--json")
+    assert opened.code == 0, opened.err
+    assert opened.json()["state"] == "open"
 
 
 # -- recovery ----------------------------------------------------------------------------
@@ -297,7 +385,7 @@ async def test_recovery_status_and_reset_of_the_shared_latch(key_prefix: str) ->
         every = run_cli("recovery", "status", *base, "--json")
         assert [row["service"] for row in every.json()] == ["rag_api"]
 
-        reset = run_cli("recovery", "reset", "rag_api", *base)
+        reset = run_cli("recovery", "reset", "rag_api", *base, "--yes")
         assert reset.code == 0
         assert reset.out == "rag_api: latch lifted\n"
         view = await coordinator.latch_state("rag_api")
@@ -311,9 +399,48 @@ async def test_recovery_status_and_reset_of_the_shared_latch(key_prefix: str) ->
         await client.aclose()
 
 
+async def test_recovery_reset_asks_first_and_refuses_a_service_that_is_not_latched(
+    key_prefix: str,
+) -> None:
+    prefix = f"{key_prefix}:recovery"
+    client = aioredis.Redis.from_url(SHARED_REDIS_URL)
+    try:
+        coordinator = RecoveryCoordinator(client, key_prefix=prefix)
+        base = ("--redis-url", SHARED_REDIS_URL, "--prefix", prefix)
+        unknown = run_cli("recovery", "reset", "nosuch", *base, "--yes")
+        assert unknown.code == 1
+        assert unknown.out == ""
+        assert unknown.err == (
+            "xnai-core: 'nosuch' is not latched: nothing to reset "
+            "(pass --force to record a reset anyway)\n"
+        )
+        view = await coordinator.latch_state("nosuch")
+        assert view is not None
+        assert view.reset_id is None  # nothing was recorded
+
+        await coordinator.latch("rag_api", "escalated")
+        declined = run_cli("recovery", "reset", "rag_api", *base)
+        assert declined.code == 1
+        assert declined.err == (
+            "xnai-core: reset 'rag_api': not confirmed (pass --yes to skip the question)\n"
+        )
+        assert await coordinator.latched("rag_api") is True
+
+        forced = run_cli("recovery", "reset", "nosuch", *base, "--yes", "--force", "--json")
+        assert forced.code == 0, forced.err
+        assert forced.json() == {"service": "nosuch", "was_latched": False, "latched": False}
+        view = await coordinator.latch_state("nosuch")
+        assert view is not None
+        assert view.reset_id is not None
+    finally:
+        async for key in client.scan_iter(match=f"{key_prefix}*"):
+            await client.unlink(key)
+        await client.aclose()
+
+
 def test_recovery_without_redis_is_exit_4(private_redis: PrivateRedis) -> None:
     private_redis.kill()
-    ran = run_cli("recovery", "reset", "x", "--redis-url", private_redis.url)
+    ran = run_cli("recovery", "reset", "x", "--yes", "--redis-url", private_redis.url)
     assert ran.code == 4
     assert ran.err.startswith("xnai-core: Redis did not answer")
 

@@ -14,7 +14,6 @@ import signal
 from collections.abc import Mapping
 
 from .. import (
-    DatabaseHealthChecker,
     HealthChecker,
     HealthCheckError,
     HTTPHealthChecker,
@@ -125,6 +124,15 @@ def build_checker(spec: ServiceSpec) -> HealthChecker:
         )
     if spec.type == "postgres":
         assert spec.dsn is not None
+        # Imported here: without asyncpg only a config with a postgres service is refused
+        # (an ImportError naming the driver), not every command.
+        try:
+            from .. import DatabaseHealthChecker
+        except ImportError as exc:
+            raise ImportError(
+                f"postgres checks need asyncpg, which cannot be loaded: {exc}"
+            ) from None
+
         return DatabaseHealthChecker(
             spec.name, spec.dsn, timeout=spec.timeout, degraded_threshold=spec.degraded_threshold
         )

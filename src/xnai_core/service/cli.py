@@ -28,6 +28,7 @@ from ._schema import ConfigError
 from .circuits import CircuitView, RedisUnavailableError, SharedCircuits, format_time
 from .config import DEFAULT_PORT, ServiceConfig, load_config
 from .oneshot import CheckOutcome, check_once
+from .runtime import load_checked
 
 T = TypeVar("T")
 
@@ -43,11 +44,13 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _load(path: str | None) -> ServiceConfig:
+def _load(path: str | None, *, checked: bool = False) -> ServiceConfig:
+    """The config at ``path``; ``checked``: validated whole, as ``serve`` needs it (the
+    library's own checks too: rules against the monitor, sinks and their drivers)."""
     if path is None:
         fail(f"no config file: pass --config FILE or set ${CONFIG_ENV}", EXIT_CONFIG)
     try:
-        return load_config(path)
+        return load_checked(path) if checked else load_config(path)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
 
@@ -110,7 +113,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, log_level
     SIGTERM or Ctrl-C stops it; SIGHUP reloads the config file (a bad one is refused
     and the running config kept).
     """
-    config = _load(config_path)
+    config = _load(config_path, checked=True)
     from .server import run_server  # Starlette and uvicorn only for this command
 
     code = run_server(
@@ -134,7 +137,7 @@ def check(config_path: str | None, as_json: bool) -> None:
     Exit 0 healthy, 1 degraded (or a non-critical service unhealthy), 2 a critical
     service unhealthy, 3 config error: usable as a cron job or a Kubernetes exec probe.
     """
-    config = _load(config_path)
+    config = _load(config_path, checked=True)
     outcome: CheckOutcome = asyncio.run(check_once(config))
     if as_json:
         _emit_json(outcome.as_dict())
@@ -161,7 +164,7 @@ def config() -> None:
 @json_option
 def config_check(file: str, as_json: bool) -> None:
     """Validate FILE and print the effective config, secrets masked (exit 3 if invalid)."""
-    loaded = _load(file)
+    loaded = _load(file, checked=True)
     effective = loaded.effective()
     if as_json:
         _emit_json(effective)
@@ -329,14 +332,40 @@ _QUESTIONS = {
 }
 
 
-def _change(target: Target, name: str, action: str, yes: bool, as_json: bool) -> None:
-    if not yes:
+def _confirm(question: str, refused: str, yes: bool) -> None:
+    """Ask ``question`` on the terminal unless ``yes``; exit 1 with ``refused`` if declined
+    (or if there is no terminal to ask)."""
+    if yes:
+        return
+    confirmed = False
+    # With no terminal to ask (a script, a cron job), the answer is no, and stderr keeps
+    # to the one line that says so.
+    if sys.stdin is not None and sys.stdin.isatty():
         try:
-            confirmed = click.confirm(_QUESTIONS[action].format(name=name), default=False, err=True)
+            confirmed = click.confirm(question, default=False, err=True)
         except click.Abort:
             confirmed = False
-        if not confirmed:
-            fail(f"{action} {name!r}: not confirmed (pass --yes to skip the question)", 1)
+    if not confirmed:
+        fail(f"{refused}: not confirmed (pass --yes to skip the question)", EXIT_REFUSED)
+
+
+def _change(
+    target: Target, name: str, action: str, *, yes: bool, create: bool, as_json: bool
+) -> None:
+    # A mistyped name must not become a new circuit that no application uses (and that
+    # `list` shows from then on): only a circuit Redis holds, or one the --config file
+    # names, is changed, unless --create says the operator means a new one.
+    if not create:
+
+        async def known(shared: SharedCircuits) -> bool:
+            return name in shared.configured_names or await shared.exists(name)
+
+        if not _circuits_run(target, known):
+            fail(
+                f"no circuit {name!r} under this prefix (pass --create to {action} it anyway)",
+                EXIT_REFUSED,
+            )
+    _confirm(_QUESTIONS[action].format(name=name), f"{action} {name!r}", yes)
     view = _circuits_run(target, lambda shared: shared.force(name, action))
     if as_json:
         _emit_json(view.as_dict())
@@ -349,15 +378,33 @@ def _change_command(action: str, doc: str) -> None:
     @circuits.command(action, help=doc)
     @click.argument("name")
     @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+    @click.option(
+        "--create",
+        is_flag=True,
+        help="Act even if Redis holds no such circuit yet (say, to hold a dependency's "
+        "circuit open before the application first uses it).",
+    )
     @circuit_options
     @json_option
-    def command(target: Target, name: str, yes: bool, as_json: bool) -> None:
-        _change(target, name, action, yes, as_json)
+    def command(target: Target, name: str, yes: bool, create: bool, as_json: bool) -> None:
+        _change(target, name, action, yes=yes, create=create, as_json=as_json)
 
 
-_change_command("open", "Force NAME open for every process, until it is closed or reset.")
-_change_command("close", "Force NAME closed for every process (failure count cleared).")
-_change_command("reset", "Make NAME a fresh closed circuit for every process.")
+_change_command(
+    "open",
+    "Force NAME open for every process, until it is closed or reset "
+    "(exit 1 if Redis holds no such circuit, unless --create).",
+)
+_change_command(
+    "close",
+    "Force NAME closed for every process, failure count cleared "
+    "(exit 1 if Redis holds no such circuit, unless --create).",
+)
+_change_command(
+    "reset",
+    "Make NAME a fresh closed circuit for every process "
+    "(exit 1 if Redis holds no such circuit, unless --create).",
+)
 
 
 # -- recovery ----------------------------------------------------------------------------
@@ -452,10 +499,37 @@ def recovery_status(target: Target, service: str | None, as_json: bool) -> None:
 
 @recovery.command("reset")
 @click.argument("service")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Record a reset even though Redis holds no latch for SERVICE (lifts a latch a "
+    "replica still holds after Redis lost the shared one).",
+)
 @recovery_options
 @json_option
-def recovery_reset(target: Target, service: str, as_json: bool) -> None:
-    """Lift SERVICE's shared latch: every replica's manager may act on it again."""
+def recovery_reset(target: Target, service: str, yes: bool, force: bool, as_json: bool) -> None:
+    """Lift SERVICE's shared latch: every replica's manager may act on it again
+    (exit 1 if SERVICE is not latched, unless --force)."""
+
+    async def latched(coordinator: RecoveryCoordinator, client: aioredis.Redis) -> bool:
+        view = await coordinator.latch_state(service)
+        if view is None:
+            raise RedisUnavailableError(f"Redis did not answer (latch of {service!r})")
+        return view.latched
+
+    if not _recovery_run(target, latched) and not force:
+        # A mistyped name, or a latch already lifted: nothing to do, and saying "done"
+        # would hide the typo.
+        fail(
+            f"{service!r} is not latched: nothing to reset (pass --force to record a reset anyway)",
+            EXIT_REFUSED,
+        )
+    _confirm(
+        f"Lift the manual-intervention latch of {service!r} for every replica?",
+        f"reset {service!r}",
+        yes,
+    )
 
     async def work(coordinator: RecoveryCoordinator, client: aioredis.Redis) -> bool:
         before = await coordinator.latch_state(service)

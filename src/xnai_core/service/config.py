@@ -98,6 +98,11 @@ class ServiceSpec:
     rules: tuple[RecoveryRule, ...] = ()
     overridden_by: str | None = None
 
+    def effective_timeout(self, check_interval: float) -> float:
+        """The timeout the monitor applies: never more than the service's interval (a
+        check still running when the next is due would overlap it)."""
+        return min(self.timeout, self.interval if self.interval is not None else check_interval)
+
     def target(self) -> str:
         """Where the check goes, credentials masked."""
         if self.url is not None:
@@ -201,7 +206,9 @@ class ServiceConfig:
                 "history_size": self.monitor.history_size,
                 "alert_window": self.monitor.alert_window,
             },
-            "services": [_shown_service(spec) for spec in self.services],
+            "services": [
+                _shown_service(spec, self.monitor.check_interval) for spec in self.services
+            ],
             "circuits": {
                 "key_prefix": self.circuits.key_prefix,
                 "names": list(self.circuits.names),
@@ -218,13 +225,18 @@ class ServiceConfig:
         }
 
 
-def _shown_service(spec: ServiceSpec) -> dict[str, object]:
+def _shown_service(spec: ServiceSpec, check_interval: float) -> dict[str, object]:
+    timeout = spec.effective_timeout(check_interval)
     shown: dict[str, object] = {
         "name": spec.name,
         "type": spec.type,
         "target": spec.target(),
-        "timeout": spec.timeout,
-        "interval": spec.interval,
+        "timeout": timeout,
+    }
+    if timeout != spec.timeout:
+        shown["timeout_note"] = f"capped by the interval ({spec.timeout:g} s in the file)"
+    shown |= {
+        "interval": spec.interval if spec.interval is not None else check_interval,
         "degraded_threshold": spec.degraded_threshold,
         "critical": spec.critical,
     }

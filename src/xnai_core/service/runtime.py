@@ -28,12 +28,12 @@ from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
 from .checks import build_checker
 from .circuit_watch import CircuitWatch
-from .config import ServiceConfig, ServiceSpec
+from .config import ServiceConfig, ServiceSpec, load_config
 from .recovery_router import RecoveryRouter
 from .sink_reload import SinkHandover
 from .sinks import build_sinks
 
-__all__ = ["ServiceRuntime", "check_buildable"]
+__all__ = ["ServiceRuntime", "check_buildable", "load_checked"]
 
 logger = logging.getLogger("xnai_core.service")
 
@@ -133,16 +133,7 @@ class ServiceRuntime:
             dry_run=config.recovery.dry_run,
             verify_interval=config.recovery.verify_interval,
         )
-        spec = config.monitor
-        monitor = HealthMonitor(
-            spec.check_interval,
-            dict(spec.alert_thresholds) or None,
-            recovery_manager=router,
-            failure_threshold=spec.failure_threshold,
-            success_threshold=spec.success_threshold,
-            history_size=spec.history_size,
-            alert_window=spec.alert_window,
-        )
+        monitor = _monitor(config, router)
         parts = _Parts(monitor=monitor, router=router, redis=redis_client, circuits=None)
         try:
             for index, service in enumerate(config.services):
@@ -172,7 +163,7 @@ class ServiceRuntime:
             checker = build_checker(spec)
             parts.monitor.add_checker(checker, interval=spec.interval)
             await parts.router.set_rules(spec.name, spec.rules)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ImportError) as exc:
             # What only the library can judge: a rule's stable_period against this
             # monitor's detection time, a checker's own argument checks.
             raise ConfigError(f"services[{index}]", redact(str(exc))) from None
@@ -200,7 +191,7 @@ class ServiceRuntime:
             if _checker_changed(before.get(spec.name), spec):
                 try:
                     build_checker(spec)
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, ImportError) as exc:
                     raise ConfigError(f"services[{index}]", redact(str(exc))) from None
         for name in before.keys() - after.keys():
             parts.monitor.remove_checker(name)
@@ -364,22 +355,13 @@ async def check_buildable(config: ServiceConfig) -> None:
     """Raise ConfigError for what only the library can judge (a rule's stable_period
     against this monitor, a sink's own checks), starting nothing and touching no network."""
     router = RecoveryRouter(coordinator=None, dry_run=True)
-    spec = config.monitor
-    monitor = HealthMonitor(
-        spec.check_interval,
-        dict(spec.alert_thresholds) or None,
-        recovery_manager=router,
-        failure_threshold=spec.failure_threshold,
-        success_threshold=spec.success_threshold,
-        history_size=spec.history_size,
-        alert_window=spec.alert_window,
-    )
+    monitor = _monitor(config, router)
     try:
         for index, service in enumerate(config.services):
             try:
                 monitor.add_checker(build_checker(service), interval=service.interval)
                 await router.set_rules(service.name, service.rules)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, ImportError) as exc:
                 raise ConfigError(
                     f"services[{index}]", redact(str(exc)), file=config.path
                 ) from None
@@ -391,6 +373,28 @@ async def check_buildable(config: ServiceConfig) -> None:
     finally:
         await monitor.stop_monitoring()
         await router.aclose()
+
+
+def _monitor(config: ServiceConfig, router: RecoveryRouter) -> HealthMonitor:
+    spec = config.monitor
+    return HealthMonitor(
+        spec.check_interval,
+        dict(spec.alert_thresholds) or None,
+        recovery_manager=router,
+        failure_threshold=spec.failure_threshold,
+        success_threshold=spec.success_threshold,
+        history_size=spec.history_size,
+        alert_window=spec.alert_window,
+    )
+
+
+def load_checked(path: str) -> ServiceConfig:
+    """The config at ``path``, validated as ``serve`` validates it: the file's own rules
+    (:func:`load_config`), then what only the library can judge (:func:`check_buildable`).
+    ``serve``, ``check`` and ``config check`` all load through here."""
+    config = load_config(path)
+    asyncio.run(check_buildable(config))
+    return config
 
 
 def _recovery_view(detail: dict[str, Any]) -> dict[str, object]:

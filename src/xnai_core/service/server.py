@@ -39,7 +39,7 @@ from starlette.routing import Mount, Route
 from .._redact import redact
 from ._schema import ConfigError
 from .config import ServiceConfig, load_config
-from .runtime import ServiceRuntime, check_buildable
+from .runtime import ServiceRuntime
 
 __all__ = ["build_app", "run_server"]
 
@@ -266,18 +266,14 @@ class _Server(uvicorn.Server):
 
 
 def run_server(config: ServiceConfig, *, host: str, port: int, log_level: str = "info") -> int:
-    """Serve until SIGTERM/SIGINT; the process's exit code (0 clean, 1 failed, 3 config)."""
+    """Serve ``config`` (as :func:`~.runtime.load_checked` returns it) until SIGTERM/SIGINT;
+    the process's exit code (0 clean, 1 failed)."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for warning in config.warnings:
         logger.warning("%s", warning)
-    try:
-        asyncio.run(check_buildable(config))
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 3
     try:
         sock = _listen(host, port)
     except OSError as exc:

@@ -47,7 +47,8 @@ def build_sinks(specs: Sequence[SinkSpec]) -> list[Any]:
                 sink = classes[spec.type](host, **options, **secrets)
             else:
                 sink = classes[spec.type](options.pop("url"), secrets.get("secret"), **options)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ImportError) as exc:
+            # ImportError: a sink's own driver missing (aiosmtplib for e-mail).
             raise ConfigError(f"alerts[{index}]", redact(str(exc), spec.secrets.values())) from None
         sinks.append(sink)
     return sinks
