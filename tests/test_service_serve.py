@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +174,120 @@ def test_sigterm_stops_within_5_s_and_leaves_nothing_running(
     assert wait_for(gone, 5)
 
 
+@contextlib.contextmanager
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A loopback port that accepts connections and never answers a byte (a hung peer)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_sigterm_with_everything_hung_stops_within_5_s(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    """Hung checks (HTTP, command), a hung alert sink with an alert in flight, four restart
+    commands that ignore SIGTERM, a Redis that never answers and a dashboard request in
+    progress, all at once.
+
+    (A check's timeout is capped by its interval, and its first run waits up to one
+    interval: 5 s each, so both checks have started, and hang, when the signal comes.)"""
+    pids = [tmp_path / f"restart-{index}.pid" for index in range(4)]
+    check_pid = tmp_path / "check.pid"
+
+    def stubborn(pid_file: Path) -> str:
+        # Ignores SIGTERM: only the SIGKILL that follows it ends this restart command.
+        return f'command = ["sh", "-c", "trap \'\' TERM; echo $$ > {pid_file}; sleep 60"]\n'
+
+    with silent_server() as (hung_port, accepted):
+        down = [
+            http(
+                f"down{index}",
+                f"http://127.0.0.1:{free_port()}/",
+                '[[services.recovery]]\naction = "restart_service"\nfailure_threshold = 1\n'
+                + stubborn(pid)
+                + "timeout = 120\ngrace_period = 120\n",
+            )
+            for index, pid in enumerate(pids)
+        ]
+        hung = http("hung_http", f"http://127.0.0.1:{hung_port}/").replace(
+            "timeout = 1", "timeout = 5\ninterval = 5"
+        )
+        hung += (
+            '\n[[services]]\nname = "hung_command"\ntype = "command"\ntimeout = 5\n'
+            f'interval = 5\ncommand = ["sh", "-c", "echo $$ > {check_pid}; exec sleep 60"]\n'
+        )
+        sink = (
+            '\n[[alerts]]\ntype = "webhook"\n'
+            f'url = "http://127.0.0.1:{hung_port}/hook"\ntimeout = 60\n'
+        )
+        config = write(
+            tmp_path / "s.toml",
+            f'redis_url = "redis://127.0.0.1:{hung_port}/0"\n'
+            + MONITOR
+            + '[circuits]\nnames = ["llm"]\n'
+            + "[monitor.alert_thresholds]\nconsecutive_failures = 1\n"
+            + "".join(down)
+            + hung
+            + sink,
+        )
+        proc = launch(service, config, {"PYTHONWARNINGS": "always::ResourceWarning"})
+        assert wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pids), 20)
+        assert wait_for(lambda: check_pid.exists() and check_pid.read_text().strip() != "", 20)
+        # The hung HTTP check and the sink's POST both hold a connection to the silent port.
+        assert wait_for(lambda: len(accepted) >= 2, 20), proc.log()
+        restart_pids = [int(p.read_text()) for p in pids]
+        # A dashboard control in progress: it waits on the Redis that never answers.
+        host, port = proc.url.removeprefix("http://").split(":")
+        client = socket.create_connection((host, int(port)))
+        client.sendall(
+            b"POST /api/circuits/llm/open HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        time.sleep(0.2)
+        try:
+            started = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+            took = time.monotonic() - started
+        finally:
+            client.close()
+        assert code == 0, proc.log()
+        assert took < 5.0, (took, proc.log())
+        for bad in ("Traceback", "Task was destroyed", "never awaited"):
+            assert not proc.logged(bad), proc.log()
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        for pid in [*restart_pids, int(check_pid.read_text())]:
+            assert wait_for(lambda pid=pid: gone(pid), 5), pid  # type: ignore[misc]
+
+
 def test_serve_refuses_a_config_the_library_rejects_with_exit_3(tmp_path: Path) -> None:
     config = write(
         tmp_path / "s.toml",
@@ -320,3 +437,88 @@ def test_dashboard_controls_need_the_token_and_change_the_shared_state(
         for key in client.scan_iter(match=f"{key_prefix}*"):
             client.unlink(key)
         client.close()
+
+
+def test_api_state_hides_what_ops_health_hides_without_the_token(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    import httpx
+
+    dead = f"http://127.0.0.1:{free_port()}/health"
+    config = write(
+        tmp_path / "s.toml",
+        MONITOR
+        + "[monitor.alert_thresholds]\nconsecutive_failures = 1\n"
+        + http("down", dead)
+        + '\n[[services]]\nname = "script"\ntype = "command"\ncritical = false\n'
+        'command = ["sh", "-c", "echo argv-detail-7781; exit 3"]\n'
+        '\n  [[services.recovery]]\n  action = "manual_intervention"\n'
+        "  failure_threshold = 1\n",
+    )
+    proc = launch(service, config)
+    assert wait_for(lambda: proc.service("script")["recovery"]["escalated"] is True, 20)
+    assert wait_for(lambda: len(proc.state()["episodes"]) >= 2, 20)
+    public = proc.get("/api/state")
+    assert public.status_code == 200
+    state = public.json()
+    assert state["sensitive"] is False
+    text = public.text
+    for hidden in ("argv-detail-7781", "127.0.0.1", "sh -c", "exit status"):
+        assert hidden not in text, hidden
+    down = next(s for s in state["services"] if s["name"] == "down")
+    assert down["target"] is None
+    assert down["last_error"]["error"] is None
+    assert down["last_error"]["at"] > 0  # that it failed, and when, is public
+    assert all(alert["message"] is None for alert in state["alerts"])
+    assert state["alerts"]
+    assert all(episode["reason"] is None for episode in state["episodes"])
+    script = next(s for s in state["services"] if s["name"] == "script")
+    assert script["recovery"]["escalated"] is True
+    assert script["recovery"]["escalation_reason"] is None
+    # /ops/health hides the same detail from the same requests.
+    assert "argv-detail-7781" not in proc.get("/ops/health").text
+    assert dead not in proc.get("/ops/health").text
+    # A wrong token is a request without one.
+    wrong = httpx.get(
+        proc.url + "/api/state", headers={"Authorization": "Bearer " + "x" * 30}, timeout=5
+    )
+    assert "argv-detail-7781" not in wrong.text
+    # With the token: everything, masked as before.
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    full = httpx.get(proc.url + "/api/state", headers=right, timeout=5).json()
+    assert full["sensitive"] is True
+    shown = {s["name"]: s for s in full["services"]}
+    assert shown["down"]["target"] == dead
+    assert shown["down"]["last_error"]["error"]
+    assert "argv-detail-7781" in shown["script"]["target"]
+    assert shown["script"]["recovery"]["escalation_reason"]
+    assert all(alert["message"] for alert in full["alerts"])
+    detailed = httpx.get(proc.url + "/api/state?detail=1", timeout=5).json()
+    assert next(s for s in detailed["services"] if s["name"] == "down")["target"] is None
+
+
+def test_a_forged_host_header_is_refused(tmp_path: Path, service: list[ServiceProcess]) -> None:
+    import httpx
+
+    config = write(
+        tmp_path / "s.toml",
+        MONITOR + '[server]\nallowed_hosts = ["xnai.internal.example"]\n',
+    )
+    proc = launch(service, config)
+    port = proc.url.rsplit(":", 1)[1]
+    right = {"Authorization": f"Bearer {TOKEN}"}
+
+    def ask(method: str, path: str, host: str) -> int:
+        headers = {"Host": host, **right}
+        return httpx.request(method, proc.url + path, headers=headers, timeout=5).status_code
+
+    routes = [("GET", "/"), ("GET", "/api/state"), ("GET", "/ops/health"), ("GET", "/ops/livez")]
+    # DNS rebinding: a name the attacker controls, now resolving to 127.0.0.1.
+    for forged in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+        for method, path in [*routes, ("POST", "/api/circuits/llm/open")]:
+            assert ask(method, path, forged) == 400, (forged, path)
+    for good in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        for method, path in routes:
+            assert ask(method, path, good) == 200, (good, path)
+    assert ask("GET", "/api/state", f"xnai.internal.example:{port}") == 200
+    assert ask("GET", "/api/state", "[::1]:bad") == 400

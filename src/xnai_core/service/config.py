@@ -61,6 +61,7 @@ environment says)."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+|\[[0-9a-f:.]+\]")
 MIN_TOKEN_LENGTH = 16
 DEFAULT_PORT = 9108
 
@@ -171,6 +172,7 @@ class ServiceConfig:
     control_token_env: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    allowed_hosts: tuple[str, ...] = ()
     monitor: MonitorSpec = field(default_factory=MonitorSpec)
     services: tuple[ServiceSpec, ...] = ()
     circuits: CircuitsSpec = field(default_factory=CircuitsSpec)
@@ -197,7 +199,11 @@ class ServiceConfig:
             "file": self.path,
             "redis_url": None if self.redis_url is None else redact_url(self.redis_url),
             "control_token": token,
-            "server": {"host": self.host, "port": self.port},
+            "server": {
+                "host": self.host,
+                "port": self.port,
+                "allowed_hosts": list(self.allowed_hosts),
+            },
             "monitor": {
                 "check_interval": self.monitor.check_interval,
                 "alert_thresholds": dict(self.monitor.alert_thresholds),
@@ -341,6 +347,14 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
     server = root.table("server")
     host = server.text("host", "127.0.0.1")
     port = server.integer("port", DEFAULT_PORT, minimum=0, maximum=65535)
+    allowed_hosts = tuple(name.lower() for name in server.strings("allowed_hosts") or ())
+    for index, name in enumerate(allowed_hosts):
+        if name != "*" and not _HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{server.key('allowed_hosts')}[{index}]",
+                "must be a host name or IP address without a port ('[::1]' for IPv6), "
+                f"or '*', got {name!r}",
+            )
     server.done()
 
     monitor = _monitor(root.table("monitor"))
@@ -395,6 +409,7 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
         control_token_env=token_env,
         host=host,
         port=port,
+        allowed_hosts=allowed_hosts,
         monitor=monitor,
         services=tuple(services),
         circuits=circuits,

@@ -8,6 +8,7 @@ back), which the dashboard shows.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from collections.abc import Iterable
@@ -104,9 +105,14 @@ class RecoveryRouter:
         return False if manager is None else await manager.reset(service_name)
 
     async def aclose(self) -> None:
-        """Cancel recovery in flight everywhere (running commands are killed)."""
-        for manager in self._managers.values():
-            await manager.aclose()
+        """Cancel recovery in flight everywhere (running commands are killed).
+
+        All at once: a command that ignores SIGTERM costs its manager the kill grace
+        (SIGTERM, then SIGKILL a second later), and N of them must not cost N seconds.
+        """
+        await asyncio.gather(
+            *(manager.aclose() for manager in self._managers.values()), return_exceptions=True
+        )
 
     # -- reading ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,10 @@ __all__ = ["ServiceRuntime", "check_buildable", "load_checked"]
 logger = logging.getLogger("xnai_core.service")
 
 SINK_FLUSH_DEADLINE = 2.0
+STOP_FLUSH_DEADLINE = 1.5
+"""Seconds the alert sinks get to deliver what is queued when the service stops."""
+CLOSE_DEADLINE = 1.0
+"""Seconds the shared circuits' mirrors and the Redis client get to close when stopping."""
 _MARKS = {
     HealthStatus.HEALTHY: "h",
     HealthStatus.DEGRADED: "d",
@@ -74,6 +78,7 @@ class ServiceRuntime:
         self._parts: _Parts | None = None
         self._lock = asyncio.Lock()
         self._targets: dict[str, str] = {}  # masked once: redaction is not free
+        self._histories: dict[str, _HistoryView] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -115,6 +120,7 @@ class ServiceRuntime:
                 changes += await self._reload_sinks(parts, old, new)
             self.config = new
             self._targets.clear()
+            self._histories.clear()
             self.reloads += 1
             return changes
 
@@ -169,16 +175,19 @@ class ServiceRuntime:
             raise ConfigError(f"services[{index}]", redact(str(exc))) from None
 
     async def _teardown(self, parts: _Parts) -> None:
-        await parts.monitor.stop_monitoring()
-        await parts.router.aclose()
+        """Stop one generation, its parts side by side: SIGTERM's 5 s promise is the sum
+        of what runs one after the other here, so nothing that can wait on a hung peer
+        does (checks are cancelled, restart commands get SIGTERM then SIGKILL a second
+        later, sinks get STOP_FLUSH_DEADLINE to deliver, Redis CLOSE_DEADLINE to part)."""
         await asyncio.gather(
-            *(sink.aclose(SINK_FLUSH_DEADLINE) for sink in parts.sinks), return_exceptions=True
+            parts.monitor.stop_monitoring(),
+            parts.router.aclose(),
+            *(sink.aclose(STOP_FLUSH_DEADLINE) for sink in parts.sinks),
+            _bounded(parts.circuits.aclose() if parts.circuits is not None else None),
+            return_exceptions=True,
         )
-        if parts.circuits is not None:
-            await parts.circuits.aclose()
         if parts.redis is not None:
-            with contextlib.suppress(Exception):
-                await parts.redis.aclose()
+            await _bounded(parts.redis.aclose())
 
     async def _reload_services(
         self, parts: _Parts, old: ServiceConfig, new: ServiceConfig
@@ -270,9 +279,14 @@ class ServiceRuntime:
     def sinks(self) -> Sequence[Any]:
         return () if self._parts is None else tuple(self._parts.sinks)
 
-    def snapshot(self, *, detail: bool = False) -> dict[str, object]:
-        """Everything the dashboard shows, JSON-ready, masked; ``detail`` adds each shown
-        result's start time (``started_at``), for tools such as bench_service."""
+    def snapshot(self, *, detail: bool = False, sensitive: bool = False) -> dict[str, object]:
+        """Everything the dashboard shows, JSON-ready (fresh objects only), masked.
+
+        ``sensitive`` adds what ``/ops/health`` shows only to the control token's bearer:
+        each service's target (URL, host, command line), error texts, alert messages,
+        episode and escalation reasons; without it they are None. ``detail`` adds each
+        shown result's start time (``started_at``), for tools such as bench_service.
+        """
         parts = self._parts
         if parts is None:
             return {"running": False}
@@ -285,17 +299,14 @@ class ServiceRuntime:
             if spec.name not in report["services"]:
                 continue
             entry = report["services"][spec.name]
-            history = monitor.get_history(spec.name)[-HISTORY_SHOWN:]
-            marks = "".join(_MARKS.get(result.status, "x") for result in history)
-            last_error = None
-            for result in reversed(history):
-                if result.error:
-                    last_error = {"error": _masked(result.error), "at": result.timestamp}
-                    break
+            shown_history = self._history_view(monitor, spec.name)
             recovery = recovery_services.get(spec.name)
-            target = self._targets.get(spec.name)
-            if target is None:
-                target = self._targets[spec.name] = spec.target()
+            target = None
+            if sensitive:
+                target = self._targets.get(spec.name)
+                if target is None:
+                    target = self._targets[spec.name] = spec.target()
+            last_error = shown_history.last_error
             shown: dict[str, object] = {
                 "name": spec.name,
                 "type": spec.type,
@@ -304,23 +315,20 @@ class ServiceRuntime:
                 "status": entry["status"],
                 "last_check": entry["last_check"],
                 "response_time": entry["response_time"],
-                # Percent answered (healthy or degraded) over the results shown.
-                "uptime": (
-                    round(100.0 * (len(marks) - marks.count("u")) / len(marks), 2)
-                    if marks
-                    else None
-                ),
+                "uptime": shown_history.uptime,
                 "total_checks": entry["total_checks"],
                 "consecutive_failures": entry["consecutive_failures"],
                 # The plot's data, compact: response times (ms) and one letter per
                 # result (h healthy, d degraded, u unhealthy, x unknown).
-                "times_ms": [int(result.response_time * 1000 + 0.5) for result in history],
-                "marks": marks,
-                "last_error": last_error,
-                "recovery": None if recovery is None else _recovery_view(recovery),
+                "times_ms": list(shown_history.times_ms),
+                "marks": shown_history.marks,
+                "last_error": None
+                if last_error is None
+                else {"error": last_error[0] if sensitive else None, "at": last_error[1]},
+                "recovery": None if recovery is None else _recovery_view(recovery, sensitive),
             }
             if detail:
-                shown["started_at"] = [round(result.timestamp, 3) for result in history]
+                shown["started_at"] = list(shown_history.started_at)
             services.append(shown)
         return {
             "running": True,
@@ -328,7 +336,7 @@ class ServiceRuntime:
             "started_at": self.started_at,
             "reloads": self.reloads,
             "overall": monitor.get_overall_status().value,
-            "summary": report["summary"],
+            "summary": dict(report["summary"]),
             "services": services,
             "circuits": None if parts.circuits is None else parts.circuits.views(),
             "alerts": [
@@ -337,18 +345,64 @@ class ServiceRuntime:
                     "service": alert.service,
                     "kind": alert.kind,
                     "severity": alert.severity,
-                    "message": _masked(alert.message),
+                    "message": _masked(alert.message) if sensitive else None,
                     "since": alert.timestamp,
                 }
                 for alert in monitor.get_active_alerts()
             ],
-            "episodes": list(reversed(parts.router.episodes)),
+            "episodes": [
+                {**episode, "reason": episode.get("reason") if sensitive else None}
+                for episode in reversed(parts.router.episodes)
+            ],
             "recovery": {
                 "total_attempts": stats["total_attempts"],
                 "coordinated": self.config.redis_url is not None,
             },
             "controls": self.config.control_token is not None and parts.circuits is not None,
+            "token": self.config.control_token is not None,
+            "sensitive": sensitive,
         }
+
+    def _history_view(self, monitor: HealthMonitor, name: str) -> _HistoryView:
+        """The shown part of ``name``'s history, computed again only when a result has
+        been added since (most polls come between two checks of a service)."""
+        history = monitor.get_history(name)
+        newest = history[-1] if history else None
+        cached = self._histories.get(name)
+        if cached is not None and cached.newest is newest and cached.length == len(history):
+            return cached
+        shown = history[-HISTORY_SHOWN:]
+        marks = "".join(_MARKS.get(result.status, "x") for result in shown)
+        last_error = None
+        for result in reversed(shown):
+            if result.error:
+                last_error = (_masked(result.error), result.timestamp)
+                break
+        view = _HistoryView(
+            newest=newest,
+            length=len(history),
+            marks=marks,
+            times_ms=tuple(int(result.response_time * 1000 + 0.5) for result in shown),
+            started_at=tuple(round(result.timestamp, 3) for result in shown),
+            # Percent answered (healthy or degraded) over the results shown.
+            uptime=round(100.0 * (len(marks) - marks.count("u")) / len(marks), 2)
+            if marks
+            else None,
+            last_error=last_error,
+        )
+        self._histories[name] = view
+        return view
+
+
+@dataclass(frozen=True, slots=True)
+class _HistoryView:
+    newest: object
+    length: int
+    marks: str
+    times_ms: tuple[int, ...]
+    started_at: tuple[float, ...]
+    uptime: float | None
+    last_error: tuple[str, float] | None
 
 
 async def check_buildable(config: ServiceConfig) -> None:
@@ -375,6 +429,16 @@ async def check_buildable(config: ServiceConfig) -> None:
         await router.aclose()
 
 
+async def _bounded(closing: Awaitable[object] | None) -> None:
+    """Await ``closing`` for at most CLOSE_DEADLINE seconds (a hung Redis must not hold
+    the shutdown); errors are dropped: the connection is being let go anyway."""
+    if closing is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_DEADLINE):
+            await closing
+
+
 def _monitor(config: ServiceConfig, router: RecoveryRouter) -> HealthMonitor:
     spec = config.monitor
     return HealthMonitor(
@@ -397,13 +461,13 @@ def load_checked(path: str) -> ServiceConfig:
     return config
 
 
-def _recovery_view(detail: dict[str, Any]) -> dict[str, object]:
+def _recovery_view(detail: dict[str, Any], sensitive: bool) -> dict[str, object]:
     last = detail.get("last_attempt")
     return {
         "state": detail.get("state"),
         "escalated": detail.get("escalated"),
         "escalation_reason": None
-        if not detail.get("escalation_reason")
+        if not detail.get("escalation_reason") or not sensitive
         else redact(str(detail["escalation_reason"])),
         "attempts": detail.get("attempts"),
         "successes": detail.get("successes"),

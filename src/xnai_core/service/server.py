@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from .._redact import redact
+from .._singleflight import SingleFlight
 from ._schema import ConfigError
 from .config import ServiceConfig, load_config
 from .runtime import ServiceRuntime
@@ -45,7 +46,13 @@ __all__ = ["build_app", "run_server"]
 
 logger = logging.getLogger("xnai_core.service")
 
-GRACEFUL_SHUTDOWN = 2
+GRACEFUL_SHUTDOWN = 1
+"""Seconds uvicorn waits for requests in progress at SIGTERM (a dashboard control waiting
+on a hung Redis) before the runtime stops. With the runtime's own worst case (the kill
+grace of restart commands, the sinks' flush deadline, the Redis close deadline, side by
+side: about 1.5 s) and STOP_BUDGET, SIGTERM ends the process within about 3 s."""
+STOP_BUDGET = 3.0
+"""Seconds the runtime's stop may take before the lifespan gives up waiting on it."""
 STATE_MAX_AGE = 0.5
 _NO_STORE = {"Cache-Control": "no-store"}
 # /ops/metrics is served when prometheus_client is installed (the service extra has it).
@@ -121,12 +128,77 @@ def _authorized(request: Request, token: str | None) -> bool:
     )
 
 
-def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starlette:
-    """The service's app; its lifespan starts and stops a :class:`ServiceRuntime`."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_hosts(config: ServiceConfig, bound_host: str | None) -> frozenset[str]:
+    """The Host header names the app answers: loopback's, the bound address (unless it is
+    a wildcard, which no client names) and ``[server].allowed_hosts``."""
+    names = {*LOOPBACK_NAMES, *config.allowed_hosts}
+    if bound_host and bound_host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{bound_host}]" if ":" in bound_host else bound_host.lower())
+    return frozenset(names)
+
+
+def _host_of(header: str) -> str | None:
+    """The host part of a Host header, lower case, IPv6 in brackets; None if malformed."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        rest = header[end + 1 :]
+        if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return header[: end + 1]
+    host, _, port = header.partition(":")
+    if not host or (port and not port.isdigit()):
+        return None
+    return host
+
+
+class _HostCheck:
+    """Answers 400 to a request whose Host header names another host.
+
+    A page on any web site can make a browser send requests to 127.0.0.1 under a name it
+    controls (DNS rebinding): the browser's same-origin rule then lets that page read the
+    answers. Such a request carries the attacker's name in its Host header, so naming
+    the hosts this service answers to closes that door (as Starlette's
+    TrustedHostMiddleware does, with IPv6 literals and the bound address understood).
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
+        self._app = app
+        self._hosts = hosts
+        self._any = "*" in hosts
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if self._any or scope["type"] not in ("http", "websocket"):
+            await self._app(scope, receive, send)
+            return
+        header = next(
+            (value.decode("latin-1") for key, value in scope["headers"] if key == b"host"), ""
+        )
+        if _host_of(header) not in self._hosts:
+            response = Response(
+                "Invalid host header: add the name to [server].allowed_hosts to use it\n",
+                status_code=400,
+                media_type="text/plain",
+                headers=_NO_STORE,
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+def build_app(
+    config: ServiceConfig, *, reload_path: str | None = None, bound_host: str | None = None
+) -> Starlette:
+    """The service's app; its lifespan starts and stops a :class:`ServiceRuntime`.
+
+    ``bound_host``: the address it is served on (default: the config's), whose name the
+    Host header check accepts besides loopback's and ``[server].allowed_hosts``."""
     runtime = ServiceRuntime(config)
     path = reload_path or config.path
-    # The last /api/state body and when it was built; cleared by every change made here.
-    cached: list[tuple[float, bytes]] = []
+    cached = _StateCache(runtime)
 
     async def reload() -> None:
         try:
@@ -171,7 +243,11 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            await runtime.stop()
+            try:
+                async with asyncio.timeout(STOP_BUDGET):
+                    await runtime.stop()
+            except TimeoutError:
+                logger.error("stopping took longer than %g s: exiting anyway", STOP_BUDGET)
             logger.info("stopped")
 
     async def page(request: Request) -> Response:
@@ -180,14 +256,9 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
 
     async def state(request: Request) -> Response:
         detail = request.query_params.get("detail") == "1"
-        now = time.monotonic()
-        if detail or not cached or now - cached[0][0] > STATE_MAX_AGE:
-            body = json.dumps(runtime.snapshot(detail=detail), separators=(",", ":")).encode()
-            if detail:
-                return Response(body, media_type="application/json", headers=_NO_STORE)
-            cached[:] = [(now, body)]
-        # Several open dashboards share one snapshot per STATE_MAX_AGE.
-        return Response(cached[0][1], media_type="application/json", headers=_NO_STORE)
+        sensitive = _authorized(request, runtime.config.control_token)
+        body = await cached.get(detail=detail, sensitive=sensitive)
+        return Response(body, media_type="application/json", headers=_NO_STORE)
 
     async def control(request: Request) -> Response:
         token = runtime.config.control_token
@@ -217,7 +288,13 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
     app = Starlette(
         # /api/state grows with services and history (about 2 KB per service): compressed,
         # a poll costs a sixth of that on the wire.
-        middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
+        middleware=[
+            Middleware(
+                _HostCheck,
+                hosts=allowed_hosts(config, config.host if bound_host is None else bound_host),
+            ),
+            Middleware(GZipMiddleware, minimum_size=1024),
+        ],
         routes=[
             *(Route(path, page, methods=["GET"]) for path in _STATIC),
             Route("/api/state", state, methods=["GET"]),
@@ -227,7 +304,53 @@ def build_app(config: ServiceConfig, *, reload_path: str | None = None) -> Starl
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.state_cache = cached
     return app
+
+
+class _StateCache:
+    """``/api/state`` bodies, one per variant (``detail``, ``sensitive``), each built at
+    most once per STATE_MAX_AGE however many requests ask: concurrent requests share the
+    build in flight, and the JSON is encoded off the event loop, so a flood of polls
+    costs the checks' schedule one snapshot per variant and period, not one per request.
+    """
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+        self._bodies: dict[tuple[bool, bool], tuple[float, bytes]] = {}
+        self._flights: SingleFlight[tuple[tuple[bool, bool], int], bytes] = SingleFlight()
+        self._generation = 0
+        self.builds = 0
+
+    def clear(self) -> None:
+        """Forget every body: the next request of each variant builds afresh."""
+        self._bodies.clear()
+        self._generation += 1
+
+    async def get(self, *, detail: bool, sensitive: bool) -> bytes:
+        key = (detail, sensitive)
+        found = self._bodies.get(key)
+        if found is not None and time.monotonic() - found[0] <= STATE_MAX_AGE:
+            return found[1]
+        return await self._flights.run((key, self._generation), self._build(key), deadline=30)
+
+    def _build(self, key: tuple[bool, bool]) -> Callable[[], Awaitable[bytes]]:
+        async def build() -> bytes:
+            generation = self._generation
+            built_at = time.monotonic()
+            snapshot = self._runtime.snapshot(detail=key[0], sensitive=key[1])
+            self.builds += 1
+            # The snapshot holds only fresh objects: encoding it on a thread races nothing.
+            body = await asyncio.to_thread(_encode, snapshot)
+            if generation == self._generation:
+                self._bodies[key] = (built_at, body)
+            return body
+
+        return build
+
+
+def _encode(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -281,7 +404,13 @@ def run_server(config: ServiceConfig, *, host: str, port: int, log_level: str = 
         return 1
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    app = build_app(config)
+    if bound_host in ("0.0.0.0", "::") and not config.allowed_hosts:
+        logger.warning(
+            "listening on every interface, but only requests naming localhost, 127.0.0.1 or "
+            "[::1] in their Host header are answered: list the names clients use in "
+            "[server].allowed_hosts"
+        )
+    app = build_app(config, bound_host=bound_host)
     server = _Server(
         uvicorn.Config(
             app,

@@ -71,11 +71,11 @@ function renderServices(services) {
     const uptime = s.uptime === null ? "-" : `${s.uptime.toFixed(1)}%`;
     const card = el("article", { class: "card", "data-service": s.name, "aria-label": `${s.name}: ${s.status}` },
       el("h3", {}, el("span", { text: s.name }), badge(s.status)),
-      el("p", { class: "target", text: `${s.type} ${s.target}${s.critical ? "" : " (not critical)"}` }),
+      el("p", { class: "target", text: `${s.type}${s.target === null ? "" : ` ${s.target}`}${s.critical ? "" : " (not critical)"}` }),
       sparkline(s.name, s.times_ms, s.marks),
       el("p", { class: "meta", text: `response ${seconds(s.response_time)} · uptime ${uptime} of the last ${s.marks.length} checks` }),
     );
-    if (s.last_error) card.append(el("p", { class: "error", text: `last error ${when(s.last_error.at)}: ${s.last_error.error}` }));
+    if (s.last_error) card.append(el("p", { class: "error", text: `last error ${when(s.last_error.at)}: ${s.last_error.error ?? "(its text is shown with the control token)"}` }));
     return card;
   }));
   if (!services.length) root.replaceChildren(el("p", { class: "note", text: "no services configured" }));
@@ -102,11 +102,11 @@ async function control(name, action) {
   poll();
 }
 
-function renderCircuits(circuits, controls) {
+function renderCircuits(circuits, controls, tokenConfigured) {
   const body = document.querySelector("#circuits tbody");
   const note = document.getElementById("circuits-note");
   const form = document.getElementById("token-form");
-  form.hidden = !controls;
+  form.hidden = !tokenConfigured;
   document.getElementById("actions-head").hidden = !controls;
   if (circuits === null) {
     body.replaceChildren();
@@ -150,8 +150,8 @@ function render(state) {
   overall.className = `badge ${state.overall}`;
   overall.textContent = `stack ${state.overall}`;
   renderServices(state.services);
-  renderCircuits(state.circuits, state.controls);
-  renderList("alerts", state.alerts, "no active alert", (a) => `${a.severity} · ${a.service} · ${a.message} (since ${when(a.since)})`);
+  renderCircuits(state.circuits, state.controls, state.token);
+  renderList("alerts", state.alerts, "no active alert", (a) => `${a.severity} · ${a.service} · ${a.message ?? a.kind} (since ${when(a.since)})`);
   renderList("episodes", state.episodes, "no degradation recorded since start",
     (e) => `${e.service}: ${e.worst} from ${when(e.started)}${e.ended ? ` to ${when(e.ended)}` : " (ongoing)"}${e.reason ? ` · ${e.reason}` : ""}`);
   const recovery = state.services.filter((s) => s.recovery);
@@ -168,7 +168,10 @@ function render(state) {
 async function poll() {
   const connection = document.getElementById("connection");
   try {
-    const reply = await fetch("/api/state", { cache: "no-store" });
+    // With the token entered, the state includes what only its bearer sees (targets,
+    // error texts, reasons), as /ops/health does.
+    const headers = token === null ? {} : { Authorization: `Bearer ${token}` };
+    const reply = await fetch("/api/state", { cache: "no-store", headers });
     if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
     const state = await reply.json();
     failures = 0;
