@@ -319,17 +319,72 @@ def test_example_stack_file_is_valid() -> None:
     assert config.service("rag_api").rules
 
 
-def test_the_kubernetes_config_map_holds_a_valid_config(tmp_path: Path) -> None:
-    manifest = (REPO / "deploy" / "kubernetes" / "xnai-core.yaml").read_text().splitlines()
+MANIFEST = REPO / "deploy" / "kubernetes" / "xnai-core.yaml"
+
+
+def config_map_file(folder: Path) -> Path:
+    """The ConfigMap's stack.toml of the Kubernetes manifest, as a file."""
+    manifest = MANIFEST.read_text().splitlines()
     start = manifest.index("  stack.toml: |") + 1
     block = []
     for line in manifest[start:]:
         if line and not line.startswith("    "):
             break
         block.append(line[4:])
-    path = tmp_path / "stack.toml"
+    path = folder / "stack.toml"
     path.write_text("\n".join(block))
+    return path
+
+
+def test_the_kubernetes_config_map_holds_a_valid_config(tmp_path: Path) -> None:
     env = {"XNAI_CONTROL_TOKEN": "k" * 24, "XNAI_DATABASE_DSN": "postgresql://db/app"}
-    config = load_config(path, env=env)
+    config = load_config(config_map_file(tmp_path), env=env)
     assert [s.name for s in config.services] == ["rag_api", "chainlit_ui", "redis", "postgres"]
-    assert config.host == "0.0.0.0"
+
+
+def test_the_kubernetes_manifest_is_closed_by_default(tmp_path: Path) -> None:
+    config = load_config(config_map_file(tmp_path), env={"XNAI_DATABASE_DSN": "postgresql://db/a"})
+    # Loopback only, and no token unless an operator creates its secret.
+    assert config.host == "127.0.0.1"
+    assert config.allowed_hosts == ()
+    assert config.control_token is None
+    text = MANIFEST.read_text()
+    assert '0.0.0.0"' not in text.replace('(host = "0.0.0.0")', "")
+    assert "httpGet:" not in text  # the probes run inside the pod, against loopback
+    assert "kind: Service\n" not in text
+    assert "key: XNAI_CONTROL_TOKEN, optional: true" in text
+    # The DSN the config needs is not optional: without it the pod would exit 3 in a loop.
+    assert "key: dsn}" in text
+    policy = text[text.index("kind: NetworkPolicy") :]
+    assert "ingress: []" in policy.split("---")[0]
+
+
+@pytest.mark.slow
+def test_the_kubernetes_probe_command_answers_against_the_manifest_config(
+    tmp_path: Path,
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+    from tests.service_helpers import ServiceProcess
+
+    port = free_port()
+    proc = ServiceProcess(
+        config_map_file(tmp_path),
+        env={"XNAI_DATABASE_DSN": "postgresql://127.0.0.1:1/x"},
+        port=port,
+    )
+    try:
+        proc.start()
+        probes = re.findall(r'command: \["python", "-c", "(.*)"\]', MANIFEST.read_text())
+        assert len(probes) == 2
+        for probe in probes:
+            code = probe.replace("9108", str(port))
+            done = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, timeout=30, check=False
+            )
+            assert done.returncode == 0, done.stderr
+    finally:
+        proc.stop()
