@@ -52,6 +52,18 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 6
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
+def demo_stack(*args: str, env: Mapping[str, str], check: bool = True) -> None:
+    """``python -m examples.demo_stack ARGS`` (start, kill, restart a toy service)."""
+    subprocess.run(
+        [sys.executable, "-m", "examples.demo_stack", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        check=check,
+        timeout=30,
+        capture_output=True,
+    )
+
+
 @dataclass
 class Behaviour:
     status: int = 200
@@ -85,13 +97,20 @@ def http_service(behaviour: Behaviour | None = None) -> Iterator[tuple[str, Beha
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with _serving(Handler) as server:
+        state.server = server
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """``handler`` served on a free loopback port by a thread, shut down after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    state.server = server
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
+        yield server
     finally:
         server.shutdown()
         server.server_close()
@@ -209,12 +228,5 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _serving(Handler) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}", got
-    finally:
-        server.shutdown()
-        server.server_close()

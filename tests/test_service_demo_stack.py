@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHARED_REDIS_URL, free_port
-from tests.service_helpers import REPO, wait_for
+from tests.service_helpers import REPO, demo_stack, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -82,13 +82,7 @@ def test_the_main_job_watches_the_demo_stack_restarts_it_and_stops_on_ctrl_c(
         page = httpx.get(url + "/", timeout=5)
         assert page.status_code == 200
 
-        subprocess.run(
-            [sys.executable, "-m", "examples.demo_stack", "kill", "rag_api"],
-            cwd=REPO,
-            env=env,
-            check=True,
-            timeout=30,
-        )
+        demo_stack("kill", "rag_api", env=env)
         restarts = stack_dir / "rag_api.restarts"
         assert wait_for(restarts.exists, 60), "\n".join(lines)
         assert wait_for(lambda: status("rag_api") == "healthy", 30), "\n".join(lines)
@@ -119,20 +113,8 @@ def test_the_main_job_watches_the_demo_stack_restarts_it_and_stops_on_ctrl_c(
         reader.join(timeout=5)
         if up.stdout is not None:
             up.stdout.close()
-        subprocess.run(
-            [sys.executable, "-m", "examples.demo_stack", "kill", "rag_api"],
-            cwd=REPO,
-            env=env,
-            check=False,
-            timeout=30,
-        )
-        subprocess.run(
-            [sys.executable, "-m", "examples.demo_stack", "kill", "chainlit_ui"],
-            cwd=REPO,
-            env=env,
-            check=False,
-            timeout=30,
-        )
+        for name in ("rag_api", "chainlit_ui"):
+            demo_stack("kill", name, env=env, check=False)
         import redis
 
         client = redis.Redis.from_url(SHARED_REDIS_URL)

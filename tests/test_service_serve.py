@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -20,9 +19,10 @@ import pytest
 
 from tests.conftest import PrivateRedis, free_port
 from tests.service_helpers import (
-    REPO,
     ServiceProcess,
+    demo_stack,
     http_service,
+    run_cli,
     wait_for,
 )
 
@@ -299,43 +299,21 @@ def test_serve_refuses_a_config_the_library_rejects_with_exit_3(tmp_path: Path) 
             "stable_period = 0.01\n",
         ),
     )
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "xnai-core"),
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 3, done.stderr
-    assert f"{config}: services[0]" in done.stderr
-    assert "stable_period" in done.stderr
+    done = run_cli("serve", "--config", str(config), "--port", "0")
+    assert done.code == 3, done.err
+    assert f"{config}: services[0]" in done.err
+    assert "stable_period" in done.err
 
 
 def test_two_replicas_sharing_redis_restart_a_killed_service_once(
     tmp_path: Path, service: list[ServiceProcess], private_redis: PrivateRedis
 ) -> None:
     stack = {"XNAI_DEMO_STACK_DIR": str(tmp_path / "stack")}
-    env = {**os.environ, **stack}
     port = free_port()
     python = sys.executable
 
     def demo(*args: str) -> None:
-        subprocess.run(
-            [python, "-m", "examples.demo_stack", *args],
-            cwd=REPO,
-            env=env,
-            check=True,
-            timeout=30,
-            capture_output=True,
-        )
+        demo_stack(*args, env=stack)
 
     demo("start", "rag_api", str(port))
     try:
@@ -384,7 +362,6 @@ def test_dashboard_controls_need_the_token_and_change_the_shared_state(
     import httpx
 
     from tests.conftest import SHARED_REDIS_URL
-    from tests.service_helpers import run_cli
 
     prefix = f"{key_prefix}:cb:"
     text = (

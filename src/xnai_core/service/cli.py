@@ -77,6 +77,7 @@ config_option = click.option(
     help=f"The service's TOML config file (default: ${CONFIG_ENV}).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -377,7 +378,7 @@ def _change(
 def _change_command(action: str, doc: str) -> None:
     @circuits.command(action, help=doc)
     @click.argument("name")
-    @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+    @yes_option
     @click.option(
         "--create",
         is_flag=True,
@@ -499,7 +500,7 @@ def recovery_status(target: Target, service: str | None, as_json: bool) -> None:
 
 @recovery.command("reset")
 @click.argument("service")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 @click.option(
     "--force",
     is_flag=True,
