@@ -429,8 +429,9 @@ def test_api_state_hides_what_ops_health_hides_without_the_token(
         + http("down", dead)
         + '\n[[services]]\nname = "script"\ntype = "command"\ncritical = false\n'
         'command = ["sh", "-c", "echo argv-detail-7781; exit 3"]\n'
-        '\n  [[services.recovery]]\n  action = "manual_intervention"\n'
-        "  failure_threshold = 1\n",
+        '\n  [[services.recovery]]\n  action = "restart_service"\n'
+        "  failure_threshold = 1\n  max_attempts = 1\n  backoff_base = 0.1\n"
+        '  command = ["sh", "-c", "echo restart-output-5512; exit 1"]\n',
     )
     proc = launch(service, config)
     assert wait_for(lambda: proc.service("script")["recovery"]["escalated"] is True, 20)
@@ -440,7 +441,7 @@ def test_api_state_hides_what_ops_health_hides_without_the_token(
     state = public.json()
     assert state["sensitive"] is False
     text = public.text
-    for hidden in ("argv-detail-7781", "127.0.0.1", "sh -c", "exit status"):
+    for hidden in ("argv-detail-7781", "restart-output-5512", "127.0.0.1", "sh -c", "exit status"):
         assert hidden not in text, hidden
     down = next(s for s in state["services"] if s["name"] == "down")
     assert down["target"] is None
@@ -452,9 +453,14 @@ def test_api_state_hides_what_ops_health_hides_without_the_token(
     script = next(s for s in state["services"] if s["name"] == "script")
     assert script["recovery"]["escalated"] is True
     assert script["recovery"]["escalation_reason"] is None
-    # /ops/health hides the same detail from the same requests.
+    # /ops/health and /ops/recovery hide the same detail from the same requests.
     assert "argv-detail-7781" not in proc.get("/ops/health").text
     assert dead not in proc.get("/ops/health").text
+    recovery = proc.get("/ops/recovery")
+    assert recovery.status_code == 200
+    assert recovery.json()["services"]["script"]["escalated"] is True
+    assert "argv-detail-7781" not in recovery.text
+    assert "restart-output-5512" not in recovery.text
     # A wrong token is a request without one.
     wrong = httpx.get(
         proc.url + "/api/state", headers={"Authorization": "Bearer " + "x" * 30}, timeout=5
@@ -470,6 +476,7 @@ def test_api_state_hides_what_ops_health_hides_without_the_token(
     assert "argv-detail-7781" in shown["script"]["target"]
     assert shown["script"]["recovery"]["escalation_reason"]
     assert all(alert["message"] for alert in full["alerts"])
+    assert "restart-output-5512" in httpx.get(proc.url + "/ops/recovery", headers=right).text
     detailed = httpx.get(proc.url + "/api/state?detail=1", timeout=5).json()
     assert next(s for s in detailed["services"] if s["name"] == "down")["target"] is None
 

@@ -16,8 +16,9 @@ reset``                                with ``Authorization: Bearer <control_tok
 =====================================  ===================================================
 
 Without ``control_token`` the control routes do not exist. Error texts and the
-checkers' details (hosts, URLs) in ``/health`` are shown only to a request bearing
-the token; without it a report says what is wrong, not where. Bind the server to
+checkers' details (hosts, URLs) in ``/health``, and the reasons, commands and outputs
+in ``/recovery`` and ``/degradation``, are shown only to a request bearing the token;
+without it a report says what is wrong, not where or why. Bind the server to
 loopback (or a private interface) unless a proxy in front authenticates: these
 routes tell a stranger which of your dependencies is down.
 """
@@ -132,6 +133,37 @@ def _public_health_json(document: Mapping[str, Any]) -> dict[str, Any]:
     return {**document, "checks": public}
 
 
+# What says where or why (targets, commands, error texts and outputs) in the managers'
+# statistics: shown only to a request bearing the token, as the health detail is.
+_PRIVATE_KEYS = frozenset(
+    {
+        "command",
+        "detail",
+        "details",
+        "error",
+        "escalation_reason",
+        "last_error",
+        "message",
+        "output",
+        "output_tail",
+        "reason",
+        "target",
+    }
+)
+
+
+def _public_stats(value: Any) -> Any:
+    """``value`` (JSON-ready) with every entry under a key of _PRIVATE_KEYS set to None."""
+    if isinstance(value, Mapping):
+        return {
+            key: None if key in _PRIVATE_KEYS else _public_stats(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_public_stats(item) for item in value]
+    return value
+
+
 def create_ops_app(
     monitor: HealthMonitor | None = None,
     *,
@@ -235,14 +267,16 @@ def create_ops_app(
         stats_of_degradation = degradation.get_degradation_stats
 
         async def degradation_stats(request: Request) -> Response:
-            return _json(_jsonable(stats_of_degradation()))
+            stats = _jsonable(stats_of_degradation())
+            return _json(stats if _authorized(request, token) else _public_stats(stats))
 
         routes.append(Route("/degradation", degradation_stats, methods=["GET"]))
     if recovery is not None:
         stats_of_recovery = recovery.get_recovery_stats
 
         async def recovery_stats(request: Request) -> Response:
-            return _json(_jsonable(stats_of_recovery()))
+            stats = _jsonable(stats_of_recovery())
+            return _json(stats if _authorized(request, token) else _public_stats(stats))
 
         routes.append(Route("/recovery", recovery_stats, methods=["GET"]))
     return Starlette(routes=routes)
