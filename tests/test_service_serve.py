@@ -506,3 +506,9 @@ def test_a_forged_host_header_is_refused(tmp_path: Path, service: list[ServicePr
             assert ask(method, path, good) == 200, (good, path)
     assert ask("GET", "/api/state", f"xnai.internal.example:{port}") == 200
     assert ask("GET", "/api/state", "[::1]:bad") == 400
+    # A reload cannot widen (or narrow) the names: it says they wait for a restart.
+    write(config, MONITOR + '[server]\nallowed_hosts = ["evil.example"]\n')
+    proc.signal(signal.SIGHUP)
+    assert wait_for(lambda: proc.logged("config reloaded"), 15), proc.log()
+    assert proc.logged("allowed_hosts take effect at the next start")
+    assert ask("GET", "/api/state", "evil.example") == 400

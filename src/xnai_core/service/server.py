@@ -203,8 +203,12 @@ def build_app(
     async def reload() -> None:
         try:
             new = await asyncio.to_thread(load_config, path)
-            if (new.host, new.port) != (runtime.config.host, runtime.config.port):
-                logger.warning("config reload: [server] host/port take effect at the next start")
+            server = (new.host, new.port, new.allowed_hosts)
+            if server != (runtime.config.host, runtime.config.port, runtime.config.allowed_hosts):
+                logger.warning(
+                    "config reload: [server] host, port and allowed_hosts take effect at the "
+                    "next start"
+                )
             changes = await runtime.reload(new)
             cached.clear()
         except ConfigError as exc:
