@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_port(service_port, time.monotonic() + 60)
         url = f"http://127.0.0.1:{service_port}"
         time.sleep(args.warmup)
+        load_start = os.getloadavg()
         rss_start = rss_bytes(service.pid)
         cpu_start = cpu_seconds(service.pid)
         busy_start = machine_busy_seconds()
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.monotonic() - wall_start
         cpu = (cpu_seconds(service.pid) - cpu_start) / wall
         load = (machine_busy_seconds() - busy_start) / wall
+        load_end = os.getloadavg()
         rss_end = rss_bytes(service.pid)
         page = sum(
             len(httpx.get(url + path, timeout=10).content)
@@ -161,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"| service CPU (share of one core) | {cpu * 100:.1f} % |")
     print(f"| machine load (cores busy, all processes) | {load:.2f} of {os.cpu_count()} |")
+    print(
+        "| load average 1/5/15 min, at the start / at the end | "
+        + " / ".join(f"{a:.2f} {b:.2f} {c:.2f}" for a, b, c in (load_start, load_end))
+        + " |"
+    )
     print(f"| RSS after warm-up / at the end | {rss_start / mib:.1f} / {rss_end / mib:.1f} MiB |")
     print(f"| services not healthy at the end | {unhealthy} |")
     print(f"| dashboard page (HTML + JS + CSS) | {page / 1024:.1f} KiB |")

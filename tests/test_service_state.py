@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +23,28 @@ SERVICES = 100
 
 @pytest.fixture
 def listening() -> Iterator[int]:
-    """A loopback port that accepts TCP connections (what a tcp check needs)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1024)
+    """A loopback port that accepts TCP connections and closes them (a tcp check's peer)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                sock.accept()[0].close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
         yield int(sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
 
 
 async def test_a_flood_of_state_requests_builds_one_snapshot_per_variant_and_checks_go_on(
@@ -59,7 +77,8 @@ async def test_a_flood_of_state_requests_builds_one_snapshot_per_variant_and_che
                 break
             await asyncio.sleep(0.05)
         before = monitor.get_service_health("s0").total_checks
-        limits = httpx.Limits(max_connections=200)
+        # One connection per request: none is reused as the server closes it.
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
             auth = {"Authorization": f"Bearer {TOKEN}"}
             requests = [client.get("/api/state?detail=1") for _ in range(150)]
