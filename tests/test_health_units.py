@@ -20,6 +20,7 @@ from xnai_core.health.health_json import (
 from xnai_core.health.hysteresis import Counters, StatusPolicy, step
 from xnai_core.health.redact import redact_url, scrub, url_secrets
 from xnai_core.health.service import ServiceHealth
+from xnai_core.health.window import ResultWindow
 
 HEALTHY = HealthStatus.HEALTHY
 DEGRADED = HealthStatus.DEGRADED
@@ -284,7 +285,7 @@ def evaluate(
     """The alerts after one result, with no clear streak carried over."""
     config = FoldConfig(thresholds=thresholds, min_samples=min_samples, clear_after=clear_after)
     counters = Counters(status, consecutive_failures, 0 if consecutive_failures else 1)
-    alerts, _ = evaluate_alerts(service, counters, window, active, {}, config, now)
+    alerts, _ = evaluate_alerts(service, counters, ResultWindow.of(window), active, {}, config, now)
     return list(alerts)
 
 

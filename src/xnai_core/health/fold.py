@@ -17,13 +17,14 @@ hovering around its threshold pages once, not at every crossing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ._validate import check_int
-from .alerts import Alert, AlertThresholds, Severity, mean_response_time, success_percent
+from .alerts import Alert, AlertThresholds, Severity
 from .hysteresis import Counters, StatusPolicy, step
 from .result import HealthCheckResult, HealthStatus
+from .window import ResultWindow
 
 __all__ = ["FoldConfig", "Outcome", "ServiceState", "evaluate_alerts", "fold"]
 
@@ -82,11 +83,11 @@ class _Verdict:
 def _verdicts(
     service: str,
     counters: Counters,
-    window: Sequence[HealthCheckResult],
+    window: ResultWindow,
     config: FoldConfig,
 ) -> list[_Verdict]:
     thresholds = config.thresholds
-    last_error = window[-1].error if window else None
+    last_error = window.last_error
     found = [
         _Verdict(
             "status",
@@ -98,7 +99,7 @@ def _verdicts(
     ]
     enough = len(window) >= config.min_samples
     if thresholds.success_rate is not None and thresholds.success_rate_clear is not None:
-        percent = success_percent(window)
+        percent = window.success_percent()
         if not enough or percent is None:
             verdict = _HOLD
         elif percent < thresholds.success_rate:
@@ -123,7 +124,7 @@ def _verdicts(
             )
         )
     if thresholds.response_time is not None and thresholds.response_time_clear is not None:
-        mean = mean_response_time(window)
+        mean = window.mean_response_time()
         if not enough or mean is None:
             verdict = _HOLD  # nothing answered: a crash says nothing about speed
         elif mean > thresholds.response_time:
@@ -144,7 +145,7 @@ def _verdicts(
                     "threshold": thresholds.response_time,
                     "clear_threshold": thresholds.response_time_clear,
                     "window": len(window),
-                    "answered": sum(result.ok for result in window),
+                    "answered": window.answered(),
                 },
             )
         )
@@ -171,7 +172,7 @@ def _verdicts(
 def evaluate_alerts(
     service: str,
     counters: Counters,
-    window: Sequence[HealthCheckResult],
+    window: ResultWindow,
     active: Mapping[str, Alert] | frozenset[str] | set[str],
     clearing: Mapping[str, int],
     config: FoldConfig,
@@ -237,7 +238,7 @@ def evaluate_alerts(
 def fold(
     state: ServiceState,
     result: HealthCheckResult,
-    window: Sequence[HealthCheckResult],
+    window: ResultWindow,
     active: Mapping[str, Alert],
     config: FoldConfig,
     now: float,

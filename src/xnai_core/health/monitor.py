@@ -23,7 +23,6 @@ import asyncio
 import inspect
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -33,9 +32,10 @@ from .._dispatch import Dispatcher
 from .._singleflight import FlightTimeoutError, SingleFlight
 from ..events import AlertChanged, HealthChecked, HookPoint
 from ._validate import check_name, check_seconds
-from .alerts import ActiveAlerts, Alert, AlertHandler, deliver, success_percent
+from .alerts import ActiveAlerts, Alert, AlertHandler, deliver
 from .fold import ServiceState, fold
 from .health_json import overall_status, to_health_json
+from .history import ResultHistory
 from .hooks import RecoveryCallback, RecoveryHook
 from .notifier import Notifier
 from .report import HealthReport, HealthSummary, ServiceReport
@@ -44,6 +44,7 @@ from .run import checker_timeout, close_checker, failure, run_check
 from .scheduler import Scheduler, uniform_jitter
 from .service import ServiceHealth
 from .settings import MonitorSettings
+from .window import ResultWindow
 
 __all__ = ["HealthMonitor"]
 
@@ -60,8 +61,8 @@ class _Service:
     checker: SupportsHealthCheck
     interval: float
     timeout: float
-    history: deque[HealthCheckResult]
-    window: deque[HealthCheckResult]
+    history: ResultHistory
+    window: ResultWindow
     health: ServiceHealth
     state: ServiceState = field(default_factory=ServiceState)
     runner: asyncio.Task[Any] | None = None  # the run in flight
@@ -223,8 +224,8 @@ class HealthMonitor:
             checker=checker,
             interval=every,
             timeout=timeout,
-            history=deque(maxlen=self._settings.history_size),
-            window=deque(maxlen=self._settings.alert_window),
+            history=ResultHistory(self._settings.history_size),
+            window=ResultWindow(self._settings.alert_window),
             health=ServiceHealth(
                 name=name,
                 component_type=component_type if isinstance(component_type, str) else "component",
@@ -390,7 +391,7 @@ class HealthMonitor:
 
     def get_history(self, name: str) -> tuple[HealthCheckResult, ...]:
         """The last results of ``name``, oldest first (at most ``history_size``)."""
-        return tuple(self._service(name).history)
+        return self._service(name).history.results()
 
     def get_overall_status(self) -> HealthStatus:
         """The worst status of all services (unknown only if all are unknown)."""
@@ -532,8 +533,15 @@ class HealthMonitor:
             raise
 
     async def _execute(self, service: _Service) -> HealthCheckResult:
-        service.runner = asyncio.current_task()
+        runner = service.runner = asyncio.current_task()
         result = await run_check(service.checker, service.name, service.timeout, self._clock)
+        # Hold a finished run no longer than it runs (a cancelled one stays, so _run
+        # can tell a stopped monitor from a caller's own cancellation). A task kept
+        # until the next run, with its coroutine, context and the HTTP client's
+        # per-task state, outlives the young collections; every run then feeds the
+        # full collections whose pauses delay every schedule of the process.
+        if service.runner is runner:
+            service.runner = None
         self._record(service, result)
         return result
 
@@ -552,7 +560,7 @@ class HealthMonitor:
         )
         service.state = outcome.state
         service.health = service.health.after(
-            result, outcome.state.counters, success_percent(service.window)
+            result, outcome.state.counters, service.window.success_percent()
         )
         emit = self.hooks.emit
         if emit is not None:
