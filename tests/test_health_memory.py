@@ -83,7 +83,7 @@ async def test_nested_details_are_kept_too() -> None:
 
     class Nested(Detailed):
         async def check(self) -> HealthCheckResult:
-            return HealthCheckResult(self.name, "healthy", details={"pool": {"size": 4}})
+            return HealthCheckResult(self.name, HealthStatus.HEALTHY, details={"pool": {"size": 4}})
 
     monitor.add_checker(Nested())
     await monitor.trigger_manual_check("svc")

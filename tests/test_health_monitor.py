@@ -841,6 +841,30 @@ def test_manual_check_interrupted_by_stop_raises_clearly() -> None:
     assert "was cancelled (monitor stopped)" in str(outcome)
 
 
+def test_manual_check_joining_a_scheduled_run_that_stop_cancels_raises_clearly() -> None:
+    """A scheduled run runs in its schedule's task: stopping ends it, and a manual
+    check that joined it gets the same RuntimeError, not a bare cancellation."""
+    checker = Scripted(duration=10.0)
+
+    async def scenario() -> tuple[BaseException | HealthCheckResult, int]:
+        monitor = HealthMonitor(check_interval=30.0, jitter=no_jitter)
+        monitor.add_checker(checker)
+        await monitor.start_monitoring()
+        await asyncio.sleep(1.0)  # the scheduled run is in flight
+        tasks_during_run = len(asyncio.all_tasks())
+        waiting = asyncio.ensure_future(monitor.trigger_manual_check("svc"))
+        await asyncio.sleep(1.0)
+        await monitor.stop_monitoring()
+        outcome = (await asyncio.gather(waiting, return_exceptions=True))[0]
+        return outcome, tasks_during_run
+
+    outcome, tasks_during_run = virtual(scenario())
+    assert isinstance(outcome, RuntimeError)
+    assert "was cancelled (monitor stopped)" in str(outcome)
+    assert len(checker.starts) == 1  # the manual check joined; it did not start a second
+    assert tasks_during_run == 2  # the scenario and the schedule: no task per run
+
+
 async def test_cancelled_joiner_does_not_cancel_the_check() -> None:
     """One caller giving up does not cancel the run the others are waiting for."""
     release = asyncio.Event()

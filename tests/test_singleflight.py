@@ -144,3 +144,145 @@ async def test_every_flight_needs_a_finite_deadline(deadline: float) -> None:
 
     with pytest.raises(ValueError, match="'deadline' must be a finite number of seconds > 0"):
         await flights.run("k", work, deadline=deadline)
+
+
+# -- run_here: the flight runs in its caller's task ---------------------------------------
+
+
+async def test_run_here_runs_in_the_callers_task_and_shares_its_value() -> None:
+    """No task is made for the call; joiners get its value."""
+    flights: SingleFlight[str, object] = SingleFlight()
+    gate = asyncio.Event()
+    ran_in: list[asyncio.Task[object] | None] = []
+
+    async def work() -> object:
+        ran_in.append(asyncio.current_task())
+        await gate.wait()
+        return "v"
+
+    starter = asyncio.create_task(flights.run_here("k", work, deadline=10))
+    await _until(lambda: len(flights) == 1)
+    joiners = [asyncio.create_task(flights.run("k", work, deadline=10)) for _ in range(3)]
+    await _until(lambda: flights.joined == 3)
+    gate.set()
+    assert await starter == "v"
+    assert await asyncio.gather(*joiners) == ["v"] * 3
+    assert ran_in == [starter]
+    assert (flights.started, len(flights)) == (1, 0)
+
+
+async def test_run_here_shares_an_exception_and_logs_nothing_when_nobody_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call's exception reaches the starter and every joiner, retrieved once."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def boom() -> int:
+        await gate.wait()
+        raise ValueError("broken")
+
+    starter = asyncio.create_task(flights.run_here("k", boom, deadline=10))
+    await _until(lambda: len(flights) == 1)
+    joiner = asyncio.create_task(flights.run("k", boom, deadline=10))
+    leaver = asyncio.create_task(flights.run("k", boom, deadline=10))
+    await _until(lambda: flights.joined == 2)
+    leaver.cancel()
+    gate.set()
+    for task in (starter, joiner):
+        with pytest.raises(ValueError, match="broken"):
+            await task
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+
+
+async def test_cancelling_the_starter_ends_the_call_and_cancels_its_joiners() -> None:
+    """A run_here flight lives in its caller: cancelled with it, joiners told so."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    stopped = asyncio.Event()
+
+    async def hangs() -> int:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return 0
+
+    starter = asyncio.create_task(flights.run_here("k", hangs, deadline=10))
+    await _until(lambda: len(flights) == 1)
+    joiner = asyncio.create_task(flights.run("k", hangs, deadline=10))
+    await _until(lambda: flights.joined == 1)
+    starter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    await asyncio.gather(starter, return_exceptions=True)
+    assert starter.cancelled()
+    assert stopped.is_set()
+    assert len(flights) == 0
+
+
+def test_a_late_run_here_flight_lands_without_disturbing_a_fresh_one() -> None:
+    """Past its deadline a run_here flight is not joined; when it ends, the fresh one stays."""
+
+    async def scenario() -> None:
+        flights: SingleFlight[str, str] = SingleFlight()
+        slow_gate, fresh_gate = asyncio.Event(), asyncio.Event()
+
+        async def slow() -> str:
+            await slow_gate.wait()
+            return "late"
+
+        async def fresh() -> str:
+            await fresh_gate.wait()
+            return "fresh"
+
+        late = asyncio.create_task(flights.run_here("k", slow, deadline=1))
+        await asyncio.sleep(2)  # virtual time: past the late flight's deadline
+        current = asyncio.create_task(flights.run("k", fresh, deadline=10))
+        await asyncio.sleep(0.1)
+        slow_gate.set()
+        assert await late == "late"
+        joiner = asyncio.create_task(flights.run("k", slow, deadline=10))
+        await asyncio.sleep(0.1)
+        assert flights.joined == 1  # joined the fresh flight, not a new one
+        fresh_gate.set()
+        assert await asyncio.gather(current, joiner) == ["fresh", "fresh"]
+        assert (flights.overdue, flights.started) == (1, 2)
+
+    run_virtual(scenario())
+
+
+def test_a_joiner_of_a_hung_run_here_flight_stops_at_its_deadline() -> None:
+    """The deadline bounds a joiner of a run_here flight as it does any other."""
+
+    async def scenario() -> None:
+        flights: SingleFlight[str, int] = SingleFlight()
+        loop = asyncio.get_running_loop()
+
+        async def hung() -> int:
+            await asyncio.Event().wait()
+            return 1
+
+        starter = asyncio.create_task(flights.run_here("k", hung, deadline=5))
+        await asyncio.sleep(1)
+        began = loop.time()
+        with pytest.raises(FlightTimeoutError):
+            await flights.run("k", hung, deadline=30)
+        assert loop.time() - began == pytest.approx(4.0)
+        starter.cancel()
+        await asyncio.gather(starter, return_exceptions=True)
+
+    run_virtual(scenario())
+
+
+async def test_run_here_needs_a_finite_deadline() -> None:
+    """As run(): a flight without a bound would hold its joiners for ever."""
+
+    async def work() -> int:
+        return 1
+
+    flights: SingleFlight[str, int] = SingleFlight()
+    with pytest.raises(ValueError, match="'deadline' must be a finite number"):
+        await flights.run_here("k", work, deadline=float("inf"))

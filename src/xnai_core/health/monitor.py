@@ -503,7 +503,7 @@ class HealthMonitor:
 
     async def _scheduled(self, service: _Service) -> None:
         try:
-            await self._run(service)
+            await self._run(service, here=True)
         except FlightTimeoutError:
             logger.warning(
                 "a check of %s is still running past twice its timeout",
@@ -511,13 +511,23 @@ class HealthMonitor:
                 extra={"xnai.service": service.name},
             )
 
-    async def _run(self, service: _Service) -> HealthCheckResult:
-        """Run a check of ``service``, or join the one in flight."""
+    async def _run(self, service: _Service, *, here: bool = False) -> HealthCheckResult:
+        """Run a check of ``service``, or join the one in flight.
+
+        ``here``: a run this call starts runs in the calling task (the schedule's own,
+        which would only wait for it): a task per scheduled run made the young
+        collections four times as frequent and fed the full ones (the tail lag).
+        """
+        # A flight is shared for twice the check's own bound: the run ends by its
+        # timeout, so only a checker that ignores cancellation outlives that.
+        deadline = 2.0 * service.timeout
         try:
-            # A flight is shared for twice the check's own bound: the run ends by its
-            # timeout, so only a checker that ignores cancellation outlives that.
+            if here:
+                return await self._flights.run_here(
+                    service, lambda: self._execute(service), deadline=deadline
+                )
             return await self._flights.run(
-                service, lambda: self._execute(service), deadline=2.0 * service.timeout
+                service, lambda: self._execute(service), deadline=deadline
             )
         except asyncio.CancelledError:
             runner = service.runner
