@@ -98,18 +98,11 @@ class SingleFlight(Generic[K, T]):
         ``on_join``: called (synchronously) when this caller joins another's flight
         instead of starting one, so it can be counted once, not as a call of its own.
         """
-        if not (isinstance(deadline, int | float) and math.isfinite(deadline) and deadline > 0):
-            raise ValueError(f"'deadline' must be a finite number of seconds > 0: {deadline!r}")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        flight = self._flights.get(key)
-        if flight is not None and flight.task.get_loop() is loop:
-            if now < flight.due:
-                self.joined += 1
-                if on_join is not None:
-                    on_join()
-                return await self._join(flight, min(flight.due, now + deadline), now)
-            self.overdue += 1
+        loop, now, flight = self._joinable(key, deadline)
+        if flight is not None:
+            if on_join is not None:
+                on_join()
+            return await self._join(flight, min(flight.due, now + deadline), now)
         task = loop.create_task(_await(call))
         flight = _Flight(task, float(deadline), now + deadline)
         self._flights[key] = flight
@@ -122,16 +115,9 @@ class SingleFlight(Generic[K, T]):
 
         Cancelling this caller ends the call, and whoever joined it is cancelled too.
         """
-        if not (isinstance(deadline, int | float) and math.isfinite(deadline) and deadline > 0):
-            raise ValueError(f"'deadline' must be a finite number of seconds > 0: {deadline!r}")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        flight = self._flights.get(key)
-        if flight is not None and flight.task.get_loop() is loop:
-            if now < flight.due:
-                self.joined += 1
-                return await self._join(flight, min(flight.due, now + deadline), now)
-            self.overdue += 1
+        _, now, flight = self._joinable(key, deadline)
+        if flight is not None:
+            return await self._join(flight, min(flight.due, now + deadline), now)
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("run_here() must be called from a task")
@@ -145,6 +131,23 @@ class SingleFlight(Generic[K, T]):
             raise
         self._land_here(key, flight, None, result)
         return result
+
+    def _joinable(
+        self, key: K, deadline: float
+    ) -> tuple[asyncio.AbstractEventLoop, float, _Flight[T] | None]:
+        """The running loop, its time, and the flight for ``key`` a caller may join now."""
+        if not (isinstance(deadline, int | float) and math.isfinite(deadline) and deadline > 0):
+            raise ValueError(f"'deadline' must be a finite number of seconds > 0: {deadline!r}")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        flight = self._flights.get(key)
+        if flight is None or flight.task.get_loop() is not loop:
+            return loop, now, None
+        if now < flight.due:
+            self.joined += 1
+            return loop, now, flight
+        self.overdue += 1
+        return loop, now, None
 
     def _land_here(
         self, key: K, flight: _Flight[T], error: BaseException | None, result: T | None
