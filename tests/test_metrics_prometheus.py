@@ -32,7 +32,8 @@ from xnai_core.events import (
     HealthChecked,
 )
 from xnai_core.metrics import enable_prometheus
-from xnai_core.metrics.prometheus import PrometheusMetrics
+from xnai_core.metrics._sink import Labels
+from xnai_core.metrics.prometheus import ClientSink, PrometheusMetrics
 from xnai_core.web import create_ops_app
 
 
@@ -312,3 +313,25 @@ async def test_a_shared_circuit_never_called_here_shows_its_state_in_redis(
     finally:
         enabled.disable()
         await here.close()
+
+
+async def test_a_scrape_writes_only_what_every_worker_shares() -> None:
+    """Multiprocess mode's scrape-time write (ClientSink.publish_current, here over an
+    in-memory registry): an in-memory breaker and a manager without a coordinator are
+    this worker's own, so another worker's open circuit or escalation, written by its
+    events, is not overwritten by this worker's closed circuit or lifted latch."""
+    gc.collect()
+    registry = CollectorRegistry()
+    sink = ClientSink(registry)
+    labels = Labels()
+    mine = CircuitBreaker(CircuitBreakerConfig(name="per-worker"))  # closed here
+    manager = make_manager(FakeClock())
+    manager.add_rule(rule(recovery_func=lambda service: None))  # "api", not escalated here
+    sink.state("per-worker", "open")  # another worker's events
+    sink.escalated("api", True)
+    sink.publish_current(labels)
+    s = scrape(registry)
+    assert value(s, "xnai_circuitbreaker_state", name="per-worker", state="open") == 1
+    assert value(s, "xnai_recovery_escalated", service="api") == 1
+    await manager.aclose()
+    del mine

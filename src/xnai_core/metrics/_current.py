@@ -69,16 +69,21 @@ def _managers() -> list[RecoveryManager]:
     return [source for source in events.live_sources() if isinstance(source, kind)]
 
 
-def circuits(labels: Labels) -> tuple[dict[str, str], dict[str, bool]]:
+def circuits(
+    labels: Labels, *, shared_only: bool = False
+) -> tuple[dict[str, str], dict[str, bool]]:
     """Each circuit's state and (Redis-backed only) link, by label value.
 
     Two live breakers of one name (or names folded into ``_other``) show the worse
-    state and the worse link: an open circuit is never hidden.
+    state and the worse link: an open circuit is never hidden. ``shared_only``: only
+    circuits whose state is shared (Redis-backed), the same in every process.
     """
     states: dict[str, str] = {}
     links: dict[str, bool] = {}
     for breaker in _live(CircuitBreaker):
         assert isinstance(breaker, CircuitBreaker)
+        if shared_only and breaker.store.available is None:
+            continue
         name = labels.breaker(breaker.name)
         state = breaker.state.value
         if _RANK[state] >= _RANK[states.get(name, "closed")]:
@@ -99,17 +104,21 @@ def statuses(labels: Labels) -> dict[str, str]:
     return found
 
 
-def escalations(labels: Labels) -> dict[str, bool]:
+def escalations(labels: Labels, *, shared_only: bool = False) -> dict[str, bool]:
     """Each service's escalation latch in the live recovery managers, by label value:
     as the replicas see it when :func:`refresh_shared_state` read it lately, else as
-    this process holds it. Several managers of one service: escalated if any is."""
+    this process holds it (``shared_only``: only the former, the same in every
+    process). Several managers of one service: escalated if any is."""
     now = time.monotonic()
     found: dict[str, bool] = {}
     for manager in _managers():
         reading = _shared.get(manager)
-        if reading is not None and now - reading.at <= FRESH_FOR:
+        fresh = reading is not None and now - reading.at <= FRESH_FOR
+        if fresh and reading is not None:
             # Services added since the reading: this process's view.
             latches = {**manager.escalations(), **reading.escalated}
+        elif shared_only:
+            continue
         else:
             latches = manager.escalations()
         for service, escalated in latches.items():
@@ -131,7 +140,8 @@ async def _read_latches(manager: RecoveryManager) -> None:
     except Exception:  # the scrape goes on with this process's view
         logger.exception("could not read the shared escalation latches")
         return
-    _shared[manager] = _Reading(time.monotonic(), latches)
+    if latches is not None:  # None: no coordinator, nothing shared
+        _shared[manager] = _Reading(time.monotonic(), latches)
 
 
 async def refresh_shared_state() -> None:

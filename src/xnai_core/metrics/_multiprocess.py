@@ -141,15 +141,17 @@ class ClientSink:
     # -- what is, written at scrape time and every few seconds ------------------
 
     def publish_current(self, labels: Labels) -> None:
-        """Write what this process sees now: circuit states (as the scraping process
-        reads them: the most recent write wins), Redis links, escalation latches, and
-        its alert sinks' counters."""
-        states, links = _current.circuits(labels)
+        """Write what this process sees now of what every process shares: the states
+        of Redis-backed circuits and the escalation latches as read from Redis (the
+        most recent write wins); then :meth:`publish_own`.
+
+        Never this process's own circuits or latches: an in-memory breaker, or a
+        manager without a coordinator, is one per worker, and writing this worker's
+        closed circuit at every scrape would hide another worker's open one."""
+        states, _ = _current.circuits(labels, shared_only=True)
         for name, state in states.items():
             self.state(name, state)
-        for name, available in links.items():
-            self.redis_available(name, available)
-        for service, escalated in _current.escalations(labels).items():
+        for service, escalated in _current.escalations(labels, shared_only=True).items():
             self.escalated(service, escalated)
         self.publish_own(labels)
 

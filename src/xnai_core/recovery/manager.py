@@ -263,18 +263,20 @@ class RecoveryManager:
         """Every service with rules: whether this process holds it latched."""
         return {name: svc.escalated for name, svc in self._services.items() if svc.slots}
 
-    async def shared_escalations(self) -> dict[str, bool]:
+    async def shared_escalations(self) -> dict[str, bool] | None:
         """:meth:`escalations` as the replicas sharing the coordinator see them.
 
         A latch a peer wrote to Redis counts, though this process has not acted on the
         service (and so not latched it here yet); a latch this process holds but that a
         ``reset()`` on another process lifted (a new reset id in Redis) does not. Where
         Redis does not answer (within the coordinator's timeout), this process's own
-        view stands. No coordinator, or a dry run: :meth:`escalations`.
+        view stands. None without a coordinator (or in a dry run): nothing is shared.
         """
         local = self.escalations()
         coordinator = self._coordinator
-        if coordinator is None or self._runner.dry_run or not local:
+        if coordinator is None or self._runner.dry_run:
+            return None
+        if not local:
             return local
         names = list(local)
         views = await asyncio.gather(*(coordinator.latch_state(name) for name in names))
