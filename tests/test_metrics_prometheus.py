@@ -31,7 +31,7 @@ from xnai_core import (
 from xnai_core.events import (
     HealthChecked,
 )
-from xnai_core.metrics import enable_prometheus
+from xnai_core.metrics import enable_prometheus, refresh_shared_state
 from xnai_core.metrics._sink import Labels
 from xnai_core.metrics.prometheus import ClientSink, PrometheusMetrics
 from xnai_core.web import create_ops_app
@@ -335,3 +335,18 @@ async def test_a_scrape_writes_only_what_every_worker_shares() -> None:
     assert value(s, "xnai_recovery_escalated", service="api") == 1
     await manager.aclose()
     del mine
+
+
+async def test_a_circuit_not_used_here_yet_says_nothing_of_redis(
+    metrics: PrometheusMetrics, shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """Before this process has tried Redis for a circuit, its link is unknown, not down
+    (a worker that never used it would page 'Redis unavailable'); once loaded, up."""
+    idle = create_redis_circuit_breaker("idle-shared", shared_redis, key_prefix=key_prefix)
+    try:
+        link = ("xnai_circuitbreaker_redis_available", (("name", "idle-shared"),))
+        assert link not in scrape(metrics.registry)
+        await refresh_shared_state()  # what /metrics does first
+        assert scrape(metrics.registry)[link] == 1
+    finally:
+        await idle.close()

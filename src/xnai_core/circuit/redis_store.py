@@ -202,6 +202,12 @@ class RedisStore:
         return self._started and self._mode is SYNCED
 
     @property
+    def started(self) -> bool:
+        """Whether this process has tried Redis for this circuit yet (a first call or
+        :meth:`start`); before that, ``available`` is False but says nothing of Redis."""
+        return self._started
+
+    @property
     def mode(self) -> Mode:
         """:class:`Synced`, or :class:`Local` with why and what the outage rule needs."""
         return self._mode

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .. import events
 from ..circuit.breaker import CircuitBreaker
 from ..health.monitor import HealthMonitor
-from ._sink import Labels
+from ._sink import Labels, redis_link
 
 if TYPE_CHECKING:
     from ..recovery.manager import RecoveryManager
@@ -88,7 +88,7 @@ def circuits(
         state = breaker.state.value
         if _RANK[state] >= _RANK[states.get(name, "closed")]:
             states[name] = state
-        available = breaker.store.available
+        available = redis_link(breaker)
         if available is not None:
             links[name] = links.get(name, True) and available
     return dict(sorted(states.items())), dict(sorted(links.items()))

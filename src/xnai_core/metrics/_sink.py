@@ -37,6 +37,16 @@ CIRCUIT_STATES: tuple[str, ...] = tuple(state.value for state in CircuitState)
 HEALTH_STATUSES: tuple[str, ...] = tuple(status.value for status in HealthStatus)
 
 
+def redis_link(breaker: CircuitBreaker) -> bool | None:
+    """Whether ``breaker`` is in step with Redis; None when that is not known: a store
+    with no backend, or one this process has not started yet (a worker that never
+    used the circuit must not say Redis is down)."""
+    store = breaker.store
+    if not getattr(store, "started", True):
+        return None
+    return store.available
+
+
 class Labels:
     """The label guards of one adapter: names made safe and bounded once each."""
 
@@ -96,7 +106,7 @@ class EventsToSink:
 
     def _sync(self, breaker: CircuitBreaker, name: str) -> None:
         self.sink.state(name, breaker.state.value)
-        available = breaker.store.available
+        available = redis_link(breaker)
         if available is not None:
             self.sink.redis_available(name, available)
 
@@ -111,7 +121,7 @@ class EventsToSink:
             self.sink.state(name, event.new)
             for source in live_sources():
                 if isinstance(source, CircuitBreaker) and source.name == event.breaker:
-                    available = source.store.available
+                    available = redis_link(source)
                     if available is not None:
                         self.sink.redis_available(name, available)
         elif isinstance(event, DegradationCall):
