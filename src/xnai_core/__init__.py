@@ -7,8 +7,9 @@ importable from ``xnai_core`` and, for the stack's own code, from
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_getattr
 
 # Names are imported when first used (PEP 562), so ``from xnai_core import HealthStatus``
 # does not import redis, httpx or asyncpg; the block below is what type checkers read.
@@ -144,13 +145,7 @@ _EXPORTS: dict[str, str] = {
 """Each public name and the module that defines it."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

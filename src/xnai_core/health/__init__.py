@@ -6,9 +6,9 @@ importing this package does not import httpx, redis or asyncpg.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_getattr
 from .alerts import Alert, AlertHandler, AlertThresholds, Severity
 from .checker import HealthChecker
 from .custom_checker import CustomHealthChecker
@@ -37,13 +37,7 @@ _DRIVER_BOUND = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _DRIVER_BOUND.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _DRIVER_BOUND, globals())
 
 
 __all__ = [
