@@ -471,3 +471,43 @@ async def test_callers_sharing_one_primary_call_count_once_for_the_breaker() -> 
     assert Backend.calls == 1
     assert circuit.get_metrics()["total_failures"] == 1
     assert circuit.state is CircuitState.CLOSED
+
+
+async def test_callers_cancelled_at_any_await_above_a_cache_keep_no_half_open_permit() -> None:
+    """In half-open, callers of a breaker above a cache are cancelled after 0, 1, 2 ...
+    loop turns (on a hit, on a miss whose primary call hangs, on a call coalesced into
+    another's): no trial stays in flight, and three real trials still close the circuit."""
+    clock = FakeClock()
+    circuit = breaker(threshold=1, recovery=30, clock=clock)
+    manager, cache = breaker_above_cache(circuit, clock)
+    never = asyncio.Event()
+
+    async def hangs(prompt: str) -> str:
+        await never.wait()
+        return await llm(prompt)
+
+    await manager.call_service("llm", llm, "cached")
+    Backend.healthy = False
+    await manager.call_service("llm", llm, "down")
+    assert circuit.state is CircuitState.OPEN
+    clock.now += 31
+    Backend.healthy = True
+    for turns in range(12):
+        for prompts in (["cached"], [f"miss {turns}"], [f"shared {turns}"] * 2):
+            callers = [
+                asyncio.ensure_future(manager.call_service("llm", hangs, p)) for p in prompts
+            ]
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            for caller in callers:
+                caller.cancel()
+            await asyncio.gather(*callers, return_exceptions=True)
+            assert circuit.get_metrics()["half_open_trials_in_flight"] == 0, (turns, prompts)
+    assert circuit.state is CircuitState.HALF_OPEN
+    for prompt in ("x", "y", "z"):
+        assert await manager.call_service("llm", llm, prompt) == f"answer to {prompt}"
+    assert circuit.state is CircuitState.CLOSED
+    never.set()  # the flights their callers left go on for the cache, and end now
+    for _ in range(100):
+        await asyncio.sleep(0)
+    await cache.flush()

@@ -512,15 +512,20 @@ async def _outage_calls(
     return sources
 
 
-@pytest.mark.parametrize("fault", ["killed", "paused"])
+@pytest.mark.parametrize("fault", ["killed", "paused", "dropped"])
 async def test_a_down_redis_is_tried_once_then_skipped_until_a_probe_finds_it(
-    private_redis: PrivateRedis, fault: str, caplog: pytest.LogCaptureFixture
+    private_redis: PrivateRedis,
+    fault_proxy: FaultProxy,
+    fault: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With a client built as the docs build it (redis-py's default retry), a refused or
-    hung Redis is paid for by one operation, bounded by op_timeout; the lookups, writes and
-    stale lookups after it never reach the network; a background probe finds Redis back."""
+    """With a client built as the docs build it (redis-py's default retry), a refused, hung
+    or reply-dropping Redis is paid for by one operation, bounded by op_timeout; the
+    lookups, writes and stale lookups after it never reach the network; a background
+    probe finds Redis back."""
     caplog.set_level(logging.INFO, logger="xnai_core.degradation")
-    client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)  # default retry on
+    port = fault_proxy.port if fault == "dropped" else private_redis.port
+    client = aioredis.Redis(host="127.0.0.1", port=port)  # default retry on
     clock = FakeClock()
     cache = RedisCache(
         client, prefix="xnai-test:", op_timeout=0.2, probe_interval=0.05, probe_max_interval=0.2
@@ -531,8 +536,10 @@ async def test_a_down_redis_is_tried_once_then_skipped_until_a_probe_finds_it(
         await written(manager)
         if fault == "killed":
             private_redis.kill()
-        else:
+        elif fault == "paused":
             private_redis.pause()
+        else:
+            fault_proxy.drop_replies(count=None)  # Redis acts; the client never hears
         sources = await _outage_calls(manager, cache, 20)
         assert sources == ["primary", "DegradedModeStrategy"] * 10
         stats = cache.get_stats()
@@ -542,8 +549,10 @@ async def test_a_down_redis_is_tried_once_then_skipped_until_a_probe_finds_it(
         assert cache.available is False
         if fault == "killed":
             private_redis.start()
-        else:
+        elif fault == "paused":
             private_redis.resume()
+        else:
+            fault_proxy.heal()
         await eventually(lambda: cache.available, timeout=15)
         probes = cache.get_stats()["probes"]
         assert isinstance(probes, int)
@@ -654,5 +663,132 @@ async def test_clear_drops_answers_still_being_written(
         assert Backend.calls == 2
     finally:
         await strategy.flush()
+        await cache.aclose()
+        await client.aclose()
+
+
+def _write_tasks() -> int:
+    return sum(
+        1
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "CacheFirstStrategy._write"
+    )
+
+
+@pytest.mark.parametrize("hang", ["server", "writes"])
+async def test_write_behind_stays_bounded_while_redis_hangs(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy, hang: str
+) -> None:
+    """A burst of distinct misses while Redis hangs (the whole server SIGSTOPped, or only
+    its SET replies held while reads answer): the answers never wait for the cache, write
+    tasks stay under MAX_PENDING_WRITES, at most max_writes SETs hold a connection (the
+    client's pool stays free for its other users), and every write ends within op_timeout,
+    dropped and counted."""
+    from xnai_core.degradation.cache_first import MAX_PENDING_WRITES
+
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)  # default retry on
+    clock = FakeClock()
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=0.3, probe_interval=30)
+    manager = manager_with(cache, clock)
+    strategy = _CACHE_OF[id(manager)]
+    burst = 2 * MAX_PENDING_WRITES
+    try:
+        await manager.call_service("llm", ask, "warm")
+        await written(manager)
+        if hang == "server":
+            private_redis.pause()
+        else:
+            fault_proxy.delay_replies(60.0, when=replies_to("SET"))
+        results = await asyncio.gather(
+            *(manager.call_service_detailed("llm", ask, f"q{i}") for i in range(burst))
+        )
+        assert {r.source for r in results} == {"primary"}
+        assert _write_tasks() <= MAX_PENDING_WRITES
+        in_flight = cache.get_stats()["writes_in_flight"]
+        assert isinstance(in_flight, int)
+        assert in_flight <= cache.max_writes
+        if hang == "writes":
+            # The client's other users still get connections: reads answer.
+            async with asyncio.timeout(2):
+                assert await client.get("xnai-test:nothing") is None
+        async with asyncio.timeout(5):  # each write is cut at op_timeout
+            await strategy.flush()
+        stats = cache.get_stats()
+        assert (strategy.get_stats()["pending_writes"], stats["writes_in_flight"]) == (0, 0)
+        dropped = [strategy.get_stats()["writes_dropped"], stats["writes_dropped"]]
+        assert all(isinstance(count, int) for count in dropped)
+        assert sum(dropped) == burst, dropped  # type: ignore[arg-type]  # none written, all counted
+    finally:
+        if hang == "server":
+            private_redis.resume()
+        await cache.aclose()
+        await client.aclose()
+
+
+async def test_a_burst_past_the_client_pool_is_no_outage(shared_redis: aioredis.Redis) -> None:
+    """More concurrent lookups than the client's pool has connections (redis-py: 100),
+    against a healthy Redis: a full pool is this process being busy, not Redis down; the
+    lookups wait for a connection, and the cache stays available."""
+    pool = aioredis.Redis.from_url(SHARED_REDIS_URL, max_connections=4)
+    cache = RedisCache(pool, prefix=f"xnai-test-{id(pool)}:", op_timeout=5)
+    try:
+        found = await asyncio.gather(*(cache.get(f"k{i}") for i in range(200)))
+        assert found == [None] * 200
+        stats = cache.get_stats()
+        assert (stats["available"], stats["errors"], stats["busy"]) == (True, 0, 0)
+    finally:
+        await cache.aclose()
+        await pool.aclose()
+
+
+async def test_a_stalled_event_loop_is_not_a_redis_outage(
+    shared_redis: aioredis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that blocks the loop past op_timeout while a lookup is under way (its
+    deadline fires late, the reply is in the socket or the request not even sent): the
+    lookup is answered, and a healthy Redis is not marked down."""
+    cache = RedisCache(shared_redis, prefix=f"{key_prefix}:", op_timeout=0.1)
+    await cache.set("k", CacheEntry("v", 1.0), keep_for=30)
+
+    async def stall() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.25)  # noqa: ASYNC251  (the fault under test: a blocking callback)
+
+    try:
+        for _ in range(3):
+            staller = asyncio.ensure_future(stall())
+            assert await cache.get("k") == CacheEntry("v", 1.0)
+            await staller
+        stats = cache.get_stats()
+        assert (stats["available"], stats["errors"]) == (True, 0)
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+    finally:
+        await cache.aclose()
+
+
+async def test_a_caller_cancelled_at_any_await_leaves_no_operation_behind(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """Callers cancelled after 0, 1, 2 ... loop turns of a lookup (replies slowed so every
+    await is reached): the Redis operation is cancelled with its caller, no turn is kept,
+    the cache is not marked down, and the next lookup answers."""
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=2, max_lookups=1)
+    await cache.set("k", CacheEntry("v", 1.0), keep_for=30)
+    fault_proxy.delay_replies(0.01, when=replies_to("GET"))
+    try:
+        for turns in range(12):
+            lookup = asyncio.ensure_future(cache.get("k"))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
+            # The operation's own task was cancelled with it and ends at once.
+            await eventually(lambda: cache.get_stats()["lookups_in_flight"] == 0, timeout=2)
+        # max_lookups=1: a turn kept by a cancelled caller would leave this one waiting.
+        assert await cache.get("k") == CacheEntry("v", 1.0)
+        stats = cache.get_stats()
+        assert (stats["available"], stats["errors"], stats["busy"]) == (True, 0, 0)
+    finally:
         await cache.aclose()
         await client.aclose()

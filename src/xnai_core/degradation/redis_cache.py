@@ -4,7 +4,8 @@ Redis being down is a miss, not an error, and it costs a call nothing measurable
 the first failure:
 
 - every operation is bounded by ``op_timeout``, whatever the client's own retry policy
-  (redis-py retries a refused connection with backoff by default);
+  (redis-py retries a refused connection with backoff by default), or twice that when
+  the event loop itself was stalled meanwhile;
 - an operation that finds Redis down (``REDIS_DOWN``: refused, reset, timed out, hung)
   marks the cache *down*; while it is down, lookups are misses and writes are dropped
   (both counted) without touching the network;
@@ -25,14 +26,16 @@ import contextlib
 import logging
 import math
 import random as _random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .. import _backoff
-from .._redis_errors import REDIS_DOWN
-from .._validation import check_seconds
+from .._redis_errors import POOL_FULL, REDIS_DOWN
+from .._validation import check_int, check_seconds
+from ..circuit.redis_link import patiently
 from .cache import CacheEntry, StatValue
 from .cache_codec import UnencodableError, decode, encode
 from .errors import CacheClearError
@@ -40,7 +43,25 @@ from .reasons import describe_error
 
 logger = logging.getLogger("xnai_core.degradation")
 
+T = TypeVar("T")
+
 _CLEAR_BATCH = 500
+_POOL_WAIT = (0.001, 0.05)  # seconds: first and longest wait for a free connection
+_STALL = 0.05  # seconds: a deadline noticed this late means the event loop was stalled
+
+
+class _Busy(Exception):
+    """No turn (``max_lookups``/``max_writes``) or no free connection of the client's pool
+    came within ``op_timeout``: this process is busy; Redis was not asked."""
+
+
+DEFAULT_MAX_LOOKUPS = 64
+"""Lookups (and deletes) of one cache in flight at most by default."""
+
+DEFAULT_MAX_WRITES = 16
+"""Writes of one cache in flight at most by default. With the lookups, well below
+redis-py's pool of 100 connections: a cache on a hung or slow Redis never takes every
+connection the rest of the application shares with it."""
 
 
 class RedisCache:
@@ -54,6 +75,14 @@ class RedisCache:
     Values are exact JSON (see ``cache_codec``): what would not come back as it went in
     (a namedtuple, an enum, a subclass of a builtin, a set) is not cached, logged once
     per type. ``random`` draws the jitter (inject one in tests).
+
+    At most ``max_lookups`` lookups and ``max_writes`` writes are in flight at a time;
+    the others wait their turn, within the same ``op_timeout``. A caller that gets no
+    turn, or no connection of the client's pool (``MaxConnectionsError``: this process is
+    busy), in time is a miss (counted in ``busy``; a write also in ``writes_dropped``),
+    never an outage: so a Redis slow or hung never drains the connection pool the
+    client's other users share, and a burst of callers never makes a healthy Redis look
+    down.
     """
 
     def __init__(
@@ -64,6 +93,8 @@ class RedisCache:
         op_timeout: float = 0.5,
         probe_interval: float = 0.5,
         probe_max_interval: float = 30.0,
+        max_lookups: int = DEFAULT_MAX_LOOKUPS,
+        max_writes: int = DEFAULT_MAX_WRITES,
         random: Callable[[], float] = _random.random,
     ) -> None:
         if not callable(getattr(client, "get", None)) or not callable(getattr(client, "set", None)):
@@ -80,6 +111,12 @@ class RedisCache:
                 f"'probe_max_interval' must be >= 'probe_interval' ({self.probe_interval:g}): "
                 f"{probe_max_interval!r}"
             )
+        self.max_lookups = check_int("max_lookups", max_lookups, 1)
+        self.max_writes = check_int("max_writes", max_writes, 1)
+        self._in_flight = {"lookup": 0, "write": 0}
+        self._busy = 0
+        self._turns: dict[str, asyncio.Semaphore] = {}
+        self._turns_loop: asyncio.AbstractEventLoop | None = None
         self._random = random
         self._down = False
         self._probe: asyncio.Task[None] | None = None
@@ -108,8 +145,9 @@ class RedisCache:
             self._start_probe()
             return None
         try:
-            async with asyncio.timeout(self.op_timeout):
-                raw = await self.client.get(self.prefix + key)
+            raw = await self._bounded("lookup", lambda: self.client.get(self.prefix + key))
+        except _Busy:
+            return None
         except REDIS_DOWN as exc:
             self._went_down(exc)
             return None
@@ -150,8 +188,11 @@ class RedisCache:
             return
         millis = max(1, math.ceil(keep_for * 1000))
         try:
-            async with asyncio.timeout(self.op_timeout):
-                await self.client.set(self.prefix + key, payload, px=millis)
+            await self._bounded(
+                "write", lambda: self.client.set(self.prefix + key, payload, px=millis)
+            )
+        except _Busy:
+            self._writes_dropped += 1  # no turn in time: the writes ahead of it hang
         except REDIS_DOWN as exc:
             self._writes_dropped += 1
             self._went_down(exc)
@@ -165,8 +206,9 @@ class RedisCache:
             self._start_probe()
             return
         try:
-            async with asyncio.timeout(self.op_timeout):
-                await self.client.delete(self.prefix + key)
+            await self._bounded("lookup", lambda: self.client.delete(self.prefix + key))
+        except _Busy:
+            return
         except REDIS_DOWN as exc:
             self._went_down(exc)
         except RedisError as exc:
@@ -219,8 +261,10 @@ class RedisCache:
     def get_stats(self) -> dict[str, StatValue]:
         """Availability and counters: ``errors`` (operations that found Redis down),
         ``skipped_while_down`` (lookups and deletes not tried), ``writes_dropped``,
-        ``probes`` (PINGs while down), ``reply_errors``, ``malformed_entries``,
-        ``unserialisable_values``."""
+        ``busy`` (operations that got no turn or no connection within ``op_timeout``:
+        misses and dropped writes, not an outage), ``lookups_in_flight``,
+        ``writes_in_flight``, ``probes`` (PINGs while down), ``reply_errors``,
+        ``malformed_entries``, ``unserialisable_values``."""
         return {
             "backend": "redis",
             "prefix": self.prefix,
@@ -228,11 +272,82 @@ class RedisCache:
             "errors": self._errors,
             "skipped_while_down": self._skipped,
             "writes_dropped": self._writes_dropped,
+            "busy": self._busy,
+            "lookups_in_flight": self._in_flight["lookup"],
+            "writes_in_flight": self._in_flight["write"],
             "probes": self._probes,
             "reply_errors": self._reply_errors,
             "malformed_entries": self._malformed,
             "unserialisable_values": self._unserialisable,
         }
+
+    async def _bounded(self, kind: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation()`` in its turn among the cache's ``kind`` operations (``"lookup"``,
+        ``"write"``, ``"probe"``: no limit), all within ``op_timeout``. Raises what the
+        operation raises, ``TimeoutError`` if Redis did not answer in time, or
+        :class:`_Busy` (counted) if no turn or no free connection came in time.
+
+        The operation runs as a task of its own, so the deadline does not tear it down
+        mid-reply: when it passes, the loop gets a few more turns first (the reply may
+        already sit in the socket). If the deadline came late, the loop itself was stalled
+        (a blocking callback) and Redis may not even have been asked yet: the operation
+        gets one more ``op_timeout``. Only then is it cancelled.
+        """
+        asked = [False]
+        task = asyncio.ensure_future(self._in_turn(kind, operation, asked))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            done = await patiently(task, self.op_timeout)
+            if not done and loop.time() - started > self.op_timeout + _STALL:
+                done = await patiently(task, self.op_timeout)
+        except BaseException:
+            task.cancel()  # our caller left: so does its operation
+            raise
+        if done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if not asked[0]:
+            self._busy += 1
+            raise _Busy
+        raise TimeoutError
+
+    async def _in_turn(
+        self, kind: str, operation: Callable[[], Awaitable[T]], asked: list[bool]
+    ) -> T:
+        """``operation()`` once a turn is free, tried again with backoff while the client's
+        pool is full; ``asked[0]`` is True while Redis has the request."""
+        turn = self._turn(kind)
+        async with turn if turn is not None else contextlib.nullcontext():
+            self._in_flight[kind] = self._in_flight.get(kind, 0) + 1
+            try:
+                waits = 0
+                while True:
+                    asked[0] = True
+                    try:
+                        return await operation()
+                    except POOL_FULL:
+                        asked[0] = False
+                        waits += 1
+                        low, high = _POOL_WAIT
+                        rand = self._random()
+                        await asyncio.sleep(_backoff.delay(waits, base=low, cap=high, rand=rand))
+            finally:
+                self._in_flight[kind] -= 1
+
+    def _turn(self, kind: str) -> asyncio.Semaphore | None:
+        """The semaphore bounding ``kind`` on the running loop (None: no bound)."""
+        limit = {"lookup": self.max_lookups, "write": self.max_writes}.get(kind)
+        if limit is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._turns_loop is not loop:
+            self._turns_loop, self._turns = loop, {}
+        turn = self._turns.get(kind)
+        if turn is None:
+            turn = self._turns[kind] = asyncio.Semaphore(limit)
+        return turn
 
     async def _unlink(self, batch: list[bytes | str]) -> int:
         async with asyncio.timeout(self.op_timeout):
@@ -281,8 +396,9 @@ class RedisCache:
             )
             self._probes += 1
             try:
-                async with asyncio.timeout(self.op_timeout):
-                    await self.client.ping()
+                await self._bounded("probe", self.client.ping)
+            except _Busy:
+                continue
             except REDIS_DOWN:
                 continue
             except RedisError:
