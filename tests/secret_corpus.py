@@ -143,6 +143,18 @@ def shapes(tag: str = "") -> tuple[Shape, ...]:
         "redirect to https://app.example.com/login?next=https%3A%2F%2Fh%2Fcb%3Fapi_token%3D{c}",
     )
     add("percent-encoded form body", "POST form=user%3Dme%26password%3D{c} rejected")
+    # The limits the redaction module once documented, closed.
+    add(
+        "token as a URL path segment",
+        "POST https://api.telegram.org/bot123456:{c}AAHdq/send failed",
+    )
+    add(
+        "webhook secret as the last segment",
+        "https://hooks.slack.com/services/T0A/B0B/{c}Gq9ZxTXbG8",
+    )
+    add("env variable then a space", "PGPASSWORD {c} psql -h db")
+    add("space in a URL password", "connect redis://app:a {c}@127.0.0.1:6379/0 failed", "a {c}")
+    add("user:password@host without a scheme", "connecting to app:{c}@db.example.com:5432 failed")
     return tuple(made)
 
 

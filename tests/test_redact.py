@@ -83,7 +83,31 @@ def test_redact_url(url: str, expected: str) -> None:
         ("password:\n  pw2\nuser: app", "password:\n  ***\nuser: app"),
         ("form=user%3Dme%26password%3Dpw3 sent", "form=*** sent"),
         ("form=user%3Dme sent", "form=user%3Dme sent"),
+        # once documented as limits: an env variable and its value after a space, a space
+        # in a URL's password, user:password@host with no scheme, a token path segment
+        ("PGPASSWORD s3cret psql -h db", "PGPASSWORD *** psql -h db"),
+        ("AUTH s3cretpw called", "AUTH *** called"),
+        ("connect redis://app:pa ss@db:6379/0 failed", "connect redis://app:***@db:6379/0 failed"),
+        ("to app:s3cret@db.example:5432 failed", "to app:***@db.example:5432 failed"),
+        (
+            "POST https://api.telegram.org/bot123456:AAHdqTcvCH1vGWJxfSeo/send failed",
+            "POST https://api.telegram.org/***/send failed",
+        ),
+        (
+            "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/Gq9ZxTXbG8Vk2aE0eYdP3wLm",
+            "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/***",
+        ),
+        ("POST /bot123456:AAHdqTcvCH1vGWJxfSeo/send failed", "POST /***/send failed"),
         # harmless look-alikes stay
+        (
+            "http://localhost:8080 failed; mail admin@example.com",
+            "http://localhost:8080 failed; mail admin@example.com",
+        ),
+        (
+            "https://h/items/3f2b1c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+            "https://h/items/3f2b1c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+        ),
+        ("at 12:30 the job ran", "at 12:30 the job ran"),
         ("KeyError: 'prompt'", "KeyError: 'prompt'"),
         ("AuthenticationError: invalid password", "AuthenticationError: invalid password"),
         ("max_tokens=100 keyspace=3", "max_tokens=100 keyspace=3"),

@@ -12,7 +12,7 @@ What is masked (each value becomes ``***``):
   ``client_secret``, ``X-Amz-Signature``, ``sig``, ``code``, ...), and any parameter whose
   percent-encoded value hides one (``?next=https%3A%2F%2Fh%2F%3Ftoken%3D...``). Where a URL
   reads two ways (``http://u:1234/x@h``: a port and a path, or a password with a ``/``),
-  both readings are masked (``http://u:***/***@h``).
+  both readings are masked (``http://u:***/***@h``). Path segments shaped like tokens.
 - Free text (:func:`redact`): every URL in it as above; ``name=value``, ``name: value``
   (the value may be on the next line, YAML style), ``"name": "value"`` and ``b'...'``
   literals where the name is a secret field (:func:`is_secret_field`:
@@ -20,7 +20,12 @@ What is masked (each value becomes ``***``):
   bracketed value taken whole (``password=[a, b]``), and any field whose percent-encoded
   value hides a secret (``form=user%3Dme%26password%3D...``);
   ``Authorization: Bearer ...``/``Basic ...`` and any ``Bearer <token>``; command-line
-  flags ``--password=...`` and ``--password ...``; plus exact secrets the caller knows.
+  flags ``--password=...`` and ``--password ...``; an all-capital secret variable and its
+  value after a space (``PGPASSWORD x``, ``AUTH x``); a URL password holding a space
+  (``redis://u:a b@h``); ``user:password@host`` without a scheme; a path segment shaped
+  like a token (:func:`redact_url` does the same in URLs: 20+ token characters mixing
+  capitals, small letters and digits, as a bot token or a webhook's secret; a UUID or a
+  hex digest stays); plus exact secrets the caller knows.
 - Argument lists (:func:`redact_argv`): the same per argument, the value after a secret
   flag (``--token abc``), and the few short flags that carry a password by convention
   (``mysql -pSECRET``, ``redis-cli -a SECRET``, ``curl -u user:SECRET``).
@@ -148,6 +153,28 @@ _AUTHORIZATION = re.compile(
 )
 _BEARER = re.compile(r"(?i)\b(?P<head>bearer\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
 _FLAG_THEN_VALUE = re.compile(r"(?P<name>(?<!\S)--?[A-Za-z][\w-]*)[ \t]+(?=(?P<value>[^\s-]\S*))")
+# NAME value: an environment variable's name and its value after a space, as in
+# "PGPASSWORD s3cret" or "AUTH s3cret" (all capitals: prose is not read this way).
+_ENV_THEN_VALUE = re.compile(
+    r"(?P<name>(?<![\w-])[A-Z][A-Z0-9_]*)(?![\w-])[ \t]+(?=(?P<value>[^\s=:*][^\s,;]*))"
+)
+# A URL whose password holds a space, which ends the URL pattern's match early: the user
+# info runs to an '@' before a host. Not a port followed by words ("h:8080 and a@b").
+_URL_SPACED_PASSWORD = re.compile(
+    r"""(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'"<>]*:)"""
+    r"""(?P<password>(?!\d+\s)[^\s@/'"<>][^@\n/'"<>]{0,256}?)@(?=[A-Za-z0-9\[])"""
+)
+# user:password@host without a scheme ("connecting to app:s3cret@db:5432").
+_BARE_USER_INFO = re.compile(
+    r"""(?<![\w/:@.%+~-])(?P<user>[A-Za-z0-9._~%+-]+):(?P<password>[^\s@/:'"<>]+)@"""
+    r"""(?=[A-Za-z0-9\[])"""
+)
+# A path segment that looks like a token (a bot token, a webhook's secret): at least
+# this long, of token characters, with capitals, small letters and digits all present.
+# A UUID or a hex digest (no capitals) and a word stay.
+_TOKEN_SEGMENT = re.compile(r"[A-Za-z0-9_.~+=:-]{20,}")
+# ... and such a segment in free text, after a '/' (a path without its URL's scheme).
+_PATH_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_.~+=:%-]{20,}(?=[/?#\s\"'<>)\]},;]|$)")
 
 
 def _normalised(name: str) -> str:
@@ -326,7 +353,35 @@ def redact_url(url: str) -> str:
         else:
             shown_user = f"{user}@"
     location, params = _split_location(rest)
+    location = _mask_path(location)
     return f"{scheme_text}://{shown_user}{location}{params[:1]}{_mask_params(params[1:])}"
+
+
+def _looks_like_token(segment: str) -> bool:
+    """True for a path segment shaped like a credential (``bot123456:AAH...``, a webhook's
+    secret): long, of token characters, mixing capitals, small letters and digits."""
+    text = unquote(segment)
+    return (
+        _TOKEN_SEGMENT.fullmatch(text) is not None
+        and any(c.isupper() for c in text)
+        and any(c.islower() for c in text)
+        and any(c.isdigit() for c in text)
+    )
+
+
+def _token_segments(location: str) -> list[str]:
+    """The path segments of ``location`` (host and path) that look like tokens."""
+    _, _, path = location.partition("/")
+    return [segment for segment in path.split("/") if _looks_like_token(segment)]
+
+
+def _mask_path(location: str) -> str:
+    """``location`` (host and path) with each token-like path segment masked."""
+    host, slash, path = location.partition("/")
+    if not slash:
+        return location
+    segments = [MASK if _looks_like_token(seg) else seg for seg in path.split("/")]
+    return host + "/" + "/".join(segments)
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
@@ -360,6 +415,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
                     found.append(user)
                 else:
                     short.append(f"{user}@")
+        found.extend(_token_segments(_split_location(rest)[0]))
         for name, value, _, _ in _secret_params(_split_location(rest)[1][1:]):
             if not value:
                 continue
@@ -415,12 +471,22 @@ def _mask_fields(pattern: re.Pattern[str], text: str) -> str:
 
 
 def _redact_patterns(text: str) -> str:
+    text = _URL_SPACED_PASSWORD.sub(_mask_spaced_password, text)
     text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    text = _BARE_USER_INFO.sub(lambda m: f"{m.group('user')}:{MASK}@", text)
+    text = _PATH_SEGMENT.sub(lambda m: MASK if _looks_like_token(m.group(0)) else m.group(0), text)
     text = _AUTHORIZATION.sub(lambda m: m.group("head") + MASK, text)
     text = _BEARER.sub(lambda m: m.group("head") + MASK, text)
-    for pattern in (_ASSIGNMENT, _COLON_FIELD, _FLAG_THEN_VALUE):
+    for pattern in (_ASSIGNMENT, _COLON_FIELD, _FLAG_THEN_VALUE, _ENV_THEN_VALUE):
         text = _mask_fields(pattern, text)
     return text
+
+
+def _mask_spaced_password(match: re.Match[str]) -> str:
+    password = match.group("password")
+    if not any(c.isspace() for c in password):
+        return match.group(0)  # no space: the URL pattern reads it whole
+    return f"{match.group('head')}{MASK}@"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
