@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.degradation_helpers import FakeClock
 from tests.helpers import run_virtual
 from xnai_core.degradation.cache import CacheEntry, MemoryCache
 from xnai_core.degradation.cache_first import (
@@ -22,15 +23,7 @@ from xnai_core.degradation.errors import AllStrategiesFailedError, StrategyDecli
 from xnai_core.degradation.manager import ServiceDegradationManager
 from xnai_core.degradation.strategies import DegradedModeStrategy
 
-
-class FakeClock:
-    """Seconds that move only when told."""
-
-    def __init__(self, now: float = 10_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+START = 10_000.0  # this module's clocks start here
 
 
 class Backend:
@@ -144,7 +137,7 @@ def test_cache_first_rejects_a_non_cache() -> None:
 
 async def test_fresh_entry_is_served_without_calling_the_primary() -> None:
     """Within ttl the cached answer comes back, labelled as a (non-degraded) cache hit."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock)
     first = await manager.call_service_detailed("llm", ask, "q")
     clock.now += 59.9
@@ -159,7 +152,7 @@ async def test_fresh_entry_is_served_without_calling_the_primary() -> None:
 
 async def test_after_ttl_the_primary_is_called_again() -> None:
     """An entry older than ttl is refreshed from the primary."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock)
     await manager.call_service("llm", ask, "q")
     clock.now += 60.0
@@ -169,7 +162,7 @@ async def test_after_ttl_the_primary_is_called_again() -> None:
 
 async def test_different_arguments_are_different_entries() -> None:
     """Each distinct call is cached on its own."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock)
     assert await manager.call_service("llm", ask, "a") == {"answer": "a#1"}
     assert await manager.call_service("llm", ask, "b") == {"answer": "b#2"}
@@ -181,7 +174,7 @@ async def test_different_arguments_are_different_entries() -> None:
 
 async def test_stale_entry_is_served_when_the_primary_fails() -> None:
     """Past ttl but within the stale window, a failing primary is answered from the cache."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock, ttl=60, stale=300, cache=never_expiring())
     await manager.call_service("llm", ask, "q")
     BACKEND.healthy = False
@@ -195,7 +188,7 @@ async def test_stale_entry_is_served_when_the_primary_fails() -> None:
 
 async def test_past_the_stale_window_the_next_strategy_answers() -> None:
     """At ttl + stale_if_error the entry is no use; the cache declines, the fallback answers."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock, ttl=60, stale=300, cache=never_expiring())
     await manager.call_service("llm", ask, "q")
     BACKEND.healthy = False
@@ -227,7 +220,7 @@ async def test_the_strategy_itself_enforces_ttl_and_the_stale_window(
 ) -> None:
     """ttl=60, stale_if_error=300, from the strategy's own clock: fresh below 60 s, stale
     below 360 s, refused from 360 s on, whatever the cache would still hold."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = never_expiring()
     manager, strategy = cached_manager(clock, ttl=60, stale=300, cache=cache)
     await manager.call_service("llm", ask, "q")
@@ -252,7 +245,7 @@ async def test_the_strategy_itself_enforces_ttl_and_the_stale_window(
 
 async def test_without_a_stale_window_a_failure_is_not_served_stale() -> None:
     """stale_if_error=0 (the default) never serves an expired entry."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock, ttl=60, stale=0, fallback=False)
     await manager.call_service("llm", ask, "q")
     BACKEND.healthy = False
@@ -265,7 +258,7 @@ async def test_without_a_stale_window_a_failure_is_not_served_stale() -> None:
 
 async def test_a_miss_with_a_failing_primary_declines() -> None:
     """Nothing cached and the primary down: the cache declines with 'no cached answer'."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock, fallback=False)
     BACKEND.healthy = False
     with pytest.raises(AllStrategiesFailedError) as caught:
@@ -275,7 +268,7 @@ async def test_a_miss_with_a_failing_primary_declines() -> None:
 
 async def test_failures_are_not_cached() -> None:
     """A failed primary stores nothing; the next healthy call goes to the primary."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock)
     BACKEND.healthy = False
     assert await manager.call_service("llm", ask, "q") == "sorry"
@@ -285,7 +278,7 @@ async def test_failures_are_not_cached() -> None:
 
 async def test_degraded_answers_are_not_cached() -> None:
     """A fallback's answer is never stored as if the primary had said it."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock)
     BACKEND.healthy = False
     await manager.call_service("llm", ask, "q")
@@ -297,7 +290,7 @@ async def test_degraded_answers_are_not_cached() -> None:
 
 async def test_key_func_names_the_entry() -> None:
     """A user key function decides which calls share an entry."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager = ServiceDegradationManager(clock=clock)
     strategy = CacheFirstStrategy(key_func=lambda prompt, **_: prompt.lower(), clock=clock)
     manager.add_service_strategy("llm", strategy)
@@ -308,7 +301,7 @@ async def test_key_func_names_the_entry() -> None:
 
 async def test_key_func_none_skips_the_cache() -> None:
     """A key function returning None means: do not cache this call."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager = ServiceDegradationManager(clock=clock)
     strategy = CacheFirstStrategy(key_func=lambda prompt: None, clock=clock)
     manager.add_service_strategy("llm", strategy)
@@ -346,7 +339,7 @@ async def test_unkeyable_calls_skip_the_cache_and_warn_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A lambda primary cannot be keyed safely: no caching, one warning, still answered."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock)
     for _ in range(3):
         assert (await manager.call_service("llm", lambda: ask("q")))["answer"].startswith("q#")
@@ -374,7 +367,7 @@ def configured(model: str | object) -> Any:
 
 async def test_differently_configured_wrappers_do_not_share_cache_entries() -> None:
     """ask wrapped for 'gpt' and for 'llama': the second call is not served the first's."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock)
     ask_gpt, ask_llama = configured("gpt")(ask), configured("llama")(ask)
     assert await manager.call_service("llm", ask_gpt, "hi") == {"answer": "gpt: hi#1"}
@@ -390,7 +383,7 @@ async def test_wrapper_capturing_an_object_skips_the_cache_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A wrapper over state the key cannot see is not cached: one WARNING, still answered."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock)
     ask_client = configured(object())(ask)
     for _ in range(3):
@@ -409,7 +402,7 @@ async def test_wrapper_capturing_an_object_skips_the_cache_and_warns_once(
 
 async def test_one_hundred_concurrent_misses_make_one_primary_call() -> None:
     """100 callers missing the same key share a single primary call and its answer."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock, key_func=str)
     gate = asyncio.Event()
     calls = 0
@@ -435,7 +428,7 @@ async def test_one_hundred_concurrent_misses_make_one_primary_call() -> None:
 
 async def test_one_hundred_concurrent_misses_share_one_failure() -> None:
     """When the single primary call fails, all 100 callers fall back; it ran once."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock, key_func=str)
     gate = asyncio.Event()
     calls = 0
@@ -455,7 +448,7 @@ async def test_one_hundred_concurrent_misses_share_one_failure() -> None:
 
 async def test_distinct_keys_fly_separately() -> None:
     """Concurrent misses for different keys do not wait on each other."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, strategy = cached_manager(clock, key_func=str)
     gate = asyncio.Event()
 
@@ -474,7 +467,7 @@ async def test_distinct_keys_fly_separately() -> None:
 
 async def test_a_cancelled_caller_does_not_cancel_the_flight() -> None:
     """The first caller giving up leaves the shared call running for the others."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager, _ = cached_manager(clock, key_func=str)
     gate = asyncio.Event()
 
@@ -516,7 +509,7 @@ class BrokenCache:
 
 async def test_a_failing_cache_backend_is_a_miss(caplog: pytest.LogCaptureFixture) -> None:
     """A backend that raises never breaks the call: misses, one warning, a counter."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager = ServiceDegradationManager(clock=clock)
     strategy = CacheFirstStrategy(BrokenCache(), clock=clock, key_func=str)
     manager.add_service_strategy("llm", strategy, priority=20)
@@ -541,7 +534,7 @@ def test_a_hung_primary_never_blocks_its_key() -> None:
     (healthy again) backend instead of joining the hung call."""
 
     async def scenario() -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         manager, strategy = cached_manager(clock, key_func=str)  # timeout=None
         never = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -578,7 +571,7 @@ def test_with_a_service_timeout_every_caller_of_a_flight_shares_it() -> None:
     at the same moment as the caller that made the call, counted once."""
 
     async def scenario() -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         manager, _ = cached_manager(clock, key_func=str)
         manager.configure_service("llm", timeout=5)
         never = asyncio.Event()
@@ -605,7 +598,7 @@ def test_a_joiner_never_waits_past_its_own_deadline() -> None:
     remaining DEFAULT_FLIGHT_DEADLINE, and the fallback answers."""
 
     async def scenario() -> None:
-        clock = FakeClock()
+        clock = FakeClock(START)
         manager, strategy = cached_manager(clock, key_func=str)  # timeout=None
         never = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -638,7 +631,7 @@ def test_flight_deadline_is_validated() -> None:
 
 async def test_service_names_with_colons_never_share_entries() -> None:
     """("a:b", "c") and ("a", "b:c") are different entries even in one shared cache."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     shared = MemoryCache(clock=clock)
     manager = ServiceDegradationManager(clock=clock)
     manager.add_service_strategy("a:b", CacheFirstStrategy(shared, clock=clock, key_func=str))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from tests.degradation_helpers import Backend, FakeClock, fresh_backend  # noqa: F401  (fresh_backend: an autouse fixture)
 from xnai_core.circuit.breaker import CircuitBreaker
 from xnai_core.circuit.config import CircuitBreakerConfig
 from xnai_core.circuit.errors import CallTimeoutError, CircuitOpenError
@@ -25,22 +26,7 @@ from xnai_core.degradation.strategies import (
     FallbackStrategy,
 )
 
-
-class FakeClock:
-    """Seconds that move only when told."""
-
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Backend:
-    """The protected service; counts how often it is actually reached."""
-
-    calls = 0
-    healthy = True
+START = 500.0  # this module's clocks start here
 
 
 async def llm(prompt: str) -> str:
@@ -48,12 +34,6 @@ async def llm(prompt: str) -> str:
     if not Backend.healthy:
         raise ConnectionError("LLM down")
     return f"answer to {prompt}"
-
-
-@pytest.fixture(autouse=True)
-def fresh_backend() -> None:
-    Backend.calls = 0
-    Backend.healthy = True
 
 
 def breaker(
@@ -67,14 +47,14 @@ def breaker(
     config = CircuitBreakerConfig(
         name="llm", failure_threshold=threshold, recovery_timeout=recovery, timeout=timeout
     )
-    store = MemoryStore(config, clock=clock or FakeClock())
+    store = MemoryStore(config, clock=clock or FakeClock(START))
     return CircuitBreaker(config, fallback, store=store)  # type: ignore[arg-type]
 
 
 def protected_manager(
     circuit: CircuitBreaker, *, fallback: bool = True, clock: FakeClock | None = None
 ) -> ServiceDegradationManager:
-    manager = ServiceDegradationManager(clock=clock or FakeClock())
+    manager = ServiceDegradationManager(clock=clock or FakeClock(START))
     manager.add_service_strategy("llm", CircuitBreakerStrategy(circuit), priority=10)
     if fallback:
         manager.add_service_strategy("llm", DegradedModeStrategy("sorry"), priority=0)
@@ -152,7 +132,7 @@ async def test_manager_timeout_is_counted_by_the_breaker() -> None:
 
 async def test_recovery_closes_the_episode() -> None:
     """Open, wait out recovery (injected clock), a good trial closes it: 'recovered' is heard."""
-    breaker_clock = FakeClock()
+    breaker_clock = FakeClock(START)
     manager_clock = FakeClock(1_000.0)
     circuit = breaker(threshold=1, recovery=30.0, clock=breaker_clock)
     manager = protected_manager(circuit, clock=manager_clock)
@@ -258,7 +238,7 @@ async def test_failures_and_open_circuits_answered_by_the_breaker_are_not_timeou
 
 async def test_fresh_cache_skips_even_an_open_circuit() -> None:
     """Cache (priority 20) outside the breaker (10): a fresh hit never touches the breaker."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker()
     manager = ServiceDegradationManager(clock=clock)
     manager.add_service_strategy("llm", CacheFirstStrategy(ttl=60, clock=clock), priority=20)
@@ -273,7 +253,7 @@ async def test_fresh_cache_skips_even_an_open_circuit() -> None:
 
 async def test_open_circuit_serves_stale_from_cache() -> None:
     """Past ttl with the circuit open, the stale entry answers (stale-if-error)."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker()
     manager = ServiceDegradationManager(clock=clock)
     manager.add_service_strategy(
@@ -295,7 +275,7 @@ async def test_open_circuit_serves_stale_from_cache() -> None:
 
 async def test_breaker_fallback_answers_are_never_cached() -> None:
     """The breaker's substitute is not stored: once the circuit closes, the primary answers."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker(fallback=lambda prompt: "substitute")
     manager = ServiceDegradationManager(clock=clock)
     cache = CacheFirstStrategy(ttl=60, clock=clock)
@@ -408,7 +388,7 @@ def breaker_above_cache(
 async def test_cache_hits_below_a_breaker_do_not_keep_a_dead_backend_closed() -> None:
     """Popular prompts answered by the cache are not breaker successes: failures of the
     others still add up and open the circuit."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker(threshold=3, clock=clock)
     manager, _ = breaker_above_cache(circuit, clock)
     assert await manager.call_service("llm", llm, "popular") == "answer to popular"
@@ -425,7 +405,7 @@ async def test_cache_hits_below_a_breaker_do_not_keep_a_dead_backend_closed() ->
 async def test_cache_hits_give_back_half_open_permits_and_close_nothing() -> None:
     """Three cache hits in half-open neither close the circuit nor use up its permits:
     the next call still reaches the backend, and only backend answers close it."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker(threshold=1, recovery=30, clock=clock)
     manager, _ = breaker_above_cache(circuit, clock)
     for prompt in ("a", "b", "c"):
@@ -449,7 +429,7 @@ async def test_cache_hits_give_back_half_open_permits_and_close_nothing() -> Non
 
 async def test_callers_sharing_one_primary_call_count_once_for_the_breaker() -> None:
     """Fifty callers coalesced into one failing primary call are one breaker failure."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker(threshold=5, clock=clock)
     manager, cache = breaker_above_cache(circuit, clock)
     gate = asyncio.Event()
@@ -477,7 +457,7 @@ async def test_callers_cancelled_at_any_await_above_a_cache_keep_no_half_open_pe
     """In half-open, callers of a breaker above a cache are cancelled after 0, 1, 2 ...
     loop turns (on a hit, on a miss whose primary call hangs, on a call coalesced into
     another's): no trial stays in flight, and three real trials still close the circuit."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     circuit = breaker(threshold=1, recovery=30, clock=clock)
     manager, cache = breaker_above_cache(circuit, clock)
     never = asyncio.Event()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest import free_port
+from tests.degradation_helpers import FakeClock
 from xnai_core.circuit.breaker import CircuitBreaker
 from xnai_core.circuit.config import CircuitBreakerConfig
 from xnai_core.circuit.errors import CircuitOpenError
@@ -18,14 +19,6 @@ from xnai_core.degradation.strategies import (
     DegradedModeStrategy,
     FallbackStrategy,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Service:

@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 
+from tests.degradation_helpers import FakeClock
 from xnai_core.degradation.call import ServiceCall, last_call_info
 from xnai_core.degradation.errors import (
     AllStrategiesFailedError,
@@ -18,16 +19,6 @@ from xnai_core.degradation.errors import (
 from xnai_core.degradation.manager import ServiceDegradationManager
 from xnai_core.degradation.stats import DegradationEvent
 from xnai_core.degradation.strategies import DegradedModeStrategy, FallbackStrategy
-
-
-class FakeClock:
-    """Wall-clock seconds that move only when told."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def failing(*args: object, **kwargs: object) -> str:

@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis, free_port
+from tests.degradation_helpers import Backend, FakeClock, fresh_backend  # noqa: F401  (fresh_backend: an autouse fixture)
 from tests.fault_proxy import FaultProxy, replies_to
 from tests.helpers import run_virtual
 from xnai_core.degradation.cache import CacheEntry
@@ -26,22 +27,7 @@ from xnai_core.degradation.manager import ServiceDegradationManager
 from xnai_core.degradation.redis_cache import RedisCache
 from xnai_core.degradation.strategies import DegradedModeStrategy
 
-
-class FakeClock:
-    """Wall-clock seconds that move only when told."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Backend:
-    """A primary whose health the test controls."""
-
-    calls = 0
-    healthy = True
+START = 1_700_000_000.0  # this module's clocks start here
 
 
 async def ask(prompt: str) -> dict[str, object]:
@@ -49,12 +35,6 @@ async def ask(prompt: str) -> dict[str, object]:
     if not Backend.healthy:
         raise ConnectionError("LLM down")
     return {"answer": prompt, "n": Backend.calls, "tokens": [1, 2.5, None, True]}
-
-
-@pytest.fixture(autouse=True)
-def fresh_backend() -> None:
-    Backend.calls = 0
-    Backend.healthy = True
 
 
 @pytest.fixture
@@ -141,7 +121,7 @@ async def test_values_come_back_exactly_as_they_went_in(
 async def test_a_hit_and_a_miss_answer_alike(shared_redis: aioredis.Redis, key_prefix: str) -> None:
     """A namedtuple or an IntEnum is never turned into a list or an int by a hit: such an
     answer is not cached, so every caller gets the primary's own value."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
     strategy = CacheFirstStrategy(cache, ttl=60, clock=clock, key_func=str)
     manager = ServiceDegradationManager(clock=clock)
@@ -265,7 +245,7 @@ async def test_answers_are_shared_between_managers(
     shared_redis: aioredis.Redis, key_prefix: str
 ) -> None:
     """Two managers (two processes' worth of state) share answers through Redis."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     other_client = aioredis.Redis.from_url(SHARED_REDIS_URL)
     try:
         first = manager_with(RedisCache(shared_redis, prefix=f"{key_prefix}:"), clock)
@@ -282,7 +262,7 @@ async def test_answers_are_shared_between_managers(
 
 async def test_stale_window_over_redis(shared_redis: aioredis.Redis, key_prefix: str) -> None:
     """Past ttl, a failing primary is answered from Redis until ttl + stale_if_error."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     manager = manager_with(
         RedisCache(shared_redis, prefix=f"{key_prefix}:"), clock, ttl=60, stale=600
     )
@@ -303,7 +283,7 @@ async def test_killed_redis_is_a_miss_not_an_error(
 ) -> None:
     """With Redis dead, calls still work: fresh answers pass through, failures fall back.
     Only the first operation pays for the outage; the others skip Redis."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3, probe_interval=30)
     manager = manager_with(cache, clock)
     await manager.call_service("llm", ask, "q")  # cached while Redis lives
@@ -335,7 +315,7 @@ async def test_redis_coming_back_is_used_again(
 ) -> None:
     """After a restart the cache stores and serves again, and says so once."""
     caplog.set_level(logging.INFO, logger="xnai_core.degradation")
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.3, probe_interval=0.02)
     manager = manager_with(cache, clock)
     private_redis.kill()
@@ -364,7 +344,7 @@ async def test_hung_redis_costs_at_most_op_timeout(
     private_redis: PrivateRedis, private_client: aioredis.Redis
 ) -> None:
     """A Redis that accepts but never answers (SIGSTOP) is a miss after op_timeout."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(private_client, prefix="xnai-test:", op_timeout=0.1)
     manager = manager_with(cache, clock)
     private_redis.pause()
@@ -481,7 +461,7 @@ async def test_argument_text_never_appears_in_redis_key_names(
     name is nowhere in the keys under the cache's prefix."""
     prompt = "PROMPT-ZEBRA-4411 what is my password hunter2?"
     cache = RedisCache(shared_redis, prefix=f"{key_prefix}:")
-    manager = manager_with(cache, FakeClock())
+    manager = manager_with(cache, FakeClock(START))
     await manager.call_service("llm", ask, prompt)
     await manager.call_service("llm", ask, prompt=f"{prompt} (as keyword)")
     await manager.call_service("llm", configured("MODEL-OKAPI-77")(ask), prompt)
@@ -526,7 +506,7 @@ async def test_a_down_redis_is_tried_once_then_skipped_until_a_probe_finds_it(
     caplog.set_level(logging.INFO, logger="xnai_core.degradation")
     port = fault_proxy.port if fault == "dropped" else private_redis.port
     client = aioredis.Redis(host="127.0.0.1", port=port)  # default retry on
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(
         client, prefix="xnai-test:", op_timeout=0.2, probe_interval=0.05, probe_max_interval=0.2
     )
@@ -580,7 +560,7 @@ async def test_the_answer_never_waits_for_the_cache_write(
     while the write is still in flight, and the next caller is served the pending answer
     without a second primary call."""
     client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(client, prefix="xnai-test:", op_timeout=10)
     manager = manager_with(cache, clock)
     strategy = _CACHE_OF[id(manager)]
@@ -648,7 +628,7 @@ async def test_clear_drops_answers_still_being_written(
     """An answer whose write is in flight when the cache is cleared does not come back:
     neither from the strategy's pending writes nor from Redis."""
     client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(client, prefix="xnai-test:", op_timeout=10)
     manager = manager_with(cache, clock)
     strategy = _CACHE_OF[id(manager)]
@@ -687,7 +667,7 @@ async def test_write_behind_stays_bounded_while_redis_hangs(
     from xnai_core.degradation.cache_first import MAX_PENDING_WRITES
 
     client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)  # default retry on
-    clock = FakeClock()
+    clock = FakeClock(START)
     cache = RedisCache(client, prefix="xnai-test:", op_timeout=0.3, probe_interval=30)
     manager = manager_with(cache, clock)
     strategy = _CACHE_OF[id(manager)]

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -34,7 +35,14 @@ pytestmark = pytest.mark.slow
 
 class Replica:
     def __init__(
-        self, who: str, web: Web, client: aioredis.Redis, prefix: str, **monitor: object
+        self,
+        who: str,
+        web: Web,
+        client: aioredis.Redis,
+        prefix: str,
+        *,
+        grace: float = 3.0,  # a restarted Python server may take a while on a busy host
+        **monitor: object,
     ) -> None:
         self.who = who
         self.manager = RecoveryManager(
@@ -50,7 +58,7 @@ class Replica:
                 backoff_base=0.1,
                 backoff_max=0.5,
                 cooldown=0.0,
-                grace_period=3.0,  # a restarted Python server may take a while on a busy host
+                grace_period=grace,
                 stable_period=10.0,
                 timeout=10.0,
             )
@@ -137,26 +145,15 @@ async def test_three_replicas_with_different_intervals_restart_an_outage_once(
     """Three replicas checking every 0.05 s, 0.15 s and 0.3 s (believing it back after 2, 4
     and 12 good answers): each outage is restarted exactly once, by whichever comes first."""
     web = Web.create(tmp_path, takes=1.0)
+    # Three monitors load a busy host: the restarted server gets 10 s to answer.
+    settings: list[dict[str, Any]] = [
+        {"check_interval": 0.05},
+        {"check_interval": 0.15, "success_threshold": 4},
+        {"check_interval": 0.3, "success_threshold": 12},
+    ]
     replicas = [
-        Replica("fast", web, shared_redis, key_prefix, check_interval=0.05, failure_threshold=2),
-        Replica(
-            "mid",
-            web,
-            shared_redis,
-            key_prefix,
-            check_interval=0.15,
-            failure_threshold=2,
-            success_threshold=4,
-        ),
-        Replica(
-            "slow",
-            web,
-            shared_redis,
-            key_prefix,
-            check_interval=0.3,
-            failure_threshold=2,
-            success_threshold=12,
-        ),
+        Replica(who, web, shared_redis, key_prefix, grace=10.0, failure_threshold=2, **extra)
+        for who, extra in zip(("fast", "mid", "slow"), settings, strict=True)
     ]
     web.start()
     try:

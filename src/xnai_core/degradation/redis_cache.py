@@ -27,7 +27,7 @@ import logging
 import math
 import random as _random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -48,6 +48,7 @@ T = TypeVar("T")
 _CLEAR_BATCH = 500
 _POOL_WAIT = (0.001, 0.05)  # seconds: first and longest wait for a free connection
 _STALL = 0.05  # seconds: a deadline noticed this late means the event loop was stalled
+_CANCEL_TRIES, _CANCEL_WAIT = 5, 0.05  # cancelling an operation: tries, seconds after each
 
 
 class _Busy(Exception):
@@ -117,6 +118,7 @@ class RedisCache:
         self._busy = 0
         self._turns: dict[str, asyncio.Semaphore] = {}
         self._turns_loop: asyncio.AbstractEventLoop | None = None
+        self._enders: set[asyncio.Future[None]] = set()
         self._random = random
         self._down = False
         self._probe: asyncio.Task[None] | None = None
@@ -302,12 +304,15 @@ class RedisCache:
             if not done and loop.time() - started > self.op_timeout + _STALL:
                 done = await patiently(task, self.op_timeout)
         except BaseException:
-            task.cancel()  # our caller left: so does its operation
+            # Our caller left: so does its operation (in the background: the caller's
+            # cancellation is not held up by the operation's).
+            ender = asyncio.ensure_future(_end(task))
+            self._enders.add(ender)
+            ender.add_done_callback(self._enders.discard)
             raise
         if done:
             return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await _end(task)
         if not asked[0]:
             self._busy += 1
             raise _Busy
@@ -413,6 +418,19 @@ class RedisCache:
                 describe_error(exc),
                 extra={"cache_prefix": self.prefix},
             )
+
+
+async def _end(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for its end, cancelling again while it goes on: redis-py
+    (8.2) can swallow a cancellation that lands inside its retry loop, and would then
+    wait for a hung server's reply for ever."""
+    for _ in range(_CANCEL_TRIES):
+        task.cancel()
+        await asyncio.wait((task,), timeout=_CANCEL_WAIT)
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # retrieved: an error after the deadline is not news
+            return
 
 
 def _outage_reason(exc: BaseException, op_timeout: float) -> str:

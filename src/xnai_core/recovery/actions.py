@@ -240,14 +240,8 @@ async def run_command(
     # A program may print its own arguments: the ones that are secrets go too.
     tail = redact(capture.tail(drains), argv_secrets(argv))
     if timed_out:
-        return ActionOutcome(
-            ok=False,
-            detail=f"command {name!r} killed after its {timeout:g}s timeout",
-            error=f"timed out after {timeout:g}s",
-            exit_code=code,
-            output_tail=tail,
-            timed_out=True,
-        )
+        detail = f"command {name!r} killed after its {timeout:g}s timeout"
+        return _timed_out(detail, timeout, exit_code=code, output_tail=tail)
     if code != 0:
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         return ActionOutcome(
@@ -259,6 +253,27 @@ async def run_command(
         )
     return ActionOutcome(
         ok=True, detail=f"command {name!r} exited with status 0", exit_code=0, output_tail=tail
+    )
+
+
+def _timed_out(
+    detail: str,
+    timeout: float,
+    note: str = "",
+    *,
+    exit_code: int | None = None,
+    output_tail: str | None = None,
+    keys_deleted: int | None = None,
+) -> ActionOutcome:
+    """An action cut off at its ``timeout``; ``note`` adds to the error what it got done."""
+    return ActionOutcome(
+        ok=False,
+        detail=detail,
+        error=f"timed out after {timeout:g}s{note}",
+        exit_code=exit_code,
+        output_tail=output_tail,
+        timed_out=True,
+        keys_deleted=keys_deleted,
     )
 
 
@@ -296,13 +311,8 @@ async def clear_cache(
             if batch:
                 deleted += int(await client.unlink(*batch))
     except TimeoutError:
-        return ActionOutcome(
-            ok=False,
-            detail=f"cache clear of {pattern!r} stopped at its {timeout:g}s timeout",
-            error=f"timed out after {timeout:g}s ({deleted} keys deleted)",
-            timed_out=True,
-            keys_deleted=deleted,
-        )
+        detail = f"cache clear of {pattern!r} stopped at its {timeout:g}s timeout"
+        return _timed_out(detail, timeout, f" ({deleted} keys deleted)", keys_deleted=deleted)
     except Exception as exc:  # a RedisError or a client's own: an action failure, recorded
         return ActionOutcome(
             ok=False,
