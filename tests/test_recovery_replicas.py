@@ -11,6 +11,7 @@ not restart the service that was just fixed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -203,6 +204,26 @@ async def test_a_killed_holder_s_restart_is_not_repeated_by_its_peer(
     in a session of its own, still starts the service); a peer that then sees the service
     down leaves it alone: the killed holder's lease and settle record outlive it."""
     web, _, slow = pair
+    async with _worker(web, key_prefix) as worker:
+        web.kill()
+        await _until(lambda: web.restarts() == ["worker"])  # its command has started
+        os.kill(worker.pid, signal.SIGKILL)
+        # The peer starts looking now, with the service still down for a second.
+        await slow.monitor.start_monitoring()
+        assert await slow.monitor.wait_for_status("web", "unhealthy", timeout=30)
+        assert await slow.monitor.wait_for_status("web", "healthy", timeout=30)
+        await slow.manager.wait_idle()
+        await asyncio.sleep(0.5)
+        assert web.restarts() == ["worker"]
+        stats = slow.manager.get_recovery_stats()
+        assert stats["total_attempts"] == 0
+        assert stats["services"]["web"]["deferred_to_peer"] == 1  # type: ignore[index]
+
+
+@contextlib.asynccontextmanager
+async def _worker(web: Web, key_prefix: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A replica in a process of its own (``tests/recovery_worker.py``), watching ``web``
+    and restarting it as "worker"; yielded once it watches, killed at the end."""
     spec = {
         "url": SHARED_REDIS_URL,
         "prefix": key_prefix,
@@ -221,19 +242,7 @@ async def test_a_killed_holder_s_restart_is_not_repeated_by_its_peer(
         assert worker.stdout is not None
         async with asyncio.timeout(30):
             assert await worker.stdout.readline() == b"ready\n"
-        web.kill()
-        await _until(lambda: web.restarts() == ["worker"])  # its command has started
-        os.kill(worker.pid, signal.SIGKILL)
-        # The peer starts looking now, with the service still down for a second.
-        await slow.monitor.start_monitoring()
-        assert await slow.monitor.wait_for_status("web", "unhealthy", timeout=30)
-        assert await slow.monitor.wait_for_status("web", "healthy", timeout=30)
-        await slow.manager.wait_idle()
-        await asyncio.sleep(0.5)
-        assert web.restarts() == ["worker"]
-        stats = slow.manager.get_recovery_stats()
-        assert stats["total_attempts"] == 0
-        assert stats["services"]["web"]["deferred_to_peer"] == 1  # type: ignore[index]
+        yield worker
     finally:
         if worker.returncode is None:
             worker.kill()
@@ -257,41 +266,23 @@ async def test_a_holder_killed_right_after_its_restart_worked_is_not_repeated(
         failure_threshold=4,
         success_threshold=12,
     )
-    spec = {
-        "url": SHARED_REDIS_URL,
-        "prefix": key_prefix,
-        "web_url": web.url,
-        "command": web.restart_command("worker"),
-    }
     web.start()
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.recovery_worker",
-        json.dumps(spec),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        assert worker.stdout is not None
-        async with asyncio.timeout(30):
-            assert await worker.stdout.readline() == b"ready\n"
-        await peer.monitor.start_monitoring()
-        assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
-        web.kill()
-        async with asyncio.timeout(30):
-            assert await worker.stdout.readline() == b"recovered\n"
-        os.kill(worker.pid, signal.SIGKILL)
-        assert peer.monitor.get_status("web") == "unhealthy"  # its view still lags
-        assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
-        await peer.manager.wait_idle()
-        await asyncio.sleep(0.5)
-        assert web.restarts() == ["worker"]
-        assert peer.manager.get_recovery_stats()["total_attempts"] == 0
+        async with _worker(web, key_prefix) as worker:
+            assert worker.stdout is not None
+            await peer.monitor.start_monitoring()
+            assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
+            web.kill()
+            async with asyncio.timeout(30):
+                assert await worker.stdout.readline() == b"recovered\n"
+            os.kill(worker.pid, signal.SIGKILL)
+            assert peer.monitor.get_status("web") == "unhealthy"  # its view still lags
+            assert await peer.monitor.wait_for_status("web", "healthy", timeout=30)
+            await peer.manager.wait_idle()
+            await asyncio.sleep(0.5)
+            assert web.restarts() == ["worker"]
+            assert peer.manager.get_recovery_stats()["total_attempts"] == 0
     finally:
-        if worker.returncode is None:
-            worker.kill()
-        await worker.wait()
         await peer.aclose()
         web.stop()
 
