@@ -34,7 +34,7 @@ async def main(spec: dict[str, object]) -> None:
             cooldown=0.0,
             grace_period=1.0,
             stable_period=10.0,
-            timeout=2.0,
+            timeout=5.0,
         )
     )
     monitor = HealthMonitor(
