@@ -329,3 +329,25 @@ async def test_a_full_rebuild_cancelled_mid_way_leaves_nothing_running(
         hole.close()
     kept.submit(alert(service="late"))
     assert kept.stats().dropped_by_reason["shutdown"] == 1
+
+
+async def test_a_reloaded_alertmanager_sink_posts_the_alert_with_its_new_labels_at_once(
+    hooks: dict[str, Receiver],
+) -> None:
+    """Alertmanager knows an alert by its labels: when a reload changes them, the alert under
+    way is posted with the new ones at once, not a resend_interval (60 s) later."""
+    port = free_port()
+
+    def manager(env: str) -> dict[str, Any]:
+        return {"type": "alertmanager", "urls": [hooks["a"].url], "labels": {"env": env}}
+
+    runtime = ServiceRuntime(config(port, [manager("blue")]))
+    await runtime.start()
+    try:
+        await wait_for(lambda: len(hooks["a"].requests) == 1)
+        await runtime.reload(config(port, [manager("green")]))
+        await wait_for(lambda: len(hooks["a"].requests) == 2, timeout=10)
+    finally:
+        await runtime.stop()
+    envs = [body[0]["labels"]["env"] for body in hooks["a"].bodies()]
+    assert envs == ["blue", "green"]

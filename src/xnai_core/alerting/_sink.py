@@ -166,6 +166,9 @@ class AlertSink:
     # (a dedup key, the same labels, a delivery id). Otherwise a timed-out answer is a
     # likely duplicate: such sinks wait longer for it (SLOW_REPLY_TIMEOUT).
     idempotent: ClassVar[bool] = True
+    # True when the destination keeps the alert's state from what is posted (Alertmanager):
+    # a sink rebuilt by a reload posts every active alert at once, with its new settings.
+    restate_on_adopt: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -690,7 +693,11 @@ class AlertSink:
         notice still queued at ``predecessor`` (untried, or waiting for a retry) is taken
         off that queue.
         """
-        same_place = predecessor is not None and predecessor.destination() == self.destination()
+        same_place = (
+            predecessor is not None
+            and not self.restate_on_adopt
+            and predecessor.destination() == self.destination()
+        )
         for alert in alerts:
             if alert.resolved or alert.key in self._active or not self.route.admits(alert):
                 continue

@@ -77,6 +77,9 @@ class AlertmanagerSink(HttpSink):
     """
 
     kind: ClassVar[str] = "alertmanager"
+    # Its labels are the alert's identity there: a reloaded sink (new labels, say) posts
+    # every active alert at once, rather than at the next re-post.
+    restate_on_adopt: ClassVar[bool] = True
 
     def __init__(
         self,
