@@ -72,7 +72,7 @@ class DeliveryError(Exception):
 
     ``reason`` is safe to log and to show in stats: it never holds a URL, key or
     password. ``retryable`` says whether another attempt may succeed (a refused
-    connection, a timeout, HTTP 5xx or 429) or cannot (HTTP 4xx, a bad password).
+    connection, a timeout, HTTP 5xx, 429 or 408) or cannot (another 4xx, a bad password).
     ``retry_after`` is the receiver's own wait in seconds (``Retry-After``).
     """
 
