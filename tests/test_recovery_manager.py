@@ -7,9 +7,10 @@ callables that report the service's health the way a monitor would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -82,6 +83,23 @@ def action(
     return run, calls
 
 
+@contextlib.asynccontextmanager
+async def running(
+    clock: FakeClock, *, heals: Callable[[int], bool] = lambda n: False, takes: float = 0.0
+) -> AsyncIterator[
+    tuple[RecoveryManager, Callable[[str], Awaitable[None]], list[float], list[Alert]]
+]:
+    """A manager on ``clock`` whose alerts are kept, and a recovery function for it (see
+    :func:`action`): yields the manager, the function, its run times and the alerts."""
+    ref: list[RecoveryManager] = []
+    func, calls = action(ref, clock, heals=heals, takes=takes)
+    alerts: list[Alert] = []
+    async with make_manager(clock) as manager:
+        ref.append(manager)
+        manager.add_alert_handler(alerts.append)
+        yield manager, func, calls, alerts
+
+
 async def go_unhealthy(manager: RecoveryManager, service: str = "api") -> None:
     await manager.on_status_change(service, H, U, None)
     await manager.wait_idle()
@@ -90,10 +108,7 @@ async def go_unhealthy(manager: RecoveryManager, service: str = "api") -> None:
 async def test_successful_restart_is_recorded_with_its_recovery_time() -> None:
     """One restart, healthy 2.5 s after it started: one success, recovery time 2.5 s."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: True, takes=2.5)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock, heals=lambda n: True, takes=2.5) as (manager, func, calls, _alerts):
         manager.add_rule(rule(recovery_func=func))
         await go_unhealthy(manager)
         stats = manager.get_recovery_stats()
@@ -141,10 +156,7 @@ async def test_statuses_are_health_statuses_whatever_form_they_come_in() -> None
 
     assert (state.HEALTHY, state.UNHEALTHY) == (HealthStatus.HEALTHY, HealthStatus.UNHEALTHY)
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    fix, calls = action(ref, clock, heals=lambda n: True)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock, heals=lambda n: True) as (manager, fix, calls, _alerts):
         manager.add_rule(rule(recovery_func=fix, failure_threshold=1))
         await manager.on_status_change("api", HealthStatus.HEALTHY, "starting", None)
         await manager.wait_idle()
@@ -159,12 +171,7 @@ async def test_statuses_are_health_statuses_whatever_form_they_come_in() -> None
 async def test_never_recovering_service_backs_off_escalates_once_and_latches() -> None:
     """Attempts follow the backoff, stop at max_attempts, escalate once and stay latched."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock)
-    alerts: list[Alert] = []
-    async with make_manager(clock) as manager:
-        ref.append(manager)
-        manager.add_alert_handler(alerts.append)
+    async with running(clock) as (manager, func, calls, alerts):
         manager.add_rule(rule(recovery_func=func, max_attempts=3))
         start = clock.now
         await go_unhealthy(manager)
@@ -203,10 +210,7 @@ async def test_never_recovering_service_backs_off_escalates_once_and_latches() -
 async def test_backoff_is_capped_at_backoff_max() -> None:
     """Delays double up to backoff_max and stay there."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock) as (manager, func, calls, _alerts):
         manager.add_rule(
             rule(recovery_func=func, max_attempts=6, backoff_max=25.0, jitter=0.0, grace_period=1)
         )
@@ -218,12 +222,7 @@ async def test_backoff_is_capped_at_backoff_max() -> None:
 async def test_reset_lifts_the_latch_sends_resolved_and_acts_again() -> None:
     """reset() resolves the alert, clears counters, and acts if the service is still down."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: n >= 3)
-    alerts: list[Alert] = []
-    async with make_manager(clock) as manager:
-        ref.append(manager)
-        manager.add_alert_handler(alerts.append)
+    async with running(clock, heals=lambda n: n >= 3) as (manager, func, calls, alerts):
         manager.add_rule(rule(recovery_func=func, max_attempts=2))
         await go_unhealthy(manager)
         assert manager.is_escalated("api")
@@ -241,10 +240,7 @@ async def test_reset_lifts_the_latch_sends_resolved_and_acts_again() -> None:
 async def test_failure_inside_cooldown_is_deferred_not_dropped() -> None:
     """A new outage right after a recovery waits for the cooldown, then acts."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: True)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock, heals=lambda n: True) as (manager, func, calls, _alerts):
         manager.add_rule(rule(recovery_func=func, cooldown=120.0, backoff_base=1.0, jitter=0))
         await go_unhealthy(manager)
         first_end = clock.now
@@ -259,12 +255,7 @@ async def test_failure_inside_cooldown_is_deferred_not_dropped() -> None:
 async def test_crash_loop_escalates_even_though_each_restart_works() -> None:
     """A service that comes back but dies before stable_period is crash-looping: escalate."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: True)
-    alerts: list[Alert] = []
-    async with make_manager(clock) as manager:
-        ref.append(manager)
-        manager.add_alert_handler(alerts.append)
+    async with running(clock, heals=lambda n: True) as (manager, func, calls, alerts):
         manager.add_rule(rule(recovery_func=func, max_attempts=3, cooldown=0.0))
         for _ in range(5):
             await go_unhealthy(manager)
@@ -280,10 +271,7 @@ async def test_crash_loop_escalates_even_though_each_restart_works() -> None:
 async def test_stable_period_resets_counters() -> None:
     """After stable_period healthy, attempts start from one again: no escalation."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: True)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock, heals=lambda n: True) as (manager, func, calls, _alerts):
         manager.add_rule(rule(recovery_func=func, max_attempts=2, cooldown=0.0))
         for _ in range(5):
             await go_unhealthy(manager)
@@ -297,10 +285,7 @@ async def test_stable_period_resets_counters() -> None:
 async def test_crash_loop_backoff_grows_across_episodes() -> None:
     """Between short-lived recoveries the wait before the next restart keeps growing."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: True)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock, heals=lambda n: True) as (manager, func, calls, _alerts):
         manager.add_rule(rule(recovery_func=func, max_attempts=10, cooldown=0.0, jitter=0))
         for _ in range(4):
             await go_unhealthy(manager)
@@ -570,12 +555,7 @@ def test_rules_given_at_construction() -> None:
 async def test_explicit_manual_rule_is_not_held_back_by_cooldown() -> None:
     """In a crash loop, the page goes out at once, not after the restart cooldown."""
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock, heals=lambda n: True)
-    alerts: list[Alert] = []
-    async with make_manager(clock) as manager:
-        ref.append(manager)
-        manager.add_alert_handler(alerts.append)
+    async with running(clock, heals=lambda n: True) as (manager, func, calls, alerts):
         manager.add_rule(rule(recovery_func=func, max_attempts=1, cooldown=500.0))
         manager.add_rule(RecoveryRule("api", "manual_intervention"))
         await go_unhealthy(manager)
@@ -591,10 +571,7 @@ async def test_backoff_ending_at_clock_zero_is_still_waited() -> None:
     """A retry time of exactly 0.0 on the clock is a time, not 'no backoff'."""
     clock = FakeClock()
     clock.now = -6.0  # one 1 s grace and a 5 s backoff end exactly at 0.0
-    ref: list[RecoveryManager] = []
-    func, calls = action(ref, clock)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock) as (manager, func, calls, _alerts):
         manager.add_rule(
             rule(recovery_func=func, max_attempts=2, jitter=0, grace_period=1, backoff_base=5)
         )
@@ -621,10 +598,7 @@ async def test_unexpected_exception_in_an_action_is_recorded_and_the_next_rule_r
 
     monkeypatch.setattr(actions, "run_command", _explode(OverflowError("int too large")))
     clock = FakeClock()
-    ref: list[RecoveryManager] = []
-    restart, calls = action(ref, clock, heals=lambda n: True)
-    async with make_manager(clock) as manager:
-        ref.append(manager)
+    async with running(clock, heals=lambda n: True) as (manager, restart, calls, _alerts):
         manager.add_rule(rule("config_reload", command=["/usr/bin/reload-api"], max_attempts=3))
         manager.add_rule(rule(recovery_func=restart))
         await go_unhealthy(manager)
