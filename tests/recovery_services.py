@@ -134,12 +134,19 @@ class Web:
                 raise RuntimeError("web service did not start")
             time.sleep(0.02)
 
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would, and wait until its port is closed."""
-        os.kill(int(self.pid_file.read_text()), signal.SIGKILL)
+    def pid(self) -> int:
+        """The running server's pid."""
+        return int(self.pid_file.read_text())
+
+    def kill(self) -> int:
+        """SIGKILL the server, as a crash would, and wait until its port is closed; returns
+        the dead server's pid."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while listening(self.port) and time.monotonic() < deadline:
             time.sleep(0.02)
+        return pid
 
     def stop(self) -> None:
         if self.pid_file.exists():

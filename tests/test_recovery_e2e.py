@@ -7,75 +7,20 @@ waits stay short; nothing here asserts how fast anything ran.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.recovery_services import PY, Web, listening
 from xnai_core.health.alerts import Alert
 from xnai_core.health.checkers import HTTPHealthChecker
 from xnai_core.health.monitor import HealthMonitor
 from xnai_core.recovery import RecoveryManager, RecoveryRule
-
-PY = sys.executable
-
-SERVER = textwrap.dedent(
-    """
-    import http.server, os, sys
-    port, pid_file = int(sys.argv[1]), sys.argv[2]
-
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b'{"status": "pass"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", port), Health)
-    with open(pid_file + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.replace(pid_file + ".tmp", pid_file)
-    server.serve_forever()
-    """
-)
-
-# The restart command: start the server detached (its own session, no shared output)
-# and exit at once, as `systemctl restart` or a supervisor's start script would.
-START = textwrap.dedent(
-    """
-    import subprocess, sys
-    server, port, pid_file = sys.argv[1:4]
-    subprocess.Popen(
-        [sys.executable, server, port, pid_file],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    print("started web on port", port)
-    """
-)
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _alive(pid: int) -> bool:
@@ -95,54 +40,9 @@ async def _eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> N
         await asyncio.sleep(0.02)
 
 
-@dataclass
-class WebService:
-    """A real HTTP server in a child process, its pid in a file, and its restart command."""
-
-    port: int
-    pid_file: Path
-    restart_command: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/health"
-
-    def pid(self) -> int:
-        return int(self.pid_file.read_text())
-
-    def start(self) -> None:
-        self.pid_file.unlink(missing_ok=True)
-        subprocess.run(self.restart_command, check=True, capture_output=True)
-        deadline = time.monotonic() + 10
-        while not (self.pid_file.exists() and _listening(self.port)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("web service did not start")
-            time.sleep(0.02)
-
-    def kill(self) -> int:
-        """SIGKILL the server, as a crash would; return the dead pid."""
-        pid = self.pid()
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _listening(self.port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return pid
-
-    def stop(self) -> None:
-        if self.pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(self.pid(), signal.SIGKILL)
-
-
 @pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebService]:
-    server = tmp_path / "server.py"
-    server.write_text(SERVER)
-    start = tmp_path / "start.py"
-    start.write_text(START)
-    port = free_port()
-    pid_file = tmp_path / "web.pid"
-    service = WebService(port, pid_file, [PY, str(start), str(server), str(port), str(pid_file)])
+def web(tmp_path: Path) -> Iterator[Web]:
+    service = Web.create(tmp_path)
     yield service
     service.stop()
 
@@ -183,14 +83,14 @@ def build(
 
 
 async def test_killed_http_server_is_restarted_by_the_restart_command(
-    web: WebService, stack: list[object]
+    web: Web, stack: list[object]
 ) -> None:
     """Killed server -> unhealthy -> restart command -> healthy; one successful restart."""
     web.start()
     rule = RecoveryRule(
         "web",
         "restart_service",
-        command=web.restart_command,
+        command=web.restart_command("me"),
         failure_threshold=2,
         grace_period=10.0,
         backoff_base=0.1,
@@ -225,7 +125,7 @@ async def test_killed_http_server_is_restarted_by_the_restart_command(
 
 
 async def test_service_that_never_comes_back_escalates_once_and_stays_latched(
-    web: WebService, stack: list[object], tmp_path: Path
+    web: Web, stack: list[object], tmp_path: Path
 ) -> None:
     """Attempts follow the backoff, stop at max_attempts, escalate once, stay latched."""
     stamps = tmp_path / "attempts"
@@ -325,7 +225,7 @@ async def test_checker_with_a_longer_interval_warns_at_its_first_outage(
 
 
 async def test_rule_threshold_counts_the_monitors_failed_checks(
-    web: WebService, stack: list[object]
+    web: Web, stack: list[object]
 ) -> None:
     """A rule with failure_threshold=5 waits for five failed checks, not the monitor's two."""
     seen: list[int] = []
@@ -405,7 +305,7 @@ async def test_sighup_reload_end_to_end(stack: list[object], tmp_path: Path) -> 
     proc = await asyncio.create_subprocess_exec(PY, str(script), str(port), str(pid_file))
     try:
         deadline = time.monotonic() + 10
-        while not (pid_file.exists() and _listening(port)):
+        while not (pid_file.exists() and listening(port)):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         rule = RecoveryRule(
