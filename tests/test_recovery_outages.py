@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,14 @@ async def stack() -> AsyncIterator[list[HealthMonitor | RecoveryManager]]:
             await thing.stop_monitoring()
         else:
             await thing.aclose()
+
+
+def _restarting(**rule: Any) -> RecoveryManager:
+    """A manager with one restart_service rule for "web" (``rule``: its settings), asking
+    for checks every 0.05 s."""
+    manager = RecoveryManager(verify_interval=0.05)
+    manager.add_rule(RecoveryRule("web", "restart_service", **rule))
+    return manager
 
 
 def _watch(
@@ -121,16 +130,11 @@ async def test_a_stopped_monitor_is_not_made_to_check_by_a_verifying_manager(
     async def restart(service: str) -> None:
         return None  # "works", but the service keeps answering 503
 
-    manager = RecoveryManager(verify_interval=0.05)
-    manager.add_rule(
-        RecoveryRule(
-            "web",
-            "restart_service",
-            recovery_func=restart,
-            failure_threshold=2,
-            grace_period=60.0,
-            stable_period=5.0,
-        )
+    manager = _restarting(
+        recovery_func=restart,
+        failure_threshold=2,
+        grace_period=60.0,
+        stable_period=5.0,
     )
     monitor = _watch(stack, manager, counting_server.url)
     await monitor.start_monitoring()
@@ -156,17 +160,12 @@ async def test_an_attempt_counts_when_made_and_is_pending_until_judged(
     web = Web.create(tmp_path, takes=0.0)
     web.start()
     try:
-        manager = RecoveryManager(verify_interval=0.05)
         # The restarted server comes up a second after the command exits, as many do.
-        manager.add_rule(
-            RecoveryRule(
-                "web",
-                "restart_service",
-                command=[PY, "-c", _SLOW_START, *web.restart_command("me")],
-                failure_threshold=2,
-                grace_period=30.0,
-                stable_period=5.0,
-            )
+        manager = _restarting(
+            command=[PY, "-c", _SLOW_START, *web.restart_command("me")],
+            failure_threshold=2,
+            grace_period=30.0,
+            stable_period=5.0,
         )
         monitor = _watch(stack, manager, web.url)
         await monitor.start_monitoring()
@@ -214,16 +213,11 @@ async def test_the_default_grace_period_follows_the_monitor(
     web = Web.create(tmp_path)
     web.start()
     try:
-        manager = RecoveryManager(verify_interval=0.05)
-        manager.add_rule(
-            RecoveryRule(
-                "web",
-                "restart_service",
-                command=[PY, "-c", "pass"],  # exits 0, starts nothing
-                failure_threshold=2,
-                max_attempts=1,
-                stable_period=5.0,
-            )
+        manager = _restarting(
+            command=[PY, "-c", "pass"],  # exits 0, starts nothing
+            failure_threshold=2,
+            max_attempts=1,
+            stable_period=5.0,
         )
         monitor = _watch(stack, manager, web.url)
         rule = _detail(manager)["rules"][0]  # type: ignore[index]
@@ -250,18 +244,13 @@ async def test_a_service_back_but_slow_resets_its_crash_loop_counters(
     web = Web.create(tmp_path, answer_delay=0.05)
     web.start(answer_delay=0.05)
     try:
-        manager = RecoveryManager(verify_interval=0.05)
-        manager.add_rule(
-            RecoveryRule(
-                "web",
-                "restart_service",
-                command=web.restart_command("me"),
-                failure_threshold=2,
-                max_attempts=1,
-                grace_period=3.0,  # a restarted Python server may take a while on a busy host
-                cooldown=0.0,
-                stable_period=1.0,
-            )
+        manager = _restarting(
+            command=web.restart_command("me"),
+            failure_threshold=2,
+            max_attempts=1,
+            grace_period=3.0,  # a restarted Python server may take a while on a busy host
+            cooldown=0.0,
+            stable_period=1.0,
         )
         monitor = _watch(stack, manager, web.url, interval=0.2, degraded_threshold=0.02)
         await monitor.start_monitoring()
