@@ -349,27 +349,15 @@ def signal_process(
     try:
         os.kill(target, sig)
     except ProcessLookupError:
-        return ActionOutcome(
-            ok=False,
-            detail=f"{sig.name} not sent",
-            error=f"no process with pid {target}",
-            retryable=False,
-        )
+        why = f"no process with pid {target}"
     except PermissionError:
-        return ActionOutcome(
-            ok=False,
-            detail=f"{sig.name} not sent",
-            error=f"not permitted to signal pid {target}",
-            retryable=False,
-        )
+        why = f"not permitted to signal pid {target}"
     except (OverflowError, ValueError) as exc:  # a pid the OS cannot even represent
-        return ActionOutcome(
-            ok=False,
-            detail=f"{sig.name} not sent",
-            error=f"{type(exc).__name__}: pid {target} is not a valid process id",
-            retryable=False,
-        )
-    return ActionOutcome(ok=True, detail=f"sent {sig.name} to pid {target}")
+        why = f"{type(exc).__name__}: pid {target} is not a valid process id"
+    else:
+        return ActionOutcome(ok=True, detail=f"sent {sig.name} to pid {target}")
+    # Sending it again cannot help: no retry.
+    return ActionOutcome(ok=False, detail=f"{sig.name} not sent", error=why, retryable=False)
 
 
 _DEFAULT_CONTEXT: ActionContext | None = None
