@@ -146,12 +146,13 @@ def _cluster_ok(port: int) -> bool:
 # -- worker processes ---------------------------------------------------------
 
 
-def spawn_worker(spec: dict[str, Any]) -> subprocess.Popen[str]:
-    """Start ``tests/redis_worker.py`` in a new OS process with ``spec`` as its orders."""
+def spawn_worker(spec: dict[str, Any], module: str = "tests.redis_worker") -> subprocess.Popen[str]:
+    """Start ``module`` (``tests/redis_worker.py``) in a new OS process with ``spec`` as
+    its orders."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.redis_worker", json.dumps(spec)],
+        [sys.executable, "-m", module, json.dumps(spec)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -674,12 +674,68 @@ async def test_18_four_hundred_simultaneous_failures_fall_back_together(
         lateness = await asyncio.gather(*(one(n) for n in range(400)))
         stop.set()
         await load
-        assert breaker.state is CircuitState.OPEN
+        await eventually(lambda: breaker.state is CircuitState.OPEN)  # the report goes on
         assert breaker.get_metrics()["redis_available"] is True
         # Two batches (the first failure, then the other 399 together), each a round
         # trip of a few passes; the old lock woke one waiter per pass (median ~200).
         assert statistics.median(lateness) <= 40, sorted(lateness)[::40]
         assert max(lateness) <= 80, sorted(lateness)[::40]
+    finally:
+        stop.set()
+        await breaker.close()
+        await client.aclose()
+
+
+async def test_18_four_hundred_simultaneous_timeouts_fall_back_without_waiting(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """400 calls time out at the same instant on a busy loop (1 ms of sync work per pass)
+    with Redis 1 ms away: each fallback comes within a pass or two of its timeout, not
+    after the shared failure report's round trips (the report goes on behind it, and the
+    circuit still opens, in Redis too)."""
+    fault_proxy.delay_replies(0.001, when=replies_to("EVALSHA"))
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    breaker = create_redis_circuit_breaker(
+        "svc",
+        client,
+        failure_threshold=5,
+        timeout=0.2,
+        fallback_func=lambda n: "fallback",
+        op_timeout=5.0,
+    )
+    stop = asyncio.Event()
+    passes = 0
+
+    async def busy() -> None:
+        nonlocal passes
+        while not stop.is_set():
+            passes += 1
+            time.sleep(0.001)  # noqa: ASYNC251 - the point: a loop busy with sync work
+            await asyncio.sleep(0)
+
+    timed_out_at: dict[int, int] = {}
+
+    async def hanging(n: int) -> str:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            timed_out_at[n] = passes
+        return "never"
+
+    async def one(n: int) -> int:
+        assert await breaker.call(hanging, n) == "fallback"
+        return passes - timed_out_at[n]
+
+    try:
+        assert await breaker.call(ok) == "ok"
+        load = asyncio.create_task(busy())
+        lateness = await asyncio.gather(*(one(n) for n in range(400)))
+        stop.set()
+        await load
+        await eventually(lambda: breaker.state is CircuitState.OPEN)
+        assert breaker.get_metrics()["redis_available"] is True
+        assert await client.hget(KEY, "state") == b"open"
+        assert max(lateness) <= 2, sorted(lateness)[::40]
     finally:
         stop.set()
         await breaker.close()
@@ -778,3 +834,96 @@ async def test_20_an_open_made_on_a_stale_state_is_not_written_over_a_newer_circ
     await eventually(lambda: here.available, timeout=10)
     assert await stored(direct, "state", "failures") == ["closed", "0"]
     assert here.snapshot().state is CircuitState.CLOSED
+
+
+# -- 21. a failure batch whose answer was lost is never counted here as well ------------
+
+
+async def test_21_a_batch_whose_answer_is_late_is_not_counted_here_again(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """Threshold 3. A FAILURE runs in Redis, its news reaches the mirror by pub/sub, its
+    answer comes after op_timeout (Redis taken for away). Counting that batch here too
+    made two real failures open the circuit (locally, then written back to Redis on
+    reconnect): it is Redis's to count (resent by request id), never counted twice."""
+    store = stores(cfg(failure_threshold=3, recovery_timeout=60), op_timeout=0.3)
+    await store.start()
+    epoch = store.snapshot().epoch
+    rule = fault_proxy.delay_replies(0.8, when=replies_to("EVALSHA"), count=1)
+    await store.record_failure(Ticket(epoch))
+    assert rule.hits == 1
+    await eventually(lambda: not store.available, timeout=5)
+    await store.record_failure(Ticket(epoch))  # Redis away: counted here
+    assert store.snapshot().state is CircuitState.CLOSED
+    await eventually(lambda: store.available, timeout=10)
+    await asyncio.sleep(0.3)
+    assert await stored(direct, "state") == ["closed"]
+    assert store.snapshot().state is CircuitState.CLOSED
+
+
+async def test_22_a_resent_report_is_not_forgotten_while_its_first_send_is_retried(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """A FAILURE runs, its reply is dropped, and redis-py's retry waits on a slow
+    reconnect. Meanwhile the store resends it by request id (replayed: counted once) and
+    the next script acknowledged that answer, so Redis forgot the request: the late
+    retry then counted the failure a second time. A resent request is never
+    acknowledged (its log entry outlives every copy): one failure, counted once."""
+    store = stores(cfg(failure_threshold=5, recovery_timeout=60), op_timeout=0.3)
+    await store.start()
+    await asyncio.gather(store.sync(), store.sync(), store.sync())  # idle pooled connections
+    fault_proxy.drop_replies(replies_to("EVALSHA"), count=1)
+    fault_proxy.delay_replies(1.5, when=replies_to("HELLO"), count=1)  # the retry's reconnect
+    await store.record_failure(Ticket(store.snapshot().epoch))
+    assert await stored(direct, "failures") == ["1"]
+    await eventually(lambda: store.available, timeout=10)
+    await eventually(lambda: store.backend_metrics()["redis_replayed_requests"] >= 1, timeout=5)
+    await store.sync()  # the next script carries the acknowledgements
+    await asyncio.sleep(2.0)  # the retry has run by now
+    await store.sync()
+    assert await stored(direct, "state", "failures") == ["closed", "1"]
+
+
+# -- 7. a single late reply does not mark every circuit of the client down --------------
+
+
+async def test_7_one_late_reply_does_not_take_every_circuit_down(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two circuits on one client; the reply to one FAILURE comes after op_timeout (one
+    slow connection; Redis answers everyone else). Only that circuit decides locally,
+    until it catches up a moment later; the other stays in step; no outage, no WARNING;
+    the failure counts once."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    slow = RedisStore(cfg(name="slow", failure_threshold=5), client, op_timeout=0.3)
+    other = RedisStore(cfg(name="other", failure_threshold=5), client, op_timeout=0.3)
+    try:
+        await slow.start()
+        await other.start()
+        others: list[bool] = []
+        watching = True
+
+        async def watch() -> None:
+            while watching:
+                others.append(other.available)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        fault_proxy.delay_replies(0.8, when=replies_to("EVALSHA"), count=1)
+        await slow.record_failure(Ticket(slow.snapshot().epoch))
+        await fail_once(other)  # Redis answers the other circuit meanwhile
+        await eventually(lambda: slow.backend_metrics()["redis_late_replies"] == 1, timeout=5)
+        await eventually(lambda: slow.available, timeout=5)
+        watching = False
+        await watcher
+        assert False not in others
+        assert slow.snapshot().failure_count == 1
+        assert await client.hget("xnai:cb:{slow}", "failures") == b"1"
+        assert slow.backend_metrics()["redis_outages"] == 0
+        assert slow.backend_metrics()["redis_stalls"] == 1
+        assert warnings_of(caplog, "unreachable") == []
+    finally:
+        await slow.close()
+        await other.close()
+        await client.aclose()

@@ -34,7 +34,7 @@ from ..events import (
 from .config import CircuitBreakerConfig
 from .errors import CallTimeoutError, CircuitOpenError
 from .machine import Admission, CircuitState, Ticket
-from .store import MemoryStore, StateStore
+from .store import MemoryStore, QueuesFailures, StateStore
 
 logger = logging.getLogger("xnai_core.circuit")
 
@@ -132,6 +132,11 @@ class CircuitBreaker:
         self.name = config.name
         self.fallback_func = fallback_func
         self._store = store
+        # A shared store's failure report takes a round trip: a caller with a fallback
+        # queues it and falls back at once, instead of waiting for Redis's answer.
+        self._queue_failure = (
+            store.record_failure_nowait if isinstance(store, QueuesFailures) else None
+        )
         self._timeout = config.timeout
         self._counted = config.counted_exceptions
         self._listeners: list[StateListener] = []
@@ -331,9 +336,13 @@ class CircuitBreaker:
                 self._timeouts += 1
             if started is not None:
                 self._report("timeout" if timed_out else "failed", started)
-            await self._store.record_failure(ticket)
             if self.fallback_func is not None:
+                if self._queue_failure is not None:
+                    self._queue_failure(ticket)
+                else:
+                    await self._store.record_failure(ticket)
                 return await self._run_fallback(args, kwargs, "timeout" if timed_out else "failed")
+            await self._store.record_failure(ticket)
             raise exc
         # Cancelled, or not an expected exception: counts neither way.
         self._other_outcomes += 1

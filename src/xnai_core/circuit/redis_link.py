@@ -60,7 +60,8 @@ _SETUP_FACTOR = 10
 _POOL_WAIT_MIN = 0.001
 _POOL_WAIT_MAX = 0.02
 # A script nobody waits for any more is read until this long after it was sent, then
-# dropped; below half the scripts' request-log horizon, so a resend is always recognised.
+# dropped (redis-py's retries of it end then); a resend is sent within the same span of
+# the first, so every copy is over within a minute: half the request log's horizon.
 LATE_CAP = 30.0
 # A caller whose deadline passed yields this many times for a reply already received.
 _LATE_YIELDS = 8
@@ -121,6 +122,9 @@ class ScriptRun:
     sent: float = field(default_factory=time.monotonic)
     received: float = 0.0
     waiting_for_pool: bool = False
+    # The sender's own count of times it fell out of step when it sent this: an answer
+    # sent before its circuit fell out of step alone (a stall) is older than its state.
+    detached: int = 0
 
 
 class RedisLink:
@@ -163,6 +167,8 @@ class RedisLink:
         self.outages = 0
         self.silences = 0
         self.late_replies = 0
+        self.stalls = 0
+        self._probe: asyncio.Task[None] | None = None
         self._resync_soon = False
         self._members: dict[str, dict[int, weakref.ref[LinkMember]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -337,6 +343,36 @@ class RedisLink:
             )
         for member in self.members():
             member.on_outage()
+
+    def suspect(self, exc: BaseException, wait: float) -> None:
+        """A script stayed unanswered for ``wait`` seconds: one late reply, or Redis away?
+
+        A PING (on any connection of the pool) answers it: no answer within ``wait``
+        either, and Redis is marked down for every circuit (``exc`` says why); an answer,
+        and the circuits re-read at once (the one whose reply was late decides locally
+        until then). A stall of one connection is no outage of the client.
+        """
+        self.stalls += 1
+        if self.down or self.closed or self._probe is not None:
+            return
+        self._probe = self.spawn(self._ping(exc, wait), name="xnai-redis-probe")
+
+    async def _ping(self, exc: BaseException, wait: float) -> None:
+        try:
+            async with asyncio.timeout(wait):
+                await self.client.ping()
+        except POOL_FULL:
+            self.request_resync()  # every connection busy: this process, not Redis
+        except TimeoutError:
+            if not self.closed:
+                self.mark_down(exc)
+        except Exception as error:
+            if not self.closed:
+                self.mark_down(error)
+        else:
+            self.request_resync()
+        finally:
+            self._probe = None
 
     def request_resync(self) -> None:
         """Re-read every circuit at the next poll instead of at the next interval."""

@@ -40,10 +40,12 @@ id (``""``: none); ``[8]`` request ids whose answers arrived, comma-separated;
 **At most once.** A client may send a script twice: redis-py retries a command
 whose connection dropped, even when Redis ran it and only the answer was lost.
 A script that changed the hash records its request id and answer in the request
-log (a hash that expires after a minute without writes); a second run with the
+log (a hash that expires two minutes after its last write); a second run with the
 same id changes nothing and answers as the first did (note ``replayed``). The
-caller acknowledges answers it received in its next script, which forgets them,
-so the log holds only requests whose answers are outstanding. ``RELEASE`` given
+caller acknowledges answers it received to a request's only send in its next
+script, which forgets them, so the log holds only requests whose answers are
+outstanding or that were resent (those simply expire: a copy of the first send may
+still be on its way, redis-py retrying it, and must find its answer). ``RELEASE`` given
 the id of an ``ADMIT`` whose answer never came gives back the permit it took, or,
 if that ``ADMIT`` has not run yet, records it as cancelled so it takes nothing.
 
@@ -82,9 +84,10 @@ local LEASE = tonumber(ARGV[6])
 local RQ = KEYS[2]
 local RID = ARGV[7]
 local ACKS = ARGV[8]
--- How long a request's answer is kept for a resend of it (us); the caller never
--- resends a request older than half of it.
-local HORIZON = 60000000
+-- How long a request's answer is kept for a resend of it (us): twice the longest a
+-- copy of a request can reach Redis after its first send (resent for 30 s, each send
+-- read for at most 30 s: LATE_CAP in redis_link).
+local HORIZON = 120000000
 
 local function server_time()
   local t = redis.call('TIME')

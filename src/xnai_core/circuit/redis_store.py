@@ -60,8 +60,9 @@ DEFAULT_RESYNC_INTERVAL = 5.0
 _RECONCILE_TRIES = 3
 # Reports whose lost answer is resolved in the background by resending their request.
 _REPORTS = frozenset({"success", "failure", "release"})
-# A request is resent only within this long of its first send (seconds): the request
-# log keeps an answer for 60 s (HORIZON in redis_scripts), so a resend finds it.
+# A request is resent only within this long of its first send (seconds); each send is
+# read for at most LATE_CAP (30 s) more, and the request log keeps an answer for 120 s
+# (HORIZON in redis_scripts), so every copy of a request finds its answer.
 _RESEND_HORIZON = 30.0
 # Answers received, acknowledged in the next script (older ones simply expire).
 _MAX_ACKS = 64
@@ -81,7 +82,8 @@ class Synced:
 @dataclass(frozen=True, slots=True)
 class Local:
     """Deciding on the mirror alone with the machine: before the first sync
-    (``cause`` "starting") or while Redis is away ("outage"). What the outage rule
+    (``cause`` "starting"), while Redis is away ("outage"), or after a reply of this
+    circuit's came late while Redis answered others ("stall"). What the outage rule
     needs on return: whether the circuit opened here, or was forced open here, and
     the epoch of Redis's state the local decisions started from (``based_on``): a
     local opening is written back only over that very state, never over a newer one
@@ -186,6 +188,10 @@ class RedisStore:
         self.state_losses = 0
         self.clock_clamps = 0
         self.replays = 0
+        # Times this circuit fell out of step with Redis (an outage, or a reply of its
+        # own that came late): answers sent before are older than its local decisions.
+        self._detached = 0
+        self.stalls = 0
 
     def __repr__(self) -> str:
         return (
@@ -225,6 +231,7 @@ class RedisStore:
             "redis_outages": link.outages if link is not None else 0,
             "redis_subscription_silences": link.silences if link is not None else 0,
             "redis_late_replies": link.late_replies if link is not None else 0,
+            "redis_stalls": self.stalls,
             "redis_state_losses": self.state_losses,
             "redis_clock_clamps": self.clock_clamps,
             "redis_replayed_requests": self.replays,
@@ -378,6 +385,13 @@ class RedisStore:
             # cancellation or deadline never stops the send.
             await patiently(batch.done, budget)
 
+    def record_failure_nowait(self, ticket: Ticket) -> None:
+        """Queue the failure for the next FAILURE script and return at once (a breaker
+        with a fallback falls back without waiting for Redis). The next call of this
+        circuit waits for the report instead, within its own op_timeout."""
+        self._budget(ticket)
+        self._enqueue_failure(ticket)
+
     async def release(self, ticket: Ticket) -> None:
         budget = self._budget(ticket)
         if not machine.release_changes(self._mirror, ticket):
@@ -437,8 +451,15 @@ class RedisStore:
     # -- LinkMember ----------------------------------------------------------
 
     def on_outage(self) -> None:
-        if self._mode is SYNCED:
-            self._mode = Local("outage", based_on=self._mirror.epoch)
+        self._detach("outage")
+
+    def _detach(self, cause: str) -> bool:
+        """Fall out of step with Redis: decide locally until :meth:`catch_up`."""
+        if self._mode is not SYNCED:
+            return False
+        self._mode = Local(cause, based_on=self._mirror.epoch)
+        self._detached += 1
+        return True
 
     def on_message(self, payload: str) -> None:
         if self._mode is not SYNCED:
@@ -502,11 +523,18 @@ class RedisStore:
         if not machine.failure_changes(self._mirror, ticket):
             return  # the circuit moved on while they waited: they count nowhere
         if self._mode is SYNCED:
+            installs = self._installs
             reply = await self._ask(
                 "failure", (str(batch.epoch), "0", str(batch.count)), self.op_timeout, rid=True
             )
             if reply is not None or self._mode is SYNCED:
                 return  # counted (or unreadable: Redis ran it, the resync will tell)
+            if self._installs != installs:
+                # Its answer is lost and news reached the mirror while it was out: that
+                # news may hold this very batch (it ran, and its message came), so it
+                # is not counted here again. It is Redis's to count: resent by request
+                # id once Redis answers, it counts there once.
+                return
         step = _on_failure(self.config, ticket)
         for _ in range(batch.count):  # Redis went away: count them here
             self._apply_locally(step)
@@ -526,9 +554,11 @@ class RedisStore:
         acks = ",".join(self._acks)
         self._acks.clear()
         args = [now_arg, self.channel, *self._config_args, rid, acks, *extra]
-        return link.send(script, self._keys, args)
+        run = link.send(script, self._keys, args)
+        run.detached = self._detached
+        return run
 
-    def _read(self, run: ScriptRun, script: str, rid: str) -> Reply | None:
+    def _read(self, run: ScriptRun, script: str, rid: str, *, ack: bool = True) -> Reply | None:
         """The answer of a script that has ended; None when there is none to act on.
 
         Redis failed (the link is now down and the store decides locally); Redis failed
@@ -545,7 +575,7 @@ class RedisStore:
             if link is not None and not link.closed:
                 link.mark_down(exc)
             return None
-        if link is None or link.errors != run.errors:
+        if link is None or link.errors != run.errors or run.detached != self._detached:
             return None
         try:
             reply = decode_reply(task.result())
@@ -553,7 +583,7 @@ class RedisStore:
             self._log_unreadable(script, error)
             return None
         self._unreadable_logged = False
-        if rid:
+        if rid and ack:
             self._acks.append(rid)
             if len(self._acks) > _MAX_ACKS:
                 del self._acks[:-_MAX_ACKS]
@@ -595,6 +625,20 @@ class RedisStore:
                     link.note_late_reply()
 
             run.task.add_done_callback(late)
+            # One reply late is no outage of every circuit on the client: this one
+            # decides locally until it has caught up, and the link asks Redis whether
+            # it is there at all (no answer either: every circuit goes local).
+            if self._detach("stall"):
+                self.stalls += 1
+                logger.info(
+                    "circuit '%s': no answer from redis within %ss; deciding locally "
+                    "until it catches up",
+                    self.config.name,
+                    self.op_timeout,
+                    extra={"breaker": self.config.name, "key": self.key},
+                )
+            link.suspect(exc, self.op_timeout)
+            return
         link.mark_down(exc)
 
     async def _ask(
@@ -699,7 +743,9 @@ class RedisStore:
                 installs = self._installs
                 again = self._send(script, extra, rid)
                 if await link.settle(again, setup_timeout(self.op_timeout)):
-                    reply = self._read(again, script, rid)
+                    # Never acknowledged: a copy of the first send may still reach Redis
+                    # (redis-py retrying it); the request log must still know it then.
+                    reply = self._read(again, script, rid, ack=False)
                     if reply is not None:
                         if self._mode is SYNCED:
                             self._take(reply, None, installs)

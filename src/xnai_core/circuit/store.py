@@ -76,6 +76,19 @@ class StateStore(Protocol):
         """Extra counters for ``get_metrics()`` (empty for a store with no backend)."""
 
 
+@runtime_checkable
+class QueuesFailures(Protocol):
+    """A store that takes a failure report without its caller waiting for the answer.
+
+    A breaker with a fallback uses it: the fallback never waits on a shared report. The
+    store must still decide the next call as if the failure were counted (a report on
+    its way makes the next caller wait for it, not the one that failed).
+    """
+
+    def record_failure_nowait(self, ticket: Ticket) -> None:
+        """Queue the failure of a call admitted with ``ticket``; never waits."""
+
+
 class MemoryStore:
     """A circuit's state held in this process.
 
