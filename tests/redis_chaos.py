@@ -90,6 +90,9 @@ class Plan:
     )
 
 
+# How long the dependency's sickness lasts before it changes (seconds).
+SLOT = 0.5
+
 # -- the worker process ----------------------------------------------------------------
 
 
@@ -192,12 +195,22 @@ async def _caller(
     go: float,
     stop_at: float,
     sickness: list[float],
+    solo: bool,
     calls: list[dict[str, Any]],
 ) -> None:
     while (now := time.time()) < stop_at:
         # How sick the dependency is changes every half second, the same for everyone.
-        sick = sickness[min(int((now - go) / 0.5), len(sickness) - 1)]
-        kind = rng.choices(["ok", "fail", "slow", "hang"], weights=[1 - sick, sick, 0.1, 0.05])[0]
+        # A negative sickness is a solo: one caller of one process fails alone, one call
+        # at a time (no success resets the count): every failure of the circuit is its.
+        sick = sickness[min(int((now - go) / SLOT), len(sickness) - 1)]
+        if sick < 0 and not (solo and int(-sick) == 1):
+            await asyncio.sleep(0.02)
+            continue
+        if sick < 0:
+            kind = "fail"
+        else:
+            weights = [1 - sick, sick, 0.1, 0.05]
+            kind = rng.choices(["ok", "fail", "slow", "hang"], weights=weights)[0]
         call: dict[str, Any] = {"kind": kind, "t0": time.time()}
         calls.append(call)
 
@@ -278,8 +291,20 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
         rng = random.Random(spec["seed"])
         await asyncio.gather(
             *(
-                _caller(breaker, random.Random(rng.random()), go, stop_at, spec["sickness"], calls)
-                for _ in range(spec["callers"])
+                _caller(
+                    breaker,
+                    random.Random(rng.random()),
+                    go,
+                    stop_at,
+                    # A solo slot names its process: -(1 + id) is for caller 0 of it.
+                    [
+                        x if x >= 0 else (-1.0 if x == -(1 + spec["id"]) else -2.0)
+                        for x in spec["sickness"]
+                    ],
+                    index == 0,
+                    calls,
+                )
+                for index in range(spec["callers"])
             )
         )
         watch_until = stop_at + spec["quiet_seconds"]
@@ -404,7 +429,8 @@ async def run_chaos(plan: Plan, server_port: int) -> History:
     ready, go = f"chaos:{tag}:ready", f"chaos:{tag}:go"
     rng = random.Random(plan.seed)
     sickness = [
-        rng.choice([0.0, 0.05, 0.2, 0.5, 0.9]) for _ in range(int(plan.fault_seconds / 0.5) + 1)
+        rng.choice([0.0, 0.05, 0.2, 0.5, 0.9, -1.0 - rng.randrange(plan.processes)])
+        for _ in range(int(plan.fault_seconds / SLOT) + 1)
     ]
     specs = [
         {

@@ -927,3 +927,66 @@ async def test_7_one_late_reply_does_not_take_every_circuit_down(
         await slow.close()
         await other.close()
         await client.aclose()
+
+
+async def test_22_a_request_is_recognised_for_as_long_as_a_copy_of_it_can_arrive(
+    stores: Factory, direct: aioredis.Redis
+) -> None:
+    """A request is resent for up to 30 s after its first send, and each send is read
+    (redis-py retrying it) for up to 30 s more: a copy arriving 61 s after the first
+    run, after the log was swept, still replays the first answer instead of running
+    again (the log used to keep answers for 60 s)."""
+    clock = Clock()
+    store = stores(cfg(failure_threshold=1000), proxied=False, clock=clock)
+    await store.start()
+    link = store._link
+    assert link is not None
+    args = (str(store.snapshot().epoch), "0", "1")
+
+    async def failure(rid: str) -> None:
+        run = store._send("failure", args, rid)
+        assert await link.settle(run, 5.0)
+
+    await failure("first")
+    clock.now += 61
+    for n in range(70):  # more than 64 entries: the log sweeps out what has expired
+        await failure(f"filler-{n}")
+    await failure("first")  # a late copy of the first request
+    assert await stored(direct, "failures") == ["71"]
+
+
+# -- 23. a trial admitted here while Redis is away is not one of Redis's episode --------
+
+
+async def test_23_a_local_trial_never_carries_a_permit_redis_hands_out(
+    stores: Factory, fault_proxy: FaultProxy, direct: aioredis.Redis
+) -> None:
+    """Half-open in Redis, one trial running elsewhere. This process loses Redis and
+    admits a trial locally: its ticket carried Redis's epoch and the next permit id,
+    the one Redis then handed to another process's second trial; once Redis answered
+    again, the local trial's success removed that process's permit and counted for it
+    (found by tests/redis_chaos.py, seed 301: permit 8 held by two processes)."""
+    clock = Clock()
+    config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=3)
+    here = stores(config, clock=clock, op_timeout=0.3, resync_interval=3600)
+    there = stores(config, proxied=False, clock=clock, op_timeout=2.0, resync_interval=3600)
+    await here.start()
+    await there.start()
+    await trip_and_half_open(there, clock)
+    first = await there.acquire()
+    assert first.ticket is not None
+    await eventually(lambda: len(here.snapshot().trials) == 1)
+    assert fault_proxy.black_hole() >= 1  # every connection of this process goes silent
+    fault_proxy.drop_replies(replies_to("HELLO"), count=None)  # and it cannot reconnect
+    local = await here.acquire()  # unanswered: decided here
+    assert local.ticket is not None
+    assert not here.available
+    second = await there.acquire()
+    assert second.ticket is not None
+    fault_proxy.heal()
+    fault_proxy.reset()
+    await eventually(lambda: here.available, timeout=10)
+    await here.record_success(local.ticket)
+    await there.record_success(second.ticket)
+    assert await stored(direct, "state", "successes") == ["half_open", "1"]
+    assert await trials_in_redis(direct) == [f"trial:{first.ticket.permit}"]

@@ -1008,9 +1008,15 @@ class RedisStore:
         snap = self._mirror
         self.hot_epoch = snap.epoch if is_hot(snap, self._sender is not None) else None
 
-    def _relabel(self, old: Snapshot, new: Snapshot) -> Snapshot:
-        """Give a local transition a fresh negative epoch; note a local opening."""
-        if new.epoch == old.epoch:
+    def _relabel(self, old: Snapshot, new: Snapshot, *, episode: bool = False) -> Snapshot:
+        """Give a local transition a fresh negative epoch; note a local opening.
+
+        ``episode``: a trial permit taken here in a half-open episode Redis handed out
+        (positive epoch): the local trials are an episode of their own, or a local
+        ticket would carry a permit id Redis hands to another process, and its report
+        would count against that process's trial once Redis answers again.
+        """
+        if new.epoch == old.epoch and not (episode and new.epoch > 0):
             return new
         self._local_epoch -= 1
         mode = self._mode
@@ -1036,9 +1042,11 @@ class RedisStore:
     def _admit_locally(self) -> Admission:
         old = self._mirror
         admission, new = machine.admit(old, self.config, self._now())
-        relabelled = self._relabel(old, new)
+        took = admission.ticket is not None and admission.ticket.permit != 0
+        relabelled = self._relabel(old, new, episode=took)
         if relabelled is not old:
-            self._install(old, relabelled, None)
+            # A local episode of a half-open circuit is no transition to announce.
+            self._install(old, relabelled, None, announce=relabelled.state is not old.state)
         ticket = admission.ticket
         if ticket is not None and relabelled.epoch != new.epoch:
             admission = Admission(Ticket(relabelled.epoch, ticket.permit), admission.retry_after)
