@@ -944,7 +944,7 @@ async def test_22_a_request_is_recognised_for_as_long_as_a_copy_of_it_can_arrive
     args = (str(store.snapshot().epoch), "0", "1")
 
     async def failure(rid: str) -> None:
-        run = store._send("failure", args, rid)
+        run = store._wire.send("failure", args, rid)
         assert await link.settle(run, 5.0)
 
     await failure("first")

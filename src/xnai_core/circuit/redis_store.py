@@ -31,14 +31,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import MaxConnectionsError
 
 from . import machine
 from .config import CircuitBreakerConfig
 from .machine import Admission, CircuitState, Snapshot, Ticket
-from .redis_codec import Reply, decode_reply, decode_snapshot, describe, message_reply, us
+from .redis_codec import Reply, decode_reply, decode_snapshot, message_reply, us
 from .redis_link import RedisClient, RedisLink, ScriptRun, backoff, patiently, setup_timeout
 from .redis_mirror import Mirrored, Verdict, is_hot, judge
+from .redis_wire import Wire
 from .store import TransitionCallback
 
 __all__ = [
@@ -64,8 +64,6 @@ _REPORTS = frozenset({"success", "failure", "release"})
 # read for at most LATE_CAP (30 s) more, and the request log keeps an answer for 120 s
 # (HORIZON in redis_scripts), so every copy of a request finds its answer.
 _RESEND_HORIZON = 30.0
-# Answers received, acknowledged in the next script (older ones simply expire).
-_MAX_ACKS = 64
 # What is left of the op_timeout of the call this task is making: set by acquire()
 # with the ticket it handed out, used by that ticket's report, so the call's waits for
 # Redis (admission, then report) share one budget, however long the call itself ran.
@@ -155,14 +153,14 @@ class RedisStore:
         self.key_prefix = key_prefix
         self.op_timeout = float(op_timeout)
         self.resync_interval = float(resync_interval)
-        self._keys = (self.key, f"{self.key}:rq")
         self._client = client
         self._clock = clock
-        self._config_args = (
-            str(config.failure_threshold),
-            str(us(config.recovery_timeout)),
-            str(config.half_open_max_calls),
-            str(us(config.lease_seconds)),
+        self._wire = Wire(
+            config,
+            self.key,
+            op_timeout=self.op_timeout,
+            clock=clock,
+            on_stall=lambda: self._detach("stall"),
         )
         self._mirror = Snapshot()
         self._gen = ""  # lineage of the mirrored hash; "" until Redis answered once
@@ -170,7 +168,6 @@ class RedisStore:
         self._installs = 0  # bumped on every mirror change: detects races with replies
         self.hot_epoch: int | None = None  # None until the stored state is known
         self._callbacks: list[TransitionCallback] = []
-        self._link: RedisLink | None = None
         self._start_lock: asyncio.Lock | None = None
         self._started = False
         self._mode: Mode = Local("starting")
@@ -182,16 +179,17 @@ class RedisStore:
         # Failures being gathered, and the task sending them (one FAILURE in flight).
         self._gathering: _Failures | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._acks: list[str] = []
         self._writing_back = False
-        self._unreadable_logged = False
         self.state_losses = 0
-        self.clock_clamps = 0
-        self.replays = 0
-        # Times this circuit fell out of step with Redis (an outage, or a reply of its
-        # own that came late): answers sent before are older than its local decisions.
-        self._detached = 0
-        self.stalls = 0
+
+    @property
+    def _link(self) -> RedisLink | None:
+        """The client's link while started (the wire sends through it)."""
+        return self._wire.link
+
+    @_link.setter
+    def _link(self, link: RedisLink | None) -> None:
+        self._wire.link = link
 
     def __repr__(self) -> str:
         return (
@@ -231,10 +229,10 @@ class RedisStore:
             "redis_outages": link.outages if link is not None else 0,
             "redis_subscription_silences": link.silences if link is not None else 0,
             "redis_late_replies": link.late_replies if link is not None else 0,
-            "redis_stalls": self.stalls,
+            "redis_stalls": self._wire.stalls,
             "redis_state_losses": self.state_losses,
-            "redis_clock_clamps": self.clock_clamps,
-            "redis_replayed_requests": self.replays,
+            "redis_clock_clamps": self._wire.clock_clamps,
+            "redis_replayed_requests": self._wire.replays,
         }
 
     async def start(self) -> None:
@@ -337,15 +335,15 @@ class RedisStore:
         assert link is not None
         rid = link.request_id()
         installs = self._installs
-        run = self._send("admit", (), rid)
+        run = self._wire.send("admit", (), rid)
         try:
             settled = await link.settle(run, _left(deadline))
         except asyncio.CancelledError:
             self._give_back_later(run, rid)  # the caller left: its permit goes back
             raise
-        reply = self._read(run, "admit", rid) if settled else None
+        reply = self._wire.read(run, "admit", rid) if settled else None
         if not settled:
-            self._deadline_passed(run)
+            self._wire.deadline_passed(run)
         if reply is None or self._take(reply, None, installs) is Verdict.LOST:
             # No usable answer (Redis away, unreadable, lost state): whatever the
             # script took is given back as soon as Redis answers.
@@ -458,7 +456,7 @@ class RedisStore:
         if self._mode is not SYNCED:
             return False
         self._mode = Local(cause, based_on=self._mirror.epoch)
-        self._detached += 1
+        self._wire.detached += 1
         return True
 
     def on_message(self, payload: str) -> None:
@@ -547,100 +545,6 @@ class RedisStore:
         link = self._link
         return link.redis_now() if link is not None else time.time()
 
-    def _send(self, script: str, extra: Sequence[str], rid: str = "") -> ScriptRun:
-        link = self._link
-        assert link is not None
-        now_arg = "" if self._clock is None else str(us(self._clock()))
-        acks = ",".join(self._acks)
-        self._acks.clear()
-        args = [now_arg, self.channel, *self._config_args, rid, acks, *extra]
-        run = link.send(script, self._keys, args)
-        run.detached = self._detached
-        return run
-
-    def _read(self, run: ScriptRun, script: str, rid: str, *, ack: bool = True) -> Reply | None:
-        """The answer of a script that has ended; None when there is none to act on.
-
-        Redis failed (the link is now down and the store decides locally); Redis failed
-        elsewhere while this script ran (the store has been deciding locally since, so
-        this answer is older than its state); or the answer could not be read (a
-        problem of this circuit alone: logged, and the next resync tries again).
-        """
-        link = self._link
-        task = run.task
-        if task.cancelled():
-            return None
-        exc = task.exception()
-        if exc is not None:
-            if link is not None and not link.closed:
-                link.mark_down(exc)
-            return None
-        if link is None or link.errors != run.errors or run.detached != self._detached:
-            return None
-        try:
-            reply = decode_reply(task.result())
-        except ValueError as error:
-            self._log_unreadable(script, error)
-            return None
-        self._unreadable_logged = False
-        if rid and ack:
-            self._acks.append(rid)
-            if len(self._acks) > _MAX_ACKS:
-                del self._acks[:-_MAX_ACKS]
-        if self._clock is None:
-            link.observe_time(reply.now, run.sent, run.received)
-        self._log_notes(reply.notes)
-        return reply
-
-    def _deadline_passed(self, run: ScriptRun) -> None:
-        """A caller stopped waiting for ``run``. Redis is away (or too slow) when a
-        script stays unanswered for ``op_timeout`` since it was sent, however long
-        its caller had left: a call that spent its budget elsewhere is no outage."""
-        link = self._link
-        if link is None:
-            return
-        left = run.sent + self.op_timeout - time.monotonic()
-        if left > 0:
-            link.spawn(self._watch(link, run, left), name="xnai-redis-watch")
-        else:
-            self._unanswered(link, run)
-
-    async def _watch(self, link: RedisLink, run: ScriptRun, left: float) -> None:
-        if not await link.settle(run, left) and self._link is link:
-            self._unanswered(link, run)
-
-    def _unanswered(self, link: RedisLink, run: ScriptRun) -> None:
-        if run.task.done():
-            return
-        if run.waiting_for_pool:
-            run.task.cancel()  # nothing sent: nothing to learn
-            exc: Exception = MaxConnectionsError(
-                f"no connection of the client's pool came free within {self.op_timeout}s"
-            )
-        else:
-            exc = TimeoutError(f"no answer from redis within {self.op_timeout}s")
-
-            def late(task: asyncio.Task[object]) -> None:
-                if not task.cancelled() and task.exception() is None:
-                    link.note_late_reply()
-
-            run.task.add_done_callback(late)
-            # One reply late is no outage of every circuit on the client: this one
-            # decides locally until it has caught up, and the link asks Redis whether
-            # it is there at all (no answer either: every circuit goes local).
-            if self._detach("stall"):
-                self.stalls += 1
-                logger.info(
-                    "circuit '%s': no answer from redis within %ss; deciding locally "
-                    "until it catches up",
-                    self.config.name,
-                    self.op_timeout,
-                    extra={"breaker": self.config.name, "key": self.key},
-                )
-            link.suspect(exc, self.op_timeout)
-            return
-        link.mark_down(exc)
-
     async def _ask(
         self, script: str, extra: Sequence[str], wait: float, *, rid: bool = False
     ) -> Reply | None:
@@ -650,12 +554,12 @@ class RedisStore:
             return None
         request = link.request_id() if rid else ""
         installs = self._installs
-        run = self._send(script, extra, request)
+        run = self._wire.send(script, extra, request)
         if not await link.settle(run, wait):
-            self._deadline_passed(run)
+            self._wire.deadline_passed(run)
             reply = None
         else:
-            reply = self._read(run, script, request)
+            reply = self._wire.read(run, script, request)
         if reply is not None:
             self._take(reply, None, installs, remote=script == "read")
         elif request and script in _REPORTS:
@@ -668,11 +572,11 @@ class RedisStore:
         link = self._link
         if link is None:
             return None
-        run = self._send(script, extra)
+        run = self._wire.send(script, extra)
         if not await link.settle(run, self.op_timeout):
-            self._deadline_passed(run)
+            self._wire.deadline_passed(run)
             return None
-        return self._read(run, script, "")
+        return self._wire.read(run, script, "")
 
     async def _report(
         self,
@@ -697,12 +601,12 @@ class RedisStore:
             try:
                 request = link.request_id()
                 installs = self._installs
-                run = self._send(script, extra, request)
+                run = self._wire.send(script, extra, request)
                 reply = None
                 if await link.settle(run, self.op_timeout):
-                    reply = self._read(run, script, request)
+                    reply = self._wire.read(run, script, request)
                 else:
-                    self._deadline_passed(run)
+                    self._wire.deadline_passed(run)
                 if reply is not None:
                     self._take(reply, reason, installs)
                 else:
@@ -741,17 +645,17 @@ class RedisStore:
         while self._link is link and not link.closed and time.monotonic() < until:
             if not link.down:
                 installs = self._installs
-                again = self._send(script, extra, rid)
+                again = self._wire.send(script, extra, rid)
                 if await link.settle(again, setup_timeout(self.op_timeout)):
                     # Never acknowledged: a copy of the first send may still reach Redis
                     # (redis-py retrying it); the request log must still know it then.
-                    reply = self._read(again, script, rid, ack=False)
+                    reply = self._wire.read(again, script, rid, ack=False)
                     if reply is not None:
                         if self._mode is SYNCED:
                             self._take(reply, None, installs)
                         return
                 else:
-                    self._deadline_passed(again)
+                    self._wire.deadline_passed(again)
             tries += 1
             await asyncio.sleep(backoff(tries))
 
@@ -811,11 +715,11 @@ class RedisStore:
             rid = link.request_id()
             installs = self._installs
             args = self._reconcile_args(snap, opened, forced, based_on)
-            run = self._send("reconcile", args, rid)
+            run = self._wire.send("reconcile", args, rid)
             if not await link.settle(run, wait):
-                self._deadline_passed(run)
+                self._wire.deadline_passed(run)
                 return False
-            reply = self._read(run, "reconcile", rid)
+            reply = self._wire.read(run, "reconcile", rid)
             if reply is None:
                 return False
             if self._mode is SYNCED:
@@ -854,13 +758,13 @@ class RedisStore:
                     return  # moved on, or Redis went away: the outage rule takes over
                 rid = link.request_id()
                 installs = self._installs
-                run = self._send(
+                run = self._wire.send(
                     "reconcile", self._reconcile_args(snap, False, False, snap.epoch), rid
                 )
                 if not await link.settle(run, setup_timeout(self.op_timeout)):
-                    self._deadline_passed(run)
+                    self._wire.deadline_passed(run)
                     return
-                reply = self._read(run, "reconcile", rid)
+                reply = self._wire.read(run, "reconcile", rid)
                 if reply is None:
                     return
                 if self._installs == installs:
@@ -868,50 +772,6 @@ class RedisStore:
                     return
         finally:
             self._writing_back = False
-
-    def _log_unreadable(self, script: str, exc: ValueError) -> None:
-        """An answer that does not decode: this circuit's problem, logged once until
-        an answer decodes again; the mirror keeps its last known state."""
-        if self._unreadable_logged:
-            return
-        self._unreadable_logged = True
-        logger.warning(
-            "circuit '%s': could not read redis's answer to %s (%s); keeping the last "
-            "known state until an answer can be read",
-            self.config.name,
-            script,
-            describe(exc),
-            extra={"breaker": self.config.name, "key": self.key},
-        )
-
-    def _log_notes(self, notes: Sequence[str]) -> None:
-        for item in notes:
-            if item.startswith("malformed:"):
-                logger.warning(
-                    "circuit '%s': malformed state in redis key %r (field %r); reset to closed",
-                    self.config.name,
-                    self.key,
-                    item.partition(":")[2],
-                    extra={"breaker": self.config.name, "key": self.key},
-                )
-            elif item == "pushed":
-                logger.warning(
-                    "circuit '%s': open here but not in redis (it opened while redis was "
-                    "away, or redis lost it); written back to redis",
-                    self.config.name,
-                    extra={"breaker": self.config.name, "key": self.key},
-                )
-            elif item == "clamped":
-                self.clock_clamps += 1
-                logger.warning(
-                    "circuit '%s': times stored in redis key %r were ahead of the clock "
-                    "(it stepped back?); clamped to now",
-                    self.config.name,
-                    self.key,
-                    extra={"breaker": self.config.name, "key": self.key},
-                )
-            elif item == "replayed":
-                self.replays += 1
 
     # -- the mirror ----------------------------------------------------------
 
