@@ -51,7 +51,13 @@ from tests.fault_proxy import (
     on_connections_that_sent,
     replies_to,
 )
-from tests.redis_helpers import release_workers, spawn_worker, wait_until_ready, worker_result
+from tests.redis_helpers import (
+    collect,
+    kill_leftovers,
+    release_workers,
+    spawn_worker,
+    wait_until_ready,
+)
 from xnai_core import (
     CallTimeoutError,
     CircuitBreaker,
@@ -458,17 +464,11 @@ async def run_chaos(plan: Plan, server_port: int) -> History:
         started = time.time()
         await inject_faults(proxy, rng, started + plan.fault_seconds, faults)
         healed_at = time.time()
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(None, worker_result, w, 60) for w in workers)
-        )
+        results = await collect(workers)
         raw: dict[bytes, bytes] = await direct.hgetall(KEY)  # type: ignore[assignment]
         final = {k.decode(): v.decode() for k, v in raw.items()}
     finally:
-        for process in workers:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        kill_leftovers(workers)
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener

@@ -1,9 +1,15 @@
-"""Helpers for the Redis-backed circuit tests: command counting, a loopback cluster, workers."""
+"""Helpers for the Redis-backed circuit tests: the shared set-up of the fault and store
+tests (a failing dependency, a hand-moved clock, polling, what Redis holds, the
+``direct`` and ``stores`` fixtures), command counting, a loopback cluster, workers.
+
+Its fixtures are in :mod:`tests.redis_fixtures` (``pytest_plugins = ["tests.redis_fixtures"]``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -11,16 +17,102 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import free_port
+from xnai_core import CircuitBreakerConfig, RedisStore
 
 REPO = Path(__file__).resolve().parent.parent
+REDIS_LOGGER = "xnai_core.circuit.redis"
+KEY = "xnai:cb:{svc}"
+
+
+# -- the shared set-up of the circuit tests ---------------------------------------------
+
+
+class Boom(Exception):
+    """The protected dependency failed."""
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def boom() -> None:
+    raise Boom
+
+
+class Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, poll: float = 0.01
+) -> float:
+    """Wait until ``predicate()`` holds (polled every ``poll`` s, at most ``timeout`` s);
+    how long it took."""
+    start = time.monotonic()
+    while True:
+        outcome = predicate()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(poll)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The circuit logger's WARNINGs (and worse) that contain ``text``."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == REDIS_LOGGER
+        and record.levelno >= logging.WARNING
+        and text in record.getMessage()
+    ]
+
+
+def cfg(**kwargs: Any) -> CircuitBreakerConfig:
+    """A config named "svc" unless told otherwise."""
+    kwargs.setdefault("name", "svc")
+    return CircuitBreakerConfig(**kwargs)
+
+
+async def hash_of(direct: aioredis.Redis, key: str = KEY) -> dict[str, str]:
+    """The circuit's hash as Redis holds it."""
+    raw: dict[bytes, bytes] = await direct.hgetall(key)  # type: ignore[assignment]
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def stored(direct: aioredis.Redis, *fields: str) -> list[str | None]:
+    """Some fields of the circuit's hash as Redis holds them."""
+    values: list[bytes | None] = await direct.hmget(KEY, list(fields))  # type: ignore[assignment]
+    return [None if v is None else v.decode() for v in values]
+
+
+Factory = Callable[..., RedisStore]
+"""``stores(config, proxied=True, **options)``: the ``stores`` fixture's factory."""
+
+
+async def trials_in_redis(direct: aioredis.Redis) -> list[str]:
+    """The trial permits the circuit's hash holds."""
+    return sorted(k for k in await hash_of(direct) if k.startswith("trial:"))
+
 
 # Connection set-up and the counting itself are not calls of the breaker.
 _NOT_CALLS = ("info", "client|setinfo", "client|maint_notifications", "hello", "select")
@@ -185,6 +277,45 @@ async def wait_until_ready(client: Any, key: str, count: int, timeout: float = 3
 async def release_workers(client: Any, key: str, count: int) -> None:
     """Let ``count`` workers waiting on ``key`` go at once."""
     await client.rpush(key, *(["go"] * count))
+
+
+async def collect(
+    workers: list[subprocess.Popen[str]], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Every worker's result, read in threads so that the event loop keeps serving."""
+    loop = asyncio.get_running_loop()
+    return list(
+        await asyncio.gather(
+            *(loop.run_in_executor(None, worker_result, w, timeout) for w in workers)
+        )
+    )
+
+
+def kill_leftovers(workers: list[subprocess.Popen[str]]) -> None:
+    """Kill the workers still running (a test failed before they finished)."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
+async def run_together(
+    admin: Any, specs: list[dict[str, Any]], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Start one worker per spec (``id`` its index), let them all go at once through
+    ``admin`` (a client of their server), and collect their results."""
+    tag = uuid.uuid4().hex[:8]
+    ready, go = f"test:{tag}:ready", f"test:{tag}:go"
+    workers = [
+        spawn_worker({**item, "id": index, "ready_key": ready, "go_key": go})
+        for index, item in enumerate(specs)
+    ]
+    try:
+        await wait_until_ready(admin, ready, len(workers), timeout=timeout)
+        await release_workers(admin, go, len(workers))
+        return await collect(workers, timeout)
+    finally:
+        kill_leftovers(workers)
 
 
 # -- intercepting a store's scripts ---------------------------------------------

@@ -20,10 +20,7 @@ from tests.redis_helpers import (
     LoopbackCluster,
     command_counts,
     commands_between,
-    release_workers,
-    spawn_worker,
-    wait_until_ready,
-    worker_result,
+    run_together,
 )
 from tests.test_redis_stateful import run_twins
 from xnai_core import (
@@ -234,54 +231,17 @@ async def test_processes_share_one_circuit_on_the_cluster(
     nodes = [list(node) for node in cluster.startup_nodes]
     base = {"cluster": nodes, "prefix": prefix, "name": "procs"}
     config = {"failure_threshold": 12, "recovery_timeout": 0.5, "half_open_max_calls": 1}
-    tag = uuid.uuid4().hex[:8]
-    ready, go = f"test:{tag}:ready", f"test:{tag}:go"
-    workers = [
-        spawn_worker(
-            {**base, "scenario": "fail", "config": config, "rounds": [5], "id": i,
-             "ready_key": ready, "go_key": go}
-        )
-        for i in range(4)
-    ]  # fmt: skip
-    try:
-        await wait_until_ready(admin, ready, 4)
-        await release_workers(admin, go, 4)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(None, worker_result, w, 60) for w in workers)
-        )
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+    results = await run_together(
+        admin, [{**base, "scenario": "fail", "config": config, "rounds": [5]}] * 4
+    )
     assert sum(r["failed"] + r["rejected"] for r in results) == 20
     key = f"{prefix}{{procs}}"
     stored = await admin.hgetall(key)
     assert (stored["state"], stored["failures"]) == ("open", "12")
 
     await asyncio.sleep(0.55)
-    tag = uuid.uuid4().hex[:8]
-    ready, go = f"test:{tag}:ready", f"test:{tag}:go"
-    workers = [
-        spawn_worker(
-            {**base, "scenario": "half_open", "config": config, "count": 10, "hold": 0.2,
-             "id": i, "ready_key": ready, "go_key": go}
-        )
-        for i in range(4)
-    ]  # fmt: skip
-    try:
-        await wait_until_ready(admin, ready, 4)
-        await release_workers(admin, go, 4)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(None, worker_result, w, 60) for w in workers)
-        )
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+    orders = {**base, "scenario": "half_open", "config": config, "count": 10, "hold": 0.2}
+    results = await run_together(admin, [orders] * 4)
     assert sum(r["trials"] for r in results) == 1
     assert (await admin.hget(key, "state")) == "closed"
 

@@ -14,7 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from tests.redis_helpers import release_workers, spawn_worker, wait_until_ready, worker_result
+from tests.redis_helpers import (
+    collect,
+    kill_leftovers,
+    release_workers,
+    spawn_worker,
+    wait_until_ready,
+    worker_result,
+)
 from xnai_core import CircuitOpenError, CircuitState, create_redis_circuit_breaker
 
 pytestmark = pytest.mark.slow
@@ -37,32 +44,6 @@ def spec(server: PrivateRedis, scenario: str, **extra: Any) -> dict[str, Any]:
         "scenario": scenario,
         **extra,
     }
-
-
-async def run_together(
-    admin: aioredis.Redis, specs: list[dict[str, Any]], timeout: float = 60
-) -> list[dict[str, Any]]:
-    """Start one worker per spec, let them all go at once, and collect their results."""
-    tag = uuid.uuid4().hex[:8]
-    ready, go = f"test:{tag}:ready", f"test:{tag}:go"
-    workers = [
-        spawn_worker({**item, "id": index, "ready_key": ready, "go_key": go})
-        for index, item in enumerate(specs)
-    ]
-    try:
-        await wait_until_ready(admin, ready, len(workers), timeout=timeout)
-        await release_workers(admin, go, len(workers))
-        loop = asyncio.get_running_loop()
-        return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(None, worker_result, w, timeout) for w in workers)
-            )
-        )
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
 
 
 async def stored(admin: aioredis.Redis) -> dict[str, str]:
@@ -90,15 +71,9 @@ async def test_exact_threshold_with_processes_failing_at_once(
         await pubsub.subscribe("xnai:cb:{svc}")
         # Round 2: 8 x 3 more at once: the 10th of them opens the circuit, the rest are stale.
         await release_workers(admin, f"{go}:1", PROCESSES)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(None, worker_result, w, 60) for w in workers)
-        )
+        results = await collect(workers)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+        kill_leftovers(workers)
     assert sum(r["rounds"][0]["failed"] for r in results) == 40
     assert sum(r["failed"] + r["rejected"] for r in results) == 24
     final = await stored(admin)
@@ -149,15 +124,9 @@ async def test_half_open_permits_are_cluster_wide(
         seconds, micros = await admin.time()
         await asyncio.sleep(max(0.0, opened_at + 0.5 - (seconds + micros / 1e6)) + 0.05)
         await release_workers(admin, go, len(workers))
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(None, worker_result, w, 60) for w in workers)
-        )
+        results = await collect(workers)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+        kill_leftovers(workers)
     assert sum(r["trials"] for r in results) == 3
     assert sum(r["rejected"] for r in results) == 8 * 20 - 3
     assert (await stored(admin))["state"] == "closed"

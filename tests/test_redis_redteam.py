@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,108 +22,26 @@ import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
 from tests.fault_proxy import FaultProxy, replies_to
+from tests.redis_helpers import (
+    KEY,
+    REDIS_LOGGER,
+    Boom,
+    Clock,
+    Factory,
+    boom,
+    cfg,
+    eventually,
+    hash_of,
+    ok,
+    trials_in_redis,
+    warnings_of,
+)
 from xnai_core import (
-    CircuitBreakerConfig,
     CircuitOpenError,
     CircuitState,
     RedisStore,
     create_redis_circuit_breaker,
 )
-
-REDIS_LOGGER = "xnai_core.circuit.redis"
-KEY = "xnai:cb:{svc}"
-
-
-class Boom(Exception):
-    """The protected dependency failed."""
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def boom() -> None:
-    raise Boom
-
-
-class Clock:
-    """A clock the test moves by hand (seconds)."""
-
-    def __init__(self, now: float = 10_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0
-) -> float:
-    """Wait until ``predicate()`` holds (polled, bounded); how long it took."""
-    start = time.monotonic()
-    while True:
-        outcome = predicate()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.name == REDIS_LOGGER
-        and record.levelno >= logging.WARNING
-        and text in record.getMessage()
-    ]
-
-
-def cfg(**kwargs: Any) -> CircuitBreakerConfig:
-    kwargs.setdefault("name", "svc")
-    return CircuitBreakerConfig(**kwargs)
-
-
-async def hash_of(direct: aioredis.Redis) -> dict[str, str]:
-    raw: dict[bytes, bytes] = await direct.hgetall(KEY)  # type: ignore[assignment]
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-async def trials_in_redis(direct: aioredis.Redis) -> list[str]:
-    return sorted(k for k in await hash_of(direct) if k.startswith("trial:"))
-
-
-@pytest.fixture
-async def direct(private_redis: PrivateRedis) -> AsyncIterator[aioredis.Redis]:
-    """A client straight to the private server: what Redis really holds."""
-    client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
-    yield client
-    await client.aclose()
-
-
-Factory = Callable[..., RedisStore]
-
-
-@pytest.fixture
-async def stores(private_redis: PrivateRedis, fault_proxy: FaultProxy) -> AsyncIterator[Factory]:
-    """``stores(config, proxied=True, **options)``: a RedisStore on its own client."""
-    made: list[tuple[RedisStore, aioredis.Redis]] = []
-
-    def make(config: CircuitBreakerConfig, *, proxied: bool = True, **options: Any) -> RedisStore:
-        port = fault_proxy.port if proxied else private_redis.port
-        client = aioredis.Redis(host="127.0.0.1", port=port)
-        store = RedisStore(config, client, **options)
-        made.append((store, client))
-        return store
-
-    yield make
-    fault_proxy.heal()
-    for store, client in made:
-        await store.close()
-        await client.aclose()
 
 
 @pytest.fixture
@@ -151,6 +69,9 @@ def outside_proxy(private_redis: PrivateRedis) -> Iterator[FaultProxy]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+pytest_plugins = ["tests.redis_fixtures"]
 
 
 Breakers = Callable[..., Any]
@@ -304,7 +225,7 @@ async def test_client_kill_type_pubsub_is_followed_by_resubscribe_and_resync(
     message may be lost in the gap): without a periodic resync this process still
     learns it, by the resync after re-subscribing, and later trips reach it by pub/sub."""
     config = cfg(failure_threshold=1, recovery_timeout=1, half_open_max_calls=1)
-    clock = Clock()
+    clock = Clock(10_000.0)
     here = stores(config, proxied=False, resync_interval=3600, clock=clock)
     there = stores(config, proxied=False, clock=clock)
     await here.start()
@@ -379,7 +300,7 @@ async def test_an_admission_cancelled_after_any_number_of_turns_leaks_no_permit(
     """Half-open, one permit cluster-wide; the admitting caller is cancelled after
     ``turns`` loop turns (anywhere inside acquire): no permit stays taken by nobody,
     so another process is admitted well before the lease ends."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=1)
     here = stores(config, clock=clock, op_timeout=2.0)
     there = stores(config, proxied=False, clock=clock, op_timeout=2.0)
@@ -490,7 +411,7 @@ async def test_random_dropped_admissions_never_exceed_the_half_open_limit(
     admissions while half the replies are dropped: at most two trials run at a time
     across all processes (Redis-admitted ones), and none of Redis's permits is left
     held by nobody once they report."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     rng = random.Random(7)
     config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2)
     procs = [stores(config, clock=clock, op_timeout=3.0) for _ in range(3)]
@@ -522,7 +443,7 @@ async def test_a_clock_stepped_back_an_hour_shows_retry_after_within_recovery_ti
 ) -> None:
     """Through the public breaker: after a backward step of an hour, CircuitOpenError's
     retry_after stays within recovery_timeout, in this process and in another."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     here, there = breakers(2, failure_threshold=1, recovery_timeout=30, clock=clock)
     assert await there.call(ok) == "ok"
     with pytest.raises(Boom):
@@ -544,7 +465,7 @@ async def test_a_clock_stepped_forward_ten_minutes_bounds_every_lease(
     """A trial runs; the clock steps forward ten minutes: any lease Redis holds ends at
     most one lease after now, and the half-open limit is documented to give way only
     once; after the first trial reports, the episode's permits are not wedged."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     config = cfg(
         failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, timeout=7, half_open_lease=9
     )
@@ -679,7 +600,7 @@ async def test_a_trial_cancelled_mid_call_gives_its_permit_back_at_once(
     """Half-open, one trial cluster-wide; the trial's caller goes away (an HTTP client
     disconnects) while the protected call runs: the permit goes back now, so another
     process runs the next trial long before the lease (default ~90 s) ends."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     here, there = breakers(
         2, failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, clock=clock
     )
@@ -709,7 +630,7 @@ async def test_a_trial_whose_caller_leaves_during_its_success_report_still_close
     """The trial succeeded; its caller is cancelled while the success report is on the
     wire (replies held 0.3 s): the report is not lost nor sent twice, the circuit closes
     and no permit stays taken."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
     here = create_redis_circuit_breaker(
         "svc",
@@ -839,7 +760,7 @@ async def test_a_flush_during_a_trial_leaves_a_consistent_circuit_everywhere(
     """FLUSHDB while a half-open trial runs: whatever its report meets, Redis ends
     with a well-formed hash that holds no permit, and every process agrees with it
     (no wedged half-open, no second trial beyond the limit)."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     here, there = breakers(
         2,
         failure_threshold=1,
@@ -883,7 +804,7 @@ async def test_a_trial_report_held_by_client_pause_leaks_no_permit(
     """A half-open trial succeeds while Redis is paused for writes (CLIENT PAUSE 1500
     WRITE, op_timeout 0.3 s): the caller gets its result at once, and once the pause
     ends no permit stays taken and every process agrees with Redis."""
-    clock = Clock()
+    clock = Clock(10_000.0)
     here, there = breakers(
         2,
         failure_threshold=1,

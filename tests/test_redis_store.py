@@ -13,7 +13,16 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis
-from tests.redis_helpers import command_counts, commands_between, intercept_script
+from tests.redis_helpers import (
+    Boom,
+    Clock,
+    boom,
+    command_counts,
+    commands_between,
+    intercept_script,
+    ok,
+)
+from tests.redis_helpers import eventually as poll_until
 from xnai_core import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -26,28 +35,6 @@ from xnai_core import (
 from xnai_core.circuit.machine import Ticket
 
 StoreFactory = Callable[..., RedisStore]
-
-
-class Boom(Exception):
-    """The protected dependency failed."""
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def boom() -> None:
-    raise Boom
-
-
-class Clock:
-    """A clock the test moves by hand (seconds)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -90,13 +77,8 @@ def config(**kwargs: Any) -> CircuitBreakerConfig:
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
-    """Wait until ``predicate()`` holds; the time it took. Fails after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
-    return time.monotonic() - start
+    """Wait until ``predicate()`` holds, polled every millisecond; the time it took."""
+    return await poll_until(predicate, timeout, poll=0.001)
 
 
 # -- construction ---------------------------------------------------------------
