@@ -38,7 +38,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,9 +358,14 @@ class History:
 
 
 async def inject_faults(
-    proxy: FaultProxy, rng: random.Random, until: float, log: list[tuple[float, str]]
+    proxy: FaultProxy,
+    rng: random.Random,
+    until: float,
+    log: list[tuple[float, str]],
+    solo: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Throw a random fault every 50-400 ms until ``until`` (wall clock)."""
+    """Throw a random fault every 50-400 ms until ``until`` (wall clock); while
+    ``solo()`` (one caller fails alone), a late answer to its report half the time."""
     holes: list[tuple[float, Connection]] = []
     partitions: list[tuple[float, Rule]] = []
     scripts = replies_to("EVALSHA")
@@ -377,6 +382,8 @@ async def inject_faults(
             ["drop", "reset", "delay", "slow", "hole-reply", "hole", "kill", "pubsub", "none"],
             weights=[4, 2, 3, 2, 1, 1, 1, 1, 2],
         )[0]
+        if solo() and rng.random() < 0.5:
+            fault = "slow"
         picked = ""
         if fault in ("slow", "hole", "hole-reply") and rng.random() < 0.5:
             # No new connection gets through for a while (a failover, a full conntrack
@@ -462,7 +469,12 @@ async def run_chaos(plan: Plan, server_port: int) -> History:
         await wait_until_ready(direct, ready, len(workers), timeout=30)
         await release_workers(direct, go, len(workers))
         started = time.time()
-        await inject_faults(proxy, rng, started + plan.fault_seconds, faults)
+
+        def solo() -> bool:
+            slot = min(int((time.time() - started) / SLOT), len(sickness) - 1)
+            return sickness[slot] < 0
+
+        await inject_faults(proxy, rng, started + plan.fault_seconds, faults, solo)
         healed_at = time.time()
         results = await collect(workers)
         raw: dict[bytes, bytes] = await direct.hgetall(KEY)  # type: ignore[assignment]

@@ -754,12 +754,11 @@ async def test_a_forced_open_circuit_survives_a_restart_empty(
     assert seen_there  # the listener did hear the forced open
 
 
-async def test_a_flush_during_a_trial_leaves_a_consistent_circuit_everywhere(
-    breakers: Breakers, direct: aioredis.Redis
-) -> None:
-    """FLUSHDB while a half-open trial runs: whatever its report meets, Redis ends
-    with a well-formed hash that holds no permit, and every process agrees with it
-    (no wedged half-open, no second trial beyond the limit)."""
+async def a_trial_running(
+    breakers: Breakers, **options: Any
+) -> tuple[Any, Any, asyncio.Task[str], asyncio.Event]:
+    """Two processes on a circuit (one trial at a time, clock by hand); ``here`` trips it
+    and runs the half-open trial, which holds until the returned event is set."""
     clock = Clock(10_000.0)
     here, there = breakers(
         2,
@@ -768,13 +767,14 @@ async def test_a_flush_during_a_trial_leaves_a_consistent_circuit_everywhere(
         half_open_max_calls=1,
         clock=clock,
         resync_interval=0.2,
+        **options,
     )
     assert await there.call(ok) == "ok"
     with pytest.raises(Boom):
         await here.call(boom)
     clock.now += 5
-    release = asyncio.Event()
     entered = asyncio.Event()
+    release = asyncio.Event()
 
     async def trial() -> str:
         entered.set()
@@ -783,6 +783,16 @@ async def test_a_flush_during_a_trial_leaves_a_consistent_circuit_everywhere(
 
     running = asyncio.create_task(here.call(trial))
     await asyncio.wait_for(entered.wait(), 10)
+    return here, there, running, release
+
+
+async def test_a_flush_during_a_trial_leaves_a_consistent_circuit_everywhere(
+    breakers: Breakers, direct: aioredis.Redis
+) -> None:
+    """FLUSHDB while a half-open trial runs: whatever its report meets, Redis ends
+    with a well-formed hash that holds no permit, and every process agrees with it
+    (no wedged half-open, no second trial beyond the limit)."""
+    here, there, running, release = await a_trial_running(breakers)
     await direct.flushdb()
     await asyncio.sleep(0.5)
     release.set()
@@ -804,30 +814,7 @@ async def test_a_trial_report_held_by_client_pause_leaks_no_permit(
     """A half-open trial succeeds while Redis is paused for writes (CLIENT PAUSE 1500
     WRITE, op_timeout 0.3 s): the caller gets its result at once, and once the pause
     ends no permit stays taken and every process agrees with Redis."""
-    clock = Clock(10_000.0)
-    here, there = breakers(
-        2,
-        failure_threshold=1,
-        recovery_timeout=5,
-        half_open_max_calls=1,
-        clock=clock,
-        resync_interval=0.2,
-        op_timeout=0.3,
-    )
-    assert await there.call(ok) == "ok"
-    with pytest.raises(Boom):
-        await here.call(boom)
-    clock.now += 5
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def trial() -> str:
-        entered.set()
-        await release.wait()
-        return "ok"
-
-    running = asyncio.create_task(here.call(trial))
-    await asyncio.wait_for(entered.wait(), 10)
+    here, there, running, release = await a_trial_running(breakers, op_timeout=0.3)
     await direct.client_pause(1500, all=False)
     release.set()
     started = time.monotonic()

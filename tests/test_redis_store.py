@@ -238,17 +238,24 @@ async def test_an_older_epoch_cannot_overwrite_a_newer_state(stores: StoreFactor
     assert (b.snapshot().state, b.snapshot().epoch) == (CircuitState.OPEN, epoch)
 
 
+async def behind_a_newer_epoch(
+    stores: StoreFactory, cfg: CircuitBreakerConfig
+) -> tuple[RedisStore, Ticket, RedisStore]:
+    """A store whose mirror keeps an old epoch (and a ticket of it), and another that
+    moved the stored epoch on behind its back (forced closed)."""
+    lagging = stores(cfg, resync_interval=3600)
+    await lagging.start()
+    old = Ticket(lagging.snapshot().epoch)
+    fresh = stores(cfg)
+    await fresh.force(CircuitState.CLOSED)
+    return lagging, old, fresh
+
+
 async def test_a_stale_ticket_is_refused_by_redis_itself(
     stores: StoreFactory, shared_redis: aioredis.Redis
 ) -> None:
     """The script fences epochs even when the caller's mirror is behind."""
-    cfg = config(failure_threshold=1)
-    a = stores(cfg, resync_interval=3600)
-    await a.start()
-    old = Ticket(a.snapshot().epoch)
-    # Move the stored epoch on behind a's back: a's mirror still holds the old epoch.
-    fresh = stores(cfg)
-    await fresh.force(CircuitState.CLOSED)
+    a, old, fresh = await behind_a_newer_epoch(stores, config(failure_threshold=1))
     await fresh.sync()
     newer = fresh.snapshot().epoch
     assert newer > old.epoch
@@ -793,12 +800,7 @@ async def test_a_stale_success_is_refused_by_redis_itself(
     stores: StoreFactory, shared_redis: aioredis.Redis
 ) -> None:
     """The SUCCESS script fences epochs: an old ticket does not clear newer failures."""
-    cfg = config(failure_threshold=3)
-    a = stores(cfg, resync_interval=3600)
-    await a.start()
-    old = Ticket(a.snapshot().epoch)
-    fresh = stores(cfg)
-    await fresh.force(CircuitState.CLOSED)
+    a, old, fresh = await behind_a_newer_epoch(stores, config(failure_threshold=3))
     for _ in range(2):
         admission = await fresh.acquire()
         assert admission.ticket is not None
