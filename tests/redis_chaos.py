@@ -168,7 +168,13 @@ class RecordingStore(RedisStore):
         await super().release(ticket)
 
     def _install(
-        self, old: Snapshot, new: Snapshot, reason: str | None, *, announce: bool = True
+        self,
+        old: Snapshot,
+        new: Snapshot,
+        reason: str | None,
+        *,
+        announce: bool = True,
+        remote: bool = False,
     ) -> None:
         if new.epoch != old.epoch or new.state is not old.state:
             self.transitions.append(
@@ -182,7 +188,7 @@ class RecordingStore(RedisStore):
                     "reason": reason,
                 }
             )
-        super()._install(old, new, reason, announce=announce)
+        super()._install(old, new, reason, announce=announce, remote=remote)
 
 
 async def _lag_meter(lags: list[tuple[float, float]], stop: asyncio.Event) -> None:
