@@ -38,7 +38,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,10 +154,10 @@ class RecordingStore(RedisStore):
         self._ended(ticket, "failure")
         await super().record_failure(ticket)
 
-    def record_failure_nowait(self, ticket: Ticket) -> None:
+    def record_failure_nowait(self, ticket: Ticket) -> Awaitable[object] | None:
         self.failures.append((time.time(), ticket.epoch))
         self._ended(ticket, "failure")
-        super().record_failure_nowait(ticket)
+        return super().record_failure_nowait(ticket)
 
     async def record_success(self, ticket: Ticket) -> None:
         self._ended(ticket, "success")

@@ -337,10 +337,10 @@ class CircuitBreaker:
             if started is not None:
                 self._report("timeout" if timed_out else "failed", started)
             if self.fallback_func is not None:
-                if self._queue_failure is not None:
-                    self._queue_failure(ticket)
-                else:
+                if self._queue_failure is None:
                     await self._store.record_failure(ticket)
+                elif (report := self._queue_failure(ticket)) is not None:
+                    await report
                 return await self._run_fallback(args, kwargs, "timeout" if timed_out else "failed")
             await self._store.record_failure(ticket)
             raise exc

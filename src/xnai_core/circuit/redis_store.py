@@ -26,7 +26,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -383,12 +383,24 @@ class RedisStore:
             # cancellation or deadline never stops the send.
             await patiently(batch.done, budget)
 
-    def record_failure_nowait(self, ticket: Ticket) -> None:
-        """Queue the failure for the next FAILURE script and return at once (a breaker
-        with a fallback falls back without waiting for Redis). The next call of this
-        circuit waits for the report instead, within its own op_timeout."""
-        self._budget(ticket)
-        self._enqueue_failure(ticket)
+    def record_failure_nowait(self, ticket: Ticket) -> Awaitable[object] | None:
+        """Queue the failure for the next FAILURE script; what to wait for, if anything.
+
+        A breaker with a fallback falls back without waiting for Redis: the failures of
+        a burst share a report, and the next call of this circuit waits for it instead,
+        within its own op_timeout. One report is waited for (within the call's budget):
+        a lone failure that trips the circuit (the threshold's, or a trial's), so that a
+        caller failing one call after another reads the circuit open once it tripped it.
+        """
+        budget = self._budget(ticket)
+        snap, alone = self._mirror, self._sender is None and self._gathering is None
+        batch = self._enqueue_failure(ticket)
+        if batch is None or budget <= 0 or not alone:
+            return None
+        trips = snap.failure_count + batch.count >= self.config.failure_threshold
+        if snap.state is CircuitState.HALF_OPEN or trips:
+            return patiently(batch.done, budget)
+        return None
 
     async def release(self, ticket: Ticket) -> None:
         budget = self._budget(ticket)

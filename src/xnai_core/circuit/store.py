@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from . import machine
@@ -80,13 +80,15 @@ class StateStore(Protocol):
 class QueuesFailures(Protocol):
     """A store that takes a failure report without its caller waiting for the answer.
 
-    A breaker with a fallback uses it: the fallback never waits on a shared report. The
-    store must still decide the next call as if the failure were counted (a report on
-    its way makes the next caller wait for it, not the one that failed).
+    A breaker with a fallback uses it, so a fallback does not wait on a shared report
+    that others' reports share. The store must still decide the next call as if the
+    failure were counted (a report on its way makes the next caller wait for it).
     """
 
-    def record_failure_nowait(self, ticket: Ticket) -> None:
-        """Queue the failure of a call admitted with ``ticket``; never waits."""
+    def record_failure_nowait(self, ticket: Ticket) -> Awaitable[object] | None:
+        """Queue the failure of a call admitted with ``ticket``. An awaitable when the
+        caller should wait for the report after all (it alone trips the circuit, so the
+        state read after the call is the tripped one), else None."""
 
 
 class MemoryStore:
