@@ -512,3 +512,39 @@ def test_a_forged_host_header_is_refused(tmp_path: Path, service: list[ServicePr
     assert wait_for(lambda: proc.logged("config reloaded"), 15), proc.log()
     assert proc.logged("allowed_hosts take effect at the next start")
     assert ask("GET", "/api/state", "evil.example") == 400
+
+
+def test_a_sighup_while_the_service_starts_is_applied_once_it_runs(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    # The config is a FIFO: the service blocks reading it until the test writes, so the
+    # signal surely comes while it starts (SIGHUP's default action would end it).
+    config = tmp_path / "s.toml"
+    os.mkfifo(config)
+    text = MONITOR.encode()
+
+    def feed() -> None:
+        with open(config, "wb") as fifo:
+            fifo.write(text)
+
+    proc = ServiceProcess(config, env={"XNAI_TEST_SERVE_TOKEN": TOKEN})
+    service.append(proc)
+    starting = threading.Thread(target=proc.start, daemon=True)
+    starting.start()
+    assert wait_for(lambda: proc.process is not None, 10)
+    time.sleep(1.0)  # well into its start: blocked on the config FIFO
+    proc.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert proc.process is not None
+    assert proc.process.poll() is None, proc.log()
+    feed()  # the startup's read
+    starting.join(timeout=40)
+    assert proc.url, proc.log()
+    # Once up, the service reloads (reading the FIFO again): the early SIGHUP, applied.
+    reload_feed = threading.Thread(target=feed, daemon=True)
+    reload_feed.start()
+    assert wait_for(lambda: proc.logged("config reloaded"), 15), proc.log()
+    reload_feed.join(timeout=10)
+    assert not reload_feed.is_alive()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0, proc.log()

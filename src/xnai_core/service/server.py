@@ -40,6 +40,7 @@ from .._redact import redact
 from .._singleflight import SingleFlight
 from ._schema import ConfigError
 from .config import ServiceConfig, load_config
+from .entry import take_early_hup
 from .runtime import ServiceRuntime
 
 __all__ = ["build_app", "run_server"]
@@ -240,10 +241,15 @@ def build_app(
             task.add_done_callback(pending.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if take_early_hup():
+            on_hup()  # sent while the service was starting: reload now that it runs
         try:
             yield
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            # Stopping: a SIGHUP now has nothing to reload, and must not end the process
+            # by its default action instead of the clean exit under way.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
