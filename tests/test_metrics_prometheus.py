@@ -248,6 +248,38 @@ async def test_a_latch_set_by_a_peer_replica_shows_at_scrape_time(
         await here.aclose()
 
 
+async def test_a_latch_held_here_but_reset_on_a_peer_is_lifted_at_scrape_time(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """This replica latched the service too (it saw the peer's latch when it went to
+    act); an operator resets it on another replica: this replica still holds its latch
+    until its next look, but its /metrics says what Redis says, not escalated."""
+    gc.collect()
+    clock = FakeClock()
+    coordinator = RecoveryCoordinator(shared_redis, key_prefix=key_prefix)
+    peer, here = (make_manager(clock, coordinator=coordinator) for _ in range(2))
+    for manager in (peer, here):
+        manager.add_rule(rule(max_attempts=1, recovery_func=lambda service: None))
+    peer.hooks.install()
+    await go_unhealthy(peer, "api")
+    await go_unhealthy(here, "api")  # finds the latch: "escalated by another process"
+    assert here.is_escalated("api")
+    await peer.aclose()
+    del peer
+    gc.collect()
+    registry = CollectorRegistry()
+    enabled = enable_prometheus(registry)
+    try:
+        async with serving(create_ops_app(recovery=here, metrics=registry)) as base:
+            assert await _escalated_on_scrape(base) == 1
+            assert await coordinator.unlatch("api")  # the reset, on another replica
+            assert await _escalated_on_scrape(base) == 0
+            assert here.is_escalated("api")  # its own latch lifts at its next look
+    finally:
+        enabled.disable()
+        await here.aclose()
+
+
 async def test_names_minted_per_tenant_keep_no_memory_per_name() -> None:
     """Past max_names, a new breaker name costs the adapter nothing that lasts: every
     one shares the overflow label's recorder (and series)."""
