@@ -149,7 +149,8 @@ async def refresh_shared_state() -> None:
     latches of every live recovery manager with a coordinator, and the state of every
     Redis-backed circuit this process has not loaded yet (waiting for those at most
     :data:`LOAD_WAIT`). Call it (``await``) in a ``/metrics`` handler before
-    collecting; it never raises for Redis trouble."""
+    collecting, in the event loop the breakers' Redis clients run in (a circuit is
+    loaded as its first call would load it); it never raises for Redis trouble."""
     jobs: list[asyncio.Future[None]] = []
     for breaker in _live(CircuitBreaker):
         assert isinstance(breaker, CircuitBreaker)
