@@ -548,3 +548,53 @@ def test_a_sighup_while_the_service_starts_is_applied_once_it_runs(
     assert not reload_feed.is_alive()
     proc.signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0, proc.log()
+
+
+def test_a_reload_that_changes_circuits_keeps_every_service_as_it_was(
+    tmp_path: Path, service: list[ServiceProcess], key_prefix: str
+) -> None:
+    import httpx
+
+    from tests.conftest import SHARED_REDIS_URL
+
+    dead = f"http://127.0.0.1:{free_port()}/"
+    head = f'redis_url = "{SHARED_REDIS_URL}"\n' + MONITOR
+    recovery = f'\n[recovery]\nkey_prefix = "{key_prefix}:recovery"\n'
+    with http_service() as (url, _):
+        services = http("kept", url) + http(
+            "down",
+            dead,
+            '[[services.recovery]]\naction = "manual_intervention"\nfailure_threshold = 1\n',
+        )
+
+        def circuits(*names: str) -> str:
+            listed = ", ".join(f'"{name}"' for name in names)
+            return f'\n[circuits]\nkey_prefix = "{key_prefix}:cb:"\nnames = [{listed}]\n'
+
+        config = tmp_path / "s.toml"
+        write(config, head + circuits("llm") + recovery + services)
+        try:
+            proc = launch(service, config)
+            assert wait_for(lambda: proc.service("kept")["total_checks"] >= 5, 15)
+            assert wait_for(lambda: bool(proc.service("down")["recovery"]["escalated"]), 15)
+            checks_before = proc.service("kept")["total_checks"]
+
+            write(config, head + circuits("llm", "vectors") + recovery + services)
+            proc.signal(signal.SIGHUP)
+            assert wait_for(lambda: proc.logged("config reloaded"), 15), proc.log()
+            assert proc.logged("the circuits' mirrors replaced")
+            state = proc.state()
+            assert [c["name"] for c in state["circuits"]] == ["llm", "vectors"]
+            listed = httpx.get(proc.url + "/ops/circuits", timeout=5).json()
+            assert sorted(listed) == ["llm", "vectors"]
+            # The services went on as they were: history, latch, alert.
+            assert proc.service("kept")["total_checks"] >= checks_before
+            assert proc.service("down")["recovery"]["escalated"] is True
+            assert any(a["service"] == "down" for a in state["alerts"])
+        finally:
+            import redis
+
+            client = redis.Redis.from_url(SHARED_REDIS_URL)
+            for key in client.scan_iter(match=f"{key_prefix}*"):
+                client.unlink(key)
+            client.close()

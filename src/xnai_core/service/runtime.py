@@ -3,8 +3,9 @@
 :class:`ServiceRuntime` is built from a :class:`ServiceConfig`, started and stopped by the
 web app's lifespan, and reloaded in place (:meth:`ServiceRuntime.reload`): services whose
 settings did not change keep their checker, history, active alerts and recovery state
-(latch, counters, backoff); a changed service is replaced; a change of the monitor's own
-settings, of ``redis_url`` or of ``[recovery]`` rebuilds everything (said in the log),
+(latch, counters, backoff); a changed service is replaced; a change of ``[circuits]``
+replaces the circuits' mirrors alone; a change of the monitor's own settings, of
+``redis_url`` or of ``[recovery]`` rebuilds everything (said in the log),
 except the unchanged alert sinks, which are kept, and the alerts under way, which the new
 monitor carries on (``sink_reload``).
 """
@@ -64,8 +65,9 @@ class _Parts:
 
 
 def _deep_settings(config: ServiceConfig) -> tuple[object, ...]:
-    """What cannot change under a running monitor and recovery router."""
-    return (config.monitor, config.redis_url, config.recovery, config.circuits)
+    """What cannot change under a running monitor and recovery router. (``[circuits]``
+    only concerns the dashboard's mirrors: changing it replaces those alone.)"""
+    return (config.monitor, config.redis_url, config.recovery)
 
 
 class ServiceRuntime:
@@ -114,10 +116,11 @@ class ServiceRuntime:
                 await self._rebuild(parts, old, new, fresh)
                 self._parts = fresh
                 await fresh.monitor.start_monitoring()
-                changes = ["monitor, redis_url, [recovery] or [circuits] changed: rebuilt all"]
+                changes = ["monitor, redis_url or [recovery] changed: rebuilt all"]
             else:
                 changes = await self._reload_services(parts, old, new)
                 changes += await self._reload_sinks(parts, old, new)
+                changes += await self._reload_circuits(parts, old, new)
             self.config = new
             self._targets.clear()
             self._histories.clear()
@@ -149,13 +152,7 @@ class ServiceRuntime:
                 monitor.add_alert_handler(sink)
                 router.add_alert_handler(sink)
             if redis_client is not None:
-                parts.circuits = CircuitWatch(
-                    redis_client,
-                    key_prefix=config.circuits.key_prefix,
-                    names=config.circuits.names,
-                    recovery_timeout=config.circuits.recovery_timeout,
-                )
-                await parts.circuits.start()
+                parts.circuits = await _watch_circuits(redis_client, config)
         except BaseException:
             await self._teardown(parts)
             raise
@@ -173,6 +170,16 @@ class ServiceRuntime:
             # What only the library can judge: a rule's stable_period against this
             # monitor's detection time, a checker's own argument checks.
             raise ConfigError(f"services[{index}]", redact(str(exc))) from None
+
+    async def _reload_circuits(
+        self, parts: _Parts, old: ServiceConfig, new: ServiceConfig
+    ) -> list[str]:
+        if old.circuits == new.circuits or parts.redis is None:
+            return []
+        fresh = await _watch_circuits(parts.redis, new)
+        previous, parts.circuits = parts.circuits, fresh
+        await _bounded(previous.aclose() if previous is not None else None)
+        return ["[circuits] changed: the circuits' mirrors replaced"]
 
     async def _teardown(self, parts: _Parts) -> None:
         """Stop one generation, its parts side by side: SIGTERM's 5 s promise is the sum
@@ -427,6 +434,17 @@ async def check_buildable(config: ServiceConfig) -> None:
     finally:
         await monitor.stop_monitoring()
         await router.aclose()
+
+
+async def _watch_circuits(client: aioredis.Redis, config: ServiceConfig) -> CircuitWatch:
+    watch = CircuitWatch(
+        client,
+        key_prefix=config.circuits.key_prefix,
+        names=config.circuits.names,
+        recovery_timeout=config.circuits.recovery_timeout,
+    )
+    await watch.start()
+    return watch
 
 
 async def _bounded(closing: Awaitable[object] | None) -> None:

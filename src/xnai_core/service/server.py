@@ -84,20 +84,25 @@ def _static(path: str) -> bytes:
 
 
 class _OpsApp:
-    """The ops endpoints of the runtime's current monitor (rebuilt when it changes)."""
+    """The ops endpoints of the runtime's current monitor and circuits (rebuilt when
+    either changes)."""
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         self._runtime = runtime
         self._app: ASGIApp | None = None
-        self._monitor: object = None
+        self._parts: tuple[object, object] = (None, None)
         self._token: str | None = None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        monitor = self._runtime.monitor
+        parts = (self._runtime.monitor, self._runtime.circuits)
         token = self._runtime.config.control_token
-        if self._app is None or monitor is not self._monitor or token != self._token:
+        if (
+            self._app is None
+            or any(now is not before for now, before in zip(parts, self._parts, strict=True))
+            or token != self._token
+        ):
             self._app = _make_ops_app(self._runtime)
-            self._monitor, self._token = monitor, token
+            self._parts, self._token = parts, token
         await self._app(scope, receive, send)
 
 
