@@ -122,6 +122,10 @@ def test_dashboard_live_updates_controls_and_reconnects(
             expect(victim_card).to_have_text("unhealthy", timeout=15_000)
             assert proc.service("victim")["total_checks"] - checks_at_kill <= 3 + 2
             assert page.locator('[data-service="victim"] .error').count() == 1
+            # Without the token, the page says that it failed and when, not where or why.
+            victim_error = page.locator('[data-service="victim"] .error')
+            expect(victim_error).to_contain_text("shown with the control token")
+            assert "127.0.0.1" not in page.locator('[data-service="victim"] .target').inner_text()
 
             # The controls: present (a token is configured) but locked until it is entered.
             open_button = page.get_by_role("button", name="open circuit llm")
@@ -136,6 +140,9 @@ def test_dashboard_live_updates_controls_and_reconnects(
             page.get_by_label("Control token").fill(TOKEN)
             page.get_by_role("button", name="Use token").click()
             expect(open_button).to_be_enabled(timeout=5_000)
+            # With it, the polls carry it and the detail shows.
+            expect(victim_error).to_contain_text("ConnectError", timeout=10_000)
+            expect(page.locator('[data-service="victim"] .target')).to_contain_text("127.0.0.1")
             open_button.click()
             badge = page.locator('[data-circuit="llm"] .badge')
             expect(badge).to_have_text("open (forced)", timeout=10_000)

@@ -6,6 +6,7 @@ const POLL_MS = 1000;
 const MAX_BACKOFF_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
 let token = null;  // kept in this page's memory only
+let controlsShown = false;  // the circuits' buttons exist (a token and Redis)
 let failures = 0;
 let lastOk = 0;
 
@@ -107,6 +108,7 @@ function renderCircuits(circuits, controls, tokenConfigured) {
   const note = document.getElementById("circuits-note");
   const form = document.getElementById("token-form");
   form.hidden = !tokenConfigured;
+  controlsShown = Boolean(controls);
   document.getElementById("actions-head").hidden = !controls;
   if (circuits === null) {
     body.replaceChildren();
@@ -197,7 +199,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const input = document.getElementById("token");
     token = input.value.trim() || null;
     input.value = "";
-    document.getElementById("token-state").textContent = token ? "controls unlocked" : "controls locked: enter the token";
+    document.getElementById("token-state").textContent = token
+      ? (controlsShown ? "controls unlocked, details shown" : "token entered: details shown")
+      : "enter the token for the controls and details";
     poll();
   });
   poll().then(loop);
