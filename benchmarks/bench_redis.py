@@ -17,7 +17,8 @@ free loopback port (so INFO commandstats counts only our calls):
 - the same trip propagation, and the call latency (p50, p99, worst) of 100 concurrent
   callers of which 10% fail (closed calls, failure reports, trips, rejections, half-open
   trials), with every reply held 1 ms by the test suite's fault proxy
-  (``tests/fault_proxy.py``) in front of the server.
+  (``tests/fault_proxy.py``) in front of the server; and how late the fallbacks of 400
+  calls timing out at once answer under that delay (their failure reports go on behind).
 
 Shared 2-core machines are noisy: read the ratios.
 """
@@ -272,13 +273,51 @@ async def latencies(port: int, rounds: int) -> list[float]:
     return samples
 
 
-async def under_delay(port: int, rounds: int) -> tuple[list[float], list[float]]:
-    """Call latencies and trip propagation with every reply held ``PROXY_DELAY``."""
+async def fallback_lateness(port: int, rounds: int) -> list[float]:
+    """Milliseconds from each timeout to its fallback's answer: ``rounds`` x 400 calls
+    with a fallback that time out at the same instant (the failure reports go on)."""
+    client = aioredis.Redis(port=port)
+    samples: list[float] = []
+
+    async def hanging(ended: list[float]) -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            ended.append(time.perf_counter())
+
+    async def one(breaker: CircuitBreaker) -> None:
+        ended: list[float] = []
+        await breaker.call(hanging, ended)
+        samples.append((time.perf_counter() - ended[0]) * 1000)
+
+    for round_ in range(rounds):
+        breaker = create_redis_circuit_breaker(
+            f"bench-fallback-{round_}",
+            client,
+            failure_threshold=5,
+            timeout=0.1,
+            fallback_func=lambda ended: None,
+            key_prefix="bench:cb:",
+        )
+        await breaker.store.start()  # type: ignore[attr-defined]
+        await asyncio.gather(*(one(breaker) for _ in range(400)))
+        await breaker.close()
+    await client.aclose()
+    return samples
+
+
+async def under_delay(port: int, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Call latencies, trip propagation and fallback lateness with every reply held
+    ``PROXY_DELAY``."""
     proxy = FaultProxy(port)
     await proxy.start()
     proxy.delay_replies(PROXY_DELAY)
     try:
-        return await latencies(proxy.port, rounds), await propagation(proxy.port, 10, "delayed")
+        return (
+            await latencies(proxy.port, rounds),
+            await propagation(proxy.port, 10, "delayed"),
+            await fallback_lateness(proxy.port, 5),
+        )
     finally:
         await proxy.aclose()
 
@@ -292,6 +331,7 @@ class Results:
     hops: list[float]
     delayed_calls: list[float]
     delayed_hops: list[float]
+    fallbacks: list[float]
 
 
 async def run(calls: int, repeats: int, port: int) -> Results:
@@ -371,8 +411,8 @@ async def run(calls: int, repeats: int, port: int) -> Results:
         await repository.redis.aclose()
 
     hops = await propagation(port, rounds=10)
-    delayed_calls, delayed_hops = await under_delay(port, rounds=max(calls // 100, 10))
-    return Results(rows, hops, delayed_calls, delayed_hops)
+    delayed_calls, delayed_hops, fallbacks = await under_delay(port, rounds=max(calls // 100, 10))
+    return Results(rows, hops, delayed_calls, delayed_hops, fallbacks)
 
 
 def _percentile(samples: list[float], share: float) -> float:
@@ -419,6 +459,13 @@ def print_table(results: Results) -> None:
         print(
             f"Trip propagation under the same delay ({len(delayed)} trips): "
             f"median {statistics.median(delayed):.2f} ms, max {max(delayed):.2f} ms"
+        )
+    late = results.fallbacks
+    if late:
+        print(
+            f"Fallbacks under the same delay ({len(late):,} calls with a fallback timing out "
+            f"400 at once): late by p50 {_percentile(late, 0.5):.2f} ms, "
+            f"p99 {_percentile(late, 0.99):.2f} ms, worst {max(late):.2f} ms"
         )
 
 
