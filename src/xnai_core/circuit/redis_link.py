@@ -11,7 +11,9 @@ Deadlines. A caller waits for a script at most its own budget (``op_timeout``);
 the script itself runs as a task of the link that the caller's cancellation or
 deadline never interrupts, so a reply that was already on its way is never
 thrown away: the caller stops waiting, the answer is still read (and a permit it
-took is given back). Connecting, subscribing, loading the scripts and catching
+took is given back). A script unanswered for ``op_timeout`` puts only its own
+circuit out of step; the link then PINGs Redis (:meth:`RedisLink.suspect`) to tell
+one late reply from an outage. Connecting, subscribing, loading the scripts and catching
 up after an outage are the link's own business and get a longer deadline
 (:func:`setup_timeout`), so a Redis 150 ms away comes back instead of flapping.
 """
@@ -167,7 +169,6 @@ class RedisLink:
         self.outages = 0
         self.silences = 0
         self.late_replies = 0
-        self.stalls = 0
         self._probe: asyncio.Task[None] | None = None
         self._resync_soon = False
         self._members: dict[str, dict[int, weakref.ref[LinkMember]]] = {}
@@ -352,7 +353,6 @@ class RedisLink:
         and the circuits re-read at once (the one whose reply was late decides locally
         until then). A stall of one connection is no outage of the client.
         """
-        self.stalls += 1
         if self.down or self.closed or self._probe is not None:
             return
         self._probe = self.spawn(self._ping(exc, wait), name="xnai-redis-probe")
