@@ -608,6 +608,22 @@ async def test_18_four_hundred_simultaneous_failures_fall_back_without_waiting(
         await client.aclose()
 
 
+async def test_18_a_caller_that_trips_the_circuit_alone_reads_it_open(
+    stores: Factory, fault_proxy: FaultProxy
+) -> None:
+    """Failing calls one after another with a fallback, Redis 50 ms away: the calls
+    below the threshold fall back at once, and the one that trips the circuit waits for
+    its report, so the state read right after it is open (as the seed's example reads)."""
+    store = stores(cfg(failure_threshold=3), op_timeout=1.0)
+    breaker = CircuitBreaker(store.config, lambda: "fallback", store=store)
+    await store.start()
+    fault_proxy.delay_replies(0.05, when=replies_to("EVALSHA"))
+    for _ in range(3):
+        assert await breaker.call(boom) == "fallback"
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.get_metrics()["redis_available"] is True
+
+
 # -- REDIS_DOWN: what is an outage, and what is not -------------------------------------
 
 
