@@ -618,8 +618,12 @@ async def test_18_a_caller_that_trips_the_circuit_alone_reads_it_open(
     breaker = CircuitBreaker(store.config, lambda: "fallback", store=store)
     await store.start()
     fault_proxy.delay_replies(0.05, when=replies_to("EVALSHA"))
+
+    async def failing() -> str:
+        raise Boom
+
     for _ in range(3):
-        assert await breaker.call(boom) == "fallback"
+        assert await breaker.call(failing) == "fallback"
     assert breaker.state is CircuitState.OPEN
     assert breaker.get_metrics()["redis_available"] is True
 
