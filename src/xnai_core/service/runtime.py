@@ -181,15 +181,15 @@ class ServiceRuntime:
         await _bounded(previous.aclose() if previous is not None else None)
         return ["[circuits] changed: the circuits' mirrors replaced"]
 
-    async def _teardown(self, parts: _Parts) -> None:
+    async def _teardown(self, parts: _Parts, *, flush: float = STOP_FLUSH_DEADLINE) -> None:
         """Stop one generation, its parts side by side: SIGTERM's 5 s promise is the sum
         of what runs one after the other here, so nothing that can wait on a hung peer
         does (checks are cancelled, restart commands get SIGTERM then SIGKILL a second
-        later, sinks get STOP_FLUSH_DEADLINE to deliver, Redis CLOSE_DEADLINE to part)."""
+        later, sinks get ``flush`` seconds to deliver, Redis CLOSE_DEADLINE to part)."""
         await asyncio.gather(
             parts.monitor.stop_monitoring(),
             parts.router.aclose(),
-            *(sink.aclose(STOP_FLUSH_DEADLINE) for sink in parts.sinks),
+            *(sink.aclose(flush) for sink in parts.sinks),
             _bounded(parts.circuits.aclose() if parts.circuits is not None else None),
             return_exceptions=True,
         )
@@ -264,7 +264,7 @@ class ServiceRuntime:
             handover.name_open()
         finally:
             try:
-                await self._teardown(parts)
+                await self._teardown(parts, flush=SINK_FLUSH_DEADLINE)
             finally:
                 await handover.finish(SINK_FLUSH_DEADLINE, flush=False)
 
