@@ -104,11 +104,7 @@ async def test_breaker_timeout_degrades() -> None:
     circuit = breaker(timeout=0.02)
     manager = protected_manager(circuit)
 
-    async def hangs(prompt: str) -> str:
-        await asyncio.Event().wait()
-        return "never"
-
-    result = await manager.call_service_detailed("llm", hangs, "q")
+    result = await manager.call_service_detailed("llm", hangs_forever, "q")
     assert result.value == "sorry"
     assert isinstance(result.info.error, CallTimeoutError)
     assert circuit.get_metrics()["timeouts"] == 1
@@ -120,12 +116,8 @@ async def test_manager_timeout_is_counted_by_the_breaker() -> None:
     manager = protected_manager(circuit)
     manager.configure_service("llm", timeout=0.02)
 
-    async def hangs(prompt: str) -> str:
-        await asyncio.Event().wait()
-        return "never"
-
     for _ in range(2):
-        result = await manager.call_service_detailed("llm", hangs, "q")
+        result = await manager.call_service_detailed("llm", hangs_forever, "q")
         assert isinstance(result.info.error, ServiceTimeoutError)
     assert circuit.state is CircuitState.OPEN
 
@@ -188,11 +180,7 @@ async def test_breakers_own_fallback_on_timeout_is_labelled() -> None:
     circuit = breaker(timeout=0.02, fallback=lambda prompt: "late")
     manager = protected_manager(circuit)
 
-    async def hangs(prompt: str) -> str:
-        await asyncio.Event().wait()
-        return "never"
-
-    result = await manager.call_service_detailed("llm", hangs, "q")
+    result = await manager.call_service_detailed("llm", hangs_forever, "q")
     assert result.value == "late"
     assert result.info.reason == "call through circuit 'llm' timed out; its fallback answered"
 
