@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -446,16 +447,22 @@ async def test_one_hundred_concurrent_misses_share_one_failure() -> None:
     assert calls == 1
 
 
-async def test_distinct_keys_fly_separately() -> None:
-    """Concurrent misses for different keys do not wait on each other."""
-    clock = FakeClock(START)
-    manager, strategy = cached_manager(clock, key_func=str)
+def gated() -> tuple[asyncio.Event, Callable[[str], Awaitable[str]]]:
+    """A primary that answers its prompt once the returned gate is set."""
     gate = asyncio.Event()
 
     async def slow_ask(prompt: str) -> str:
         await gate.wait()
         return prompt
 
+    return gate, slow_ask
+
+
+async def test_distinct_keys_fly_separately() -> None:
+    """Concurrent misses for different keys do not wait on each other."""
+    clock = FakeClock(START)
+    manager, strategy = cached_manager(clock, key_func=str)
+    gate, slow_ask = gated()
     tasks = [
         asyncio.create_task(manager.call_service("llm", slow_ask, f"q{i % 10}")) for i in range(100)
     ]
@@ -469,12 +476,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_flight() -> None:
     """The first caller giving up leaves the shared call running for the others."""
     clock = FakeClock(START)
     manager, _ = cached_manager(clock, key_func=str)
-    gate = asyncio.Event()
-
-    async def slow_ask(prompt: str) -> str:
-        await gate.wait()
-        return prompt
-
+    gate, slow_ask = gated()
     leader = asyncio.create_task(manager.call_service("llm", slow_ask, "q"))
     await asyncio.sleep(0)
     follower = asyncio.create_task(manager.call_service("llm", slow_ask, "q"))
