@@ -33,16 +33,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 
 import redis.asyncio as aioredis
+from tests.conftest import PrivateRedis
 from tests.fault_proxy import FaultProxy
 
 from xnai_core import (
@@ -63,44 +58,6 @@ SCENARIOS = (
     ("down, cached", "no cache"),
     ("down, fails", "no cache, fails"),
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def private_server() -> Iterator[subprocess.Popen[bytes]]:
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="xnai-bench-degradation-")
-    process = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-         "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    process.port = port  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGCONT)
-        process.kill()
-        process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def primary(prompt: str) -> dict[str, str]:
@@ -129,38 +86,45 @@ async def scenario(name: str, calls: int) -> list[float]:
     manager.add_service_strategy("llm", fallback)
     if name.startswith("no cache"):
         return await timed_calls(manager, calls, name)
-    with private_server() as server:
-        port = server.port  # type: ignore[attr-defined]
-        proxy = None
-        if name == "redis drops":
-            proxy = FaultProxy(port)
-            await proxy.start()
-            port = proxy.port
-        client = aioredis.Redis(host="127.0.0.1", port=port)  # default retry on
-        cache = RedisCache(client, prefix=f"bench-{os.getpid()}:")
-        strategy = CacheFirstStrategy(cache, ttl=60, stale_if_error=600)
-        manager.add_service_strategy("llm", strategy, priority=10)
-        await manager.call_service("llm", primary, "cached")  # a pooled connection exists
-        await strategy.flush()
+    server = PrivateRedis()  # a redis-server of its own on a free port: safe to kill
+    server.start()
+    try:
+        return await _timed_with_cache(manager, server, name, calls)
+    finally:
+        server.cleanup()
+
+
+async def _timed_with_cache(
+    manager: ServiceDegradationManager, server: PrivateRedis, name: str, calls: int
+) -> list[float]:
+    port = server.port
+    proxy = None
+    if name == "redis drops":
+        proxy = FaultProxy(port)
+        await proxy.start()
+        port = proxy.port
+    client = aioredis.Redis(host="127.0.0.1", port=port)  # default retry on
+    cache = RedisCache(client, prefix=f"bench-{os.getpid()}:")
+    strategy = CacheFirstStrategy(cache, ttl=60, stale_if_error=600)
+    manager.add_service_strategy("llm", strategy, priority=10)
+    await manager.call_service("llm", primary, "cached")  # a pooled connection exists
+    await strategy.flush()
+    if name == "redis hung":
+        server.pause()
+    elif proxy is not None:
+        proxy.drop_replies(count=None)
+    elif name != "redis up":
+        server.kill()
+    try:
+        return await timed_calls(manager, calls, name)
+    finally:
         if name == "redis hung":
-            server.send_signal(signal.SIGSTOP)
-        elif proxy is not None:
-            proxy.drop_replies(count=None)
-        elif name != "redis up":
-            server.kill()
-            server.wait()
-        try:
-            return await timed_calls(manager, calls, name)
-        finally:
-            if name == "redis hung":
-                server.send_signal(signal.SIGCONT)
-            aclose = getattr(cache, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 2)
-            if proxy is not None:
-                await proxy.aclose()
+            server.resume()
+        await cache.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.aclose(), 2)
+        if proxy is not None:
+            await proxy.aclose()
 
 
 def _ms(seconds: float) -> str:
