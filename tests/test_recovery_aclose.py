@@ -192,7 +192,7 @@ async def test_a_manager_closed_while_its_command_runs_kills_it(
     manager.add_rule(_rule(tmp_path))
     pids = tmp_path / "pids"
     await manager.on_status_change("web", H, U)
-    await _until(pids.exists)
+    await _until(lambda: pids.exists() and pids.read_text().strip() != "")  # it runs
     pid = int(pids.read_text().split()[0])
     await manager.aclose()
     assert not _alive(pid)
