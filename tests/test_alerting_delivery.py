@@ -42,6 +42,36 @@ async def test_http_408_is_retried_like_429_and_5xx(receiver: Receiver) -> None:
     assert (stats.sent, stats.retried, stats.dropped) == (1, 1, 0)
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "waited"),
+    [
+        ("\xb2", 1.0),  # "²": str.isdigit() says yes, float() says no
+        ("-5", 1.0),
+        ("1.5", 1.0),
+        ("soon", 1.0),
+        ("Mon, 32 Jan 2026 00:00:00 GMT", 1.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 300.0),
+        ("9" * 400, 300.0),
+        ("7", 7.0),
+    ],
+)
+async def test_a_garbled_retry_after_means_the_backoff_never_a_lost_alert(
+    receiver: Receiver, retry_after: str, waited: float
+) -> None:
+    """A 429 whose ``Retry-After`` is no delay (not ASCII digits, negative, fractional, a
+    date out of range) is retried after our own backoff; a huge one is capped."""
+    receiver.script.append(Reply(429, {"Retry-After": retry_after}))
+    sleep = SleepRecorder()
+    sink = WebhookSink(f"{receiver.url}/hook", sleep=sleep, random=lambda: 0.0)
+    sink.submit(alert())
+    await sink.drain()
+    stats = sink.stats()
+    await sink.aclose()
+    assert receiver.answers == [429, 200]
+    assert (stats.sent, stats.retried, stats.dropped) == (1, 1, 0)
+    assert sleep.delays == pytest.approx([waited], abs=0.05)
+
+
 async def test_a_slow_slack_answer_is_waited_for_not_sent_twice(receiver: Receiver) -> None:
     """Slack cannot drop a retried copy: an answer slower than ``timeout`` (connecting and
     sending) is still waited for, so the channel gets one message, not two."""

@@ -357,6 +357,50 @@ async def test_webhook_signature_refuses_a_replay(receiver: Receiver) -> None:
     assert not receiver_verifies(b"\x00\xffkey", request, later)
 
 
+@pytest.mark.parametrize(
+    ("stamp", "signature"),
+    [
+        ("\xb2", None),  # "²": str.isdigit() is true, int() refuses it
+        ("9" * 5000, None),  # int() refuses 4,300 digits
+        (None, "v1=\xe9"),  # compare_digest() refuses non-ASCII str
+        ("-1", None),
+        ("", ""),
+    ],
+)
+async def test_webhook_signature_check_refuses_hostile_headers_without_raising(
+    receiver: Receiver, stamp: str | None, signature: str | None
+) -> None:
+    """Whatever a sender puts in the two headers, ``verify_signature`` answers False (the
+    receiver's 401), never an exception (its 500)."""
+    sink = WebhookSink(receiver.url, secret="s3cret-key")
+    sink.submit(alert())
+    await sink.aclose()
+    request = receiver.requests[0]
+    real_stamp = request.headers["x-xnai-timestamp"]
+    real_signature = request.headers["x-xnai-signature"]
+    assert verify_signature("s3cret-key", request.body, real_stamp, real_signature)
+    assert not verify_signature(
+        "s3cret-key",
+        request.body,
+        real_stamp if stamp is None else stamp,
+        real_signature if signature is None else signature,
+    )
+    assert not verify_signature(
+        "s3cret-key", request.body, real_stamp, real_signature, tolerance=float("nan")
+    )
+
+
+async def test_the_delivery_id_a_receiver_drops_copies_by_is_signed(receiver: Receiver) -> None:
+    """The ``X-Xnai-Delivery`` header is not signed (a replayer can change it); the body's
+    ``id`` is, and it is the same value: that is the one to remember."""
+    sink = WebhookSink(receiver.url, secret="s3cret-key")
+    sink.submit(alert())
+    await sink.aclose()
+    request = receiver.requests[0]
+    assert request.json()["id"] == request.headers["x-xnai-delivery"]
+    assert request.json()["id"] == request.headers["idempotency-key"]
+
+
 async def test_webhook_body_is_the_documented_json(receiver: Receiver) -> None:
     """The body has the documented fields; resolve keeps the raise's severity and start."""
     sink = WebhookSink(receiver.url)

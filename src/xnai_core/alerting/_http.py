@@ -62,17 +62,21 @@ def check_http_url(field: str, url: object) -> str:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date);
+    None for anything else (a garbled header means the backoff, never a lost alert).
+
+    Only ASCII digits count: ``"²".isdigit()`` is true, but no number.
+    """
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, moment.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, moment.timestamp() - now)
 
 
 class HttpPoster:

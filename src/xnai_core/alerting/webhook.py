@@ -29,7 +29,8 @@ let the receiver check it came from us:
 Verify by recomputing the HMAC over the raw body, comparing in constant time
 (``hmac.compare_digest``), and refusing a timestamp more than five minutes from
 your clock, so a captured request cannot be replayed later:
-:func:`verify_signature` does all three.
+:func:`verify_signature` does all three. Within that window, drop a repeated body ``id``
+(signed; the two headers carry the same id but are not).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ DELIVERY_HEADER = "X-Xnai-Delivery"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300.0
+_MAX_TIMESTAMP_DIGITS = 20
 
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
@@ -75,15 +77,22 @@ def verify_signature(
     """True if ``signature`` is ours for ``body`` and ``timestamp`` is within ``tolerance``.
 
     ``timestamp`` and ``signature`` are the raw header values; ``body`` the raw
-    bytes received (before any JSON parsing).
+    bytes received (before any JSON parsing). Whatever a sender puts in the headers
+    gives False, never an exception (a receiver answers 401, not 500).
     """
-    if not timestamp or not signature or not timestamp.isdigit():
+    if not timestamp or not signature or not _is_timestamp(timestamp):
         return False
     moment = int(timestamp)
     current = time.time() if now is None else now
-    if abs(current - moment) > tolerance:
+    if not abs(current - moment) <= tolerance:  # also refuses a NaN tolerance
         return False
-    return hmac.compare_digest(sign(secret, moment, body), signature.strip())
+    expected = sign(secret, moment, body).encode()
+    return hmac.compare_digest(expected, signature.strip().encode("utf-8", "replace"))
+
+
+def _is_timestamp(value: str) -> bool:
+    # ASCII digits only ("²".isdigit() is true), and short: int() refuses 4,300 digits.
+    return len(value) <= _MAX_TIMESTAMP_DIGITS and value.isascii() and value.isdigit()
 
 
 class WebhookSink(HttpSink):
