@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.alerting_helpers import Receiver, alert, refused_url, served, wait_for
+from tests.alerting_helpers import (
+    BlackHole,
+    Receiver,
+    SleepRecorder,
+    alert,
+    refused_url,
+    resolved,
+    served,
+    wait_for,
+)
 from tests.conftest import free_port
 from xnai_core import CustomHealthChecker, HealthMonitor, HealthStatus
 from xnai_core.alerting import AlertmanagerSink
@@ -203,6 +212,37 @@ async def test_alertmanager_groups_alerts_of_the_same_name(
     await wait_for(grouped)
     assert (sink.stats().sent, sink.stats().retried) == (2, 0)
     await sink.aclose()
+
+
+async def test_an_ha_pair_whose_other_member_hangs_delivers_each_notice_once_without_waiting(
+    alertmanager: Alertmanager, hook: Receiver
+) -> None:
+    """One member of the pair accepts connections and never answers: every raise and
+    resolve is delivered through the other at the first attempt (before: each attempt
+    waited for the hung member, timed out, and was retried as if nobody had it)."""
+    hole = BlackHole()
+    sink = AlertmanagerSink(
+        [alertmanager.url, hole.url], timeout=2.0, max_attempts=2, sleep=SleepRecorder()
+    )
+    raised = [alert(service=f"svc{index}") for index in range(5)]
+    try:
+        for item in raised:
+            sink.submit(item)
+        await sink.drain()
+        listed = {item["labels"]["service"] for item in alertmanager.get("/api/v2/alerts")}
+        assert listed >= {item.service for item in raised}
+        services = [item.service for item in raised]
+        # Notified by Alertmanager, so that it notifies the resolve too.
+        await wait_for(lambda: all(seen(hook, name, "firing") for name in services))
+        for item in raised:
+            sink.submit(resolved(item))
+        await sink.drain()
+        stats = sink.stats()
+        assert (stats.sent, stats.retried, stats.dropped) == (10, 0, 0)
+        await wait_for(lambda: all(seen(hook, name, "resolved") for name in services))
+    finally:
+        await sink.aclose()
+        hole.close()
 
 
 async def test_a_silence_created_through_the_api_mutes_the_alert(

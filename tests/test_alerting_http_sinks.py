@@ -480,6 +480,31 @@ async def test_alertmanager_posts_to_every_member_and_one_suffices(receiver: Rec
     await sink.aclose()
 
 
+async def test_alertmanager_a_slow_member_gets_the_resolve_after_the_raise(
+    receiver: Receiver,
+) -> None:
+    """The pair's other member answers slowly: the sink does not wait for it, but it still
+    gets the raise, then the resolve, in that order (a member left firing would notify
+    the alert again), and a hung member costs nothing once the sink is closed."""
+    slow = Receiver(lambda request: Reply(200, delay=0.5))
+    hole = BlackHole()
+    try:
+        sink = AlertmanagerSink([receiver.url, slow.url, hole.url], timeout=5.0)
+        raised = alert()
+        sink.submit(raised)
+        sink.submit(resolved(raised))
+        await sink.drain()
+        assert len(receiver.requests) == 2
+        await wait_for(lambda: len(slow.requests) == 2)
+        assert ["endsAt" in body[0] for body in slow.bodies()] == [False, True]
+        await sink.aclose()
+        assert not sink._behind
+        assert (sink.stats().sent, sink.stats().retried) == (2, 0)
+    finally:
+        slow.close()
+        hole.close()
+
+
 async def test_alertmanager_retries_when_no_member_accepts(receiver: Receiver) -> None:
     """Both members failing: retried until one accepts."""
     receiver.script.append(Reply(503))

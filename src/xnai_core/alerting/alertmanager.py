@@ -63,8 +63,8 @@ class AlertmanagerSink(HttpSink):
 
     ``urls`` is one base URL (``http://alertmanager:9093``) or several: give
     every member of an HA cluster, as Alertmanager asks of its clients; each
-    notification goes to all of them at once and counts as delivered when at
-    least one accepted it (the next re-post reaches the others).
+    notification goes to all of them at once and counts as delivered as soon as
+    one accepted it; the others are not waited for (see :meth:`send`).
 
     Each alert carries the labels ``alertname`` (``ServiceUnhealthy``, ...),
     ``service``, ``severity`` (of the raise), ``kind``, ``source="xnai-core"``,
@@ -102,6 +102,8 @@ class AlertmanagerSink(HttpSink):
         self._labels = _check_labels(labels)
         self._generator_url = generator_url
         self._dashboard_url = dashboard_url
+        # Posts to members still under way after another member accepted, by member.
+        self._behind: dict[int, asyncio.Task[DeliveryError | None]] = {}
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(piece for url in self._urls for piece in url_pieces(url.reveal()))
@@ -151,13 +153,48 @@ class AlertmanagerSink(HttpSink):
         return [alert]
 
     async def send(self, note: Notification) -> None:
+        """Post to every member at once; done as soon as one accepted.
+
+        The others are not waited for: a member that hangs would otherwise hold every
+        notification for ``timeout`` (and time the attempt out, so that one member's
+        outage failed the whole pair). Their posts go on in the background, one at a
+        time per member. A member still busy with an earlier notice (wedged, or slow)
+        skips a firing notice (the next re-post reaches it) but gets a resolve after
+        what it is busy with: a member left firing would notify the alert again.
+        """
         body = json.dumps(self.payload(note)).encode()
-        results = await asyncio.gather(
-            *(self._post_one(index, url, body) for index, url in enumerate(self._urls))
-        )
-        failures = [result for result in results if result is not None]
-        if len(failures) < len(results):
-            return  # at least one member has it; the cluster (and the re-post) does the rest
+        behind = [task for task in self._behind.values() if not task.done()]
+        if len(behind) == len(self._urls):
+            # Every member busy: this notice waits for them (within the attempt's bound).
+            await asyncio.wait(behind)
+        posts: dict[int, asyncio.Task[DeliveryError | None]] = {}
+        for index, url in enumerate(self._urls):
+            busy = self._behind.get(index)
+            if busy is None or busy.done():
+                posts[index] = asyncio.ensure_future(self._post_one(index, url, body))
+            elif note.event == "resolved":
+                later = asyncio.ensure_future(self._post_after(busy, index, url, body))
+                later.add_done_callback(_consume)
+                self._behind[index] = later
+        failures: list[DeliveryError] = []
+        waiting = set(posts.values())
+        try:
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                results = [task.result() for task in done]
+                failures += [result for result in results if result is not None]
+                if any(result is None for result in results):
+                    # One member has it; the cluster (and the re-post) does the rest.
+                    for index, task in posts.items():
+                        if not task.done():
+                            task.add_done_callback(_consume)
+                            self._behind[index] = task
+                    waiting = set()
+                    return
+        finally:
+            for task in waiting:  # cancelled (aclose, the attempt's deadline)
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
         raise DeliveryError(
             "; ".join(failure.reason for failure in failures),
             retryable=any(failure.retryable for failure in failures),
@@ -166,6 +203,20 @@ class AlertmanagerSink(HttpSink):
             ),
         )
 
+    async def release(self) -> None:
+        behind = [task for task in self._behind.values() if not task.done()]
+        for task in behind:
+            task.cancel()
+        await asyncio.gather(*behind, return_exceptions=True)
+        self._behind.clear()
+        await super().release()
+
+    async def _post_after(
+        self, busy: asyncio.Future[DeliveryError | None], index: int, url: Secret, body: bytes
+    ) -> DeliveryError | None:
+        await asyncio.wait({busy})
+        return await self._post_one(index, url, body)
+
     async def _post_one(self, index: int, url: Secret, body: bytes) -> DeliveryError | None:
         label = "alertmanager" if len(self._urls) == 1 else f"alertmanager #{index + 1}"
         try:
@@ -173,3 +224,10 @@ class AlertmanagerSink(HttpSink):
         except DeliveryError as error:
             return error
         return None
+
+
+def _consume(task: asyncio.Task[DeliveryError | None]) -> None:
+    """A member's post nobody awaits any more: its outcome is not needed (a failure is
+    already a DeliveryError result; anything else is retrieved, not logged by asyncio)."""
+    if not task.cancelled():
+        task.exception()
