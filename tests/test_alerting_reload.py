@@ -36,6 +36,7 @@ def config(
     interval: float = 0.1,
     gone: int | None = None,
     escalate: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Any:
     db: dict[str, Any] = {"name": "db", "type": "tcp", "host": "127.0.0.1", "port": port}
     if escalate:
@@ -53,7 +54,7 @@ def config(
             "services": services,
             "alerts": sinks,
         },
-        env={},
+        env=env or {},
     )
 
 
@@ -303,6 +304,39 @@ async def test_a_raise_waiting_for_its_retry_moves_to_the_changed_sink_once(
         await runtime.stop()
     assert hooks["b"].answers == [503, 200]
     assert (old.stats().sent, old.stats().dropped) == (0, 0)
+
+
+@pytest.mark.parametrize("answer", [200, 503])
+async def test_a_slack_raise_in_flight_during_a_reload_is_posted_once(
+    hooks: dict[str, Receiver], answer: int
+) -> None:
+    """The raise is on its way to Slack (a slow answer) when a reload changes the sink's
+    settings, not its URL: Slack gets one message. Accepted, the new sink knows it was
+    told; refused (503), only the new sink retries it (before: the old sink delivered it
+    or retried it, and the new one announced it too: two messages)."""
+    port = free_port()
+    slack = hooks["a"]
+    slack.script.append(Reply(answer, delay=1.0))
+    env = {"SLACK_URL": f"{slack.url}/services/T0000/B0000/abcdefghijklmnop"}
+
+    def chat(timeout: float) -> dict[str, Any]:
+        return {"type": "slack", "name": "chat", "webhook_url_env": "SLACK_URL", "timeout": timeout}
+
+    runtime = ServiceRuntime(config(port, [chat(5)], env=env))
+    await runtime.start()
+    try:
+        await wait_for(lambda: len(slack.requests) == 1)  # the raise is on its way
+        old = runtime.sinks[0]
+        await runtime.reload(config(port, [chat(6)], env=env))
+        new = runtime.sinks[0]
+        assert new is not old
+        await wait_for(lambda: 200 in slack.answers)
+        await new.drain()
+        assert new.told_active() == ["db:status"]
+    finally:
+        await runtime.stop()
+    assert slack.answers == ([200] if answer == 200 else [503, 200])
+    assert old.stats().dropped == new.stats().dropped == 0
 
 
 async def test_a_full_rebuild_cancelled_mid_way_leaves_nothing_running(

@@ -238,6 +238,11 @@ class AlertSink:
         self._close_deadline: float | None = None
         self._failing = False
         self._warned_full = False
+        # A reload's handover of a raise that was in flight at the predecessor: the
+        # predecessor's record of it, read once it has flushed (told, or to announce).
+        self._handed: dict[str, _Active] = {}
+        # At a predecessor: keys whose first notice, in flight, a successor took over.
+        self._handing: set[str] = set()
 
         self._sent = 0
         self._retried = 0
@@ -408,6 +413,8 @@ class AlertSink:
         loop = asyncio.get_running_loop()
         while True:
             await self._resumed.wait()
+            if self._handed:
+                self._settle_handover(loop.time())
             # Reminders (and Alertmanager's re-posts) come due also while other lanes wait.
             self._queue_due_repeats(loop.time())
             if not self._queue:
@@ -531,6 +538,8 @@ class AlertSink:
             return
         self._last_error = failure.reason
         self._last_error_at = self._wall_clock()
+        if self._handed_over(note):
+            return  # not retried here: the successor announces it (see adopt())
         if not failure.retryable:
             self._give_up(note, "rejected", failure.reason, attempt)
             self._schedule_repeat(note, loop.time())
@@ -681,6 +690,8 @@ class AlertSink:
     def resume(self) -> None:
         """Deliver again after :meth:`pause`."""
         self._resumed.set()
+        if self._handed:
+            self._settle_handover(_loop_time())
         self._ensure_worker()
 
     def adopt(self, alerts: Iterable[Alert], *, predecessor: AlertSink | None = None) -> None:
@@ -691,7 +702,9 @@ class AlertSink:
         is announced (a firing notice) unless ``predecessor``, a sink to the same
         destination being replaced, has already told it. An announced alert's firing
         notice still queued at ``predecessor`` (untried, or waiting for a retry) is taken
-        off that queue.
+        off that queue. One in flight there to the same destination is left to that
+        attempt, and settled when this sink is resumed after ``predecessor`` flushed:
+        held as told if it was accepted, else announced here (not retried there).
         """
         same_place = (
             predecessor is not None
@@ -704,6 +717,17 @@ class AlertSink:
             told = None
             if same_place and predecessor is not None:
                 told = predecessor._active.get(alert.key)
+            if told is not None and not told.told and _same_raise(told.raised, alert):
+                flying = predecessor._in_flight if predecessor is not None else None
+                if flying is not None and flying.note.raised is told.raised:
+                    # Its first notice is on its way there now: whether to announce it is
+                    # known once the predecessor has flushed (a second Slack message
+                    # otherwise, or a retry from each of the two sinks).
+                    assert predecessor is not None
+                    predecessor._handing.add(alert.key)
+                    self._active[alert.key] = _Active(alert)
+                    self._handed[alert.key] = told
+                    continue
             if told is not None and told.told and _same_raise(told.raised, alert):
                 next_repeat = None
                 if self.repeat_interval is not None:
@@ -718,6 +742,38 @@ class AlertSink:
                 predecessor._forget_unsent(alert.key)
             self._offer(alert)
         self._ensure_worker()
+
+    def _handed_over(self, note: Notification) -> bool:
+        return note.key in self._handing and note.event == "firing" and not note.repeat
+
+    def _settle_handover(self, now: float) -> None:
+        """The raises that were in flight at a predecessor (which has flushed by now, when
+        this sink was paused for it): told there, they are held as told; else announced
+        here, ahead of anything else queued for them (their resolve)."""
+        for key, record in list(self._handed.items()):
+            del self._handed[key]
+            active = self._active.get(key)
+            if active is not None and not _same_raise(active.raised, record.raised):
+                continue  # resolved and raised again meanwhile: a raise of its own
+            if record.told:
+                if active is not None:
+                    active.told = True
+                    active.repeats = record.repeats
+                    interval = self.repeat_interval
+                    active.next_repeat = None if interval is None else now + interval
+                continue
+            index = next(
+                (i for i, pending in enumerate(self._queue) if pending.note.key == key), None
+            )
+            if active is not None:
+                raised = active.raised
+            elif index is not None and _same_raise(self._queue[index].note.raised, record.raised):
+                raised = self._queue[index].note.raised  # resolved meanwhile: raise, then resolve
+            else:
+                continue
+            note = Notification(alert=raised, raised=raised, event="firing")
+            self._queue.insert(len(self._queue) if index is None else index, _Pending(note))
+            self._idle.clear()
 
     def _forget_unsent(self, key: str) -> None:
         """Take an alert's queued first notice (not delivered: untried, or waiting for a
@@ -798,7 +854,7 @@ class AlertSink:
 
     def _drop_leftovers(self) -> None:
         leftovers = [pending.note for pending in self._queue]
-        if self._in_flight is not None:
+        if self._in_flight is not None and not self._handed_over(self._in_flight.note):
             leftovers.insert(0, self._in_flight.note)
         self._queue.clear()
         self._in_flight = None
