@@ -85,6 +85,29 @@ async def test_a_slow_slack_answer_is_waited_for_not_sent_twice(receiver: Receiv
     assert (stats.sent, stats.retried) == (1, 0)
 
 
+async def test_slacks_reply_timeout_comes_from_the_service_config(receiver: Receiver) -> None:
+    """``reply_timeout`` in a slack ``[[alerts]]`` table reaches the sink: an answer slower
+    than it is retried (the price of a shorter wait: a second message)."""
+    from xnai_core.service import parse_config
+    from xnai_core.service.sinks import build_sinks
+
+    table = {"type": "slack", "webhook_url_env": "SLACK_URL", "timeout": 0.3}
+    env = {"SLACK_URL": f"{receiver.url}/services/T/B/x"}
+    parsed = parse_config({"alerts": [{**table, "reply_timeout": 0.3}]}, env=env)
+    (sink,) = build_sinks(parsed.alerts)
+    default = parse_config({"alerts": [table]}, env=env)
+    assert build_sinks(default.alerts)[0].reply_timeout == 60.0
+    receiver.script.append(Reply(200, delay=1.0))
+    sink._sleep = SleepRecorder()
+    sink.submit(alert())
+    await sink.drain()
+    stats = sink.stats()
+    await sink.aclose()
+    assert sink.reply_timeout == 0.3
+    assert len(receiver.requests) == 2
+    assert (stats.sent, stats.retried) == (1, 1)
+
+
 async def test_a_slow_webhook_answer_is_retried_with_the_same_idempotency_key(
     receiver: Receiver,
 ) -> None:

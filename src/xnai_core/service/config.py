@@ -613,7 +613,7 @@ def _rule(table: Table, service: str) -> RecoveryRule:
 _SINK_KEYS: dict[str, tuple[tuple[str, ...], dict[str, str], tuple[str, ...]]] = {
     # type: (plain keys, {secret key: argument}, required)
     "alertmanager": (("urls", "resend_interval", "labels", "dashboard_url"), {}, ("urls",)),
-    "slack": (("dashboard_url",), {"webhook_url": "webhook_url"}, ("webhook_url",)),
+    "slack": (("dashboard_url", "reply_timeout"), {"webhook_url": "webhook_url"}, ("webhook_url",)),
     "pagerduty": (
         ("source", "component", "group", "dashboard_url"),
         {"routing_key": "routing_key"},
@@ -693,7 +693,7 @@ def _sink(table: Table, environ: Mapping[str, str]) -> SinkSpec:
             labels.done()
         elif key == "port":
             options[key] = table.integer(key, None, minimum=1, maximum=65535)
-        elif key == "resend_interval":
+        elif key in ("resend_interval", "reply_timeout"):
             options[key] = table.seconds(key, None)
         elif key == "security":
             options[key] = table.choice(key, ("starttls", "ssl", "none"))
