@@ -253,6 +253,34 @@ def test_a_resolve_takes_the_place_of_a_queued_raise_when_the_queue_is_full() ->
     ]
 
 
+def test_a_full_queue_of_resolves_still_takes_the_resolve_of_a_page_that_was_shown() -> None:
+    """Four pages were delivered; the destination hangs while they resolve, and the queue
+    (2) fills with resolves, with no raise to give way: the last resolve is queued beyond
+    the bound (it takes the place its alert held among the active ones), not dropped, so
+    no page stays open for ever (before: dropped as queue_full)."""
+
+    async def scenario() -> tuple[list[tuple[str, str, int]], int, int]:
+        sink = RecordingSink(queue_size=2)
+        raised = [alert(service=name) for name in ("a", "b", "c", "d")]
+        for item in raised:
+            sink.submit(item)
+            await sink.drain()
+        sink.hang = hang = asyncio.Event()
+        sink.submit(resolved(raised[0]))
+        await asyncio.sleep(0)  # in flight now
+        for item in raised[1:]:
+            sink.submit(resolved(item))
+        queued = sink.stats().queued
+        hang.set()
+        await sink.drain()
+        ends = [note for note in iter_notes(sink) if note[1] == "resolved"]
+        return ends, queued, sink.stats().dropped
+
+    ends, queued, dropped = run_virtual(scenario())
+    assert ends == [(f"{name}:status", "resolved", 0) for name in ("a", "b", "c", "d")]
+    assert (queued, dropped) == (4, 0)
+
+
 def test_a_full_queue_cancels_a_resolve_with_its_unsent_raise() -> None:
     """A resolve whose own raise is still queued (nobody was told): neither is sent."""
 

@@ -147,7 +147,8 @@ class AlertSink:
     - ``services`` / ``exclude_services``: the services it is for (default: all).
     - ``repeat_interval``: seconds between reminders of an alert that stays
       active (default ``None``: no reminders).
-    - ``queue_size``: notifications waiting at most (default 256).
+    - ``queue_size``: notifications waiting at most (default 256); a resolve is never
+      dropped for room (it may go over the bound).
     - ``max_attempts``: attempts per notification before giving up (default 8).
     - ``backoff_base`` / ``backoff_max``: the retry delays (1 s doubling to 60 s,
       each shortened by a random part of up to half).
@@ -335,12 +336,14 @@ class AlertSink:
             if note.event == "resolved" and self._cancel_unsent_raise(note):
                 return
             evicted = self._make_room_for(note)
-            if evicted is None:
-                if note.event == "firing":
-                    self._active.pop(note.key, None)
+            if evicted is not None:
+                self._drop(evicted, "queue_full")
+            elif note.event == "firing":
+                self._active.pop(note.key, None)
                 self._drop(note, "queue_full")
                 return
-            self._drop(evicted, "queue_full")
+            # else a resolve goes over the bound, never dropped: it closes a page someone
+            # may have seen, and takes the place its alert held among the active ones.
         self._queue.append(_Pending(note))
         self._idle.clear()
         self._wake.set()
