@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import logging
@@ -256,6 +257,32 @@ async def test_an_untrusted_certificate_is_refused(starttls_server: Server) -> N
     await sink.aclose()
     assert starttls_server.mailbox.mails == []
     assert sink.stats().dropped == 1
+
+
+class StallingGoodbye(Mailbox):
+    """Takes the mail, then never answers QUIT."""
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(30)
+        return "221 Bye"
+
+
+async def test_a_server_that_stalls_after_taking_the_mail_gets_it_once() -> None:
+    """The server accepted the mail and then hangs on QUIT: the mail is sent, once, and
+    aclose() does not wait for the goodbye (before: the goodbye timed the attempt out, the
+    mail went out three times and was logged as given up)."""
+    mailbox = StallingGoodbye()
+    for server in serve(mailbox):
+        sink = mail_sink(
+            server.port, security="none", timeout=1.0, max_attempts=3, sleep=SleepRecorder()
+        )
+        sink.submit(alert())
+        await sink.drain()
+        stats = sink.stats()
+        await sink.aclose(timeout=0.5)
+        assert len(mailbox.mails) == 1
+        assert (stats.sent, stats.retried, stats.dropped) == (1, 0, 0)
+        assert not sink._goodbyes
 
 
 async def test_a_server_that_is_down_is_retried() -> None:

@@ -34,6 +34,7 @@ _LINE_BREAKS = re.compile(r"[\r\n]+")
 _SUBJECT_MAX = 200
 _CLOSE_POLLS = 100
 _CLOSE_POLL_INTERVAL = 0.01
+_GOODBYE_GRACE = 1.0  # at aclose(), for goodbyes still under way
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 # SMTP's CRLF, and headers folded only past 998 characters (RFC 5322's hard limit): the
 # default 78 makes the folder push a long subject whole onto a continuation line.
@@ -60,6 +61,9 @@ async def _goodbye(client: Any) -> None:
         await client.quit()
     except Exception:
         client.close()
+    except asyncio.CancelledError:
+        client.close()
+        raise
     for _ in range(_CLOSE_POLLS):
         if getattr(protocol, "transport", None) is None:
             return
@@ -147,9 +151,28 @@ class EmailSink(AlertSink):
         self.subject_prefix = _one_line(subject_prefix)
         self._dashboard_url = dashboard_url
         self._domain = self.mail_from.rpartition("@")[2]
+        self._goodbyes: set[asyncio.Task[None]] = set()
 
     def secrets(self) -> tuple[str, ...]:
         return () if self._password is None else (self._password.reveal(),)
+
+    def _farewell(self, client: Any) -> None:
+        task = asyncio.ensure_future(_goodbye(client))
+        self._goodbyes.add(task)
+        task.add_done_callback(self._goodbyes.discard)
+
+    async def release(self) -> None:
+        """Let the last goodbyes end (briefly, within aclose()'s deadline), then cut the rest."""
+        pending = list(self._goodbyes)
+        if pending:
+            grace = _GOODBYE_GRACE
+            if self._close_deadline is not None:
+                left = self._close_deadline - asyncio.get_running_loop().time()
+                grace = max(0.0, min(grace, left))
+            await asyncio.wait(pending, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def destination(self) -> str:
         return fingerprint(
@@ -239,8 +262,13 @@ class EmailSink(AlertSink):
                     await client.login(self.username, self._password.reveal())
                 # Flattened here, with our policy: the driver's own folds at 78.
                 refused, _ = await client.sendmail(self.mail_from, self.to, mail.as_bytes())
-            finally:
+            except BaseException:
                 await _goodbye(client)
+                raise
+            # The mail is accepted: a server that then stalls on QUIT cannot undo that, so
+            # the goodbye is no part of the attempt (it timed the attempt out, and the mail
+            # was sent again).
+            self._farewell(client)
         except smtp.SMTPRecipientsRefused as error:
             codes = [refusal.code for refusal in error.recipients]
             raise DeliveryError(
