@@ -41,6 +41,7 @@ class Reply:
     body: bytes = b"ok"
     drop: bool = False  # read the request, then close without answering (a lost reply)
     delay: float = 0.0  # seconds before answering (a slow but successful receiver)
+    cut: bool = False  # announce a longer body than is sent, then close (a reply cut short)
 
 
 # A validator returns the reply for a request it accepts or refuses (a 400 with why).
@@ -90,9 +91,11 @@ class Receiver:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
+                self.send_header("Content-Length", str(len(reply.body) + 100 * reply.cut))
                 self.end_headers()
                 self.wfile.write(reply.body)
+                if reply.cut:
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -108,6 +108,25 @@ async def test_slacks_reply_timeout_comes_from_the_service_config(receiver: Rece
     assert (stats.sent, stats.retried) == (1, 1)
 
 
+@pytest.mark.parametrize(("status", "requests", "sent"), [(200, 1, 1), (503, 3, 0)])
+async def test_a_reply_cut_short_is_judged_by_its_status(
+    receiver: Receiver, status: int, requests: int, sent: int
+) -> None:
+    """The receiver sends its status line, then the connection breaks mid-body: a 200 is
+    delivered (Slack posted the message; before, it was retried and posted again, and
+    logged as given up), a 503 is retried as a 503."""
+    receiver.validator = lambda request: Reply(status, body=b"partial", cut=True)
+    sink = SlackSink(f"{receiver.url}/services/T/B/x", max_attempts=3, sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.drain()
+    stats = sink.stats()
+    await sink.aclose()
+    assert len(receiver.requests) == requests
+    assert (stats.sent, stats.retried) == (sent, requests - 1)
+    if status == 503:
+        assert stats.last_error == "slack: HTTP 503 'partial'"
+
+
 async def test_a_slow_webhook_answer_is_retried_with_the_same_idempotency_key(
     receiver: Receiver,
 ) -> None:

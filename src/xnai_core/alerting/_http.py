@@ -9,6 +9,7 @@ come only from the sink's own arguments, never from the environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import time
@@ -135,14 +136,6 @@ class HttpPoster:
         )
         try:
             response = await self._get_transport().handle_async_request(request)
-            try:
-                reply = bytearray()
-                async for chunk in response.aiter_raw():
-                    reply += chunk
-                    if len(reply) > MAX_REPLY_BYTES:
-                        break
-            finally:
-                await response.aclose()
         except httpx.TimeoutException:
             raise DeliveryError(f"{label}: timed out", retryable=True) from None
         except httpx.UnsupportedProtocol:
@@ -162,6 +155,7 @@ class HttpPoster:
             raise DeliveryError(
                 f"{label}: {type(error).__name__}{_os_reason(error)}", retryable=True
             ) from None
+        reply = await _read_reply(response)
         status = response.status_code
         if 200 <= status < 300:
             return bytes(reply[:MAX_REPLY_BYTES])
@@ -217,6 +211,27 @@ class HttpSink(AlertSink):
 
     async def release(self) -> None:
         await self._poster.aclose()
+
+
+async def _read_reply(response: httpx.Response) -> bytearray:
+    """The reply's body, at most 4 KB; what came before a cut, if the connection broke.
+
+    The status line is in by now, and it is the answer: a receiver that said 200 and
+    then reset the connection (or stalled) mid-body has the notification. Counting that
+    as a failure would post it again (a second Slack message).
+    """
+    reply = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            reply += chunk
+            if len(reply) > MAX_REPLY_BYTES:
+                break
+    except httpx.TransportError:
+        pass
+    finally:
+        with contextlib.suppress(httpx.TransportError):
+            await response.aclose()
+    return reply
 
 
 def _os_reason(error: BaseException) -> str:
