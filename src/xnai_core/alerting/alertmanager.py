@@ -204,7 +204,13 @@ class AlertmanagerSink(HttpSink):
         )
 
     async def release(self) -> None:
+        """Let the members' posts still under way end within aclose()'s deadline (a slow
+        member's resolve among them), then cut them."""
         behind = [task for task in self._behind.values() if not task.done()]
+        if behind and self._close_deadline is not None:
+            left = self._close_deadline - asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.wait(behind, timeout=left)
         for task in behind:
             task.cancel()
         await asyncio.gather(*behind, return_exceptions=True)
