@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from tests.alerting_helpers import (
     Receiver,
     SleepRecorder,
     alert,
+    all_text,
     refused_url,
     resolved,
     served,
@@ -73,10 +76,14 @@ class Alertmanager:
             return json.loads(reply.read() or b"null")
 
 
-def start_alertmanager(hook: str, group_by: str) -> Alertmanager:
+def start_alertmanager(hook: str, group_by: str, web_config: str | None = None) -> Alertmanager:
     assert BINARY is not None
     workdir = Path(tempfile.mkdtemp(prefix="xnai-am-"))
     (workdir / "alertmanager.yml").write_text(CONFIG.format(hook=hook, group_by=group_by))
+    extra = []
+    if web_config is not None:
+        (workdir / "web.yml").write_text(web_config)
+        extra.append(f"--web.config.file={workdir / 'web.yml'}")
     port = free_port()
     with (workdir / "alertmanager.log").open("wb") as log:
         process = subprocess.Popen(
@@ -87,6 +94,7 @@ def start_alertmanager(hook: str, group_by: str) -> Alertmanager:
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--cluster.listen-address=",
                 "--log.level=debug",
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -98,6 +106,9 @@ def start_alertmanager(hook: str, group_by: str) -> Alertmanager:
             with urllib.request.urlopen(f"{manager.url}/-/ready", timeout=1) as reply:
                 if reply.status == 200:
                     return manager
+        except urllib.error.HTTPError as error:
+            if error.code == 401:  # up, behind basic auth
+                return manager
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
@@ -126,6 +137,20 @@ def _stop(manager: Alertmanager) -> None:
 @pytest.fixture
 def alertmanager(hook: Receiver) -> Iterator[Alertmanager]:
     manager = start_alertmanager(hook.url, "alertname, service")
+    yield manager
+    _stop(manager)
+
+
+# bcrypt (cost 4) of BASIC_PASSWORD, as Alertmanager's web config wants it.
+BASIC_PASSWORD = "am-basic-Pa55"
+BASIC_HASH = "$2b$04$JML83liUle9ppL/5hDdBDuGlxXyYyaPkebwGIpxF6S0cchcnGjxly"
+
+
+@pytest.fixture
+def guarded_alertmanager(hook: Receiver) -> Iterator[Alertmanager]:
+    """Basic auth required (user xnai): its web config, as Alertmanager documents it."""
+    web = f'basic_auth_users:\n  xnai: "{BASIC_HASH}"\n'
+    manager = start_alertmanager(hook.url, "alertname, service", web_config=web)
     yield manager
     _stop(manager)
 
@@ -243,6 +268,27 @@ async def test_an_ha_pair_whose_other_member_hangs_delivers_each_notice_once_wit
     finally:
         await sink.aclose()
         hole.close()
+
+
+async def test_user_and_password_in_the_url_authenticate_to_alertmanager(
+    guarded_alertmanager: Alertmanager, hook: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Alertmanager behind basic auth: the URL's ``user:password@`` is sent as
+    ``Authorization: Basic`` (before: not at all; every alert was refused with 401 and
+    dropped). A wrong password is refused, and neither it nor its encoding shows."""
+    host = guarded_alertmanager.url.removeprefix("http://")
+    sink = AlertmanagerSink(f"http://xnai:{BASIC_PASSWORD}@{host}")
+    wrong = AlertmanagerSink(f"http://xnai:not-the-Pa55@{host}", name="wrong")
+    sink.submit(alert(service="guarded"))
+    wrong.submit(alert(service="guarded"))
+    await sink.aclose()
+    await wrong.aclose()
+    assert (sink.stats().sent, sink.stats().dropped) == (1, 0)
+    assert wrong.stats().dropped_by_reason["rejected"] == 1
+    await wait_for(lambda: seen(hook, "guarded", "firing"))
+    shown = all_text(caplog.records) + repr(vars(wrong)) + str(wrong.stats())
+    assert "not-the-Pa55" not in shown
+    assert base64.b64encode(b"xnai:not-the-Pa55").decode() not in shown
 
 
 async def test_a_silence_created_through_the_api_mutes_the_alert(

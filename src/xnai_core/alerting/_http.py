@@ -9,6 +9,7 @@ come only from the sink's own arguments, never from the environment.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import ssl
@@ -123,13 +124,15 @@ class HttpPoster:
         ``label`` names the destination in reasons ("slack", "alertmanager #2");
         it is the only thing about the destination that a reason shows.
         """
+        target = httpx.URL(url)
         request = httpx.Request(
             "POST",
-            url,
+            target.copy_with(username=None, password=None),
             content=body,
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,
+                **_basic_auth(target),
                 **headers,
             },
             extensions={"timeout": self._timeouts},
@@ -211,6 +214,15 @@ class HttpSink(AlertSink):
 
     async def release(self) -> None:
         await self._poster.aclose()
+
+
+def _basic_auth(url: httpx.URL) -> dict[str, str]:
+    """``Authorization: Basic`` for a URL's ``user:password@`` (an Alertmanager behind basic
+    auth): the transport, unlike ``httpx.AsyncClient``, does not send it by itself."""
+    if not url.username and not url.password:
+        return {}
+    pair = f"{url.username}:{url.password}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
 
 
 async def _read_reply(response: httpx.Response) -> bytearray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -72,5 +73,9 @@ def url_pieces(url: str) -> tuple[str, ...]:
     for segment in parts.path.split("/"):
         if len(segment) >= _MIN_TOKEN_SEGMENT:
             pieces.update({segment, unquote(segment)})
+    if parts.username is not None or parts.password is not None:
+        # Sent as "Authorization: Basic <this>": a reply that echoes it shows the password.
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        pieces.add(base64.b64encode(pair.encode()).decode())
     # Longest first, so a piece that contains another is replaced whole.
     return tuple(sorted(pieces, key=len, reverse=True))
