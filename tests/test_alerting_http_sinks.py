@@ -505,6 +505,24 @@ async def test_alertmanager_a_slow_member_gets_the_resolve_after_the_raise(
         hole.close()
 
 
+async def test_alertmanager_aclose_leaves_no_post_to_a_hung_member_behind(
+    receiver: Receiver, black_hole: BlackHole
+) -> None:
+    """Resolves wait in line for a hung member: aclose() cuts every one of them, not only
+    the last in line."""
+    sink = AlertmanagerSink([receiver.url, black_hole.url], timeout=30.0)
+    raised = [alert(service=f"svc{index}") for index in range(3)]
+    for item in raised:
+        sink.submit(item)
+    for item in raised:
+        sink.submit(resolved(item))
+    await sink.drain()
+    await sink.aclose(timeout=0.2)
+    assert len(receiver.requests) == 6
+    await asyncio.sleep(0)
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+
 async def test_alertmanager_retries_when_no_member_accepts(receiver: Receiver) -> None:
     """Both members failing: retried until one accepts."""
     receiver.script.append(Reply(503))

@@ -102,8 +102,10 @@ class AlertmanagerSink(HttpSink):
         self._labels = _check_labels(labels)
         self._generator_url = generator_url
         self._dashboard_url = dashboard_url
-        # Posts to members still under way after another member accepted, by member.
+        # Posts to members still under way after another member accepted: the latest by
+        # member (a resolve waits for it), and all of them (cut at aclose()).
         self._behind: dict[int, asyncio.Task[DeliveryError | None]] = {}
+        self._background: set[asyncio.Task[DeliveryError | None]] = set()
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(piece for url in self._urls for piece in url_pieces(url.reveal()))
@@ -173,9 +175,7 @@ class AlertmanagerSink(HttpSink):
             if busy is None or busy.done():
                 posts[index] = asyncio.ensure_future(self._post_one(index, url, body))
             elif note.event == "resolved":
-                later = asyncio.ensure_future(self._post_after(busy, index, url, body))
-                later.add_done_callback(_consume)
-                self._behind[index] = later
+                self._leave(index, asyncio.ensure_future(self._post_after(busy, index, url, body)))
         failures: list[DeliveryError] = []
         waiting = set(posts.values())
         try:
@@ -187,8 +187,7 @@ class AlertmanagerSink(HttpSink):
                     # One member has it; the cluster (and the re-post) does the rest.
                     for index, task in posts.items():
                         if not task.done():
-                            task.add_done_callback(_consume)
-                            self._behind[index] = task
+                            self._leave(index, task)
                     waiting = set()
                     return
         finally:
@@ -206,7 +205,7 @@ class AlertmanagerSink(HttpSink):
     async def release(self) -> None:
         """Let the members' posts still under way end within aclose()'s deadline (a slow
         member's resolve among them), then cut them."""
-        behind = [task for task in self._behind.values() if not task.done()]
+        behind = list(self._background)
         if behind and self._close_deadline is not None:
             left = self._close_deadline - asyncio.get_running_loop().time()
             if left > 0:
@@ -216,6 +215,13 @@ class AlertmanagerSink(HttpSink):
         await asyncio.gather(*behind, return_exceptions=True)
         self._behind.clear()
         await super().release()
+
+    def _leave(self, index: int, task: asyncio.Task[DeliveryError | None]) -> None:
+        """Let ``task`` (a post to member ``index``) go on in the background."""
+        task.add_done_callback(_consume)
+        task.add_done_callback(self._background.discard)
+        self._background.add(task)
+        self._behind[index] = task
 
     async def _post_after(
         self, busy: asyncio.Future[DeliveryError | None], index: int, url: Secret, body: bytes
