@@ -246,3 +246,56 @@ async def test_no_secret_of_the_corpus_in_any_response() -> None:
     assert leaks(texts) == []
     assert all(TOKEN not in text for text in texts)
     await mon.stop_monitoring()
+
+
+async def test_readyz_waits_for_the_first_check_of_each_critical_service() -> None:
+    """A service not checked yet is not known to be healthy: not ready until it is."""
+    mon = HealthMonitor(check_interval=3600, failure_threshold=1, success_threshold=1)
+    mon.add_checker(CustomHealthChecker("cache", lambda: True, in_thread=False))
+    mon.add_checker(CustomHealthChecker("vector_db", lambda: True, in_thread=False))
+    async with serving(app_for(mon, None)) as base, httpx.AsyncClient(base_url=base) as http:
+        before = await http.get("/readyz")
+        assert before.status_code == 503
+        assert before.text == "not ready: cache (unknown), vector_db (unknown)"
+        await mon.trigger_manual_check("cache")
+        half = await http.get("/readyz")
+        assert (half.status_code, half.text) == (503, "not ready: vector_db (unknown)")
+        await mon.trigger_manual_check("vector_db")
+        ready = await http.get("/readyz")
+        assert (ready.status_code, ready.text) == (200, "ready")
+
+
+async def test_readyz_ignores_a_non_critical_service_not_checked_yet() -> None:
+    mon = HealthMonitor(check_interval=3600, failure_threshold=1, success_threshold=1)
+    mon.add_checker(CustomHealthChecker("cache", lambda: True, in_thread=False))
+    mon.add_checker(CustomHealthChecker("batch", lambda: True, in_thread=False))
+    await mon.trigger_manual_check("cache")
+    app = app_for(mon, None, critical=["cache"])
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/readyz")).status_code == 200
+
+
+def test_a_critical_name_the_monitor_does_not_check_is_refused() -> None:
+    mon = HealthMonitor(check_interval=3600)
+    mon.add_checker(CustomHealthChecker("cache", lambda: True, in_thread=False))
+    with pytest.raises(ValueError, match="not monitored: 'cahce'"):
+        create_ops_app(mon, critical=["cache", "cahce"], metrics=False)
+    with pytest.raises(ValueError, match="not monitored: 'cache'"):
+        create_ops_app(None, critical=["cache"], metrics=False)
+    with pytest.raises(TypeError, match="'critical' must be an iterable of service names"):
+        create_ops_app(mon, critical="cache", metrics=False)
+    create_ops_app(mon, critical=[], metrics=False)  # nothing critical: always ready
+
+
+async def test_a_critical_service_removed_later_is_no_longer_waited_for() -> None:
+    mon = HealthMonitor(check_interval=3600, failure_threshold=1, success_threshold=1)
+    mon.add_checker(CustomHealthChecker("cache", lambda: True, in_thread=False))
+    mon.add_checker(CustomHealthChecker("old", lambda: False, in_thread=False))
+    await mon.trigger_manual_check("cache")
+    await mon.trigger_manual_check("old")
+    app = app_for(mon, None, critical=["cache", "old"])
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/readyz")).text == "not ready: old (unhealthy)"
+        mon.remove_checker("old")
+        assert (await http.get("/readyz")).status_code == 200
+    await mon.stop_monitoring()

@@ -8,6 +8,7 @@ route                                  answers
                                        the overall status is fail (unhealthy)
 ``GET /livez``                         200 ``ok`` while the process answers
 ``GET /readyz``                        200, or 503 while a critical service is unhealthy
+                                       or not checked yet (its status is unknown)
 ``GET /metrics``                       Prometheus text (OpenMetrics when asked for)
 ``GET /circuits``                      every breaker's ``get_metrics()``, by name
 ``POST /circuits/{name}/open|close|    force the circuit open, closed, or reset it: only
@@ -184,7 +185,9 @@ def create_ops_app(
     a ``CollectorRegistry`` does so for that registry, False serves no /metrics.
     ``control_token`` enables the control routes and full health detail for
     requests bearing it. ``critical``: the services /readyz waits for (default:
-    every service of ``monitor``). ``service_id`` names this app in health+json.
+    every service of ``monitor``), each of which must be monitored by ``monitor``
+    (``ValueError`` otherwise); /readyz answers 503 until each has a decided status
+    and while one is unhealthy. ``service_id`` names this app in health+json.
     The app never starts the monitor: use :func:`monitor_lifespan` for that.
     """
     if monitor is not None and not isinstance(monitor, HealthMonitor):
@@ -195,7 +198,7 @@ def create_ops_app(
         raise ValueError("'control_token' must be a string of at least 16 characters: (hidden)")
     token = control_token.encode() if control_token is not None else None
     current_breakers = _breakers_by_name(breakers)
-    critical_services = None if critical is None else frozenset(critical)
+    critical_services = _critical_services(monitor, critical)
     registry = _metrics_registry(metrics)
 
     async def health(request: Request) -> Response:
@@ -220,16 +223,19 @@ def create_ops_app(
     async def readyz(request: Request) -> Response:
         if monitor is None:
             return PlainTextResponse("ready", headers=_NO_STORE)
-        services = monitor.services if critical_services is None else critical_services
+        monitored = monitor.services
+        services = monitored if critical_services is None else critical_services
+        # Not ready until each critical service is known to answer: a status of unknown
+        # (no check decided yet) is not ready. A service removed from the monitor since
+        # is no longer waited for.
         down = sorted(
-            name
+            (name, status.value)
             for name in services
-            if name in monitor.services and monitor.get_status(name) is HealthStatus.UNHEALTHY
+            if name in monitored and (status := monitor.get_status(name)) in _NOT_READY
         )
         if down:
-            return PlainTextResponse(
-                redact("not ready: " + ", ".join(down)), status_code=503, headers=_NO_STORE
-            )
+            text = "not ready: " + ", ".join(f"{name} ({status})" for name, status in down)
+            return PlainTextResponse(redact(text), status_code=503, headers=_NO_STORE)
         return PlainTextResponse("ready", headers=_NO_STORE)
 
     async def circuits(request: Request) -> Response:
@@ -280,6 +286,29 @@ def create_ops_app(
 
         routes.append(Route("/recovery", recovery_stats, methods=["GET"]))
     return Starlette(routes=routes)
+
+
+_NOT_READY = frozenset({HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN})
+
+
+def _critical_services(
+    monitor: HealthMonitor | None, critical: Iterable[str] | None
+) -> frozenset[str] | None:
+    """``critical`` checked against ``monitor``: a name it does not monitor (a typo)
+    would leave /readyz answering ready for a dependency nobody checks."""
+    if critical is None:
+        return None
+    if isinstance(critical, str | bytes) or not isinstance(critical, Iterable):
+        raise TypeError(f"'critical' must be an iterable of service names: {critical!r}")
+    names = frozenset(critical)
+    monitored = () if monitor is None else monitor.services
+    unknown = sorted(name for name in names if name not in monitored)
+    if unknown:
+        listed = ", ".join(repr(redact(str(name))) for name in unknown)
+        raise ValueError(
+            f"'critical' names a service the monitor does not check: not monitored: {listed}"
+        )
+    return names
 
 
 def _jsonable(value: Any) -> Any:
