@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -299,3 +300,99 @@ async def test_a_critical_service_removed_later_is_no_longer_waited_for() -> Non
         mon.remove_checker("old")
         assert (await http.get("/readyz")).status_code == 200
     await mon.stop_monitoring()
+
+
+async def test_a_lone_surrogate_in_a_name_fails_no_answer() -> None:
+    """A name decoded from a client's JSON may hold a lone surrogate ("\\ud800"): it
+    cannot be encoded as UTF-8, and /circuits, /health and /readyz answered 500."""
+    name = "tenant-\ud800-x"
+    mon = HealthMonitor(check_interval=3600, failure_threshold=1, success_threshold=1)
+    mon.add_checker(CustomHealthChecker(name, lambda: False, in_thread=False))
+    await mon.trigger_manual_check(name)
+    breakers = CircuitBreakerRegistry()
+    breakers.register(CircuitBreaker(CircuitBreakerConfig(name=name)))
+    app = app_for(mon, breakers, control_token=TOKEN)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        assert "tenant-?-x" in (await http.get("/circuits")).json()
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+            health = await http.get("/health", headers=headers)
+            assert health.status_code == 503
+            assert "tenant-?-x" in health.json()["services"]
+        ready = await http.get("/readyz")
+        assert (ready.status_code, ready.text) == (503, "not ready: tenant-?-x (unhealthy)")
+        metrics = await http.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'name="tenant-?-x"' in metrics.text
+
+
+async def test_metrics_are_collected_off_the_event_loop(registry: CircuitBreakerRegistry) -> None:
+    """Collecting and encoding 500 breakers' series takes hundreds of milliseconds of
+    CPU: done in the event loop, it held every request of the app for that long."""
+    metrics = CollectorRegistry()
+    threads: list[int] = []
+
+    class ThreadOfCollection:
+        def collect(self) -> list[Any]:
+            threads.append(threading.get_ident())
+            return []
+
+    metrics.register(ThreadOfCollection())
+    app = app_for(None, registry, metrics=metrics)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/metrics")).status_code == 200
+    assert threads
+    assert threading.get_ident() not in threads  # uvicorn serves in this test's loop
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", "text/plain; version=0.0.4"),
+        # Prometheus 2.x's own header: OpenMetrics 1.0.0 first.
+        (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+            "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            "application/openmetrics-text",
+        ),
+        # A scraper that ranks the text format first (Prometheus' scrape_protocols).
+        (
+            "text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4",
+            "text/plain; version=0.0.4",
+        ),
+        ("application/openmetrics-text;q=0, text/plain", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text;version=0.0.1, */*;q=0.1", "text/plain; version=0.0.4"),
+        ("Application/OpenMetrics-Text; version=1.0.0", "application/openmetrics-text"),
+        ("application/json", "text/plain; version=0.0.4"),
+    ],
+)
+async def test_metrics_negotiation_honours_q_values(
+    registry: CircuitBreakerRegistry, accept: str, expected: str
+) -> None:
+    app = app_for(None, registry)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        response = await http.get("/metrics", headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(expected)
+    if expected.startswith("application/openmetrics-text"):
+        assert response.text.rstrip().endswith("# EOF")
+    else:
+        assert "# EOF" not in response.text
+
+
+async def test_metrics_are_gzipped_when_the_scraper_accepts_it(
+    registry: CircuitBreakerRegistry,
+) -> None:
+    """Prometheus sends ``Accept-Encoding: gzip``; 500 breakers' series are ~3 MB of
+    text and ~0.1 MB gzipped."""
+    await registry.get("llm").call(lambda: 1)
+    app = app_for(None, registry)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        zipped = await http.get("/metrics", headers={"Accept-Encoding": "gzip"})
+        refused = await http.get("/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"})
+        plain = await http.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in refused.headers
+    assert "content-encoding" not in plain.headers
+    for response in (zipped, refused, plain):
+        names = {family.name for family in text_string_to_metric_families(response.text)}
+        assert "xnai_circuitbreaker_calls_seconds" in names

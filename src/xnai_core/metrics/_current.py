@@ -47,6 +47,11 @@ loading goes on in the background; the scrape then shows what this process knew)
 
 _RANK = {"closed": 0, "half_open": 1, "open": 2}
 
+# Scrapes may run in another thread than the objects' event loop (prometheus_client's
+# own HTTP server, OpenTelemetry's reader thread, the multiprocess publisher,
+# create_ops_app's /metrics): a live object may change while it is read.
+_READ_ATTEMPTS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class _Reading:
@@ -100,8 +105,23 @@ def statuses(labels: Labels) -> dict[str, str]:
     for monitor in _live(HealthMonitor):
         assert isinstance(monitor, HealthMonitor)
         for service in monitor.services:
-            found[labels.service(service)] = monitor.get_status(service).value
+            try:
+                status = monitor.get_status(service)
+            except KeyError:  # removed since (a collection in another thread)
+                continue
+            found[labels.service(service)] = status.value
     return found
+
+
+def _latches(manager: RecoveryManager) -> dict[str, bool]:
+    """``manager.escalations()``, read again if the manager's services changed while
+    it was read (a collection in another thread than the manager's loop)."""
+    for _ in range(_READ_ATTEMPTS - 1):
+        try:
+            return manager.escalations()
+        except RuntimeError:  # "dictionary changed size during iteration"
+            continue
+    return manager.escalations()
 
 
 def escalations(labels: Labels, *, shared_only: bool = False) -> dict[str, bool]:
@@ -116,11 +136,11 @@ def escalations(labels: Labels, *, shared_only: bool = False) -> dict[str, bool]
         fresh = reading is not None and now - reading.at <= FRESH_FOR
         if fresh and reading is not None:
             # Services added since the reading: this process's view.
-            latches = {**manager.escalations(), **reading.escalated}
+            latches = {**_latches(manager), **reading.escalated}
         elif shared_only:
             continue
         else:
-            latches = manager.escalations()
+            latches = _latches(manager)
         for service, escalated in latches.items():
             label = labels.service(service)
             found[label] = found.get(label, False) or escalated

@@ -22,9 +22,20 @@ OVERFLOW = "_other"
 MAX_LABEL_LENGTH = 120
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (``"\\ud800"``, which ``json.loads``
+    accepts from any client) becomes ``?``. Encoding one raises, and one such name
+    would make every scrape (or JSON answer) that shows it fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def safe_label(raw: str) -> str:
-    """``raw`` with credentials masked and its length capped."""
-    value = redact(str(raw))
+    """``raw`` with credentials masked, as valid UTF-8, and its length capped."""
+    value = valid_text(redact(str(raw)))
     if len(value) > MAX_LABEL_LENGTH:
         value = value[: MAX_LABEL_LENGTH - 3] + "..."
     return value

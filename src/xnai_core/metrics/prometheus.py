@@ -68,6 +68,7 @@ from . import _current
 from ._aggregate import Aggregate
 from ._alert_sinks import sink_counts
 from ._current import refresh_shared_state
+from ._exposition import exposition
 from ._help import HELP
 from ._multiprocess import ClientSink, Publisher
 from ._sink import CIRCUIT_STATES, DEFAULT_MAX_NAMES, HEALTH_STATUSES, EventsToSink, Labels
@@ -305,6 +306,7 @@ __all__ = [
     "PrometheusMetrics",
     "XnaiCollector",
     "enable_prometheus",
+    "exposition",
     "multiprocess_dir",
     "refresh_shared_state",
     "serving_registry",

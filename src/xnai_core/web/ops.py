@@ -9,7 +9,8 @@ route                                  answers
 ``GET /livez``                         200 ``ok`` while the process answers
 ``GET /readyz``                        200, or 503 while a critical service is unhealthy
                                        or not checked yet (its status is unknown)
-``GET /metrics``                       Prometheus text (OpenMetrics when asked for)
+``GET /metrics``                       Prometheus text (OpenMetrics when preferred, gzip
+                                       when accepted), collected in a worker thread
 ``GET /circuits``                      every breaker's ``get_metrics()``, by name
 ``POST /circuits/{name}/open|close|    force the circuit open, closed, or reset it: only
 reset``                                with ``Authorization: Bearer <control_token>``
@@ -44,6 +45,7 @@ from ..circuit.registry import CircuitBreakerRegistry
 from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
 from ..health.monitor import HealthMonitor
 from ..health.result import HealthStatus
+from ..metrics._labels import valid_text
 
 Breakers = CircuitBreakerRegistry | Mapping[str, CircuitBreaker] | Iterable[CircuitBreaker]
 
@@ -54,10 +56,11 @@ def _masked(value: Any) -> Any:
     """``value`` (JSON-ready) with every string redacted: keys, values, list items.
 
     The parts already mask what they know; this is the last line for what they
-    cannot (a breaker named after a URL, a custom check's own details).
+    cannot (a breaker named after a URL, a custom check's own details). A lone
+    surrogate in a name becomes ``?``: it cannot be encoded, and would fail the answer.
     """
     if isinstance(value, str):
-        return redact(value)
+        return valid_text(redact(value))
     if isinstance(value, Mapping):
         return {_masked(key): _masked(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -235,7 +238,7 @@ def create_ops_app(
         )
         if down:
             text = "not ready: " + ", ".join(f"{name} ({status})" for name, status in down)
-            return PlainTextResponse(redact(text), status_code=503, headers=_NO_STORE)
+            return PlainTextResponse(valid_text(redact(text)), status_code=503, headers=_NO_STORE)
         return PlainTextResponse("ready", headers=_NO_STORE)
 
     async def circuits(request: Request) -> Response:
@@ -335,17 +338,22 @@ def _metrics_registry(metrics: Any) -> Any:
 
 
 def _metrics_endpoint(registry: Any) -> Callable[[Request], Any]:
-    from prometheus_client.exposition import choose_encoder
+    from starlette.concurrency import run_in_threadpool
 
+    from ..metrics._exposition import exposition
     from ..metrics.prometheus import refresh_shared_state, serving_registry
 
     async def metrics(request: Request) -> Response:
         await refresh_shared_state()  # circuits not loaded yet, peers' latches
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        output = encoder(serving_registry(registry))
-        return Response(
-            output, media_type=None, headers={"Content-Type": content_type, **_NO_STORE}
+        # Collecting and encoding is CPU work (hundreds of ms at hundreds of
+        # breakers): in a worker thread, so the app's requests do not wait for it.
+        body, headers = await run_in_threadpool(
+            exposition,
+            serving_registry(registry),
+            request.headers.get("accept", ""),
+            request.headers.get("accept-encoding", ""),
         )
+        return Response(body, media_type=None, headers={**headers, **_NO_STORE})
 
     return metrics
 

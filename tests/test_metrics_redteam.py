@@ -1,0 +1,84 @@
+"""Red-team findings on the metrics adapters, each a test that failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+from tests.metrics_helpers import no_global_hooks, parse, value
+from xnai_core import CircuitBreaker, CircuitBreakerConfig, CustomHealthChecker, HealthMonitor
+from xnai_core.metrics import enable_prometheus
+from xnai_core.metrics.prometheus import PrometheusMetrics
+
+__all__ = ["no_global_hooks"]
+
+
+@pytest.fixture
+def metrics() -> Iterator[PrometheusMetrics]:
+    enabled = enable_prometheus(CollectorRegistry())
+    yield enabled
+    enabled.disable()
+
+
+async def test_a_lone_surrogate_in_a_name_does_not_break_the_scrape(
+    metrics: PrometheusMetrics,
+) -> None:
+    """A name from a client's JSON ("\\ud800" decodes to a lone surrogate) cannot be
+    encoded as UTF-8: one such breaker or service made every scrape raise."""
+    tenant = "tenant-\ud800-x"
+    breaker = CircuitBreaker(CircuitBreakerConfig(name=tenant))
+    await breaker.call(asyncio.sleep, 0)
+    monitor = HealthMonitor(check_interval=3600)
+    monitor.add_checker(CustomHealthChecker(f"svc-{tenant}", lambda: True, in_thread=False))
+    await monitor.trigger_manual_check(f"svc-{tenant}")
+    samples = parse(generate_latest(metrics.registry).decode())
+    calls = "xnai_circuitbreaker_calls_seconds_count"
+    assert value(samples, calls, name="tenant-?-x", kind="successful") == 1
+    assert value(samples, "xnai_health_status", service="svc-tenant-?-x", status="healthy") == 1
+    assert b"tenant-?-x" in openmetrics_latest(metrics.registry)  # type: ignore[no-untyped-call]
+
+
+def test_a_scrape_in_another_thread_survives_services_coming_and_going(
+    metrics: PrometheusMetrics,
+) -> None:
+    """prometheus_client's own HTTP server, OpenTelemetry's reader and the
+    multiprocess publisher collect in a thread of their own while the monitor's
+    loop adds and removes services: a service removed between listing the
+    services and reading its status made the scrape raise KeyError."""
+    monitor = HealthMonitor(check_interval=3600)
+    for index in range(50):
+        monitor.add_checker(CustomHealthChecker(f"kept{index}", lambda: True, in_thread=False))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def scrape_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                generate_latest(metrics.registry)
+            except Exception as exc:  # what a scrape answers with: a 500
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    scraper = threading.Thread(target=scrape_until_stopped)
+    scraper.start()
+    try:
+        for index in range(200):
+            monitor.add_checker(CustomHealthChecker(f"gone{index}", lambda: True))
+            time.sleep(0.001)  # the scraper lists it meanwhile
+            monitor.remove_checker(f"gone{index}")
+            if errors:
+                break
+    finally:
+        stop.set()
+        scraper.join(timeout=30)
+        sys.setswitchinterval(interval)
+    assert errors == []
