@@ -396,3 +396,23 @@ async def test_metrics_are_gzipped_when_the_scraper_accepts_it(
     for response in (zipped, refused, plain):
         names = {family.name for family in text_string_to_metric_families(response.text)}
         assert "xnai_circuitbreaker_calls_seconds" in names
+
+
+async def test_a_non_ascii_token_is_accepted_and_a_non_ascii_header_refused(
+    registry: CircuitBreakerRegistry,
+) -> None:
+    """The header's bytes were decoded as latin-1 and compared re-encoded as UTF-8: a
+    token with a non-ASCII character never matched, even when sent exactly."""
+    token = "pässwörd-0123456789abcdef"
+    app = app_for(None, registry, control_token=token)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        refused = [
+            (await http.post("/circuits/llm/open", headers={"Authorization": raw})).status_code
+            for raw in (b"Bearer \xff\xfe", b"Bearer p\xe4ssw\xf6rd-0123456789abcdef", b"Bearer")
+        ]
+        assert refused == [401, 401, 401]
+        assert registry.get("llm").state == "closed"
+        sent = b"Bearer " + token.encode()
+        opened = await http.post("/circuits/llm/open", headers={"Authorization": sent})
+        assert opened.status_code == 200
+    assert registry.get("llm").state == "open"

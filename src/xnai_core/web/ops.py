@@ -98,7 +98,9 @@ def _authorized(request: Request, token: bytes | None) -> bool:
     scheme, _, offered = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(offered.strip().encode(), token)
+    # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent
+    # (a non-ASCII token arrives as its UTF-8 bytes, as the token is encoded).
+    return hmac.compare_digest(offered.strip().encode("latin-1"), token)
 
 
 def _unauthorized() -> Response:
