@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+from tests.conftest import PrivateRedis
 from tests.metrics_helpers import no_global_hooks, parse, value
+from tests.test_metrics_multiprocess import CLOSED, OPEN, REPO, workers
 from xnai_core import CircuitBreaker, CircuitBreakerConfig, CustomHealthChecker, HealthMonitor
 from xnai_core.metrics import enable_prometheus
 from xnai_core.metrics.prometheus import PrometheusMetrics
@@ -82,3 +87,55 @@ def test_a_scrape_in_another_thread_survives_services_coming_and_going(
         scraper.join(timeout=30)
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_circuit_open_in_one_worker_during_a_redis_outage_shows_in_every_scrape(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """Cut off from Redis, each worker decides the shared circuit alone. One worker's
+    circuit opened; every scrape answered by the other wrote its own closed state over
+    it (the most recent write wins), so the gauge flapped with the scraping worker and
+    XnaiCircuitOpen's 5 minutes restarted at every closed sample, never to fire."""
+    async with workers(
+        "examples.ops_app:app", tmp_path,
+        XNAI_EXAMPLE_REDIS_URL=private_redis.url,
+        XNAI_EXAMPLE_KEY_PREFIX="outage",
+        XNAI_EXAMPLE_CHECK_INTERVAL="60",
+    ) as base:  # fmt: skip
+        private_redis.kill()
+        async with httpx.AsyncClient(base_url=base) as http:  # one connection: one worker
+            answers = [(await http.post("/demo/fail")).json() for _ in range(3)]
+        assert [answer["error"] for answer in answers][-1] == "CircuitOpenError"
+        opened_in = answers[0]["pid"]
+        seen: dict[int, list[tuple[float, float]]] = {}
+        for _ in range(400):
+            async with httpx.AsyncClient(base_url=base) as http:  # a fresh connection
+                pid = (await http.get("/demo/work")).json()["pid"]
+                samples = parse((await http.get("/ops/metrics")).text)
+            seen.setdefault(pid, []).append((samples[OPEN], samples[CLOSED]))
+            if len(seen) == 2 and all(len(found) >= 2 for found in seen.values()):
+                break
+        assert len(seen) == 2, "every request went to one worker"
+        assert opened_in in seen
+        for pid, found in seen.items():
+            assert set(found) == {(1.0, 0.0)}, (pid, opened_in, found)
+        # A worker (re)started during the outage wrote the closed state it assumed
+        # at start, before it had read Redis, over the open one.
+        started = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import examples.ops_app",
+            cwd=REPO,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+                "XNAI_EXAMPLE_REDIS_URL": private_redis.url,
+                "XNAI_EXAMPLE_KEY_PREFIX": "outage",
+            },
+        )  # fmt: skip
+        assert await asyncio.wait_for(started.wait(), timeout=60) == 0
+        for _ in range(4):
+            async with httpx.AsyncClient(base_url=base) as http:
+                samples = parse((await http.get("/ops/metrics")).text)
+            assert (samples[OPEN], samples[CLOSED]) == (1.0, 0.0)

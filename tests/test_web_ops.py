@@ -407,12 +407,12 @@ async def test_a_non_ascii_token_is_accepted_and_a_non_ascii_header_refused(
     app = app_for(None, registry, control_token=token)
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
         refused = [
-            (await http.post("/circuits/llm/open", headers={"Authorization": raw})).status_code
+            (await http.post("/circuits/llm/open", headers={b"Authorization": raw})).status_code
             for raw in (b"Bearer \xff\xfe", b"Bearer p\xe4ssw\xf6rd-0123456789abcdef", b"Bearer")
         ]
         assert refused == [401, 401, 401]
         assert registry.get("llm").state == "closed"
         sent = b"Bearer " + token.encode()
-        opened = await http.post("/circuits/llm/open", headers={"Authorization": sent})
+        opened = await http.post("/circuits/llm/open", headers={b"Authorization": sent})
         assert opened.status_code == 200
     assert registry.get("llm").state == "open"

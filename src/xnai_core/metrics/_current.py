@@ -81,13 +81,15 @@ def circuits(
 
     Two live breakers of one name (or names folded into ``_other``) show the worse
     state and the worse link: an open circuit is never hidden. ``shared_only``: only
-    circuits whose state is shared (Redis-backed), the same in every process.
+    circuits whose state is shared now, the same in every process: Redis-backed and
+    in step with Redis. One cut off from Redis (or not loaded yet) decides on this
+    process's state alone, and another worker's may differ (open there, closed here).
     """
     states: dict[str, str] = {}
     links: dict[str, bool] = {}
     for breaker in _live(CircuitBreaker):
         assert isinstance(breaker, CircuitBreaker)
-        if shared_only and breaker.store.available is None:
+        if shared_only and breaker.store.available is not True:
             continue
         name = labels.breaker(breaker.name)
         state = breaker.state.value

@@ -142,12 +142,13 @@ class ClientSink:
 
     def publish_current(self, labels: Labels) -> None:
         """Write what this process sees now of what every process shares: the states
-        of Redis-backed circuits and the escalation latches as read from Redis (the
-        most recent write wins); then :meth:`publish_own`.
+        of Redis-backed circuits in step with Redis and the escalation latches as read
+        from Redis (the most recent write wins); then :meth:`publish_own`.
 
-        Never this process's own circuits or latches: an in-memory breaker, or a
-        manager without a coordinator, is one per worker, and writing this worker's
-        closed circuit at every scrape would hide another worker's open one."""
+        Never this process's own circuits or latches: an in-memory breaker, a shared
+        circuit cut off from Redis (each worker then decides alone), or a manager
+        without a coordinator, is one per worker, and writing this worker's closed
+        circuit at every scrape would hide another worker's open one."""
         states, _ = _current.circuits(labels, shared_only=True)
         for name, state in states.items():
             self.state(name, state)

@@ -98,14 +98,20 @@ class EventsToSink:
             return self._recorders.setdefault(label, self.sink.call_recorder(label))
 
     def sync_breakers(self) -> None:
-        """Record the state (and Redis link) of every live breaker not seen yet."""
+        """Record the state (and Redis link) of every live breaker not seen yet (the
+        state of a Redis-backed one only while it is in step with Redis)."""
         for source in live_sources():
             if isinstance(source, CircuitBreaker) and source not in self._seen:
                 self._seen.add(source)
                 self._sync(source, self.labels.breaker(source.name))
 
     def _sync(self, breaker: CircuitBreaker, name: str) -> None:
-        self.sink.state(name, breaker.state.value)
+        # A shared circuit not in step with Redis (not loaded yet, or cut off) has
+        # only the state this process assumed or decided alone: written, it would
+        # hide what another worker knows (a worker starting during an outage would
+        # say closed over a peer's open). Its transitions are still written.
+        if breaker.store.available is not False:
+            self.sink.state(name, breaker.state.value)
         available = redis_link(breaker)
         if available is not None:
             self.sink.redis_available(name, available)
