@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import chain
+from typing import Any, cast
 
 from .result import HealthCheckResult, HealthStatus
 
@@ -57,11 +58,14 @@ class ResultHistory:
 def _rebuild(entry: _Entry) -> HealthCheckResult:
     service, status, seconds, timestamp, error = entry[:_FIELDS]
     pairs = entry[_FIELDS:]
+    # Every item back as it was kept: a detail's key may be any hashable (a checker's
+    # ``{1: ...}`` must not come back as ``{"1": ...}``, nor lose a colliding ``"1"``).
+    details: dict[Any, object] = dict(zip(pairs[::2], pairs[1::2], strict=True))
     return HealthCheckResult(
-        service=str(service),
-        status=HealthStatus(str(status)),
-        response_time=float(seconds),  # type: ignore[arg-type]
-        timestamp=float(timestamp),  # type: ignore[arg-type]
-        details={str(pairs[i]): pairs[i + 1] for i in range(0, len(pairs), 2)},
-        error=None if error is None else str(error),
+        service=cast(str, service),
+        status=HealthStatus(cast(str, status)),
+        response_time=cast(float, seconds),
+        timestamp=cast(float, timestamp),
+        details=details,
+        error=cast("str | None", error),
     )

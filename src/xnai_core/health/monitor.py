@@ -66,6 +66,9 @@ class _Service:
     health: ServiceHealth
     state: ServiceState = field(default_factory=ServiceState)
     runner: asyncio.Task[Any] | None = None  # the run in flight
+    # A run still going past its deadline (its checker ignores cancellation): until it
+    # returns, each run fails at once instead of starting another call beside it.
+    stuck: asyncio.Task[Any] | None = None
     changed: asyncio.Event | None = None
 
     def wake_waiters(self) -> None:
@@ -162,6 +165,7 @@ class HealthMonitor:
         # Removed services still delivering their last notices and closing.
         self._retiring: dict[asyncio.Task[None], _Service] = {}
         self._active = False
+        self._stops = 0  # stop_monitoring() calls: a run begun before one is not recorded
         self.hooks = HookPoint(self)
         """Where this monitor's events go (:mod:`xnai_core.events`)."""
         self._recovery_hook = recovery_manager
@@ -332,6 +336,7 @@ class HealthMonitor:
         awaited; it finishes what it is doing and nothing queued runs after it.
         """
         was_active, self._active = self._active, False
+        self._stops += 1
         caller = _current_task()
         tasks: list[asyncio.Task[Any]] = list(self._scheduler.detach_all())
         tasks.extend(s.runner for s in self._services.values() if s.runner is not None)
@@ -342,7 +347,7 @@ class HealthMonitor:
             # Removed services: drop their undelivered notices too, then let them close.
             await self._notifier.close(retiring.name, spare=caller)
         tasks.extend(task for task in self._retiring if task is not caller)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._settle(tasks, [*self._services.values(), *self._retiring.values()])
         await self._notifier.close_all()
         for service in list(self._services.values()):
             await self._close_checker(service)
@@ -448,8 +453,9 @@ class HealthMonitor:
         """Check ``name`` now and return the result (recorded like any other).
 
         If a check of ``name`` is already running, waits for that one instead of
-        starting a second (for at most twice its timeout: a run still going then is
-        not waited for, and the answer is an unhealthy result saying so).
+        starting a second. A run still going at twice its timeout (its checker
+        ignores cancellation) is not waited for: the answer is an unhealthy result
+        saying so.
         ``KeyError`` for an unknown name.
         """
         service = self._service(name)
@@ -526,9 +532,15 @@ class HealthMonitor:
                 return await self._flights.run_here(
                     service, lambda: self._execute(service), deadline=deadline
                 )
-            return await self._flights.run(
-                service, lambda: self._execute(service), deadline=deadline
-            )
+            # The caller that starts a flight waits no longer than one that joins it.
+            async with asyncio.timeout(deadline) as limit:
+                return await self._flights.run(
+                    service, lambda: self._execute(service), deadline=deadline
+                )
+        except TimeoutError:
+            if here or not limit.expired():
+                raise
+            raise FlightTimeoutError(deadline) from None
         except asyncio.CancelledError:
             runner = service.runner
             current = asyncio.current_task()
@@ -543,8 +555,32 @@ class HealthMonitor:
             raise
 
     async def _execute(self, service: _Service) -> HealthCheckResult:
+        stops = self._stops
+        if service.stuck is not None:
+            result = failure(
+                service.checker,
+                service.name,
+                self._clock(),
+                time.perf_counter(),
+                f"the previous check is still running past its {2.0 * service.timeout:g}s"
+                " deadline (the checker does not stop when cancelled)",
+            )
+            self._record(service, result, stops)
+            return result
         runner = service.runner = asyncio.current_task()
-        result = await run_check(service.checker, service.name, service.timeout, self._clock)
+        assert runner is not None  # a flight runs in a task
+        # The run's timeout cancels the check; this fires only if the checker ignores
+        # that, so a stuck check neither stops its schedule nor hides the service.
+        watchdog = asyncio.get_running_loop().call_later(
+            2.0 * service.timeout, self._overdue, service, runner, stops, time.perf_counter()
+        )
+        try:
+            result = await run_check(service.checker, service.name, service.timeout, self._clock)
+        finally:
+            watchdog.cancel()
+            late = service.stuck is runner
+            if late:
+                service.stuck = None
         # Hold a finished run no longer than it runs (a cancelled one stays, so _run
         # can tell a stopped monitor from a caller's own cancellation). A task kept
         # until the next run, with its coroutine, context and the HTTP client's
@@ -552,12 +588,66 @@ class HealthMonitor:
         # full collections whose pauses delay every schedule of the process.
         if service.runner is runner:
             service.runner = None
-        self._record(service, result)
+        if not late:  # a late run was already recorded as failed, by _overdue
+            self._record(service, result, stops)
         return result
 
-    def _record(self, service: _Service, result: HealthCheckResult) -> None:
+    def _overdue(
+        self, service: _Service, runner: asyncio.Task[Any], stops: int, started: float
+    ) -> None:
+        """A run is still going at twice its timeout: its checker ignores cancellation.
+
+        Record it as failed, and go on with the schedule in a new task if the run
+        holds the schedule's own; the stuck call is left to return when it will.
+        """
+        if runner.done():
+            return
+        service.stuck = runner
+        if stops != self._stops or self._services.get(service.name) is not service:
+            return  # the monitor stopped, or the service was removed: nothing to record
+        deadline = 2.0 * service.timeout
+        logger.warning(
+            "a check of %s is still running %gs after it started: its checker ignores"
+            " its %gs timeout",
+            service.name,
+            deadline,
+            service.timeout,
+            extra={"xnai.service": service.name},
+        )
+        error = (
+            f"still running after {deadline:g}s: the checker does not stop"
+            f" at its {service.timeout:g}s timeout"
+        )
+        self._record(
+            service, failure(service.checker, service.name, self._clock(), started, error), stops
+        )
+        if self._scheduler.task_of(service.name) is runner and self._active:
+            self._scheduler.replace(
+                service.name, service.interval, lambda: self._scheduled(service)
+            )
+
+    async def _settle(self, tasks: list[asyncio.Task[Any]], services: list[_Service]) -> None:
+        """Await ``tasks`` (cancelled), but not past the deadline of a run that ignores it.
+
+        A run already known stuck is not waited for at all; the others get twice the
+        longest timeout among ``services``. What is still running then is left.
+        """
+        stuck = {service.stuck for service in services}
+        waited = [task for task in tasks if task not in stuck]
+        if waited:
+            bound = max((2.0 * service.timeout for service in services), default=0.0)
+            _, pending = await asyncio.wait(waited, timeout=bound)
+            for task in pending:
+                logger.warning("left running after stop: %s ignores cancellation", task.get_name())
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: ended tasks log nothing at collection
+
+    def _record(self, service: _Service, result: HealthCheckResult, stops: int) -> None:
         if self._services.get(service.name) is not service:
             return  # removed while the check ran
+        if stops != self._stops:
+            return  # begun before stop_monitoring(): nothing of it is recorded after that
         service.history.append(result)
         service.window.append(result)
         outcome = fold(
@@ -633,7 +723,7 @@ class HealthMonitor:
         tasks: list[asyncio.Task[Any]],
         caller: asyncio.Task[Any] | None,
     ) -> None:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._settle(tasks, [service])
         # Deliver what is queued for the service (its resolved notices last), then close.
         await self._notifier.idle(service.name, alerts_only=True)
         if service.name not in self._services:  # not added again meanwhile

@@ -74,6 +74,12 @@ async def run_check(
             raise TypeError(f"check() must return a HealthCheckResult: {type(result).__name__}")
         if result.service != name:
             result = replace(result, service=name)
+        if result.error is not None:
+            # A checker of the user's own returns its error as it likes: masked here,
+            # as every error is, before it reaches a report, a log or a page.
+            error = scrub(str(result.error), _secrets_of(checker))
+            if error != result.error:
+                result = replace(result, error=error)
     except TimeoutError as exc:
         if deadline.expired():
             error = f"timed out after {timeout:g}s"

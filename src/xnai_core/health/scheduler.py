@@ -36,9 +36,23 @@ class Scheduler:
         """Start ``name``'s schedule (no-op if it runs already). Needs a running loop."""
         task = self._tasks.get(name)
         if task is None or task.done():
-            self._tasks[name] = asyncio.get_running_loop().create_task(
-                self._loop(name, interval, run), name=f"xnai-health-{name}"
-            )
+            self._spawn(name, interval, run, None)
+
+    def replace(self, name: str, interval: float, run: Callable[[], Awaitable[object]]) -> None:
+        """Go on with ``name``'s schedule in a new task, its next run ``interval`` from now.
+
+        For a schedule whose task is stuck in a run that ignores cancellation: the
+        old task ends after that run, whenever it returns.
+        """
+        if name in self._tasks:
+            self._spawn(name, interval, run, interval)
+
+    def _spawn(
+        self, name: str, interval: float, run: Callable[[], Awaitable[object]], delay: float | None
+    ) -> None:
+        self._tasks[name] = asyncio.get_running_loop().create_task(
+            self._loop(name, interval, run, delay), name=f"xnai-health-{name}"
+        )
 
     def detach(self, name: str) -> asyncio.Task[None] | None:
         """Stop scheduling ``name``; returns its task for the caller to cancel and await.
@@ -53,9 +67,17 @@ class Scheduler:
         self._tasks.clear()
         return tasks
 
-    async def _loop(self, name: str, interval: float, run: Callable[[], Awaitable[object]]) -> None:
+    async def _loop(
+        self,
+        name: str,
+        interval: float,
+        run: Callable[[], Awaitable[object]],
+        delay: float | None,
+    ) -> None:
         me = asyncio.current_task()
-        await asyncio.sleep(min(max(self._jitter(interval), 0.0), interval))
+        if delay is None:
+            delay = min(max(self._jitter(interval), 0.0), interval)
+        await asyncio.sleep(delay)
         while self._tasks.get(name) is me:
             try:
                 await run()
