@@ -22,7 +22,7 @@ import logging
 
 import pytest
 
-from tests.helpers import run_virtual
+from tests.helpers import VirtualTimeLoop, run_virtual
 from tests.secret_corpus import SHAPES, leaks
 from xnai_core.health.alerts import Alert
 from xnai_core.health.checkers import HealthCheckResult, HealthStatus
@@ -255,3 +255,81 @@ async def test_the_error_a_users_own_checker_returns_is_masked(
     assert len(alerts) >= len(names)
     # Was: every core of the corpus, in results, report, health+json, pages and logs.
     assert leaks(shown) == []
+
+
+class Sleeper:
+    """A well-behaved checker: its call ends as soon as it is cancelled."""
+
+    name = "sleeper"
+    timeout = 1.0
+
+    async def check(self) -> HealthCheckResult:
+        await asyncio.sleep(100.0)
+        return HealthCheckResult(self.name, HEALTHY)
+
+
+def test_a_loop_lagging_past_the_deadline_is_not_taken_for_a_stuck_checker() -> None:
+    """The timeout and the deadline fire in one pass of a lagging loop: still a timeout."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        monitor = HealthMonitor(check_interval=100.0)
+        monitor.add_checker(Sleeper())
+
+        def lag() -> None:
+            loop.virtual_now += 10.0  # as if the loop had been blocked for 10 s
+
+        loop.call_later(0.5, lag)
+        result = await monitor.trigger_manual_check("sleeper")
+        assert result.error == "timed out after 1s"
+        assert [r.error for r in monitor.get_history("sleeper")] == ["timed out after 1s"]
+        again = await monitor.trigger_manual_check("sleeper")  # not "still running"
+        assert again.error == "timed out after 1s"
+
+    run_virtual(scenario())
+
+
+def test_remove_checker_from_a_sync_alert_handler_resolves_and_closes() -> None:
+    """A sync handler runs on a worker thread; removing its service from there is safe."""
+
+    class Failing:
+        name = "svc"
+        timeout = 1.0
+        closed = 0
+
+        async def check(self) -> HealthCheckResult:
+            return HealthCheckResult(self.name, UNHEALTHY, error="down")
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    async def scenario() -> None:
+        monitor = HealthMonitor(check_interval=0.05, jitter=no_jitter, failure_threshold=1)
+        seen: list[tuple[str, bool]] = []
+
+        def handler(alert: Alert) -> None:
+            seen.append((alert.key, alert.resolved))
+            if not alert.resolved:
+                monitor.remove_checker(alert.service)
+
+        monitor.add_alert_handler(handler)
+        checker = Failing()
+        monitor.add_checker(checker)
+        await monitor.start_monitoring()
+        try:
+            for _ in range(1000):  # 10 s at most
+                if len(seen) >= 2 and checker.closed:
+                    break
+                await asyncio.sleep(0.01)
+            await monitor.drain_notifications()
+            # Was: removed from the thread, with no resolved notice, the checker
+            # never closed (not even by stop_monitoring), and its lanes left open.
+            assert seen == [("svc:status", False), ("svc:status", True)]
+            assert monitor.services == ()
+            assert monitor.get_active_alerts() == []
+        finally:
+            await monitor.stop_monitoring()
+        assert checker.closed == 1
+
+    asyncio.run(scenario())

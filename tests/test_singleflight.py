@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.helpers import run_virtual
+from tests.helpers import VirtualTimeLoop, run_virtual
 from xnai_core._singleflight import FlightTimeoutError, SingleFlight
 
 
@@ -286,3 +286,58 @@ async def test_run_here_needs_a_finite_deadline() -> None:
     flights: SingleFlight[str, int] = SingleFlight()
     with pytest.raises(ValueError, match="'deadline' must be a finite number"):
         await flights.run_here("k", work, deadline=float("inf"))
+
+
+def test_a_bounded_starter_stops_waiting_at_the_deadline_and_the_flight_goes_on() -> None:
+    """``bounded=True``: the caller that starts the flight waits no longer than a joiner."""
+    flights: SingleFlight[str, int] = SingleFlight()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        never = asyncio.Event()
+        ended: list[int] = []
+
+        async def hung() -> int:
+            while not never.is_set():
+                try:
+                    await never.wait()
+                except asyncio.CancelledError:
+                    continue  # a call that ignores cancellation
+            ended.append(1)
+            return 1
+
+        started = loop.time()
+        with pytest.raises(FlightTimeoutError):
+            await flights.run("k", hung, deadline=5, bounded=True)
+        assert loop.time() - started == pytest.approx(5, abs=0.01)
+        assert len(flights) == 1  # still in the air, until a caller finds it overdue
+        never.set()
+        await _until(lambda: ended == [1])
+
+    run_virtual(scenario())
+
+
+def test_a_flight_that_ends_in_the_same_pass_as_its_deadline_is_not_a_timeout() -> None:
+    """A loop lagging past the deadline: the flight's own end lands first."""
+    flights: SingleFlight[str, str] = SingleFlight()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def call() -> str:
+            try:
+                async with asyncio.timeout(1.0):
+                    await asyncio.sleep(100)
+            except TimeoutError:
+                return "its own timeout"
+            return "done"
+
+        assert isinstance(loop, VirtualTimeLoop)
+
+        def lag() -> None:
+            loop.virtual_now += 10.0  # both the call's timeout and the deadline are due
+
+        loop.call_later(0.5, lag)
+        assert await flights.run("k", call, deadline=2, bounded=True) == "its own timeout"
+
+    run_virtual(scenario())

@@ -14,6 +14,8 @@ then:
   ``TimeoutError``), so it never waits longer than the flight was meant to take; nor
   longer than its own ``deadline`` (a flight started under a longer one, before a
   service's timeout was shortened, does not hold a caller that expects less);
+- the caller that starts a flight waits for it as long as it runs, or, with
+  ``bounded=True``, until the deadline as a joiner does (the flight goes on);
 - a caller arriving after the deadline does not join: it starts a fresh flight, so one hung
   call never blocks its key. The late flight runs on for the caller that started it (whose
   call carries its own timeout, if it has one) and lands without disturbing the fresh one.
@@ -91,12 +93,15 @@ class SingleFlight(Generic[K, T]):
         *,
         deadline: float,
         on_join: Callable[[], object] | None = None,
+        bounded: bool = False,
     ) -> T:
         """``await call()`` as a new flight, or join the one running for ``key``.
 
         ``deadline``: seconds the flight a caller starts is shared (> 0, finite).
         ``on_join``: called (synchronously) when this caller joins another's flight
         instead of starting one, so it can be counted once, not as a call of its own.
+        ``bounded``: the caller that starts the flight stops waiting at its deadline
+        too, as a joiner does (:class:`FlightTimeoutError`; the flight goes on).
         """
         loop, now, flight = self._joinable(key, deadline)
         if flight is not None:
@@ -108,6 +113,8 @@ class SingleFlight(Generic[K, T]):
         self._flights[key] = flight
         task.add_done_callback(lambda done: self._land(key, done))
         self.started += 1
+        if bounded:
+            return await self._join(flight, flight.due, now)
         return await asyncio.shield(task)
 
     async def run_here(self, key: K, call: Callable[[], Awaitable[T]], *, deadline: float) -> T:
@@ -180,6 +187,11 @@ class SingleFlight(Generic[K, T]):
         except TimeoutError:
             if not timeout.expired():
                 raise  # the flight's own TimeoutError, shared like any outcome
+        # On a loop lagging past the deadline, the flight's own end (its call's
+        # timeout) may have come in the same pass: let it land first.
+        await asyncio.sleep(0)
+        if shared.done() and not shared.cancelled():
+            return shared.result()
         self.expired += 1
         raise FlightTimeoutError(
             flight.deadline if due == flight.due else round(due - joined_at, 6)

@@ -69,12 +69,23 @@ class _Service:
     # A run still going past its deadline (its checker ignores cancellation): until it
     # returns, each run fails at once instead of starting another call beside it.
     stuck: asyncio.Task[Any] | None = None
+    stuck_run: int = 0  # the number of that run
+    runs: int = 0  # runs started
+    in_run: int = 0  # the number of the run going on (0: none)
     changed: asyncio.Event | None = None
 
     def wake_waiters(self) -> None:
         event, self.changed = self.changed, None
         if event is not None:
             event.set()
+
+
+def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called from ``loop``'s own thread, while it runs."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False  # another thread (or no loop running here)
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -166,6 +177,7 @@ class HealthMonitor:
         self._retiring: dict[asyncio.Task[None], _Service] = {}
         self._active = False
         self._stops = 0  # stop_monitoring() calls: a run begun before one is not recorded
+        self._loop: asyncio.AbstractEventLoop | None = None  # where its tasks run
         self.hooks = HookPoint(self)
         """Where this monitor's events go (:mod:`xnai_core.events`)."""
         self._recovery_hook = recovery_manager
@@ -246,10 +258,24 @@ class HealthMonitor:
 
         Its active alerts are resolved: the handlers get a resolved notice for each
         (after any notice still queued for it), then its notification lanes close.
-        Safe to call from the service's own check, callbacks or alert handlers.
+        Safe to call from the service's own check, callbacks or alert handlers; from
+        another thread (a sync callback or handler, on the monitor's worker threads)
+        the removal is handed to the monitor's event loop and done there right after.
         Raises ``KeyError`` for an unknown name.
         """
         service = self._service(name)
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _runs_on(loop):
+            # Tasks, lanes and the record of alerts belong to the loop's thread: a
+            # removal done here cancelled tasks unsafely and never closed the checker.
+            loop.call_soon_threadsafe(self._remove, service)
+            return
+        self._remove(service)
+
+    def _remove(self, service: _Service) -> None:
+        name = service.name
+        if self._services.get(name) is not service:
+            return  # removed (or replaced) meanwhile
         del self._services[name]
         service.wake_waiters()
         caller = _current_task()
@@ -321,6 +347,7 @@ class HealthMonitor:
         if self._active:
             return
         self._active = True
+        self._loop = asyncio.get_running_loop()
         for service in self._services.values():
             self._start(service)
         logger.info("health monitoring started", extra={"xnai.services": len(self._services)})
@@ -527,20 +554,16 @@ class HealthMonitor:
         # A flight is shared for twice the check's own bound: the run ends by its
         # timeout, so only a checker that ignores cancellation outlives that.
         deadline = 2.0 * service.timeout
+        self._loop = asyncio.get_running_loop()
         try:
             if here:
                 return await self._flights.run_here(
                     service, lambda: self._execute(service), deadline=deadline
                 )
             # The caller that starts a flight waits no longer than one that joins it.
-            async with asyncio.timeout(deadline) as limit:
-                return await self._flights.run(
-                    service, lambda: self._execute(service), deadline=deadline
-                )
-        except TimeoutError:
-            if here or not limit.expired():
-                raise
-            raise FlightTimeoutError(deadline) from None
+            return await self._flights.run(
+                service, lambda: self._execute(service), deadline=deadline, bounded=True
+            )
         except asyncio.CancelledError:
             runner = service.runner
             current = asyncio.current_task()
@@ -569,18 +592,21 @@ class HealthMonitor:
             return result
         runner = service.runner = asyncio.current_task()
         assert runner is not None  # a flight runs in a task
+        run = service.in_run = service.runs = service.runs + 1
         # The run's timeout cancels the check; this fires only if the checker ignores
         # that, so a stuck check neither stops its schedule nor hides the service.
         watchdog = asyncio.get_running_loop().call_later(
-            2.0 * service.timeout, self._overdue, service, runner, stops, time.perf_counter()
+            2.0 * service.timeout, self._overdue, service, runner, run, stops, time.perf_counter()
         )
         try:
             result = await run_check(service.checker, service.name, service.timeout, self._clock)
         finally:
             watchdog.cancel()
-            late = service.stuck is runner
+            if service.in_run == run:
+                service.in_run = 0
+            late = service.stuck_run == run
             if late:
-                service.stuck = None
+                service.stuck, service.stuck_run = None, 0
         # Hold a finished run no longer than it runs (a cancelled one stays, so _run
         # can tell a stopped monitor from a caller's own cancellation). A task kept
         # until the next run, with its coroutine, context and the HTTP client's
@@ -593,16 +619,29 @@ class HealthMonitor:
         return result
 
     def _overdue(
-        self, service: _Service, runner: asyncio.Task[Any], stops: int, started: float
+        self,
+        service: _Service,
+        runner: asyncio.Task[Any],
+        run: int,
+        stops: int,
+        started: float,
+        confirmed: bool = False,
     ) -> None:
         """A run is still going at twice its timeout: its checker ignores cancellation.
 
         Record it as failed, and go on with the schedule in a new task if the run
         holds the schedule's own; the stuck call is left to return when it will.
         """
-        if runner.done():
+        if service.in_run != run:
+            return  # it ended
+        if not confirmed:
+            # On a loop lagging by a whole timeout, the timeout's cancellation and this
+            # fire in one pass: let the run take the step that ends it first.
+            asyncio.get_running_loop().call_soon(
+                self._overdue, service, runner, run, stops, started, True
+            )
             return
-        service.stuck = runner
+        service.stuck, service.stuck_run = runner, run
         if stops != self._stops or self._services.get(service.name) is not service:
             return  # the monitor stopped, or the service was removed: nothing to record
         deadline = 2.0 * service.timeout
