@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 
 import pytest
 
@@ -333,3 +334,31 @@ def test_remove_checker_from_a_sync_alert_handler_resolves_and_closes() -> None:
         assert checker.closed == 1
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("timestamp", [math.nan, math.inf, 1e300, "now"])
+async def test_a_result_with_an_unusable_timestamp_never_breaks_the_health_views(
+    timestamp: object,
+) -> None:
+    """Was: get_health_json() raised (for every service) and the report was not JSON."""
+    monitor = HealthMonitor(check_interval=60.0)
+
+    class Odd:
+        name = "odd"
+        timeout = 1.0
+
+        async def check(self) -> HealthCheckResult:
+            return HealthCheckResult(self.name, HEALTHY, timestamp=timestamp)  # type: ignore[arg-type]
+
+    monitor.add_checker(Odd())
+    monitor.add_checker(Returns("fine", HealthCheckResult("fine", HEALTHY)))
+    result = await monitor.trigger_manual_check("odd")
+    await monitor.trigger_manual_check("fine")
+    assert result.status is UNHEALTHY
+    assert "'timestamp' must be" in (result.error or "")
+    document = monitor.get_health_json()
+    json.dumps(document, allow_nan=False)
+    json.dumps(monitor.get_health_report(), allow_nan=False)
+    checks = document["checks"]
+    assert isinstance(checks, dict)
+    assert set(checks) == {"odd:responseTime", "fine:responseTime"}

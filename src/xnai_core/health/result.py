@@ -68,6 +68,7 @@ class HealthCheckResult:
         object.__setattr__(self, "status", HealthStatus(self.status))
         response_time = check_seconds("response_time", self.response_time, allow_zero=True)
         object.__setattr__(self, "response_time", response_time)
+        _check_timestamp(self.timestamp)
         if not isinstance(self.details, dict):
             object.__setattr__(self, "details", dict(self.details))
 
@@ -86,6 +87,22 @@ class HealthCheckResult:
             "details": dict(self.details),
             "error": self.error,
         }
+
+
+# The datetime range (years 1 to 9999): the health+json view writes "time" from it.
+_EARLIEST, _LATEST = -62135596800.0, 253402300799.0
+
+
+def _check_timestamp(value: object) -> None:
+    """A wall-clock time in seconds that reports and health+json can show.
+
+    A NaN, infinite, out-of-range or non-numeric timestamp from a checker of your own
+    made ``get_health_json()`` raise (and the report invalid JSON) for every service.
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"'timestamp' must be a number of seconds: {value!r}")
+    if not _EARLIEST <= value <= _LATEST:  # False for NaN too
+        raise ValueError(f"'timestamp' must be a time between years 1 and 9999: {value!r}")
 
 
 class HealthCheckError(RuntimeError):
