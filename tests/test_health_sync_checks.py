@@ -59,7 +59,9 @@ async def test_hung_sync_checks_never_starve_dns_or_other_checks() -> None:
         monitor = HealthMonitor(check_interval=0.5, jitter=lambda interval: 0.0)
         for n, function in enumerate(hung):
             monitor.add_checker(CustomHealthChecker(f"hung{n}", function, timeout=0.05))
-        monitor.add_checker(CustomHealthChecker("quick", lambda: True, timeout=2.0))
+        # Its own interval, so its timeout stays 2 s (not capped at 0.5 s): on a loaded
+        # machine a thread may start a 0.5 s call late, and the test is about starvation.
+        monitor.add_checker(CustomHealthChecker("quick", lambda: True, timeout=2.0), interval=5.0)
         await monitor.start_monitoring()
         try:
             await wait_until(lambda: all(h.entered.is_set() for h in hung))
