@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.secret_corpus import SHAPES, leaks
 from xnai_core._dispatch import CallbackBusyError, Dispatcher, Lane, is_async_callable
 
 
@@ -286,3 +288,49 @@ async def test_notify_queue_per_handler_is_bounded(caplog: pytest.LogCaptureFixt
     finally:
         gate.release.set()
         runner.close()
+
+
+async def test_failure_logs_mask_the_secrets_user_code_carries(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler's error text, its traceback and its description (a partial's repr) are
+    masked: a webhook that fails says its URL, token and all."""
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    corpus = [shape for shape in SHAPES if shape.url]
+
+    def post(url: str, *args: object) -> None:
+        raise ConnectionError(f"POST {url} failed")
+
+    async def post_async(url: str, *args: object) -> None:
+        raise ConnectionError(f"POST {url} failed")
+
+    class Pager:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def __repr__(self) -> str:
+            return f"Pager(url={self.url!r})"
+
+        def __call__(self, *args: object) -> None:
+            raise ConnectionError(f"POST {self.url} failed")
+
+    lane = Lane("test", log=logging.getLogger("xnai_core.dispatch"))
+    with caplog.at_level(logging.DEBUG, logger="xnai_core"):
+        for shape in corpus:
+            for handler in (
+                functools.partial(post, shape.text),
+                functools.partial(post_async, shape.text),
+                Pager(shape.text),
+            ):
+                assert not await dispatcher.notify(handler, "alert", timeout=5.0, what="handler")
+
+            async def job(url: str = shape.text) -> None:
+                raise ConnectionError(f"POST {url} failed")
+
+            lane.push(job)
+        await lane.idle()
+    shown = [formatter.format(record) for record in caplog.records]
+    assert len(shown) >= 4 * len(corpus)
+    assert any("Traceback" in line and "ConnectionError" in line for line in shown)
+    # Was: every core, in the message, the traceback and the partial's repr.
+    assert leaks(shown) == []

@@ -42,10 +42,12 @@ import inspect
 import logging
 import queue
 import threading
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._redact import redact
 from ._validation import check_int, check_seconds
 
 __all__ = ["CallbackBusyError", "Dispatcher", "Job", "Lane", "is_async_callable"]
@@ -79,7 +81,14 @@ def _key(func: object) -> object:
 
 
 def _describe(func: object) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
+    # A partial or a callable object shows its repr, which may carry a webhook's token.
+    return redact(getattr(func, "__qualname__", None) or repr(func))
+
+
+def _failure(exc: BaseException) -> str:
+    """``exc`` with its traceback, masked: user code's errors carry what it was given
+    (a webhook that fails names its URL, token and all), and so do its source lines."""
+    return redact("".join(traceback.format_exception(exc)).rstrip())
 
 
 class _Workers:
@@ -265,9 +274,13 @@ class Dispatcher:
                 self.dropped,
                 extra={"xnai.callback": _describe(func), "xnai.dropped": self.dropped},
             )
-        except Exception:
-            self._log.exception(
-                "%s failed (%s)", what, _describe(func), extra={"xnai.callback": _describe(func)}
+        except Exception as exc:
+            self._log.error(
+                "%s failed (%s)\n%s",
+                what,
+                _describe(func),
+                _failure(exc),
+                extra={"xnai.callback": _describe(func)},
             )
         else:
             return True
@@ -406,8 +419,10 @@ class Lane:
             job = self._pending.popleft()
             try:
                 await job()
-            except Exception:
-                self._log.exception("notification failed", extra={"xnai.lane": self._label})
+            except Exception as exc:
+                self._log.error(
+                    "notification failed\n%s", _failure(exc), extra={"xnai.lane": self._label}
+                )
 
     async def idle(self) -> None:
         """Wait until every queued job has run.
