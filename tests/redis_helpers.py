@@ -8,6 +8,7 @@ Its fixtures are in :mod:`tests.redis_fixtures` (``pytest_plugins = ["tests.redi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,10 +19,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -233,6 +234,28 @@ def _cluster_ok(port: int) -> bool:
         return b"cluster_state:ok" in _send(port, b"CLUSTER INFO\r\n")
     except OSError:
         return False
+
+
+# -- clients that stand for processes ---------------------------------------------
+
+
+C = TypeVar("C", aioredis.Redis, aioredis.RedisCluster)
+
+
+@contextlib.asynccontextmanager
+async def client_maker(build: Callable[..., C]) -> AsyncIterator[Callable[..., C]]:
+    """``make(**options)`` builds a new client with ``build`` (one per simulated
+    process); every client made is closed on the way out."""
+    made: list[C] = []
+
+    def make(**kwargs: Any) -> C:
+        client = build(**kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.aclose()
 
 
 # -- worker processes ---------------------------------------------------------

@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from tests.redis_helpers import (
     LoopbackCluster,
+    client_maker,
     command_counts,
     commands_between,
     run_together,
@@ -60,16 +61,8 @@ def prefix() -> str:
 @pytest.fixture
 async def clients(cluster: LoopbackCluster) -> AsyncIterator[Callable[..., aioredis.RedisCluster]]:
     """New cluster clients, one per simulated process."""
-    made: list[aioredis.RedisCluster] = []
-
-    def make(**kwargs: Any) -> aioredis.RedisCluster:
-        client = cluster.client(**kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.aclose()
+    async with client_maker(cluster.client) as make:
+        yield make
 
 
 @pytest.fixture

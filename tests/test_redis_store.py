@@ -17,6 +17,7 @@ from tests.redis_helpers import (
     Boom,
     Clock,
     boom,
+    client_maker,
     command_counts,
     commands_between,
     intercept_script,
@@ -40,16 +41,12 @@ StoreFactory = Callable[..., RedisStore]
 @pytest.fixture
 async def clients() -> AsyncIterator[Callable[[], aioredis.Redis]]:
     """New clients of the shared Redis, one per simulated process; closed after the test."""
-    made: list[aioredis.Redis] = []
 
-    def make(**kwargs: Any) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(SHARED_REDIS_URL, **kwargs)
-        made.append(client)
-        return client
+    def build(**kwargs: Any) -> aioredis.Redis:
+        return aioredis.Redis.from_url(SHARED_REDIS_URL, **kwargs)
 
-    yield make
-    for client in made:
-        await client.aclose()
+    async with client_maker(build) as make:
+        yield make
 
 
 @pytest.fixture
