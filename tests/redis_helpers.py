@@ -106,6 +106,13 @@ async def stored(direct: aioredis.Redis, *fields: str) -> list[str | None]:
     return [None if v is None else v.decode() for v in values]
 
 
+async def fail_once(store: RedisStore) -> None:
+    """One admitted call of ``store`` that fails."""
+    admission = await store.acquire()
+    assert admission.ticket is not None
+    await store.record_failure(admission.ticket)
+
+
 Factory = Callable[..., RedisStore]
 """``stores(config, proxied=True, **options)``: the ``stores`` fixture's factory."""
 

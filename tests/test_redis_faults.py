@@ -35,6 +35,7 @@ from tests.redis_helpers import (
     boom,
     cfg,
     eventually,
+    fail_once,
     hash_of,
     ok,
     stored,
@@ -49,13 +50,6 @@ from xnai_core import (
     create_redis_circuit_breaker,
 )
 from xnai_core.circuit.machine import Ticket
-
-
-async def fail_once(store: RedisStore) -> None:
-    admission = await store.acquire()
-    assert admission.ticket is not None
-    await store.record_failure(admission.ticket)
-
 
 pytest_plugins = ["tests.redis_fixtures"]
 

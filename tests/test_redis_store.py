@@ -20,6 +20,7 @@ from tests.redis_helpers import (
     client_maker,
     command_counts,
     commands_between,
+    fail_once,
     intercept_script,
     ok,
 )
@@ -152,9 +153,7 @@ async def test_state_is_one_hash_of_plain_values(
 ) -> None:
     """One hash-tagged key; every value a decimal string or a state name."""
     store = stores(config(failure_threshold=1))
-    admission = await store.acquire()
-    assert admission.ticket is not None
-    await store.record_failure(admission.ticket)
+    await fail_once(store)
     assert store.key.endswith(":cb:{svc}")
     raw: dict[bytes, bytes] = await shared_redis.hgetall(store.key)  # type: ignore[assignment]
     stored = {k.decode(): v.decode() for k, v in raw.items()}
@@ -208,9 +207,7 @@ async def test_key_of_another_type_is_reset(
     store = stores(config(failure_threshold=1))
     await shared_redis.set(store.key, "not a hash")
     caplog.set_level(logging.WARNING, logger="xnai_core.circuit.redis")
-    admission = await store.acquire()
-    assert admission.ticket is not None
-    await store.record_failure(admission.ticket)
+    await fail_once(store)
     assert store.available
     assert (await shared_redis.hget(store.key, "state")) == b"open"
     assert "(field 'type')" in caplog.text
@@ -223,9 +220,7 @@ async def test_an_older_epoch_cannot_overwrite_a_newer_state(stores: StoreFactor
     early = await a.acquire()
     assert early.ticket is not None
     for _ in range(2):
-        admission = await b.acquire()
-        assert admission.ticket is not None
-        await b.record_failure(admission.ticket)
+        await fail_once(b)
     await b.sync()
     epoch = b.snapshot().epoch
     await a.sync()
@@ -271,9 +266,7 @@ async def test_a_trip_in_one_process_is_seen_by_another(stores: StoreFactory) ->
     a, b = stores(cfg), stores(cfg, resync_interval=3600)
     await b.start()
     for _ in range(3):
-        admission = await a.acquire()
-        assert admission.ticket is not None
-        await a.record_failure(admission.ticket)
+        await fail_once(a)
     took = await eventually(lambda: b.snapshot().state is CircuitState.OPEN)
     assert took < 2.0
     rejected = await b.acquire()
@@ -290,9 +283,7 @@ async def test_open_rejects_locally_then_half_opens_through_redis(
     clock = Clock()
     store = RedisStore(config(failure_threshold=1, recovery_timeout=10), client, clock=clock)
     try:
-        admission = await store.acquire()
-        assert admission.ticket is not None
-        await store.record_failure(admission.ticket)
+        await fail_once(store)
         before = await command_counts(client)
         for _ in range(100):
             assert (await store.acquire()).ticket is None
@@ -313,9 +304,7 @@ async def test_half_open_permits_are_shared(stores: StoreFactory) -> None:
     cfg = config(failure_threshold=1, recovery_timeout=5, half_open_max_calls=3)
     a, b = stores(cfg, clock=clock), stores(cfg, clock=clock)
     await b.start()
-    admission = await a.acquire()
-    assert admission.ticket is not None
-    await a.record_failure(admission.ticket)
+    await fail_once(a)
     await eventually(lambda: b.snapshot().state is CircuitState.OPEN)
     clock.now += 5
     answers = await asyncio.gather(*(s.acquire() for s in (a, b) for _ in range(10)))
@@ -330,9 +319,7 @@ async def test_an_expired_lease_frees_its_permit(stores: StoreFactory) -> None:
         failure_threshold=1, recovery_timeout=5, half_open_max_calls=1, half_open_lease=7, timeout=6
     )
     store = stores(cfg, clock=clock)
-    admission = await store.acquire()
-    assert admission.ticket is not None
-    await store.record_failure(admission.ticket)
+    await fail_once(store)
     clock.now += 5
     lost = await store.acquire()
     assert lost.ticket is not None
@@ -352,9 +339,7 @@ async def test_state_survives_a_restart(stores: StoreFactory, clients: Callable[
     """A new process finds the stored state: open stays open."""
     cfg = config(failure_threshold=1, recovery_timeout=60)
     first = stores(cfg)
-    admission = await first.acquire()
-    assert admission.ticket is not None
-    await first.record_failure(admission.ticket)
+    await fail_once(first)
     await first.close()
     later = stores(cfg)
     rejected = await later.acquire()
@@ -383,9 +368,7 @@ async def test_failures_pending_elsewhere_are_reset_by_a_success_here(
     a, b = stores(cfg), stores(cfg, resync_interval=3600)
     await b.start()
     assert b.hot_epoch is not None
-    admission = await a.acquire()
-    assert admission.ticket is not None
-    await a.record_failure(admission.ticket)
+    await fail_once(a)
     await eventually(lambda: b.hot_epoch is None)
     mine = await b.acquire()
     assert mine.ticket is not None
@@ -402,9 +385,7 @@ async def test_clients_with_decoded_responses_and_resp3(
     a = stores(cfg, clients(decode_responses=True))
     b = stores(cfg, clients(protocol=3), resync_interval=3600)
     await b.start()
-    admission = await a.acquire()
-    assert admission.ticket is not None
-    await a.record_failure(admission.ticket)
+    await fail_once(a)
     await eventually(lambda: b.snapshot().state is CircuitState.OPEN)
     await b.force(CircuitState.CLOSED)
     await eventually(lambda: a.snapshot().state is CircuitState.CLOSED)
@@ -595,9 +576,7 @@ async def test_an_answer_that_arrives_after_redis_went_away_is_not_mirrored(
         return raw
 
     intercept_script(store, "failure", late)
-    admission = await store.acquire()
-    assert admission.ticket is not None
-    await store.record_failure(admission.ticket)
+    await fail_once(store)
     assert store.snapshot().state is CircuitState.OPEN
 
 
@@ -650,9 +629,7 @@ async def test_an_unreadable_answer_is_one_circuits_problem(
     for name in ("failure", "reconcile", "read"):
         intercept_script(poison, name, junk)
     for _ in range(2):
-        admission = await poison.acquire()
-        assert admission.ticket is not None
-        await poison.record_failure(admission.ticket)
+        await fail_once(poison)
     assert (poison.available, healthy.available) == (True, True)
     assert [m for m in redis_warnings(caplog) if "could not read" in m] == [
         "circuit 'poison': could not read redis's answer to failure (ValueError: a circuit "
@@ -690,9 +667,7 @@ async def test_an_answer_from_a_replaced_hash_is_not_mirrored(
         return raw
 
     intercept_script(p, "failure", overtaken)
-    admission = await p.acquire()
-    assert admission.ticket is not None
-    await p.record_failure(admission.ticket)
+    await fail_once(p)
     assert p.snapshot().state is CircuitState.OPEN
     assert (await shared_redis.hget(p.key, "state")) == b"open"
 
@@ -708,16 +683,12 @@ async def test_an_answer_overtaken_in_flight_is_not_mirrored(stores: StoreFactor
     async def overtaken(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         raw = await real(**kwargs)
         await eventually(lambda: q.hot_epoch is None)  # Q heard of P's failure
-        admission = await q.acquire()
-        assert admission.ticket is not None
-        await q.record_failure(admission.ticket)
+        await fail_once(q)
         await eventually(lambda: p.snapshot().state is CircuitState.OPEN)
         return raw
 
     intercept_script(p, "failure", overtaken)
-    admission = await p.acquire()
-    assert admission.ticket is not None
-    await p.record_failure(admission.ticket)
+    await fail_once(p)
     assert p.snapshot().state is CircuitState.OPEN
 
 
@@ -778,9 +749,7 @@ async def test_redis_counts_trial_successes_against_the_permits(stores: StoreFac
     cfg = config(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2)
     a, b = stores(cfg, clock=clock), stores(cfg, clock=clock)
     await b.start()
-    admission = await a.acquire()
-    assert admission.ticket is not None
-    await a.record_failure(admission.ticket)
+    await fail_once(a)
     clock.now += 5
     first, second = await a.acquire(), await a.acquire()
     assert first.ticket is not None
@@ -799,9 +768,7 @@ async def test_a_stale_success_is_refused_by_redis_itself(
     """The SUCCESS script fences epochs: an old ticket does not clear newer failures."""
     a, old, fresh = await behind_a_newer_epoch(stores, config(failure_threshold=3))
     for _ in range(2):
-        admission = await fresh.acquire()
-        assert admission.ticket is not None
-        await fresh.record_failure(admission.ticket)
+        await fail_once(fresh)
     assert (await shared_redis.hget(a.key, "failures")) == b"2"
     await a._call("success", (str(old.epoch), "0"))
     assert (await shared_redis.hget(a.key, "failures")) == b"2"
