@@ -415,6 +415,9 @@ async def test_random_dropped_admissions_never_exceed_the_half_open_limit(
     ticket = (await procs[0].acquire()).ticket
     assert ticket is not None
     await procs[0].record_failure(ticket)
+    # Every process has heard of the trip (a process that has not would admit its calls
+    # as closed: no trial, and not what this attacks).
+    await eventually(lambda: all(p.snapshot().state is CircuitState.OPEN for p in procs))
     clock.now += 5
     rule = fault_proxy.drop_replies(
         lambda c, cmd: cmd == "EVALSHA" and rng.random() < 0.5, count=None
