@@ -281,6 +281,31 @@ def test_a_full_queue_of_resolves_still_takes_the_resolve_of_a_page_that_was_sho
     assert (queued, dropped) == (4, 0)
 
 
+def test_a_sink_whose_send_never_suspends_still_lets_the_loop_run() -> None:
+    """A sink of one's own whose ``send`` awaits nothing: the loop still turns between
+    deliveries, so a health check is not held up by a queue of 200 (before: the whole
+    queue went out in one turn of the loop)."""
+
+    async def scenario() -> list[int]:
+        sink = RecordingSink()
+        seen: list[int] = []
+
+        async def other_task() -> None:
+            for _ in range(1000):
+                seen.append(len(sink.delivered))
+                if len(sink.delivered) == 200:
+                    return
+                await asyncio.sleep(0)
+
+        for index in range(200):
+            sink.submit(alert(service=f"svc{index}"))
+        await asyncio.gather(other_task(), sink.drain())
+        return seen
+
+    seen = run_virtual(scenario())
+    assert len(set(seen)) > 100
+
+
 def test_a_full_queue_cancels_a_resolve_with_its_unsent_raise() -> None:
     """A resolve whose own raise is still queued (nobody was told): neither is sent."""
 

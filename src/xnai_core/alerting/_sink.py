@@ -460,6 +460,9 @@ class AlertSink:
                     extra={"xnai.sink": self.name, "xnai.alert_key": pending.note.key},
                 )
             self._in_flight = None
+            # A send that never suspends (a sink of one's own writing to a local file)
+            # would run the whole queue in one turn of the loop: health checks wait.
+            await asyncio.sleep(0)
 
     def _pick(self, now: float) -> tuple[int | None, float | None]:
         """The queued notice to send now, and (when none may go) when the first may.
