@@ -306,6 +306,36 @@ def test_a_sink_whose_send_never_suspends_still_lets_the_loop_run() -> None:
     assert len(set(seen)) > 100
 
 
+def test_a_worker_cancelled_from_outside_loses_nothing() -> None:
+    """The sink's task is cancelled by something else than ``aclose()`` (a loop's shutdown
+    cancelling every task) mid-delivery: the next alert starts a new one, which delivers
+    the interrupted notice first (before: it was lost; and a ``drain()`` called before the
+    next alert spun the loop for ever, since the stale in-flight notice never cleared)."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        sink = RecordingSink()
+        sink.hang = asyncio.Event()
+        sink.submit(alert(service="first"))
+        await asyncio.sleep(0)  # in flight, hung
+        worker = sink._worker
+        assert worker is not None
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        sink.hang = None
+        sink.submit(alert(service="second"))
+        for _ in range(100):
+            if len(sink.delivered) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await sink.drain()
+        return list(iter_notes(sink))
+
+    assert run_virtual(scenario()) == [
+        ("first:status", "firing", 0),
+        ("second:status", "firing", 0),
+    ]
+
+
 def test_a_full_queue_cancels_a_resolve_with_its_unsent_raise() -> None:
     """A resolve whose own raise is still queued (nobody was told): neither is sent."""
 

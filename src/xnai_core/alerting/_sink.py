@@ -409,6 +409,12 @@ class AlertSink:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # started by the next call made on a loop, or by drain()/aclose()
+        if self._in_flight is not None and not self._closed:
+            # Its worker was cancelled from outside (not by aclose()): the notice goes back
+            # to its lane's head (before: lost, and drain() spun without yielding).
+            self._queue.appendleft(self._in_flight)
+            self._in_flight = None
+            self._idle.clear()
         self._loop = loop
         self._worker = loop.create_task(self._run(), name=f"xnai-alert-sink-{self.name}")
 
