@@ -96,6 +96,30 @@ BAD: list[tuple[str, str]] = [
         'redis_url = "http://localhost:6379"',
         "redis_url: must be a redis://, rediss:// or unix:// URL",
     ),
+    (
+        "[monitor.alert_thresholds]\nsuccess_rate = nan",
+        "monitor.alert_thresholds.success_rate: must be a finite number, got nan",
+    ),
+    (
+        'redis_url = "redis://:hunter2secret@localhost:notaport/0"',
+        "redis_url: Port could not be cast to integer value as 'notaport'",
+    ),
+    (
+        "[[services]]\nname = 'a'\ntype = 'http'\nurl = 'http://u:hunter2secret@h:99999/'",
+        "services[0].url: Port out of range 0-65535: 'http://u:***@h:99999/'",
+    ),
+    (
+        "[[services]]\nname = 'a'\ntype = 'http'\nurl = 'http:///health'",
+        "services[0].url: names no host: 'http:///health'",
+    ),
+    (
+        "[[services]]\nname = 'r'\ntype = 'redis'\nurl = 'redis://:hunter2secret@h:70000/'",
+        "services[0].url: Port out of range 0-65535",
+    ),
+    (
+        "[[services]]\nname = 'p'\ntype = 'postgres'\ndsn = 'postgresql://u:hunter2secret@h:x/d'",
+        "services[0].dsn: Port could not be cast to integer value as 'x'",
+    ),
     ("services = 3", "services: must be an array of tables ([[services]]), got an integer 3"),
     ("[[services]]\ntype = 'http'\nurl = 'http://x/'", "services[0].name: is required"),
     (
@@ -216,6 +240,7 @@ def test_bad_file_is_refused_naming_file_key_and_problem(
     message = str(caught.value)
     assert message.startswith(f"{path}: {expected}"), message
     assert "\n" not in message
+    assert "hunter2secret" not in message
 
 
 def test_missing_file_is_refused(tmp_path: Path) -> None:

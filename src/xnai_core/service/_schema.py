@@ -9,6 +9,7 @@ refuse the same values with the same words.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -129,6 +130,8 @@ class Table:
             return default
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.error(name, f"must be a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, got {value!r}")
         if value < minimum:
             raise self.error(name, f"must be >= {minimum:g}, got {value!r}")
         return float(value)

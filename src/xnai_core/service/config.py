@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +316,20 @@ def _env_name(table: Table, key: str) -> str | None:
     return variable
 
 
+def _check_address(table: Table, key: str, url: str, *, need_host: bool = False) -> None:
+    """Refuse a URL whose port is not a number from 0 to 65535 (or, ``need_host``, that
+    names no host): its client would refuse it only at the first connection, or crash."""
+    if url.startswith("unix://"):
+        return
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise table.error(key, f"{exc}: {redact_url(url)!r}") from None
+    if need_host and not parts.hostname:
+        raise table.error(key, f"names no host: {redact_url(url)!r}")
+
+
 def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
     warnings: list[str] = []
     if root.has("control_token"):
@@ -331,6 +346,7 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
             raise root.error(
                 "redis_url", f"must be a redis://, rediss:// or unix:// URL: {redact(redis_url)!r}"
             )
+        _check_address(root, "redis_url", redis_url)
     token_env = _env_name(root, "control_token_env")
     token = None
     if token_env is not None:
@@ -500,6 +516,7 @@ def _service(table: Table, environ: Mapping[str, str]) -> ServiceSpec:
         assert url is not None
         if not url.startswith(("http://", "https://")):
             raise table.error("url", f"must be an http:// or https:// URL: {redact_url(url)!r}")
+        _check_address(table, "url", url, need_host=True)
         method = table.choice("method", ("GET", "HEAD", "POST"), "GET")
         fields.update(
             url=url,
@@ -519,6 +536,7 @@ def _service(table: Table, environ: Mapping[str, str]) -> ServiceSpec:
         assert url is not None
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise table.error("url", f"must be a redis:// URL: {redact_url(url)!r}")
+        _check_address(table, "url", url)
         fields.update(url=url)
     elif kind == "postgres":
         dsn = table.text("dsn")
@@ -533,6 +551,8 @@ def _service(table: Table, environ: Mapping[str, str]) -> ServiceSpec:
             dsn = _from_env(environ, override)
         if dsn is None:
             raise table.error("dsn", "is required (or 'dsn_env')")
+        if dsn.startswith(("postgresql://", "postgres://")):
+            _check_address(table, "dsn_env" if dsn_env is not None else "dsn", dsn)
         fields.update(dsn=dsn)
     else:
         fields.update(command=table.strings("command", required=True))
