@@ -120,6 +120,11 @@ BAD: list[tuple[str, str]] = [
         "[[services]]\nname = 'p'\ntype = 'postgres'\ndsn = 'postgresql://u:hunter2secret@h:x/d'",
         "services[0].dsn: Port could not be cast to integer value as 'x'",
     ),
+    (
+        "[[services]]\nname = 'p'\ntype = 'postgres'\ndsn = 'host=db password=hunter2secret'",
+        "services[0].dsn: must be a postgresql:// or postgres:// URL (key=value DSNs are not "
+        "read), got a string of 30 characters",
+    ),
     ("services = 3", "services: must be an array of tables ([[services]]), got an integer 3"),
     ("[[services]]\ntype = 'http'\nurl = 'http://x/'", "services[0].name: is required"),
     (

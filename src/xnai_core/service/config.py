@@ -551,8 +551,16 @@ def _service(table: Table, environ: Mapping[str, str]) -> ServiceSpec:
             dsn = _from_env(environ, override)
         if dsn is None:
             raise table.error("dsn", "is required (or 'dsn_env')")
-        if dsn.startswith(("postgresql://", "postgres://")):
-            _check_address(table, "dsn_env" if dsn_env is not None else "dsn", dsn)
+        dsn_key = "dsn_env" if dsn_env is not None else "dsn"
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            # asyncpg reads URLs only: a libpq "host=... password=..." string would fail
+            # every check. Not echoed: it may hold the password.
+            raise table.error(
+                dsn_key,
+                "must be a postgresql:// or postgres:// URL (key=value DSNs are not read), "
+                f"got a string of {len(dsn)} characters",
+            )
+        _check_address(table, dsn_key, dsn)
         fields.update(dsn=dsn)
     else:
         fields.update(command=table.strings("command", required=True))
