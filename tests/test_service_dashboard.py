@@ -206,6 +206,42 @@ def test_dashboard_without_a_token_has_no_controls_and_fits_a_phone(
             proc.stop()
 
 
+def test_a_focused_circuit_button_keeps_focus_across_polls(
+    browser: Any, tmp_path: Path, prefix: str
+) -> None:
+    """The page redraws every second: a keyboard user who tabbed to a circuit's button
+    must still be on it at the next poll (and a click must not land on a button the poll
+    has just replaced), so the button acts when Enter is pressed."""
+    expect = sync_api.expect
+    with http_service() as (api, _), http_service() as (victim, _):
+        path = config(tmp_path / "s.toml", api, victim, prefix)
+        proc = ServiceProcess(path, env={"XNAI_TEST_DASH_TOKEN": TOKEN}).start()
+        view = Page(browser, proc.url + "/", viewport={"width": 1200, "height": 900})
+        try:
+            page = view.page
+            page.get_by_label("Control token").fill(TOKEN)
+            page.get_by_role("button", name="Use token").click()
+            open_button = page.get_by_role("button", name="open circuit llm")
+            expect(open_button).to_be_enabled(timeout=15_000)
+            open_button.focus()
+            focused = "document.activeElement && document.activeElement.getAttribute('aria-label')"
+            assert page.evaluate(focused) == "open circuit llm"
+            # Two polls later (each one rewrites the connection line's time).
+            connection = page.locator("#connection")
+            for _ in range(2):
+                before = connection.inner_text()
+                expect(connection).not_to_have_text(before, timeout=10_000)
+            assert page.evaluate(focused) == "open circuit llm"
+            page.keyboard.press("Enter")
+            badge = page.locator('[data-circuit="llm"] .badge')
+            expect(badge).to_have_text("open (forced)", timeout=10_000)
+            assert _shared_state(prefix) == "open"
+            assert view.errors == []
+        finally:
+            view.close()
+            proc.stop()
+
+
 def _shared_state(prefix: str) -> str:
     shown = run_cli(
         "circuits", "show", "llm", "--redis-url", SHARED_REDIS_URL, "--prefix", prefix, "--json"

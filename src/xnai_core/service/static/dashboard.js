@@ -111,31 +111,45 @@ function renderCircuits(circuits, controls, tokenConfigured) {
   controlsShown = Boolean(controls);
   document.getElementById("actions-head").hidden = !controls;
   if (circuits === null) {
+    delete body.dataset.layout;
     body.replaceChildren();
     note.textContent = "No shared circuits: the config sets no redis_url.";
     return;
   }
   note.textContent = circuits.length ? "" : "No circuits under this prefix yet.";
-  body.replaceChildren(...circuits.map((c) => {
+  // Rows are updated in place while the circuits and the controls stay the same, so a
+  // button keeps its keyboard focus (and a click its target) across polls.
+  const layout = JSON.stringify([circuits.map((c) => c.name), Boolean(controls)]);
+  if (body.dataset.layout !== layout) {
+    body.dataset.layout = layout;
+    body.replaceChildren(...circuits.map((c) => circuitRow(c, controls)));
+  }
+  circuits.forEach((c, i) => {
+    const cells = body.rows[i].cells;
     const label = c.state + (c.forced_open ? " (forced)" : "");
-    const row = el("tr", { "data-circuit": c.name },
-      el("th", { scope: "row", text: c.name }),
-      el("td", {}, badge(c.state, label)),
-      el("td", { text: String(c.failures) }),
-      el("td", { text: c.retry_after === null ? "-" : seconds(c.retry_after) }),
-    );
-    if (controls) {
-      const cell = el("td");
-      for (const action of ["open", "close", "reset"]) {
-        const button = el("button", { type: "button", "aria-label": `${action} circuit ${c.name}`, text: action });
-        button.disabled = token === null;
-        button.addEventListener("click", () => control(c.name, action));
-        cell.append(button);
-      }
-      row.append(cell);
+    const shown = cells[1].firstChild;
+    if (!shown || shown.textContent !== label || !shown.classList.contains(c.state)) {
+      cells[1].replaceChildren(badge(c.state, label));
     }
-    return row;
-  }));
+    cells[2].textContent = String(c.failures);
+    cells[3].textContent = c.retry_after === null ? "-" : seconds(c.retry_after);
+    for (const button of body.rows[i].querySelectorAll("button")) button.disabled = token === null;
+  });
+}
+
+function circuitRow(c, controls) {
+  const row = el("tr", { "data-circuit": c.name },
+    el("th", { scope: "row", text: c.name }), el("td"), el("td"), el("td"));
+  if (controls) {
+    const cell = el("td");
+    for (const action of ["open", "close", "reset"]) {
+      const button = el("button", { type: "button", "aria-label": `${action} circuit ${c.name}`, text: action });
+      button.addEventListener("click", () => control(c.name, action));
+      cell.append(button);
+    }
+    row.append(cell);
+  }
+  return row;
 }
 
 function renderList(id, items, empty, text) {
