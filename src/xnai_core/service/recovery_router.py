@@ -100,6 +100,14 @@ class RecoveryRouter:
             self._rules[service_name] = wanted
         return True
 
+    def end_episode(self, service_name: str, status: str) -> None:
+        """End ``service_name``'s ongoing episode as ``status`` (a service removed from the
+        config is never back to healthy: its episode would stay ongoing forever)."""
+        current = self._open.pop(service_name, None)
+        if current is not None:
+            current["ended"] = self._clock()
+            current["status"] = status
+
     async def reset(self, service_name: str) -> bool:
         manager = self._managers.get(service_name)
         return False if manager is None else await manager.reset(service_name)

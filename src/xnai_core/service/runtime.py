@@ -212,6 +212,7 @@ class ServiceRuntime:
         for name in before.keys() - after.keys():
             parts.monitor.remove_checker(name)
             await parts.router.set_rules(name, ())
+            parts.router.end_episode(name, "removed")
             changes.append(f"removed {name}")
         for index, spec in enumerate(new.services):
             previous = before.get(spec.name)
