@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import threading
@@ -18,9 +19,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from tests.conftest import PrivateRedis
 from tests.metrics_helpers import no_global_hooks, parse, value
 from tests.test_metrics_multiprocess import CLOSED, OPEN, REPO, workers
+from tests.test_recovery_manager import FakeClock, make_manager, rule
 from xnai_core import CircuitBreaker, CircuitBreakerConfig, CustomHealthChecker, HealthMonitor
 from xnai_core.metrics import enable_prometheus
-from xnai_core.metrics.prometheus import PrometheusMetrics
+from xnai_core.metrics._sink import EventsToSink, Labels
+from xnai_core.metrics.prometheus import ClientSink, PrometheusMetrics
 
 __all__ = ["no_global_hooks"]
 
@@ -139,3 +142,64 @@ async def test_a_circuit_open_in_one_worker_during_a_redis_outage_shows_in_every
             async with httpx.AsyncClient(base_url=base) as http:
                 samples = parse((await http.get("/ops/metrics")).text)
             assert (samples[OPEN], samples[CLOSED]) == (1.0, 0.0)
+
+
+ZERO_BEFORE_FIRST = [
+    ("xnai_circuitbreaker_fallback_calls_total", {"name": "fb"}),
+    *(
+        ("xnai_health_checks_total", {"service": "api", "result": result})
+        for result in ("healthy", "degraded", "unhealthy", "unknown")
+    ),
+    *(
+        ("xnai_recovery_attempts_total", {"service": "api", "action": action, "result": result})
+        for action, result in (
+            ("restart_service", "succeeded"),
+            ("restart_service", "failed"),
+            ("manual_intervention", "escalated"),
+        )
+    ),
+]
+
+
+async def _parts_before_anything_happened() -> tuple[object, ...]:
+    """A breaker with a fallback, a monitored service and its recovery rules, none of
+    which has done anything yet."""
+    breaker = CircuitBreaker(CircuitBreakerConfig(name="fb"), lambda: 0)
+    monitor = HealthMonitor(check_interval=3600)
+    monitor.add_checker(CustomHealthChecker("api", lambda: True, in_thread=False))
+    manager = make_manager(FakeClock())
+    manager.add_rule(rule(recovery_func=lambda service: None))
+    manager.add_rule(rule("manual_intervention"))
+    return breaker, monitor, manager
+
+
+async def test_counters_exist_at_zero_before_their_first_increment(
+    metrics: PrometheusMetrics,
+) -> None:
+    """rate() and increase() need a sample before the first increment: a series born
+    at 1 shows no increase. A recovery service's one restart never reached the
+    dashboard's "Recovery attempts" panel, nor a first fallback or failed check theirs."""
+    parts = await _parts_before_anything_happened()
+    samples = parse(generate_latest(metrics.registry).decode())
+    for metric, labels in ZERO_BEFORE_FIRST:
+        assert value(samples, metric, **labels) == 0, (metric, labels)
+    await parts[2].aclose()  # type: ignore[attr-defined]
+
+
+async def test_counters_exist_at_zero_in_multiprocess_mode() -> None:
+    """The same through prometheus_client's own metrics (here over an in-memory
+    registry): each worker writes its known series at 0 when it publishes."""
+    gc.collect()
+    registry = CollectorRegistry()
+    sink = ClientSink(registry)
+    hook = EventsToSink(sink, Labels())
+    parts = await _parts_before_anything_happened()
+    breaker = parts[0]
+    assert isinstance(breaker, CircuitBreaker)
+    hook.call_recorder(breaker.name)  # what the breaker's hook point asks for
+    sink.publish_own(hook.labels)
+    samples = parse(generate_latest(registry).decode())
+    for metric, labels in ZERO_BEFORE_FIRST:
+        assert value(samples, metric, **labels) == 0, (metric, labels)
+    sink.unregister()
+    await parts[2].aclose()  # type: ignore[attr-defined]

@@ -138,6 +138,9 @@ async def test_prometheus_scrapes_breaker_health_and_recovery(
             f'xnai_recovery_attempts_total{{{vdb},action="restart_service",result="succeeded"}}'
         )
         assert await only_value(prometheus, f"{restarted} == 1") == 1
+        # ... and seen by increase(), as the dashboard's panel asks: the series was
+        # scraped at 0 before the attempt (one born at 1 shows no increase at all).
+        assert await only_value(prometheus, f"increase({restarted}[10m]) > 0") > 0
 
         # Every dashboard query and alert rule evaluates without error.
         for expr in dashboard_queries():

@@ -74,6 +74,7 @@ class Aggregate:
             for kind in HISTOGRAM_KINDS:
                 arrays[kind] = self.calls.setdefault((breaker, kind), BucketArray())
             self.not_permitted_calls[breaker] += 0
+            self.fallback_calls[breaker] += 0
         # acquire()/release() rather than `with`: half the cost on this path.
         acquire, release = self.lock.acquire, self.lock.release
         bounds, rejected = LATENCY_BUCKETS, self.not_permitted_calls

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .. import events
 from ..circuit.breaker import CircuitBreaker
 from ..health.monitor import HealthMonitor
-from ._sink import Labels, redis_link
+from ._sink import HEALTH_STATUSES, Labels, redis_link
 
 if TYPE_CHECKING:
     from ..recovery.manager import RecoveryManager
@@ -51,6 +51,10 @@ _RANK = {"closed": 0, "half_open": 1, "open": 2}
 # own HTTP server, OpenTelemetry's reader thread, the multiprocess publisher,
 # create_ops_app's /metrics): a live object may change while it is read.
 _READ_ATTEMPTS = 3
+
+_MANUAL = "manual_intervention"
+_ESCALATED = ("escalated",)
+_JUDGED = ("succeeded", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,28 @@ def statuses(labels: Labels) -> dict[str, str]:
                 continue
             found[labels.service(service)] = status.value
     return found
+
+
+def health_results(labels: Labels) -> list[tuple[str, str]]:
+    """(service, result) of every check result the live monitors' services may count:
+    their counters exist at 0 before the first such result (rate() and increase()
+    see no increase in a series born at 1)."""
+    return [(service, result) for service in statuses(labels) for result in HEALTH_STATUSES]
+
+
+def recovery_results(labels: Labels) -> list[tuple[str, str, str]]:
+    """(service, action, result) of every recovery attempt the live managers' rules
+    may count (``escalated`` for manual intervention, else ``succeeded`` and
+    ``failed``), for their counters to exist at 0 before the first attempt."""
+    found: set[tuple[str, str, str]] = set()
+    for manager in _managers():
+        for service in _latches(manager):  # every service with rules
+            for rule in manager.get_rules(service):
+                action = rule.action_type.value
+                results = _ESCALATED if action == _MANUAL else _JUDGED
+                for result in results:
+                    found.add((labels.service(service), labels.word(action), result))
+    return sorted(found)
 
 
 def _latches(manager: RecoveryManager) -> dict[str, bool]:

@@ -93,6 +93,7 @@ class ClientSink:
     def call_recorder(self, breaker: str) -> CallRecorder:
         timed = {kind: self._calls.labels(breaker, kind) for kind in HISTOGRAM_KINDS}
         rejected = self._not_permitted.labels(breaker)
+        self._fallback.labels(breaker)  # at 0 before the first (increase() needs it)
         first = True
 
         def record(kind: CallKind, seconds: float) -> None:
@@ -158,9 +159,15 @@ class ClientSink:
 
     def publish_own(self, labels: Labels) -> None:
         """Write what only this process knows and the others cannot read: its Redis
-        links and its alert sinks' counters (each worker, every few seconds)."""
+        links, its alert sinks' counters, and its monitors' and recovery managers'
+        counters at 0 before their first increment (each worker, every few seconds)."""
         for name, available in _current.circuits(labels)[1].items():
             self.redis_available(name, available)
+        # Counters that may be counted, at 0 before their first increment.
+        for service, result in _current.health_results(labels):
+            self._checks.labels(service, result)
+        for service, action, result in _current.recovery_results(labels):
+            self._recovery.labels(service, action, result)
         queued: dict[tuple[str, str], int] = {}
         last_error: dict[tuple[str, str], float] = {}
         with self._lock:  # the scrape and the publisher thread: one delta each

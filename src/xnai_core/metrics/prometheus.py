@@ -137,6 +137,8 @@ class XnaiCollector(Collector):
             f["xnai_circuitbreaker_redis_available"].add_metric([name], float(available))
         for labels, buckets, total in agg.histograms(agg.calls):
             f["xnai_circuitbreaker_calls_seconds"].add_metric(list(labels), buckets, total)
+        known_checks = _current.health_results(guard)
+        known_recoveries = _current.recovery_results(guard)
         with agg.lock:
             counts: dict[str, list[tuple[Any, int]]] = {
                 "xnai_circuitbreaker_not_permitted_calls": list(agg.not_permitted_calls.items()),
@@ -152,6 +154,13 @@ class XnaiCollector(Collector):
             statuses = {**agg.statuses, **live_statuses}
             escalated = {**agg.escalations, **live_escalations}
         gauges["xnai_recovery_escalated"] = list(escalated.items())
+        # Series that may be counted exist at 0 before (increase() needs a sample).
+        for metric, known in (
+            ("xnai_health_checks", known_checks),
+            ("xnai_recovery_attempts", known_recoveries),
+        ):
+            counted = {labels for labels, _ in counts[metric]}
+            counts[metric] += [(labels, 0) for labels in known if labels not in counted]
         for metric, items in counts.items():
             for labels, count in sorted(items):
                 f[metric].add_metric(_labels(labels), float(count))
