@@ -13,19 +13,26 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from tests.conftest import PrivateRedis
-from tests.metrics_helpers import no_global_hooks, parse, value
+from tests.metrics_helpers import no_global_hooks, otel_reader, parse, points, value
 from tests.test_metrics_multiprocess import CLOSED, OPEN, REPO, workers
 from tests.test_recovery_manager import FakeClock, make_manager, rule
-from xnai_core import CircuitBreaker, CircuitBreakerConfig, CustomHealthChecker, HealthMonitor
+from xnai_core import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CustomHealthChecker,
+    HealthMonitor,
+    events,
+)
 from xnai_core.metrics import enable_prometheus
 from xnai_core.metrics._sink import EventsToSink, Labels
 from xnai_core.metrics.prometheus import ClientSink, PrometheusMetrics
 
-__all__ = ["no_global_hooks"]
+__all__ = ["no_global_hooks", "otel_reader"]
 
 
 @pytest.fixture
@@ -203,3 +210,55 @@ async def test_counters_exist_at_zero_in_multiprocess_mode() -> None:
         assert value(samples, metric, **labels) == 0, (metric, labels)
     sink.unregister()
     await parts[2].aclose()  # type: ignore[attr-defined]
+
+
+async def _gone_after_it_was_unhealthy() -> None:
+    """A service seen unhealthy, then removed from its monitor; a breaker opened, then
+    collected (a breaker per request, a reload that drops a circuit)."""
+    monitor = HealthMonitor(check_interval=3600, failure_threshold=1)
+    monitor.add_checker(CustomHealthChecker("old", lambda: False, in_thread=False))
+    await monitor.trigger_manual_check("old")
+    breaker = CircuitBreaker(CircuitBreakerConfig(name="per-request"))
+    await breaker.force_open()
+    monitor.remove_checker("old")
+    await monitor.stop_monitoring()
+    del breaker
+    gc.collect()
+
+
+async def test_a_removed_service_is_not_unhealthy_for_ever(metrics: PrometheusMetrics) -> None:
+    """Statuses are read from the live monitors, but the last event's status was kept
+    for a service no live monitor shows any more: removed by a reload while
+    unhealthy, it stayed unhealthy in every scrape, XnaiServiceUnhealthy for ever."""
+    await _gone_after_it_was_unhealthy()
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert [labels for name, labels in samples if name == "xnai_health_status"] == []
+
+
+async def test_opentelemetry_forgets_what_no_live_object_shows(
+    reader: InMemoryMetricReader,
+) -> None:
+    """The same in the OpenTelemetry adapter, and for a collected breaker's state."""
+    await _gone_after_it_was_unhealthy()
+    found = points(reader)
+    assert [a for a, p in found.get("xnai.health.status", []) if p.value] == []
+    assert [a for a, p in found.get("xnai.circuitbreaker.state", []) if p.value] == []
+
+
+async def test_multiprocess_zeroes_what_no_live_object_shows() -> None:
+    """A worker's file keeps a gauge's last value: once the service is removed (or the
+    breaker collected), the worker writes 0 for each of its states when it publishes."""
+    gc.collect()
+    registry = CollectorRegistry()
+    sink = ClientSink(registry)
+    hook = EventsToSink(sink, Labels())
+    events.install_hooks(hook)
+    try:
+        await _gone_after_it_was_unhealthy()
+    finally:
+        events.install_hooks()
+    sink.publish_own(hook.labels)
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "xnai_health_status", service="old", status="unhealthy") == 0
+    assert value(samples, "xnai_circuitbreaker_state", name="per-request", state="open") == 0
+    sink.unregister()

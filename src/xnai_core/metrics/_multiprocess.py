@@ -161,8 +161,20 @@ class ClientSink:
         """Write what only this process knows and the others cannot read: its Redis
         links, its alert sinks' counters, and its monitors' and recovery managers'
         counters at 0 before their first increment (each worker, every few seconds)."""
-        for name, available in _current.circuits(labels)[1].items():
+        states, links = _current.circuits(labels)
+        for name, available in links.items():
             self.redis_available(name, available)
+        # A breaker collected, a service removed, rules dropped: its one-hot gauges
+        # stay in this worker's file; all 0 (no state) rather than its last value.
+        with self._lock:
+            for name in labels.live_states.gone(states):
+                for value in CIRCUIT_STATES:
+                    self._state.labels(name, value).set(0.0)
+            for service in labels.live_statuses.gone(_current.statuses(labels)):
+                for value in HEALTH_STATUSES:
+                    self._status.labels(service, value).set(0.0)
+        for service in labels.live_escalations.gone(_current.escalations(labels)):
+            self._escalated.labels(service).set(0.0)
         # Counters that may be counted, at 0 before their first increment.
         for service, result in _current.health_results(labels):
             self._checks.labels(service, result)

@@ -9,8 +9,11 @@ decides what an event means.
 
 from __future__ import annotations
 
+import sys
+import threading
 import weakref
-from typing import Protocol
+from collections.abc import Hashable, Mapping
+from typing import Generic, Protocol, TypeVar
 
 from ..circuit.breaker import CircuitBreaker
 from ..circuit.machine import CircuitState
@@ -27,6 +30,7 @@ from ..events import (
     StateChanged,
     live_sources,
 )
+from ..health.monitor import HealthMonitor
 from ..health.result import HealthStatus
 from ._labels import LabelGuard
 
@@ -47,8 +51,45 @@ def redis_link(breaker: CircuitBreaker) -> bool | None:
     return store.available
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LiveFirst(Generic[K, V]):
+    """Current state by label: what the live objects say, else what events said of a
+    label no live object has shown. A label a live object showed and no longer does
+    (a service removed from its monitor, a breaker collected) is gone, not stuck at
+    its last event's value (an unhealthy service removed by a reload kept
+    ``XnaiServiceUnhealthy`` firing)."""
+
+    def __init__(self) -> None:
+        self._seen_live: set[K] = set()  # bounded: label values are (LabelGuard)
+        self._lock = threading.Lock()
+
+    def note(self, key: K) -> None:
+        """A live object shows ``key`` (an event it emitted, before any scrape)."""
+        with self._lock:
+            self._seen_live.add(key)
+
+    def merge(self, from_events: Mapping[K, V], live: Mapping[K, V]) -> dict[K, V]:
+        """``live`` over ``from_events``, without the labels live objects showed before."""
+        with self._lock:
+            self._seen_live.update(live)
+            seen = set(self._seen_live)
+        kept = {key: value for key, value in from_events.items() if key not in seen}
+        return {**kept, **live}
+
+    def gone(self, live: Mapping[K, V]) -> set[K]:
+        """Labels live objects showed before and no longer do (and forget them)."""
+        with self._lock:
+            gone = self._seen_live - live.keys()
+            self._seen_live = set(live)
+        return gone
+
+
 class Labels:
-    """The label guards of one adapter: names made safe and bounded once each."""
+    """The label guards of one adapter: names made safe and bounded once each; and
+    which labels live objects have shown (:class:`LiveFirst`), per kind of state."""
 
     def __init__(self, max_names: int = DEFAULT_MAX_NAMES) -> None:
         self.breaker = LabelGuard("breaker", max_names)
@@ -57,6 +98,10 @@ class Labels:
         self.word = LabelGuard("strategy/alert/action", max_names)
         # Alert sinks' names and kinds (a name is the user's, so it is guarded too).
         self.sink = LabelGuard("alert sink", max_names)
+        self.live_states: LiveFirst[str, str] = LiveFirst()
+        self.live_links: LiveFirst[str, bool] = LiveFirst()
+        self.live_statuses: LiveFirst[str, str] = LiveFirst()
+        self.live_escalations: LiveFirst[str, bool] = LiveFirst()
 
 
 class Sink(Protocol):
@@ -127,6 +172,8 @@ class EventsToSink:
             self.sink.state(name, event.new)
             for source in live_sources():
                 if isinstance(source, CircuitBreaker) and source.name == event.breaker:
+                    labels.live_states.note(name)
+                    labels.live_links.note(name)
                     available = redis_link(source)
                     if available is not None:
                         self.sink.redis_available(name, available)
@@ -135,9 +182,10 @@ class EventsToSink:
                 labels.service(event.service), labels.word(event.source), event.degraded
             )
         elif isinstance(event, HealthChecked):
-            self.sink.health(
-                labels.service(event.service), event.result, event.status, event.duration
-            )
+            service = labels.service(event.service)
+            if _monitored(event.service):
+                labels.live_statuses.note(service)
+            self.sink.health(service, event.result, event.status, event.duration)
         elif isinstance(event, AlertChanged):
             self.sink.alert(labels.service(event.service), labels.word(event.alert), event.active)
         elif isinstance(event, RecoveryAttempted):
@@ -145,4 +193,26 @@ class EventsToSink:
                 labels.service(event.service), labels.word(event.action), event.result
             )
         elif isinstance(event, RecoveryEscalated):
-            self.sink.escalated(labels.service(event.service), event.escalated)
+            service = labels.service(event.service)
+            if _with_rules(event.service):
+                labels.live_escalations.note(service)
+            self.sink.escalated(service, event.escalated)
+
+
+def _monitored(service: str) -> bool:
+    """Whether a live health monitor checks ``service``."""
+    return any(
+        isinstance(source, HealthMonitor) and service in source.services
+        for source in live_sources()
+    )
+
+
+def _with_rules(service: str) -> bool:
+    """Whether a live recovery manager has rules for ``service``."""
+    module = sys.modules.get("xnai_core.recovery.manager")
+    if module is None:
+        return False
+    kind = module.RecoveryManager
+    return any(
+        isinstance(source, kind) and bool(source.get_rules(service)) for source in live_sources()
+    )

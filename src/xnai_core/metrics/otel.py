@@ -149,7 +149,7 @@ class OpenTelemetrySink:
     # -- observable gauges -------------------------------------------------------
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
-        states = {**self._states, **_current.circuits(self._labels)[0]}
+        states = self._labels.live_states.merge(self._states, _current.circuits(self._labels)[0])
         return [
             Observation(1 if state == value else 0, {"name": name, "state": value})
             for name, state in sorted(states.items())
@@ -157,7 +157,7 @@ class OpenTelemetrySink:
         ]
 
     def _observe_redis(self, options: CallbackOptions) -> Iterable[Observation]:
-        redis = {**self._redis, **_current.circuits(self._labels)[1]}
+        redis = self._labels.live_links.merge(self._redis, _current.circuits(self._labels)[1])
         return [Observation(int(up), {"name": name}) for name, up in sorted(redis.items())]
 
     def _observe_degraded(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -165,7 +165,8 @@ class OpenTelemetrySink:
         return [Observation(int(flag), {"service": service}) for service, flag in items]
 
     def _observe_statuses(self, options: CallbackOptions) -> Iterable[Observation]:
-        statuses = {**self._statuses, **_current.statuses(self._labels)}
+        live = _current.statuses(self._labels)
+        statuses = self._labels.live_statuses.merge(self._statuses, live)
         return [
             Observation(1 if status == value else 0, {"service": service, "status": value})
             for service, status in sorted(statuses.items())
@@ -179,7 +180,8 @@ class OpenTelemetrySink:
         ]
 
     def _observe_escalated(self, options: CallbackOptions) -> Iterable[Observation]:
-        escalated = {**self._escalated, **_current.escalations(self._labels)}
+        live = _current.escalations(self._labels)
+        escalated = self._labels.live_escalations.merge(self._escalated, live)
         return [Observation(int(flag), {"service": s}) for s, flag in sorted(escalated.items())]
 
     def _sink_observer(

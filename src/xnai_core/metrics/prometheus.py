@@ -151,8 +151,9 @@ class XnaiCollector(Collector):
                 "xnai_degradation_degraded": list(agg.degraded.items()),
                 "xnai_alerts_active": list(agg.alerts.items()),
             }
-            statuses = {**agg.statuses, **live_statuses}
-            escalated = {**agg.escalations, **live_escalations}
+            event_statuses, event_escalations = dict(agg.statuses), dict(agg.escalations)
+        statuses = guard.live_statuses.merge(event_statuses, live_statuses)
+        escalated = guard.live_escalations.merge(event_escalations, live_escalations)
         gauges["xnai_recovery_escalated"] = list(escalated.items())
         # Series that may be counted exist at 0 before (increase() needs a sample).
         for metric, known in (
