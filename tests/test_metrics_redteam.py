@@ -232,7 +232,8 @@ async def test_a_removed_service_is_not_unhealthy_for_ever(metrics: PrometheusMe
     unhealthy, it stayed unhealthy in every scrape, XnaiServiceUnhealthy for ever."""
     await _gone_after_it_was_unhealthy()
     samples = parse(generate_latest(metrics.registry).decode())
-    assert [labels for name, labels in samples if name == "xnai_health_status"] == []
+    shown = [dict(labels) for name, labels in samples if name == "xnai_health_status"]
+    assert [labels for labels in shown if labels["service"] == "old"] == []
 
 
 async def test_opentelemetry_forgets_what_no_live_object_shows(
@@ -241,8 +242,10 @@ async def test_opentelemetry_forgets_what_no_live_object_shows(
     """The same in the OpenTelemetry adapter, and for a collected breaker's state."""
     await _gone_after_it_was_unhealthy()
     found = points(reader)
-    assert [a for a, p in found.get("xnai.health.status", []) if p.value] == []
-    assert [a for a, p in found.get("xnai.circuitbreaker.state", []) if p.value] == []
+    statuses = found.get("xnai.health.status", [])
+    assert [a for a, p in statuses if p.value and a["service"] == "old"] == []
+    states = found.get("xnai.circuitbreaker.state", [])
+    assert [a for a, p in states if p.value and a["name"] == "per-request"] == []
 
 
 async def test_multiprocess_zeroes_what_no_live_object_shows() -> None:
