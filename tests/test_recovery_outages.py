@@ -316,6 +316,65 @@ async def test_a_stuck_sync_recovery_func_never_runs_twice_at_once() -> None:
         await manager.aclose()
 
 
+async def test_a_stuck_sync_recovery_func_is_not_run_beside_itself_by_a_rebuilt_manager() -> None:
+    """Finding 13, across managers: a manager closed (a reload rebuilds it) while its sync
+    function hangs; the manager that replaces it does not start that function again beside
+    the stuck call (before: each manager had its own record of running calls, two ran)."""
+    release = threading.Event()
+    lock = threading.Lock()
+    running = [0]
+    most = [0]
+
+    def restart(service: str) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(20)
+        with lock:
+            running[0] -= 1
+
+    def rule() -> RecoveryRule:
+        return RecoveryRule(
+            "svc",
+            "restart_service",
+            recovery_func=restart,
+            failure_threshold=1,
+            max_attempts=2,
+            backoff_base=0.05,
+            backoff_max=0.05,
+            cooldown=0.0,
+            grace_period=0.05,
+            timeout=0.2,
+        )
+
+    old = RecoveryManager([rule()], verify_interval=0.02)
+    new = RecoveryManager([rule()], verify_interval=0.02)
+    try:
+        await old.on_status_change("svc", "healthy", "unhealthy", None)
+        await _until(lambda: old.is_escalated("svc"))
+        await old.aclose()
+        await new.on_status_change("svc", "healthy", "unhealthy", None)
+        await _until(lambda: new.is_escalated("svc"))
+        assert most[0] == 1
+        failures: list[dict[str, str]] = new.get_recovery_stats()["recent_failures"]  # type: ignore[assignment]
+        assert "earlier call still running" in failures[0]["reason"]
+    finally:
+        release.set()
+        await old.aclose()
+        await new.aclose()
+    # Once the stuck call has returned, the function runs again.
+    await _until(lambda: running[0] == 0)
+    again = RecoveryManager([rule()], verify_interval=0.02)
+    try:
+        await again.on_status_change("svc", "healthy", "unhealthy", None)
+        await _until(lambda: again.get_recovery_stats()["total_attempts"] == 1)
+        await again.wait_idle()
+        failures = again.get_recovery_stats()["recent_failures"]  # type: ignore[assignment]
+        assert all("earlier call" not in f["reason"] for f in failures)
+    finally:
+        await again.aclose()
+
+
 async def test_hung_sync_recovery_funcs_never_hold_back_a_page() -> None:
     """Finding 13 (and 6 for the manager): six services' sync recovery functions hang, more
     than the manager's action threads; each still escalates, and a sync pager (itself off

@@ -12,13 +12,14 @@ import functools
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._dispatch import CallbackBusyError, Dispatcher
+from .._dispatch import CallbackBusyError, Dispatcher, is_async_callable
 from .._redact import argv_secrets
 from .._redact import redact as redact  # public here since before _redact
 from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
@@ -50,20 +51,11 @@ class ActionOutcome:
 
 @dataclass(slots=True, eq=False)
 class ActionContext:
-    """What actions share across attempts: the manager's dispatcher, the pipes of daemons
-    that commands left behind, and per service one bound call of each recovery_func (so
-    the dispatcher never runs a sync one twice at once for a service)."""
+    """What actions share across attempts: the manager's dispatcher and the pipes of
+    daemons that commands left behind."""
 
     dispatcher: Dispatcher = field(default_factory=lambda: Dispatcher(name="xnai-recovery"))
     drains: set[OutputCapture] = field(default_factory=set)
-    calls: dict[tuple[str, int], BoundCall] = field(default_factory=dict)
-
-    def bound(self, func: RecoveryFunc, service_name: str) -> BoundCall:
-        key = (service_name, id(func))
-        call = self.calls.get(key)
-        if call is None or call.func is not func:
-            call = self.calls[key] = BoundCall(func, functools.partial(func, service_name))
-        return call
 
     def close(self) -> None:
         """Stop draining leftover daemons' output and end the dispatcher's idle threads."""
@@ -73,13 +65,49 @@ class ActionContext:
         self.dispatcher.close()
 
 
-@dataclass(slots=True, eq=False)
-class BoundCall:
-    """``func(service_name)`` as one object, and when its last call started (monotonic)."""
+class _SyncCall:
+    """One call of a sync ``recovery_func`` handed to a thread, in the process-wide record
+    of such calls not yet returned (:data:`_RUNNING`, by service and function).
 
-    func: RecoveryFunc
-    call: functools.partial[Any]
-    started: float | None = None
+    The record belongs to the process, not to a manager: a manager closed while the call
+    hangs (a reload rebuilds it) leaves the call running in its thread, and the manager
+    that replaces it must not start the function beside it.
+    """
+
+    __slots__ = ("abandoned", "key", "started", "started_at")
+
+    def __init__(self, key: tuple[str, object], now: float) -> None:
+        self.key = key
+        self.started_at = now
+        self.started = False  # its thread has begun the call
+        self.abandoned = False  # given up before its thread began it: it never runs
+
+    def run(self, call: functools.partial[Any]) -> Any:
+        with _RUNNING_LOCK:
+            if self.abandoned:
+                return None
+            self.started = True
+        try:
+            return call()
+        finally:
+            self._forget()
+
+    def give_up(self) -> None:
+        """The caller stopped waiting: forget the call now if its thread never began it."""
+        with _RUNNING_LOCK:
+            if not self.started:
+                self.abandoned = True
+        if self.abandoned:
+            self._forget()
+
+    def _forget(self) -> None:
+        with _RUNNING_LOCK:
+            if _RUNNING.get(self.key) is self:
+                del _RUNNING[self.key]
+
+
+_RUNNING_LOCK = threading.Lock()
+_RUNNING: dict[tuple[str, object], _SyncCall] = {}
 
 
 async def perform(
@@ -116,11 +144,7 @@ async def _perform(rule: RecoveryRule, service_name: str, context: ActionContext
         return signal_process(rule.pid, rule.pid_file, signal.Signals(rule.signal))
     if rule.recovery_func is not None:
         return await call_recovery_func(
-            rule.recovery_func,
-            service_name,
-            timeout=rule.timeout,
-            dispatcher=context.dispatcher,
-            bound=context.bound(rule.recovery_func, service_name),
+            rule.recovery_func, service_name, timeout=rule.timeout, dispatcher=context.dispatcher
         )
     raise AssertionError(f"rule has nothing to run: {rule!r}")  # RecoveryRule forbids it
 
@@ -360,7 +384,7 @@ def signal_process(
     return ActionOutcome(ok=False, detail=f"{sig.name} not sent", error=why, retryable=False)
 
 
-_DEFAULT_CONTEXT: ActionContext | None = None
+_DEFAULT_DISPATCHER: Dispatcher | None = None
 
 
 async def call_recovery_func(
@@ -369,34 +393,38 @@ async def call_recovery_func(
     *,
     timeout: float,
     dispatcher: Dispatcher | None = None,
-    bound: BoundCall | None = None,
 ) -> ActionOutcome:
     """Call ``func(service_name)``: awaited if async, on a dispatcher thread if sync.
 
     A thread cannot be cancelled: at ``timeout`` we stop waiting and it runs on. Until
-    it returns, the same function is not started again for the same service (``bound``
-    is that service's one bound call of it): the attempt fails at once, and says since
-    when the earlier call has been stuck.
+    it returns, the same function is not started again for the same service, by any
+    manager of this process: the attempt fails at once, and says since when the earlier
+    call has been stuck.
     """
-    global _DEFAULT_CONTEXT
-    if dispatcher is None or bound is None:
-        if _DEFAULT_CONTEXT is None:
-            _DEFAULT_CONTEXT = ActionContext()
-        dispatcher = dispatcher or _DEFAULT_CONTEXT.dispatcher
-        bound = bound or _DEFAULT_CONTEXT.bound(func, service_name)
+    global _DEFAULT_DISPATCHER
+    if dispatcher is None:
+        if _DEFAULT_DISPATCHER is None:
+            _DEFAULT_DISPATCHER = Dispatcher(name="xnai-recovery")
+        dispatcher = _DEFAULT_DISPATCHER
     name = getattr(func, "__qualname__", type(func).__name__)
-    now = time.monotonic()
-    earlier, bound.started = bound.started, now
+    bound = functools.partial(func, service_name)
+    sync: _SyncCall | None = None
+    if not is_async_callable(func):
+        key = (service_name, _identity(func))
+        now = time.monotonic()
+        with _RUNNING_LOCK:
+            earlier = _RUNNING.get(key)
+            if earlier is None:
+                sync = _RUNNING[key] = _SyncCall(key, now)
+        if earlier is not None:
+            return _still_running(name, now - earlier.started_at)
     try:
-        result = await dispatcher.call(bound.call, timeout=timeout)
-    except CallbackBusyError:
-        bound.started = earlier  # the stuck call's start, not this refusal's
-        stuck_for = now - earlier if earlier is not None else 0.0
-        return ActionOutcome(
-            ok=False,
-            detail=f"recovery_func {name} not started: its earlier call is still running",
-            error=f"earlier call still running after {stuck_for:.1f}s (stuck; not run twice)",
-        )
+        if sync is None:
+            result = await dispatcher.call(bound, timeout=timeout)
+        else:
+            result = await dispatcher.call(sync.run, bound, timeout=timeout)
+    except CallbackBusyError:  # the dispatcher's own guard (same function object)
+        return _still_running(name, 0.0)
     except TimeoutError:
         return ActionOutcome(
             ok=False,
@@ -410,8 +438,28 @@ async def call_recovery_func(
             detail=f"recovery_func {name} raised",
             error=redact(f"{type(exc).__name__}: {exc}"),
         )
+    finally:
+        if sync is not None:
+            sync.give_up()
     if result is False:
         return ActionOutcome(
             ok=False, detail=f"recovery_func {name} returned False", error="returned False"
         )
     return ActionOutcome(ok=True, detail=f"recovery_func {name} returned")
+
+
+def _identity(func: object) -> object:
+    """``func`` itself if hashable (a bound method made anew compares equal), else its id."""
+    try:
+        hash(func)
+    except TypeError:
+        return id(func)
+    return func
+
+
+def _still_running(name: str, stuck_for: float) -> ActionOutcome:
+    return ActionOutcome(
+        ok=False,
+        detail=f"recovery_func {name} not started: its earlier call is still running",
+        error=f"earlier call still running after {stuck_for:.1f}s (stuck; not run twice)",
+    )
