@@ -27,6 +27,10 @@ from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
 OUTPUT_TAIL_BYTES = 4096
 """How much of a command's output is kept (Docker and Consul keep 4 KB)."""
 
+_DRAINER = "exec 3<&0; cat <&3 >/dev/null 2>&1 3<&- &"
+"""Reads a daemon's leftover output into /dev/null, in the background (stdin is the pipe:
+an explicit redirection, since a background job's stdin is otherwise /dev/null)."""
+
 KILL_GRACE = 1.0
 """Seconds between SIGTERM and SIGKILL when a command outlives its timeout."""
 
@@ -154,9 +158,12 @@ class OutputCapture:
 
     While the command runs, the last ``limit`` bytes are kept. Once it has exited,
     :meth:`tail` reads what is left; a daemon the command left behind may still hold
-    the pipe: what it writes then is read and dropped (never stored, so nothing grows,
-    and the daemon neither blocks on a full pipe nor dies of SIGPIPE) until it closes
-    the pipe or exits, or until :meth:`close` (the manager's ``aclose()``).
+    the pipe. Its read end then goes to a drainer process of its own (``cat`` into
+    ``/dev/null``, detached, ending when the daemon closes the pipe or exits): what the
+    daemon writes is dropped (never stored, so nothing grows), and it neither blocks on
+    a full pipe nor dies of SIGPIPE, whether the manager is closed or this process
+    exits. Should no drainer start, the pipe is read and dropped on the loop instead,
+    until the daemon lets go of it or :meth:`close` (the manager's ``aclose()``).
     """
 
     def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
@@ -199,10 +206,42 @@ class OutputCapture:
         self._keeping = False
         text = redact(bytes(self._kept).decode("utf-8", errors="replace"))
         self._kept = bytearray()
-        if not self.closed and drains is not None:
+        if not self.closed and not self._hand_off() and drains is not None:
             self._drains = drains
             drains.add(self)
         return text
+
+    def _hand_off(self) -> bool:
+        """Give the read end to a detached ``cat > /dev/null`` (see the class); True if one
+        took it. ``sh`` starts it in the background and exits at once, so the drainer is
+        not our child: nothing of ours waits for it, and it outlives us."""
+        # The flag belongs to the pipe, not to our descriptor: cat must get a blocking one.
+        with contextlib.suppress(Exception):  # the loop may be closed already
+            self._loop.remove_reader(self.read_fd)
+        os.set_blocking(self.read_fd, True)
+        ok = False
+        try:
+            shell = subprocess.Popen(
+                ["/bin/sh", "-c", _DRAINER],
+                stdin=self.read_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            pass
+        else:
+            try:
+                ok = shell.wait(timeout=5) == 0
+            except subprocess.TimeoutExpired:
+                shell.kill()
+                shell.wait()
+        if not ok:
+            os.set_blocking(self.read_fd, False)
+            self._loop.add_reader(self.read_fd, self._read)
+            return False
+        self.close()
+        return True
 
     def close(self) -> None:
         if self.closed:
