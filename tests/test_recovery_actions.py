@@ -16,8 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
+from tests.secret_corpus import SHAPES
 from xnai_core.recovery import actions
 from xnai_core.recovery.actions import (
+    OUTPUT_TAIL_BYTES,
+    OutputCapture,
     call_recovery_func,
     clear_cache,
     redact,
@@ -429,3 +432,27 @@ def test_redact_keeps_user_and_host() -> None:
     """Only the password goes."""
     assert redact("x postgresql://app:pw@db:5432/app y") == "x postgresql://app:***@db:5432/app y"
     assert redact("no secrets here") == "no secrets here"
+
+
+async def test_output_tail_cut_inside_a_secret_shows_none_of_it() -> None:
+    """The kept tail of a command's output starts wherever the last 4 KB start: inside a
+    secret, its name cut off. None of a secret shows (before: the tail began with the
+    secret's rest, unmasked, its name lost to the cut)."""
+    shown: list[str] = []
+    for shape in SHAPES:
+        text = shape.text + " done\nnext line\n"
+        begin = text.index(shape.secret)
+        for cut in sorted({begin, text.index(shape.core), text.index(shape.core) + 2}):
+            after = text[cut:]
+            payload = ("x" * 70 + "\n") * 80 + text + "y" * (OUTPUT_TAIL_BYTES - len(after))
+            assert payload.endswith(after + "y" * (OUTPUT_TAIL_BYTES - len(after)))
+            capture = OutputCapture()
+            try:
+                os.write(capture.write_fd, payload.encode())
+                capture.started()
+                tail = capture.tail(None)
+            finally:
+                capture.close()
+            assert len(tail.encode()) <= OUTPUT_TAIL_BYTES
+            shown.append(f"{shape.name}: {tail}")
+    assert [text[:120] for text in shown if "Kx7Secr" in text] == []

@@ -31,6 +31,10 @@ _DRAINER = "exec 3<&0; cat <&3 >/dev/null 2>&1 3<&- &"
 """Reads a daemon's leftover output into /dev/null, in the background (stdin is the pipe:
 an explicit redirection, since a background job's stdin is otherwise /dev/null)."""
 
+_TAIL_CONTEXT = 1024
+"""Bytes of output kept ahead of the tail, so the redaction sees the name of a secret the
+tail's cut would split from its value."""
+
 KILL_GRACE = 1.0
 """Seconds between SIGTERM and SIGKILL when a command outlives its timeout."""
 
@@ -169,6 +173,7 @@ class OutputCapture:
     def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
         self._limit = limit
         self._kept = bytearray()
+        self._cut = False  # output was dropped ahead of what is kept
         self._keeping = True
         self._drains: set[OutputCapture] | None = None
         self.read_fd, self.write_fd = os.pipe()
@@ -198,14 +203,20 @@ class OutputCapture:
                 return
             if self._keeping:
                 self._kept += data
-                del self._kept[: -self._limit]
+                if len(self._kept) > self._limit + _TAIL_CONTEXT:
+                    del self._kept[: -(self._limit + _TAIL_CONTEXT)]
+                    self._cut = True
 
     def tail(self, drains: set[OutputCapture] | None) -> str:
         """The last output, read up to now; then drop whatever comes (see the class)."""
         self._read()
         self._keeping = False
-        text = redact(bytes(self._kept).decode("utf-8", errors="replace"))
-        self._kept = bytearray()
+        kept, self._kept = bytes(self._kept), bytearray()
+        if self._cut:  # its first line lost its start: not shown, not even as context
+            kept = kept.partition(b"\n")[2]
+        text = redact(kept.decode("utf-8", errors="replace"))
+        if len(text.encode()) > self._limit:
+            text = _last_whole_lines(text, self._limit)
         if not self.closed and not self._hand_off() and drains is not None:
             self._drains = drains
             drains.add(self)
@@ -317,6 +328,17 @@ async def run_command(
     return ActionOutcome(
         ok=True, detail=f"command {name!r} exited with status 0", exit_code=0, output_tail=tail
     )
+
+
+def _last_whole_lines(text: str, limit: int) -> str:
+    """The end of ``text`` within ``limit`` bytes, from a line's start (else a word's): a
+    secret whose name the cut would drop is not shown in part."""
+    end = text.encode()[-limit:].decode("utf-8", errors="ignore")
+    for sep in ("\n", " "):
+        _, found, rest = end.partition(sep)
+        if found:
+            return rest
+    return ""
 
 
 def _timed_out(
