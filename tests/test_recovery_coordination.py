@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from tests.fault_proxy import FaultProxy, replies_to
+from tests.fault_proxy import FaultProxy, replies_to, replies_to_script
 from tests.test_recovery_manager import FakeClock
 from xnai_core.health.alerts import Alert
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
@@ -502,5 +502,39 @@ async def test_every_coordination_step_survives_a_lost_reply_and_the_default_ret
         assert not view.latched
         assert view.reset_id is not None
     finally:
+        await client.aclose()
+        await direct.aclose()
+
+
+async def test_a_reset_while_the_latch_is_being_written_leaves_no_page_open(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """An operator resets a service while its escalation is still writing the shared latch
+    (Redis slow to answer): the page is not sent after the reset's resolve (before: the
+    critical alert went out after the resolved one, so the page stayed open with nothing
+    latched), and Redis holds no latch."""
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    direct = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    coordinator = RecoveryCoordinator(client, key_prefix="reset-race", timeout=5.0)
+    fault_proxy.delay_replies(0.6, when=replies_to_script(coordinator._latch.sha), count=None)
+    alerts: list[Alert] = []
+    manager = RecoveryManager(verify_interval=0.02, coordinator=coordinator)
+    manager.add_alert_handler(alerts.append)
+    manager.add_rule(RecoveryRule("svc", "manual_intervention", failure_threshold=1))
+    try:
+        await manager.on_status_change("svc", "healthy", "unhealthy", None)
+        await _until(lambda: manager.is_escalated("svc"))
+        # Fixed by hand meanwhile; the operator resets the latch.
+        await manager.on_status_change("svc", "unhealthy", "healthy", None)
+        assert await manager.reset("svc")
+        await manager.wait_idle()
+        await asyncio.sleep(0.8)  # the latch's reply has come by now
+        firing = [alert for alert in alerts if not alert.resolved]
+        resolved = [alert for alert in alerts if alert.resolved]
+        assert not firing or alerts.index(firing[-1]) < alerts.index(resolved[-1]), alerts
+        assert not manager.is_escalated("svc")
+        assert not await direct.exists(coordinator.latch_key("svc"))
+    finally:
+        await manager.aclose()
         await client.aclose()
         await direct.aclose()

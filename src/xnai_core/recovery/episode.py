@@ -516,6 +516,17 @@ class EpisodeRunner:
             return
         if self._coordinator is not None:
             await self.share_latch(svc)
+            if not svc.escalated:
+                # reset() ran while the latch was being written: its resolve is out, so a
+                # page now would stay open with nothing latched; and our latch may have
+                # reached Redis after the reset's unlatch.
+                await self._coordinator.unlatch(svc.name)
+                logger.warning(
+                    "%s: escalation reset while its latch was being written; no page sent",
+                    svc.name,
+                    extra={"service": svc.name},
+                )
+                return
         logger.error(
             "%s escalated to manual intervention: %s; latched until reset(%r)",
             svc.name,
