@@ -12,7 +12,7 @@ from xnai_core.circuit.breaker import CircuitBreaker
 from xnai_core.circuit.config import CircuitBreakerConfig
 from xnai_core.circuit.errors import CircuitOpenError
 from xnai_core.degradation.cache_first import CacheFirstStrategy
-from xnai_core.degradation.errors import ServiceTimeoutError
+from xnai_core.degradation.errors import AllStrategiesFailedError, ServiceTimeoutError
 from xnai_core.degradation.manager import ServiceDegradationManager
 from xnai_core.degradation.strategies import (
     CircuitBreakerStrategy,
@@ -89,3 +89,41 @@ async def test_strategy_answers_real_failure(
     value, source, error = await answer_under_failure(strategy_kind, failure)
     assert (value, source) == expected
     assert isinstance(error, FAILURES[failure])
+
+
+class _Unprintable(Exception):
+    """An error whose message cannot be made (a broken ``__str__``, as an exception
+    unpickled without its arguments has)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+async def test_an_error_whose_message_cannot_be_made_still_degrades() -> None:
+    """The primary fails with an error whose ``str()`` raises: the fallback answers, through
+    a breaker and a cache, and the reason says so (before: the RuntimeError of its
+    ``__str__`` escaped from the call); if every strategy fails so, the caller gets
+    ``AllStrategiesFailedError``."""
+
+    async def broken() -> str:
+        raise _Unprintable()
+
+    def fallback_broken() -> str:
+        raise _Unprintable()
+
+    manager = ServiceDegradationManager()
+    breaker = CircuitBreaker(
+        CircuitBreakerConfig(name="unprintable", failure_threshold=5, timeout=None)
+    )
+    manager.add_service_strategy("svc", CircuitBreakerStrategy(breaker), priority=20)
+    manager.add_service_strategy("svc", CacheFirstStrategy(ttl=60), priority=10)
+    manager.add_service_strategy("svc", FallbackStrategy(lambda: "fallback"))
+    result = await manager.call_service_detailed("svc", broken)
+    assert result.value == "fallback"
+    assert result.info.degraded
+    assert "_Unprintable" in str(result.info.reason)
+    assert manager.get_degradation_stats()
+
+    manager.add_service_strategy("only", FallbackStrategy(fallback_broken))
+    with pytest.raises(AllStrategiesFailedError):
+        await manager.call_service("only", broken)

@@ -15,7 +15,10 @@ def describe_error(error: BaseException) -> str:
     Redaction runs on the whole message before it is cut, so a cut never splits a
     secret into a part the patterns no longer recognise.
     """
-    message = str(error)
+    try:
+        message = str(error)
+    except Exception:  # a broken __str__ must not turn a degradable failure into a crash
+        message = "<message unprintable>"
     text = f"{type(error).__name__}: {message}" if message else type(error).__name__
     text = redact(text)
     if len(text) > MAX_REASON_LENGTH:
