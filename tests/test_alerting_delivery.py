@@ -72,6 +72,20 @@ async def test_a_garbled_retry_after_means_the_backoff_never_a_lost_alert(
     assert sleep.delays == pytest.approx([waited], abs=0.05)
 
 
+async def test_retry_after_zero_on_every_429_still_backs_off(receiver: Receiver) -> None:
+    """A receiver (a rate limiter, a proxy) answering every request "429, Retry-After: 0":
+    the waits are our backoff, the receiver's only a minimum (before: no wait at all, the
+    attempts used up in a burst and the page given up within a second)."""
+    receiver.validator = lambda request: Reply(429, {"Retry-After": "0"})
+    sleep = SleepRecorder()
+    sink = WebhookSink(receiver.url, max_attempts=4, sleep=sleep, random=lambda: 0.0)
+    sink.submit(alert())
+    await sink.drain()
+    await sink.aclose()
+    assert len(receiver.requests) == 4
+    assert sleep.delays == pytest.approx([1.0, 2.0, 4.0], abs=0.05)
+
+
 async def test_a_slow_slack_answer_is_waited_for_not_sent_twice(receiver: Receiver) -> None:
     """Slack cannot drop a retried copy: an answer slower than ``timeout`` (connecting and
     sending) is still waited for, so the channel gets one message, not two."""

@@ -15,8 +15,9 @@ Life of an alert in a sink::
 
 An attempt that fails with a retryable error (refused, timed out, HTTP 408,
 429 or 5xx) is tried again after an exponential backoff with jitter, or after
-the receiver's ``Retry-After``; after ``max_attempts`` the sink gives up, logs
-an ERROR naming the alert and counts it as dropped. A rejection (other HTTP
+the receiver's ``Retry-After`` (never sooner than the backoff); after
+``max_attempts`` the sink gives up, logs an ERROR naming the alert and counts
+it as dropped. A rejection (other HTTP
 4xx) is not retried. While a notice waits for its retry, the destination is
 left alone for notices of its severity and below; a more severe one is still
 tried (a critical is never held back by a warning's ``Retry-After``).
@@ -637,13 +638,17 @@ class AlertSink:
         return None
 
     def _delay_after(self, attempt: int, failure: DeliveryError) -> float:
-        if failure.retry_after is not None:
-            return min(max(failure.retry_after, 0.0), self.max_retry_after)
         # Equal jitter: at least half the delay is kept, so a retry never comes
         # right back; the random half spreads processes that failed together.
-        return backoff_delay(
+        backoff = backoff_delay(
             attempt, base=self.backoff_base, cap=self.backoff_max, rand=self._random(), jitter=0.5
         )
+        if failure.retry_after is None:
+            return backoff
+        # The receiver's wait is a minimum, not a licence: "Retry-After: 0" on every 429
+        # would otherwise use up max_attempts in a second (a burst, then a lost page).
+        asked = min(max(failure.retry_after, 0.0), self.max_retry_after)
+        return max(asked, backoff)
 
     def _safe(self, text: str) -> str:
         return mask_text(text, self.secrets())
