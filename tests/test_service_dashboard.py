@@ -132,10 +132,10 @@ def test_dashboard_live_updates_controls_and_reconnects(
             expect(open_button).to_be_disabled()
             page.get_by_label("Control token").fill("wrong-token-wrong-token")
             page.get_by_role("button", name="Use token").click()
-            open_button.click()
             expect(page.locator("#token-state")).to_have_text(
                 "token refused: enter it again", timeout=10_000
             )
+            expect(open_button).to_be_disabled()
             assert _shared_state(prefix) == "closed"
             page.get_by_label("Control token").fill(TOKEN)
             page.get_by_role("button", name="Use token").click()
@@ -236,6 +236,60 @@ def test_a_focused_circuit_button_keeps_focus_across_polls(
             badge = page.locator('[data-circuit="llm"] .badge')
             expect(badge).to_have_text("open (forced)", timeout=10_000)
             assert _shared_state(prefix) == "open"
+            assert view.errors == []
+        finally:
+            view.close()
+            proc.stop()
+
+
+def test_the_longest_service_name_fits_a_phone(browser: Any, tmp_path: Path) -> None:
+    """A name may be 64 characters without a space: its card must wrap it, not widen the
+    page past a phone's width."""
+    expect = sync_api.expect
+    name = "a" * 30 + "-" + "b" * 33
+    path = tmp_path / "s.toml"
+    path.write_text(
+        f'[monitor]\ncheck_interval = 0.5\n[[services]]\nname = "{name}"\ntype = "tcp"\n'
+        'host = "127.0.0.1"\nport = 1\n'
+    )
+    proc = ServiceProcess(path, env={}).start()
+    view = Page(browser, proc.url + "/", viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        page = view.page
+        expect(page.locator(f'[data-service="{name}"] .badge')).to_have_count(1, timeout=15_000)
+        expect(page.locator("#episodes li")).to_contain_text(name, timeout=15_000)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, width
+        assert view.errors == []
+    finally:
+        view.close()
+        proc.stop()
+
+
+def test_a_wrong_token_is_said_to_be_refused_without_pressing_a_control(
+    browser: Any, tmp_path: Path, prefix: str
+) -> None:
+    """The polls carry the token: when the service answers without the detail it grants,
+    the page says the token was refused instead of claiming the details are shown."""
+    expect = sync_api.expect
+    with http_service() as (api, _), http_service() as (victim, _):
+        path = config(tmp_path / "s.toml", api, victim, prefix)
+        proc = ServiceProcess(path, env={"XNAI_TEST_DASH_TOKEN": TOKEN}).start()
+        view = Page(browser, proc.url + "/", viewport={"width": 1200, "height": 900})
+        try:
+            page = view.page
+            open_button = page.get_by_role("button", name="open circuit llm")
+            expect(open_button).to_be_disabled(timeout=15_000)
+            page.get_by_label("Control token").fill("wrong-token-wrong-token")
+            page.get_by_role("button", name="Use token").click()
+            expect(page.locator("#token-state")).to_have_text(
+                "token refused: enter it again", timeout=10_000
+            )
+            expect(open_button).to_be_disabled()
+            page.get_by_label("Control token").fill(TOKEN)
+            page.get_by_role("button", name="Use token").click()
+            expect(open_button).to_be_enabled(timeout=10_000)
+            expect(page.locator("#token-state")).to_have_text("controls unlocked, details shown")
             assert view.errors == []
         finally:
             view.close()

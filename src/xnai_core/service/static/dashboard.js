@@ -186,10 +186,16 @@ async function poll() {
   try {
     // With the token entered, the state includes what only its bearer sees (targets,
     // error texts, reasons), as /ops/health does.
-    const headers = token === null ? {} : { Authorization: `Bearer ${token}` };
+    const sent = token;
+    const headers = sent === null ? {} : { Authorization: `Bearer ${sent}` };
     const reply = await fetch("/api/state", { cache: "no-store", headers });
     if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
     const state = await reply.json();
+    if (sent !== null && sent === token && state.running && !state.sensitive) {
+      // The service answered without the detail its token grants: not that token.
+      token = null;
+      document.getElementById("token-state").textContent = "token refused: enter it again";
+    }
     failures = 0;
     lastOk = Date.now();
     connection.className = "connection";
