@@ -8,12 +8,14 @@ alert rule is evaluated by the same Prometheus, and promtool runs the rules' tes
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +26,8 @@ from tests.conftest import SHARED_REDIS_URL, free_port
 from tests.prometheus_helpers import (
     ALERT_RULES,
     ALERT_TESTS,
+    DASHBOARD,
+    GRAFANA_VARIABLES,
     REPO,
     PrometheusServer,
     dashboard_queries,
@@ -222,3 +226,97 @@ async def test_prometheus_scrapes_alert_sink_counters_for_the_dashboard(
                     )
     finally:
         receiver.close()
+
+
+def _panel_query(title: str) -> str:
+    """The first query of the dashboard panel ``title``, as Grafana would send it."""
+    board = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in board["panels"] if p.get("title") == title]
+    expr: str = panel["targets"][0]["expr"]
+    for variable, replacement in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, replacement)
+    return expr
+
+
+def _one_hot(metric: str, key: str, name: str, by_replica: dict[str, str]) -> list[Any]:
+    """Input series of a one-hot state gauge in each replica (``instance``)."""
+    label, values = (
+        ("state", ("closed", "open", "half_open"))
+        if metric == "xnai_circuitbreaker_state"
+        else ("status", ("healthy", "degraded", "unhealthy", "unknown"))
+    )
+    return [
+        {
+            "series": f'{metric}{{job="rag",instance="{instance}",{key}="{name}",'
+            f'{label}="{value}"}}',
+            "values": "1x3" if value == current else "0x3",
+        }
+        for instance, current in by_replica.items()
+        for value in values
+    ]
+
+
+async def test_the_state_panels_show_the_worst_state_across_replicas(tmp_path: Path) -> None:
+    """The panels map 0..2 (3: unknown) to a state. Summing each state's maximum over
+    the replicas, one replica open and one half-open read 3 (no such state), and one
+    degraded and one unhealthy read 3, "unknown" in grey, not unhealthy in red."""
+    _, promtool = require_prometheus()
+    circuits = {
+        "open+half": ({"a": "open", "b": "half_open"}, 2),
+        "closed+half": ({"a": "closed", "b": "half_open"}, 1),
+        "closed": ({"a": "closed", "b": "closed"}, 0),
+    }
+    services = {
+        "degraded+unhealthy": ({"a": "degraded", "b": "unhealthy"}, 2),
+        "unknown": ({"a": "unknown", "b": "unknown"}, 3),
+        "unknown+healthy": ({"a": "unknown", "b": "healthy"}, 0),
+        "healthy+degraded": ({"a": "healthy", "b": "degraded"}, 1),
+    }
+    series = [
+        *(
+            s
+            for name, (replicas, _) in circuits.items()
+            for s in _one_hot("xnai_circuitbreaker_state", "name", name, replicas)
+        ),
+        *(
+            s
+            for name, (replicas, _) in services.items()
+            for s in _one_hot("xnai_health_status", "service", name, replicas)
+        ),
+    ]
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": _panel_query("Circuit state"),
+                        "eval_time": "2m",
+                        "exp_samples": [
+                            {"labels": f'{{name="{name}"}}', "value": expected}
+                            for name, (_, expected) in circuits.items()
+                        ],
+                    },
+                    {
+                        "expr": _panel_query("Health status"),
+                        "eval_time": "2m",
+                        "exp_samples": [
+                            {"labels": f'{{service="{name}"}}', "value": expected}
+                            for name, (_, expected) in services.items()
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "panels_test.yml"
+    path.write_text(json.dumps(tests))  # JSON is YAML
+    process = await asyncio.create_subprocess_exec(
+        promtool, "test", "rules", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, out.decode()

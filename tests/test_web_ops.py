@@ -416,3 +416,23 @@ async def test_a_non_ascii_token_is_accepted_and_a_non_ascii_header_refused(
         opened = await http.post("/circuits/llm/open", headers={b"Authorization": sent})
         assert opened.status_code == 200
     assert registry.get("llm").state == "open"
+
+
+async def test_a_circuit_whose_name_holds_a_slash_can_be_controlled() -> None:
+    """``openai/gpt-4``: the route's ``{name}`` stopped at the first slash, so the
+    operator's fix for a circuit stuck open answered 404 for it, encoded or not."""
+    breakers = CircuitBreakerRegistry()
+    breakers.register(CircuitBreaker(CircuitBreakerConfig(name="openai/gpt-4")))
+    app = app_for(None, breakers, control_token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        opened = await http.post("/circuits/openai/gpt-4/open", headers=auth)
+        assert opened.status_code == 200
+        assert opened.json()["name"] == "openai/gpt-4"
+        assert breakers.get("openai/gpt-4").state == "open"
+        closed = await http.post("/circuits/openai%2Fgpt-4/close", headers=auth)
+        assert closed.status_code == 200
+        assert breakers.get("openai/gpt-4").state == "closed"
+        unknown = await http.post("/circuits/openai/gpt-4/explode", headers=auth)
+        assert unknown.status_code == 404
+        assert (await http.post("/circuits/openai/gpt-4/open")).status_code == 401

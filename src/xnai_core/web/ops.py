@@ -270,7 +270,8 @@ def create_ops_app(
     ]
     if token is not None:
         routes.append(
-            Route("/circuits/{name}/{action:str}", control, methods=["POST"], name="control")
+            # {name:path}: a circuit's name may hold a slash ("openai/gpt-4").
+            Route("/circuits/{name:path}/{action:str}", control, methods=["POST"], name="control")
         )
     if registry is not None:
         routes.append(Route("/metrics", _metrics_endpoint(registry), methods=["GET"]))
