@@ -150,6 +150,7 @@ class RedisLink:
         self.prefix = prefix
         self.loop = loop
         self.pattern = glob_escape(prefix) + "*"
+        self._encoder = client.get_encoder()
         self.scripts: dict[str, AsyncScript] = {
             name: client.register_script(source) for name, source in SCRIPTS.items()
         }
@@ -584,7 +585,9 @@ class RedisLink:
         if message.get("type") != "pmessage":
             return
         try:
-            channel = text(message["channel"])
+            # The channel comes back in the client's encoding (its key was sent in it).
+            raw = message["channel"]
+            channel = self._encoder.decode(raw, force=True) if isinstance(raw, bytes) else text(raw)
             payload = text(message["data"])
         except (KeyError, ValueError):
             logger.warning("ignored an unreadable circuit message under %r", self.prefix)

@@ -147,6 +147,17 @@ class RedisStore:
                 raise ValueError(f"'{name}' must be a finite number of seconds: {value!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"'clock' must be callable or None: {clock!r}")
+        # A key the client cannot encode fails every script in redis-py's encoder, which
+        # would be taken for Redis being down for every circuit of the client.
+        encoder = client.get_encoder()
+        for setting, part in (("key_prefix", key_prefix), ("name", config.name)):
+            try:
+                encoder.encode(part)
+            except UnicodeError:
+                raise ValueError(
+                    f"'{setting}' cannot be sent in the client's encoding "
+                    f"({encoder.encoding!r}): {part!r}"
+                ) from None
         self.config = config
         self.key = f"{key_prefix}{{{config.name}}}"
         self.channel = self.key
