@@ -169,6 +169,42 @@ async def test_an_open_circuit_lost_to_a_restart_empty_is_written_back(
     assert not any("forced" in why for _, _, why in seen + seen_there)
 
 
+async def test_an_open_circuit_rolled_back_by_a_restart_from_an_older_snapshot_is_written_back(
+    breakers: Breakers,
+    direct: aioredis.Redis,
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis restarts from a snapshot taken before the circuit opened (as a failover to
+    a replica that lagged does): the same lineage, an older version, closed. Both
+    processes adopted closed, labelled "forced (in another process)"; the opening
+    was lost without a word. It is written back, with the WARNING and the metric."""
+    caplog.set_level(logging.WARNING, logger=REDIS_LOGGER)
+    here, there = breakers(2, failure_threshold=2, recovery_timeout=60, resync_interval=0.2)
+    seen = recorder(here)
+    seen_there = recorder(there)
+    assert await there.call(ok) == "ok"
+    with pytest.raises(Boom):
+        await here.call(boom)
+    await direct.save()  # the snapshot: closed, one failure counted
+    with pytest.raises(Boom):
+        await here.call(boom)
+    await eventually(lambda: there.state is CircuitState.OPEN)
+    private_redis.kill()
+    private_redis.start()  # loads the older snapshot
+    await eventually(lambda: _is(direct, "open"), timeout=15)
+    await eventually(
+        lambda: all(bool(b.get_metrics()["redis_available"]) for b in (here, there)),
+        timeout=15,
+    )
+    await asyncio.sleep(0.6)  # three resyncs
+    assert [here.state, there.state] == [CircuitState.OPEN] * 2
+    assert await state_in_redis(direct) == "open"
+    assert [s for s in seen + seen_there if s[1] != "open"] == []
+    assert sum(b.get_metrics()["redis_state_losses"] for b in (here, there)) >= 1
+    assert warnings_of(caplog, "lost the open circuit")
+
+
 async def test_an_open_circuit_evicted_under_allkeys_lru_is_written_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -40,7 +40,8 @@ class Verdict(enum.Enum):
     stored state was rebuilt: flushed, evicted, repaired, or restarted empty)."""
     LOST = "lost"
     """A new lineage, not a repair, while this process holds the old one open (or
-    forced open): the open circuit was lost with its hash. Not mirrored: written back by the outage
+    forced open): the open circuit was lost with its hash; or the same lineage went
+    back past the opening (writes lost). Not mirrored: written back by the outage
     rule (reconcile), with a WARNING naming the key."""
 
 
@@ -65,12 +66,31 @@ def judge(
     if held.gen == "":
         return Verdict.ADOPT
     if gen == held.gen:
-        return Verdict.ADOPT if authoritative or ver > held.ver else Verdict.STALE
+        if ver > held.ver:
+            return Verdict.ADOPT
+        if not authoritative:
+            return Verdict.STALE
+        if guard and ver < held.ver and is_rollback(held.snap, snap):
+            return Verdict.LOST
+        return Verdict.ADOPT
     if not authoritative and int(gen) < int(held.gen):
         return Verdict.SUPERSEDED
     if guard and held.snap.state is CircuitState.OPEN and not is_repair(gen):
         return Verdict.LOST
     return Verdict.REPLACED
+
+
+def is_rollback(held: Snapshot, snap: Snapshot) -> bool:
+    """Whether Redis went back past the opening ``held`` mirrors, in the same lineage.
+
+    Only a loss of writes does that (the latest truth with an older version): a
+    failover to a replica that lagged, a restart from an older snapshot.
+    """
+    return (
+        held.state is CircuitState.OPEN
+        and snap.state is CircuitState.CLOSED
+        and snap.epoch < held.epoch
+    )
 
 
 def is_repair(gen: str) -> bool:

@@ -431,17 +431,22 @@ RECONCILE_BODY = """
 -- open one (an operator's order is not undone by a reconnect). Any other open circuit
 -- is pushed only over a closed one, and only if Redis lost the lineage the caller
 -- knew (flushed, restarted empty), or the caller opened it during the outage from
--- the very state Redis still holds (same lineage and epoch): if Redis moved on
--- meanwhile (it opened, recovered, was reset), the failures the caller counted were
--- already counted there, or belong to a state that is over. Otherwise Redis wins.
+-- the very state Redis still holds (same lineage and epoch), or Redis went back in
+-- the lineage the caller knew (its epoch is below the one the caller saw: a failover
+-- to a replica that lagged, a restart from an older snapshot lost the opening): if
+-- Redis moved on meanwhile (it opened, recovered, was reset), the failures the caller
+-- counted were already counted there, or belong to a state that is over. Otherwise
+-- Redis wins.
 local changed = note ~= ''
 local push = false
 if ARGV[9] == '1' then
   if ARGV[15] == '1' and ARGV[14] == '1' then
     push = not (s.state == 'open' and s.forced == 1)
   else
-    local same = s.gen == ARGV[10] and s.epoch == tonumber(ARGV[16] or '')
-    push = s.state == 'closed' and (s.gen ~= ARGV[10] or (ARGV[11] == '1' and same))
+    local seen = tonumber(ARGV[16] or '')
+    local same = s.gen == ARGV[10] and s.epoch == seen
+    local behind = s.gen == ARGV[10] and seen ~= nil and s.epoch < seen
+    push = s.state == 'closed' and (s.gen ~= ARGV[10] or behind or (ARGV[11] == '1' and same))
   end
 end
 if push then

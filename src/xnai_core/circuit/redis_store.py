@@ -858,8 +858,8 @@ class RedisStore:
         self._writing_back = True
         self.state_losses += 1
         logger.warning(
-            "circuit '%s': redis key %r lost the open circuit (deleted, flushed or "
-            "evicted); writing it back",
+            "circuit '%s': redis key %r lost the open circuit (deleted, flushed, "
+            "evicted, or rolled back by a failover or an older snapshot); writing it back",
             self.config.name,
             self.key,
             extra={"breaker": self.config.name, "key": self.key},
