@@ -132,6 +132,24 @@ def test_sighup_keeps_unchanged_services_and_refuses_a_bad_config(
         assert wait_for(lambda: proc.service("kept")["total_checks"] > checks, 15)
 
 
+def test_a_reload_that_adds_a_critical_service_makes_readyz_wait_for_it(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    """The ops app follows the critical list of the config in force, not the first one."""
+    dead = f"http://127.0.0.1:{free_port()}/"
+    with http_service() as (url, _):
+        config = write(tmp_path / "s.toml", MONITOR + http("api", url))
+        proc = launch(service, config)
+        assert wait_for(lambda: proc.get("/ops/readyz").status_code == 200, 15)
+        write(config, MONITOR + http("api", url) + http("db", dead))
+        proc.signal(signal.SIGHUP)
+        assert wait_for(lambda: proc.logged("config reloaded"), 15), proc.log()
+        assert wait_for(lambda: proc.service("db")["status"] == "unhealthy", 15)
+        ready = proc.get("/ops/readyz")
+        assert ready.status_code == 503
+        assert "db" in ready.text
+
+
 def test_sigterm_stops_within_5_s_and_leaves_nothing_running(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

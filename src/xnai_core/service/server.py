@@ -91,19 +91,26 @@ class _OpsApp:
         self._runtime = runtime
         self._app: ASGIApp | None = None
         self._parts: tuple[object, object] = (None, None)
-        self._token: str | None = None
+        self._settings: tuple[str | None, tuple[str, ...]] = (None, ())
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         parts = (self._runtime.monitor, self._runtime.circuits)
-        token = self._runtime.config.control_token
+        # The token and the critical services are settings of the app, not parts: a
+        # reload that keeps the monitor but adds a critical service must still make
+        # /readyz wait for it.
+        settings = (self._runtime.config.control_token, _critical(self._runtime))
         if (
             self._app is None
             or any(now is not before for now, before in zip(parts, self._parts, strict=True))
-            or token != self._token
+            or settings != self._settings
         ):
             self._app = _make_ops_app(self._runtime)
-            self._parts, self._token = parts, token
+            self._parts, self._settings = parts, settings
         await self._app(scope, receive, send)
+
+
+def _critical(runtime: ServiceRuntime) -> tuple[str, ...]:
+    return tuple(spec.name for spec in runtime.config.services if spec.critical)
 
 
 def _make_ops_app(runtime: ServiceRuntime) -> ASGIApp:
@@ -119,7 +126,7 @@ def _make_ops_app(runtime: ServiceRuntime) -> ASGIApp:
         recovery=runtime.router,
         metrics=_METRICS,
         control_token=runtime.config.control_token,
-        critical=[spec.name for spec in runtime.config.services if spec.critical],
+        critical=list(_critical(runtime)),
         service_id="xnai-core",
     )
     return app
