@@ -46,6 +46,7 @@ class CircuitWatch:
         self.registry = CircuitBreakerRegistry()
         self._discovery_interval = discovery_interval
         self._task: asyncio.Task[None] | None = None
+        self._reachable = True
         self._shared = SharedCircuits(
             client, key_prefix=key_prefix, recovery_timeout=recovery_timeout
         )
@@ -70,8 +71,19 @@ class CircuitWatch:
         """Add a mirror for every circuit not yet known (Redis away: try again later)."""
         try:
             names = await self._shared.names(self.names)
-        except ConnectionError:
+        except ConnectionError as exc:
+            if self._reachable:
+                # Said once per outage: the dashboard's circuits stop following Redis.
+                logger.warning(
+                    "circuits: %s; those shown may be out of date until it answers",
+                    exc,
+                )
+            self._reachable = False
             names = list(self.names)
+        else:
+            if not self._reachable:
+                logger.warning("circuits: Redis answers again")
+            self._reachable = True
         for name in names[:MAX_CIRCUITS]:
             if name in self.registry:
                 continue
