@@ -418,3 +418,9 @@ def test_the_kubernetes_probe_command_answers_against_the_manifest_config(
             assert done.returncode == 0, done.stderr
     finally:
         proc.stop()
+
+
+def test_a_file_without_services_is_said_to_watch_nothing(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[monitor]\ncheck_interval = 5\n"), env={})
+    assert config.services == ()
+    assert config.warnings == ("no [[services]]: nothing is watched, and 'check' answers healthy",)

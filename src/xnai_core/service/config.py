@@ -375,6 +375,8 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
 
     monitor = _monitor(root.table("monitor"))
     services = [_service(table, environ) for table in root.tables("services")]
+    if not services:
+        warnings.append("no [[services]]: nothing is watched, and 'check' answers healthy")
     seen: dict[str, int] = {}
     for index, spec in enumerate(services):
         if spec.name in seen:
