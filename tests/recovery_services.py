@@ -149,6 +149,27 @@ class Web:
         return pid
 
     def stop(self) -> None:
+        """Kill every server of this service, not only the one the pid file names: a
+        restart a killed replica started can land after the file was read (a server
+        left behind outlived a test run once)."""
+        pids = set(self._servers())
         if self.pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(self.pid_file.read_text()), signal.SIGKILL)
+            with contextlib.suppress(ValueError):
+                pids.add(int(self.pid_file.read_text()))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _servers(self) -> list[int]:
+        script = str(self.tmp / "server.py").encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone meanwhile
+            if script in argv:
+                found.append(int(entry.name))
+        return found
