@@ -271,21 +271,28 @@ async def test_a_service_back_but_slow_resets_its_crash_loop_counters(
 # -- finding 13: a stuck sync recovery function, a daemon that keeps writing ---------------
 
 
+class StuckRestart:
+    """A sync recovery function that hangs until released, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def __call__(self, service: str) -> None:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.release.wait(20)
+        with self._lock:
+            self.running -= 1
+
+
 async def test_a_stuck_sync_recovery_func_never_runs_twice_at_once() -> None:
     """Finding 13: a sync function hung past its timeout is not started again beside
     itself; the later attempts fail at once and say it is stuck."""
-    release = threading.Event()
-    lock = threading.Lock()
-    running = [0]
-    most = [0]
-
-    def restart(service: str) -> None:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        release.wait(20)
-        with lock:
-            running[0] -= 1
+    restart = StuckRestart()
 
     manager = RecoveryManager(verify_interval=0.02)
     manager.add_rule(
@@ -305,14 +312,14 @@ async def test_a_stuck_sync_recovery_func_never_runs_twice_at_once() -> None:
     try:
         await manager.on_status_change("svc", "healthy", "unhealthy", None)
         await _until(lambda: manager.is_escalated("svc"))
-        assert most[0] == 1
+        assert restart.most == 1
         failures: list[dict[str, str]] = manager.get_recovery_stats()["recent_failures"]  # type: ignore[assignment]
         reasons = [failure["reason"] for failure in failures]
         assert reasons[0] == "timed out after 0.2s"
         assert all("earlier call still running" in r for r in reasons[1:3])
         assert "stuck" in str(_detail(manager, "svc")["escalation_reason"])
     finally:
-        release.set()
+        restart.release.set()
         await manager.aclose()
 
 
@@ -320,18 +327,7 @@ async def test_a_stuck_sync_recovery_func_is_not_run_beside_itself_by_a_rebuilt_
     """Finding 13, across managers: a manager closed (a reload rebuilds it) while its sync
     function hangs; the manager that replaces it does not start that function again beside
     the stuck call (before: each manager had its own record of running calls, two ran)."""
-    release = threading.Event()
-    lock = threading.Lock()
-    running = [0]
-    most = [0]
-
-    def restart(service: str) -> None:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        release.wait(20)
-        with lock:
-            running[0] -= 1
+    restart = StuckRestart()
 
     def rule() -> RecoveryRule:
         return RecoveryRule(
@@ -355,15 +351,15 @@ async def test_a_stuck_sync_recovery_func_is_not_run_beside_itself_by_a_rebuilt_
         await old.aclose()
         await new.on_status_change("svc", "healthy", "unhealthy", None)
         await _until(lambda: new.is_escalated("svc"))
-        assert most[0] == 1
+        assert restart.most == 1
         failures: list[dict[str, str]] = new.get_recovery_stats()["recent_failures"]  # type: ignore[assignment]
         assert "earlier call still running" in failures[0]["reason"]
     finally:
-        release.set()
+        restart.release.set()
         await old.aclose()
         await new.aclose()
     # Once the stuck call has returned, the function runs again.
-    await _until(lambda: running[0] == 0)
+    await _until(lambda: restart.running == 0)
     again = RecoveryManager([rule()], verify_interval=0.02)
     try:
         await again.on_status_change("svc", "healthy", "unhealthy", None)
