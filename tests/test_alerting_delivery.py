@@ -19,7 +19,7 @@ from tests.alerting_helpers import (
     wait_for,
 )
 from xnai_core import CustomHealthChecker, HealthMonitor
-from xnai_core.alerting import PagerDutySink, SlackSink, WebhookSink
+from xnai_core.alerting import AlertSink, PagerDutySink, SinkStats, SlackSink, WebhookSink
 
 ROUTING_KEY = "R0123456789abcdef0123456789ABCDE"
 
@@ -29,15 +29,21 @@ def receiver() -> Iterator[Receiver]:
     yield from served(Receiver())
 
 
+async def deliver_one(sink: AlertSink) -> SinkStats:
+    """File one alert, wait until the sink is done with it, close the sink: its counts."""
+    sink.submit(alert())
+    await sink.drain()
+    stats = sink.stats()
+    await sink.aclose()
+    return stats
+
+
 async def test_http_408_is_retried_like_429_and_5xx(receiver: Receiver) -> None:
     """408 Request Timeout is the server giving up on reading, not a verdict: try again."""
     receiver.script.append(Reply(408, body=b"request timeout"))
     sleep = SleepRecorder()
     sink = WebhookSink(f"{receiver.url}/hook", sleep=sleep, random=lambda: 0.0)
-    sink.submit(alert())
-    await sink.drain()
-    stats = sink.stats()
-    await sink.aclose()
+    stats = await deliver_one(sink)
     assert receiver.answers == [408, 200]
     assert (stats.sent, stats.retried, stats.dropped) == (1, 1, 0)
 
@@ -63,10 +69,7 @@ async def test_a_garbled_retry_after_means_the_backoff_never_a_lost_alert(
     receiver.script.append(Reply(429, {"Retry-After": retry_after}))
     sleep = SleepRecorder()
     sink = WebhookSink(f"{receiver.url}/hook", sleep=sleep, random=lambda: 0.0)
-    sink.submit(alert())
-    await sink.drain()
-    stats = sink.stats()
-    await sink.aclose()
+    stats = await deliver_one(sink)
     assert receiver.answers == [429, 200]
     assert (stats.sent, stats.retried, stats.dropped) == (1, 1, 0)
     assert sleep.delays == pytest.approx([waited], abs=0.05)
@@ -79,9 +82,7 @@ async def test_retry_after_zero_on_every_429_still_backs_off(receiver: Receiver)
     receiver.validator = lambda request: Reply(429, {"Retry-After": "0"})
     sleep = SleepRecorder()
     sink = WebhookSink(receiver.url, max_attempts=4, sleep=sleep, random=lambda: 0.0)
-    sink.submit(alert())
-    await sink.drain()
-    await sink.aclose()
+    await deliver_one(sink)
     assert len(receiver.requests) == 4
     assert sleep.delays == pytest.approx([1.0, 2.0, 4.0], abs=0.05)
 
@@ -91,10 +92,7 @@ async def test_a_slow_slack_answer_is_waited_for_not_sent_twice(receiver: Receiv
     sending) is still waited for, so the channel gets one message, not two."""
     receiver.script.append(Reply(200, delay=1.0))
     sink = SlackSink(f"{receiver.url}/services/T/B/x", timeout=0.3, sleep=SleepRecorder())
-    sink.submit(alert())
-    await sink.drain()
-    stats = sink.stats()
-    await sink.aclose()
+    stats = await deliver_one(sink)
     assert len(receiver.requests) == 1
     assert (stats.sent, stats.retried) == (1, 0)
 
@@ -113,10 +111,7 @@ async def test_slacks_reply_timeout_comes_from_the_service_config(receiver: Rece
     assert build_sinks(default.alerts)[0].reply_timeout == 60.0
     receiver.script.append(Reply(200, delay=1.0))
     sink._sleep = SleepRecorder()
-    sink.submit(alert())
-    await sink.drain()
-    stats = sink.stats()
-    await sink.aclose()
+    stats = await deliver_one(sink)
     assert sink.reply_timeout == 0.3
     assert len(receiver.requests) == 2
     assert (stats.sent, stats.retried) == (1, 1)
@@ -131,10 +126,7 @@ async def test_a_reply_cut_short_is_judged_by_its_status(
     logged as given up), a 503 is retried as a 503."""
     receiver.validator = lambda request: Reply(status, body=b"partial", cut=True)
     sink = SlackSink(f"{receiver.url}/services/T/B/x", max_attempts=3, sleep=SleepRecorder())
-    sink.submit(alert())
-    await sink.drain()
-    stats = sink.stats()
-    await sink.aclose()
+    stats = await deliver_one(sink)
     assert len(receiver.requests) == requests
     assert (stats.sent, stats.retried) == (sent, requests - 1)
     if status == 503:
@@ -149,9 +141,7 @@ async def test_a_slow_webhook_answer_is_retried_with_the_same_idempotency_key(
     either processes the alert once, though it arrived twice."""
     receiver.script.append(Reply(200, delay=1.0))
     sink = WebhookSink(f"{receiver.url}/hook", timeout=0.3, sleep=SleepRecorder())
-    sink.submit(alert())
-    await sink.drain()
-    await sink.aclose()
+    await deliver_one(sink)
     await wait_for(lambda: len(receiver.requests) == 2)
     ids = [request.headers.get("idempotency-key") for request in receiver.requests]
     deliveries = [request.headers.get("x-xnai-delivery") for request in receiver.requests]
@@ -165,9 +155,7 @@ async def test_a_slow_pagerduty_answer_retried_keeps_one_incident(receiver: Rece
     """PagerDuty's retry after a timeout is the same trigger (same dedup_key): one incident."""
     receiver.script.append(Reply(202, delay=1.0))
     sink = PagerDutySink(ROUTING_KEY, url=receiver.url, timeout=0.3, sleep=SleepRecorder())
-    sink.submit(alert())
-    await sink.drain()
-    await sink.aclose()
+    await deliver_one(sink)
     await wait_for(lambda: len(receiver.requests) == 2)
     events = receiver.bodies()
     assert {event["dedup_key"] for event in events} == {"rag_api:status"}

@@ -10,6 +10,7 @@ import os
 import shutil
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,22 @@ class Page:
 
     def close(self) -> None:
         self.context.close()
+
+
+@contextmanager
+def dashboard(browser: Any, path: Path, env: dict[str, str], **context: Any) -> Iterator[Page]:
+    """The service of ``path`` with its dashboard open; on leaving, the page must have
+    logged no error, and the page and the service are closed."""
+    proc = ServiceProcess(path, env=env).start()
+    try:
+        view = Page(browser, proc.url + "/", **context)
+        try:
+            yield view
+            assert view.errors == []
+        finally:
+            view.close()
+    finally:
+        proc.stop()
 
 
 def config(path: Path, api: str, victim: str, prefix: str) -> Path:
@@ -173,15 +190,14 @@ def test_dashboard_without_a_token_has_no_controls_and_fits_a_phone(
     expect = sync_api.expect
     with http_service() as (api, _), http_service() as (victim, _):
         path = config(tmp_path / "s.toml", api, victim, prefix)
-        proc = ServiceProcess(path, env={"XNAI_TEST_DASH_TOKEN": ""}).start()
-        view = Page(
+        with dashboard(
             browser,
-            proc.url + "/",
+            path,
+            {"XNAI_TEST_DASH_TOKEN": ""},
             viewport={"width": 375, "height": 740},
             is_mobile=True,
             has_touch=True,
-        )
-        try:
+        ) as view:
             page = view.page
             expect(page.locator('[data-circuit="llm"]')).to_have_count(1, timeout=15_000)
             expect(page.locator('[data-service="api"] .badge')).to_have_text(
@@ -200,10 +216,6 @@ def test_dashboard_without_a_token_has_no_controls_and_fits_a_phone(
             assert page.locator("#overall").get_attribute("aria-live") == "polite"
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
-            assert view.errors == []
-        finally:
-            view.close()
-            proc.stop()
 
 
 def test_a_focused_circuit_button_keeps_focus_across_polls(
@@ -215,9 +227,9 @@ def test_a_focused_circuit_button_keeps_focus_across_polls(
     expect = sync_api.expect
     with http_service() as (api, _), http_service() as (victim, _):
         path = config(tmp_path / "s.toml", api, victim, prefix)
-        proc = ServiceProcess(path, env={"XNAI_TEST_DASH_TOKEN": TOKEN}).start()
-        view = Page(browser, proc.url + "/", viewport={"width": 1200, "height": 900})
-        try:
+        with dashboard(
+            browser, path, {"XNAI_TEST_DASH_TOKEN": TOKEN}, viewport={"width": 1200, "height": 900}
+        ) as view:
             page = view.page
             page.get_by_label("Control token").fill(TOKEN)
             page.get_by_role("button", name="Use token").click()
@@ -236,10 +248,6 @@ def test_a_focused_circuit_button_keeps_focus_across_polls(
             badge = page.locator('[data-circuit="llm"] .badge')
             expect(badge).to_have_text("open (forced)", timeout=10_000)
             assert _shared_state(prefix) == "open"
-            assert view.errors == []
-        finally:
-            view.close()
-            proc.stop()
 
 
 def test_the_longest_service_name_fits_a_phone(browser: Any, tmp_path: Path) -> None:
@@ -252,18 +260,14 @@ def test_the_longest_service_name_fits_a_phone(browser: Any, tmp_path: Path) -> 
         f'[monitor]\ncheck_interval = 0.5\n[[services]]\nname = "{name}"\ntype = "tcp"\n'
         'host = "127.0.0.1"\nport = 1\n'
     )
-    proc = ServiceProcess(path, env={}).start()
-    view = Page(browser, proc.url + "/", viewport={"width": 375, "height": 740}, is_mobile=True)
-    try:
+    with dashboard(
+        browser, path, {}, viewport={"width": 375, "height": 740}, is_mobile=True
+    ) as view:
         page = view.page
         expect(page.locator(f'[data-service="{name}"] .badge')).to_have_count(1, timeout=15_000)
         expect(page.locator("#episodes li")).to_contain_text(name, timeout=15_000)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, width
-        assert view.errors == []
-    finally:
-        view.close()
-        proc.stop()
 
 
 def test_a_wrong_token_is_said_to_be_refused_without_pressing_a_control(
@@ -274,9 +278,9 @@ def test_a_wrong_token_is_said_to_be_refused_without_pressing_a_control(
     expect = sync_api.expect
     with http_service() as (api, _), http_service() as (victim, _):
         path = config(tmp_path / "s.toml", api, victim, prefix)
-        proc = ServiceProcess(path, env={"XNAI_TEST_DASH_TOKEN": TOKEN}).start()
-        view = Page(browser, proc.url + "/", viewport={"width": 1200, "height": 900})
-        try:
+        with dashboard(
+            browser, path, {"XNAI_TEST_DASH_TOKEN": TOKEN}, viewport={"width": 1200, "height": 900}
+        ) as view:
             page = view.page
             open_button = page.get_by_role("button", name="open circuit llm")
             expect(open_button).to_be_disabled(timeout=15_000)
@@ -290,10 +294,6 @@ def test_a_wrong_token_is_said_to_be_refused_without_pressing_a_control(
             page.get_by_role("button", name="Use token").click()
             expect(open_button).to_be_enabled(timeout=10_000)
             expect(page.locator("#token-state")).to_have_text("controls unlocked, details shown")
-            assert view.errors == []
-        finally:
-            view.close()
-            proc.stop()
 
 
 def _shared_state(prefix: str) -> str:
