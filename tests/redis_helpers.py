@@ -122,6 +122,21 @@ async def trials_in_redis(direct: aioredis.Redis) -> list[str]:
     return sorted(k for k in await hash_of(direct) if k.startswith("trial:"))
 
 
+async def no_trials(direct: aioredis.Redis) -> bool:
+    """Whether the circuit's hash holds no trial permit."""
+    return await trials_in_redis(direct) == []
+
+
+async def state_in_redis(direct: aioredis.Redis) -> str | None:
+    """The circuit's state as Redis holds it (None: no hash, or no state field)."""
+    return (await stored(direct, "state"))[0]
+
+
+async def state_is(direct: aioredis.Redis, state: str) -> bool:
+    """Whether Redis holds the circuit in ``state``."""
+    return await state_in_redis(direct) == state
+
+
 # Connection set-up and the counting itself are not calls of the breaker.
 _NOT_CALLS = ("info", "client|setinfo", "client|maint_notifications", "hello", "select")
 

@@ -37,7 +37,9 @@ from tests.redis_helpers import (
     eventually,
     fail_once,
     hash_of,
+    no_trials,
     ok,
+    state_is,
     stored,
     trials_in_redis,
     warnings_of,
@@ -161,14 +163,10 @@ async def test_3_a_lost_admission_gives_its_permit_back(
     # The script did take the permit in Redis...
     await eventually(lambda: there.snapshot().state is CircuitState.HALF_OPEN, timeout=5)
     # ...and it is given back once the answer is in, not when the lease ends.
-    await eventually(lambda: _no_trials(direct), timeout=5)
+    await eventually(lambda: no_trials(direct), timeout=5)
     admitted = await there.acquire()
     assert admitted.ticket is not None
     assert admitted.ticket.permit > 0
-
-
-async def _no_trials(direct: aioredis.Redis) -> bool:
-    return await trials_in_redis(direct) == []
 
 
 async def test_3_an_admission_whose_reply_never_comes_is_cancelled_by_request_id(
@@ -186,7 +184,7 @@ async def test_3_an_admission_whose_reply_never_comes_is_cancelled_by_request_id
         admission = await store.acquire()
         assert admission.ticket is None or admission.ticket.epoch < 0
         await eventually(lambda: store.available, timeout=10)
-        await eventually(lambda: _no_trials(direct), timeout=10)
+        await eventually(lambda: no_trials(direct), timeout=10)
     finally:
         await store.close()
         await client.aclose()
@@ -219,7 +217,7 @@ async def test_4_an_open_circuit_whose_key_vanishes_is_written_back(
         await eventually(lambda: breakers[1].state is CircuitState.OPEN)
         opened_at = (await stored(direct, "opened_at"))[0]
         await (direct.flushdb() if how == "flushdb" else direct.delete(KEY))
-        await eventually(lambda: _state_is(direct, "open"), timeout=5)
+        await eventually(lambda: state_is(direct, "open"), timeout=5)
         await asyncio.sleep(0.5)  # a few resyncs: nothing flips back
         assert [b.state for b in breakers] == [CircuitState.OPEN] * 2
         assert await stored(direct, "state", "opened_at") == ["open", opened_at]
@@ -238,10 +236,6 @@ async def test_4_an_open_circuit_whose_key_vanishes_is_written_back(
             await breaker.close()
         for client in clients:
             await client.aclose()
-
-
-async def _state_is(direct: aioredis.Redis, state: str) -> bool:
-    return await stored(direct, "state") == [state]
 
 
 # -- 5. stored times are bounded by now ----------------------------------------------
@@ -673,7 +667,7 @@ async def test_19_a_trial_whose_success_report_is_lost_gives_its_permit_back(
     # Before the fix the permit stayed taken ~5 s after Redis answered again (until
     # something else happened to free the silent send); resolved by request id, it
     # goes back within a fraction of a second.
-    await eventually(lambda: _no_trials(direct), timeout=2.5)
+    await eventually(lambda: no_trials(direct), timeout=2.5)
     assert await stored(direct, "state", "successes") == ["half_open", "1"]
 
 

@@ -33,7 +33,10 @@ from tests.redis_helpers import (
     eventually,
     fail_once,
     hash_of,
+    no_trials,
     ok,
+    state_in_redis,
+    state_is,
     trials_in_redis,
     warnings_of,
 )
@@ -98,11 +101,6 @@ async def breakers(private_redis: PrivateRedis) -> AsyncIterator[Breakers]:
         await client.aclose()
 
 
-async def state_in_redis(direct: aioredis.Redis) -> str | None:
-    value: bytes | None = await direct.hget(KEY, "state")  # type: ignore[assignment]
-    return None if value is None else value.decode()
-
-
 def recorder(breaker: Any) -> list[tuple[str, str, str]]:
     seen: list[tuple[str, str, str]] = []
     breaker.add_listener(lambda n, old, new, why: seen.append((old.value, new.value, why)))
@@ -125,7 +123,7 @@ async def test_a_forced_open_circuit_flushed_stays_forced_and_nobody_closes(
     await here.force_open()
     await eventually(lambda: there.state is CircuitState.OPEN)
     await direct.flushdb()
-    await eventually(lambda: _is(direct, "open"), timeout=5)
+    await eventually(lambda: state_is(direct, "open"), timeout=5)
     await asyncio.sleep(1.5)  # past recovery_timeout: forced open never half-opens
     assert (await hash_of(direct)).get("forced") == "1"
     for breaker in (here, there):
@@ -134,10 +132,6 @@ async def test_a_forced_open_circuit_flushed_stays_forced_and_nobody_closes(
             await breaker.call(ok)
     assert [s for s in seen_there + seen if s[1] != "open"] == []
     assert warnings_of(caplog, "lost the open circuit")
-
-
-async def _is(direct: aioredis.Redis, state: str) -> bool:
-    return await state_in_redis(direct) == state
 
 
 async def test_an_open_circuit_lost_to_a_restart_empty_is_written_back(
@@ -154,7 +148,7 @@ async def test_an_open_circuit_lost_to_a_restart_empty_is_written_back(
     await eventually(lambda: there.state is CircuitState.OPEN)
     private_redis.kill()
     private_redis.start()
-    await eventually(lambda: _is(direct, "open"), timeout=15)
+    await eventually(lambda: state_is(direct, "open"), timeout=15)
     await eventually(
         lambda: (
             bool(here.get_metrics()["redis_available"])
@@ -192,7 +186,7 @@ async def test_an_open_circuit_rolled_back_by_a_restart_from_an_older_snapshot_i
     await eventually(lambda: there.state is CircuitState.OPEN)
     private_redis.kill()
     private_redis.start()  # loads the older snapshot
-    await eventually(lambda: _is(direct, "open"), timeout=15)
+    await eventually(lambda: state_is(direct, "open"), timeout=15)
     await eventually(
         lambda: all(bool(b.get_metrics()["redis_available"]) for b in (here, there)),
         timeout=15,
@@ -237,7 +231,7 @@ async def test_an_open_circuit_evicted_under_allkeys_lru_is_written_back(
                 evicted = True
                 break
         assert evicted, "the circuit's hash was never evicted"
-        await eventually(lambda: _is(cache, "open"), timeout=5)
+        await eventually(lambda: state_is(cache, "open"), timeout=5)
         await asyncio.sleep(0.7)
         assert [b.state for b in made] == [CircuitState.OPEN] * 2
         assert [s for group in seen for s in group if s[1] != "open"] == []
@@ -352,14 +346,10 @@ async def test_an_admission_cancelled_after_any_number_of_turns_leaks_no_permit(
     if got is not None and got.ticket is not None:
         await here.record_failure(got.ticket)  # it finished: it reports, as a caller would
         clock.now += 5
-    await eventually(lambda: _no_trials(direct), timeout=8)
+    await eventually(lambda: no_trials(direct), timeout=8)
     admitted = await there.acquire()
     assert admitted.ticket is not None
     assert admitted.ticket.permit > 0
-
-
-async def _no_trials(direct: aioredis.Redis) -> bool:
-    return await trials_in_redis(direct) == []
 
 
 @pytest.mark.parametrize("turns", range(12))
@@ -656,7 +646,7 @@ async def test_a_trial_cancelled_mid_call_gives_its_permit_back_at_once(
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
-    await eventually(lambda: _no_trials(direct), timeout=5)
+    await eventually(lambda: no_trials(direct), timeout=5)
     assert await there.call(ok) == "ok"
 
 
@@ -694,7 +684,7 @@ async def test_a_trial_whose_caller_leaves_during_its_success_report_still_close
         await asyncio.sleep(0.05)  # the report is on the wire
         trial.cancel()
         await asyncio.gather(trial, return_exceptions=True)
-        await eventually(lambda: _is(direct, "closed"), timeout=5)
+        await eventually(lambda: state_is(direct, "closed"), timeout=5)
         assert await trials_in_redis(direct) == []
         await eventually(lambda: here.state is CircuitState.CLOSED, timeout=5)
     finally:
@@ -774,7 +764,7 @@ async def test_a_forced_open_circuit_survives_a_restart_empty(
     await eventually(lambda: there.state is CircuitState.OPEN)
     private_redis.kill()
     private_redis.start()
-    await eventually(lambda: _is(direct, "open"), timeout=15)
+    await eventually(lambda: state_is(direct, "open"), timeout=15)
     await asyncio.sleep(1.5)
     assert (await hash_of(direct)).get("forced") == "1"
     assert [here.state, there.state] == [CircuitState.OPEN] * 2
@@ -850,7 +840,7 @@ async def test_a_trial_report_held_by_client_pause_leaks_no_permit(
     started = time.monotonic()
     assert await running == "ok"
     assert time.monotonic() - started < 1.4  # never the whole pause
-    await eventually(lambda: _no_trials(direct), timeout=10)
+    await eventually(lambda: no_trials(direct), timeout=10)
     await eventually(lambda: _agreed(direct, here, there), timeout=10)
     assert await there.call(ok) == "ok"
 
