@@ -434,6 +434,49 @@ def test_dashboard_controls_need_the_token_and_change_the_shared_state(
         client.close()
 
 
+def test_a_dashboard_control_reaches_a_circuit_whose_name_holds_a_slash(
+    tmp_path: Path, service: list[ServiceProcess], key_prefix: str
+) -> None:
+    """``openai/gpt-4``: the page posts ``/api/circuits/openai%2Fgpt-4/open``
+    (``encodeURIComponent``), which the server sees decoded; its route's ``{name}`` stopped
+    at the slash, so every button of such a circuit answered 404 (``/ops`` had been fixed)."""
+    import httpx
+
+    from tests.conftest import SHARED_REDIS_URL
+
+    prefix = f"{key_prefix}:cb:"
+    text = (
+        f'redis_url = "{SHARED_REDIS_URL}"\n'
+        + MONITOR
+        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["openai/gpt-4"]\n'
+    )
+    config = write(tmp_path / "s.toml", text)
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        proc = launch(service, config)
+        assert [c["name"] for c in proc.state()["circuits"]] == ["openai/gpt-4"]
+        encoded = proc.url + "/api/circuits/openai%2Fgpt-4/open"
+        assert httpx.post(encoded, timeout=5).status_code == 401
+        opened = httpx.post(encoded, headers=right, timeout=5)
+        assert opened.status_code == 200, opened.text
+        assert opened.json()["name"] == "openai/gpt-4"
+        assert opened.json()["state"] == "open"
+        closed = httpx.post(proc.url + "/api/circuits/openai/gpt-4/close", headers=right, timeout=5)
+        assert closed.status_code == 200, closed.text
+        assert wait_for(lambda: proc.state()["circuits"][0]["state"] == "closed", 10)
+        missing = httpx.post(
+            proc.url + "/api/circuits/openai/gpt-5/close", headers=right, timeout=5
+        )
+        assert missing.status_code == 404
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(SHARED_REDIS_URL)
+        for key in client.scan_iter(match=f"{key_prefix}*"):
+            client.unlink(key)
+        client.close()
+
+
 def test_api_state_hides_what_ops_health_hides_without_the_token(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

@@ -320,7 +320,9 @@ def build_app(
         routes=[
             *(Route(path, page, methods=["GET"]) for path in _STATIC),
             Route("/api/state", state, methods=["GET"]),
-            Route("/api/circuits/{name}/{action}", control, methods=["POST"]),
+            # {name:path}: a circuit's name may hold a slash ("openai/gpt-4"); the page
+            # sends it encoded, and Starlette matches the decoded path.
+            Route("/api/circuits/{name:path}/{action}", control, methods=["POST"]),
             Mount("/ops", app=_OpsApp(runtime)),
         ],
         lifespan=lifespan,
