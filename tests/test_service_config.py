@@ -424,3 +424,37 @@ def test_a_file_without_services_is_said_to_watch_nothing(tmp_path: Path) -> Non
     config = load_config(write(tmp_path, "[monitor]\ncheck_interval = 5\n"), env={})
     assert config.services == ()
     assert config.warnings == ("no [[services]]: nothing is watched, and 'check' answers healthy",)
+
+
+HOSTILE = [
+    ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not valid TOML: nested too deeply"),
+    ("a = {" + " b = {" * 5_000 + "}" * 5_001 + "\n", "not valid TOML: nested too deeply"),
+    ("[monitor]\ncheck_interval = 1" + "0" * 5_000 + "\n", "not valid TOML: an integer of"),
+    ("# padding\n" * 200_000 + SERVICE, "larger than 1024 KiB"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), HOSTILE, ids=["deep-array", "deep-table", "huge-integer", "huge-file"]
+)
+def test_a_hostile_file_is_a_config_error_not_a_crash(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """Deep nesting (RecursionError in tomllib) and a 5,000-digit integer (ValueError:
+    Python's int-string limit) escaped as tracebacks: exit 1, which `check` means as
+    "degraded" to its cron job or probe, instead of 3, the config error, in one line.
+    A file of megabytes is no config file: it is refused before it is read whole (a
+    path like /dev/zero was read until memory ran out)."""
+    from tests.service_helpers import run_cli
+
+    path = tmp_path / "stack.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert str(caught.value).startswith(f"{path}: {expected}"), str(caught.value)[:300]
+    for args in (("config", "check", str(path)), ("check", "--config", str(path))):
+        ran = run_cli(*args)
+        assert ran.code == 3, (args, ran.code, ran.err[-500:])
+        assert ran.err.startswith(f"xnai-core: {path}: {expected}"), ran.err[-500:]
+        assert ran.err.count("\n") == 1
+        assert "Traceback" not in ran.err

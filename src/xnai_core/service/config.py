@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -281,16 +282,46 @@ def load_config(
     name = os.fspath(path)
     try:
         with open(name, "rb") as handle:
-            data = tomllib.load(handle)
+            # Read no more than a config file can hold: a path like /dev/zero, or a log
+            # named by mistake, would otherwise be read until memory runs out.
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("", "no such file", file=name) from None
     except OSError as exc:
         raise ConfigError("", f"cannot be read: {exc.strerror or exc}", file=name) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"not valid TOML: {exc}", file=name) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            "", f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file", file=name
+        )
+    return parse_config(_parse_toml(raw, name), file=name, env=env)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read (a file watching 500 services is about 50 KiB)."""
+
+
+def _parse_toml(raw: bytes, name: str) -> dict[str, Any]:
+    """``raw`` as TOML; every way it can fail is a ConfigError naming ``name``.
+
+    Besides TOMLDecodeError, tomllib lets out a RecursionError for deep nesting and
+    Python's ValueError for an integer of thousands of digits: a traceback, and exit 1
+    (which ``check`` means as "degraded"), for what is a file that cannot be used.
+    """
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError("", "not valid TOML: not UTF-8 text", file=name) from None
-    return parse_config(data, file=name, env=env)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", file=name) from None
+    except RecursionError:
+        raise ConfigError("", "not valid TOML: nested too deeply", file=name) from None
+    except ValueError:
+        # int('1' * 5000): the interpreter's limit on integer digits.
+        raise ConfigError(
+            "",
+            f"not valid TOML: an integer of more than {sys.get_int_max_str_digits()} digits",
+            file=name,
+        ) from None
 
 
 def parse_config(
