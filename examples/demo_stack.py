@@ -132,13 +132,14 @@ def _pid(name: str) -> int | None:
         return None
 
 
-def start(name: str, port: int) -> None:
-    """Start NAME on ``port`` in its own session (it outlives whoever started it)."""
+def start(name: str, port: int, stopping: list[int] | None = None) -> None:
+    """Start NAME on ``port`` in its own session (it outlives whoever started it); returns
+    once it answers, or as soon as ``stopping`` holds a signal."""
     folder = state_dir()
     (folder / f"{name}.port").write_text(str(port))
     log = open(folder / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
     with log:
-        subprocess.Popen(
+        child = subprocess.Popen(
             [sys.executable, "-m", "examples.demo_stack", "serve-one", name, str(port)],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -146,8 +147,11 @@ def start(name: str, port: int) -> None:
             stderr=log,
             start_new_session=True,
         )
+    # Recorded at once (the child writes it again once it serves), so a stop that comes
+    # while it starts finds it to kill.
+    (folder / f"{name}.pid").write_text(str(child.pid))
     deadline = time.monotonic() + 10
-    while not _answers(port):
+    while not _answers(port) and not stopping:
         if time.monotonic() > deadline:
             raise SystemExit(f"{name} did not start on port {port}")
         time.sleep(0.05)
@@ -173,47 +177,65 @@ def restart(name: str) -> None:
 
 
 def up(service_port: int, config: Path) -> int:
-    """Start the stack and the service; stop everything on Ctrl-C (or SIGTERM)."""
-    ports = {name: _free(port) for name, port in SERVICES.items()}
-    for name, port in ports.items():
-        start(name, port)
-    env = dict(os.environ)
-    env["XNAI_RAG_API_HEALTH_URL"] = f"http://127.0.0.1:{ports['rag_api']}/health"
-    env["XNAI_CHAINLIT_UI_HEALTH_URL"] = f"http://127.0.0.1:{ports['chainlit_ui']}/"
-    env.setdefault("XNAI_DEMO_STACK_DIR", str(state_dir()))
-    if not env.get("XNAI_CONTROL_TOKEN"):
-        env["XNAI_CONTROL_TOKEN"] = secrets.token_urlsafe(18)
-        print(
-            f"control token for the dashboard's buttons (this run only): "
-            f"{env['XNAI_CONTROL_TOKEN']}"
-        )
-    port = _free(service_port)
-    print(
-        f"demo stack: toy RAG API on http://127.0.0.1:{ports['rag_api']}/ , "
-        f"toy UI on http://127.0.0.1:{ports['chainlit_ui']}/",
-        flush=True,
-    )
-    print(
-        "try: python3 -m examples.demo_stack kill rag_api   (the service restarts it)", flush=True
-    )
-    command = [
-        str(Path(sys.executable).parent / "xnai-core"),
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
-    print(f"dashboard: http://127.0.0.1:{port}/   (Ctrl-C stops everything)", flush=True)
-    service = subprocess.Popen(command, cwd=REPO, env=env)
-    signal.signal(signal.SIGTERM, lambda *_: service.send_signal(signal.SIGTERM))
+    """Start the stack and the service; stop everything on Ctrl-C (or SIGTERM), also
+    one that comes while they start."""
+    stopping: list[int] = []
+    service: list[subprocess.Popen[bytes]] = []
+    started: list[str] = []
+
+    def on_stop(signum: int, frame: object) -> None:
+        # Noted, never raised: a stop between starting a child and recording its pid
+        # must not lose the child. The steps below look at it.
+        stopping.append(signum)
+        for process in service:
+            process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     try:
-        return service.wait()
-    except KeyboardInterrupt:
-        service.send_signal(signal.SIGTERM)
-        return service.wait()
+        ports = {name: _free(port) for name, port in SERVICES.items()}
+        for name, port in ports.items():
+            if stopping:
+                return 0
+            started.append(name)  # before: a pid file from an earlier run is not ours
+            start(name, port, stopping)
+        if stopping:
+            return 0
+        env = dict(os.environ)
+        env["XNAI_RAG_API_HEALTH_URL"] = f"http://127.0.0.1:{ports['rag_api']}/health"
+        env["XNAI_CHAINLIT_UI_HEALTH_URL"] = f"http://127.0.0.1:{ports['chainlit_ui']}/"
+        env.setdefault("XNAI_DEMO_STACK_DIR", str(state_dir()))
+        if not env.get("XNAI_CONTROL_TOKEN"):
+            env["XNAI_CONTROL_TOKEN"] = secrets.token_urlsafe(18)
+            print(
+                f"control token for the dashboard's buttons (this run only): "
+                f"{env['XNAI_CONTROL_TOKEN']}"
+            )
+        port = _free(service_port)
+        print(
+            f"demo stack: toy RAG API on http://127.0.0.1:{ports['rag_api']}/ , "
+            f"toy UI on http://127.0.0.1:{ports['chainlit_ui']}/",
+            flush=True,
+        )
+        print(
+            "try: python3 -m examples.demo_stack kill rag_api   (the service restarts it)",
+            flush=True,
+        )
+        command = [
+            str(Path(sys.executable).parent / "xnai-core"),
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+        ]
+        print(f"dashboard: http://127.0.0.1:{port}/   (Ctrl-C stops everything)", flush=True)
+        service.append(subprocess.Popen(command, cwd=REPO, env=env))
+        if stopping:  # came while it was being started: on_stop did not see it yet
+            service[0].send_signal(signal.SIGTERM)
+        return service[0].wait()
     finally:
-        for name in SERVICES:
+        for name in started:  # by its pid file: a restart by the service rewrote it
             kill(name)
         print("demo stack stopped", flush=True)
 
