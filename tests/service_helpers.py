@@ -230,3 +230,29 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
 
     with _serving(Handler) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}", got
+
+
+@contextmanager
+def not_redis(reply: bytes) -> Iterator[str]:
+    """A loopback TCP server that answers ``reply`` to whatever it reads (an HTTP server
+    on the port a Redis URL names, a proxy that knows no SCAN); yields its redis:// URL."""
+    import socketserver
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while self.request.recv(65536):
+                self.request.sendall(reply)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{server.server_address[1]}/0"
+    finally:
+        server.shutdown()
+        server.server_close()

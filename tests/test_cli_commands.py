@@ -315,6 +315,32 @@ def test_circuits_without_redis_exit_4_and_change_nothing() -> None:
         assert ran.err.count("\n") == 1
 
 
+NOT_REDIS = {
+    "http": b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+    "no-scan": b"-ERR unknown command\r\n",
+}
+
+
+@pytest.mark.parametrize("reply", NOT_REDIS.values(), ids=NOT_REDIS.keys())
+def test_a_redis_url_that_reaches_no_redis_is_exit_4_in_one_line(reply: bytes) -> None:
+    """An HTTP server on the URL's port (redis-py: InvalidResponse) or a proxy without
+    SCAN (ResponseError): a traceback and exit 1 before, not "Redis did not answer"."""
+    from tests.service_helpers import not_redis
+
+    with not_redis(reply) as url:
+        for args in (
+            ["circuits", "list"],
+            ["circuits", "show", "x"],
+            ["circuits", "open", "x", "--yes"],
+            ["recovery", "status"],
+            ["recovery", "reset", "x", "--yes"],
+        ):
+            ran = run_cli(*args, "--redis-url", url)
+            assert ran.code == 4, (args, ran.code, ran.err[-400:])
+            assert ran.err.startswith("xnai-core: Redis "), (args, ran.err[-400:])
+            assert ran.err.count("\n") == 1, (args, ran.err[-400:])
+
+
 def test_circuits_open_is_seen_by_a_running_breaker_in_another_process(cb_prefix: str) -> None:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "tests.circuit_watcher", SHARED_REDIS_URL, cb_prefix, "llm"],

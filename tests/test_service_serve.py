@@ -477,6 +477,27 @@ def test_a_dashboard_control_reaches_a_circuit_whose_name_holds_a_slash(
         client.close()
 
 
+def test_a_redis_url_that_reaches_no_redis_does_not_stop_the_service_starting(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    """``redis_url`` naming an HTTP server's port (redis-py: InvalidResponse): the circuit
+    listing let it out of the lifespan, and the service exited at start ("Application
+    startup failed") instead of running with its shared state away, as it does when
+    Redis refuses the connection."""
+    import httpx
+
+    from tests.service_helpers import not_redis
+
+    reply = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+    with not_redis(reply) as url:
+        text = f'redis_url = "{url}"\n' + MONITOR + '[circuits]\nnames = ["llm"]\n'
+        config = write(tmp_path / "s.toml", text)
+        proc = launch(service, config)
+        assert httpx.get(proc.url + "/ops/livez", timeout=5).status_code == 200
+        assert proc.logged("circuits: Redis did not answer as Redis (SCAN): InvalidResponse")
+        assert [c["name"] for c in proc.state()["circuits"]] == ["llm"]
+
+
 def test_api_state_hides_what_ops_health_hides_without_the_token(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

@@ -18,6 +18,11 @@ and surfaces (or, where no Redis error may reach a caller, is logged with its tr
 - a server that refuses us: an ACL without the needed command (``NoPermissionError``,
   ``NOPERM``) and a full ``maxmemory`` with ``noeviction`` (``OutOfMemoryError``, ``OOM``).
 
+What answered may also be no Redis at all (an HTTP server on the port a URL names:
+``InvalidResponse``), or one that refuses the command (a proxy without ``SCAN``:
+``ResponseError``): no outage either, but a one-shot command or a listing that cannot go on
+says so in one line, :func:`describe` (type and message, credentials masked, bounded).
+
 ``POOL_FULL`` (``MaxConnectionsError``: every connection of the client's own pool is in
 use) is a ``ConnectionError`` subclass but no outage: Redis is fine, this process is
 busy. Catch it *before* ``REDIS_DOWN`` and wait for a connection.
@@ -39,7 +44,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["POOL_FULL", "REDIS_DOWN"]
+__all__ = ["POOL_FULL", "REDIS_DOWN", "describe"]
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -55,3 +60,17 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
 )
 
 POOL_FULL: tuple[type[BaseException], ...] = (MaxConnectionsError,)
+
+
+_DESCRIBED_LENGTH = 200
+
+
+def describe(error: BaseException) -> str:
+    """``TypeName: message`` of a Redis error for one line of a log or a command's
+    answer: credentials masked (a reply may quote anything), at most 200 characters."""
+    from ._redact import redact  # _redact imports nothing of ours; kept lazy all the same
+
+    text = " ".join(redact(str(error)).split())
+    if len(text) > _DESCRIBED_LENGTH:
+        text = text[: _DESCRIBED_LENGTH - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

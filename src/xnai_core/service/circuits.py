@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .. import CircuitState, RedisStore, create_redis_circuit_breaker
-from .._redis_errors import REDIS_DOWN
+from .._redis_errors import REDIS_DOWN, describe
 
 __all__ = ["CircuitView", "RedisUnavailableError", "SharedCircuits"]
 
@@ -100,6 +101,12 @@ class SharedCircuits:
         except REDIS_DOWN as exc:
             raise RedisUnavailableError(
                 f"Redis did not answer ({what}): {type(exc).__name__}"
+            ) from None
+        except RedisError as exc:
+            # No Redis on that port (InvalidResponse), or one refusing the command (a
+            # proxy without SCAN): nothing read or changed either, said in one line.
+            raise RedisUnavailableError(
+                f"Redis did not answer as Redis ({what}): {describe(exc)}"
             ) from None
 
     async def names(self, also: Iterable[str] = ()) -> list[str]:

@@ -19,9 +19,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .._redact import redact, redact_url
-from .._redis_errors import REDIS_DOWN
+from .._redis_errors import REDIS_DOWN, describe
 from ..health.factories import DEFAULT_REDIS_URL, REDIS_URL_ENV
 from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
@@ -63,6 +64,10 @@ def _run(coro: Awaitable[T]) -> T:
         return asyncio.run(main())
     except RedisUnavailableError as exc:
         fail(str(exc), EXIT_REDIS)
+    except RedisError as exc:
+        # What answered is no Redis (an HTTP server: InvalidResponse) or refused the
+        # command (ResponseError): one line and exit 4, never a traceback and exit 1.
+        fail(f"Redis did not answer as Redis: {describe(exc)}", EXIT_REDIS)
 
 
 def _emit_json(value: object) -> None:
@@ -90,10 +95,13 @@ def main() -> None:
     """
     # The library logs transitions (a forced open is a WARNING): for these one-shot
     # commands the answer is the output and the exit code, not log lines on stderr.
-    # `serve` configures logging itself.
-    library = logging.getLogger("xnai_core")
-    if not library.handlers:
-        library.addHandler(logging.NullHandler())
+    # `serve` configures logging itself. The drivers' warnings are kept off stderr too
+    # (with no handler, Python prints them there: redis-py's "does not support HELLO"
+    # from a proxy was a second line beside the command's one-line error).
+    for name in ("xnai_core", "redis", "asyncpg"):
+        library = logging.getLogger(name)
+        if not library.handlers:
+            library.addHandler(logging.NullHandler())
 
 
 # -- serve -------------------------------------------------------------------------------
