@@ -42,6 +42,10 @@ class Reply:
     drop: bool = False  # read the request, then close without answering (a lost reply)
     delay: float = 0.0  # seconds before answering (a slow but successful receiver)
     cut: bool = False  # announce a longer body than is sent, then close (a reply cut short)
+    # With ``cut``: seconds to stay silent before closing (a body that stalls), or to
+    # send the missing bytes one at a time, each this long after the last (a trickle).
+    stall: float = 0.0
+    trickle: float = 0.0
 
 
 # A validator returns the reply for a request it accepts or refuses (a 400 with why).
@@ -94,7 +98,16 @@ class Receiver:
                 self.send_header("Content-Length", str(len(reply.body) + 100 * reply.cut))
                 self.end_headers()
                 self.wfile.write(reply.body)
+                self.wfile.flush()
                 if reply.cut:
+                    time.sleep(reply.stall)
+                    for _ in range(100 if reply.trickle else 0):
+                        time.sleep(reply.trickle)
+                        try:
+                            self.wfile.write(b".")
+                            self.wfile.flush()
+                        except OSError:  # the client gave up: so do we
+                            break
                     self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:

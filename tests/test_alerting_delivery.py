@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -131,6 +132,35 @@ async def test_a_reply_cut_short_is_judged_by_its_status(
     assert (stats.sent, stats.retried) == (sent, requests - 1)
     if status == 503:
         assert stats.last_error == "slack: HTTP 503 'partial'"
+
+
+@pytest.mark.parametrize(
+    ("make", "reply"),
+    [
+        # The status line at once, then a body that stops: the per-read timeout of the
+        # reply is the attempt's own bound, which ended the attempt first.
+        (lambda url: WebhookSink(f"{url}/hook", timeout=0.5), Reply(200, stall=3.0, cut=True)),
+        # A body that keeps coming, a byte at a time: no read ever times out.
+        (
+            lambda url: SlackSink(f"{url}/services/T/B/x", timeout=0.3, reply_timeout=0.5),
+            Reply(200, trickle=0.1, cut=True),
+        ),
+    ],
+    ids=["stalled-body", "trickled-body"],
+)
+async def test_a_2xx_whose_body_never_ends_is_delivered_once(
+    receiver: Receiver, make: Any, reply: Reply
+) -> None:
+    """The receiver accepted (its status line said 200), then its body stalls or trickles
+    past the attempt's deadline: the attempt timed out as a whole, and the notification
+    was posted again (a second Slack message), though the docs judge a reply by its
+    status line."""
+    receiver.script.append(reply)
+    sink = make(receiver.url)
+    sink._sleep = SleepRecorder()
+    stats = await deliver_one(sink)
+    assert len(receiver.requests) == 1
+    assert (stats.sent, stats.retried, stats.dropped) == (1, 0, 0)
 
 
 async def test_a_slow_webhook_answer_is_retried_with_the_same_idempotency_key(

@@ -24,7 +24,7 @@ import httpx
 
 from ._mask import mask_text
 from ._model import DeliveryError
-from ._sink import AlertSink, SinkOptions
+from ._sink import AlertSink, SinkOptions, mark_accepted
 
 # Worth another attempt: the receiver's own "try later" answers. 408 is a request the
 # server gave up reading (an idle or slow connection), not a judgement of its content.
@@ -158,8 +158,12 @@ class HttpPoster:
             raise DeliveryError(
                 f"{label}: {type(error).__name__}{_os_reason(error)}", retryable=True
             ) from None
-        reply = await _read_reply(response)
         status = response.status_code
+        if 200 <= status < 300:
+            # The status line is the answer: a body that then stalls or trickles past the
+            # attempt's deadline must not make it a failure, and a second post.
+            mark_accepted()
+        reply = await _read_reply(response)
         if 200 <= status < 300:
             return bytes(reply[:MAX_REPLY_BYTES])
         excerpt = mask_text(

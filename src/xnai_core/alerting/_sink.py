@@ -34,6 +34,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import ClassVar, TypedDict
 
@@ -52,6 +53,29 @@ SLOW_REPLY_TIMEOUT = 60.0
 DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "gave_up", "shutdown")
 
 Sleep = Callable[[float], Awaitable[object]]
+
+
+class _Attempt:
+    """One attempt of ``send()``: whether the destination has accepted already."""
+
+    __slots__ = ("accepted",)
+
+    def __init__(self) -> None:
+        self.accepted = False
+
+
+_attempt_var: ContextVar[_Attempt | None] = ContextVar("xnai_alert_attempt", default=None)
+
+
+def mark_accepted() -> None:
+    """Say, from within ``send()``, that the destination has accepted the notification
+    (an HTTP status line of 2xx): what the attempt still does (reading the rest of the
+    reply) cannot undo that, so running out of time from here on is no failure, and the
+    notification is not sent again. Outside an attempt it does nothing."""
+    attempt = _attempt_var.get()
+    if attempt is not None:
+        attempt.accepted = True
+
 
 # Every sink alive in this process, for the metrics adapters to read at scrape
 # time (weak: a sink dropped by its owner leaves no series and no leak behind).
@@ -623,6 +647,8 @@ class AlertSink:
         return max(0.0, min(due) - now) if due else None
 
     async def _attempt(self, note: Notification) -> DeliveryError | None:
+        attempt = _Attempt()
+        token = _attempt_var.set(attempt)
         try:
             async with asyncio.timeout(self.attempt_timeout):
                 await self.send(note)
@@ -631,10 +657,16 @@ class AlertSink:
                 self._safe(error.reason), retryable=error.retryable, retry_after=error.retry_after
             )
         except TimeoutError:
+            if attempt.accepted:
+                # Accepted, then the rest of the reply outlasted the attempt (a body that
+                # stalls or trickles): delivered. Retrying would post it a second time.
+                return None
             return DeliveryError(f"timed out after {self.attempt_timeout:g}s", retryable=True)
         except Exception as error:
             # A driver's surprise or a bug: its text may hold anything, so only its type.
             return DeliveryError(f"unexpected {type(error).__name__}", retryable=False)
+        finally:
+            _attempt_var.reset(token)
         return None
 
     def _delay_after(self, attempt: int, failure: DeliveryError) -> float:
