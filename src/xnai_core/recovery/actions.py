@@ -207,8 +207,11 @@ class OutputCapture:
                     del self._kept[: -(self._limit + _TAIL_CONTEXT)]
                     self._cut = True
 
-    def tail(self, drains: set[OutputCapture] | None) -> str:
-        """The last output, read up to now; then drop whatever comes (see the class)."""
+    def tail(self, drains: set[OutputCapture] | None, *, hand_off: bool = True) -> str:
+        """The last output, read up to now; then drop whatever comes (see the class).
+
+        ``hand_off=False``: no drainer is started (the caller has killed what was left
+        holding the pipe, and closes the capture)."""
         self._read()
         self._keeping = False
         kept, self._kept = bytes(self._kept), bytearray()
@@ -217,6 +220,8 @@ class OutputCapture:
         text = redact(kept.decode("utf-8", errors="replace"))
         if len(text.encode()) > self._limit:
             text = _last_whole_lines(text, self._limit)
+        if not hand_off:
+            return text
         if not self.closed and not self._hand_off() and drains is not None:
             self._drains = drains
             drains.add(self)

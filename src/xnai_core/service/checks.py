@@ -19,7 +19,8 @@ from .. import (
     HTTPHealthChecker,
     RedisHealthChecker,
 )
-from .._redact import redact, redact_argv
+from .._redact import argv_secrets, redact, redact_argv
+from ..recovery.actions import OutputCapture
 from .config import ServiceSpec
 
 __all__ = ["CommandHealthChecker", "TCPHealthChecker", "build_checker"]
@@ -57,8 +58,10 @@ class CommandHealthChecker(HealthChecker):
     """Runs an argument list (no shell); exit status 0 is healthy.
 
     The command runs in its own process group, killed whole when the check times out
-    or is cancelled, so no check leaves a process behind. The tail of its output is
-    the error text of a failed check, masked.
+    or is cancelled, so no check leaves a process behind. Its exit is its answer: what
+    it started and left running (a daemon holding its output) is killed then, not
+    waited for. The tail of its output (at most 300 bytes are kept, however much it
+    prints) is the error text of a failed check, masked.
     """
 
     def __init__(
@@ -71,30 +74,44 @@ class CommandHealthChecker(HealthChecker):
         return {"command": " ".join(redact_argv(self.command))}
 
     async def probe(self) -> Mapping[str, object]:
+        capture = OutputCapture(limit=_OUTPUT_TAIL)
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=capture.write_fd,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
         except OSError as exc:
+            capture.close()
             raise HealthCheckError(f"cannot run {self.command[0]!r}: {exc.strerror}") from None
-        try:
-            output, _ = await process.communicate()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+            capture.close()
+            raise
+        capture.started()
+        try:
+            code = await process.wait()
+        except BaseException:
+            _kill_group(process.pid)
             with contextlib.suppress(Exception):
                 await asyncio.shield(process.wait())
+            capture.close()
             raise
-        if process.returncode != 0:
-            tail = output.decode(errors="replace").strip()[-_OUTPUT_TAIL:]
-            raise HealthCheckError(
-                f"exit status {process.returncode}" + (f": {redact(tail)}" if tail else "")
-            )
+        _kill_group(process.pid)  # what it left behind, holding the pipe or not
+        try:
+            # A program may print its own arguments: the ones that are secrets go too.
+            tail = redact(capture.tail(None, hand_off=False), argv_secrets(self.command)).strip()
+        finally:
+            capture.close()
+        if code != 0:
+            raise HealthCheckError(f"exit status {code}" + (f": {tail}" if tail else ""))
         return {"exit_status": 0}
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def build_checker(spec: ServiceSpec) -> HealthChecker:
