@@ -7,6 +7,7 @@ Skipped, saying why, only when Chromium or Playwright is not installed
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import textwrap
 from collections.abc import Iterator
@@ -303,3 +304,29 @@ def _shared_state(prefix: str) -> str:
     if shown.code == 1:
         return "closed"  # never written: a fresh circuit
     return str(shown.json()["state"])
+
+
+def test_a_token_beyond_latin_1_unlocks_the_controls(
+    browser: Any, tmp_path: Path, prefix: str
+) -> None:
+    """``fetch`` refuses a header value beyond Latin-1 (a TypeError): with a token holding
+    a "€" every poll failed, and the page said "reconnecting..." for ever. The page now
+    sends the token's UTF-8 bytes, which the service compares."""
+    expect = sync_api.expect
+    token = "Kontroll-ö-€-0123456789"
+    with http_service() as (api, _), http_service() as (victim, _):
+        path = config(tmp_path / "s.toml", api, victim, prefix)
+        with dashboard(
+            browser, path, {"XNAI_TEST_DASH_TOKEN": token}, viewport={"width": 1200, "height": 900}
+        ) as view:
+            page = view.page
+            open_button = page.get_by_role("button", name="open circuit llm")
+            expect(open_button).to_be_disabled(timeout=15_000)
+            page.get_by_label("Control token").fill(token)
+            page.get_by_role("button", name="Use token").click()
+            expect(open_button).to_be_enabled(timeout=10_000)
+            expect(page.locator("#token-state")).to_have_text("controls unlocked, details shown")
+            expect(page.locator("#connection")).to_have_text(re.compile("^live"))
+            open_button.click()
+            expect(page.locator("#token-state")).to_have_text("llm: open done", timeout=10_000)
+            assert _shared_state(prefix) == "open"

@@ -498,6 +498,28 @@ def test_a_redis_url_that_reaches_no_redis_does_not_stop_the_service_starting(
         assert [c["name"] for c in proc.state()["circuits"]] == ["llm"]
 
 
+def test_a_non_ascii_token_opens_the_dashboards_api_and_the_ops_routes_alike(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    """One token, two surfaces of one service, two compares: ``/ops`` matched the bytes
+    sent against the token's UTF-8 and ``/api`` re-encoded the header as UTF-8, so a
+    token sent as UTF-8 (curl, httpx) opened ``/ops`` only, one sent as Latin-1 (a
+    browser, for an "ö") ``/api`` only. Now both compare the bytes sent to its UTF-8."""
+    import httpx
+
+    token = "Kontroll-ö-€-0123456789"
+    config = write(tmp_path / "s.toml", MONITOR + http("api", "http://127.0.0.1:1/"))
+    proc = launch(service, config, env={"XNAI_TEST_SERVE_TOKEN": token})
+    assert wait_for(lambda: proc.service("api")["status"] == "unhealthy", 20)
+    right = {b"Authorization": b"Bearer " + token.encode()}
+    wrong = {b"Authorization": b"Bearer " + token.encode()[:-1] + b"!"}
+    for headers, granted in ((right, True), (wrong, False)):
+        state = httpx.get(proc.url + "/api/state", headers=headers, timeout=5).json()
+        assert state["sensitive"] is granted
+        health = httpx.get(proc.url + "/ops/health", headers=headers, timeout=5).json()
+        assert ("details" in health["services"]["api"]) is granted
+
+
 def test_api_state_hides_what_ops_health_hides_without_the_token(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

@@ -169,7 +169,7 @@ async def test_control_routes_need_the_token(
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("xnai_core.web.ops.hmac.compare_digest", spy)
+    monkeypatch.setattr("xnai_core.web._auth.hmac.compare_digest", spy)
     breaker = registry.get("llm")
     app = app_for(None, registry, control_token=TOKEN)
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import importlib.util
 import json
 import logging
@@ -38,6 +37,7 @@ from starlette.routing import Mount, Route
 
 from .._redact import redact
 from .._singleflight import SingleFlight
+from ..web._auth import bearer_matches
 from ._schema import ConfigError
 from .config import ServiceConfig, load_config
 from .entry import take_early_hup
@@ -133,12 +133,9 @@ def _make_ops_app(runtime: ServiceRuntime) -> ASGIApp:
 
 
 def _authorized(request: Request, token: str | None) -> bool:
-    if token is None:
-        return False
-    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        offered.strip().encode(), token.encode()
-    )
+    """The check of ``create_ops_app``'s routes: one token opens both or neither."""
+    expected = None if token is None else token.encode()
+    return bearer_matches(request.headers.get("authorization", ""), expected)
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")

@@ -27,7 +27,6 @@ routes tell a stranger which of your dependencies is down.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
 from ..health.monitor import HealthMonitor
 from ..health.result import HealthStatus
 from ..metrics._labels import valid_text
+from ._auth import bearer_matches
 
 Breakers = CircuitBreakerRegistry | Mapping[str, CircuitBreaker] | Iterable[CircuitBreaker]
 
@@ -93,14 +93,7 @@ def _breakers_by_name(breakers: Breakers | None) -> Callable[[], dict[str, Circu
 
 def _authorized(request: Request, token: bytes | None) -> bool:
     """Whether the request bears ``token``, compared in constant time."""
-    if token is None:
-        return False
-    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent
-    # (a non-ASCII token arrives as its UTF-8 bytes, as the token is encoded).
-    return hmac.compare_digest(offered.strip().encode("latin-1"), token)
+    return bearer_matches(request.headers.get("authorization", ""), token)
 
 
 def _unauthorized() -> Response:

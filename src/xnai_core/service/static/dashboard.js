@@ -33,6 +33,13 @@ function when(epoch) {
   return new Date(epoch * 1000).toLocaleTimeString();
 }
 
+// The token as an Authorization value: its UTF-8 bytes, one character each. fetch()
+// refuses a header beyond Latin-1 (a TypeError: every poll failed with a "€" in the
+// token); the service compares the bytes sent with the token's UTF-8.
+function bearer(secret) {
+  return `Bearer ${Array.from(new TextEncoder().encode(secret), (b) => String.fromCharCode(b)).join("")}`;
+}
+
 function badge(state, label) {
   return el("span", { class: `badge ${state}`, text: label || state.replace("_", "-") });
 }
@@ -86,7 +93,7 @@ async function control(name, action) {
   const status = document.getElementById("token-state");
   try {
     const reply = await fetch(`/api/circuits/${encodeURIComponent(name)}/${action}`, {
-      method: "POST", headers: { Authorization: `Bearer ${token}` },
+      method: "POST", headers: { Authorization: bearer(token) },
     });
     if (reply.status === 401) {
       token = null;
@@ -187,7 +194,7 @@ async function poll() {
     // With the token entered, the state includes what only its bearer sees (targets,
     // error texts, reasons), as /ops/health does.
     const sent = token;
-    const headers = sent === null ? {} : { Authorization: `Bearer ${sent}` };
+    const headers = sent === null ? {} : { Authorization: bearer(sent) };
     const reply = await fetch("/api/state", { cache: "no-store", headers });
     if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
     const state = await reply.json();
