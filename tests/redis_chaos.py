@@ -118,6 +118,7 @@ class RecordingStore(RedisStore):
         self.trials: dict[tuple[int, int], dict[str, Any]] = {}
         self.duplicates: list[tuple[int, int]] = []
         self.transitions: list[dict[str, Any]] = []
+        self.mirror.observer = self._observe
 
     def _note(self, admission: Admission | None, asked: float) -> None:
         if admission is None or admission.ticket is None or not admission.ticket.permit:
@@ -167,15 +168,7 @@ class RecordingStore(RedisStore):
         self._ended(ticket, "release")
         await super().release(ticket)
 
-    def _install(
-        self,
-        old: Snapshot,
-        new: Snapshot,
-        reason: str | None,
-        *,
-        announce: bool = True,
-        remote: bool = False,
-    ) -> None:
+    def _observe(self, old: Snapshot, new: Snapshot, reason: str | None) -> None:
         if new.epoch != old.epoch or new.state is not old.state:
             self.transitions.append(
                 {
@@ -188,7 +181,6 @@ class RecordingStore(RedisStore):
                     "reason": reason,
                 }
             )
-        super()._install(old, new, reason, announce=announce, remote=remote)
 
 
 async def _lag_meter(lags: list[tuple[float, float]], stop: asyncio.Event) -> None:

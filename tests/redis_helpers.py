@@ -400,6 +400,6 @@ def intercept_script(store: Any, name: str, around: Around) -> None:
     ``around(real, kwargs)`` may await ``real(**kwargs)`` (the script in Redis) and do
     things before or after it: the network delivering an answer late, say.
     """
-    scripts: dict[str, Any] = store._link.scripts
+    scripts: dict[str, Any] = store.link.scripts
     real = scripts[name]
     scripts[name] = _Intercepted(getattr(real, "_real", real), around)

@@ -39,7 +39,7 @@ async def rendezvous(client: Any, spec: dict[str, Any], suffix: str = "") -> Non
 
 
 def breaker_client(breaker: CircuitBreaker) -> Any:
-    return cast(RedisStore, breaker.store)._client
+    return cast(RedisStore, breaker.store).client
 
 
 async def fail(breaker: CircuitBreaker, spec: dict[str, Any]) -> dict[str, Any]:

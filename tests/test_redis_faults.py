@@ -494,7 +494,7 @@ async def test_11_a_hundred_thousand_dropped_breakers_leave_memory_flat() -> Non
     keeper = RedisStore(cfg(name="keeper"), client, op_timeout=0.2)
     try:
         await keeper.start()
-        link = keeper._link
+        link = keeper.link
         assert link is not None
         await churn(client, 0, 10_000, batch=1_000)
         await bookkeeping_drains(link, 1)
@@ -517,7 +517,7 @@ async def test_11_breakers_loaded_from_redis_and_dropped_leave_memory_flat(
     keeper = RedisStore(cfg(name="keeper"), client)
     try:
         await keeper.start()
-        link = keeper._link
+        link = keeper.link
         assert link is not None
         await churn(client, 0, 500)  # warm-up: pools, caches, the allocator's arenas
         await bookkeeping_drains(link, 1)
@@ -815,7 +815,7 @@ async def test_22_a_request_is_recognised_for_as_long_as_a_copy_of_it_can_arrive
     clock = Clock()
     store = stores(cfg(failure_threshold=1000), proxied=False, clock=clock)
     await store.start()
-    link = store._link
+    link = store.link
     assert link is not None
     args = (str(store.snapshot().epoch), "0", "1")
 

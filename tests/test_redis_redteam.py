@@ -712,7 +712,7 @@ async def test_trips_of_names_this_process_never_uses_leave_its_memory_flat(
     listener = direct.pubsub()
     try:
         await keeper.start()
-        link: Any = keeper._link
+        link: Any = keeper.link
         assert link is not None
         await listener.psubscribe("xnai:cb:*")
         await fail_once(tripper)

@@ -252,7 +252,7 @@ async def test_a_stale_ticket_is_refused_by_redis_itself(
     newer = fresh.snapshot().epoch
     assert newer > old.epoch
     # Ask Redis directly, as a process whose mirror has not heard yet would.
-    await a._call("failure", (str(old.epoch), "0"))
+    await a.run_script("failure", (str(old.epoch), "0"))
     assert (await shared_redis.hget(a.key, "state")) == b"closed"
     assert int(await shared_redis.hget(a.key, "epoch") or 0) == newer
 
@@ -568,8 +568,8 @@ async def test_an_answer_that_arrives_after_redis_went_away_is_not_mirrored(
 
     async def late(real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         raw = await real(**kwargs)
-        assert store._link is not None
-        store._link.mark_down(ConnectionError("another operation failed meanwhile"))
+        assert store.link is not None
+        store.link.mark_down(ConnectionError("another operation failed meanwhile"))
         for _ in range(3):
             await store.record_failure(Ticket(store.snapshot().epoch))
         assert store.snapshot().state is CircuitState.OPEN
@@ -598,8 +598,8 @@ async def test_a_trip_made_here_while_reconciling_is_kept(
         return await real(**kwargs)
 
     intercept_script(store, "reconcile", tripping)
-    assert store._link is not None
-    store._link.mark_down(ConnectionError("simulated outage"))
+    assert store.link is not None
+    store.link.mark_down(ConnectionError("simulated outage"))
     await eventually(lambda: store.available, timeout=5)
     assert calls >= 2
     assert store.snapshot().state is CircuitState.OPEN
@@ -639,11 +639,11 @@ async def test_an_unreadable_answer_is_one_circuits_problem(
     assert not any("unreachable" in m for m in redis_warnings(caplog))
     # After an outage the link reconciles every circuit: the unreadable one stays local,
     # the others come back.
-    assert poison._link is not None
-    poison._link.mark_down(ConnectionError("simulated outage"))
+    assert poison.link is not None
+    poison.link.mark_down(ConnectionError("simulated outage"))
     await eventually(lambda: healthy.available, timeout=5)
     assert not poison.available
-    assert poison._link.down is False
+    assert poison.link.down is False
 
 
 async def test_an_answer_from_a_replaced_hash_is_not_mirrored(
@@ -757,7 +757,7 @@ async def test_redis_counts_trial_successes_against_the_permits(stores: StoreFac
     await a.record_success(first.ticket)
     assert a.snapshot().state is CircuitState.HALF_OPEN
     # B's admission script, as a process whose mirror has not heard yet would run it.
-    reply = await b._call("admit", ())
+    reply = await b.run_script("admit", ())
     assert reply is not None
     assert (reply.admitted, reply.permit) == (0, 0)
 
@@ -770,5 +770,5 @@ async def test_a_stale_success_is_refused_by_redis_itself(
     for _ in range(2):
         await fail_once(fresh)
     assert (await shared_redis.hget(a.key, "failures")) == b"2"
-    await a._call("success", (str(old.epoch), "0"))
+    await a.run_script("success", (str(old.epoch), "0"))
     assert (await shared_redis.hget(a.key, "failures")) == b"2"

@@ -22,15 +22,18 @@ Rules:
   one lease from now.
 
 A store shared between processes keeps a mirror of the circuit and answers some
-questions without asking the others: :func:`answer_locally` and the
-``*_changes`` predicates say when that is the same answer the machine would give.
+questions without asking the others: :func:`answer_locally`, :func:`is_hot`,
+:func:`trips` and the ``*_changes`` predicates say when that is the same answer the
+machine would give. Every rule is here once; the Lua scripts of the Redis store
+(:mod:`.redis_scripts`) are its only second copy.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from .config import CircuitBreakerConfig
 
@@ -79,6 +82,9 @@ class Admission(NamedTuple):
     ticket: Ticket | None  # None: rejected
     retry_after: float | None = None  # seconds until a call may be admitted; None: unknown
 
+
+Step: TypeAlias = Callable[[Snapshot, float], Snapshot]
+"""One event applied to a snapshot at a time: how a store applies the machine."""
 
 _FORCED_OPEN = Admission(None, None)
 _ALL_PERMITS_TAKEN = Admission(None, None)
@@ -158,6 +164,20 @@ def answer_locally(snap: Snapshot, config: CircuitBreakerConfig, now: float) -> 
     if live + snap.half_open_successes >= config.half_open_max_calls:
         return _ALL_PERMITS_TAKEN
     return None
+
+
+def is_hot(snap: Snapshot) -> bool:
+    """Whether admitting a call and recording its success change nothing: closed with
+    no failure counted (a shared store adds: and no failure report on its way)."""
+    return snap.state is CLOSED and snap.failure_count == 0
+
+
+def trips(snap: Snapshot, config: CircuitBreakerConfig, failures: int) -> bool:
+    """Whether ``failures`` more counted failures of the current epoch open the circuit:
+    any in a half-open episode, the threshold's in a closed one."""
+    if snap.state is HALF_OPEN:
+        return True
+    return snap.state is CLOSED and snap.failure_count + failures >= config.failure_threshold
 
 
 def success_changes(snap: Snapshot, ticket: Ticket) -> bool:
@@ -252,6 +272,16 @@ def force(snap: Snapshot, state: CircuitState, now: float) -> Snapshot:
     if state is HALF_OPEN:
         return _half_open(snap)
     return _close(snap)
+
+
+def reset(snap: Snapshot) -> Snapshot:
+    """Back to a fresh closed circuit (a new epoch: no earlier call's result counts)."""
+    return Snapshot(epoch=snap.epoch + 1, next_permit=snap.next_permit)
+
+
+def force_reason(state: CircuitState) -> str:
+    """What a transition made by :func:`force` to ``state`` is called."""
+    return "forced open" if state is OPEN else f"forced {state.value}"
 
 
 def transition_reason(old: Snapshot, new: Snapshot) -> str:

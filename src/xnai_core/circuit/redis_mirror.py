@@ -97,11 +97,3 @@ def is_repair(gen: str) -> bool:
     """Whether lineage ``gen`` replaced a malformed hash (odd) rather than a missing
     one (even): a repair resets the circuit on purpose, a loss is written back."""
     return int(gen) % 2 == 1
-
-
-def is_hot(snap: Snapshot, failures_pending: bool) -> bool:
-    """Whether a call may skip the store: closed, no failure counted or on its way.
-
-    While it holds, admitting a call and recording its success change nothing.
-    """
-    return snap.state is CircuitState.CLOSED and snap.failure_count == 0 and not failures_pending

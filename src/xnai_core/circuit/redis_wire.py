@@ -78,6 +78,14 @@ class Wire:
         self._acks: list[str] = []
         self._unreadable_logged = False
 
+    def now(self) -> float:
+        """The scripts' clock as this process estimates it (seconds): ``clock``, or
+        Redis TIME through the link's offset (this host's wall clock before that)."""
+        if self._clock is not None:
+            return self._clock()
+        link = self.link
+        return link.redis_now() if link is not None else time.time()
+
     def send(self, script: str, extra: Sequence[str], rid: str = "") -> ScriptRun:
         """Start ``script`` with ``extra`` arguments and request id ``rid`` ("": none)."""
         link = self.link

@@ -135,8 +135,7 @@ class MemoryStore:
 
     def _install(self, new: Snapshot) -> None:
         self._snap = new
-        hot = new.state is CircuitState.CLOSED and new.failure_count == 0
-        self.hot_epoch = new.epoch if hot else None
+        self.hot_epoch = new.epoch if machine.is_hot(new) else None
 
     def _announce(self, old: Snapshot, new: Snapshot, reason: str | None) -> None:
         if new.epoch == old.epoch:
@@ -172,14 +171,10 @@ class MemoryStore:
         self._apply(lambda snap, now: machine.on_release(snap, ticket))
 
     async def force(self, state: CircuitState) -> None:
-        reason = "forced open" if state is CircuitState.OPEN else f"forced {state.value}"
-        self._apply(lambda snap, now: machine.force(snap, state, now), reason)
+        self._apply(lambda snap, now: machine.force(snap, state, now), machine.force_reason(state))
 
     async def reset(self) -> None:
-        def fresh(snap: Snapshot, now: float) -> Snapshot:
-            return Snapshot(epoch=snap.epoch + 1, next_permit=snap.next_permit)
-
-        self._apply(fresh, "reset")
+        self._apply(lambda snap, now: machine.reset(snap), "reset")
 
     async def close(self) -> None:
         return None
