@@ -29,6 +29,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _redis_pid(port: int) -> int | None:
+    """The process id of the redis-server answering on ``port`` (None: none answers yet)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                reply += chunk
+                if not reply.startswith(b"$"):  # LOADING, NOAUTH...: not ready, or not ours
+                    return None
+                size, found, body = reply.partition(b"\r\n")
+                if found and len(body) >= int(size[1:]) + 2:
+                    break
+    except (OSError, ValueError):
+        return None
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":", 1)[1])
+    return None
+
+
+def wait_for_own_redis(process: subprocess.Popen[bytes], port: int, bound: float = 20.0) -> bool:
+    """Wait until ``process`` (a redis-server told to listen on ``port``) answers there.
+
+    False when it exited first: another process holds the port (it was free when picked).
+    """
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if _redis_pid(port) == process.pid:
+            return True
+        time.sleep(0.02)
+    process.kill()
+    process.wait(timeout=10)
+    raise RuntimeError(f"redis-server on port {port} did not answer within {bound:g}s")
+
+
 @dataclass
 class PrivateRedis:
     """A redis-server of the test's own, on a free loopback port: safe to stop, hang or kill."""
@@ -37,41 +78,43 @@ class PrivateRedis:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="xnai-redis-")))
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    _started: bool = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start (or restart) the server on the same port and wait until it answers."""
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
+        """Start (or restart) the server on its port and wait until it answers.
+
+        Other tests (of this run or another) pick free ports too: when the port was taken
+        between picking and binding, the first start moves to a new one, and a PONG from
+        somebody else's server on the port is never taken for this one's."""
+        for _ in range(5):
+            self.process = subprocess.Popen(
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    *self.extra_args,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if wait_for_own_redis(self.process, self.port):
+                self._started = True
+                return
+            if self._started:  # a restart must keep its port: clients know it
+                break
+            self.port = free_port()
         raise RuntimeError(f"private redis-server on port {self.port} did not start")
 
     def pause(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_own_redis
 from xnai_core import CircuitBreakerConfig, RedisStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,32 +175,10 @@ class LoopbackCluster:
         return [("127.0.0.1", port) for port in self.ports]
 
     def start(self) -> None:
-        server = shutil.which("redis-server") or "redis-server"
         for index in range(self.nodes):
-            port, bus = _free_port_pair()
             node_dir = self.workdir / str(index)
             node_dir.mkdir()
-            self.ports.append(port)
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        server,
-                        "--port", str(port),
-                        "--cluster-port", str(bus),
-                        "--bind", "127.0.0.1",
-                        "--cluster-enabled", "yes",
-                        "--cluster-config-file", str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout", "2000",
-                        "--save", "",
-                        "--appendonly", "no",
-                        "--dir", str(node_dir),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
-        for port in self.ports:
-            _wait_for_pong(port)
+            self._start_node(node_dir)
         subprocess.run(
             [
                 shutil.which("redis-cli") or "redis-cli",
@@ -221,6 +199,34 @@ class LoopbackCluster:
             time.sleep(0.05)
         raise RuntimeError("the loopback redis cluster did not reach cluster_state:ok")
 
+    def _start_node(self, node_dir: Path) -> None:
+        """Start one node and wait until it answers; ports taken by somebody else between
+        picking and binding (other tests pick free ports too) are picked again."""
+        server = shutil.which("redis-server") or "redis-server"
+        for _ in range(5):
+            port, bus = _free_port_pair()
+            process = subprocess.Popen(
+                [
+                    server,
+                    "--port", str(port),
+                    "--cluster-port", str(bus),
+                    "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout", "2000",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(node_dir),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.processes.append(process)
+            if wait_for_own_redis(process, port):
+                self.ports.append(port)
+                return
+        raise RuntimeError("no free ports for a redis cluster node")
+
     def client(self, **kwargs: Any) -> aioredis.RedisCluster:
         nodes = [aioredis.cluster.ClusterNode(host, port) for host, port in self.startup_nodes]
         return aioredis.RedisCluster(startup_nodes=nodes, **kwargs)
@@ -237,18 +243,6 @@ def _send(port: int, command: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
         sock.sendall(command)
         return sock.recv(4096)
-
-
-def _wait_for_pong(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if _send(port, b"PING\r\n").startswith(b"+PONG"):
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"redis-server on port {port} did not start")
 
 
 def _cluster_ok(port: int) -> bool:
