@@ -458,3 +458,25 @@ def test_a_hostile_file_is_a_config_error_not_a_crash(
         assert ran.err.startswith(f"xnai-core: {path}: {expected}"), ran.err[-500:]
         assert ran.err.count("\n") == 1
         assert "Traceback" not in ran.err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[services]]\nname = "' + "a" * 1_000_000 + '"\ntype = "tcp"\nhost = "h"\nport = 1\n',
+        "[monitor]\n" + "k" * 1_000_000 + " = 1\n",
+        '[[services]]\nname = "a"\ntype = "' + "x" * 1_000_000 + '"\n',
+    ],
+    ids=["value", "key", "choice"],
+)
+def test_an_error_quotes_a_huge_value_or_key_in_part(tmp_path: Path, text: str) -> None:
+    """A value or key of a megabyte was echoed whole: a one-line error of a megabyte
+    (journald cuts lines at 48 KiB, a terminal scrolls for pages). It is quoted in part,
+    the line still naming the file, the key and the rule."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert len(message) < 1_000, message[:2_000]
+    assert message.startswith(f"{path}: "), message
+    assert "characters" in message  # says how much was left out

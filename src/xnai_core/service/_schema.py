@@ -20,6 +20,8 @@ class ConfigError(ValueError):
     """Raised when a config file cannot be used: ``<file>: <key path>: <problem>``."""
 
     def __init__(self, key: str, problem: str, *, file: str = "<config>") -> None:
+        # A key or value of megabytes is quoted in part: the error stays one short line.
+        key, problem = _clipped(key, 200), _clipped(problem, 400)
         super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
         self.file = file
         self.key = key
@@ -28,6 +30,15 @@ class ConfigError(ValueError):
     def in_file(self, file: str) -> ConfigError:
         """The same error, naming ``file``."""
         return ConfigError(self.key, self.problem, file=file)
+
+
+def _clipped(text: str, limit: int) -> str:
+    """``text``, or its start and end around how much was left out when longer than
+    ``limit`` (the end may hold a did-you-mean)."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit // 2, limit // 5  # with the note, within limit: clipped once
+    return f"{text[:head]}...({len(text) - head - tail} characters)...{text[-tail:]}"
 
 
 def _problem(exc: Exception, field: str) -> str:
