@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -287,6 +288,41 @@ def test_circuits_commands_exit_codes_and_json(cb_prefix: str) -> None:
     assert reset.code == 0
     assert reset.json()["state"] == "closed"
     assert [v["name"] for v in run_cli("circuits", "list", *base, "--json").json()] == ["llm"]
+
+
+CONTROLS = ("\x1b", "\x07", "\u202e", "\r")
+
+
+def test_a_table_shows_control_characters_escaped_one_row_per_line(
+    cb_prefix: str, tmp_path: Path
+) -> None:
+    """A circuit name in Redis (any application writes them) and a check's output (a
+    script's colours, its lines) went into the tables raw: an escape sequence cleared
+    the operator's screen or retitled the terminal, a newline forged a row ("llm
+    closed" under a circuit that is open), U+202E reversed the text after it."""
+    base = ("--redis-url", SHARED_REDIS_URL, "--prefix", cb_prefix)
+    hostile = "evil\x1b[2J\x1b]0;pwned\x07\nllm  closed\u202e"
+    assert run_cli("circuits", "open", hostile, *base, "--yes", "--create").code == 0
+    table = run_cli("circuits", "list", *base)
+    assert table.code == 0, table.err
+    lines = table.out.splitlines()
+    assert len(lines) == 2, table.out
+    assert not any(char in table.out for char in CONTROLS), repr(table.out)
+    assert lines[1].startswith("evil\\x1b[2J"), lines[1]
+    assert "closed\\u202e  open (forced)  0  " in lines[1], lines[1]
+
+    script = "printf '\\033[31mERROR\\033[0m first\\nsecond line\\n'; exit 2"
+    command = json.dumps(["sh", "-c", script])  # a JSON string is a TOML basic string
+    path = write_config(
+        tmp_path, f'[[services]]\nname = "colours"\ntype = "command"\ncommand = {command}\n'
+    )
+    checked = run_cli("check", "--config", str(path))
+    assert checked.code == 2, checked.err
+    _, row, _ = checked.out.splitlines()
+    assert row.startswith("colours"), row
+    assert "ERROR" in row, row
+    assert "second line" in row, row
+    assert not any(char in checked.out for char in CONTROLS), repr(checked.out)
 
 
 @pytest.mark.parametrize("action", ["open", "close", "reset"])

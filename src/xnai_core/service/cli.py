@@ -558,7 +558,21 @@ def recovery_reset(target: Target, service: str, yes: bool, force: bool, as_json
 # -- output ------------------------------------------------------------------------------
 
 
+def _printable(text: str) -> str:
+    """``text`` on one line, every control and format character shown escaped (``\\x1b``,
+    ``\\n``, ``\\u202e``). Circuit names come from Redis, error texts from the checked
+    services and commands: raw, an escape sequence would act on the operator's terminal
+    (clear it, retitle it), a newline forge a row, a bidi override reverse what follows."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    rows = [[_printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo(
