@@ -436,3 +436,31 @@ async def test_a_circuit_whose_name_holds_a_slash_can_be_controlled() -> None:
         unknown = await http.post("/circuits/openai/gpt-4/explode", headers=auth)
         assert unknown.status_code == 404
         assert (await http.post("/circuits/openai/gpt-4/open")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("application/health+json", "application/health+json"),
+        ("Application/Health+JSON", "application/health+json"),  # media types ignore case
+        ("text/html, application/health+json;q=0.9", "application/health+json"),
+        ("application/health+json;q=0, application/json", "application/json"),  # refused
+        ("application/json, application/health+json;q=0.5", "application/json"),
+        ("application/health+json;q=0.8, application/json;q=0.5", "application/health+json"),
+        ("*/*", "application/json"),
+        ("", "application/json"),
+    ],
+)
+async def test_health_negotiates_health_json_by_q_and_in_any_case(
+    monitor: HealthMonitor, accept: str, expected: str
+) -> None:
+    """``/health`` served health+json whenever the header named it, even refused
+    (``q=0``) or ranked below plain JSON, and never when written in capitals; ranked by
+    ``q`` now, as ``/metrics`` ranks its formats."""
+    async with (
+        serving(app_for(monitor, None)) as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        await monitor.trigger_manual_check("cache")
+        answer = await http.get("/health", headers={"Accept": accept})
+        assert answer.headers["content-type"] == expected

@@ -4,54 +4,29 @@ prometheus_client's ``choose_encoder`` takes the first OpenMetrics entry of the
 ``Accept`` header whatever its ``q`` (a scraper that ranks the classic text format
 first, or refuses OpenMetrics with ``q=0``, still gets OpenMetrics), and its
 ``gzip_accepted`` ignores ``q=0`` likewise. Here the header's entries are ranked by
-their ``q`` first; prometheus_client still writes the chosen format.
+their ``q`` first (``xnai_core._accept``); prometheus_client still writes the chosen
+format.
 """
 
 from __future__ import annotations
 
 import gzip
-import math
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from .._accept import ranked
+
 _OPENMETRICS = "application/openmetrics-text"
 _TEXT = "text/plain"
-
-
-def _ranked(header: str) -> list[tuple[str, str]]:
-    """The entries of an ``Accept``-style header, most preferred first (ties in the
-    header's order), without those refused (``q=0``): (lower-case token, entry
-    without its ``q``)."""
-    ranked: list[tuple[float, int, str, str]] = []
-    for index, entry in enumerate(header.split(",")):
-        token, *params = (part.strip() for part in entry.split(";"))
-        if not token:
-            continue
-        quality, kept = 1.0, []
-        for param in params:
-            key, _, raw = param.partition("=")
-            if key.strip().lower() != "q":
-                kept.append(param)
-                continue
-            try:
-                quality = float(raw)
-            except ValueError:
-                quality = 1.0  # not a number: as if absent
-            if math.isnan(quality):
-                quality = 0.0
-        if quality > 0:
-            token = token.lower()
-            ranked.append((-min(quality, 1.0), index, token, ";".join([token, *kept])))
-    return [(token, entry) for _, _, token, entry in sorted(ranked)]
 
 
 def negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
     """The encoder and content type for an ``Accept`` header: OpenMetrics when it is
     preferred (in a version prometheus_client writes), else the text format; the
     text format also when the header names neither."""
-    for token, entry in _ranked(accept):
+    for token, entry in ranked(accept):
         if token == _OPENMETRICS:
             encoder, content_type = choose_encoder(entry)
             if content_type.startswith(_OPENMETRICS):
@@ -64,7 +39,7 @@ def negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
 
 def gzip_wanted(accept_encoding: str) -> bool:
     """Whether an ``Accept-Encoding`` header accepts gzip (not refused with ``q=0``)."""
-    return any(token in ("gzip", "x-gzip") for token, _ in _ranked(accept_encoding))
+    return any(token in ("gzip", "x-gzip") for token, _ in ranked(accept_encoding))
 
 
 def exposition(

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .._accept import ranked
 from .._extras import require
 from .._redact import redact
 from ..circuit.breaker import CircuitBreaker
@@ -105,8 +106,14 @@ def _unauthorized() -> Response:
 
 
 def _wants_health_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return any(part.split(";")[0].strip() == HEALTH_JSON_MEDIA_TYPE for part in accept.split(","))
+    """Whether health+json ranks before plain JSON in the ``Accept`` header (by ``q``;
+    refused with ``q=0``, it is not served; media types in any case)."""
+    for token, _ in ranked(request.headers.get("accept", "")):
+        if token == HEALTH_JSON_MEDIA_TYPE:
+            return True
+        if token == "application/json":
+            return False
+    return False
 
 
 def _public_report(report: Mapping[str, Any]) -> dict[str, Any]:
