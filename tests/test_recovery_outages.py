@@ -36,6 +36,19 @@ async def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _quiet(count: Callable[[], int], for_: float, timeout: float = 20.0) -> int:
+    """``count()`` once it has not changed for ``for_`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen, since = count(), time.monotonic()
+    while time.monotonic() - since < for_:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {timeout:g}s")
+        await asyncio.sleep(0.02)
+        if count() != seen:
+            seen, since = count(), time.monotonic()
+    return seen
+
+
 def _detail(manager: RecoveryManager, service: str = "web") -> dict[str, object]:
     return manager.get_recovery_stats()["services"][service]  # type: ignore[index, no-any-return]
 
@@ -141,7 +154,9 @@ async def test_a_stopped_monitor_is_not_made_to_check_by_a_verifying_manager(
     await _until(lambda: _detail(manager)["state"] == "verifying")
     await _until(lambda: counting_server.requests >= 5)  # it probes while it verifies
     await monitor.stop_monitoring()
-    stopped_at = counting_server.requests
+    # A request sent just before the stop may reach the server's thread after it: wait
+    # for quiet (the bug probed every 0.05 s, so it never comes), then for none at all.
+    stopped_at = await _quiet(lambda: counting_server.requests, for_=0.3)
     await asyncio.sleep(0.6)  # a dozen probes' worth of time
     assert counting_server.requests == stopped_at
     assert _detail(manager)["state"] == "verifying"  # paused, not given up
