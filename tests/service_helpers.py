@@ -256,3 +256,61 @@ def not_redis(reply: bytes) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def half_redis(answers: Mapping[str, bytes]) -> Iterator[str]:
+    """A loopback server speaking just enough RESP: the commands in ``answers`` get their
+    reply, every other one none, ever (a Redis that answers ``EXISTS`` and then stalls on
+    the circuit's scripts); yields its redis:// URL."""
+    import socketserver
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            buffer = b""
+            while data := self.request.recv(65536):
+                buffer += data
+                commands, buffer = _resp_commands(buffer)
+                for command in commands:
+                    reply = answers.get(command)
+                    if reply is None:
+                        while self.request.recv(65536):  # silent from here on
+                            pass
+                        return
+                    self.request.sendall(reply)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{server.server_address[1]}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _resp_commands(buffer: bytes) -> tuple[list[str], bytes]:
+    """The names (upper case) of the complete RESP commands at the start of ``buffer``,
+    and what is left of it."""
+    names: list[str] = []
+    while buffer.startswith(b"*"):
+        try:
+            end = buffer.index(b"\r\n")
+            position, parts = end + 2, []
+            for _ in range(int(buffer[1:end])):
+                end = buffer.index(b"\r\n", position)
+                length = int(buffer[position + 1 : end])
+                parts.append(buffer[end + 2 : end + 2 + length])
+                position = end + 2 + length + 2
+                if position > len(buffer):
+                    raise ValueError("incomplete")
+        except ValueError:
+            break
+        names.append(parts[0].decode().upper())
+        buffer = buffer[position:]
+    return names, buffer

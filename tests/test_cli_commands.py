@@ -377,6 +377,25 @@ def test_a_redis_url_that_reaches_no_redis_is_exit_4_in_one_line(reply: bytes) -
             assert ran.err.count("\n") == 1, (args, ran.err[-400:])
 
 
+def test_a_redis_that_stalls_after_answering_ends_a_command_within_its_timeout() -> None:
+    """A Redis that answers ``EXISTS`` and then nothing (the circuit's scripts stall): the
+    command waited the store's set-up deadline, made for long-lived breakers (20 s at a
+    2 s op timeout), instead of the 2 s per request every other step keeps to."""
+    from tests.service_helpers import half_redis
+
+    answers = {"CLIENT": b"+OK\r\n", "HELLO": b"-ERR unknown command\r\n", "EXISTS": b":1\r\n"}
+    with half_redis(answers) as url:
+        for args in (["show", "x"], ["open", "x", "--yes"], ["reset", "x", "--yes"]):
+            started = time.monotonic()
+            ran = run_cli("circuits", *args, "--redis-url", url)
+            took = time.monotonic() - started
+            assert ran.code == 4, (args, ran.err)
+            assert ran.err.startswith("xnai-core: Redis did not answer"), ran.err
+            # 2 s per request, a few requests: far below the 20 s it took (a deadline
+            # with room for a loaded machine, not a speed).
+            assert took < 12, (args, took)
+
+
 def test_circuits_open_is_seen_by_a_running_breaker_in_another_process(cb_prefix: str) -> None:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "tests.circuit_watcher", SHARED_REDIS_URL, cb_prefix, "llm"],

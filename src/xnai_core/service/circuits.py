@@ -172,7 +172,15 @@ class SharedCircuits:
         )
         store = breaker.store
         assert isinstance(store, RedisStore)
-        await store.start()
+        try:
+            # Within this client's timeout, as every other request here: the store's own
+            # set-up deadline (20 s at a 2 s op_timeout) is for a long-lived breaker that
+            # must come up over a slow link, not for a command an operator waits on.
+            async with asyncio.timeout(self.timeout):
+                await store.start()
+        except TimeoutError:
+            await store.close()
+            raise RedisUnavailableError(f"Redis did not answer (reading {name!r})") from None
         if not store.available:
             await store.close()
             raise RedisUnavailableError(f"Redis did not answer (reading {name!r})")
