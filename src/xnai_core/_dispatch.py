@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._redact import redact
-from ._validation import check_int, check_seconds
+from ._validation import MAX_THREADS, check_int, check_seconds, check_size
 
 __all__ = ["CallbackBusyError", "Dispatcher", "Job", "Lane", "is_async_callable"]
 
@@ -200,9 +200,9 @@ class Dispatcher:
         idle_timeout: float = 30.0,
         max_queued: int = 64,
     ) -> None:
-        self._max_workers = check_int("max_workers", max_workers, 1)
+        self._max_workers = check_int("max_workers", max_workers, 1, maximum=MAX_THREADS)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
-        self._max_queued = check_int("max_queued", max_queued, 0)
+        self._max_queued = check_size("max_queued", max_queued, 0)
         self._name = name
         self._log = log or logger
         self._workers: _Workers | None = None

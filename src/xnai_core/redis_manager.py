@@ -23,6 +23,7 @@ from redis.asyncio.connection import parse_url
 
 from ._redact import redact
 from ._redact import redact_url as redact_url  # public here since before _redact
+from ._validation import check_seconds, check_size
 
 logger = logging.getLogger("xnai_core.redis_manager")
 
@@ -143,19 +144,9 @@ class RedisConnectionManager:
         if not isinstance(redis_url, str):
             raise TypeError(f"'redis_url' must be a string: {type(redis_url).__name__}")
         parsed = _parse(redis_url)
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-            raise TypeError(f"'max_connections' must be an int: {max_connections!r}")
-        if max_connections < 1:
-            raise ValueError(f"'max_connections' must be >= 1: {max_connections!r}")
-        for name, value in (
-            ("health_check_interval", health_check_interval),
-            ("check_timeout", check_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"'{name}' must be a number of seconds: {value!r}")
-            if not 0 <= value < float("inf") or (name == "check_timeout" and value == 0):
-                rule = ">= 0" if name == "health_check_interval" else "> 0"
-                raise ValueError(f"'{name}' must be {rule} seconds: {value!r}")
+        check_size("max_connections", max_connections)
+        check_seconds("health_check_interval", health_check_interval, allow_zero=True)
+        check_seconds("check_timeout", check_timeout)
         # redis-py gets the URL without its user info, and the credentials apart: it
         # cannot misread a password with an unencoded '/' or '#' then, nor quote one.
         self._url = parsed.plain

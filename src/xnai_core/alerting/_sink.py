@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import ClassVar, TypedDict
 
 from .._backoff import delay as backoff_delay
-from .._validation import check_int, check_seconds
+from .._validation import check_int, check_seconds, check_size
 from ..health.alerts import Alert, Severity
 from ._mask import mask_text
 from ._model import DeliveryError, Notification, SinkStats
@@ -228,7 +228,7 @@ class AlertSink:
         self.repeat_interval = (
             None if repeat_interval is None else check_seconds("repeat_interval", repeat_interval)
         )
-        self.queue_size = check_int("queue_size", queue_size, 1)
+        self.queue_size = check_size("queue_size", queue_size)
         self.max_attempts = check_int("max_attempts", max_attempts, 1)
         self.backoff_base = check_seconds("backoff_base", backoff_base, allow_zero=True)
         self.backoff_max = check_seconds("backoff_max", backoff_max, allow_zero=True)

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .._validation import check_seconds
 from . import machine
 from .config import CircuitBreakerConfig
 from .machine import Admission, CircuitState, Snapshot, Step, Ticket
@@ -425,11 +426,8 @@ def _check(
         raise ValueError(f"'key_prefix' must be a non-empty string: {key_prefix!r}")
     if "{" in key_prefix or "}" in key_prefix:
         raise ValueError(f"'key_prefix' must not contain braces (hash tags): {key_prefix!r}")
-    for name, value in (("op_timeout", op_timeout), ("resync_interval", resync_interval)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"'{name}' must be > 0 seconds: {value!r}")
-        if value != value or value == float("inf"):
-            raise ValueError(f"'{name}' must be a finite number of seconds: {value!r}")
+    check_seconds("op_timeout", op_timeout)
+    check_seconds("resync_interval", resync_interval)
     if clock is not None and not callable(clock):
         raise TypeError(f"'clock' must be callable or None: {clock!r}")
     # A key the client cannot encode fails every script in redis-py's encoder, which

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .._validation import check_size
+
 StatValue = str | int | float | bool | None
 
 
@@ -58,10 +60,7 @@ class MemoryCache:
     """
 
     def __init__(self, max_entries: int = 1024, *, clock: Callable[[], float] = time.time) -> None:
-        if not isinstance(max_entries, int) or isinstance(max_entries, bool):
-            raise TypeError(f"'max_entries' must be an int: {max_entries!r}")
-        if max_entries < 1:
-            raise ValueError(f"'max_entries' must be >= 1: {max_entries!r}")
+        check_size("max_entries", max_entries)
         self.max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[CacheEntry, float]] = OrderedDict()

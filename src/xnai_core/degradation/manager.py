@@ -14,12 +14,12 @@ import enum
 import functools
 import inspect
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
+from .._validation import MAX_COUNT, check_int, check_optional_seconds
 from ..circuit.errors import CircuitOpenError
 from ..deadlines import wait_within
 from ..events import DegradationCall, HookPoint
@@ -192,8 +192,7 @@ class ServiceDegradationManager:
                 "'strategy' must have execute(call, error) and/or guard(call, proceed)"
                 f"{hint}: {strategy!r}"
             )
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise TypeError(f"'priority' must be an int: {priority!r}")
+        check_int("priority", priority, -MAX_COUNT)
         service = self._service(service_name)
         if any(reg.strategy is strategy for reg in service.strategies):
             raise ValueError(f"strategy {registered.name!r} is already added to {service_name!r}")
@@ -549,14 +548,7 @@ def _check_service_name(service_name: object) -> None:
 
 
 def _check_timeout(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be a number of seconds or None: {value!r}")
-    seconds = float(value)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"'{name}' must be > 0 seconds: {value!r}")
-    return seconds
+    return check_optional_seconds(name, value)
 
 
 def _as_tuple(value: ExceptionTypes) -> tuple[type[Exception], ...]:

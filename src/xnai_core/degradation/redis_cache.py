@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from .. import _backoff
 from .._redis_errors import POOL_FULL, REDIS_DOWN
-from .._validation import check_int, check_seconds
+from .._validation import check_seconds, check_size
 from ..circuit.redis_link import patiently
 from .cache import CacheEntry, StatValue
 from .cache_codec import UnencodableError, decode, encode
@@ -112,8 +112,8 @@ class RedisCache:
                 f"'probe_max_interval' must be >= 'probe_interval' ({self.probe_interval:g}): "
                 f"{probe_max_interval!r}"
             )
-        self.max_lookups = check_int("max_lookups", max_lookups, 1)
-        self.max_writes = check_int("max_writes", max_writes, 1)
+        self.max_lookups = check_size("max_lookups", max_lookups)
+        self.max_writes = check_size("max_writes", max_writes)
         self._in_flight = {"lookup": 0, "write": 0}
         self._busy = 0
         self._turns: dict[str, asyncio.Semaphore] = {}

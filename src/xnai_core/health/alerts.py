@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from .._dispatch import Dispatcher
+from .._validation import MAX_SECONDS, value_text
 from ._validate import check_int
 from .result import HealthCheckResult, HealthStatus
 
@@ -98,10 +99,13 @@ AlertHandler = Callable[[Alert], Awaitable[None] | None]
 
 def _threshold(name: str, value: object, low: float, high: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"'{name}' must be a number: {value!r}")
-    number = float(value)
+        raise TypeError(f"'{name}' must be a number: {value_text(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
     if math.isnan(number) or not low < number <= high:
-        raise ValueError(f"'{name}' must be in ({low:g}, {high:g}]: {value!r}")
+        raise ValueError(f"'{name}' must be in ({low:g}, {high:g}]: {value_text(value)}")
     return number
 
 
@@ -183,14 +187,16 @@ class AlertThresholds:
         failures = thresholds.get("consecutive_failures")
         return cls(
             success_rate=number(thresholds, "alert_thresholds", "success_rate", 100.0),
-            response_time=number(thresholds, "alert_thresholds", "response_time", math.inf),
+            response_time=number(thresholds, "alert_thresholds", "response_time", MAX_SECONDS),
             consecutive_failures=(
                 None
                 if failures is None
                 else check_int("alert_thresholds['consecutive_failures']", failures, 1)
             ),
             success_rate_clear=number(clear, "alert_clear_thresholds", "success_rate", 100.0),
-            response_time_clear=number(clear, "alert_clear_thresholds", "response_time", math.inf),
+            response_time_clear=number(
+                clear, "alert_clear_thresholds", "response_time", MAX_SECONDS
+            ),
         )
 
     def as_dict(self) -> dict[str, float]:

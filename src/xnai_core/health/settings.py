@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .._validation import MAX_HISTORY, MAX_THREADS
 from ._validate import check_int, check_seconds
 from .alerts import AlertThresholds
 from .fold import FoldConfig
@@ -55,7 +56,7 @@ class MonitorSettings:
             raise ValueError(
                 f"'check_timeout' must be <= check_interval ({interval:g}): {check_timeout!r}"
             )
-        history = check_int("history_size", history_size, 1)
+        history = check_int("history_size", history_size, 1, maximum=MAX_HISTORY)
         window = check_int("alert_window", alert_window, 1)
         if window > history:
             raise ValueError(
@@ -88,5 +89,7 @@ class MonitorSettings:
             ),
             alert_handler_timeout=_optional_seconds("alert_handler_timeout", alert_handler_timeout),
             callback_timeout=_optional_seconds("callback_timeout", callback_timeout),
-            callback_workers=check_int("callback_workers", callback_workers, 1),
+            callback_workers=check_int(
+                "callback_workers", callback_workers, 1, maximum=MAX_THREADS
+            ),
         )

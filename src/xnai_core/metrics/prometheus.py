@@ -48,7 +48,6 @@ Two ways to record, chosen by :func:`enable_prometheus`:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Iterable
@@ -64,6 +63,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import events
+from .._validation import check_seconds
 from . import _current
 from ._aggregate import Aggregate
 from ._alert_sinks import sink_counts
@@ -262,12 +262,7 @@ def enable_prometheus(
     object. Multiprocess mode is chosen when ``PROMETHEUS_MULTIPROC_DIR`` is set; each
     worker then writes what only it knows (Redis links, alert sinks' counters) every
     ``publish_interval`` seconds."""
-    if (
-        not isinstance(publish_interval, int | float)
-        or isinstance(publish_interval, bool)
-        or not 0 < publish_interval < math.inf
-    ):
-        raise ValueError(f"'publish_interval' must be > 0 seconds: {publish_interval!r}")
+    check_seconds("publish_interval", publish_interval)
     if registry is None:
         registry = REGISTRY
     if not isinstance(registry, CollectorRegistry):

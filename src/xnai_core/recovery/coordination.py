@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 import os
 import socket
 import uuid
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._redis_errors import REDIS_DOWN
+from .._validation import check_seconds
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -177,13 +177,7 @@ class RecoveryCoordinator:
     ) -> None:
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ValueError(f"'key_prefix' must be a non-empty string: {key_prefix!r}")
-        if (
-            not isinstance(timeout, int | float)
-            or isinstance(timeout, bool)
-            or not 0 < timeout < math.inf
-        ):
-            raise ValueError(f"'timeout' must be > 0 seconds: {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = check_seconds("timeout", timeout)
         self._client = redis_client
         self.key_prefix = key_prefix
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

@@ -24,13 +24,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import random as _random
 import time
 from collections.abc import Callable, Iterable
 
 from .._dispatch import Dispatcher
 from .._redact import redact
+from .._validation import MAX_HISTORY, check_int, check_optional_seconds, check_seconds
 from ..events import HookPoint, RecoveryAttempted, RecoveryEscalated
 from ..health.alerts import AlertHandler
 from .actions import ActionContext
@@ -50,12 +50,7 @@ logger = logging.getLogger("xnai_core.recovery")
 
 
 def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
-        rule = "> 0 seconds or None" if allow_none else "> 0 seconds"
-        raise ValueError(f"'{name}' must be {rule}: {value!r}")
-    return float(value)
+    return check_optional_seconds(name, value) if allow_none else check_seconds(name, value)
 
 
 class RecoveryManager:
@@ -95,10 +90,7 @@ class RecoveryManager:
             raise TypeError(f"'dry_run' must be a bool: {dry_run!r}")
         if coordinator is not None and not isinstance(coordinator, RecoveryCoordinator):
             raise TypeError(f"'coordinator' must be a RecoveryCoordinator: {coordinator!r}")
-        if not isinstance(history_size, int) or isinstance(history_size, bool):
-            raise TypeError(f"'history_size' must be an int: {history_size!r}")
-        if history_size < 1:
-            raise ValueError(f"'history_size' must be >= 1: {history_size!r}")
+        check_int("history_size", history_size, 1, maximum=MAX_HISTORY)
         self._clock = clock
         self._services: dict[str, ServiceState] = {}
         self._book = StatsBook(history_size)

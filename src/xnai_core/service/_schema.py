@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._validation import check_int, check_seconds
+from .._validation import MAX_COUNT, MAX_SECONDS, check_int, check_seconds
 
 
 class ConfigError(ValueError):
@@ -125,7 +125,7 @@ class Table:
         default: float | None,
         *,
         allow_zero: bool = False,
-        maximum: float | None = None,
+        maximum: float = MAX_SECONDS,
     ) -> float | None:
         value = self.raw(name)
         if value is None:
@@ -148,7 +148,7 @@ class Table:
         return float(value)
 
     def integer(
-        self, name: str, default: int | None, *, minimum: int, maximum: int | None = None
+        self, name: str, default: int | None, *, minimum: int, maximum: int = MAX_COUNT
     ) -> int | None:
         value = self.raw(name)
         if value is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._redact import MASK, redact, redact_argv, redact_url
+from .._validation import MAX_HISTORY
 from ..health.factories import (
     CHAINLIT_UI_URL_ENV,
     DATABASE_DSN_ENV,
@@ -489,7 +490,7 @@ def _monitor(table: Table) -> MonitorSpec:
     if failures is not None:
         thresholds["consecutive_failures"] = failures
     thresholds_table.done()
-    history = table.integer("history_size", 100, minimum=1, maximum=100_000)
+    history = table.integer("history_size", 100, minimum=1, maximum=MAX_HISTORY)
     window = table.integer("alert_window", 20, minimum=1)
     assert history is not None
     assert window is not None
