@@ -19,7 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.alerting_helpers import SleepRecorder, alert, all_text, resolved
+from tests.alerting_helpers import SleepRecorder, alert, all_text, resolved, wait_for
 from tests.conftest import free_port
 from xnai_core.alerting import EmailSink
 
@@ -327,3 +327,36 @@ def test_a_header_cannot_be_injected_through_an_alert() -> None:
     mail = sink.message(Notification(alert=raised, raised=raised, event="firing"))
     assert mail["Bcc"] is None
     assert "\n" not in mail["Subject"]
+
+
+class StallingMail(Mailbox):
+    """Greets and answers EHLO, then never answers MAIL FROM."""
+
+    mail_seen: bool = False
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        self.mail_seen = True
+        await asyncio.sleep(30)
+        envelope.mail_from = address
+        return "250 OK"
+
+
+async def test_a_server_that_stalls_before_taking_the_mail_does_not_hold_aclose() -> None:
+    """A server that stalls after EHLO: ``aclose(timeout=0.5)`` waited out the sink's own
+    ``timeout`` (30 s here), because the cancelled attempt first said goodbye politely
+    (QUIT, and waited for the answer of a server that answers nothing). A cancelled
+    attempt now cuts the connection; the mail is dropped at shutdown, as documented."""
+    mailbox = StallingMail()
+    for server in serve(mailbox):
+        sink = mail_sink(server.port, security="none", timeout=30.0, sleep=SleepRecorder())
+        sink.submit(alert())
+        await wait_for(lambda: mailbox.mail_seen)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await sink.aclose(timeout=0.5)
+        # A deadline with room for a loaded machine: it took the 30 s of `timeout`.
+        assert loop.time() - started < 10
+        assert sink.stats().dropped_by_reason["shutdown"] == 1
+        assert mailbox.mails == []

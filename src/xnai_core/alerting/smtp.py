@@ -262,8 +262,15 @@ class EmailSink(AlertSink):
                     await client.login(self.username, self._password.reveal())
                 # Flattened here, with our policy: the driver's own folds at 78.
                 refused, _ = await client.sendmail(self.mail_from, self.to, mail.as_bytes())
+            except asyncio.CancelledError:
+                # The attempt's deadline or aclose(): cut the connection, no goodbye. A
+                # QUIT awaited here waited for a stalled server for the driver's whole
+                # timeout, holding aclose() past its deadline (and the attempt past its).
+                client.close()
+                raise
             except BaseException:
-                await _goodbye(client)
+                # Refused: the goodbye is no part of the attempt either (bounded at aclose()).
+                self._farewell(client)
                 raise
             # The mail is accepted: a server that then stalls on QUIT cannot undo that, so
             # the goodbye is no part of the attempt (it timed the attempt out, and the mail
