@@ -520,6 +520,23 @@ def test_a_non_ascii_token_opens_the_dashboards_api_and_the_ops_routes_alike(
         assert ("details" in health["services"]["api"]) is granted
 
 
+def test_gzip_refused_with_q_0_is_not_sent(tmp_path: Path, service: list[ServiceProcess]) -> None:
+    """``Accept-Encoding: gzip;q=0, identity``: the service's compression (Starlette's
+    GZipMiddleware, which looks for "gzip" anywhere in the header) sent gzip anyway, to a
+    client that said it cannot read it, though ``/ops/metrics`` itself honoured the q."""
+    import httpx
+
+    config = write(tmp_path / "s.toml", MONITOR + http("api", "http://127.0.0.1:1/"))
+    proc = launch(service, config)
+    refused = {"Accept-Encoding": "gzip;q=0, identity"}
+    for path in ("/ops/metrics", "/dashboard.js"):  # both over the 1 KiB compressed
+        answer = httpx.get(proc.url + path, headers=refused, timeout=5)
+        assert answer.status_code == 200
+        assert "content-encoding" not in answer.headers, (path, answer.headers)
+        wanted = httpx.get(proc.url + path, headers={"Accept-Encoding": "gzip"}, timeout=5)
+        assert wanted.headers.get("content-encoding") == "gzip", path
+
+
 def test_api_state_hides_what_ops_health_hides_without_the_token(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ranked"]
+__all__ = ["gzip_accepted", "ranked"]
 
 
 def ranked(header: str) -> list[tuple[str, str]]:
@@ -35,3 +35,8 @@ def ranked(header: str) -> list[tuple[str, str]]:
             token = token.lower()
             ranking.append((-min(quality, 1.0), index, token, ";".join([token, *kept])))
     return [(token, entry) for _, _, token, entry in sorted(ranking)]
+
+
+def gzip_accepted(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts gzip (not refused with ``q=0``)."""
+    return any(token in ("gzip", "x-gzip") for token, _ in ranked(accept_encoding))

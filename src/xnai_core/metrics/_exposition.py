@@ -16,7 +16,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from .._accept import ranked
+from .._accept import gzip_accepted, ranked
 
 _OPENMETRICS = "application/openmetrics-text"
 _TEXT = "text/plain"
@@ -37,11 +37,6 @@ def negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
     return choose_encoder("")
 
 
-def gzip_wanted(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` header accepts gzip (not refused with ``q=0``)."""
-    return any(token in ("gzip", "x-gzip") for token, _ in ranked(accept_encoding))
-
-
 def exposition(
     registry: CollectorRegistry, accept: str = "", accept_encoding: str = ""
 ) -> tuple[bytes, dict[str, str]]:
@@ -55,7 +50,7 @@ def exposition(
     encoder, content_type = negotiate(accept)
     body = encoder(registry)
     headers = {"Content-Type": content_type}
-    if gzip_wanted(accept_encoding):
+    if gzip_accepted(accept_encoding):
         body = gzip.compress(body, compresslevel=6)
         headers["Content-Encoding"] = "gzip"
     return body, headers

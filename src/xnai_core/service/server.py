@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from .._accept import gzip_accepted
 from .._redact import redact
 from .._singleflight import SingleFlight
 from ..web._auth import bearer_matches
@@ -199,6 +200,29 @@ class _HostCheck:
         await self._app(scope, receive, send)
 
 
+class _Gzip:
+    """Starlette's GZipMiddleware for the requests that accept gzip, judged by ``q``.
+
+    GZipMiddleware looks for "gzip" anywhere in ``Accept-Encoding``: a client refusing it
+    (``gzip;q=0, identity``) got gzip all the same, though ``/ops/metrics`` itself had
+    honoured the q. Requests that do not accept it pass by the compression.
+    """
+
+    def __init__(self, app: ASGIApp, minimum_size: int) -> None:
+        self._app = app
+        self._gzip = GZipMiddleware(app, minimum_size=minimum_size)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"accept-encoding"), ""
+            )
+            if gzip_accepted(header):
+                await self._gzip(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
 def build_app(
     config: ServiceConfig, *, reload_path: str | None = None, bound_host: str | None = None
 ) -> Starlette:
@@ -312,7 +336,7 @@ def build_app(
                 _HostCheck,
                 hosts=allowed_hosts(config, config.host if bound_host is None else bound_host),
             ),
-            Middleware(GZipMiddleware, minimum_size=1024),
+            Middleware(_Gzip, minimum_size=1024),
         ],
         routes=[
             *(Route(path, page, methods=["GET"]) for path in _STATIC),
