@@ -26,11 +26,20 @@ says so in one line, :func:`describe` (type and message, credentials masked, bou
 ``POOL_FULL`` (``MaxConnectionsError``: every connection of the client's own pool is in
 use) is a ``ConnectionError`` subclass but no outage: Redis is fine, this process is
 busy. Catch it *before* ``REDIS_DOWN`` and wait for a connection.
+
+A ``READONLY`` reply (``ReadOnlyError``) means the connection reached a replica: a master
+demoted by a failover while the connection stayed open (a managed Redis's endpoint that
+moved to the new primary, a ``REPLICAOF`` by hand). redis-py keeps such a connection in
+its pool, so every later write on it would meet the replica again.
+:func:`forget_demoted` drops the pool's idle connections, so the next ones are made
+afresh (the endpoint resolved again; a Sentinel-managed pool asks the sentinels).
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
 
 from redis.exceptions import (
     ClusterDownError,
@@ -44,7 +53,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["POOL_FULL", "REDIS_DOWN", "describe"]
+__all__ = ["POOL_FULL", "REDIS_DOWN", "describe", "forget_demoted"]
+
+logger = logging.getLogger("xnai_core")
+
+# Closing idle sockets takes no round trip; bounded anyway.
+_FORGET_DEADLINE = 1.0
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -74,3 +88,23 @@ def describe(error: BaseException) -> str:
     if len(text) > _DESCRIBED_LENGTH:
         text = text[: _DESCRIBED_LENGTH - 3] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def forget_demoted(client: object, exc: BaseException) -> None:
+    """After ``exc``: if it is ``READONLY``, drop ``client``'s idle pooled connections.
+
+    A connection in use is left alone (its own next write fails the same way and comes
+    here too). A cluster client is left alone: it follows its slots map itself. Never
+    raises.
+    """
+    if not isinstance(exc, ReadOnlyError):
+        return
+    pool = getattr(client, "connection_pool", None)
+    disconnect = getattr(pool, "disconnect", None)
+    if disconnect is None:
+        return
+    try:
+        async with asyncio.timeout(_FORGET_DEADLINE):
+            await disconnect(inuse_connections=False)
+    except Exception:
+        logger.debug("dropping the connections that reached a replica failed", exc_info=True)

@@ -33,9 +33,10 @@ from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
+from redis.exceptions import ReadOnlyError
 
 from .. import _backoff
-from .._redis_errors import POOL_FULL, REDIS_DOWN
+from .._redis_errors import POOL_FULL, REDIS_DOWN, forget_demoted
 from . import redis_scripts
 from .redis_codec import describe, glob_escape, text
 
@@ -324,6 +325,9 @@ class RedisLink:
         self.errors += 1
         self.ready.clear()
         self.settled.set()
+        if isinstance(exc, ReadOnlyError) and not self.closed:
+            # The connection reached a demoted master: the reconnect must not reuse it.
+            self.spawn(forget_demoted(self.client, exc), name="xnai-redis-forget-demoted")
         if not isinstance(exc, REDIS_DOWN) and not self._logged_unexpected:
             self._logged_unexpected = True
             logger.error(

@@ -11,7 +11,8 @@ drops the answer and the rule is applied again to the new state.
 
 A hash that vanishes (or is rolled back) while this process holds it open is written
 back by the same script and rule, with one WARNING naming the key and a count in
-``redis_state_losses``; no transition is announced.
+``redis_state_losses``; no transition is announced. So is a loss the reconciliation after
+an outage finds (the script notes ``lost``: a new master that never had the opening).
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class Reconciler:
             reply = self._wire.read(run, "reconcile", rid)
             if reply is None:
                 return False
+            if "lost" in reply.notes:
+                # Redis lost the hash or the opening this process knew while it was away
+                # (restarted empty, failed over to a replica that lagged): written back.
+                self._count_loss("written back now that redis answers again")
             if mirror.synced:
                 # Another reconcile of this circuit (start() and the link's) won.
                 mirror.take(reply, None, installs, guard=False, remote=True)
@@ -98,15 +103,19 @@ class Reconciler:
         if self._writing_back or link is None:
             return
         self._writing_back = True
+        self._count_loss("writing it back")
+        link.spawn(self._write_back(link), name="xnai-redis-write-back")
+
+    def _count_loss(self, what: str) -> None:
         self.state_losses += 1
         logger.warning(
             "circuit '%s': redis key %r lost the open circuit (deleted, flushed, "
-            "evicted, or rolled back by a failover or an older snapshot); writing it back",
+            "evicted, or rolled back by a failover or an older snapshot); %s",
             self.config.name,
             self.key,
+            what,
             extra={"breaker": self.config.name, "key": self.key},
         )
-        link.spawn(self._write_back(link), name="xnai-redis-write-back")
 
     async def _write_back(self, link: RedisLink) -> None:
         """Put the open circuit back by the outage rule (over a closed circuit only;

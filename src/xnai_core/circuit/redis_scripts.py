@@ -60,7 +60,8 @@ permit taken (0: none); ``retry_after_us`` -1 when unknown; ``snapshot`` the
 state after the script, encoded as by :func:`encode`; ``note`` is ``""``,
 ``missing`` (hash created), ``malformed:<field>`` (hash reset), ``clamped``
 (stored times were ahead of now), ``replayed`` (a second run of a request),
-``pushed`` (``RECONCILE`` wrote the caller's open circuit), joined by ``;``.
+``pushed`` (``RECONCILE`` wrote the caller's open circuit), ``lost`` (beside
+``pushed``: because Redis had lost the hash or the opening the caller knew), joined by ``;``.
 
 A snapshot is PUBLISHed (same encoding) whenever a script changes the epoch,
 whether failures are pending, the trial permits, the trial successes, the
@@ -439,13 +440,13 @@ RECONCILE_BODY = """
 -- Redis wins.
 local changed = note ~= ''
 local push = false
+local seen = tonumber(ARGV[16] or '')
+local same = s.gen == ARGV[10] and s.epoch == seen
+local behind = s.gen == ARGV[10] and seen ~= nil and s.epoch < seen
 if ARGV[9] == '1' then
   if ARGV[15] == '1' and ARGV[14] == '1' then
     push = not (s.state == 'open' and s.forced == 1)
   else
-    local seen = tonumber(ARGV[16] or '')
-    local same = s.gen == ARGV[10] and s.epoch == seen
-    local behind = s.gen == ARGV[10] and seen ~= nil and s.epoch < seen
     push = s.state == 'closed' and (s.gen ~= ARGV[10] or behind or (ARGV[11] == '1' and same))
   end
 end
@@ -456,6 +457,8 @@ if push then
   s.forced = tonumber(ARGV[14])
   changed = true
   if note == '' then note = 'pushed' else note = note .. ';pushed' end
+  -- Written back because Redis lost what the caller knew (the hash, or the opening).
+  if ARGV[10] ~= '' and (s.gen ~= ARGV[10] or behind) then note = note .. ';lost' end
 end
 return finish(s, before, changed, note, -1, 0, -1)
 """

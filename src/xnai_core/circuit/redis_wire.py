@@ -209,7 +209,7 @@ class Wire:
                     item.partition(":")[2],
                     extra={"breaker": self.name, "key": self.key},
                 )
-            elif item == "pushed":
+            elif item == "pushed" and "lost" not in notes:  # a loss: the store says so
                 logger.warning(
                     "circuit '%s': open here but not in redis (it opened while redis was "
                     "away, or redis lost it); written back to redis",

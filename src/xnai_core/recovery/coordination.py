@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._redis_errors import REDIS_DOWN
+from .._redis_errors import REDIS_DOWN, forget_demoted
 from .._validation import check_seconds
 
 if TYPE_CHECKING:
@@ -66,8 +66,10 @@ return 1
 # ACQUIRE, after two checks: answers -1 and takes nothing while the service is latched, and
 # {2, ms left} while another owner's last action or recovery of it (the settle record:
 # "token|at ms|window ms", at in Redis's own time) is younger than its window plus the
-# caller's lag. One step, so a peer that latches (or settles) and then releases its lease
-# can never hand the lease to a process that looked before.
+# caller's lag; and {0, ms left} while another owner holds the lease (so the caller knows
+# how long that lease runs should Redis go away). One step, so a peer that latches (or
+# settles) and then releases its lease can never hand the lease to a process that looked
+# before.
 TAKE_TURN = (
     """
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -90,6 +92,10 @@ if record then
       return {2, left}
     end
   end
+end
+local held_by = redis.call('GET', KEYS[1])
+if held_by and held_by ~= ARGV[1] then
+  return {0, redis.call('PTTL', KEYS[1])}
 end
 """
     + ACQUIRE
@@ -230,7 +236,7 @@ class RecoveryCoordinator:
                     keys=[self.lease_key(service_name)], args=[owner or self.token, ms]
                 )
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return None
         self._reachable()
         return bool(held)
@@ -254,9 +260,11 @@ class RecoveryCoordinator:
     async def take_turn_settling(
         self, service_name: str, ttl: float, *, lag: float = 0.0, owner: str | None = None
     ) -> tuple[Turn, float] | None:
-        """:meth:`take_turn`, with the seconds a :attr:`Turn.SETTLING` answer has left (0.0
-        for the others), so the caller can keep honouring a peer's settling action should
-        Redis lose the record (flushed, restarted empty, evicted, its clock stepped)."""
+        """:meth:`take_turn`, with the seconds a :attr:`Turn.SETTLING` answer has left, or
+        those the peer's lease has left for :attr:`Turn.WAIT` (0.0 for the others), so the
+        caller can keep honouring a peer's settling action should Redis lose the record
+        (flushed, restarted empty, evicted, its clock stepped), and a peer's lease while
+        Redis is away (a failover)."""
         ms = max(1, int(ttl * 1000))
         keys = [
             self.lease_key(service_name),
@@ -268,7 +276,7 @@ class RecoveryCoordinator:
             async with asyncio.timeout(self.timeout):
                 found = await self._take_turn(keys=keys, args=args)
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return None
         self._reachable()
         if isinstance(found, list):
@@ -288,7 +296,7 @@ class RecoveryCoordinator:
                     args=[owner or self.token, window_ms, ttl_ms],
                 )
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return False
         self._reachable()
         return True
@@ -299,7 +307,7 @@ class RecoveryCoordinator:
             async with asyncio.timeout(self.timeout):
                 await self._release(keys=[self.lease_key(service_name)], args=[owner or self.token])
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
 
     async def latch(self, service_name: str, reason: str) -> LatchView | None:
         """Record the escalation for every process; None if Redis is away (nothing written).
@@ -312,7 +320,7 @@ class RecoveryCoordinator:
             async with asyncio.timeout(self.timeout):
                 found = await self._latch(keys=keys, args=[reason.encode()[:4096]])
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return None
         self._reachable()
         return LatchView(latched=True, reset_id=_text(found))
@@ -324,7 +332,7 @@ class RecoveryCoordinator:
             async with asyncio.timeout(self.timeout):
                 exists, reset_id = await self._latch_state(keys=keys)
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return None
         self._reachable()
         return LatchView(latched=bool(int(exists)), reset_id=_text(reset_id))
@@ -335,7 +343,7 @@ class RecoveryCoordinator:
             async with asyncio.timeout(self.timeout):
                 found = await self._client.exists(self.latch_key(service_name))
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return None
         self._reachable()
         return bool(found)
@@ -350,12 +358,15 @@ class RecoveryCoordinator:
             async with asyncio.timeout(self.timeout):
                 await self._unlatch(keys=keys, args=[uuid.uuid4().hex])
         except REDIS_DOWN as exc:
-            self._unreachable(exc)
+            await self._unreachable(exc)
             return False
         self._reachable()
         return True
 
-    def _unreachable(self, exc: BaseException) -> None:
+    async def _unreachable(self, exc: BaseException) -> None:
+        # A connection that reached a demoted master is dropped, so the next call finds
+        # the new one instead of meeting the replica again.
+        await forget_demoted(self._client, exc)
         if not self._down:
             self._down = True
             logger.warning(

@@ -266,6 +266,13 @@ class EpisodeRunner:
             turn = None if found is None else found[0]
             if found is not None and found[0] is Turn.SETTLING:
                 svc.peer_settled_until = self._clock() + found[1]
+            elif found is not None and found[0] is Turn.WAIT:
+                svc.peer_lease_until = self._clock() + found[1]
+            elif found is None and self._clock() < svc.peer_lease_until:
+                # Redis is away (a failover, a restart) while a peer we saw holds the
+                # lease: it is still at work, so wait for its lease rather than act beside
+                # it. Once that lease would have ended (the peer gone too), act alone.
+                turn = Turn.WAIT
         if turn is Turn.LATCHED:
             svc.holds_lease = False  # the script takes nothing while latched
             # Which reset would lift it: read with the latch, so a reset in between shows.
@@ -293,6 +300,7 @@ class EpisodeRunner:
             return None
         # None (Redis away) acts alone: better two restarts than none. The coordinator warned.
         svc.holds_lease = turn is Turn.ACT
+        svc.peer_lease_until = -math.inf
         svc.peer_until, svc.peer_settling = -math.inf, False
         return True
 

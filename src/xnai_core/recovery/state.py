@@ -105,6 +105,9 @@ class ServiceState:
         # A peer's settling action as last seen in Redis, on our clock: honoured even if
         # Redis then loses the record (flushed, restarted empty), so we never repeat it.
         self.peer_settled_until = -math.inf
+        # A peer's lease as last seen in Redis, on our clock: while Redis is away (a
+        # failover), we wait for it rather than act alone beside a peer still at work.
+        self.peer_lease_until = -math.inf
         self.pending = 0  # attempts made and not yet judged
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
