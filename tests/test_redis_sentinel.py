@@ -27,6 +27,7 @@ from tests.redis_helpers import REPO, Boom, boom, eventually, warnings_of
 from tests.sentinel_topology import SERVICE, Relay, SentinelTopology
 from xnai_core import CircuitBreaker, CircuitOpenError, create_redis_circuit_breaker
 from xnai_core.circuit.redis_store import RedisStore
+from xnai_core.degradation import CacheEntry, RedisCache
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
 
 pytestmark = pytest.mark.slow
@@ -418,6 +419,37 @@ async def test_coordinator_leaves_a_demoted_master_for_the_new_one(
             await direct.aclose()
     finally:
         await client.aclose()
+
+
+async def test_redis_cache_leaves_a_demoted_master_for_the_new_one(
+    moved: MovedEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The degradation's Redis cache, its pooled connection left on the demoted master: the
+    write that meets READONLY is one outage (one WARNING), and once its probe answers the
+    cache writes to the new master. Before: the probe's PING passed on the replica, the
+    next write met READONLY again, and no entry ever reached the new master."""
+    caplog.set_level(logging.INFO, logger="xnai_core")
+    client = aioredis.Redis(port=moved.endpoint.port)
+    cache = RedisCache(
+        client, prefix="sentinel:cache:", probe_interval=0.05, probe_max_interval=0.2
+    )
+    direct = aioredis.Redis(port=moved.new.port)
+    try:
+        await cache.set("before", CacheEntry("a", 1.0), keep_for=60)
+        await moved.fail_over()
+
+        async def written() -> bool:
+            await cache.set("after", CacheEntry("b", 2.0), keep_for=60)
+            return bool(await direct.exists("sentinel:cache:after"))
+
+        await eventually(written, timeout=10, poll=0.1)
+        assert await cache.get("after") == CacheEntry("b", 2.0)
+        unavailable = [r for r in caplog.records if "redis cache unavailable" in r.getMessage()]
+        assert len(unavailable) == 1
+    finally:
+        await cache.aclose()
+        await client.aclose()
+        await direct.aclose()
 
 
 # -- recovery coordination through a failover -----------------------------------------

@@ -30,10 +30,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 
 from .. import _backoff
-from .._redis_errors import POOL_FULL, REDIS_DOWN
+from .._redis_errors import POOL_FULL, REDIS_DOWN, forget_demoted
 from .._validation import check_seconds, check_size
 from ..circuit.redis_link import patiently
 from .cache import CacheEntry, StatValue
@@ -121,6 +121,7 @@ class RedisCache:
         self._enders: set[asyncio.Future[None]] = set()
         self._random = random
         self._down = False
+        self._demoted = False
         self._probe: asyncio.Task[None] | None = None
         self._errors = 0
         self._skipped = 0
@@ -362,6 +363,10 @@ class RedisCache:
 
     def _went_down(self, exc: BaseException) -> None:
         self._errors += 1
+        if isinstance(exc, ReadOnlyError):
+            # A connection left on a demoted master: the probe drops it before it PINGs
+            # (a replica answers PING, and the next write would meet it again).
+            self._demoted = True
         if not self._down:
             self._down = True
             logger.warning(
@@ -400,6 +405,9 @@ class RedisCache:
                 )
             )
             self._probes += 1
+            if self._demoted:
+                self._demoted = False
+                await forget_demoted(self.client, ReadOnlyError())
             try:
                 await self._bounded("probe", self.client.ping)
             except _Busy:
