@@ -334,6 +334,8 @@ async def test_an_admission_cancelled_after_any_number_of_turns_leaks_no_permit(
     there = stores(config, proxied=False, clock=clock, op_timeout=2.0)
     await there.start()
     await fail_once(here)
+    # There has heard of the trip (a process that has not admits its calls as closed).
+    await eventually(lambda: there.snapshot().state is CircuitState.OPEN)
     clock.now += 5
     fault_proxy.delay_replies(0.02, when=replies_to("EVALSHA"))
     caller = asyncio.create_task(here.acquire())
