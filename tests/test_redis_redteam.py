@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from tests.conftest import PrivateRedis
 from tests.fault_proxy import FaultProxy, replies_to
@@ -876,4 +877,38 @@ async def test_a_stall_is_not_taken_for_a_silent_subscription(
         await asyncio.sleep(0.3)
     assert store.backend_metrics()["redis_subscription_silences"] == 0
     assert warnings_of(caplog, "silent") == []
+    assert store.backend_metrics()["redis_outages"] == 0
+
+
+@pytest.mark.parametrize("when", ["while it is sent", "right after it is sent"])
+async def test_a_stall_at_the_heartbeat_ping_is_not_a_silence(
+    stores: Factory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The loop blocks 1.2 s (past the heartbeat's 1 s deadline) at the idle subscription's
+    PING, three times: while the PING is on its way out, or right after, before its PONG is
+    read. The PONG comes, and waits in the socket: no silence, no replaced subscription.
+    Before, the deadline ran from before the send and was checked right after it, and the
+    poll cut short by the stall was taken for an unanswered PING."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    real_ping = PubSub.ping
+    pings = 0
+
+    async def stalled_ping(self: PubSub, message: Any = None) -> Any:
+        nonlocal pings
+        pings += 1
+        stall = pings <= 3
+        if stall and when == "while it is sent":
+            asyncio.get_running_loop().call_soon(time.sleep, 1.2)
+            await asyncio.sleep(0)  # the stall comes before the PING is written
+        answer = await real_ping(self, message)
+        if stall and when == "right after it is sent":
+            asyncio.get_running_loop().call_soon(time.sleep, 1.2)
+        return answer
+
+    monkeypatch.setattr(PubSub, "ping", stalled_ping)
+    store = stores(cfg(), proxied=False, resync_interval=3600)
+    await store.start()
+    await eventually(lambda: pings >= 5, timeout=30)
+    assert warnings_of(caplog, "silent") == []
+    assert store.backend_metrics()["redis_subscription_silences"] == 0
     assert store.backend_metrics()["redis_outages"] == 0

@@ -49,7 +49,8 @@ T = TypeVar("T")
 _POLL = 0.2
 # Subscription liveness: after this long without hearing anything on it, PING it;
 # a PING unanswered this long means the connection is dead (black-holed): so a
-# silent subscription is found within _HEARTBEAT_IDLE + _HEARTBEAT_DEADLINE + _POLL.
+# silent subscription is found within _HEARTBEAT_IDLE + _HEARTBEAT_DEADLINE + 2 * _POLL
+# (the poll that finds it silent begins past the deadline).
 _HEARTBEAT_IDLE = 0.4
 _HEARTBEAT_DEADLINE = 1.0
 # Reconnecting: 50 ms doubling to 5 s, equal jitter (at least half of it waited).
@@ -508,6 +509,7 @@ class RedisLink:
         """
         pubsub = self._pubsub
         assert pubsub is not None
+        polled = time.monotonic()
         try:
             async with asyncio.timeout(_POLL + setup):
                 message = await pubsub.get_message(timeout=_POLL)
@@ -519,8 +521,10 @@ class RedisLink:
                     self._dispatch(message)
                     return True
                 if self._ping_sent is None and now - self._last_heard >= _HEARTBEAT_IDLE:
-                    self._ping_sent = now
                     await pubsub.ping()
+                    # Timed from when it is out: a stall while it was sent is not its wait.
+                    self._ping_sent = time.monotonic()
+                    return True
         except Exception as exc:
             if not self.closed:
                 logger.info(
@@ -532,7 +536,10 @@ class RedisLink:
                 )
                 await self._drop_pubsub()
             return False
-        if self._ping_sent is not None and time.monotonic() - self._ping_sent > _HEARTBEAT_DEADLINE:
+        # Silent only when a poll that began past the deadline came back empty: a poll
+        # begun before it and cut short by a stall (a blocking callback) may have left
+        # the PONG unread in the socket; the next poll reads it.
+        if self._ping_sent is not None and polled - self._ping_sent > _HEARTBEAT_DEADLINE:
             self.silences += 1
             logger.warning(
                 "redis subscription for circuit breakers under %r silent for %.1fs "
