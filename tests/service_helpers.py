@@ -129,9 +129,16 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
 class ServiceProcess:
     """``xnai-core serve`` in a subprocess on a free port; its log lines collected."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: Mapping[str, str] | None = None,
+        port: int = 0,
+        max_files: int | None = None,
+    ) -> None:
         self.config = config
         self.port = port
+        self.max_files = max_files  # RLIMIT_NOFILE (soft and hard) of the service
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.url = ""
@@ -148,6 +155,7 @@ class ServiceProcess:
             text=True,
             env=self.env,
             cwd=REPO,
+            preexec_fn=None if self.max_files is None else self._limit_files,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -159,6 +167,12 @@ class ServiceProcess:
         if not self.url:
             raise AssertionError(f"the service exited: {self.log()}")
         return self
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.max_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
 
     def _read(self) -> None:
         assert self.process is not None

@@ -537,6 +537,39 @@ def test_gzip_refused_with_q_0_is_not_sent(tmp_path: Path, service: list[Service
         assert wanted.headers.get("content-encoding") == "gzip", path
 
 
+def test_idle_connections_cannot_take_the_descriptors_the_checks_need(
+    tmp_path: Path, service: list[ServiceProcess]
+) -> None:
+    """Connections that never send a request are held for ever (uvicorn): 300 of them took
+    every descriptor of a service limited to 256, its checks failed with "Too many open
+    files" (a healthy service reported unhealthy, an alert raised) and asyncio logged
+    each refused accept, tens of MB of log in seconds. The service now closes client
+    connections past a quarter of its descriptors (at most 256), so its checks keep theirs."""
+    import httpx
+
+    with http_service() as (url, _):
+        config = write(tmp_path / "s.toml", MONITOR + http("api", url))
+        proc = ServiceProcess(config, env={"XNAI_TEST_SERVE_TOKEN": TOKEN}, max_files=256)
+        service.append(proc)
+        proc.start()
+        assert wait_for(lambda: proc.service("api")["status"] == "healthy", 20)
+        host, port = proc.url.removeprefix("http://").split(":")
+        held = []
+        try:
+            for _ in range(300):
+                held.append(socket.create_connection((host, int(port))))
+            # Checks go on (every 0.3 s) with the connections held: 20 rounds of them.
+            assert wait_for(lambda: proc.logged("Too many open files"), 6) is False, proc.log()[
+                -2000:
+            ]
+        finally:
+            for connection in held:
+                connection.close()
+        assert httpx.get(proc.url + "/ops/livez", timeout=5).status_code == 200
+        assert proc.service("api")["status"] == "healthy"
+        assert not proc.logged("is unhealthy")
+
+
 def test_api_state_hides_what_ops_health_hides_without_the_token(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

@@ -412,6 +412,41 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+MAX_CONNECTIONS = 256
+"""Client connections served at once, at most (and at most a quarter of the process's
+descriptors): past it a new connection is closed as soon as it is accepted."""
+
+
+def connection_limit() -> int:
+    """How many client connections the service holds at once: a quarter of its file
+    descriptors (the rest is the checks', Redis's, the sinks'), at most MAX_CONNECTIONS."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, soft // 4))
+
+
+def _capped_protocol(limit: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, closing each connection past ``limit`` open ones.
+
+    uvicorn holds a connection that never sends a request for ever: a few hundred of
+    them took every descriptor, the checks failed with "Too many open files" (healthy
+    services reported unhealthy, alerts raised) and each refused accept was logged. The
+    dashboard may then be out of reach; the checks are not blinded.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class Capped(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > limit:
+                transport.close()
+
+    return Capped
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, exiting with status 0 after a clean stop on SIGTERM or SIGINT.
 
@@ -464,6 +499,7 @@ def run_server(config: ServiceConfig, *, host: str, port: int, log_level: str = 
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
             server_header=False,
+            http=_capped_protocol(connection_limit()),
         )
     )
     original = server.startup
