@@ -122,3 +122,25 @@ async def test_one_thread_per_sync_checker_ended_by_stop() -> None:
         stuck.release.set()
         await monitor.stop_monitoring()
     await wait_until(lambda: not check_threads(tag))
+
+
+async def test_a_sync_check_run_back_to_back_is_never_still_running() -> None:
+    """Manual checks one right after another: each runs the function; none is refused as
+    "previous call of the check function is still running" (its call had returned; the
+    worker thread had not yet handed its turn on when the next check came)."""
+    calls = 0
+
+    def quick() -> bool:
+        nonlocal calls
+        calls += 1
+        return True
+
+    monitor = HealthMonitor(check_interval=60.0, jitter=lambda interval: 0.0)
+    monitor.add_checker(CustomHealthChecker("quick", quick, timeout=5.0))
+    try:
+        for _ in range(200):
+            result = await monitor.trigger_manual_check("quick")
+            assert (result.status, result.error) == (HEALTHY, None)
+        assert calls == 200
+    finally:
+        await monitor.stop_monitoring()

@@ -177,7 +177,7 @@ class _Turns:
     __slots__ = ("overdue", "running", "waiting")
 
     def __init__(self) -> None:
-        self.running = False
+        self.running: concurrent.futures.Future[Any] | None = None  # the call's future
         self.overdue = False  # the running call outlived its caller's timeout
         self.waiting: deque[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = deque()
 
@@ -304,7 +304,7 @@ class Dispatcher:
             else:
                 turns = self._turns[key] = _Turns()
             turns.waiting.append((outer, call))
-            if not turns.running:
+            if turns.running is None:
                 self._start_next(key, turns)
         try:
             # Cancelling the wrapper cancels a call still waiting; a running one finishes.
@@ -314,7 +314,7 @@ class Dispatcher:
                 if outer.cancelled():
                     if queue:
                         self._dropped += 1  # gave up waiting: this call never runs
-                elif self._turns.get(key) is turns:
+                elif turns.running is outer:  # still running (not one that has just ended)
                     turns.overdue = True  # its caller gave up on it: later ones are refused
             raise
 
@@ -324,7 +324,7 @@ class Dispatcher:
             outer, call = turns.waiting.popleft()
             if outer.cancelled():
                 continue  # its caller gave up while it waited
-            turns.running = True
+            turns.running = outer
             turns.overdue = False
 
             def run(outer: concurrent.futures.Future[Any] = outer, call: Any = call) -> None:
@@ -333,31 +333,40 @@ class Dispatcher:
                 try:
                     result = call()
                 except BaseException as exc:
+                    self._hand_on(key, turns, outer)
                     outer.set_exception(exc)
                 else:
+                    # The turn is handed on before the caller hears: a caller calling
+                    # again at once must not find its own finished call still running.
+                    self._hand_on(key, turns, outer)
                     outer.set_result(result)
 
             def finished(inner: concurrent.futures.Future[Any], outer: Any = outer) -> None:
                 # The call returned, raised, was skipped, or the workers shut down.
+                self._hand_on(key, turns, outer)
                 if not inner.cancelled() and inner.exception() is not None and not outer.done():
                     with contextlib.suppress(concurrent.futures.InvalidStateError):
                         outer.set_exception(inner.exception())
-                with self._busy_lock:
-                    turns.running = False
-                    self._start_next(key, turns)
 
             try:
                 if self._workers is None:
                     self._workers = _Workers(self._max_workers, self._name, self._idle_timeout)
                 inner = self._workers.submit(run)
             except BaseException as exc:
-                turns.running = False
+                turns.running = None
                 outer.set_exception(exc)
                 continue
             inner.add_done_callback(finished)
             return
         if self._turns.get(key) is turns:
             del self._turns[key]
+
+    def _hand_on(self, key: object, turns: _Turns, outer: concurrent.futures.Future[Any]) -> None:
+        """``outer``'s call is over: start the next one waiting (once per call)."""
+        with self._busy_lock:
+            if turns.running is outer:
+                turns.running = None
+                self._start_next(key, turns)
 
     def close(self) -> None:
         """End the worker threads (busy ones after their current call); reusable after."""
