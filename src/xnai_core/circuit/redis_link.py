@@ -49,8 +49,7 @@ T = TypeVar("T")
 _POLL = 0.2
 # Subscription liveness: after this long without hearing anything on it, PING it;
 # a PING unanswered this long means the connection is dead (black-holed): so a
-# silent subscription is found within _HEARTBEAT_IDLE + _HEARTBEAT_DEADLINE + 2 * _POLL
-# (the poll that finds it silent begins past the deadline).
+# silent subscription is found within _HEARTBEAT_IDLE + _HEARTBEAT_DEADLINE + _POLL.
 _HEARTBEAT_IDLE = 0.4
 _HEARTBEAT_DEADLINE = 1.0
 # Reconnecting: 50 ms doubling to 5 s, equal jitter (at least half of it waited).
@@ -536,10 +535,7 @@ class RedisLink:
                 )
                 await self._drop_pubsub()
             return False
-        # Silent only when a poll that began past the deadline came back empty: a poll
-        # begun before it and cut short by a stall (a blocking callback) may have left
-        # the PONG unread in the socket; the next poll reads it.
-        if self._ping_sent is not None and polled - self._ping_sent > _HEARTBEAT_DEADLINE:
+        if self._ping_sent is not None and self._unanswered(polled):
             self.silences += 1
             logger.warning(
                 "redis subscription for circuit breakers under %r silent for %.1fs "
@@ -551,6 +547,17 @@ class RedisLink:
             await self._drop_pubsub()
             return False
         return True
+
+    def _unanswered(self, polled: float) -> bool:
+        """Whether the PING is past its deadline, by a poll (begun at ``polled``) that came
+        back empty and can be believed: one that had its time, or began past the deadline.
+        A poll held up by a stall (a blocking callback) may have left the PONG unread in
+        the socket (the stall's end fires its timeout first); the next poll reads it."""
+        assert self._ping_sent is not None
+        now = time.monotonic()
+        if now - self._ping_sent <= _HEARTBEAT_DEADLINE:
+            return False
+        return now - polled <= 2 * _POLL or polled - self._ping_sent > _HEARTBEAT_DEADLINE
 
     def _resubscribed(self) -> None:
         # redis-py reconnects a broken subscription by itself and subscribes again:
