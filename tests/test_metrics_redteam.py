@@ -265,3 +265,58 @@ async def test_multiprocess_zeroes_what_no_live_object_shows() -> None:
     assert value(samples, "xnai_health_status", service="old", status="unhealthy") == 0
     assert value(samples, "xnai_circuitbreaker_state", name="per-request", state="open") == 0
     sink.unregister()
+
+
+def test_a_worker_dropping_its_breaker_does_not_hide_a_peers_open_circuit(
+    tmp_path: Path, key_prefix: str
+) -> None:
+    """Two workers of one app share the circuit ``llm`` through Redis; it is open. One
+    worker drops its breaker (made per request, or rebuilt by a reload): at its next
+    publish it wrote 0 for each state, the most recent write, so every scrape showed the
+    circuit in no state (and XnaiCircuitOpen resolved) while the other worker's breaker
+    was open. A retracted state now loses to any live worker's, and shows nothing alone."""
+    import subprocess
+
+    from prometheus_client import multiprocess
+
+    from tests.conftest import SHARED_REDIS_URL
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    prefix = f"{key_prefix}:cb:"
+    args = [sys.executable, "-m", "tests.metrics_shared_worker", SHARED_REDIS_URL, prefix]
+
+    def states() -> dict[str, float]:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, str(tmp_path))  # type: ignore[no-untyped-call]
+        samples = parse(generate_latest(registry).decode())
+        found = {}
+        for name, labels in samples:
+            tags = dict(labels)
+            if name == "xnai_circuitbreaker_state" and tags["name"] == "llm":
+                found[tags["state"]] = samples[(name, labels)]
+        return found
+
+    holder = subprocess.Popen(
+        [*args, "hold"], cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        assert states() == {"closed": 0.0, "open": 1.0, "half_open": 0.0}
+        dropper = subprocess.run(
+            [*args, "drop"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert dropper.stdout.strip() == "dropped", dropper.stderr
+        assert states() == {"closed": 0.0, "open": 1.0, "half_open": 0.0}
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        if holder.stdout is not None:
+            holder.stdout.close()
+        import redis
+
+        client = redis.Redis.from_url(SHARED_REDIS_URL)
+        for key in client.scan_iter(match=f"{key_prefix}*"):
+            client.unlink(key)
+        client.close()

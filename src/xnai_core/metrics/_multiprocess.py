@@ -165,16 +165,16 @@ class ClientSink:
         for name, available in links.items():
             self.redis_available(name, available)
         # A breaker collected, a service removed, rules dropped: its one-hot gauges
-        # stay in this worker's file; all 0 (no state) rather than its last value.
+        # stay in this worker's file; retracted (see _retract) rather than its last value.
         with self._lock:
             for name in labels.live_states.gone(states):
                 for value in CIRCUIT_STATES:
-                    self._state.labels(name, value).set(0.0)
+                    _retract(self._state.labels(name, value))
             for service in labels.live_statuses.gone(_current.statuses(labels)):
                 for value in HEALTH_STATUSES:
-                    self._status.labels(service, value).set(0.0)
+                    _retract(self._status.labels(service, value))
         for service in labels.live_escalations.gone(_current.escalations(labels)):
-            self._escalated.labels(service).set(0.0)
+            _retract(self._escalated.labels(service))
         # Counters that may be counted, at 0 before their first increment.
         for service, result in _current.health_results(labels):
             self._checks.labels(service, result)
@@ -204,6 +204,23 @@ class ClientSink:
                 self._queued.labels(*key).set(length)
             for key, at in last_error.items():
                 self._last_error.labels(*key).set(at)
+
+
+def _retract(gauge: Gauge) -> None:
+    """Write 0 as the oldest write there can be (time 0) to a ``livemostrecent`` gauge
+    of something no live object of this worker shows any more.
+
+    Written at the present time, the 0 was the most recent write: a worker that dropped
+    its breaker of a shared circuit hid the open state every other worker's live breaker
+    had written, in every scrape. At time 0 it loses to any worker's write, and alone it
+    shows nothing (prometheus_client keeps only writes after time 0), as a collected
+    breaker shows nothing in one process. ``Gauge.set`` stamps the present time, so the
+    value is set with its timestamp directly.
+    """
+    try:
+        gauge._value.set(0.0, timestamp=0.0)
+    except (AttributeError, TypeError):  # a prometheus_client without write timestamps
+        gauge.set(0.0)
 
 
 @dataclass(frozen=True, slots=True)
