@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,10 +26,14 @@ import redis.asyncio as aioredis
 from tests.conftest import PrivateRedis
 from tests.redis_helpers import REPO, Boom, boom, eventually, warnings_of
 from tests.sentinel_topology import SERVICE, Relay, SentinelTopology
+from tests.service_helpers import run_cli
 from xnai_core import CircuitBreaker, CircuitOpenError, create_redis_circuit_breaker
+from xnai_core._redis_url import client_from_url, parse_sentinel_url
 from xnai_core.circuit.redis_store import RedisStore
 from xnai_core.degradation import CacheEntry, RedisCache
+from xnai_core.health import HealthStatus, RedisHealthChecker
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+from xnai_core.service.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.slow
 
@@ -450,6 +455,108 @@ async def test_redis_cache_leaves_a_demoted_master_for_the_new_one(
         await cache.aclose()
         await client.aclose()
         await direct.aclose()
+
+
+# -- redis+sentinel:// URLs (the service's redis_url, the command's --redis-url) ---------
+
+
+def sentinel_url(topology: SentinelTopology, auth: str = "") -> str:
+    hosts = ",".join(f"127.0.0.1:{port}" for port in topology.sentinel_ports)
+    return f"redis+sentinel://{auth}{hosts}/{SERVICE}/0"
+
+
+async def test_sentinel_url_client_follows_a_failover(topology: SentinelTopology) -> None:
+    """A client built from a redis+sentinel:// URL finds the master through the sentinels,
+    finds the new one after a failover, and closes the sentinels' connections with it
+    (the suite fails on any unclosed socket)."""
+    client = client_from_url(sentinel_url(topology), socket_connect_timeout=1, socket_timeout=1)
+    try:
+        await client.set("sentinel:url", "before")
+        await eventually(lambda: _value_on(topology.replica.port, "before"), timeout=5)
+        topology.master.kill()
+        await failover_to(topology, topology.replica.port)
+
+        async def written() -> bool:
+            try:
+                await client.set("sentinel:url", "after")
+            except aioredis.RedisError:
+                return False
+            return True
+
+        await eventually(written, timeout=15, poll=0.1)
+        assert await _value_on(topology.replica.port, "after")
+    finally:
+        await client.aclose()
+
+
+async def _value_on(port: int, value: str) -> bool:
+    client = aioredis.Redis(port=port, decode_responses=True, socket_timeout=1)
+    try:
+        return bool(await client.get("sentinel:url") == value)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://:hunter2secret@h1:26379", "service name"),
+        ("redis+sentinel://:hunter2secret@h1:99999/mymaster", "port from 1 to 65535"),
+        ("redis+sentinel://:hunter2secret@h1:26379,/mymaster", "host[:port]"),
+        ("redis+sentinel://:hunter2secret@h1/mymaster/x", "must be a number"),
+        ("redis+sentinel://:hunter2secret@h1/mymaster?password=x", "no query"),
+    ],
+)
+def test_sentinel_url_refused_with_its_password_masked(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)) as caught:
+        parse_sentinel_url(url)
+    assert "hunter2secret" not in str(caught.value)
+    with pytest.raises(ConfigError, match="redis_url") as refused:
+        parse_config({"redis_url": url})
+    assert "hunter2secret" not in str(refused.value)
+
+
+def test_sentinel_url_taken_apart() -> None:
+    parsed = parse_sentinel_url("redis+sentinel://me:p%40ss@a:1,[::1],b/my%20master/3")
+    assert parsed.sentinels == (("a", 1), ("::1", 26379), ("b", 26379))
+    assert (parsed.service, parsed.db, parsed.username, parsed.password) == (
+        "my master",
+        3,
+        "me",
+        "p@ss",
+    )
+    assert "p@ss" not in repr(parsed)
+    config = parse_config({"redis_url": "redis+sentinel://a:1,b:2/mymaster"})
+    assert config.redis_url == "redis+sentinel://a:1,b:2/mymaster"
+
+
+async def test_redis_health_check_through_the_sentinels(topology: SentinelTopology) -> None:
+    """A ``redis`` health check given a redis+sentinel:// URL checks the master."""
+    shown = RedisHealthChecker("redis", url=sentinel_url(topology, auth=":hunter2secret@"))
+    assert "hunter2secret" not in str(shown.describe())
+    await shown.aclose()
+    checker = RedisHealthChecker("redis", url=sentinel_url(topology))
+    try:
+        result = await checker.check()
+        assert result.status is HealthStatus.HEALTHY, result
+        assert result.details["role"] == "master"
+    finally:
+        await checker.aclose()
+
+
+async def test_cli_opens_a_circuit_through_the_sentinels(topology: SentinelTopology) -> None:
+    """``xnai-core circuits open --redis-url redis+sentinel://...`` writes on the master."""
+    loop = asyncio.get_running_loop()
+    ran = await loop.run_in_executor(
+        None,
+        functools.partial(
+            run_cli,
+            "circuits", "open", "svc", "--redis-url", sentinel_url(topology),
+            "--yes", "--create", "--json",
+        ),
+    )  # fmt: skip
+    assert ran.code == 0, ran.err
+    assert (await hash_on(topology.master.port))["state"] == "open"
 
 
 # -- recovery coordination through a failover -----------------------------------------

@@ -94,7 +94,7 @@ BAD: list[tuple[str, str]] = [
     ),
     (
         'redis_url = "http://localhost:6379"',
-        "redis_url: must be a redis://, rediss:// or unix:// URL",
+        "redis_url: must be a redis://, rediss://, unix:// or redis+sentinel:// URL",
     ),
     (
         "[monitor.alert_thresholds]\nsuccess_rate = nan",

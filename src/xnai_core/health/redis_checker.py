@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 
+from .._redis_url import client_from_url
 from .checker import DEFAULT_TIMEOUT, HealthChecker
 from .redact import redact_url, url_secrets
 
@@ -112,7 +113,7 @@ class RedisHealthChecker(HealthChecker):
     def _get_client(self) -> RedisClient:
         if self._client is None:
             assert self._url is not None
-            self._client = aioredis.Redis.from_url(self._url)
+            self._client = client_from_url(self._url)  # redis+sentinel:// too
         return self._client
 
     async def probe(self) -> Mapping[str, object]:

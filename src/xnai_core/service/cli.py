@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from .._redact import redact, redact_url
 from .._redis_errors import REDIS_DOWN, describe
+from .._redis_url import client_from_url
 from ..health.factories import DEFAULT_REDIS_URL, REDIS_URL_ENV
 from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
@@ -199,7 +200,7 @@ def _redis_url(explicit: str | None, config: ServiceConfig | None) -> str:
 
 def _client(url: str) -> aioredis.Redis:
     try:
-        return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        return client_from_url(url, socket_connect_timeout=2, socket_timeout=2)
     except ValueError as exc:
         fail(f"--redis-url: {redact(str(exc))}: {redact_url(url)}", 2)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._redact import MASK, redact, redact_argv, redact_url
+from .._redis_url import is_sentinel_url, parse_sentinel_url
 from .._validation import MAX_HISTORY
 from ..health.factories import (
     CHAINLIT_UI_URL_ENV,
@@ -348,6 +349,22 @@ def _env_name(table: Table, key: str) -> str | None:
     return variable
 
 
+def _check_redis_url(table: Table, key: str, url: str) -> None:
+    """A Redis URL: redis-py's schemes, or redis+sentinel:// (xnai_core._redis_url)."""
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise table.error(key, str(exc).removeprefix("'redis_url' ")) from None
+    elif not url.startswith(("redis://", "rediss://", "unix://")):
+        raise table.error(
+            key,
+            f"must be a redis://, rediss://, unix:// or redis+sentinel:// URL: {redact_url(url)!r}",
+        )
+    else:
+        _check_address(table, key, url)
+
+
 def _check_address(table: Table, key: str, url: str, *, need_host: bool = False) -> None:
     """Refuse a URL whose port is not a number from 0 to 65535 (or, ``need_host``, that
     names no host): its client would refuse it only at the first connection, or crash."""
@@ -374,11 +391,7 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
     redis_url = root.text("redis_url")
     if redis_url is not None:
         redis_url = _from_env(environ, REDIS_URL_ENV) or redis_url
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise root.error(
-                "redis_url", f"must be a redis://, rediss:// or unix:// URL: {redact(redis_url)!r}"
-            )
-        _check_address(root, "redis_url", redis_url)
+        _check_redis_url(root, "redis_url", redis_url)
     token_env = _env_name(root, "control_token_env")
     token = None
     if token_env is not None:
@@ -568,9 +581,7 @@ def _service(table: Table, environ: Mapping[str, str]) -> ServiceSpec:
         url = table.text("url", required=overridden is None)
         url = _from_env(environ, override) if overridden and override else url
         assert url is not None
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise table.error("url", f"must be a redis:// URL: {redact_url(url)!r}")
-        _check_address(table, "url", url)
+        _check_redis_url(table, "url", url)
         fields.update(url=url)
     elif kind == "postgres":
         dsn = table.text("dsn")

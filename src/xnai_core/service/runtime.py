@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from .. import HealthMonitor, HealthStatus
 from .._redact import redact
+from .._redis_url import client_from_url
 from ..recovery import RecoveryCoordinator
 from ._schema import ConfigError
 from .checks import build_checker
@@ -133,7 +134,7 @@ class ServiceRuntime:
         redis_client = None
         coordinator = None
         if config.redis_url is not None:
-            redis_client = aioredis.Redis.from_url(
+            redis_client = client_from_url(
                 config.redis_url, socket_connect_timeout=2, socket_timeout=5
             )
             coordinator = RecoveryCoordinator(redis_client, key_prefix=config.recovery.key_prefix)
