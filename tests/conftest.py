@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,11 +23,33 @@ SHARED_REDIS_URL = os.environ.get("XNAI_TEST_REDIS_URL", "redis://127.0.0.1:6379
 POSTGRES_DSN = os.environ.get("XNAI_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def _ports_to_pick() -> range:
+    """Ports below the kernel's ephemeral range: no connect() on the machine takes one as
+    its own port (which would keep a test's server from binding it later, or connect a
+    client to itself at a "dead" port), and port 0 binds never hand one out."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, low) if low - 10000 >= 5000 else range(1024, 10000)
+
+
+_PICK = _ports_to_pick()
+_RANDOM = random.SystemRandom()  # other test runs on the machine pick too: never in step
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nobody listens on right now (random, below the
+    ephemeral range; still check that the server you start there is yours)."""
+    for _ in range(200):
+        port = _RANDOM.choice(_PICK)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PICK}")
 
 
 def _redis_pid(port: int) -> int | None:
