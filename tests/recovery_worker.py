@@ -32,7 +32,7 @@ async def main(spec: dict[str, object]) -> None:
             command=[str(arg) for arg in spec["command"]],  # type: ignore[attr-defined]
             failure_threshold=1,
             cooldown=0.0,
-            grace_period=1.0,
+            grace_period=3.0,  # a restarted Python server may take a while on a busy host
             stable_period=10.0,
             timeout=5.0,
         )

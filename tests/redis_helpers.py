@@ -179,7 +179,7 @@ class LoopbackCluster:
             node_dir = self.workdir / str(index)
             node_dir.mkdir()
             self._start_node(node_dir)
-        subprocess.run(
+        created = subprocess.run(
             [
                 shutil.which("redis-cli") or "redis-cli",
                 "--cluster", "create",
@@ -187,11 +187,13 @@ class LoopbackCluster:
                 "--cluster-replicas", "0",
                 "--cluster-yes",
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=60,
         )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout[-2000:]}")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if all(_cluster_ok(port) for port in self.ports):

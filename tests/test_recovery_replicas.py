@@ -341,7 +341,7 @@ class _Rebuilt:
         self.coordinator = RecoveryCoordinator(client, key_prefix=prefix)
         self.runs: list[int] = []
 
-    def manager(self) -> RecoveryManager:
+    def manager(self, grace: float = 2.0) -> RecoveryManager:
         manager = RecoveryManager(verify_interval=0.05, coordinator=self.coordinator)
         manager.add_rule(
             RecoveryRule(
@@ -350,7 +350,7 @@ class _Rebuilt:
                 recovery_func=self._restart,
                 failure_threshold=1,
                 cooldown=0.0,
-                grace_period=2.0,  # the restart takes effect late: nothing seen in this test
+                grace_period=grace,  # the restart takes effect late: nothing seen in this test
                 stable_period=10.0,
                 timeout=1.0,
             )
@@ -376,8 +376,9 @@ async def test_a_manager_rebuilt_on_the_same_coordinator_mid_grace_does_not_rest
     """A reload (SIGHUP) replaces a service's manager while its restart's grace period runs;
     the new one, on the same coordinator, leaves that restart to settle."""
     service = _Rebuilt(shared_redis, key_prefix)
-    old = service.manager()
-    new = service.manager()
+    # The whole test runs inside the old restart's grace period, however slow the host.
+    old = service.manager(grace=10.0)
+    new = service.manager(grace=10.0)
     try:
         await old.on_status_change("web", "healthy", "unhealthy")
         await _until(lambda: _state(old) == "verifying")
