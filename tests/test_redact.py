@@ -187,3 +187,14 @@ def test_recovery_rule_repr_and_errors_mask_arguments() -> None:
     with pytest.raises(ValueError, match="NUL byte") as nul:
         RecoveryRule("db", "restart_service", command=["app", "--token=Tk-3\0"])
     assert "Tk-3" not in str(nul.value)
+
+
+def test_shown_as_finds_the_one_name_shown_so() -> None:
+    from xnai_core._redact import shown_as
+
+    names = ["llm", "redis://:pw-one@cache:6379", "redis://:pw-two@other:6379"]
+    assert shown_as("llm", names) == "llm"
+    assert shown_as("redis://:***@cache:6379", names) == "redis://:pw-one@cache:6379"
+    assert shown_as("redis://:pw-two@other:6379", names) == "redis://:pw-two@other:6379"
+    assert shown_as("nope", names) is None
+    assert shown_as("redis://:***@cache:6379", [*names, "redis://:pw-3@cache:6379"]) is None

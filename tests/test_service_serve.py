@@ -570,6 +570,51 @@ def test_idle_connections_cannot_take_the_descriptors_the_checks_need(
         assert not proc.logged("is unhealthy")
 
 
+def test_a_circuit_named_after_a_url_with_a_password_is_masked_on_the_dashboard(
+    tmp_path: Path, service: list[ServiceProcess], key_prefix: str
+) -> None:
+    """A circuit named ``redis://:<password>@cache:6379`` (the docs' own example of a
+    careless name): ``/ops/circuits`` and the metrics masked it, ``/api/state`` showed the
+    password to anyone, token or not. It is masked there too, and the page's controls
+    act on the masked name."""
+    import httpx
+
+    from tests.conftest import SHARED_REDIS_URL
+
+    secret = "hunter2circuitpw"
+    name = f"redis://:{secret}@cache:6379"
+    prefix = f"{key_prefix}:cb:"
+    text = (
+        f'redis_url = "{SHARED_REDIS_URL}"\n'
+        + MONITOR
+        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["{name}"]\n'
+    )
+    config = write(tmp_path / "s.toml", text)
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        proc = launch(service, config)
+        for headers in ({}, right):
+            answer = httpx.get(proc.url + "/api/state", headers=headers, timeout=5)
+            assert secret not in answer.text
+            assert [c["name"] for c in answer.json()["circuits"]] == ["redis://:***@cache:6379"]
+        shown = "redis%3A%2F%2F%3A%2A%2A%2A%40cache%3A6379"  # encodeURIComponent
+        opened = httpx.post(f"{proc.url}/api/circuits/{shown}/open", headers=right, timeout=5)
+        assert opened.status_code == 200, opened.text
+        assert secret not in opened.text
+        assert opened.json()["state"] == "open"
+        listed = run_cli(
+            "circuits", "show", name, "--redis-url", SHARED_REDIS_URL, "--prefix", prefix, "--json"
+        )
+        assert listed.json()["state"] == "open"
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(SHARED_REDIS_URL)
+        for key in client.scan_iter(match=f"{key_prefix}*"):
+            client.unlink(key)
+        client.close()
+
+
 def test_api_state_hides_what_ops_health_hides_without_the_token(
     tmp_path: Path, service: list[ServiceProcess]
 ) -> None:

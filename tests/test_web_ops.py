@@ -464,3 +464,25 @@ async def test_health_negotiates_health_json_by_q_and_in_any_case(
         await monitor.trigger_manual_check("cache")
         answer = await http.get("/health", headers={"Accept": accept})
         assert answer.headers["content-type"] == expected
+
+
+async def test_a_circuit_listed_masked_is_controlled_by_its_masked_name() -> None:
+    """``/circuits`` lists a breaker named after a URL with its password masked; the
+    control answered 404 to that name, so such a circuit could be seen but not forced.
+    Two names that mask alike are refused rather than guessed between."""
+    breakers = CircuitBreakerRegistry()
+    breakers.register(CircuitBreaker(CircuitBreakerConfig(name="redis://:pw-one@cache:6379")))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        serving(app_for(None, breakers, control_token=TOKEN)) as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        listed = (await http.get("/circuits")).json()
+        assert list(listed) == ["redis://:***@cache:6379"]
+        shown = "redis%3A%2F%2F%3A%2A%2A%2A%40cache%3A6379"
+        opened = await http.post(f"/circuits/{shown}/open", headers=auth)
+        assert opened.status_code == 200, opened.text
+        assert "pw-one" not in opened.text
+        assert breakers.get("redis://:pw-one@cache:6379").state == "open"
+        breakers.register(CircuitBreaker(CircuitBreakerConfig(name="redis://:pw-two@cache:6379")))
+        assert (await http.post(f"/circuits/{shown}/close", headers=auth)).status_code == 404

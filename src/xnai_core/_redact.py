@@ -53,6 +53,7 @@ __all__ = [
     "redact_argv",
     "redact_url",
     "scrub",
+    "shown_as",
     "url_secrets",
 ]
 
@@ -601,3 +602,18 @@ def argv_secrets(argv: Sequence[str | os.PathLike[str]]) -> tuple[str, ...]:
     return tuple(
         sorted((s for s in found if len(s) >= _MIN_FREE_TEXT_SECRET), key=len, reverse=True)
     )
+
+
+def shown_as(shown: str, names: Iterable[str]) -> str | None:
+    """The name among ``names`` that is ``shown``, or that :func:`redact` shows as
+    ``shown`` when only one does: a name holding a credential (a circuit named after a
+    URL with its password) is shown masked, and an operator acts on what is shown."""
+    found = None
+    for name in names:
+        if name == shown:
+            return name
+        if found is None and redact(name) == shown:
+            found = name
+        elif found is not None and redact(name) == shown:
+            return None  # two names show the same: neither is meant for sure
+    return found

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
 import redis.asyncio as aioredis
 
 from .. import CircuitBreakerRegistry, CircuitState, create_redis_circuit_breaker
+from .._redact import redact, shown_as
 from .circuits import SharedCircuits
+
+# A name is masked once: redaction is not free, and the page polls every second.
+_shown = functools.lru_cache(maxsize=4096)(redact)
 
 __all__ = ["CircuitWatch"]
 
@@ -104,6 +109,10 @@ class CircuitWatch:
             except Exception:  # a bug must not end discovery silently, nor the service
                 logger.exception("circuit discovery failed")
 
+    def find(self, shown: str) -> str | None:
+        """The circuit's name for a name as :meth:`view` shows it (masked), or None."""
+        return shown_as(shown, (breaker.name for breaker in self.registry))
+
     async def act(self, name: str, action: str) -> dict[str, object]:
         """``open``, ``close`` or ``reset`` a known circuit for every process."""
         breaker = self.registry.get(name)
@@ -127,7 +136,8 @@ class CircuitWatch:
         if snap.state is CircuitState.OPEN and not snap.forced:
             retry_after = max(0.0, snap.opened_at + self.recovery_timeout - now)
         return {
-            "name": name,
+            # Masked: a name may hold a credential (a URL's password); find() maps it back.
+            "name": _shown(name),
             "state": snap.state.value,
             "failures": snap.failure_count,
             "forced_open": snap.forced,

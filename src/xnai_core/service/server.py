@@ -318,14 +318,15 @@ def build_app(
         action = request.path_params["action"]
         if action not in _ACTIONS:
             return JSONResponse({"error": f"unknown action {action!r}"}, status_code=404)
-        if name not in circuits.registry:
-            return JSONResponse({"error": f"no circuit {name!r}"}, status_code=404)
+        found = circuits.find(name)  # the page shows, and sends, names masked
+        if found is None:
+            return JSONResponse({"error": f"no circuit {redact(name)!r}"}, status_code=404)
         try:
-            view = await circuits.act(name, action)
+            view = await circuits.act(found, action)
         except ConnectionError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         cached.clear()
-        logger.warning("circuit %r: %s from the dashboard", name, action)
+        logger.warning("circuit %r: %s from the dashboard", redact(found), action)
         return JSONResponse(view)
 
     app = Starlette(

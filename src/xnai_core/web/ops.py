@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from .._accept import ranked
 from .._extras import require
-from .._redact import redact
+from .._redact import redact, shown_as
 from ..circuit.breaker import CircuitBreaker
 from ..circuit.registry import CircuitBreakerRegistry
 from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
@@ -249,8 +249,10 @@ def create_ops_app(
     async def control(request: Request) -> Response:
         if not _authorized(request, token):
             return _unauthorized()
-        name = request.path_params["name"]
-        breaker = current_breakers().get(name)
+        # /circuits shows names masked (a name may hold a credential): either form acts.
+        by_name = current_breakers()
+        found = shown_as(request.path_params["name"], by_name)
+        breaker = None if found is None else by_name[found]
         action = request.path_params["action"]
         if breaker is None or action not in ("open", "close", "reset"):
             return _json({"error": "no such circuit or action"}, 404)
