@@ -480,3 +480,27 @@ def test_an_error_quotes_a_huge_value_or_key_in_part(tmp_path: Path, text: str) 
     assert len(message) < 1_000, message[:2_000]
     assert message.startswith(f"{path}: "), message
     assert "characters" in message  # says how much was left out
+
+
+def test_config_check_masks_a_credential_in_a_name(tmp_path: Path) -> None:
+    """A circuit or sink named after a URL with its password: ``config check`` printed the
+    names as written (every known secret field was masked, a name was not), and so did
+    the config's repr."""
+    from tests.service_helpers import run_cli
+
+    text = (
+        SERVICE
+        + '[circuits]\nnames = ["redis://:circuitpw123@cache:6379"]\n'
+        + '[[alerts]]\ntype = "webhook"\nname = "https://u:sinkpw456@hooks.example/x"\n'
+        + 'url = "http://127.0.0.1:1/hook"\n'
+    )
+    path = write(tmp_path, text)
+    for args in (("config", "check", str(path)), ("config", "check", str(path), "--json")):
+        ran = run_cli(*args)
+        assert ran.code == 0, ran.err
+        assert "circuitpw123" not in ran.out
+        assert "sinkpw456" not in ran.out
+        assert "redis://:***@cache:6379" in ran.out
+    config = load_config(path, env={})
+    assert "circuitpw123" not in repr(config)
+    assert "circuitpw123" not in repr(config.circuits)

@@ -40,7 +40,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "is_secret_name",
     "redact",
     "redact_argv",
+    "redact_tree",
     "redact_url",
     "scrub",
     "shown_as",
@@ -617,3 +619,18 @@ def shown_as(shown: str, names: Iterable[str]) -> str | None:
         elif found is not None and redact(name) == shown:
             return None  # two names show the same: neither is meant for sure
     return found
+
+
+def redact_tree(value: Any, finish: Callable[[str], str] | None = None) -> Any:
+    """A JSON-ready ``value`` with every string in it redacted (keys, values, items),
+    each then passed to ``finish`` if given: the last line of defence of what is shown
+    whole (an answer of the ops routes, the effective config), for what no part knew to
+    mask (a name made of a URL with its password, a custom check's own details)."""
+    if isinstance(value, str):
+        text = redact(value)
+        return text if finish is None else finish(text)
+    if isinstance(value, Mapping):
+        return {redact_tree(key, finish): redact_tree(item, finish) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_tree(item, finish) for item in value]
+    return value

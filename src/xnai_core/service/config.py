@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._redact import MASK, redact, redact_argv, redact_url
+from .._redact import MASK, redact, redact_argv, redact_tree, redact_url
 from .._redis_url import is_sentinel_url, parse_sentinel_url
 from .._validation import MAX_HISTORY
 from ..health.factories import (
@@ -122,13 +122,17 @@ class ServiceSpec:
         return f"ServiceSpec(name={self.name!r}, type={self.type!r}, target={self.target()!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class CircuitsSpec:
     """Where the application's shared circuits live in Redis, for the dashboard and CLI."""
 
     key_prefix: str = "xnai:cb:"
     names: tuple[str, ...] = ()
     recovery_timeout: float = 60.0
+
+    def __repr__(self) -> str:
+        names = [redact(name) for name in self.names]
+        return f"CircuitsSpec(key_prefix={self.key_prefix!r}, names={names!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +198,13 @@ class ServiceConfig:
         raise KeyError(name)
 
     def effective(self) -> dict[str, object]:
-        """The config as the service uses it, JSON-ready, every secret masked."""
+        """The config as the service uses it, JSON-ready, every secret masked (and, as a
+        last line, every string redacted: a circuit or sink named after a URL with its
+        password was printed as written)."""
+        shown: dict[str, object] = redact_tree(self._effective())
+        return shown
+
+    def _effective(self) -> dict[str, object]:
         token = None
         if self.control_token_env is not None:
             state = "set" if self.control_token else "NOT SET: dashboard controls disabled"

@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from .._accept import ranked
 from .._extras import require
-from .._redact import redact, shown_as
+from .._redact import redact, redact_tree, shown_as
 from ..circuit.breaker import CircuitBreaker
 from ..circuit.registry import CircuitBreakerRegistry
 from ..health.health_json import HEALTH_JSON_MEDIA_TYPE, http_status_for
@@ -60,13 +60,7 @@ def _masked(value: Any) -> Any:
     cannot (a breaker named after a URL, a custom check's own details). A lone
     surrogate in a name becomes ``?``: it cannot be encoded, and would fail the answer.
     """
-    if isinstance(value, str):
-        return valid_text(redact(value))
-    if isinstance(value, Mapping):
-        return {_masked(key): _masked(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_masked(item) for item in value]
-    return value
+    return redact_tree(value, valid_text)
 
 
 def _json(body: Any, status_code: int = 200, media_type: str | None = None) -> Response:
