@@ -636,3 +636,45 @@ def test_listeners_see_transitions_in_order_across_threads() -> None:
     assert len(events) > 10
     for previous, current in itertools.pairwise(events):
         assert previous[1] == current[0], (previous, current)
+
+
+def _items() -> Any:
+    yield 1
+
+
+async def test_a_name_holding_a_credential_is_masked_in_logs_reprs_and_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A breaker named after a URL with its password (the docs' example of a careless
+    name, masked in metrics labels and the ops routes): its transitions were logged, its
+    repr and its errors' texts written, with the password in them."""
+    from xnai_core import CallTimeoutError, CircuitOpenError
+
+    secret = "pw-in-a-name-77"
+    caplog.set_level(logging.INFO, logger="xnai_core")
+    breaker = CircuitBreaker(
+        CircuitBreakerConfig(
+            name=f"redis://:{secret}@cache:6379", failure_threshold=1, timeout=0.01
+        )
+    )
+
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    with pytest.raises(CallTimeoutError) as timed_out:
+        await breaker.call(slow)
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(slow)
+    await breaker.force_open()
+    with pytest.raises(CircuitOpenError) as forced:
+        await breaker.call(slow)
+    await breaker.reset()
+    with pytest.raises(TypeError) as refused:
+        await breaker.call(_items)
+    shown = [str(timed_out.value), str(rejected.value), str(forced.value), str(refused.value)]
+    shown += [repr(breaker), caplog.text]
+    shown += [repr(vars(record)) for record in caplog.records]
+    for text in shown:
+        assert secret not in text, text
+    assert "redis://:***@cache:6379" in caplog.text
+    assert rejected.value.name == breaker.name  # the attribute stays the name itself

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import AsyncGeneratorType, CodeType, CoroutineType, GeneratorType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+from .._redact import redact
 from ..deadlines import (
     DeadlineKeeper,
     current_tasks,
@@ -95,7 +96,7 @@ def _generator_function_kind(func: object) -> str | None:
 
 def _iteration_refused(breaker: str, what: str) -> TypeError:
     return TypeError(
-        f"circuit '{breaker}' cannot protect {what}: the breaker would count the call "
+        f"circuit '{redact(breaker)}' cannot protect {what}: the breaker would count the call "
         f"a success before the first item and never see how the iteration ends; "
         f"protect a function that consumes it instead"
     )
@@ -158,7 +159,8 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         state = self._store.snapshot().state.value
-        return f"<CircuitBreaker name={self.name!r} state={state} backend={self._store.backend}>"
+        name = redact(self.name)  # a name may hold a credential (a URL's password)
+        return f"<CircuitBreaker name={name!r} state={state} backend={self._store.backend}>"
 
     @property
     def store(self) -> StateStore:
@@ -255,7 +257,7 @@ class CircuitBreaker:
             try:
                 record("successful", time.perf_counter() - started)
             except Exception:
-                logger.exception("call recorder of circuit '%s' failed", self.name)
+                logger.exception("call recorder of circuit '%s' failed", redact(self.name))
         return result
 
     async def _call_admitted(
@@ -304,7 +306,7 @@ class CircuitBreaker:
             try:
                 record(kind, time.perf_counter() - started)
             except Exception:
-                logger.exception("call recorder of circuit '%s' failed", self.name)
+                logger.exception("call recorder of circuit '%s' failed", redact(self.name))
 
     async def _await_within(self, awaitable: Awaitable[T]) -> T:
         """Await under this breaker's timeout (the slow path's version of the inlined one)."""
@@ -472,11 +474,11 @@ class CircuitBreaker:
         logger.log(
             level,
             "circuit '%s' %s -> %s: %s",
-            self.name,
+            redact(self.name),  # a name may hold a credential (a URL's password)
             old.value,
             new.value,
             reason,
-            extra={"breaker": self.name, "old_state": old.value, "new_state": new.value},
+            extra={"breaker": redact(self.name), "old_state": old.value, "new_state": new.value},
         )
         emit = self.hooks.emit
         if emit is not None:
@@ -485,7 +487,9 @@ class CircuitBreaker:
             try:
                 outcome = listener(self.name, old, new, reason)
             except Exception:
-                logger.exception("state listener %r of circuit '%s' failed", listener, self.name)
+                logger.exception(
+                    "state listener %r of circuit '%s' failed", listener, redact(self.name)
+                )
                 continue
             if inspect.isawaitable(outcome):
                 self._spawn_listener(outcome, listener)
@@ -495,7 +499,9 @@ class CircuitBreaker:
             try:
                 return await outcome
             except Exception:
-                logger.exception("state listener %r of circuit '%s' failed", listener, self.name)
+                logger.exception(
+                    "state listener %r of circuit '%s' failed", listener, redact(self.name)
+                )
                 return None
 
         try:
@@ -503,7 +509,9 @@ class CircuitBreaker:
         except RuntimeError:  # no loop running: nothing can await it
             if inspect.iscoroutine(outcome):
                 outcome.close()
-            logger.error("async listener of circuit '%s' dropped: no running loop", self.name)
+            logger.error(
+                "async listener of circuit '%s' dropped: no running loop", redact(self.name)
+            )
             return
         self._listener_tasks.add(task)
         task.add_done_callback(self._listener_tasks.discard)

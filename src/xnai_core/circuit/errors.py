@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from .._redact import redact
+
 
 class CircuitOpenError(Exception):
     """Raised when a circuit rejects a call and no fallback is configured.
@@ -47,11 +49,12 @@ class CircuitOpenError(Exception):
         return cast(str, self.args[2]) if len(self.args) > 2 else "open"
 
     def __str__(self) -> str:
+        name = redact(self.name)  # a name may hold a credential (a URL's password)
         if self.state == "half_open":
-            return f"circuit '{self.name}' is half-open and its trial calls are in flight"
+            return f"circuit '{name}' is half-open and its trial calls are in flight"
         if self.retry_after is None:
-            return f"circuit '{self.name}' is forced open: until reset"
-        return f"circuit '{self.name}' is open: retry after {self.retry_after:.3f}s"
+            return f"circuit '{name}' is forced open: until reset"
+        return f"circuit '{name}' is open: retry after {self.retry_after:.3f}s"
 
 
 class CallTimeoutError(TimeoutError):
@@ -62,7 +65,7 @@ class CallTimeoutError(TimeoutError):
     """
 
     def __init__(self, breaker: str, timeout: float, source: object = None) -> None:
-        super().__init__(f"call through circuit '{breaker}' timed out after {timeout:g}s")
+        super().__init__(f"call through circuit '{redact(breaker)}' timed out after {timeout:g}s")
         self.breaker = breaker
         self.timeout = timeout
         self.source = source
