@@ -504,3 +504,21 @@ def test_config_check_masks_a_credential_in_a_name(tmp_path: Path) -> None:
     config = load_config(path, env={})
     assert "circuitpw123" not in repr(config)
     assert "circuitpw123" not in repr(config.circuits)
+
+
+@pytest.mark.parametrize("key", ["services", "exclude_services"])
+def test_a_sink_routed_to_a_service_nobody_checks_is_refused(tmp_path: Path, key: str) -> None:
+    """``services = ["rag-api"]`` for a service named ``rag_api``: the sink took no alert,
+    ever (every page to it lost), and ``config check`` called the file valid. A name of
+    the routing lists must be one of ``[[services]]``, with a did-you-mean."""
+    text = (
+        SERVICE.replace('name = "api"', 'name = "rag_api"')
+        + f'[[alerts]]\ntype = "webhook"\nurl = "http://127.0.0.1:1/hook"\n{key} = ["rag-api"]\n'
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert str(caught.value) == (
+        f"{path}: alerts[0].{key}[0]: 'rag-api' is not a service of [[services]] "
+        "(did you mean 'rag_api'?)"
+    )

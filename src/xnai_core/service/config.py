@@ -30,7 +30,7 @@ from ..health.factories import (
     REDIS_URL_ENV,
 )
 from ..recovery import RecoveryActionType, RecoveryRule
-from ._schema import ConfigError, Table
+from ._schema import ConfigError, Table, suggestion
 
 __all__ = [
     "ENV_OVERRIDES",
@@ -471,6 +471,15 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
                 "(give each sink of a type its own name)",
             )
         names[sink.name] = index
+        # The service's sinks hear only its own monitor and recovery: a name of their
+        # routing that no [[services]] has is a typo, and every page to the sink lost.
+        for key in ("services", "exclude_services"):
+            for position, routed in enumerate(sink.options.get(key, ())):
+                if routed not in seen:
+                    raise ConfigError(
+                        f"alerts[{index}].{key}[{position}]",
+                        f"{routed!r} is not a service of [[services]]" + suggestion(routed, seen),
+                    )
 
     root.done()
     assert host is not None
