@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +40,46 @@ tail's cut would split from its value."""
 
 KILL_GRACE = 1.0
 """Seconds between SIGTERM and SIGKILL when a command outlives its timeout."""
+
+_SUPERVISOR = str(Path(__file__).with_name("_supervisor.py"))
+"""The script that runs each command and ends it at its timeout even if we are gone."""
+
+
+def longest_run(rule: RecoveryRule) -> float:
+    """How long after its start a rule's action may still be running, whatever happens to
+    the process that started it: a command's supervisor kills its group by its timeout
+    and the kill grace; anything else ends with its process or at its timeout."""
+    return rule.timeout + (KILL_GRACE if rule.command is not None else 0.0)
+
+
+def _check_runnable(program: str) -> None:
+    """Raise what ``exec`` would for a program that cannot start (missing, not
+    executable), before the supervisor is started to run it."""
+    if os.sep in program:
+        if not os.path.exists(program):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    elif shutil.which(program) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _supervised(argv: Sequence[str], timeout: float) -> list[str]:
+    """``argv`` run by its supervisor (``_supervisor.py``, which leads the process group),
+    or as it is where there is no interpreter to run one (an embedded Python)."""
+    _check_runnable(argv[0])
+    if not sys.executable:
+        return list(argv)
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        _SUPERVISOR,
+        repr(float(timeout)),
+        repr(KILL_GRACE),
+        "--",
+        *argv,
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,6 +320,9 @@ async def run_command(
 ) -> ActionOutcome:
     """Run ``argv`` (no shell) in its own process group; kill the group at ``timeout``.
 
+    The group is led by the command's supervisor (``_supervisor.py``), which kills it at
+    ``timeout`` too, so the command ends by then even if this process dies meanwhile.
+
     Output (stdout and stderr) goes to a pipe of ours, of which the last
     :data:`OUTPUT_TAIL_BYTES` are kept. The command's exit is its end: a daemon it left
     behind holding the pipe neither keeps us waiting nor fills a file; what it writes
@@ -286,7 +332,7 @@ async def run_command(
     capture = OutputCapture()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *_supervised(argv, timeout),
             stdin=subprocess.DEVNULL,
             stdout=capture.write_fd,
             stderr=subprocess.STDOUT,

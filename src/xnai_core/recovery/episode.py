@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from .._dispatch import Dispatcher
 from .._redact import redact
 from ..health.alerts import AlertHandler
-from .actions import ActionContext, ActionOutcome, perform
+from .actions import ActionContext, ActionOutcome, longest_run, perform
 from .coordination import RecoveryCoordinator, Turn
 from .decide import Act, Conclude, Escalate, Idle, Verify, View, Wait, decide
 from .escalation import escalation_alert, escalation_reason
@@ -259,7 +259,7 @@ class EpisodeRunner:
             svc.holds_lease = True
             found = await coordinator.take_turn_settling(
                 svc.name,
-                self._lease_ttl(rule.timeout + self.grace(rule, svc.name)),
+                self._lease_ttl(longest_run(rule) + self.grace(rule, svc.name)),
                 lag=self.lag(svc.name),
                 owner=self.owner,
             )
@@ -374,8 +374,12 @@ class EpisodeRunner:
                 if self._coordinator is not None:
                     # Peers (even if this process dies now) leave the service alone until
                     # this attempt's grace period is over, plus their own view's lag.
-                    await self._coordinator.settle(svc.name, rule.timeout + grace, owner=self.owner)
-                await self._renew(svc, rule.timeout + grace)
+                    # A command may outlive this process, never its timeout and kill grace
+                    # (its supervisor sees to it): the record covers both.
+                    await self._coordinator.settle(
+                        svc.name, longest_run(rule) + grace, owner=self.owner
+                    )
+                await self._renew(svc, longest_run(rule) + grace)
                 outcome = await perform(rule, svc.name, self.context)
             except BaseException:  # cancelled mid-action: the episode's end judges it
                 outcome = ActionOutcome(
