@@ -51,6 +51,12 @@ def _sink(**kw: object) -> object:
     return WebhookSink("http://127.0.0.1:1/hook", **kw)  # type: ignore[arg-type]
 
 
+def _alertmanager(**kw: object) -> object:
+    from xnai_core.alerting import AlertmanagerSink
+
+    return AlertmanagerSink("http://127.0.0.1:1/", **kw)  # type: ignore[arg-type]
+
+
 async def _monitor_add_checker(value: object) -> None:
     monitor = HealthMonitor()
     monitor.add_checker(HTTPHealthChecker("api", "http://127.0.0.1:1/"), interval=value)  # type: ignore[arg-type]
@@ -164,6 +170,7 @@ CASES: list[tuple[str, tuple[object, ...], Callable[[Any], Any]]] = [
     ("timeout", SECONDS, lambda v: _sink(timeout=v)),
     ("reply_timeout", SECONDS, lambda v: _sink(reply_timeout=v)),
     ("repeat_interval", SECONDS, lambda v: _sink(repeat_interval=v)),
+    ("resend_interval", SECONDS, lambda v: _alertmanager(resend_interval=v)),
 ]
 
 

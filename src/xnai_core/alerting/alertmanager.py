@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Unpack
 
+from .._validation import check_seconds
 from ._http import HttpSink, check_http_url
 from ._mask import mask_text
 from ._model import DeliveryError, Notification, iso_utc
@@ -94,7 +95,9 @@ class AlertmanagerSink(HttpSink):
     ) -> None:
         # No repeat_interval: Alertmanager repeats notifications itself (its route's
         # repeat_interval); this sink re-posts so that Alertmanager keeps the alert.
-        super().__init__(verify=verify, repeat_interval=resend_interval, **options)
+        # Checked under its own name: the error must name the setting the caller gave.
+        resend = check_seconds("resend_interval", resend_interval)
+        super().__init__(verify=verify, repeat_interval=resend, **options)
         listed = [urls] if isinstance(urls, str) else list(urls)
         if not listed:
             raise ValueError("'urls' must name at least one Alertmanager: []")
