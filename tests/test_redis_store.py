@@ -646,6 +646,41 @@ async def test_an_unreadable_answer_is_one_circuits_problem(
     assert poison.link.down is False
 
 
+class _Deaf(RedisStore):
+    """A circuit with a bug: taking a message raises."""
+
+    def on_message(self, payload: str) -> None:
+        raise RuntimeError("a bug in taking a message")
+
+
+async def test_a_bug_in_taking_a_message_is_logged_not_taken_for_a_broken_subscription(
+    stores: StoreFactory,
+    clients: Callable[..., aioredis.Redis],
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception a circuit raises on a message is ours, not Redis's: it is logged with
+    its traceback, the subscription stays (it used to be dropped and renewed, logged as
+    "broke" at INFO, the bug's traceback nowhere), and the other circuits of that name
+    on the link still hear the message."""
+    caplog.set_level(logging.INFO, logger="xnai_core.circuit.redis")
+    client = clients()
+    deaf = _Deaf(config(failure_threshold=1), client, key_prefix=f"{key_prefix}:cb:")
+    try:
+        hearing = stores(config(failure_threshold=1), client, resync_interval=3600)
+        tripper = stores(config(failure_threshold=1))
+        await deaf.start()
+        await hearing.start()
+        await tripper.start()
+        await fail_once(tripper)
+        await eventually(lambda: hearing.snapshot().state is CircuitState.OPEN)
+        bugs = [r.exc_info[1] for r in caplog.records if r.exc_info and r.levelno == logging.ERROR]
+        assert {str(bug) for bug in bugs} == {"a bug in taking a message"}
+        assert not any("broke" in r.getMessage() for r in caplog.records)
+    finally:
+        await deaf.close()
+
+
 async def test_an_answer_from_a_replaced_hash_is_not_mirrored(
     stores: StoreFactory, shared_redis: aioredis.Redis
 ) -> None:

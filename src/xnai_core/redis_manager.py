@@ -20,6 +20,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
+from redis.backoff import ExponentialBackoff
 
 from ._redact import redact
 from ._redact import redact_url as redact_url  # public here since before _redact
@@ -289,13 +290,15 @@ class RedisConnectionManager:
         self.connected = connected
 
     async def _watch(self) -> None:
-        backoff = _BACKOFF_MIN
+        # While down: 0.5 s doubling up to the check interval (redis-py's backoff).
+        backoff = ExponentialBackoff(cap=self.health_check_interval, base=_BACKOFF_MIN)
+        failures = 0
         while True:
             if self.connected:
                 delay = self.health_check_interval
-                backoff = _BACKOFF_MIN
+                failures = 0
             else:
-                delay = min(backoff, self.health_check_interval)
-                backoff *= 2
+                delay = backoff.compute(failures)
+                failures += 1
             await asyncio.sleep(delay)
             await self._check()

@@ -114,13 +114,6 @@ def message_reply(payload: str) -> Reply:
     return Reply(-1, 0, None, 0.0, gen, ver, snap, ())
 
 
-def describe(exc: BaseException) -> str:
-    """An exception in one short line for logs (type and message, no traceback)."""
-    message = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {message[:200]}" if message else name
-
-
 def glob_escape(pattern_text: str) -> str:
     """``pattern_text`` with PSUBSCRIBE's glob characters escaped."""
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in pattern_text)

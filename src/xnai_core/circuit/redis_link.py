@@ -1,11 +1,12 @@
 """RedisLink: what the circuits of one client and key prefix share in one process.
 
 The registered scripts, one pattern subscription for every circuit under the
-prefix, the offset from this host's clock to Redis TIME, whether Redis is known
-down, and one background task that listens, checks the subscription is alive,
-resyncs, and reconnects with backoff. The link knows its circuits only through
-:class:`LinkMember`: it tells them of outages and messages and asks them to catch
-up; it never reaches into their state.
+prefix (:mod:`.redis_subscription`), the offset from this host's clock to Redis TIME,
+whether Redis is known down, and one background task that listens, resyncs, and
+reconnects with backoff (redis-py's equal jitter). The link knows its circuits only
+through :class:`~.redis_members.LinkMember`: it tells them of outages and messages and
+asks them to catch up; it never reaches into their state (docs/redis.md, "When Redis
+is away").
 
 Deadlines. A caller waits for a script at most its own budget (``op_timeout``);
 the script itself runs as a task of the link that the caller's cancellation or
@@ -23,45 +24,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 import weakref
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ReadOnlyError
 
-from .. import _backoff
-from .._redis_errors import POOL_FULL, REDIS_DOWN, forget_demoted
+from .._redis_errors import POOL_FULL, REDIS_DOWN, describe, forget_demoted
 from . import redis_scripts
-from .redis_codec import describe, glob_escape, text
+from .redis_codec import text
+from .redis_members import LinkMember, Members
+from .redis_subscription import Subscription
 
 logger = logging.getLogger("xnai_core.circuit.redis")
 
 RedisClient: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
 T = TypeVar("T")
 
-# How long the link waits for a message before it looks at its other chores.
-_POLL = 0.2
-# Subscription liveness: after this long without hearing anything on it, PING it;
-# a PING unanswered this long means the connection is dead (black-holed): so a
-# silent subscription is found within _HEARTBEAT_IDLE + _HEARTBEAT_DEADLINE + _POLL.
-_HEARTBEAT_IDLE = 0.4
-_HEARTBEAT_DEADLINE = 1.0
 # Reconnecting: 50 ms doubling to 5 s, equal jitter (at least half of it waited).
-_BACKOFF_BASE = 0.05
-_BACKOFF_CAP = 5.0
+_RECONNECT = EqualJitterBackoff(cap=5.0, base=0.05)
 # Set-up (connect, subscribe, load scripts, catch up) gets at least this long...
 _SETUP_FLOOR = 5.0
 # ...or this many times the circuits' op_timeout.
 _SETUP_FACTOR = 10
-# Waiting for a connection of a full pool: first and longest pause between tries.
-_POOL_WAIT_MIN = 0.001
-_POOL_WAIT_MAX = 0.02
+# Waiting for a connection of a full pool: 1 ms doubling to 20 ms, equal jitter.
+_POOL_WAIT = EqualJitterBackoff(cap=0.02, base=0.001)
 # A script nobody waits for any more is read until this long after it was sent, then
 # dropped (redis-py's retries of it end then); a resend is sent within the same span of
 # the first, so every copy is over within a minute: half the request log's horizon.
@@ -84,34 +76,6 @@ SCRIPTS = {
 def setup_timeout(op_timeout: float) -> float:
     """The deadline of the link's own work (connecting, catching up)."""
     return max(_SETUP_FLOOR, _SETUP_FACTOR * op_timeout)
-
-
-class LinkMember(Protocol):
-    """What the link needs of a circuit (a :class:`~.redis_store.RedisStore`)."""
-
-    @property
-    def channel(self) -> str:
-        """The circuit's channel (its key)."""
-
-    @property
-    def op_timeout(self) -> float:
-        """The circuit's deadline for one operation."""
-
-    @property
-    def resync_interval(self) -> float:
-        """How often the circuit wants to be re-read."""
-
-    def on_outage(self) -> None:
-        """Redis failed: decide locally until :meth:`catch_up` succeeds."""
-
-    def on_message(self, payload: str) -> None:
-        """A message on the circuit's channel."""
-
-    async def catch_up(self) -> bool:
-        """Reconcile (after an outage) or resync (messages may have been missed).
-
-        False: this circuit could not be brought in step (the link tries again later).
-        """
 
 
 @dataclass(slots=True, eq=False)
@@ -150,8 +114,7 @@ class RedisLink:
         self.client = client
         self.prefix = prefix
         self.loop = loop
-        self.pattern = glob_escape(prefix) + "*"
-        self._encoder = client.get_encoder()
+        self.subscription = Subscription(client, prefix)
         self.scripts: dict[str, AsyncScript] = {
             name: client.register_script(source) for name, source in SCRIPTS.items()
         }
@@ -169,17 +132,13 @@ class RedisLink:
         self.closed = False
         # Counters for get_metrics().
         self.outages = 0
-        self.silences = 0
         self.late_replies = 0
         self._probe: asyncio.Task[None] | None = None
         self._resync_soon = False
-        self._members: dict[str, dict[int, weakref.ref[LinkMember]]] = {}
+        self._members = Members()
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
-        self._pubsub: PubSub | None = None
         self._wake = asyncio.Event()
-        self._last_heard = 0.0
-        self._ping_sent: float | None = None
         self._logged_unexpected = False
         # Set while subscribed with every circuit synced; cleared on any failure.
         self.ready = asyncio.Event()
@@ -190,39 +149,23 @@ class RedisLink:
 
     def register(self, member: LinkMember) -> None:
         """Serve ``member`` until it unregisters or is garbage-collected."""
-        channel, key = member.channel, id(member)
-
-        def gone(ref: weakref.ref[LinkMember]) -> None:
-            refs = self._members.get(channel)
-            if refs is not None and refs.get(key) is ref:
-                del refs[key]
-                if not refs:
-                    del self._members[channel]
-
-        self._members.setdefault(channel, {})[key] = weakref.ref(member, gone)
+        self._members.add(member)
         if self._task is None or self._task.done():
             self._task = self.loop.create_task(self._run(), name=f"xnai-redis-link:{self.prefix}")
 
     async def unregister(self, member: LinkMember) -> None:
-        refs = self._members.get(member.channel)
-        if refs is not None:
-            refs.pop(id(member), None)
-            if not refs:
-                del self._members[member.channel]
+        self._members.remove(member)
         if not self._members:
             await self.aclose()
 
     def members(self) -> list[LinkMember]:
         """The circuits served now (strong references: do not keep the list)."""
-        found = []
-        for ref in self._refs():
-            member = ref()
-            if member is not None:
-                found.append(member)
-        return found
+        return self._members.alive()
 
-    def _refs(self) -> list[weakref.ref[LinkMember]]:
-        return [ref for refs in list(self._members.values()) for ref in list(refs.values())]
+    @property
+    def silences(self) -> int:
+        """Subscriptions found dead by the heartbeat and replaced."""
+        return self.subscription.silences
 
     @property
     def channels(self) -> int:
@@ -243,7 +186,7 @@ class RedisLink:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise asyncio.CancelledError
-        await self._drop_pubsub()
+        await self.subscription.close()
         by_prefix = self._links.get(self.client)
         if by_prefix is not None and by_prefix.get(self.prefix) is self:
             del by_prefix[self.prefix]
@@ -272,7 +215,7 @@ class RedisLink:
         self, run: ScriptRun, name: str, keys: Sequence[str], args: Sequence[str]
     ) -> object:
         script = self.scripts[name]
-        wait = _POOL_WAIT_MIN
+        waits = 0
         async with asyncio.timeout(LATE_CAP):
             while True:
                 try:
@@ -284,8 +227,8 @@ class RedisLink:
                     # once, or the application's own): no outage. Wait for one, as a
                     # blocking pool would; the caller's own deadline still holds.
                     run.waiting_for_pool = True
-                    await asyncio.sleep(wait * (0.5 + random.random() / 2))
-                    wait = min(wait * 2, _POOL_WAIT_MAX)
+                    await asyncio.sleep(_POOL_WAIT.compute(waits))
+                    waits += 1
                     run.waiting_for_pool = False
 
     async def settle(self, run: ScriptRun, seconds: float) -> bool:
@@ -402,7 +345,7 @@ class RedisLink:
         except asyncio.CancelledError:
             # Closed, or the loop is shutting down (asyncio.run cancels what is left):
             # say goodbye on the subscription's connection either way.
-            await self._drop_pubsub()
+            await self.subscription.drop()
             raise
 
     async def _serve(self) -> None:
@@ -419,7 +362,7 @@ class RedisLink:
             interval = min(member.resync_interval for member in members)
             setup = setup_timeout(max(member.op_timeout for member in members))
             del members
-            if self._pubsub is None or self.down:
+            if not self.subscription.open or self.down:
                 self.ready.clear()
                 synced = await self._connect(setup)
                 if self.closed:
@@ -433,7 +376,9 @@ class RedisLink:
                 self.ready.set()
                 self.settled.set()
                 next_resync = time.monotonic() + interval
-            if not await self._listen(setup):
+            if not await self.subscription.listen(
+                setup, self._members.deliver, self.request_resync
+            ):
                 continue  # the subscription broke or fell silent: subscribe again
             if not self.down and (self._resync_soon or time.monotonic() >= next_resync):
                 next_resync = time.monotonic() + interval
@@ -453,36 +398,21 @@ class RedisLink:
     async def _connect(self, setup: float) -> bool:
         """Subscribe, load the scripts, and bring every circuit in step (every
         subscription is followed by a resync: messages may have been missed)."""
-        await self._drop_pubsub()
+        subscription = self.subscription
         try:
             async with asyncio.timeout(setup):
-                await self._subscribe()
+                await subscription.subscribe()
                 await self._load_scripts()
         except Exception as exc:
             if not self.closed:
                 self.mark_down(exc)
-            await self._drop_pubsub()
+            await subscription.drop()
             return False
         if not await self._catch_up():
-            await self._drop_pubsub()
+            await subscription.drop()
             return False
-        self._last_heard, self._ping_sent = time.monotonic(), None
+        subscription.heard()
         return True
-
-    async def _subscribe(self) -> None:
-        client = self.client
-        if isinstance(client, aioredis.RedisCluster):
-            # Classic pub/sub is broadcast to every node: any node will do.
-            await client.initialize()
-            pubsub: PubSub = client.pubsub(node=client.get_random_node())
-        else:
-            pubsub = client.pubsub()
-        self._pubsub = pubsub
-        await pubsub.psubscribe(self.pattern)
-        while True:
-            message = await pubsub.get_message(timeout=_POLL)
-            if message is not None and message.get("type") == "psubscribe":
-                return
 
     async def _load_scripts(self) -> None:
         # EVALSHA would reload a missing script itself, but at the price of two more
@@ -500,76 +430,6 @@ class RedisLink:
         for script, sha in zip(scripts, shas, strict=True):
             script.sha = text(sha)
 
-    async def _listen(self, setup: float) -> bool:
-        """Read one message (or wait a poll); False if the subscription is gone.
-
-        A subscription can die without a sound (a black hole: no FIN, no RST), so
-        it is PINGed when quiet: no answer within the deadline and it is dropped.
-        """
-        pubsub = self._pubsub
-        assert pubsub is not None
-        polled = time.monotonic()
-        try:
-            async with asyncio.timeout(_POLL + setup):
-                message = await pubsub.get_message(timeout=_POLL)
-                now = time.monotonic()
-                if message is not None:
-                    self._last_heard, self._ping_sent = now, None
-                    if message.get("type") == "psubscribe":
-                        self._resubscribed()
-                    self._dispatch(message)
-                    return True
-                if self._ping_sent is None and now - self._last_heard >= _HEARTBEAT_IDLE:
-                    await pubsub.ping()
-                    # Timed from when it is out: a stall while it was sent is not its wait.
-                    self._ping_sent = time.monotonic()
-                    return True
-        except Exception as exc:
-            if not self.closed:
-                logger.info(
-                    "redis subscription for circuit breakers under %r broke (%s); "
-                    "subscribing again",
-                    self.prefix,
-                    describe(exc),
-                    extra={"key_prefix": self.prefix},
-                )
-                await self._drop_pubsub()
-            return False
-        if self._ping_sent is not None and self._unanswered(polled):
-            self.silences += 1
-            logger.warning(
-                "redis subscription for circuit breakers under %r silent for %.1fs "
-                "(no answer to PING); subscribing again and re-reading every circuit",
-                self.prefix,
-                time.monotonic() - self._last_heard,
-                extra={"key_prefix": self.prefix},
-            )
-            await self._drop_pubsub()
-            return False
-        return True
-
-    def _unanswered(self, polled: float) -> bool:
-        """Whether the PING is past its deadline, by a poll (begun at ``polled``) that came
-        back empty and can be believed: one that had its time, or began past the deadline.
-        A poll held up by a stall (a blocking callback) may have left the PONG unread in
-        the socket (the stall's end fires its timeout first); the next poll reads it."""
-        assert self._ping_sent is not None
-        now = time.monotonic()
-        if now - self._ping_sent <= _HEARTBEAT_DEADLINE:
-            return False
-        return now - polled <= 2 * _POLL or polled - self._ping_sent > _HEARTBEAT_DEADLINE
-
-    def _resubscribed(self) -> None:
-        # redis-py reconnects a broken subscription by itself and subscribes again:
-        # messages sent meanwhile were lost, so every circuit is re-read now.
-        logger.info(
-            "redis subscription for circuit breakers under %r was re-established by the "
-            "client; re-reading every circuit",
-            self.prefix,
-            extra={"key_prefix": self.prefix},
-        )
-        self._resync_soon = True
-
     async def _catch_up(self) -> bool:
         """Catch every circuit up; False as soon as Redis fails (back off first).
 
@@ -578,7 +438,7 @@ class RedisLink:
         tried again at the next resync, and the others go on.
         """
         errors = self.errors
-        for ref in self._refs():
+        for ref in self._members.refs():
             member = ref()
             if member is None:
                 continue
@@ -590,39 +450,11 @@ class RedisLink:
                 return False
         return True
 
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                async with asyncio.timeout(1.0):
-                    await pubsub.aclose()
-            except Exception:  # a dead connection may fail to say goodbye
-                logger.debug("closing a redis subscription failed", exc_info=True)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if message.get("type") != "pmessage":
-            return
-        try:
-            # The channel comes back in the client's encoding (its key was sent in it).
-            raw = message["channel"]
-            channel = self._encoder.decode(raw, force=True) if isinstance(raw, bytes) else text(raw)
-            payload = text(message["data"])
-        except (KeyError, ValueError):
-            logger.warning("ignored an unreadable circuit message under %r", self.prefix)
-            return
-        refs = self._members.get(channel)
-        if refs:
-            for ref in list(refs.values()):
-                member = ref()
-                if member is not None:
-                    member.on_message(payload)
-
 
 def backoff(failures: int) -> float:
-    """Seconds to wait after ``failures`` failed attempts in a row to reach Redis."""
-    return _backoff.delay(
-        failures, base=_BACKOFF_BASE, cap=_BACKOFF_CAP, rand=random.random(), jitter=0.5
-    )
+    """Seconds to wait after ``failures`` (>= 1) failed attempts in a row to reach Redis:
+    redis-py's equal jitter, at least half of ``min(5 s, 50 ms * 2**(failures-1))``."""
+    return _RECONNECT.compute(failures - 1)
 
 
 async def patiently(waited: asyncio.Future[Any], seconds: float) -> bool:

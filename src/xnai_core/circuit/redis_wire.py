@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 
 from redis.exceptions import MaxConnectionsError
 
+from .._redis_errors import describe
 from .config import CircuitBreakerConfig
-from .redis_codec import Reply, decode_reply, describe, us
+from .redis_codec import Reply, decode_reply, us
 from .redis_link import RedisLink, ScriptRun
 
 logger = logging.getLogger("xnai_core.circuit.redis")
