@@ -80,11 +80,17 @@ class Receiver:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender left mid-request (a sink closed at its deadline): an
+                    # HTTP request cut short was not delivered, so it is not recorded.
+                    self.close_connection = True
+                    return
                 request = Request(
                     "POST",
                     self.path,
                     {name.lower(): value for name, value in self.headers.items()},
-                    self.rfile.read(length),
+                    body,
                 )
                 reply = receiver._answer(request)
                 if reply.delay:
