@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from urllib.parse import quote
+
 import pytest
 
 from xnai_core import _redact
@@ -198,3 +201,71 @@ def test_shown_as_finds_the_one_name_shown_so() -> None:
     assert shown_as("redis://:pw-two@other:6379", names) == "redis://:pw-two@other:6379"
     assert shown_as("nope", names) is None
     assert shown_as("redis://:***@cache:6379", [*names, "redis://:pw-3@cache:6379"]) is None
+
+
+# Shapes of large text that real errors carry (a base64 body, a dotted list of hosts, a
+# form body, YAML-ish dumps), each built to make a backtracking pattern try every
+# position; ``%`` makes the redaction read the values of harmless fields too.
+_LARGE_SHAPES = {
+    "letters": "a",
+    "base64": "QUJD",
+    "dotted": "a.",
+    "colons": "a:",
+    "assignments": "a=",
+    "assignments with a %": "a=%",
+    "user info": "ab:cd@",
+    "spaced url passwords": "http://u:",
+    "secret fields": "password=a[",
+}
+
+
+def _seconds_to_redact(text: str, repeat: int) -> float:
+    """Seconds one redaction of ``text`` takes: the best of three rounds of ``repeat``."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeat):
+            redact(text)
+        best = min(best, (time.perf_counter() - started) / repeat)
+    return best
+
+
+@pytest.mark.parametrize("unit", list(_LARGE_SHAPES.values()), ids=list(_LARGE_SHAPES))
+def test_redaction_cost_grows_linearly_with_the_text(unit: str) -> None:
+    """Redaction is on every failure's path (a degraded call's reason, a check's error, a
+    handler's traceback), on the event loop. Its patterns used to try each position of a
+    run again ("a.a.a..." cost 2 s at 16 KB: the loop froze for every failing call whose
+    error quoted a large body). This checks the growth, not the speed: 8 times the text
+    must cost far less than the 64 times a quadratic pattern takes (best of a few runs)."""
+    small = unit * (4_000 // len(unit))
+    large = unit * (32_000 // len(unit))
+    redact(small)  # warm up
+    ratio = _seconds_to_redact(large, 1) / _seconds_to_redact(small, 8)
+    assert ratio < 24, f"{ratio:.1f}x the time for 8x the text"
+
+
+def test_a_value_that_decodes_to_itself_does_not_recurse() -> None:
+    """'a=a=...%': each harmless field's value holds a '%', so it was decoded and redacted
+    again, one level per field, until RecursionError (from every surface that redacts)."""
+    assert redact("a=" * 2_000 + "%") == "a=" * 2_000 + "%"
+    assert redact("x=%25" * 3_000).startswith("x=%25")
+    # a URL passed along, and a form passed along inside it, are still read
+    assert "s3cr3t" not in redact("next=" + quote("https://h/?token=s3cr3t", safe=""))
+    inner = quote("next=" + quote("https://h/?token=s3cr3t", safe=""), safe="")
+    assert "s3cr3t" not in redact(f"u={inner}")
+
+
+async def test_a_primary_error_quoting_such_text_still_degrades() -> None:
+    """The degradation manager describes the primary's error through the redaction: a
+    RecursionError there escaped from call_service instead of the fallback's answer."""
+    from xnai_core.degradation import DegradedModeStrategy, ServiceDegradationManager
+
+    async def primary() -> str:
+        raise ValueError("bad form: " + "a=" * 2_000 + "%")
+
+    manager = ServiceDegradationManager()
+    manager.add_service_strategy("forms", DegradedModeStrategy("later"))
+    result = await manager.call_service_detailed("forms", primary)
+    assert (result.value, result.degraded) == ("later", True)
+    assert result.info.reason is not None
+    assert result.info.reason.startswith("ValueError: bad")

@@ -41,6 +41,7 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -106,6 +107,11 @@ its normalised name ends with one of these: ``max_tokens`` and ``KeyError`` are 
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
+# How many layers of percent-encoding the value being redacted sits under
+# (``?next=...%253D...``): each is decoded and redacted once, up to this depth.
+_MAX_DECODING = 8
+_decoding: ContextVar[int] = ContextVar("xnai_core_redact_decoding", default=0)
+
 # URL schemes whose user name is a role or account name, sent beside a separate
 # password: "postgresql://app@db/app" shows "app". For any other scheme (http,
 # https, ...) a user name without a password is how tokens travel
@@ -133,7 +139,13 @@ _MIN_FREE_TEXT_SECRET = 4
 
 _PARAM_END = re.compile(r"[&;]")
 _PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.%a-z]+\])(?::\d*)?")
-_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
+# A URL starts at the first letter of a run of scheme characters: ``pre`` holds what of
+# the run comes before it (digits, ``+``, ``.``, ``-``). Every pattern here is tried only
+# where its run starts (the lookbehind) and takes its run whole (possessive), so a long
+# run ("a.a.a...", a base64 blob, a 1 MB error body) costs one pass, not one per
+# character: redaction sits on every failure's path and must stay linear in its text.
+_SCHEME_RUN = r"(?<![A-Za-z0-9+.-])(?P<pre>[0-9+.-]*+)"
+_URL = re.compile(_SCHEME_RUN + r"""(?P<url>[A-Za-z][A-Za-z0-9+.-]*+://[^\s'"<>`]+)""")
 # A value: quoted (also a bytes or raw literal: b'...'), or bare, where brackets are
 # taken whole ("password=[x, y]", "secret=(x)"), so a secret inside them is masked,
 # while an unmatched closing bracket ends it ("(password=x)").
@@ -141,14 +153,13 @@ _VALUE = (
     r"""(?:[bBrRuU]{0,2}"(?:[^"\\]|\\.)*"|[bBrRuU]{0,2}'(?:[^'\\]|\\.)*'"""
     r"""|(?:[^\s&;,'"<>()\[\]{}]|\[[^\]]*\]|\([^)]*\)|\{[^}]*\})+)"""
 )
-# name=value (env style, libpq DSNs, --flag=value, key=value in messages).
-_ASSIGNMENT = re.compile(
-    rf"(?P<name>(?<![\w-])-{{0,2}}[A-Za-z_][\w.-]*)\s*=\s*(?=(?P<value>{_VALUE}))"
-)
+_VALUE_AT = re.compile(_VALUE)
+# name=value (env style, libpq DSNs, --flag=value, key=value in messages). The name is a
+# whole run of name characters (a harmless prefix does not matter: a field is secret by
+# how its name ends); its value is read by _VALUE_AT only where it may be masked.
+_ASSIGNMENT = re.compile(r"(?P<name>(?<![\w.-])[\w.-]++)\s*=\s*")
 # name: value (headers, YAML, dict reprs); the name may be quoted.
-_COLON_FIELD = re.compile(
-    rf"""(?P<name>(?<![\w-])["']?[A-Za-z_][\w.-]*["']?)\s*:\s*(?!//)(?=(?P<value>{_VALUE}))"""
-)
+_COLON_FIELD = re.compile(r"""(?P<name>(?<![\w.-])["']?[\w.-]++["']?)\s*:\s*(?!//)""")
 _AUTHORIZATION = re.compile(
     r"(?i)(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
     r"(?:(?:bearer|basic|digest|token|negotiate|apikey|aws4-hmac-sha256)\s+)?)"
@@ -164,7 +175,7 @@ _ENV_THEN_VALUE = re.compile(
 # A URL whose password holds a space, which ends the URL pattern's match early: the user
 # info runs to an '@' before a host. Not a port followed by words ("h:8080 and a@b").
 _URL_SPACED_PASSWORD = re.compile(
-    r"""(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'"<>]*:)"""
+    r"""(?P<head>(?<![\w+.-])(?:\w*+[+.-]++)*+[A-Za-z][A-Za-z0-9+.-]*+://[^\s/@:'"<>]*:)"""
     r"""(?P<password>(?!\d+\s)[^\s@/'"<>][^@\n/'"<>]{0,256}?)@(?=[A-Za-z0-9\[])"""
 )
 # user:password@host without a scheme ("connecting to app:s3cret@db:5432").
@@ -303,7 +314,17 @@ def _encodes_a_secret(value: str) -> bool:
     if "%" not in value:
         return False
     decoded = unquote_plus(value)
-    return redact(decoded) != decoded
+    depth = _decoding.get()
+    # A value that decodes to itself hides nothing the pass over it does not see; and
+    # each layer of encoding is read at most _MAX_DECODING deep, so no text can make
+    # the redaction recurse without end (before: "a=a=a=...%" raised RecursionError).
+    if decoded == value or depth >= _MAX_DECODING:
+        return False
+    token = _decoding.set(depth + 1)
+    try:
+        return redact(decoded) != decoded
+    finally:
+        _decoding.reset(token)
 
 
 def _mask_params(params: str) -> str:
@@ -397,8 +418,10 @@ def url_secrets(url: str) -> tuple[str, ...]:
     _, sep, rest = url.partition("://")
     if not sep:
         for match in _ASSIGNMENT.finditer(url):
-            if is_secret_field(match.group("name")):
-                found.append(match.group("value").strip("'\""))
+            read = _VALUE_AT.match(url, match.end())
+            name = _field_name(match.group("name"), dashes=True)
+            if read is not None and name is not None and is_secret_field(name):
+                found.append(read.group(0).strip("'\""))
     else:
         ambiguous = _ambiguous_user_info(_scheme(url), rest)
         if ambiguous is not None:
@@ -447,22 +470,68 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def _field_name(run: str, *, dashes: bool) -> str | None:
+    """The field name a run of name characters (``[\\w.-]+``, maybe quoted) holds: from
+    its first letter or ``_`` that starts the run or follows a ``.`` (with ``dashes``, up
+    to two ``-`` may lead, as in ``--password``), to its end; None if it holds none."""
+    run = run.strip("'\"")
+    start = 0
+    while start < len(run):
+        begin = start
+        if dashes:
+            while begin < start + 2 and begin < len(run) and run[begin] == "-":
+                begin += 1
+        if begin < len(run) and (
+            (run[begin].isascii() and run[begin].isalpha()) or run[begin] == "_"
+        ):
+            return run[start:]
+        dot = run.find(".", start)
+        if dot < 0:
+            return None
+        start = dot + 1
+    return None
+
+
 def _mask_fields(pattern: re.Pattern[str], text: str) -> str:
     """Mask the value of each secret field ``pattern`` finds.
 
-    The patterns read the value in a lookahead, so a harmless field does not swallow
-    the next one: in ``failed: password: x``, ``failed``'s value is ``password``, and
-    ``password`` is still seen as a field of its own.
+    A pattern matches a field's name and separator, and either reads the value in a
+    lookahead (a ``value`` group) or leaves it to :data:`_VALUE_AT`; either way a
+    harmless field does not swallow the next one: in ``failed: password: x``,
+    ``failed``'s value is ``password``, and ``password`` is still seen as a field of its
+    own. A harmless field's value is read only where it may hide an encoded secret (the
+    text holds a ``%``), and a field inside a value already read is not read again, so
+    ``a=a=a=...`` costs one pass.
     """
     pieces: list[str] = []
     done = 0
+    read_to = 0  # the end of the last harmless value read: nothing in it encodes a secret
+    may_encode = "%" in text
+    has_value = "value" in pattern.groupindex
     for match in pattern.finditer(text):
-        name = match.group("name")
-        start, end = match.span("value")
+        if has_value:
+            name = match.group("name")
+            start = match.start("value")
+        else:
+            name = _field_name(match.group("name"), dashes=pattern is _ASSIGNMENT)
+            if name is None:
+                continue
+            start = match.end()
         # An Authorization header was masked already, keeping its scheme word ("Bearer").
         if start < done or _normalised(name).endswith("authorization"):
             continue
-        if not is_secret_field(name) and not _encodes_a_secret(text[start:end]):
+        secret = is_secret_field(name)
+        if not secret and (not may_encode or start < read_to):
+            continue
+        if has_value:
+            end = match.end("value")
+        else:
+            value = _VALUE_AT.match(text, start)
+            if value is None:
+                continue
+            end = value.end()
+        if not secret and not _encodes_a_secret(text[start:end]):
+            read_to = end
             continue
         pieces.append(text[done:start])
         pieces.append(MASK)
@@ -475,7 +544,7 @@ def _mask_fields(pattern: re.Pattern[str], text: str) -> str:
 
 def _redact_patterns(text: str) -> str:
     text = _URL_SPACED_PASSWORD.sub(_mask_spaced_password, text)
-    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    text = _URL.sub(lambda m: m.group("pre") + redact_url(m.group("url")), text)
     text = _BARE_USER_INFO.sub(lambda m: f"{m.group('user')}:{MASK}@", text)
     text = _PATH_SEGMENT.sub(lambda m: MASK if _looks_like_token(m.group(0)) else m.group(0), text)
     text = _AUTHORIZATION.sub(lambda m: m.group("head") + MASK, text)
