@@ -332,7 +332,7 @@ async def test_a_broken_key_func_is_logged_and_skips_the_cache(
         "service 'a': CacheFirstStrategy skips the cache for this call: "
         "'key_func' must return a str or None: 42",
         "service 'b': CacheFirstStrategy skips the cache for this call: "
-        "key_func raised KeyError('q')",
+        "key_func raised KeyError: 'q'",
     ]
 
 

@@ -10,6 +10,7 @@ Logs are captured at DEBUG from every ``xnai_core`` logger, tracebacks included.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 
@@ -30,7 +31,10 @@ from xnai_core import (
     DatabaseHealthChecker,
     DegradationEvent,
     DegradedModeStrategy,
+    HealthCheckError,
+    HealthCheckResult,
     HealthMonitor,
+    HealthStatus,
     HTTPHealthChecker,
     RecoveryActionType,
     RecoveryManager,
@@ -42,6 +46,7 @@ from xnai_core import (
     create_redis_circuit_breaker,
     last_call_info,
 )
+from xnai_core._redact import redact
 
 _FORMAT = logging.Formatter("%(levelname)s %(name)s %(message)s")
 
@@ -347,4 +352,99 @@ async def test_recovery_stats_alerts_and_logs(our_logs: pytest.LogCaptureFixture
     escalated = {a.service for a in alerts if a.kind == "manual_intervention"}
     assert escalated == set(services)
     assert all(a.severity == "critical" for a in alerts if a.kind == "manual_intervention")
+    assert leaks(shown) == []
+
+
+# -- what user code hands us: check details, listeners, key functions --------------------
+
+
+class _OwnChecker:
+    """A checker of the user's own (no HealthChecker base): its result as it makes it."""
+
+    def __init__(self, name: str, details: dict[str, object]) -> None:
+        self.name = name
+        self._details = details
+
+    async def check(self) -> HealthCheckResult:
+        return HealthCheckResult(
+            service=self.name, status=HealthStatus.HEALTHY, details=dict(self._details)
+        )
+
+
+async def test_health_details_a_check_of_ours_or_yours_returns() -> None:
+    """A custom check that reports its endpoint (`{"dsn": settings.DATABASE_URL}`) or a
+    config it read, succeeding or failing with HealthCheckError details, and a checker of
+    the user's own: the details reach the report, history, health+json and the service's
+    snapshot, and showed every secret in them (only the error text was masked)."""
+    monitor = HealthMonitor(check_interval=60)
+    names: list[str] = []
+    for index, shape in enumerate(SHAPES):
+        details: dict[str, object] = {
+            "endpoint": shape.text,
+            "seen": [shape.text, {"nested": shape.text}],
+            "password": shape.core,  # a value under a secret key, whatever it looks like
+        }
+
+        def reporting(details: dict[str, object] = details) -> dict[str, object]:
+            return details
+
+        def failing(details: dict[str, object] = details) -> bool:
+            raise HealthCheckError("probe failed", details=details)
+
+        monitor.add_checker(CustomHealthChecker(f"ok{index}", reporting, timeout=2))
+        monitor.add_checker(CustomHealthChecker(f"bad{index}", failing, timeout=2))
+        monitor.add_checker(_OwnChecker(f"own{index}", details))
+        names += [f"ok{index}", f"bad{index}", f"own{index}"]
+    try:
+        results = [await monitor.trigger_manual_check(name) for name in names]
+        shown = [repr(result) for result in results]
+        shown.append(json.dumps(monitor.get_health_report(), default=str))
+        shown.append(json.dumps(monitor.get_health_json(), default=str))
+        for name in names:
+            shown += [repr(r) for r in monitor.get_history(name)]
+            shown.append(repr(monitor.get_service_health(name)))
+    finally:
+        await monitor.stop_monitoring()
+    masked = redact(SHAPES[0].text)
+    assert results[0].details["seen"] == [masked, {"nested": masked}]
+    assert results[0].details["password"] == "***"
+    assert leaks(shown) == []
+
+
+async def test_degradation_listener_and_key_function_failures(
+    our_logs: pytest.LogCaptureFixture,
+) -> None:
+    """A listener posting to a webhook whose URL holds its token (a functools.partial), which
+    fails naming that URL, sync or async; a key function whose error quotes its input: the
+    ERRORs showed the partial's repr, the exception and its traceback unmasked."""
+    manager = ServiceDegradationManager()
+
+    def post(url: str, event: DegradationEvent) -> None:
+        raise ConnectionError(f"POST {url} refused")
+
+    async def post_later(url: str, event: DegradationEvent) -> None:
+        raise ConnectionError(f"POST {url} refused")
+
+    async def down() -> str:
+        raise ConnectionError("primary down")
+
+    async def up(prompt: str) -> str:
+        return "fine"
+
+    for index, shape in enumerate(SHAPES):
+        manager.add_listener(functools.partial(post, shape.text))
+        manager.add_listener(functools.partial(post_later, shape.text))
+
+        def key_of(prompt: str, text: str = shape.text) -> str:
+            raise ValueError(f"cannot key {text}")
+
+        manager.add_service_strategy(f"k{index}", CacheFirstStrategy(key_func=key_of))
+        await manager.call_service(f"k{index}", up, "hi")
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    await manager.call_service("llm", down)
+    for _ in range(50):  # the async listeners' tasks
+        await asyncio.sleep(0)
+    shown = logged(our_logs)
+    assert any("listener" in line for line in shown)
+    assert any("key_func raised ValueError" in line for line in shown)
     assert leaks(shown) == []

@@ -50,7 +50,15 @@ from typing import Any
 from ._redact import redact
 from ._validation import MAX_THREADS, check_int, check_seconds, check_size
 
-__all__ = ["CallbackBusyError", "Dispatcher", "Job", "Lane", "is_async_callable"]
+__all__ = [
+    "CallbackBusyError",
+    "Dispatcher",
+    "Job",
+    "Lane",
+    "describe_callback",
+    "describe_failure",
+    "is_async_callable",
+]
 
 logger = logging.getLogger("xnai_core.dispatch")
 
@@ -80,12 +88,12 @@ def _key(func: object) -> object:
     return func
 
 
-def _describe(func: object) -> str:
+def describe_callback(func: object) -> str:
     # A partial or a callable object shows its repr, which may carry a webhook's token.
     return redact(getattr(func, "__qualname__", None) or repr(func))
 
 
-def _failure(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """``exc`` with its traceback, masked: user code's errors carry what it was given
     (a webhook that fails names its URL, token and all), and so do its source lines."""
     return redact("".join(traceback.format_exception(exc)).rstrip())
@@ -263,24 +271,24 @@ class Dispatcher:
                 "%s did not finish within %gs (%s)",
                 what,
                 timeout,
-                _describe(func),
-                extra={"xnai.callback": _describe(func)},
+                describe_callback(func),
+                extra={"xnai.callback": describe_callback(func)},
             )
         except CallbackBusyError:
             self._log.error(
                 "%s skipped: its previous call is still running (%s; %d dropped so far)",
                 what,
-                _describe(func),
+                describe_callback(func),
                 self.dropped,
-                extra={"xnai.callback": _describe(func), "xnai.dropped": self.dropped},
+                extra={"xnai.callback": describe_callback(func), "xnai.dropped": self.dropped},
             )
         except Exception as exc:
             self._log.error(
                 "%s failed (%s)\n%s",
                 what,
-                _describe(func),
-                _failure(exc),
-                extra={"xnai.callback": _describe(func)},
+                describe_callback(func),
+                describe_failure(exc),
+                extra={"xnai.callback": describe_callback(func)},
             )
         else:
             return True
@@ -299,7 +307,7 @@ class Dispatcher:
                         self._dropped += 1
                     why = "hung" if turns.overdue else "still running"
                     raise CallbackBusyError(
-                        f"previous call of {_describe(func)} is {why} in its thread"
+                        f"previous call of {describe_callback(func)} is {why} in its thread"
                     )
             else:
                 turns = self._turns[key] = _Turns()
@@ -430,7 +438,9 @@ class Lane:
                 await job()
             except Exception as exc:
                 self._log.error(
-                    "notification failed\n%s", _failure(exc), extra={"xnai.lane": self._label}
+                    "notification failed\n%s",
+                    describe_failure(exc),
+                    extra={"xnai.lane": self._label},
                 )
 
     async def idle(self) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "is_secret_name",
     "redact",
     "redact_argv",
+    "redact_data",
     "redact_tree",
     "redact_url",
     "scrub",
@@ -158,8 +159,9 @@ _VALUE_AT = re.compile(_VALUE)
 # whole run of name characters (a harmless prefix does not matter: a field is secret by
 # how its name ends); its value is read by _VALUE_AT only where it may be masked.
 _ASSIGNMENT = re.compile(r"(?P<name>(?<![\w.-])[\w.-]++)\s*=\s*")
-# name: value (headers, YAML, dict reprs); the name may be quoted.
-_COLON_FIELD = re.compile(r"""(?P<name>(?<![\w.-])["']?[\w.-]++["']?)\s*:\s*(?!//)""")
+# name: value (headers, YAML, dict reprs); the name may be quoted. The value may start on
+# the next line, also as a repr writes it ('password:\\n  s3cret').
+_COLON_FIELD = re.compile(r"""(?P<name>(?<![\w.-])["']?[\w.-]++["']?)\s*:(?:\s|\\[nrt])*+(?!//)""")
 _AUTHORIZATION = re.compile(
     r"(?i)(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
     r"(?:(?:bearer|basic|digest|token|negotiate|apikey|aws4-hmac-sha256)\s+)?)"
@@ -572,6 +574,44 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     if not text:
         return text
     return _redact_patterns(text)
+
+
+_MAX_DATA_DEPTH = 16
+
+
+def _is_number(value: object) -> bool:
+    return value is None or isinstance(value, bool | int | float)
+
+
+def redact_data(value: object, secrets: Iterable[str] = (), *, _depth: int = 0) -> object:
+    """``value`` with every credential masked, for data user code hands over (a health
+    check's details), keeping its shape (tuples stay tuples, unchanged data is returned
+    as given; :func:`redact_tree` instead makes JSON for what a page shows): each string
+    through :func:`redact`, the value under a secret-named
+    key (:func:`is_secret_field`: ``password``, ``api_key``, ...) masked whole unless it is
+    a number, a bool or None, lists,
+    tuples and dicts walked (copies; nested up to 16 deep, deeper ones shown as
+    ``***``), other values kept as they are. Unchanged data comes back as it was given.
+    """
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if not isinstance(value, list | tuple | dict):
+        return value
+    if _depth >= _MAX_DATA_DEPTH:
+        return MASK
+    if isinstance(value, dict):
+        masked: dict[object, object] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and is_secret_field(key) and not _is_number(item):
+                masked[key] = MASK
+            else:
+                masked[key] = redact_data(item, secrets, _depth=_depth + 1)
+        same = all(masked[key] is item for key, item in value.items())
+        return value if same and type(value) is dict else masked
+    items = [redact_data(item, secrets, _depth=_depth + 1) for item in value]
+    if all(new is old for new, old in zip(items, value, strict=True)):
+        return value
+    return items if isinstance(value, list) else tuple(items)
 
 
 # -- argument lists --------------------------------------------------------------------

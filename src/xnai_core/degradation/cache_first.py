@@ -164,7 +164,8 @@ class CacheFirstStrategy:
                 key = self.key_func(*call.args, **call.kwargs)
             except Exception as exc:
                 key = None
-                self._warn_unkeyable(call.service_name, f"key_func raised {exc!r}", bug=True)
+                why = f"key_func raised {describe_error(exc)}"
+                self._warn_unkeyable(call.service_name, why, bug=True)
             else:
                 if key is not None and not isinstance(key, str):
                     why = f"'key_func' must return a str or None: {key!r}"

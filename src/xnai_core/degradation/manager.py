@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
+from .._dispatch import describe_callback, describe_failure
 from .._validation import MAX_COUNT, check_int, check_optional_seconds
 from ..circuit.errors import CircuitOpenError
 from ..deadlines import wait_within
@@ -489,8 +490,8 @@ class ServiceDegradationManager:
         for listener in list(self._listeners):
             try:
                 outcome = listener(event)
-            except Exception:
-                logger.exception("degradation listener %r failed", listener)
+            except Exception as exc:
+                _listener_failed(listener, exc)
                 continue
             if inspect.isawaitable(outcome):
                 self._spawn_listener(outcome, listener)
@@ -499,13 +500,24 @@ class ServiceDegradationManager:
         async def run() -> object:
             try:
                 return await outcome
-            except Exception:
-                logger.exception("degradation listener %r failed", listener)
+            except Exception as exc:
+                _listener_failed(listener, exc)
                 return None
 
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(run())
         self._listener_tasks.add(task)
         task.add_done_callback(self._listener_tasks.discard)
+
+
+def _listener_failed(listener: DegradationListener, exc: Exception) -> None:
+    # Masked as every callback's failure is: a webhook listener names its URL, token and
+    # all, in its repr (a functools.partial), its error and its traceback.
+    logger.error(
+        "degradation listener %s failed\n%s",
+        describe_callback(listener),
+        describe_failure(exc),
+        extra={"xnai.callback": describe_callback(listener)},
+    )
 
 
 async def _run_guard(guard: PrimaryGuard, call: ServiceCall, proceed: Proceed) -> object:

@@ -17,9 +17,10 @@ import abc
 import asyncio
 import time
 from collections.abc import Mapping
+from typing import cast
 
 from ._validate import check_name, check_seconds
-from .redact import scrub
+from .redact import redact_data, scrub
 from .result import DEGRADED, HEALTHY, UNHEALTHY, HealthCheckError, HealthCheckResult, error_text
 
 __all__ = ["DEFAULT_TIMEOUT", "USER_AGENT", "HealthChecker"]
@@ -94,7 +95,7 @@ class HealthChecker(abc.ABC):
             async with deadline:
                 outcome = await self.probe()
         except Exception as exc:
-            extra = exc.details if isinstance(exc, HealthCheckError) else {}
+            extra = self._masked(exc.details) if isinstance(exc, HealthCheckError) else {}
             if isinstance(exc, TimeoutError) and deadline.expired():
                 failure = f"timed out after {self.timeout:g}s"
             else:
@@ -111,11 +112,11 @@ class HealthChecker(abc.ABC):
         if isinstance(outcome, HealthCheckResult):
             response_time = outcome.response_time if outcome.response_time > 0 else elapsed
             status = outcome.status
-            details = {**self.describe(), **outcome.details}
+            details = {**self.describe(), **self._masked(outcome.details)}
             error = None if outcome.error is None else scrub(outcome.error, self.secrets())
         else:
-            response_time, status, details, error = elapsed, HEALTHY, dict(outcome), None
-            details = {**self.describe(), **details}
+            response_time, status, error = elapsed, HEALTHY, None
+            details = {**self.describe(), **self._masked(outcome)}
         if status is HEALTHY and self._is_slow(response_time):
             status = DEGRADED
             details["degraded_reason"] = (
@@ -129,6 +130,11 @@ class HealthChecker(abc.ABC):
             details=details,
             error=error,
         )
+
+    def _masked(self, details: Mapping[str, object]) -> dict[str, object]:
+        # What a probe reports is masked as its error is: a check of one's own readily
+        # reports the endpoint it checked (a DSN, a URL with its token) or a config it read.
+        return cast(dict[str, object], redact_data(dict(details), self.secrets()))
 
     def _is_slow(self, response_time: float) -> bool:
         return self.degraded_threshold is not None and response_time > self.degraded_threshold

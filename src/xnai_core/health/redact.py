@@ -14,6 +14,7 @@ from .._redact import (
     is_secret_field,
     is_secret_name,
     redact,
+    redact_data,
     redact_url,
     url_secrets,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "is_secret_field",
     "is_secret_name",
     "redact",
+    "redact_data",
     "redact_url",
     "scrub",
     "url_secrets",

@@ -14,8 +14,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
-from .redact import scrub
+from .checker import HealthChecker
+from .redact import redact_data, scrub
 from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck, error_text
 
 __all__ = ["checker_timeout", "close_checker", "failure", "run_check"]
@@ -80,6 +82,11 @@ async def run_check(
             error = scrub(str(result.error), _secrets_of(checker))
             if error != result.error:
                 result = replace(result, error=error)
+        if result.details and not isinstance(checker, HealthChecker):
+            # ... and its details (a HealthChecker masks what its probe reports itself).
+            details = cast(dict[str, object], redact_data(result.details, _secrets_of(checker)))
+            if details is not result.details:
+                result = replace(result, details=details)
     except TimeoutError as exc:
         if deadline.expired():
             error = f"timed out after {timeout:g}s"
