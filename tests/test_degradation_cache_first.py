@@ -648,3 +648,70 @@ async def test_service_names_with_colons_never_share_entries() -> None:
     result = await manager.call_service_detailed("a", named, "c")
     assert (result.value, result.source) == ("answer of c", "primary")
     assert len(shared) == 2
+
+
+async def test_a_hung_call_nobody_waits_for_ends_at_its_deadline() -> None:
+    """Callers cancelled while the primary hangs on a loopback server that never answers
+    (no service timeout): each flight was left running, shielded, with its connection,
+    for as long as the server stayed silent, and every flight deadline started another
+    (one task and one socket more per deadline, without end). A flight nobody waits for
+    is cancelled at its deadline: its primary gives back its connection."""
+    opened = closed = 0
+    all_closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened, closed
+        opened += 1
+        await reader.read()  # never answers; returns at the client's close
+        closed += 1
+        if closed == 3:
+            all_closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def ask_silent(prompt: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(prompt.encode())
+            return await reader.read(100)
+        finally:
+            writer.close()
+
+    manager = ServiceDegradationManager()  # no timeout: the flight's deadline is the bound
+    strategy = CacheFirstStrategy(key_func=str, flight_deadline=0.2)
+    manager.add_service_strategy("llm", strategy, priority=20)
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    loop = asyncio.get_running_loop()
+    async with server:
+        for _ in range(3):
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(manager.call_service("llm", ask_silent, "q"), 0.05)
+            # the next caller comes after this flight's deadline: it starts a fresh one
+            await asyncio.sleep(max(0.0, started + 0.25 - loop.time()))
+        async with asyncio.timeout(10):  # main: never
+            await all_closed.wait()
+        assert (opened, closed) == (3, 3)
+    stats = strategy.get_stats()
+    assert (stats["primary_flights"], stats["flights_overdue"]) == (3, 0)  # none left to find
+
+
+async def test_a_call_its_caller_left_still_fills_the_cache_within_its_deadline() -> None:
+    """The other side: a flight whose only caller was cancelled goes on until its deadline
+    and stores its answer (the next caller is served from the cache)."""
+    clock = FakeClock(START)
+    manager, strategy = cached_manager(clock, key_func=str)
+    gate, slow_ask = gated()
+    leader = asyncio.create_task(manager.call_service("llm", slow_ask, "q"))
+    await asyncio.sleep(0)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    gate.set()
+    await strategy.flush()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    result = await manager.call_service_detailed("llm", slow_ask, "q")
+    assert (result.value, result.source) == ("q", "CacheFirstStrategy")

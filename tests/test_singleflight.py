@@ -341,3 +341,44 @@ def test_a_flight_that_ends_in_the_same_pass_as_its_deadline_is_not_a_timeout() 
         assert await flights.run("k", call, deadline=2, bounded=True) == "its own timeout"
 
     run_virtual(scenario())
+
+
+def test_an_abandoning_flight_nobody_waits_for_is_cancelled_at_its_deadline() -> None:
+    """``abandon=True``: once every caller left (cancelled, or gone at the deadline), the
+    call runs on until its deadline, for whoever joins, then is cancelled. A caller still
+    waiting keeps it (the starter of an unbounded flight, past the deadline too)."""
+    flights: SingleFlight[str, int] = SingleFlight()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        cancelled_at: list[float] = []
+
+        async def hung() -> int:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled_at.append(loop.time())
+                raise
+            return 1
+
+        starter = asyncio.create_task(flights.run("k", hung, deadline=5, abandon=True))
+        await asyncio.sleep(1)
+        starter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starter
+        await asyncio.sleep(1)
+        assert cancelled_at == []  # before its deadline a joiner may still come
+        with pytest.raises(FlightTimeoutError):
+            await flights.run("k", hung, deadline=5, abandon=True)  # joins, leaves at 5
+        await asyncio.sleep(0.01)
+        assert cancelled_at == [pytest.approx(5, abs=0.01)]
+        assert len(flights) == 0
+
+        waited = asyncio.create_task(flights.run("w", hung, deadline=5, abandon=True))
+        await asyncio.sleep(20)
+        assert not waited.done()  # its starter still waits, as long as the call takes
+        waited.cancel()
+        await asyncio.sleep(0.01)
+        assert cancelled_at[1:] == [pytest.approx(25, abs=0.1)]
+
+    run_virtual(scenario())

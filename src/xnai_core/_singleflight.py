@@ -18,7 +18,11 @@ then:
   ``bounded=True``, until the deadline as a joiner does (the flight goes on);
 - a caller arriving after the deadline does not join: it starts a fresh flight, so one hung
   call never blocks its key. The late flight runs on for the caller that started it (whose
-  call carries its own timeout, if it has one) and lands without disturbing the fresh one.
+  call carries its own timeout, if it has one) and lands without disturbing the fresh one;
+- with ``abandon=True``, a flight that nobody waits for any more (every caller cancelled or
+  gone at the deadline) is cancelled at its deadline, so a hung call its callers left does
+  not hold its task and connection for ever (before: one more per deadline, without end).
+  Until then it runs on, as it would for others who joined.
 
 Flights live within one process and event loop; a flight started on another loop is never
 joined.
@@ -65,6 +69,9 @@ class _Flight(Generic[T]):
     due: float  # the loop's time when it stops being shared
     here: bool = False  # runs in its caller's task: joiners wait on `outcome`
     outcome: asyncio.Future[T] | None = None  # made when the first caller joins
+    abandon: bool = False  # cancel it at `due` if nobody waits for it then
+    waiting: int = 0  # callers waiting for it now
+    timer: asyncio.TimerHandle | None = None  # the check at `due`, once nobody waits
 
 
 class SingleFlight(Generic[K, T]):
@@ -94,6 +101,7 @@ class SingleFlight(Generic[K, T]):
         deadline: float,
         on_join: Callable[[], object] | None = None,
         bounded: bool = False,
+        abandon: bool = False,
     ) -> T:
         """``await call()`` as a new flight, or join the one running for ``key``.
 
@@ -102,6 +110,8 @@ class SingleFlight(Generic[K, T]):
         instead of starting one, so it can be counted once, not as a call of its own.
         ``bounded``: the caller that starts the flight stops waiting at its deadline
         too, as a joiner does (:class:`FlightTimeoutError`; the flight goes on).
+        ``abandon``: the flight this caller starts is cancelled at its deadline if nobody
+        waits for it then (every caller cancelled, or gone at the deadline).
         """
         loop, now, flight = self._joinable(key, deadline)
         if flight is not None:
@@ -109,13 +119,17 @@ class SingleFlight(Generic[K, T]):
                 on_join()
             return await self._join(flight, min(flight.due, now + deadline), now)
         task = loop.create_task(_await(call))
-        flight = _Flight(task, float(deadline), now + deadline)
+        flight = _Flight(task, float(deadline), now + deadline, abandon=abandon)
         self._flights[key] = flight
         task.add_done_callback(lambda done: self._land(key, done))
         self.started += 1
         if bounded:
             return await self._join(flight, flight.due, now)
-        return await asyncio.shield(task)
+        flight.waiting += 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._left(flight)
 
     async def run_here(self, key: K, call: Callable[[], Awaitable[T]], *, deadline: float) -> T:
         """As :meth:`run`, but a flight this caller starts runs in its own task.
@@ -181,26 +195,48 @@ class SingleFlight(Generic[K, T]):
         else:
             shared = flight.task
         timeout = asyncio.timeout_at(due)
+        flight.waiting += 1
         try:
-            async with timeout:
-                return await asyncio.shield(shared)
-        except TimeoutError:
-            if not timeout.expired():
-                raise  # the flight's own TimeoutError, shared like any outcome
-        # On a loop lagging past the deadline, the flight's own end (its call's
-        # timeout) may have come in the same pass: let it land first.
-        await asyncio.sleep(0)
-        if shared.done() and not shared.cancelled():
-            return shared.result()
-        self.expired += 1
-        raise FlightTimeoutError(
-            flight.deadline if due == flight.due else round(due - joined_at, 6)
-        )
+            try:
+                async with timeout:
+                    return await asyncio.shield(shared)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # the flight's own TimeoutError, shared like any outcome
+            # On a loop lagging past the deadline, the flight's own end (its call's
+            # timeout) may have come in the same pass: let it land first.
+            await asyncio.sleep(0)
+            if shared.done() and not shared.cancelled():
+                return shared.result()
+            self.expired += 1
+            raise FlightTimeoutError(
+                flight.deadline if due == flight.due else round(due - joined_at, 6)
+            )
+        finally:
+            self._left(flight)
+
+    def _left(self, flight: _Flight[T]) -> None:
+        """A caller stopped waiting for ``flight``: the last one out of an abandoning
+        flight leaves it its deadline, then it is cancelled if nobody came back."""
+        flight.waiting -= 1
+        if not flight.abandon or flight.waiting or flight.task.done() or flight.timer:
+            return
+        loop = flight.task.get_loop()
+        flight.timer = loop.call_at(flight.due, self._abandon_if_alone, flight)
+
+    @staticmethod
+    def _abandon_if_alone(flight: _Flight[T]) -> None:
+        flight.timer = None
+        if not flight.waiting and not flight.task.done():
+            flight.task.cancel()
 
     def _land(self, key: K, task: asyncio.Task[T]) -> None:
         flight = self._flights.get(key)
         if flight is not None and flight.task is task:
             del self._flights[key]
+            if flight.timer is not None:
+                flight.timer.cancel()
+                flight.timer = None
         # Mark the outcome as seen, so a flight whose callers were all cancelled
         # does not log "exception was never retrieved".
         if not task.cancelled():

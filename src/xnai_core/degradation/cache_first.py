@@ -134,7 +134,7 @@ class CacheFirstStrategy:
             call.notes.coalesced = True
 
         deadline = self.flight_deadline if call.timeout is None else call.timeout + FLIGHT_GRACE
-        return await self._flights.run(key, fill, deadline=deadline, on_join=joined)
+        return await self._flights.run(key, fill, deadline=deadline, on_join=joined, abandon=True)
 
     async def execute(self, call: ServiceCall, error: Exception) -> object:
         """The cached answer if it is younger than ttl + stale_if_error; else decline."""
