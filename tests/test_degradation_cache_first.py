@@ -14,6 +14,7 @@ from tests.degradation_helpers import FakeClock
 from tests.helpers import run_virtual
 from xnai_core.degradation.cache import CacheEntry, MemoryCache
 from xnai_core.degradation.cache_first import (
+    CLOCK_SKEW,
     DEFAULT_FLIGHT_DEADLINE,
     FLIGHT_GRACE,
     CacheFirstStrategy,
@@ -715,3 +716,34 @@ async def test_a_call_its_caller_left_still_fills_the_cache_within_its_deadline(
         await asyncio.sleep(0)
     result = await manager.call_service_detailed("llm", slow_ask, "q")
     assert (result.value, result.source) == ("q", "CacheFirstStrategy")
+
+
+async def test_a_clock_stepped_back_does_not_stretch_freshness() -> None:
+    """The wall clock stepped back an hour (an NTP step, a VM restored from a snapshot):
+    every entry was stored "in the future", its age negative, so a 60 s answer was served
+    as fresh for an hour and a minute. An entry from more than CLOCK_SKEW in the future is
+    not fresh (the primary answers, and its answer replaces it); it may still stand in
+    when the primary fails (stale-if-error)."""
+    clock = FakeClock(START)
+    manager, strategy = cached_manager(clock, key_func=str, stale=600)
+    assert (await manager.call_service("llm", ask, "q"))["answer"] == "q#1"
+    await strategy.flush()
+    clock.now -= 3600
+    result = await manager.call_service_detailed("llm", ask, "q")
+    assert (result.value["answer"], result.source) == ("q#2", "primary")
+    await strategy.flush()
+    again = await manager.call_service_detailed("llm", ask, "q")  # the fresh answer's entry
+    assert (again.value["answer"], again.source) == ("q#2", "CacheFirstStrategy")
+    clock.now -= 3600
+    BACKEND.healthy = False
+    stale = await manager.call_service_detailed("llm", ask, "q")
+    assert (stale.value["answer"], stale.source, stale.degraded) == (
+        "q#2",
+        "CacheFirstStrategy",
+        True,
+    )
+    # clocks of processes sharing a cache differ by a little: that is still fresh
+    BACKEND.healthy = True
+    clock.now += 3600 - CLOCK_SKEW / 2
+    skewed = await manager.call_service_detailed("llm", ask, "q")
+    assert skewed.source == "CacheFirstStrategy"

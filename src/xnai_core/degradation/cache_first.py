@@ -3,7 +3,8 @@
 Per call, with ``ttl`` and ``stale_if_error`` in seconds:
 
 1. age < ttl: the cached answer is served and the primary is not called
-   (not degraded: ``source`` is this strategy, ``degraded`` False).
+   (not degraded: ``source`` is this strategy, ``degraded`` False); an entry from more
+   than :data:`CLOCK_SKEW` in the future (the clock stepped back) is not fresh.
 2. otherwise the primary is called, once for all concurrent callers of the same
    key (single flight, shared until its deadline), and its answer is stored behind
    the caller's back: the answer never waits for the cache's write.
@@ -42,6 +43,12 @@ has no timeout of its own (``ServiceDegradationManager(timeout=None)``)."""
 FLIGHT_GRACE = 0.05
 """Added to the service's timeout to make a flight's deadline, so the call's own timeout
 (which every caller of the flight then shares) fires first; the deadline is a backstop."""
+
+CLOCK_SKEW = 1.0
+"""Seconds an entry may seem to come from the future and still be fresh: the clocks of
+processes sharing a Redis cache differ by that little. An entry from further ahead was
+stored before the wall clock stepped back (an NTP step, a VM restored from a snapshot):
+its age is unknown, so it is not served as fresh (it may still stand in, stale-if-error)."""
 
 MAX_PENDING_WRITES = 256
 """Cache writes in progress at most; an answer past this bound is not stored (counted)."""
@@ -117,7 +124,7 @@ class CacheFirstStrategy:
         if key is None:
             return await proceed()
         entry = await self._lookup(key)
-        if entry is not None and self._clock() - entry.stored_at < self.ttl:
+        if entry is not None and -CLOCK_SKEW <= self._clock() - entry.stored_at < self.ttl:
             self._hits += 1
             return GuardAnswer(entry.value, source=self.name, degraded=False)
         self._misses += 1
