@@ -621,3 +621,54 @@ async def test_passing_a_coroutine_instead_of_the_function_is_a_type_error() -> 
         await manager.call_service("svc", working())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="'func' must be callable: 42"):
         await manager.call_service("svc", 42)  # type: ignore[arg-type]
+
+
+def _listener_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if "_spawn_listener" in repr(t.get_coro())]
+
+
+async def test_a_hung_async_listener_is_bounded_in_time_and_in_number(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An async listener that never returns (a webhook on a black-holed host), on a service
+    that flaps: each edge left a task waiting on it for ever (2,000 calls, 2,000 tasks).
+    Each call of an async listener is cancelled after listener_timeout (logged), and at
+    most MAX_LISTENER_TASKS run at once (the rest are dropped, logged once per burst)."""
+    from xnai_core.degradation.manager import MAX_LISTENER_TASKS
+
+    manager = ServiceDegradationManager(listener_timeout=0.2)
+    manager.add_service_strategy("flappy", DegradedModeStrategy("sorry"))
+    heard = 0
+
+    async def hung(event: DegradationEvent) -> None:
+        nonlocal heard
+        heard += 1
+        await asyncio.Event().wait()
+
+    manager.add_listener(hung)
+    calls = 0
+
+    async def flaps() -> str:
+        nonlocal calls
+        calls += 1
+        if calls % 2:
+            raise ConnectionError("down")
+        return "up"
+
+    for _ in range(2 * MAX_LISTENER_TASKS + 100):
+        await manager.call_service("flappy", flaps)
+    assert len(_listener_tasks()) == MAX_LISTENER_TASKS
+    async with asyncio.timeout(10):  # main: never
+        await asyncio.wait(_listener_tasks())
+    assert heard == MAX_LISTENER_TASKS
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum("did not finish within 0.2s" in e for e in errors) == MAX_LISTENER_TASKS
+    assert sum("listener calls dropped" in e for e in errors) == 1
+    await manager.call_service("flappy", flaps)  # room again: heard
+    await asyncio.sleep(0)
+    assert heard == MAX_LISTENER_TASKS + 1
+
+
+def test_listener_timeout_is_validated() -> None:
+    with pytest.raises(ValueError, match="'listener_timeout' must be > 0 seconds: 0"):
+        ServiceDegradationManager(listener_timeout=0)

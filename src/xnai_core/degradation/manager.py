@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
 from .._dispatch import describe_callback, describe_failure
-from .._validation import MAX_COUNT, check_int, check_optional_seconds
+from .._validation import MAX_COUNT, check_int, check_optional_seconds, check_seconds
 from ..circuit.errors import CircuitOpenError
 from ..deadlines import wait_within
 from ..events import DegradationCall, HookPoint
@@ -42,6 +42,10 @@ ExceptionTypes = type[Exception] | tuple[type[Exception], ...]
 # Always degrade on these, whatever ``degrade_on`` says: a timeout is a failure
 # of the service, and an open circuit exists precisely to skip to the strategies.
 _ALWAYS_DEGRADE: tuple[type[Exception], ...] = (TimeoutError, CircuitOpenError)
+
+MAX_LISTENER_TASKS = 256
+"""Async listener calls running at once at most; an event past this bound is not heard by
+async listeners (logged once per burst), so a hung listener cannot pile up tasks."""
 
 
 class _Unset(enum.Enum):
@@ -138,7 +142,8 @@ class ServiceDegradationManager:
     ``timeout``, ``strategy_timeout`` and ``degrade_on`` are the defaults for
     every service (see :class:`ServiceSettings`); :meth:`configure_service`
     overrides them per service. ``clock`` returns wall-clock seconds for
-    stats and events; inject one in tests.
+    stats and events; inject one in tests. ``listener_timeout``: seconds each
+    async listener call may take before it is cancelled.
     """
 
     def __init__(
@@ -148,9 +153,12 @@ class ServiceDegradationManager:
         strategy_timeout: float | None = None,
         degrade_on: ExceptionTypes = Exception,
         clock: Callable[[], float] = time.time,
+        listener_timeout: float = 10.0,
     ) -> None:
         if not callable(clock):
             raise TypeError(f"'clock' must be callable: {clock!r}")
+        self._listener_timeout = check_seconds("listener_timeout", listener_timeout)
+        self._listeners_dropping = False
         self._defaults = ServiceSettings(
             timeout=timeout,
             strategy_timeout=strategy_timeout,
@@ -497,16 +505,42 @@ class ServiceDegradationManager:
                 self._spawn_listener(outcome, listener)
 
     def _spawn_listener(self, outcome: Awaitable[object], listener: DegradationListener) -> None:
+        if len(self._listener_tasks) >= MAX_LISTENER_TASKS:
+            if inspect.iscoroutine(outcome):
+                outcome.close()  # never awaited: closed, so it does not warn later
+            if not self._listeners_dropping:
+                self._listeners_dropping = True
+                logger.error(
+                    "%d async degradation listener calls still running (hung?): "
+                    "listener calls dropped until some finish",
+                    len(self._listener_tasks),
+                )
+            return
+        timeout = self._listener_timeout
+
         async def run() -> object:
             try:
-                return await outcome
+                async with asyncio.timeout(timeout):
+                    return await outcome
+            except TimeoutError:
+                logger.error(
+                    "degradation listener %s did not finish within %gs",
+                    describe_callback(listener),
+                    timeout,
+                    extra={"xnai.callback": describe_callback(listener)},
+                )
             except Exception as exc:
                 _listener_failed(listener, exc)
-                return None
+            return None
 
         task: asyncio.Task[object] = asyncio.get_running_loop().create_task(run())
         self._listener_tasks.add(task)
-        task.add_done_callback(self._listener_tasks.discard)
+        task.add_done_callback(self._listener_done)
+
+    def _listener_done(self, task: asyncio.Task[object]) -> None:
+        self._listener_tasks.discard(task)
+        if not self._listener_tasks:
+            self._listeners_dropping = False
 
 
 def _listener_failed(listener: DegradationListener, exc: Exception) -> None:
