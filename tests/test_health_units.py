@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xnai_core.health.alerts import Alert, AlertThresholds, success_percent
-from xnai_core.health.checkers import HealthCheckResult, HealthStatus
+from xnai_core.health.checkers import CustomHealthChecker, HealthCheckResult, HealthStatus
 from xnai_core.health.fold import FoldConfig, evaluate_alerts
 from xnai_core.health.health_json import (
     HEALTH_JSON_MEDIA_TYPE,
@@ -18,6 +18,7 @@ from xnai_core.health.health_json import (
     to_health_json,
 )
 from xnai_core.health.hysteresis import Counters, StatusPolicy, step
+from xnai_core.health.monitor import HealthMonitor
 from xnai_core.health.redact import redact_url, scrub, url_secrets
 from xnai_core.health.service import ServiceHealth
 from xnai_core.health.window import ResultWindow
@@ -479,3 +480,39 @@ def test_http_status_for_rejects_nonsense() -> None:
     """An unrecognised status is a ValueError, not a silent 200."""
     with pytest.raises(ValueError, match="'status' must be"):
         http_status_for("sideways")
+
+
+async def test_an_error_text_is_bounded_in_every_result() -> None:
+    """A check failing with a megabyte message (a body quoted in its error): the whole text
+    was kept in every result (100 of them in the history: 100 MB for one service), put in
+    the report, health+json, logs and alerts, and redacted whole on the event loop at
+    each check. Error texts are cut to MAX_ERROR_LENGTH characters, masked first."""
+    from xnai_core.health.redact import MAX_ERROR_LENGTH
+
+    body = "x" * 1_000_000
+
+    def raising() -> bool:
+        raise RuntimeError(f"password=hunter22 bad response: {body}")
+
+    def reporting() -> dict[str, object]:
+        return {"status": "unhealthy", "error": body}
+
+    class Own:
+        name = "own"
+
+        async def check(self) -> HealthCheckResult:
+            return HealthCheckResult(service="own", status=HealthStatus.UNHEALTHY, error=body)
+
+    monitor = HealthMonitor(check_interval=60)
+    monitor.add_checker(CustomHealthChecker("raising", raising))
+    monitor.add_checker(CustomHealthChecker("reporting", reporting))
+    monitor.add_checker(Own())
+    try:
+        for name in ("raising", "reporting", "own"):
+            result = await monitor.trigger_manual_check(name)
+            assert result.error is not None
+            assert len(result.error) <= MAX_ERROR_LENGTH
+            assert result.error.endswith("...")
+            assert "hunter22" not in result.error
+    finally:
+        await monitor.stop_monitoring()

@@ -53,6 +53,7 @@ __all__ = [
     "is_secret_name",
     "redact",
     "redact_argv",
+    "redact_cut",
     "redact_data",
     "redact_tree",
     "redact_url",
@@ -612,6 +613,25 @@ def redact_data(value: object, secrets: Iterable[str] = (), *, _depth: int = 0) 
     if all(new is old for new, old in zip(items, value, strict=True)):
         return value
     return items if isinstance(value, list) else tuple(items)
+
+
+REDACT_LOOKAHEAD = 4096
+"""Characters after a cut that :func:`redact_cut` still redacts, so that a secret the cut
+separates from its name or its URL's end is still recognised."""
+
+
+def redact_cut(text: str, limit: int, secrets: Iterable[str] = ()) -> str:
+    """:func:`redact` of ``text``, cut to ``limit`` characters (``...`` marks a cut).
+
+    Only what can show, and :data:`REDACT_LOOKAHEAD` characters after it, is redacted, so a
+    megabyte-long error message (a body quoted in it) costs what a short one does.
+    """
+    if len(text) > limit + REDACT_LOOKAHEAD:
+        text = text[: limit + REDACT_LOOKAHEAD]
+    text = redact(text, secrets)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
 
 
 # -- argument lists --------------------------------------------------------------------

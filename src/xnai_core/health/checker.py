@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import cast
 
 from ._validate import check_name, check_seconds
-from .redact import redact_data, scrub
+from .redact import redact_data, shown_error
 from .result import DEGRADED, HEALTHY, UNHEALTHY, HealthCheckError, HealthCheckResult, error_text
 
 __all__ = ["DEFAULT_TIMEOUT", "USER_AGENT", "HealthChecker"]
@@ -99,7 +99,7 @@ class HealthChecker(abc.ABC):
             if isinstance(exc, TimeoutError) and deadline.expired():
                 failure = f"timed out after {self.timeout:g}s"
             else:
-                failure = scrub(error_text(exc), self.secrets())
+                failure = shown_error(error_text(exc), self.secrets())
             return HealthCheckResult(
                 service=self._name,
                 status=UNHEALTHY,
@@ -113,7 +113,7 @@ class HealthChecker(abc.ABC):
             response_time = outcome.response_time if outcome.response_time > 0 else elapsed
             status = outcome.status
             details = {**self.describe(), **self._masked(outcome.details)}
-            error = None if outcome.error is None else scrub(outcome.error, self.secrets())
+            error = None if outcome.error is None else shown_error(outcome.error, self.secrets())
         else:
             response_time, status, error = elapsed, HEALTHY, None
             details = {**self.describe(), **self._masked(outcome)}

@@ -14,6 +14,7 @@ from .._redact import (
     is_secret_field,
     is_secret_name,
     redact,
+    redact_cut,
     redact_data,
     redact_url,
     url_secrets,
@@ -22,12 +23,24 @@ from .._redact import redact as scrub
 
 __all__ = [
     "MASK",
+    "MAX_ERROR_LENGTH",
     "SECRET_NAME_PARTS",
     "is_secret_field",
     "is_secret_name",
     "redact",
+    "redact_cut",
     "redact_data",
     "redact_url",
     "scrub",
+    "shown_error",
     "url_secrets",
 ]
+
+MAX_ERROR_LENGTH = 1000
+"""Characters of an error text a result keeps (masked, then cut: ``...`` marks a cut)."""
+
+
+def shown_error(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """An error text as a result keeps it: masked, then cut to :data:`MAX_ERROR_LENGTH`
+    (a check failing with a megabyte message must not keep it in every result)."""
+    return redact_cut(text, MAX_ERROR_LENGTH, secrets)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import cast
 
 from .checker import HealthChecker
-from .redact import redact_data, scrub
+from .redact import redact_data, shown_error
 from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck, error_text
 
 __all__ = ["checker_timeout", "close_checker", "failure", "run_check"]
@@ -79,7 +79,7 @@ async def run_check(
         if result.error is not None:
             # A checker of the user's own returns its error as it likes: masked here,
             # as every error is, before it reaches a report, a log or a page.
-            error = scrub(str(result.error), _secrets_of(checker))
+            error = shown_error(str(result.error), _secrets_of(checker))
             if error != result.error:
                 result = replace(result, error=error)
         if result.details and not isinstance(checker, HealthChecker):
@@ -91,11 +91,11 @@ async def run_check(
         if deadline.expired():
             error = f"timed out after {timeout:g}s"
         else:
-            error = scrub(error_text(exc), _secrets_of(checker))
+            error = shown_error(error_text(exc), _secrets_of(checker))
         result = failure(checker, name, timestamp, started, error)
     except Exception as exc:
         result = failure(
-            checker, name, timestamp, started, scrub(error_text(exc), _secrets_of(checker))
+            checker, name, timestamp, started, shown_error(error_text(exc), _secrets_of(checker))
         )
     return result
 
