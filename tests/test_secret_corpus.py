@@ -31,6 +31,7 @@ from xnai_core import (
     DatabaseHealthChecker,
     DegradationEvent,
     DegradedModeStrategy,
+    FallbackStrategy,
     HealthCheckError,
     HealthCheckResult,
     HealthMonitor,
@@ -447,4 +448,36 @@ async def test_degradation_listener_and_key_function_failures(
     shown = logged(our_logs)
     assert any("listener" in line for line in shown)
     assert any("key_func raised ValueError" in line for line in shown)
+    assert leaks(shown) == []
+
+
+def test_degradation_strategy_reprs_and_errors() -> None:
+    """A fallback that calls a secondary region through a functools.partial holding its URL,
+    a canned answer holding a config, a strategy of one's own whose repr names its URL: the
+    reprs, and the errors that quote them, showed each secret."""
+
+    def secondary(url: str, prompt: str) -> str:
+        return prompt
+
+    class Region:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def __repr__(self) -> str:
+            return f"Region({self.url!r})"
+
+    manager = ServiceDegradationManager()
+    shown: list[str] = []
+    for shape in SHAPES:
+        fallback = FallbackStrategy(functools.partial(secondary, shape.text), name="secondary")
+        canned = DegradedModeStrategy({"note": shape.text, "password": shape.core})
+        shown += [repr(fallback), repr(canned)]
+        with pytest.raises(TypeError) as not_a_strategy:
+            manager.add_service_strategy("llm", Region(shape.text))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="is not added") as not_added:
+            manager.remove_service_strategy("llm", fallback)
+        shown += [str(not_a_strategy.value), str(not_added.value)]
+    assert all(
+        "secondary" in line or "DegradedModeStrategy" in line or "Region" in line for line in shown
+    )
     assert leaks(shown) == []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
 from .._dispatch import describe_callback, describe_failure
+from .._redact import redact_cut
 from .._validation import MAX_COUNT, check_int, check_optional_seconds, check_seconds
 from ..circuit.errors import CircuitOpenError
 from ..deadlines import wait_within
@@ -42,6 +43,8 @@ ExceptionTypes = type[Exception] | tuple[type[Exception], ...]
 # Always degrade on these, whatever ``degrade_on`` says: a timeout is a failure
 # of the service, and an open circuit exists precisely to skip to the strategies.
 _ALWAYS_DEGRADE: tuple[type[Exception], ...] = (TimeoutError, CircuitOpenError)
+
+_MAX_SHOWN = 300  # characters of a strategy's repr an error message quotes
 
 MAX_LISTENER_TASKS = 256
 """Async listener calls running at once at most; an event past this bound is not heard by
@@ -199,7 +202,7 @@ class ServiceDegradationManager:
             hint = " (wrap a function in FallbackStrategy(func))" if callable(strategy) else ""
             raise TypeError(
                 "'strategy' must have execute(call, error) and/or guard(call, proceed)"
-                f"{hint}: {strategy!r}"
+                f"{hint}: {_shown(strategy)}"
             )
         check_int("priority", priority, -MAX_COUNT)
         service = self._service(service_name)
@@ -216,7 +219,7 @@ class ServiceDegradationManager:
             [reg for reg in service.strategies if reg.strategy is not strategy] if service else []
         )
         if service is None or len(kept) == len(service.strategies):
-            raise ValueError(f"strategy {strategy!r} is not added to {service_name!r}")
+            raise ValueError(f"strategy {_shown(strategy)} is not added to {service_name!r}")
         service.strategies = kept
         service.reorder()
 
@@ -541,6 +544,11 @@ class ServiceDegradationManager:
         self._listener_tasks.discard(task)
         if not self._listener_tasks:
             self._listeners_dropping = False
+
+
+def _shown(strategy: object) -> str:
+    """A strategy's repr for an error message: a user's own may name its URL and token."""
+    return redact_cut(repr(strategy), _MAX_SHOWN)
 
 
 def _listener_failed(listener: DegradationListener, exc: Exception) -> None:

@@ -11,10 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .._dispatch import describe_callback
+from .._redact import redact_cut, redact_data
 from ..circuit.errors import CallTimeoutError
 from .call import ServiceCall, invoke
 from .protocols import GuardAnswer, Proceed
 from .reasons import describe_error
+
+_MAX_SHOWN = 200  # characters of a canned answer a repr shows
 
 
 class FallbackStrategy:
@@ -32,7 +36,8 @@ class FallbackStrategy:
         self.name = name
 
     def __repr__(self) -> str:
-        return f"FallbackStrategy({self.func!r}, name={self.name!r})"
+        # A partial's repr names what it holds (a secondary region's URL, its token).
+        return f"FallbackStrategy({describe_callback(self.func)}, name={self.name!r})"
 
     async def execute(self, call: ServiceCall, error: Exception) -> object:
         """``func(*call.args, **call.kwargs)``."""
@@ -66,8 +71,11 @@ class DegradedModeStrategy:
             self._value = response
 
     def __repr__(self) -> str:
-        shown = self._factory if self._factory is not None else self._value
-        return f"DegradedModeStrategy({shown!r}, name={self.name!r})"
+        if self._factory is not None:
+            shown = describe_callback(self._factory)
+        else:  # a canned answer may hold a config, and be large: masked, and cut
+            shown = redact_cut(repr(redact_data(self._value)), _MAX_SHOWN)
+        return f"DegradedModeStrategy({shown}, name={self.name!r})"
 
     async def execute(self, call: ServiceCall, error: Exception) -> object:
         """A fresh copy of the value, or what the factory returns."""
