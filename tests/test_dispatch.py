@@ -350,3 +350,28 @@ async def test_failure_logs_mask_the_secrets_user_code_carries(
     assert any("Traceback" in line and "ConnectionError" in line for line in shown)
     # Was: every core, in the message, the traceback and the partial's repr.
     assert leaks(shown) == []
+
+
+async def test_a_failure_quoting_a_megabyte_is_logged_in_bounded_form(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook handler failing with the receiver's whole error page in its exception, and
+    described by a partial holding a large payload: the ERROR held both whole (a megabyte
+    a failure, each masked on the event loop). The traceback is kept to
+    MAX_FAILURE_LENGTH characters and the description to MAX_DESCRIPTION_LENGTH, masked."""
+    from xnai_core._dispatch import MAX_DESCRIPTION_LENGTH, MAX_FAILURE_LENGTH
+
+    page = "<html>" + "x" * 1_000_000 + "</html>"
+
+    def post(payload: str, alert: object) -> None:
+        raise RuntimeError(f"receiver said 502 (password=hunter22): {page}")
+
+    handler = functools.partial(post, "p" * 100_000)
+    caplog.set_level(logging.ERROR, logger="xnai_core.dispatch")
+    await dispatcher.notify(handler, "alert", timeout=5, what="alert handler")
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = record.getMessage()
+    assert "receiver said 502" in message
+    assert "hunter22" not in message
+    assert len(message) <= MAX_FAILURE_LENGTH + MAX_DESCRIPTION_LENGTH + 100
+    assert len(record.__dict__["xnai.callback"]) <= MAX_DESCRIPTION_LENGTH

@@ -47,10 +47,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._redact import redact
+from ._redact import redact_cut
 from ._validation import MAX_THREADS, check_int, check_seconds, check_size
 
 __all__ = [
+    "MAX_DESCRIPTION_LENGTH",
+    "MAX_FAILURE_LENGTH",
     "CallbackBusyError",
     "Dispatcher",
     "Job",
@@ -88,15 +90,24 @@ def _key(func: object) -> object:
     return func
 
 
+MAX_DESCRIPTION_LENGTH = 300
+"""Characters of a callback's description (a partial's repr) a log line shows."""
+
+MAX_FAILURE_LENGTH = 16_384
+"""Characters of a callback's failure (traceback and message) a log line shows: a webhook's
+error may quote the receiver's whole error page."""
+
+
 def describe_callback(func: object) -> str:
     # A partial or a callable object shows its repr, which may carry a webhook's token.
-    return redact(getattr(func, "__qualname__", None) or repr(func))
+    return redact_cut(getattr(func, "__qualname__", None) or repr(func), MAX_DESCRIPTION_LENGTH)
 
 
 def describe_failure(exc: BaseException) -> str:
     """``exc`` with its traceback, masked: user code's errors carry what it was given
-    (a webhook that fails names its URL, token and all), and so do its source lines."""
-    return redact("".join(traceback.format_exception(exc)).rstrip())
+    (a webhook that fails names its URL, token and all), and so do its source lines.
+    Masked, then cut to :data:`MAX_FAILURE_LENGTH` (only what shows is masked)."""
+    return redact_cut("".join(traceback.format_exception(exc)).rstrip(), MAX_FAILURE_LENGTH)
 
 
 class _Workers:
