@@ -18,9 +18,10 @@ import pytest
 from tests.conftest import free_port
 from tests.recovery_services import PY, Web, listening
 from xnai_core.health.alerts import Alert
-from xnai_core.health.checkers import HTTPHealthChecker
+from xnai_core.health.checkers import CustomHealthChecker, HTTPHealthChecker
 from xnai_core.health.monitor import HealthMonitor
 from xnai_core.recovery import RecoveryManager, RecoveryRule
+from xnai_core.service.recovery_router import RecoveryRouter
 
 
 def _alive(pid: int) -> bool:
@@ -421,3 +422,55 @@ async def test_closing_mid_command_kills_it_and_returns_promptly(tmp_path: Path)
     assert stats["services"]["svc"]["pending"] == 0  # type: ignore[index]
     last = stats["services"]["svc"]["last_attempt"]  # type: ignore[index]
     assert (last["outcome"], last["reason"]) == ("failed", "recovery closed while the action ran")
+
+
+async def test_a_manager_rebuilt_mid_grace_does_not_restart_again(tmp_path: Path) -> None:
+    """Without Redis: a reload that changes a service's rules replaces its manager (the
+    service's RecoveryRouter closes the old one and attaches a new one to the same monitor)
+    while the restart the old one ran is in its grace period (the service is starting).
+    The new manager took the status (still unhealthy) and restarted the service again: two
+    restarts for one outage. It now leaves it alone while that action settles."""
+    log, up = tmp_path / "restarts", tmp_path / "up"
+    command = ["sh", "-c", f"echo restart >> {log}; (sleep 1; touch {up}) >/dev/null 2>&1 &"]
+
+    def rule(max_attempts: int) -> RecoveryRule:
+        return RecoveryRule(
+            "svc",
+            "restart_service",
+            command=command,
+            timeout=5,
+            grace_period=4,
+            max_attempts=max_attempts,
+            backoff_base=0.5,
+            cooldown=1,
+            stable_period=10,
+        )
+
+    def restarts() -> int:
+        return log.read_text().count("restart") if log.exists() else 0
+
+    def state() -> object:
+        return router.get_recovery_stats()["services"]["svc"]["state"]  # type: ignore[index]
+
+    router = RecoveryRouter(coordinator=None, verify_interval=0.1)  # no Redis
+    await router.set_rules("svc", [rule(3)])
+    monitor = HealthMonitor(
+        check_interval=0.2,
+        failure_threshold=2,
+        jitter=lambda interval: 0.0,
+        recovery_manager=router,
+    )
+    monitor.add_checker(CustomHealthChecker("svc", up.exists, timeout=0.5))
+    await monitor.start_monitoring()
+    try:
+        await _eventually(lambda: state() == "verifying")  # restarted; the service starts
+        assert restarts() == 1
+        assert await router.set_rules("svc", [rule(4)])  # the reload
+        await _eventually(lambda: monitor.get_status("svc") == "healthy")
+        await _eventually(lambda: state() == "idle")
+        assert restarts() == 1
+        stats = router.get_recovery_stats()["services"]["svc"]  # type: ignore[index]
+        assert (stats["attempts"], stats["deferred_to_peer"]) == (0, 1)
+    finally:
+        await monitor.stop_monitoring()
+        await router.aclose()

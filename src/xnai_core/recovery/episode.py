@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from .._dispatch import Dispatcher
 from .._redact import redact
 from ..health.alerts import AlertHandler
+from . import local_settle
 from .actions import ActionContext, ActionOutcome, longest_run, perform
 from .coordination import RecoveryCoordinator, Turn
 from .decide import Act, Conclude, Escalate, Idle, Verify, View, Wait, decide
@@ -247,7 +248,17 @@ class EpisodeRunner:
     async def _take_turn(self, svc: ServiceState, rule: RecoveryRule) -> bool | None:
         """True: act now. False: a peer escalated it (latched here too). None: not now."""
         coordinator = self._coordinator
-        if coordinator is None or self.dry_run:
+        if self.dry_run:
+            return True
+        # A manager this one replaced (a reload) acted or saw a recovery moments ago: as
+        # a peer's settle record in Redis would, that holds this one off (no Redis needed).
+        left = local_settle.settling(self.monitor, svc.name, self, self._clock)
+        if left > 0:
+            svc.peer_settled_until = max(svc.peer_settled_until, self._clock() + left)
+        if coordinator is None:
+            if self._clock() < svc.peer_settled_until:
+                self._defer_to_peer(svc, Turn.SETTLING)
+                return None
             return True
         # One step: a peer that latches and then releases between a separate latch check
         # and lease grab would hand us the lease for a service it already escalated.
@@ -291,18 +302,22 @@ class EpisodeRunner:
             )
             return False
         if turn in (Turn.WAIT, Turn.SETTLING):
-            if not svc.waited_for_peer:  # count episodes, not polls
-                svc.waited_for_peer = True
-                svc.deferred_to_peer += 1
-            svc.holds_lease = False
-            svc.peer_until = self._clock() + self.verify_interval
-            svc.peer_settling = turn is Turn.SETTLING
+            self._defer_to_peer(svc, turn)
             return None
         # None (Redis away) acts alone: better two restarts than none. The coordinator warned.
         svc.holds_lease = turn is Turn.ACT
         svc.peer_lease_until = -math.inf
         svc.peer_until, svc.peer_settling = -math.inf, False
         return True
+
+    def _defer_to_peer(self, svc: ServiceState, turn: Turn) -> None:
+        """Not our turn: another holds the lease or its action is settling; look again."""
+        if not svc.waited_for_peer:  # count episodes, not polls
+            svc.waited_for_peer = True
+            svc.deferred_to_peer += 1
+        svc.holds_lease = False
+        svc.peer_until = self._clock() + self.verify_interval
+        svc.peer_settling = turn is Turn.SETTLING
 
     def _lease_ttl(self, seconds: float) -> float:
         # Outlive the wait it covers by a margin, so a slow check cannot lose the lease.
@@ -371,6 +386,9 @@ class EpisodeRunner:
             )
         else:
             try:
+                local_settle.settle(
+                    self.monitor, svc.name, self, self._clock, longest_run(rule) + grace
+                )
                 if self._coordinator is not None:
                     # Peers (even if this process dies now) leave the service alone until
                     # this attempt's grace period is over, plus their own view's lag.
@@ -452,6 +470,8 @@ class EpisodeRunner:
                 attempt.recovery_time,
                 extra={"service": svc.name},
             )
+            if not closing:
+                local_settle.settle(self.monitor, svc.name, self, self._clock, rule.cooldown)
             if self._coordinator is not None and not closing:
                 # Peers whose monitors still see it down leave it alone through our
                 # cooldown plus their own lag: one restart per outage, cluster-wide.
