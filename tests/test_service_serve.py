@@ -556,8 +556,17 @@ def test_idle_connections_cannot_take_the_descriptors_the_checks_need(
         host, port = proc.url.removeprefix("http://").split(":")
         held = []
         try:
-            for _ in range(300):
-                held.append(socket.create_connection((host, int(port))))
+            # All 300 queued at once while the service is stopped, then let go: the worst
+            # case, every one waiting to be accepted in the same turn of its loop.
+            proc.signal(signal.SIGSTOP)
+            try:
+                for _ in range(300):
+                    connection = socket.socket()
+                    connection.setblocking(False)
+                    connection.connect_ex((host, int(port)))
+                    held.append(connection)
+            finally:
+                proc.signal(signal.SIGCONT)
             # Checks go on (every 0.3 s) with the connections held: 20 rounds of them.
             assert wait_for(lambda: proc.logged("Too many open files"), 6) is False, proc.log()[
                 -2000:

@@ -492,6 +492,7 @@ def run_server(config: ServiceConfig, *, host: str, port: int, log_level: str = 
             "[server].allowed_hosts"
         )
     app = build_app(config, bound_host=bound_host)
+    limit = connection_limit()
     server = _Server(
         uvicorn.Config(
             app,
@@ -500,7 +501,11 @@ def run_server(config: ServiceConfig, *, host: str, port: int, log_level: str = 
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
             server_header=False,
-            http=_capped_protocol(connection_limit()),
+            http=_capped_protocol(limit),
+            # The accept queue, and how many connections asyncio accepts in one go before
+            # any is closed past the limit: a burst of a queue of 2048 (uvicorn's default)
+            # took every descriptor before the first close.
+            backlog=max(8, min(128, limit // 4)),
         )
     )
     original = server.startup
