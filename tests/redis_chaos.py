@@ -66,7 +66,7 @@ from xnai_core import (
     RedisStore,
 )
 from xnai_core.circuit.machine import Admission, CircuitState, Snapshot, Ticket
-from xnai_core.circuit.redis_codec import decode_snapshot
+from xnai_core.circuit.redis_codec import message_reply
 
 PREFIX = "xnai:cb:"
 NAME = "chaos"
@@ -423,8 +423,8 @@ async def _listen(pubsub: Any, out: list[tuple[float, str, int, Snapshot]]) -> N
     while True:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None and message.get("type") == "message":
-            gen, ver, snap = decode_snapshot(message["data"].decode())
-            out.append((time.time(), gen, ver, snap))
+            news, _ = message_reply(message["data"].decode())
+            out.append((time.time(), news.gen, news.ver, news.snap))
 
 
 async def run_chaos(plan: Plan, server_port: int) -> History:

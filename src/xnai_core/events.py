@@ -87,7 +87,8 @@ class FallbackUsed:
 class StateChanged:
     """A circuit changed state (``old`` and ``new`` are ``"closed"``, ``"open"``,
     ``"half_open"``). ``remote`` is True when another process made the change and
-    this one saw it through the shared store."""
+    this one saw it through the shared store (any other breaker object counts as
+    another process, a second breaker of the same name in this one included)."""
 
     breaker: str
     old: str

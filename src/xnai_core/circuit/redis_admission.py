@@ -87,13 +87,13 @@ class Admissions:
         assert link is not None
         rid = link.request_id()
         installs = mirror.installs
-        run = wire.send("admit", (), rid)
+        run = self._requests.send("admit", (), rid)
         try:
             settled = await link.settle(run, left(deadline))
         except asyncio.CancelledError:
             self._requests.give_back_later(run, rid)  # the caller left: its permit goes back
             raise
-        reply = wire.read(run, "admit", rid) if settled else None
+        reply = self._requests.read(run, "admit", rid) if settled else None
         if not settled:
             wire.deadline_passed(run)
         if reply is None or mirror.take(reply, None, installs) is Verdict.LOST:

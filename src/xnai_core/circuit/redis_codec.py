@@ -1,13 +1,15 @@
 """The wire format between the circuit scripts and Python: strict, never evaluated.
 
 A script answers ``{admitted, permit, retry_after_us, now_us, snapshot, note}``
-(see :mod:`.redis_scripts`); messages on a circuit's channel carry the snapshot
-alone. Anything unexpected is a :class:`ValueError`: the caller logs it and keeps
-its last known state. Nothing Redis holds is ever unpickled or evaluated.
+(see :mod:`.redis_scripts`); messages on a circuit's channel carry the snapshot and
+the request id of the script that published it (its *origin*). Anything unexpected
+is a :class:`ValueError`: the caller logs it and keeps its last known state. Nothing
+Redis holds is ever unpickled or evaluated.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .machine import CircuitState, Snapshot
@@ -16,6 +18,8 @@ from .machine import CircuitState, Snapshot
 EXACT_LIMIT = 2**53
 
 _STATES = {state.value: state for state in CircuitState}
+# A request id, as RedisLink.request_id makes them (a message's origin).
+_ORIGIN = re.compile(r"[0-9A-Za-z:._-]{1,100}")
 
 
 def text(value: object) -> str:
@@ -108,10 +112,19 @@ def decode_reply(raw: object) -> Reply:
     )
 
 
-def message_reply(payload: str) -> Reply:
-    """A message on a circuit's channel, as a reply that admitted nothing."""
-    gen, ver, snap = decode_snapshot(payload)
-    return Reply(-1, 0, None, 0.0, gen, ver, snap, ())
+def message_reply(payload: str) -> tuple[Reply, str]:
+    """A message on a circuit's channel: as a reply that admitted nothing, and its
+    origin, the request id of the script that published it (``""``: none, or a
+    message of a version before origins were sent: ten fields, the snapshot alone)."""
+    snapshot, origin = payload, ""
+    if payload.count(" ") == 10:
+        snapshot, _, origin = payload.rpartition(" ")
+        if origin == "-":
+            origin = ""
+        elif not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"a message's origin is a request id: {origin[:120]!r}")
+    gen, ver, snap = decode_snapshot(snapshot)
+    return Reply(-1, 0, None, 0.0, gen, ver, snap, ()), origin
 
 
 def glob_escape(pattern_text: str) -> str:

@@ -61,16 +61,33 @@ class Requests:
         mirror = self._mirror
         request = link.request_id() if rid else ""
         installs = mirror.installs
-        run = self._wire.send(script, extra, request)
+        run = self.send(script, extra, request)
         if not await link.settle(run, wait):
             self._wire.deadline_passed(run)
             reply = None
         else:
-            reply = self._wire.read(run, script, request)
+            reply = self.read(run, script, request)
         if reply is not None:
             mirror.take(reply, None, installs, remote=script == "read")
         elif request and script in _REPORTS:
             self.resolve_later(run, script, extra, request)
+        return reply
+
+    def send(
+        self, script: str, extra: Sequence[str], rid: str, reason: str | None = None
+    ) -> ScriptRun:
+        """Send ``script`` as this store's request ``rid`` ("": none), whose answer
+        will be mirrored with ``reason``: its message, should it overtake the answer,
+        is news of this store's own change, not of another process's."""
+        if rid:
+            self._mirror.expect(rid, reason)
+        return self._wire.send(script, extra, rid)
+
+    def read(self, run: ScriptRun, script: str, rid: str, *, ack: bool = True) -> Reply | None:
+        """The answer of ``run`` (request ``rid``) as :meth:`.Wire.read` gives it."""
+        reply = self._wire.read(run, script, rid, ack=ack)
+        if reply is not None and rid:
+            self._mirror.answered(rid)
         return reply
 
     async def call(self, script: str, extra: Sequence[str]) -> Reply | None:
@@ -110,10 +127,10 @@ class Requests:
             try:
                 request = link.request_id()
                 installs = mirror.installs
-                run = wire.send(script, extra, request)
+                run = self.send(script, extra, request, reason)
                 reply = None
                 if await link.settle(run, self.op_timeout):
-                    reply = wire.read(run, script, request)
+                    reply = self.read(run, script, request)
                 else:
                     wire.deadline_passed(run)
                 if reply is not None:
@@ -156,11 +173,11 @@ class Requests:
         while wire.link is link and not link.closed and time.monotonic() < until:
             if not link.down:
                 installs = mirror.installs
-                again = wire.send(script, extra, rid)
+                again = self.send(script, extra, rid)
                 if await link.settle(again, setup_timeout(self.op_timeout)):
                     # Never acknowledged: a copy of the first send may still reach Redis
                     # (redis-py retrying it); the request log must still know it then.
-                    reply = wire.read(again, script, rid, ack=False)
+                    reply = self.read(again, script, rid, ack=False)
                     if reply is not None:
                         if mirror.synced:
                             mirror.take(reply, None, installs)

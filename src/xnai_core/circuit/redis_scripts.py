@@ -63,10 +63,13 @@ state after the script, encoded as by :func:`encode`; ``note`` is ``""``,
 ``pushed`` (``RECONCILE`` wrote the caller's open circuit), ``lost`` (beside
 ``pushed``: because Redis had lost the hash or the opening the caller knew), joined by ``;``.
 
-A snapshot is PUBLISHed (same encoding) whenever a script changes the epoch,
+A snapshot is PUBLISHed (same encoding, then a space and the script's request
+id, its *origin*, or ``-`` for none) whenever a script changes the epoch,
 whether failures are pending, the trial permits, the trial successes, the
 forced flag or the lineage; a plain change of the failure count is not
-published (receivers only need to know that failures are pending).
+published (receivers only need to know that failures are pending). The origin
+lets the process that sent the script tell its own change from another's when the
+message overtakes the script's answer.
 
 Snapshot encoding, space-separated:
 ``gen ver epoch state failures opened_at successes next_permit forced trials``
@@ -84,6 +87,9 @@ local MAX_CALLS = tonumber(ARGV[5])
 local LEASE = tonumber(ARGV[6])
 local RQ = KEYS[2]
 local RID = ARGV[7]
+-- Who made a published change: the request id (what its sender knows it by).
+local ORIGIN = '-'
+if RID ~= '' and not string.find(RID, ' ', 1, true) then ORIGIN = RID end
 local ACKS = ARGV[8]
 -- How long a request's answer is kept for a resend of it (us): twice the longest a
 -- copy of a request can reach Redis after its first send (resent for 30 s, each send
@@ -275,7 +281,7 @@ end
 local function finish(s, before, changed, note, admitted, permit, retry)
   if changed then
     save(s)
-    if signature(s) ~= before then redis.call('PUBLISH', CHANNEL, encode(s)) end
+    if signature(s) ~= before then redis.call('PUBLISH', CHANNEL, encode(s) .. ' ' .. ORIGIN) end
     if RID ~= '' then remember(RID, admitted, permit, retry) end
   end
   return {admitted, permit, retry, NOW, encode(s), note}

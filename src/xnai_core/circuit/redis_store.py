@@ -369,11 +369,11 @@ class RedisStore:
         if self._mirror.mode is not SYNCED:
             return
         try:
-            reply = message_reply(payload)
+            reply, origin = message_reply(payload)
         except ValueError:
             logger.warning("circuit '%s': ignored an unreadable message", self.config.name)
             return
-        self._mirror.take(reply, None, -1, remote=True)
+        self._mirror.hear(reply, origin)
 
     async def catch_up(self) -> bool:
         if self._wire.link is None:

@@ -28,6 +28,10 @@ __all__ = ["SYNCED", "CircuitMirror", "Local", "Mode", "Synced"]
 
 logger = logging.getLogger("xnai_core.circuit.redis")
 
+# This store's requests whose message may still come, at most (the oldest is
+# forgotten first: only a request whose answer and message were both lost stays).
+_OWN_CAP = 256
+
 
 @dataclass(frozen=True, slots=True)
 class Synced:
@@ -97,12 +101,42 @@ class CircuitMirror:
         # Epochs of transitions made locally are negative, so no ticket of the
         # outage can ever match an epoch that Redis hands out.
         self._local_epoch = 0
+        # This store's own requests still unanswered, by request id: the reason their
+        # answer is taken with. Their message (it names its request: its origin) may
+        # overtake the answer; it is then news of this store's own change.
+        self._own: dict[str, str | None] = {}
 
     @property
     def synced(self) -> bool:
         return self.mode is SYNCED
 
     # -- news from Redis -----------------------------------------------------
+
+    def expect(self, rid: str, reason: str | None = None) -> None:
+        """This store is sending request ``rid``, whose answer will be taken with
+        ``reason``: should its message arrive first, it is that answer's news."""
+        own = self._own
+        own[rid] = reason
+        if len(own) > _OWN_CAP:
+            del own[next(iter(own))]
+
+    def answered(self, rid: str) -> None:
+        """The answer to request ``rid`` is in: a message of it can only be stale now."""
+        self._own.pop(rid, None)
+
+    def hear(self, reply: Reply, origin: str) -> Verdict:
+        """A message on the circuit's channel, published by request ``origin``.
+
+        A message of one of this store's own requests is taken as that request's
+        answer would be: made here, with its reason (the message overtook the answer;
+        the answer, coming second, is then stale). Any other is a change made elsewhere
+        (``remote``): by another process, or by another breaker object of the same
+        name in this one. The ordering rules are the same either way.
+        """
+        own = self._own
+        if origin and origin in own:
+            return self.take(reply, own.pop(origin), -1)
+        return self.take(reply, None, -1, remote=True)
 
     def take(
         self,
@@ -117,7 +151,9 @@ class CircuitMirror:
         """Mirror what Redis said, by the rules of :mod:`.redis_mirror`.
 
         ``installs``: :attr:`installs` when the script was sent (-1 for a message);
-        ``reason``: the transition's name when it answers this process's own order.
+        ``reason``: the transition's name when it answers this store's own order;
+        ``remote``: news of what others did (a message of another's request, a read),
+        not the answer to this store's own request.
         """
         # Nothing newer arrived while we waited: this answer is the latest truth.
         authoritative = authoritative or installs == self.installs

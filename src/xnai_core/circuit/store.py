@@ -23,7 +23,8 @@ from .machine import Admission, CircuitState, Snapshot, Ticket
 
 TransitionCallback = Callable[[CircuitState, CircuitState, str, bool], None]
 """Called with (old state, new state, reason, remote) after every transition the store
-sees; ``remote``: another process made it and this one mirrors it from the shared store."""
+sees; ``remote``: another process made it and this one mirrors it from the shared store
+(any other store counts as another process, one of the same name in this process included)."""
 
 
 @runtime_checkable
