@@ -29,6 +29,7 @@ from xnai_core.alerting import (
     SlackSink,
     WebhookSink,
 )
+from xnai_core.service import ConfigError
 
 SLACK_TOKEN = "xoxSlackPathToken123"
 QUERY_TOKEN = "WebhookQueryToken456"
@@ -233,3 +234,37 @@ async def test_no_corpus_secret_in_a_destination_url_shows(
         assert stats.dropped == 1
         shown += [repr(sink), str(stats), repr(vars(sink))]
     assert leaks([*shown, all_text(caplog.records)]) == []
+
+
+async def test_a_sink_named_after_a_url_with_its_password_shows_it_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``name`` is how logs and stats call the sink, and the metrics' label masks it; a
+    name made of a URL with its password was shown as written in the repr, ``stats()``
+    and every delivery log line, and by the service's reload lines and config errors."""
+    from xnai_core.service import parse_config
+    from xnai_core.service.sink_reload import SinkHandover
+
+    caplog.set_level(logging.INFO, logger="xnai_core")
+    secret = "sinkname-pw-42"
+    name = f"https://u:{secret}@hooks.example/x"
+    sink = WebhookSink(refused_url(), name=name, max_attempts=2, sleep=SleepRecorder())
+    sink.submit(alert())
+    await sink.drain()
+    shown = [repr(sink), repr(sink.stats().as_dict()), caplog.text]
+    await sink.aclose()
+
+    table = {"type": "webhook", "url": "http://127.0.0.1:1/hook", "name": name}
+    before = parse_config({"alerts": [table]}, env={})
+    after = parse_config({"alerts": [{**table, "timeout": 3}]}, env={})
+    plan = SinkHandover.plan(before.alerts, [sink], after.alerts)
+    assert plan is not None
+    shown += plan.changes
+    with pytest.raises(ConfigError) as doubled:
+        parse_config({"alerts": [table, table]}, env={})
+    shown.append(str(doubled.value))
+    for text in shown:
+        assert secret not in text, text
+    assert "https://u:***@hooks.example/x" in caplog.text
+    for made, _ in plan.fresh:
+        await made.aclose()

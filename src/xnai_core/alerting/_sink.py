@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import ClassVar, TypedDict
 
 from .._backoff import delay as backoff_delay
+from .._redact import redact
 from .._validation import check_int, check_seconds, check_size
 from ..health.alerts import Alert, Severity
 from ._mask import mask_text
@@ -218,8 +219,10 @@ class AlertSink:
         if name is None:
             name = self.kind
         if not isinstance(name, str) or not name:
-            raise TypeError(f"'name' must be a non-empty str: {name!r}")
-        self.name = name
+            raise TypeError(f"'name' must be a non-empty str: {type(name).__name__}")
+        # How logs, stats and the repr call the sink: a name made of a URL with its
+        # password is kept masked, as the metrics' label shows it.
+        self.name = redact(name)
         self.route = Route.build(
             self.default_min_severity if min_severity is None else min_severity,
             services,

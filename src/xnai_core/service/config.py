@@ -467,7 +467,7 @@ def _parse(root: Table, file: str, environ: Mapping[str, str]) -> ServiceConfig:
         if sink.name in names:
             raise ConfigError(
                 f"alerts[{index}].name",
-                f"{sink.name!r} is already the name of alerts[{names[sink.name]}] "
+                f"{redact(sink.name)!r} is already the name of alerts[{names[sink.name]}] "
                 "(give each sink of a type its own name)",
             )
         names[sink.name] = index

@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._redact import redact
 from ..health.alerts import Alert
 from ..recovery import RecoveryActionType
 from .config import SinkSpec
@@ -91,11 +92,11 @@ class SinkHandover:
             else:
                 sink = next(made) if built is None else built[index]
                 handover.fresh.append((sink, by_name.get((spec.type, spec.name))))
-                handover.changes.append(f"alert sink {spec.name!r} added or changed")
+                handover.changes.append(f"alert sink {redact(spec.name)!r} added or changed")
             handover.sinks.append(sink)
         names = {(spec.type, spec.name) for spec in new_specs}
         handover.changes[:0] = [
-            f"alert sink {spec.name!r} removed"
+            f"alert sink {redact(spec.name)!r} removed"
             for spec, _ in gone
             if (spec.type, spec.name) not in names
         ]
@@ -166,7 +167,7 @@ class SinkHandover:
                 logger.warning(
                     "alert sink %r removed: %d alert(s) it announced stay open there "
                     "(not resolved: the outage is not over): %s",
-                    spec.name,
+                    redact(spec.name),
                     len(open_keys),
                     ", ".join(open_keys),
                 )
