@@ -137,6 +137,7 @@ async def test_recovery_closes_the_episode() -> None:
     breaker_clock.now += 30.0
     manager_clock.now += 30.0
     assert await manager.call_service("llm", llm, "q") == "answer to q"
+    await manager.drain_listeners()
     assert [e.kind for e in events] == ["degraded", "recovered"]
     assert (events[1].duration, events[1].degraded_calls) == (30.0, 2)
     assert not manager.is_degraded("llm")

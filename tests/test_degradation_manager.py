@@ -556,7 +556,7 @@ async def test_listeners_hear_each_episode_edge() -> None:
     await manager.call_service("llm", working)
     with pytest.raises(AllStrategiesFailedError):
         await manager.call_service("llm2", failing)
-    await asyncio.sleep(0)
+    await manager.drain_listeners()
     assert [(e.service_name, e.kind) for e in heard] == [
         ("llm", "degraded"),
         ("llm", "recovered"),
@@ -590,7 +590,7 @@ async def test_a_failing_listener_does_not_break_the_call(caplog: pytest.LogCapt
     manager.add_listener(broken)
     manager.add_listener(broken_async)
     assert await manager.call_service("llm", failing) == "sorry"
-    await asyncio.sleep(0)
+    await manager.drain_listeners()
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failures) == 2
     manager.remove_listener(broken)
@@ -672,3 +672,30 @@ async def test_a_hung_async_listener_is_bounded_in_time_and_in_number(
 def test_listener_timeout_is_validated() -> None:
     with pytest.raises(ValueError, match="'listener_timeout' must be > 0 seconds: 0"):
         ServiceDegradationManager(listener_timeout=0)
+
+
+async def test_a_slow_sync_listener_never_delays_a_call() -> None:
+    """A sync listener that blocks (a requests.post to a webhook, a log shipper on a full
+    disk) ran on the event loop at once, in the call that made the edge: every call of
+    every service waited for it. Sync listeners run on the manager's own worker threads
+    now, in order, each call bounded by listener_timeout; drain_listeners() waits."""
+    import threading
+
+    release = threading.Event()
+    heard: list[str] = []
+    on_loop: list[bool] = []
+
+    def blocking(event: DegradationEvent) -> None:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        release.wait(3)  # main: the call below waited out these 3 s
+        heard.append(event.kind)
+
+    manager = ServiceDegradationManager()
+    manager.add_service_strategy("llm", DegradedModeStrategy("sorry"))
+    manager.add_listener(blocking)
+    assert await manager.call_service("llm", failing) == "sorry"
+    assert heard == []  # the call is answered while the listener still works
+    release.set()
+    await manager.drain_listeners()
+    assert heard == ["degraded"]
+    assert on_loop == [False]

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, cast
 
-from .._dispatch import describe_callback, describe_failure
+from .._dispatch import Dispatcher, describe_callback, describe_failure, is_async_callable
 from .._redact import redact_cut
 from .._validation import MAX_COUNT, check_int, check_optional_seconds, check_seconds
 from ..circuit.errors import CircuitOpenError
@@ -45,6 +45,8 @@ ExceptionTypes = type[Exception] | tuple[type[Exception], ...]
 _ALWAYS_DEGRADE: tuple[type[Exception], ...] = (TimeoutError, CircuitOpenError)
 
 _MAX_SHOWN = 300  # characters of a strategy's repr an error message quotes
+
+_LISTENER_THREADS = 2  # worker threads for sync listeners, per manager
 
 MAX_LISTENER_TASKS = 256
 """Async listener calls running at once at most; an event past this bound is not heard by
@@ -162,6 +164,7 @@ class ServiceDegradationManager:
             raise TypeError(f"'clock' must be callable: {clock!r}")
         self._listener_timeout = check_seconds("listener_timeout", listener_timeout)
         self._listeners_dropping = False
+        self._listener_threads: Dispatcher | None = None  # started at the first sync listener
         self._defaults = ServiceSettings(
             timeout=timeout,
             strategy_timeout=strategy_timeout,
@@ -252,8 +255,10 @@ class ServiceDegradationManager:
     def add_listener(self, listener: DegradationListener) -> None:
         """Call ``listener(event)`` when a service enters or leaves degraded mode.
 
-        Sync listeners run at once; async ones run as tasks, so a slow listener
-        never delays a call. A listener's exception is logged, never raised.
+        Listeners run in the background, so a slow one never delays a call: sync ones on
+        worker threads of the manager's own (one call of a listener at a time, in order),
+        async ones as tasks; each call bounded by ``listener_timeout``. A listener's
+        exception is logged, never raised. :meth:`drain_listeners` waits for them.
         """
         if not callable(listener):
             raise TypeError(f"a listener must be callable: {listener!r}")
@@ -499,6 +504,11 @@ class ServiceDegradationManager:
                 extra=extra,
             )
         for listener in list(self._listeners):
+            if not is_async_callable(listener):
+                # Off the loop, on a worker thread of the manager's own, in order: a sync
+                # listener that blocks (a requests.post) must not hold up every call.
+                self._spawn_listener(self._notify_sync(listener, event), listener)
+                continue
             try:
                 outcome = listener(event)
             except Exception as exc:
@@ -506,6 +516,20 @@ class ServiceDegradationManager:
                 continue
             if inspect.isawaitable(outcome):
                 self._spawn_listener(outcome, listener)
+
+    async def _notify_sync(self, listener: DegradationListener, event: DegradationEvent) -> None:
+        if self._listener_threads is None:
+            self._listener_threads = Dispatcher(
+                max_workers=_LISTENER_THREADS, name="xnai-degradation-listener", log=logger
+            )
+        await self._listener_threads.notify(
+            listener, event, timeout=self._listener_timeout, what="degradation listener"
+        )
+
+    async def drain_listeners(self) -> None:
+        """Wait until the listener calls made so far have ended (tests, shutdown)."""
+        while self._listener_tasks:
+            await asyncio.wait(list(self._listener_tasks))
 
     def _spawn_listener(self, outcome: Awaitable[object], listener: DegradationListener) -> None:
         if len(self._listener_tasks) >= MAX_LISTENER_TASKS:
