@@ -772,3 +772,33 @@ async def test_a_caller_cancelled_at_any_await_leaves_no_operation_behind(
     finally:
         await cache.aclose()
         await client.aclose()
+
+
+async def test_a_blocking_pool_held_by_the_application_is_no_outage(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client on a BlockingConnectionPool (redis-py's way to bound connections), every
+    connection held by the application's own slow calls (BLPOP): redis-py waits for a
+    connection inside the command, where it looked like Redis not answering, so a healthy
+    Redis was marked down with a WARNING and skipped until a probe got through. A pool
+    that has no connection to give is waited out as a full one is: a miss, counted busy."""
+    pool = aioredis.BlockingConnectionPool(
+        host="127.0.0.1", port=private_redis.port, max_connections=2, timeout=20
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    cache = RedisCache(client, prefix="xnai-test:", op_timeout=0.3)
+    await cache.set("k", CacheEntry("v", 1.0), keep_for=30)
+    held = [asyncio.ensure_future(client.blpop([f"xnai-test-q{i}"], timeout=2)) for i in range(2)]
+    try:
+        await eventually(lambda: not pool.can_get_connection(), timeout=5)
+        assert await cache.get("k") is None  # no connection in time: a miss
+        stats = cache.get_stats()
+        assert (stats["available"], stats["errors"], stats["busy"]) == (True, 0, 1)
+        assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+        await asyncio.gather(*held)  # the application's calls end: connections come back
+        assert await cache.get("k") == CacheEntry("v", 1.0)
+    finally:
+        await asyncio.gather(*held, return_exceptions=True)
+        await cache.aclose()
+        await client.aclose()
+        await pool.aclose()  # a pool passed in is not closed with its client

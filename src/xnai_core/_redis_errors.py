@@ -25,7 +25,9 @@ says so in one line, :func:`describe` (type and message, credentials masked, bou
 
 ``POOL_FULL`` (``MaxConnectionsError``: every connection of the client's own pool is in
 use) is a ``ConnectionError`` subclass but no outage: Redis is fine, this process is
-busy. Catch it *before* ``REDIS_DOWN`` and wait for a connection.
+busy. Catch it *before* ``REDIS_DOWN`` and wait for a connection. A
+``BlockingConnectionPool`` raises nothing: it waits for a connection inside the command,
+where that wait looks like Redis not answering; :func:`pool_exhausted` tells beforehand.
 
 A ``READONLY`` reply (``ReadOnlyError``) means the connection reached a replica: a master
 demoted by a failover while the connection stayed open (a managed Redis's endpoint that
@@ -53,7 +55,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["POOL_FULL", "REDIS_DOWN", "describe", "forget_demoted"]
+__all__ = ["POOL_FULL", "REDIS_DOWN", "describe", "forget_demoted", "pool_exhausted"]
 
 logger = logging.getLogger("xnai_core")
 
@@ -74,6 +76,21 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
 )
 
 POOL_FULL: tuple[type[BaseException], ...] = (MaxConnectionsError,)
+
+
+def pool_exhausted(client: object) -> bool:
+    """Whether the client's connection pool has no connection to give now (every one in
+    use by someone, the application's own calls included); False when it cannot tell (a
+    cluster client, a pool of another kind). Asked right before a command, in the same
+    turn of the loop, it says whether the command would wait for a connection."""
+    pool = getattr(client, "connection_pool", None)
+    can_get = getattr(pool, "can_get_connection", None)
+    if not callable(can_get):
+        return False
+    try:
+        return not can_get()
+    except Exception:
+        return False
 
 
 _DESCRIBED_LENGTH = 200

@@ -30,10 +30,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import MaxConnectionsError, ReadOnlyError, RedisError
 
 from .. import _backoff
-from .._redis_errors import POOL_FULL, REDIS_DOWN, forget_demoted
+from .._redis_errors import POOL_FULL, REDIS_DOWN, forget_demoted, pool_exhausted
 from .._validation import check_seconds, check_size
 from ..circuit.redis_link import patiently
 from .cache import CacheEntry, StatValue
@@ -332,6 +332,11 @@ class RedisCache:
                 while True:
                     asked[0] = True
                     try:
+                        if pool_exhausted(self.client):
+                            # A BlockingConnectionPool would wait for a connection inside
+                            # the command, where that wait looks like Redis not answering:
+                            # wait here instead, as for a full pool that raises.
+                            raise MaxConnectionsError("every connection of the pool is in use")
                         return await operation()
                     except POOL_FULL:
                         asked[0] = False
