@@ -495,7 +495,7 @@ async def test_an_error_text_is_bounded_in_every_result() -> None:
         raise RuntimeError(f"password=hunter22 bad response: {body}")
 
     def reporting() -> dict[str, object]:
-        return {"status": "unhealthy", "error": body}
+        return {"status": "unhealthy", "error": body, "body": body, "seen": [body]}
 
     class Own:
         name = "own"
@@ -514,5 +514,7 @@ async def test_an_error_text_is_bounded_in_every_result() -> None:
             assert len(result.error) <= MAX_ERROR_LENGTH
             assert result.error.endswith("...")
             assert "hunter22" not in result.error
+            for value in (result.details.get("body"), *result.details.get("seen", ())):  # type: ignore[misc]
+                assert value is None or len(str(value)) <= MAX_ERROR_LENGTH
     finally:
         await monitor.stop_monitoring()

@@ -584,18 +584,20 @@ def _is_number(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float)
 
 
-def redact_data(value: object, secrets: Iterable[str] = (), *, _depth: int = 0) -> object:
+def redact_data(
+    value: object, secrets: Iterable[str] = (), *, limit: int | None = None, _depth: int = 0
+) -> object:
     """``value`` with every credential masked, for data user code hands over (a health
     check's details), keeping its shape (tuples stay tuples, unchanged data is returned
     as given; :func:`redact_tree` instead makes JSON for what a page shows): each string
-    through :func:`redact`, the value under a secret-named
-    key (:func:`is_secret_field`: ``password``, ``api_key``, ...) masked whole unless it is
-    a number, a bool or None, lists,
-    tuples and dicts walked (copies; nested up to 16 deep, deeper ones shown as
-    ``***``), other values kept as they are. Unchanged data comes back as it was given.
+    through :func:`redact` (with ``limit``, :func:`redact_cut` to that many characters),
+    the value under a secret-named key (:func:`is_secret_field`: ``password``,
+    ``api_key``, ...) masked whole unless it is a number, a bool or None, lists, tuples and
+    dicts walked (copies; nested up to 16 deep, deeper ones shown as ``***``), other values
+    kept as they are. Unchanged data comes back as it was given.
     """
     if isinstance(value, str):
-        return redact(value, secrets)
+        return redact(value, secrets) if limit is None else redact_cut(value, limit, secrets)
     if not isinstance(value, list | tuple | dict):
         return value
     if _depth >= _MAX_DATA_DEPTH:
@@ -606,10 +608,10 @@ def redact_data(value: object, secrets: Iterable[str] = (), *, _depth: int = 0) 
             if isinstance(key, str) and is_secret_field(key) and not _is_number(item):
                 masked[key] = MASK
             else:
-                masked[key] = redact_data(item, secrets, _depth=_depth + 1)
+                masked[key] = redact_data(item, secrets, limit=limit, _depth=_depth + 1)
         same = all(masked[key] is item for key, item in value.items())
         return value if same and type(value) is dict else masked
-    items = [redact_data(item, secrets, _depth=_depth + 1) for item in value]
+    items = [redact_data(item, secrets, limit=limit, _depth=_depth + 1) for item in value]
     if all(new is old for new, old in zip(items, value, strict=True)):
         return value
     return items if isinstance(value, list) else tuple(items)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import cast
 
 from ._validate import check_name, check_seconds
-from .redact import redact_data, shown_error
+from .redact import MAX_ERROR_LENGTH, redact_data, shown_error
 from .result import DEGRADED, HEALTHY, UNHEALTHY, HealthCheckError, HealthCheckResult, error_text
 
 __all__ = ["DEFAULT_TIMEOUT", "USER_AGENT", "HealthChecker"]
@@ -134,7 +134,8 @@ class HealthChecker(abc.ABC):
     def _masked(self, details: Mapping[str, object]) -> dict[str, object]:
         # What a probe reports is masked as its error is: a check of one's own readily
         # reports the endpoint it checked (a DSN, a URL with its token) or a config it read.
-        return cast(dict[str, object], redact_data(dict(details), self.secrets()))
+        masked = redact_data(dict(details), self.secrets(), limit=MAX_ERROR_LENGTH)
+        return cast(dict[str, object], masked)
 
     def _is_slow(self, response_time: float) -> bool:
         return self.degraded_threshold is not None and response_time > self.degraded_threshold

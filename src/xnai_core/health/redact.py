@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 MAX_ERROR_LENGTH = 1000
-"""Characters of an error text a result keeps (masked, then cut: ``...`` marks a cut)."""
+"""Characters of an error text a result keeps, and of each string in the details a check
+of one's own reports (masked, then cut: ``...`` marks a cut)."""
 
 
 def shown_error(text: str, secrets: tuple[str, ...] = ()) -> str:

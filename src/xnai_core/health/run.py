@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import cast
 
 from .checker import HealthChecker
-from .redact import redact_data, shown_error
+from .redact import MAX_ERROR_LENGTH, redact_data, shown_error
 from .result import HealthCheckResult, HealthStatus, SupportsHealthCheck, error_text
 
 __all__ = ["checker_timeout", "close_checker", "failure", "run_check"]
@@ -84,7 +84,8 @@ async def run_check(
                 result = replace(result, error=error)
         if result.details and not isinstance(checker, HealthChecker):
             # ... and its details (a HealthChecker masks what its probe reports itself).
-            details = cast(dict[str, object], redact_data(result.details, _secrets_of(checker)))
+            masked = redact_data(result.details, _secrets_of(checker), limit=MAX_ERROR_LENGTH)
+            details = cast(dict[str, object], masked)
             if details is not result.details:
                 result = replace(result, details=details)
     except TimeoutError as exc:
