@@ -28,6 +28,7 @@ from tests.secret_corpus import SHAPES, leaks
 from xnai_core.health.alerts import Alert
 from xnai_core.health.checkers import HealthCheckResult, HealthStatus
 from xnai_core.health.monitor import HealthMonitor
+from xnai_core.health.redact import MAX_ERROR_LENGTH
 
 HEALTHY = HealthStatus.HEALTHY
 UNHEALTHY = HealthStatus.UNHEALTHY
@@ -219,7 +220,8 @@ async def test_kept_results_read_back_equal_whatever_their_detail_keys() -> None
     (kept,) = monitor.get_history("svc")
     # Was: {"1": "one"} for the first two keys, "None" and "(2, 3)" as strings.
     assert kept == result
-    assert kept.details == details
+    # Each string is masked and cut to MAX_ERROR_LENGTH (a megabyte body is not kept whole).
+    assert kept.details == {**details, "huge": "x" * (MAX_ERROR_LENGTH - 3) + "..."}
     assert type(kept.timestamp) is int
 
 
