@@ -865,6 +865,31 @@ def test_manual_check_joining_a_scheduled_run_that_stop_cancels_raises_clearly()
     assert tasks_during_run == 2  # the scenario and the schedule: no task per run
 
 
+def test_manual_check_of_a_checker_removed_meanwhile_raises_key_error() -> None:
+    """A reload removes a checker while a manual check waits on its run (the dashboard's
+    "check now"): the caller got RuntimeError "... cancelled (monitor stopped)", though the
+    monitor runs on. It gets the documented KeyError of a name no longer monitored."""
+    checker = Scripted(duration=10.0)
+
+    async def scenario() -> tuple[BaseException | HealthCheckResult, bool]:
+        monitor = HealthMonitor(check_interval=30.0, jitter=no_jitter)
+        monitor.add_checker(checker)
+        await monitor.start_monitoring()
+        await asyncio.sleep(1.0)  # the scheduled run is in flight
+        waiting = asyncio.ensure_future(monitor.trigger_manual_check("svc"))
+        await asyncio.sleep(1.0)
+        monitor.remove_checker("svc")
+        outcome = (await asyncio.gather(waiting, return_exceptions=True))[0]
+        active = monitor.monitoring_active
+        await monitor.stop_monitoring()
+        return outcome, active
+
+    outcome, active = virtual(scenario())
+    assert active
+    assert isinstance(outcome, KeyError)
+    assert "no health checker named 'svc' (removed while it was checked)" in str(outcome)
+
+
 async def test_cancelled_joiner_does_not_cancel_the_check() -> None:
     """One caller giving up does not cancel the run the others are waiting for."""
     release = asyncio.Event()

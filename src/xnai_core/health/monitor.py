@@ -483,7 +483,7 @@ class HealthMonitor:
         starting a second. A run still going at twice its timeout (its checker
         ignores cancellation) is not waited for: the answer is an unhealthy result
         saying so.
-        ``KeyError`` for an unknown name.
+        ``KeyError`` for an unknown name, and for a checker removed while it was checked.
         """
         service = self._service(name)
         try:
@@ -572,6 +572,11 @@ class HealthMonitor:
                 and runner.cancelled()
                 and (current is None or not current.cancelling())
             ):
+                if self._services.get(service.name) is not service:
+                    # Removed meanwhile (a reload): a name no longer monitored, as documented.
+                    raise KeyError(
+                        f"no health checker named {service.name!r} (removed while it was checked)"
+                    ) from None
                 raise RuntimeError(
                     f"the health check of {service.name!r} was cancelled (monitor stopped)"
                 ) from None
