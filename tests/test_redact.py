@@ -301,3 +301,76 @@ def test_a_cut_text_is_redacted_with_what_follows_the_cut_in_view() -> None:
     assert "s" * 5 not in cut
     assert len(cut) <= 300
     assert _redact.redact_cut("short password=abc", 300) == "short password=***"
+
+
+# -- nested data: one walker for health details, pages and alert details -------------------
+
+_DSN = "postgresql://app:hunter2-pw@db:5432/app"
+
+
+def _shows_no_secret(shown: object) -> None:
+    text = repr(shown)
+    assert "hunter2" not in text, text
+    assert "4242" not in text, text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {_DSN: "up"},  # a credential in a key
+        {"password": 424242},  # a numeric password (a PIN)
+        {"pin_code": 1, "dsn": {_DSN}},  # a set
+        {"dsn": frozenset({_DSN})},
+        {"cfg": __import__("types").MappingProxyType({"url": _DSN})},  # a Mapping, not a dict
+        {("db", _DSN): 1},  # a tuple key
+    ],
+)
+def test_every_walker_masks_nested_credentials(value: object) -> None:
+    from xnai_core.alerting._mask import mask_value
+
+    _shows_no_secret(_redact.redact_data(value))
+    _shows_no_secret(_redact.redact_tree(value, secret_keys=True))
+    _shows_no_secret(mask_value(value))
+
+
+def test_page_data_walker_masks_strings_everywhere_but_keeps_the_packages_notes() -> None:
+    shown = _redact.redact_tree({"control_token": "*** (from $T, set)", "url": _DSN, "n": 3})
+    assert shown == {
+        "control_token": "*** (from $T, set)",
+        "url": "postgresql://app:***@db:5432/app",
+        "n": 3,
+    }
+
+
+def test_data_walker_keeps_shape_and_identity() -> None:
+    data = {"a": (1, "x"), "b": [2], "c": {"d"}}
+    assert _redact.redact_data(data) is data
+    shown = _redact.redact_data({"a": (1, _DSN), "s": {_DSN}})
+    assert isinstance(shown, dict)
+    assert isinstance(shown["a"], tuple)
+    assert isinstance(shown["s"], set)
+
+
+def test_deeply_nested_page_data_is_cut_not_a_recursion_error() -> None:
+    deep: object = _DSN
+    for _ in range(5000):
+        deep = [deep]
+    shown = _redact.redact_tree({"x": deep})
+    _shows_no_secret(shown)
+    assert "***" in repr(shown)
+
+
+def test_alert_details_are_json_ready() -> None:
+    from xnai_core.alerting._mask import mask_details
+
+    class Thing:
+        def __str__(self) -> str:
+            return f"thing at {_DSN}"
+
+    shown = mask_details({"t": Thing(), "s": (1, 2), "api_key": None, "n": 3})
+    assert shown == {
+        "t": "thing at postgresql://app:***@db:5432/app",
+        "s": [1, 2],
+        "api_key": "***",
+        "n": 3,
+    }

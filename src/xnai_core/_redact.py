@@ -42,6 +42,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -578,43 +579,92 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 _MAX_DATA_DEPTH = 16
+_MAX_TREE_DEPTH = 32
 
 
-def _is_number(value: object) -> bool:
+@dataclass(frozen=True)
+class _Walk:
+    """How :func:`_walk` shows nested data: the one set of masking rules for data.
+
+    ``json``: build JSON-ready data (mappings become dicts, sequences and sets lists,
+    other objects their redacted ``str``), or keep the data's shape (tuples stay tuples,
+    sets sets, other objects as given, unchanged data returned as given).
+    ``secret_keys``: mask the value under a secret-named key whole.
+    ``finish``: a last step for every string shown (a key or a value).
+    """
+
+    secrets: tuple[str, ...] = ()
+    limit: int | None = None
+    finish: Callable[[str], str] | None = None
+    secret_keys: bool = True
+    json: bool = False
+    max_depth: int = _MAX_DATA_DEPTH
+
+    def text(self, text: str) -> str:
+        if self.limit is None:
+            text = redact(text, self.secrets)
+        else:
+            text = redact_cut(text, self.limit, self.secrets)
+        return text if self.finish is None else self.finish(text)
+
+
+def _is_scalar(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float)
 
 
-def redact_data(
-    value: object, secrets: Iterable[str] = (), *, limit: int | None = None, _depth: int = 0
-) -> object:
-    """``value`` with every credential masked, for data user code hands over (a health
-    check's details), keeping its shape (tuples stay tuples, unchanged data is returned
-    as given; :func:`redact_tree` instead makes JSON for what a page shows): each string
-    through :func:`redact` (with ``limit``, :func:`redact_cut` to that many characters),
-    the value under a secret-named key (:func:`is_secret_field`: ``password``,
-    ``api_key``, ...) masked whole unless it is a number, a bool or None, lists, tuples and
-    dicts walked (copies; nested up to 16 deep, deeper ones shown as ``***``), other values
-    kept as they are. Unchanged data comes back as it was given.
-    """
+def _walk(value: object, how: _Walk, depth: int) -> object:
+    """``value`` as ``how`` shows it. Every string (values, keys, items) is redacted;
+    lists, tuples, sets and mappings are walked (copies), nested up to ``how.max_depth``
+    (a deeper one is shown as ``***``); with ``how.secret_keys``, the value under a
+    secret-named key (:func:`is_secret_field`: ``password``, ``api_key``, ...) is masked
+    whole, whatever it is (a numeric PIN is a credential too)."""
     if isinstance(value, str):
-        return redact(value, secrets) if limit is None else redact_cut(value, limit, secrets)
-    if not isinstance(value, list | tuple | dict):
+        return how.text(value)
+    if not isinstance(value, Mapping | list | tuple | set | frozenset):
+        if how.json and not _is_scalar(value):
+            return how.text(str(value))
         return value
-    if _depth >= _MAX_DATA_DEPTH:
+    if depth >= how.max_depth:
         return MASK
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         masked: dict[object, object] = {}
+        changed = type(value) is not dict
         for key, item in value.items():
-            if isinstance(key, str) and is_secret_field(key) and not _is_number(item):
-                masked[key] = MASK
+            if _is_scalar(key):
+                shown_key = key
+            elif how.json and not isinstance(key, str):
+                shown_key = how.text(str(key))  # a JSON key is a string
             else:
-                masked[key] = redact_data(item, secrets, limit=limit, _depth=_depth + 1)
-        same = all(masked[key] is item for key, item in value.items())
-        return value if same and type(value) is dict else masked
-    items = [redact_data(item, secrets, limit=limit, _depth=_depth + 1) for item in value]
+                shown_key = _walk(key, how, depth + 1)
+            if how.secret_keys and is_secret_field(str(key)):
+                shown: object = MASK
+            else:
+                shown = _walk(item, how, depth + 1)
+            changed = changed or shown_key is not key or shown is not item
+            masked[shown_key] = shown
+        return masked if changed or how.json else value
+    items = [_walk(item, how, depth + 1) for item in value]
+    if how.json:
+        return items
     if all(new is old for new, old in zip(items, value, strict=True)):
         return value
-    return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, list):
+        return items
+    if isinstance(value, set | frozenset):
+        return type(value)(items) if type(value) in (set, frozenset) else set(items)
+    return tuple(items)
+
+
+def redact_data(value: object, secrets: Iterable[str] = (), *, limit: int | None = None) -> object:
+    """``value`` with every credential masked, for data user code hands over (a health
+    check's details), keeping its shape (tuples stay tuples, sets sets, unchanged data is
+    returned as given; :func:`redact_tree` makes JSON for what is shown): each string
+    (keys too) through :func:`redact` (with ``limit``, :func:`redact_cut` to that many
+    characters), the value under a secret-named key (:func:`is_secret_field`) masked
+    whole, lists, tuples, sets and mappings walked (copies; nested up to 16 deep, deeper
+    ones shown as ``***``), other values kept as they are.
+    """
+    return _walk(value, _Walk(tuple(secrets), limit), 0)
 
 
 REDACT_LOOKAHEAD = 4096
@@ -752,16 +802,23 @@ def shown_as(shown: str, names: Iterable[str]) -> str | None:
     return found
 
 
-def redact_tree(value: Any, finish: Callable[[str], str] | None = None) -> Any:
-    """A JSON-ready ``value`` with every string in it redacted (keys, values, items),
-    each then passed to ``finish`` if given: the last line of defence of what is shown
-    whole (an answer of the ops routes, the effective config), for what no part knew to
-    mask (a name made of a URL with its password, a custom check's own details)."""
-    if isinstance(value, str):
-        text = redact(value)
-        return text if finish is None else finish(text)
-    if isinstance(value, Mapping):
-        return {redact_tree(key, finish): redact_tree(item, finish) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_tree(item, finish) for item in value]
-    return value
+def redact_tree(
+    value: Any,
+    finish: Callable[[str], str] | None = None,
+    *,
+    secrets: Iterable[str] = (),
+    secret_keys: bool = False,
+    max_depth: int = _MAX_TREE_DEPTH,
+) -> Any:
+    """A JSON-ready copy of ``value`` with every string in it redacted (keys, values,
+    items; ``secrets`` scrubbed), each then passed to ``finish`` if given: the last line of
+    defence of what is shown whole (an answer of the ops routes, the effective config, an
+    alert's details), for what no part knew to mask (a name made of a URL with its
+    password, a custom check's own details). Mappings become dicts, lists, tuples and
+    sets lists, numbers, bools and None stay, any other object its redacted ``str``;
+    nested deeper than ``max_depth``, ``***``. With ``secret_keys``, the value under a
+    secret-named key is masked whole, as :func:`redact_data` does (off for what the
+    package built itself and masked already, keeping a note such as "*** (from $TOKEN,
+    set)"). The rules are :func:`redact_data`'s: one walker."""
+    how = _Walk(tuple(secrets), None, finish, secret_keys, json=True, max_depth=max_depth)
+    return _walk(value, how, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .._redact import MASK, is_secret_field, redact
+from .._redact import redact, redact_tree
 
 _MAX_DEPTH = 6
 
@@ -22,23 +22,10 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     return redact(text, tuple(secrets))
 
 
-def mask_value(value: object, secrets: Iterable[str] = (), _depth: int = 0) -> object:
-    """A JSON-ready copy of ``value`` with credentials masked (see the module docstring)."""
-    secrets = tuple(secrets)
-    if isinstance(value, str):
-        return mask_text(value, secrets)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if _depth >= _MAX_DEPTH:
-        return MASK
-    if isinstance(value, Mapping):
-        return {
-            str(key): MASK if is_secret_field(str(key)) else mask_value(item, secrets, _depth + 1)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [mask_value(item, secrets, _depth + 1) for item in value]
-    return mask_text(str(value), secrets)
+def mask_value(value: object, secrets: Iterable[str] = ()) -> object:
+    """A JSON-ready copy of ``value`` with credentials masked (see the module docstring):
+    the package's one walker, with values under secret field names masked whole."""
+    return redact_tree(value, secrets=secrets, secret_keys=True, max_depth=_MAX_DEPTH)
 
 
 def mask_details(details: Mapping[str, object], secrets: Iterable[str] = ()) -> dict[str, object]:
