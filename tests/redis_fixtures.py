@@ -1,12 +1,15 @@
 """Fixtures of the Redis-backed circuit tests that break Redis: ``direct`` (what the
 private server really holds) and ``stores`` (RedisStores, each on its own client, through
-the fault proxy or not). A test module uses them with
+the fault proxy or not), ``outside_proxy`` (a fault proxy on a thread of its own, that
+keeps forwarding while the test's event loop is stalled). A test module uses them with
 ``pytest_plugins = ["tests.redis_fixtures"]`` (a plugin module, so it is never imported
 directly: pytest must import it itself to rewrite its asserts)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -44,3 +47,30 @@ async def stores(private_redis: PrivateRedis, fault_proxy: FaultProxy) -> AsyncI
     for store, client in made:
         await store.close()
         await client.aclose()
+
+
+@pytest.fixture
+def outside_proxy(private_redis: PrivateRedis) -> Iterator[FaultProxy]:
+    """A :class:`FaultProxy` on an event loop of its own thread: unlike the in-loop
+    ``fault_proxy``, it keeps forwarding (and delaying) while the test's loop is
+    stalled, as the network does, so a reply can arrive during a stall."""
+    proxy = FaultProxy(private_redis.port)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(proxy.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.aclose(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

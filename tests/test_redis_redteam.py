@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -48,34 +47,6 @@ from xnai_core import (
     create_redis_circuit_breaker,
 )
 from xnai_core.circuit.machine import Admission
-
-
-@pytest.fixture
-def outside_proxy(private_redis: PrivateRedis) -> Iterator[FaultProxy]:
-    """A :class:`FaultProxy` on an event loop of its own thread: unlike the in-loop
-    ``fault_proxy``, it keeps forwarding (and delaying) while the test's loop is
-    stalled, as the network does, so a reply can arrive during a stall."""
-    proxy = FaultProxy(private_redis.port)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(proxy.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
-        yield proxy
-    finally:
-        asyncio.run_coroutine_threadsafe(proxy.aclose(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
 
 pytest_plugins = ["tests.redis_fixtures"]
 

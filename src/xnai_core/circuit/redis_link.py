@@ -307,20 +307,29 @@ class RedisLink:
 
     async def _ping(self, exc: BaseException, wait: float) -> None:
         try:
-            async with asyncio.timeout(wait):
-                await self.client.ping()
-        except POOL_FULL:
-            self.request_resync()  # every connection busy: this process, not Redis
-        except TimeoutError:
-            if not self.closed:
-                self.mark_down(exc)
-        except Exception as error:
-            if not self.closed:
+            # Waited for as a script is (never cancelled by the wait itself): a PONG
+            # that arrived while the event loop was blocked past ``wait`` is read before
+            # the deadline is believed, so a stall is not taken for an outage.
+            ping = self.spawn(self._pong(), name="xnai-redis-ping")
+            if not await patiently(ping, wait):
+                ping.cancel()
+                if not self.closed:
+                    self.mark_down(exc)
+                return
+            if ping.cancelled():
+                return  # the link is closing
+            error = ping.exception()
+            if error is None or isinstance(error, POOL_FULL):
+                # Redis answered, or every connection is busy (this process, not
+                # Redis): re-read the circuits.
+                self.request_resync()
+            elif not self.closed:
                 self.mark_down(error)
-        else:
-            self.request_resync()
         finally:
             self._probe = None
+
+    async def _pong(self) -> object:
+        return await self.client.ping()
 
     def request_resync(self) -> None:
         """Re-read every circuit at the next poll instead of at the next interval."""
