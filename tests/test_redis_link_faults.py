@@ -7,6 +7,7 @@ behind the fault proxy, with clients built as users build them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any
@@ -14,12 +15,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.fault_proxy import FaultProxy, replies_to
-from tests.redis_helpers import REDIS_LOGGER, cfg, eventually, warnings_of
-from xnai_core import RedisStore
+from tests.conftest import PrivateRedis
+from tests.fault_proxy import FaultProxy, replies_to, replies_to_script
+from tests.redis_helpers import REDIS_LOGGER, cfg, eventually, fail_once, warnings_of
+from xnai_core import CircuitState, RedisStore
+from xnai_core.circuit import redis_scripts
 from xnai_core.circuit.machine import Ticket
 
 pytest_plugins = ["tests.redis_fixtures"]
+
+READ_SHA = hashlib.sha1(redis_scripts.READ.encode()).hexdigest()
 
 
 async def test_a_stall_during_the_links_ping_is_not_an_outage(
@@ -56,3 +61,70 @@ async def test_a_stall_during_the_links_ping_is_not_an_outage(
     finally:
         await store.close()
         await client.aclose()
+
+
+async def many_circuits(client: aioredis.Redis, count: int) -> list[RedisStore]:
+    made = [
+        RedisStore(cfg(name=f"c{n}", failure_threshold=1, recovery_timeout=60), client)
+        for n in range(count)
+    ]
+    for store in made:
+        await store.start()
+    return made
+
+
+async def test_a_trip_is_heard_while_the_link_resyncs_many_circuits(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """Forty circuits on one client, each resync's READ answered 0.1 s late (many
+    circuits, or a Redis a few ms away: a resync of them all takes 4 s). Another process
+    trips the last of them just as a resync begins: the message reaches this process at
+    once, not after the resync. Before, the link read no message while it resynced."""
+    here = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    there = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    mine: list[RedisStore] = []
+    tripper = RedisStore(cfg(name="c39", failure_threshold=1, recovery_timeout=60), there)
+    try:
+        mine = await many_circuits(here, 40)
+        for store in mine:
+            store.resync_interval = 0.2
+        await tripper.start()
+        rule = fault_proxy.delay_replies(0.1, when=replies_to_script(READ_SHA))
+        await eventually(lambda: rule.hits >= 2, timeout=10)  # a resync is under way
+        started = time.monotonic()
+        await fail_once(tripper)
+        await eventually(lambda: mine[-1].snapshot().state is CircuitState.OPEN, timeout=10)
+        assert time.monotonic() - started < 1.0
+    finally:
+        for store in [*mine, tripper]:
+            await store.close()
+        await here.aclose()
+        await there.aclose()
+
+
+async def test_a_silent_subscription_is_found_within_2_s_while_the_link_resyncs(
+    fault_proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same slow resync of forty circuits; the subscription's connection goes
+    silent (black-holed): it is still found within the documented 2 s (the heartbeat
+    does not wait for the resync), and replaced."""
+    caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
+    here = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    mine: list[RedisStore] = []
+    try:
+        mine = await many_circuits(here, 40)
+        for store in mine:
+            store.resync_interval = 0.2
+        rule = fault_proxy.delay_replies(0.1, when=replies_to_script(READ_SHA))
+        await eventually(lambda: rule.hits >= 2, timeout=10)
+        assert fault_proxy.black_hole(lambda c: "PSUBSCRIBE" in c.sent) == 1
+        started = time.monotonic()
+        await eventually(
+            lambda: mine[0].backend_metrics()["redis_subscription_silences"] == 1, timeout=10
+        )
+        assert time.monotonic() - started < 3.0
+        assert len(warnings_of(caplog, "silent")) == 1
+    finally:
+        for store in mine:
+            await store.close()
+        await here.aclose()

@@ -2,8 +2,9 @@
 
 The registered scripts, one pattern subscription for every circuit under the
 prefix (:mod:`.redis_subscription`), the offset from this host's clock to Redis TIME,
-whether Redis is known down, and one background task that listens, resyncs, and
-reconnects with backoff (redis-py's equal jitter). The link knows its circuits only
+whether Redis is known down, and one background task that listens and reconnects with
+backoff (redis-py's equal jitter), and resyncs every circuit beside it (so a resync of
+many circuits holds up no message and no heartbeat). The link knows its circuits only
 through :class:`~.redis_members.LinkMember`: it tells them of outages and messages and
 asks them to catch up; it never reaches into their state (docs/redis.md, "When Redis
 is away").
@@ -134,6 +135,7 @@ class RedisLink:
         self.outages = 0
         self.late_replies = 0
         self._probe: asyncio.Task[None] | None = None
+        self._resyncing: asyncio.Task[None] | None = None
         self._resync_soon = False
         self._members = Members()
         self._task: asyncio.Task[None] | None = None
@@ -389,12 +391,15 @@ class RedisLink:
                 setup, self._members.deliver, self.request_resync
             ):
                 continue  # the subscription broke or fell silent: subscribe again
-            if not self.down and (self._resync_soon or time.monotonic() >= next_resync):
+            due = self._resync_soon or time.monotonic() >= next_resync
+            if due and not self.down and self._resyncing is None:
                 next_resync = time.monotonic() + interval
                 self._resync_soon = False
                 # A lost message is caught here, and a circuit still deciding
-                # locally (it joined while we reconnected) is brought in.
-                await self._catch_up()
+                # locally (it joined while we reconnected) is brought in. A job of its
+                # own: with many circuits it takes many round trips, and the messages
+                # (a trip elsewhere) and the heartbeat must not wait for it.
+                self._resyncing = self.spawn(self._resync(), name="xnai-redis-resync")
 
     async def _pause(self, seconds: float) -> None:
         self._wake.clear()
@@ -404,10 +409,20 @@ class RedisLink:
         except TimeoutError:
             pass
 
+    async def _resync(self) -> None:
+        try:
+            await self._catch_up()
+        finally:
+            self._resyncing = None
+
     async def _connect(self, setup: float) -> bool:
         """Subscribe, load the scripts, and bring every circuit in step (every
         subscription is followed by a resync: messages may have been missed)."""
         subscription = self.subscription
+        if self._resyncing is not None:
+            # A resync from before the outage ends at its next circuit (Redis failed
+            # since); one catch-up of a circuit at a time.
+            await asyncio.wait((self._resyncing,))
         try:
             async with asyncio.timeout(setup):
                 await subscription.subscribe()
