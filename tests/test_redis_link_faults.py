@@ -128,3 +128,40 @@ async def test_a_silent_subscription_is_found_within_2_s_while_the_link_resyncs(
         for store in mine:
             await store.close()
         await here.aclose()
+
+
+async def test_a_slow_round_trip_does_not_move_the_estimate_of_the_redis_clock(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """One resync's READ is answered 3 s late (Redis ran it at once; the reply was
+    held). Redis runs on this host, so its TIME is this host's wall clock: the mirror's
+    estimate of it stays within a few ms, and a circuit another process opened is
+    half-opened as soon as its recovery timeout has passed on the Redis clock. Before,
+    the estimate took the middle of the round trip and fell 1.5 s behind: the open
+    circuit went on rejecting locally 1.5 s past its recovery timeout."""
+    here = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    there = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    config = cfg(failure_threshold=1, recovery_timeout=2.0)
+    store = RedisStore(config, here, resync_interval=4.0)
+    tripper = RedisStore(config, there)
+    try:
+        await store.start()
+        await tripper.start()
+        rule = fault_proxy.delay_replies(3.0, when=replies_to_script(READ_SHA), count=1)
+        await eventually(lambda: rule.hits == 1, timeout=10)  # the slow READ is out
+        await fail_once(tripper)
+        opened = time.time()
+        await eventually(lambda: store.snapshot().state is CircuitState.OPEN, timeout=5)
+        worst = 0.0
+        while time.time() < opened + 3.3:  # the slow answer is read at about 3 s
+            worst = max(worst, abs(store.mirror.now() - time.time()))
+            await asyncio.sleep(0.01)
+        assert worst < 0.2, worst
+        admission = await store.acquire()  # past the recovery timeout on Redis's clock
+        assert admission.ticket is not None, admission
+        assert admission.ticket.permit > 0
+    finally:
+        await store.close()
+        await tripper.close()
+        await here.aclose()
+        await there.aclose()

@@ -255,8 +255,14 @@ class RedisLink:
         return time.monotonic() + self.offset
 
     def observe_time(self, redis_now: float, sent: float, received: float) -> None:
-        # The server read its clock somewhere in the round trip: assume the middle.
-        self.offset = redis_now - (sent + received) / 2
+        """Redis read its clock (``redis_now``) somewhere between ``sent`` and
+        ``received``: the offset lies between the two ends. The estimate is kept while
+        it fits (a slow round trip or a stalled loop narrows nothing, and its middle
+        can be off by half of it); one that no longer fits (the clock stepped, or the
+        estimate came from a slow round trip) moves to the middle."""
+        low, high = redis_now - received, redis_now - sent
+        if not low <= self.offset <= high:
+            self.offset = (low + high) / 2
 
     # -- outages -------------------------------------------------------------
 
