@@ -166,8 +166,8 @@ class PrivateRedis:
 def private_redis() -> Iterator[PrivateRedis]:
     """A started private redis-server, killed and removed after the test."""
     server = PrivateRedis()
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.cleanup()
