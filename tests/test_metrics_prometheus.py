@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -382,3 +383,29 @@ async def test_a_circuit_not_used_here_yet_says_nothing_of_redis(
         assert scrape(metrics.registry)[link] == 1
     finally:
         await idle.close()
+
+
+def test_a_closed_recovery_manager_of_an_ended_loop_is_not_read_by_a_scrape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manager closed in an event loop that has ended (a reload replaced it; an earlier
+    asyncio.run) but not yet collected: the next scrape's refresh does not read its latches
+    through its Redis client, bound to the dead loop (before: each read failed with 'got
+    Future attached to a different loop', was logged as an error, and left sockets to
+    Redis unclosed, whose ResourceWarnings surfaced in whatever ran at the next GC)."""
+    from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+
+    async def build() -> tuple[RecoveryManager, aioredis.Redis]:
+        client = aioredis.Redis.from_url(SHARED_REDIS_URL)
+        manager = RecoveryManager(coordinator=RecoveryCoordinator(client, key_prefix="x-ended"))
+        manager.add_rule(RecoveryRule("api", "clear_cache", recovery_func=lambda s: None))
+        assert await manager.shared_escalations() == {"api": False}  # its client connected
+        await manager.aclose()
+        await client.aclose()
+        return manager, client
+
+    manager, client = asyncio.run(build())
+    caplog.set_level(logging.ERROR, logger="xnai_core")
+    asyncio.run(refresh_shared_state())
+    assert [r.getMessage() for r in caplog.records] == []
+    del manager, client

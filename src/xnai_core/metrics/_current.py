@@ -206,7 +206,10 @@ async def refresh_shared_state() -> None:
             jobs.append(asyncio.ensure_future(_load(breaker)))
     loading = list(jobs)
     for manager in _managers():
-        jobs.append(asyncio.ensure_future(_read_latches(manager)))
+        # A closed one (replaced by a reload; of an event loop that has ended) is not
+        # read: its coordinator's client may belong to a loop that is gone.
+        if not manager.closed:
+            jobs.append(asyncio.ensure_future(_read_latches(manager)))
     if not jobs:
         return
     if loading:

@@ -345,6 +345,11 @@ class RecoveryManager:
         self._runner.context.close()
         self._runner.alerts.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called: it acts no more."""
+        return self._runner.closed
+
     async def __aenter__(self) -> RecoveryManager:
         return self
 
