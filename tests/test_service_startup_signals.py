@@ -165,9 +165,11 @@ def test_a_stop_at_any_moment_of_the_start_up_leaves_nothing_running(
     try:
         time.sleep(delay)
         process.send_signal(stop)
-        assert process.wait(timeout=5) == 0
+        status = process.wait(timeout=5)
         assert process.stderr is not None
-        assert "Traceback" not in process.stderr.read()
+        errors = process.stderr.read()
+        assert status == 0, errors  # what the service said names why it failed
+        assert "Traceback" not in errors
         assert wait_for(lambda: not any(_alive(pid) for pid in _pids(pid_file)), 5)
     finally:
         if process.poll() is None:
