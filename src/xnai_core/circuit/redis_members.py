@@ -14,6 +14,8 @@ import logging
 import weakref
 from typing import Protocol
 
+from .._redact import redact
+
 __all__ = ["LinkMember", "Members"]
 
 logger = logging.getLogger("xnai_core.circuit.redis")
@@ -101,4 +103,6 @@ class Members:
                     try:
                         member.on_message(payload)
                     except Exception:  # a bug of ours: said, and the others still hear
-                        logger.exception("a circuit failed to take a message on %r", channel)
+                        logger.exception(
+                            "a circuit failed to take a message on %r", redact(channel)
+                        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from .._redact import redact
 from .config import CircuitBreakerConfig
 from .machine import CircuitState, Snapshot
 from .redis_codec import us
@@ -111,10 +112,10 @@ class Reconciler:
         logger.warning(
             "circuit '%s': redis key %r lost the open circuit (deleted, flushed, "
             "evicted, or rolled back by a failover or an older snapshot); %s",
-            self.config.name,
-            self.key,
+            redact(self.config.name),
+            redact(self.key),
             what,
-            extra={"breaker": self.config.name, "key": self.key},
+            extra={"breaker": redact(self.config.name), "key": redact(self.key)},
         )
 
     async def _write_back(self, link: RedisLink) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .._redact import redact
 from .._validation import check_seconds
 from . import machine
 from .config import CircuitBreakerConfig
@@ -371,7 +372,7 @@ class RedisStore:
         try:
             reply, origin = message_reply(payload)
         except ValueError:
-            logger.warning("circuit '%s': ignored an unreadable message", self.config.name)
+            logger.warning("circuit '%s': ignored an unreadable message", redact(self.config.name))
             return
         self._mirror.hear(reply, origin)
 

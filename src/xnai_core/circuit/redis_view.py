@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from .._redact import redact
 from . import machine
 from .config import CircuitBreakerConfig
 from .machine import Admission, CircuitState, Snapshot, Step, Ticket
@@ -218,7 +219,9 @@ class CircuitMirror:
             try:
                 callback(old.state, new.state, why, remote)
             except Exception:
-                logger.exception("transition callback of circuit '%s' failed", self.config.name)
+                logger.exception(
+                    "transition callback of circuit '%s' failed", redact(self.config.name)
+                )
 
     def refresh_hot(self) -> None:
         snap = self.snap

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from redis.exceptions import MaxConnectionsError
 
+from .._redact import redact
 from .._redis_errors import describe
 from .config import CircuitBreakerConfig
 from .redis_codec import Reply, decode_reply, us
@@ -179,9 +180,9 @@ class Wire:
             logger.info(
                 "circuit '%s': no answer from redis within %ss; deciding locally "
                 "until it catches up",
-                self.name,
+                redact(self.name),
                 self.op_timeout,
-                extra={"breaker": self.name, "key": self.key},
+                extra={"breaker": redact(self.name), "key": redact(self.key)},
             )
         link.suspect(exc, self.op_timeout)
 
@@ -194,10 +195,10 @@ class Wire:
         logger.warning(
             "circuit '%s': could not read redis's answer to %s (%s); keeping the last "
             "known state until an answer can be read",
-            self.name,
+            redact(self.name),
             script,
             describe(exc),
-            extra={"breaker": self.name, "key": self.key},
+            extra={"breaker": redact(self.name), "key": redact(self.key)},
         )
 
     def _log_notes(self, notes: Sequence[str]) -> None:
@@ -205,26 +206,26 @@ class Wire:
             if item.startswith("malformed:"):
                 logger.warning(
                     "circuit '%s': malformed state in redis key %r (field %r); reset to closed",
-                    self.name,
-                    self.key,
+                    redact(self.name),
+                    redact(self.key),
                     item.partition(":")[2],
-                    extra={"breaker": self.name, "key": self.key},
+                    extra={"breaker": redact(self.name), "key": redact(self.key)},
                 )
             elif item == "pushed" and "lost" not in notes:  # a loss: the store says so
                 logger.warning(
                     "circuit '%s': open here but not in redis (it opened while redis was "
                     "away, or redis lost it); written back to redis",
-                    self.name,
-                    extra={"breaker": self.name, "key": self.key},
+                    redact(self.name),
+                    extra={"breaker": redact(self.name), "key": redact(self.key)},
                 )
             elif item == "clamped":
                 self.clock_clamps += 1
                 logger.warning(
                     "circuit '%s': times stored in redis key %r were ahead of the clock "
                     "(it stepped back?); clamped to now",
-                    self.name,
-                    self.key,
-                    extra={"breaker": self.name, "key": self.key},
+                    redact(self.name),
+                    redact(self.key),
+                    extra={"breaker": redact(self.name), "key": redact(self.key)},
                 )
             elif item == "replayed":
                 self.replays += 1
