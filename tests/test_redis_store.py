@@ -533,15 +533,34 @@ async def test_concurrent_failures_are_all_counted_through_a_managers_pool(
             await breaker.close()
 
 
+@pytest.fixture(params=["full", "blocking"])
+async def small_pool(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """A client of two connections (one for the subscription, one for everything else):
+    a ConnectionPool that raises when full, or a BlockingConnectionPool that waits for a
+    connection inside the command."""
+    if request.param == "full":
+        pool = aioredis.ConnectionPool.from_url(SHARED_REDIS_URL, max_connections=2)
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            SHARED_REDIS_URL, max_connections=2, timeout=30
+        )
+    client = aioredis.Redis(connection_pool=pool)
+    yield client
+    await client.aclose()
+    await pool.aclose()
+
+
 async def test_a_full_pool_is_waited_for_not_an_outage(
     stores: StoreFactory,
-    clients: Callable[..., aioredis.Redis],
+    small_pool: aioredis.Redis,
     shared_redis: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The application holds the pool's last connection for a moment: the failure waits."""
+    """The application holds the pool's last connection for a moment: the failure waits.
+    Held past op_timeout, the WARNING names the full pool, not Redis not answering (a
+    BlockingConnectionPool's wait inside redis-py was taken for no answer from Redis)."""
     caplog.set_level(logging.INFO, logger=REDIS_LOGGER)
-    client = clients(max_connections=2)  # one for the subscription, one for everything else
+    client = small_pool
     store = stores(config(failure_threshold=5), client, op_timeout=1.0)
     await store.start()
     pool = client.connection_pool
@@ -555,6 +574,17 @@ async def test_a_full_pool_is_waited_for_not_an_outage(
     assert store.available
     assert (await shared_redis.hget(store.key, "failures")) == b"1"
     assert redis_warnings(caplog) == []
+
+    held = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        admission = await store.acquire()
+        assert admission.ticket is not None
+        await store.record_failure(admission.ticket)
+        await eventually(lambda: redis_warnings(caplog) != [], timeout=10)
+        assert "MaxConnectionsError" in redis_warnings(caplog)[0], redis_warnings(caplog)
+    finally:
+        await pool.release(held)
+    await eventually(lambda: store.available, timeout=15)
 
 
 async def test_an_answer_that_arrives_after_redis_went_away_is_not_mirrored(

@@ -28,6 +28,8 @@ use) is a ``ConnectionError`` subclass but no outage: Redis is fine, this proces
 busy. Catch it *before* ``REDIS_DOWN`` and wait for a connection. A
 ``BlockingConnectionPool`` raises nothing: it waits for a connection inside the command,
 where that wait looks like Redis not answering; :func:`pool_exhausted` tells beforehand.
+:func:`when_pool_free` runs one command within a deadline, waiting out a full pool of
+either kind, and raises :class:`PoolBusy` (no outage either) if no connection came in time.
 
 A ``READONLY`` reply (``ReadOnlyError``) means the connection reached a replica: a master
 demoted by a failover while the connection stayed open (a managed Redis's endpoint that
@@ -42,6 +44,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.exceptions import (
     ClusterDownError,
@@ -55,7 +60,19 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["POOL_FULL", "REDIS_DOWN", "describe", "forget_demoted", "pool_exhausted"]
+from . import _backoff
+
+__all__ = [
+    "POOL_FULL",
+    "REDIS_DOWN",
+    "PoolBusy",
+    "describe",
+    "forget_demoted",
+    "pool_exhausted",
+    "when_pool_free",
+]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("xnai_core")
 
@@ -91,6 +108,42 @@ def pool_exhausted(client: object) -> bool:
         return not can_get()
     except Exception:
         return False
+
+
+_POOL_WAIT = (0.001, 0.05)  # seconds: first and longest wait for a free connection
+
+
+class PoolBusy(Exception):
+    """No connection of the client's own pool came free within the deadline: this process
+    is busy (the application holds every connection), Redis was not asked. No outage:
+    what Redis holds (a peer's lease, a shared state) is simply not known right now."""
+
+
+async def when_pool_free(client: object, call: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """``await call()`` (one Redis command of ``client``) within ``timeout`` seconds, waiting
+    out a full pool: one that raises ``MaxConnectionsError`` and a ``BlockingConnectionPool``
+    that would wait inside the command (:func:`pool_exhausted`) are both asked again with a
+    short backoff. Raises :class:`PoolBusy` if the pool is still full at the deadline; the
+    builtin ``TimeoutError`` if Redis had the command and did not answer in time (an
+    outage, :data:`REDIS_DOWN`, as any other error ``call`` raises)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    waits = 0
+    while True:
+        if not pool_exhausted(client):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await call()
+            except POOL_FULL:
+                pass
+        waits += 1
+        left = deadline - loop.time()
+        if left <= 0:
+            raise PoolBusy(f"no free connection in the client's pool within {timeout:g}s")
+        low, high = _POOL_WAIT
+        await asyncio.sleep(
+            min(left, _backoff.delay(waits, base=low, cap=high, rand=random.random()))
+        )
 
 
 _DESCRIBED_LENGTH = 200

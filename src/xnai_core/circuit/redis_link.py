@@ -34,9 +34,9 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 import redis.asyncio as aioredis
 from redis.backoff import EqualJitterBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import MaxConnectionsError, ReadOnlyError
 
-from .._redis_errors import POOL_FULL, REDIS_DOWN, describe, forget_demoted
+from .._redis_errors import POOL_FULL, REDIS_DOWN, describe, forget_demoted, pool_exhausted
 from . import redis_scripts
 from .redis_codec import text
 from .redis_members import LinkMember, Members
@@ -221,6 +221,10 @@ class RedisLink:
         async with asyncio.timeout(LATE_CAP):
             while True:
                 try:
+                    if pool_exhausted(self.client):
+                        # A BlockingConnectionPool would wait inside the script, where
+                        # the wait looks like Redis not answering: wait here instead.
+                        raise MaxConnectionsError("every connection of the pool is in use")
                     raw = await script(keys=keys, args=args)
                     run.received = time.monotonic()
                     return raw
@@ -337,6 +341,8 @@ class RedisLink:
             self._probe = None
 
     async def _pong(self) -> object:
+        if pool_exhausted(self.client):  # a blocking pool would wait: no answer either
+            raise MaxConnectionsError("every connection of the pool is in use")
         return await self.client.ping()
 
     def request_resync(self) -> None:

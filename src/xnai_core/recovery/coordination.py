@@ -26,27 +26,34 @@ has escalated it and given the lease back.
 
 Every call answers ``None`` (``unlatch``: ``False``) when Redis cannot be reached:
 the manager then acts on its own (and says so in a warning), as the circuit breakers
-degrade to local state. Nothing read from Redis is ever evaluated or unpickled.
+degrade to local state. A client whose pool has no free connection (the application
+holding them all) is not Redis away: each call waits for a connection within
+``timeout``, and if none came, :meth:`RecoveryCoordinator.take_turn` answers
+:attr:`Turn.BUSY` (the manager waits and looks again: Redis is up, so a peer may hold
+the lease), the other calls what they answer when they cannot know. Nothing read from
+Redis is ever evaluated or unpickled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from .._redis_errors import REDIS_DOWN, forget_demoted
+from .._redis_errors import REDIS_DOWN, PoolBusy, forget_demoted, when_pool_free
 from .._validation import check_seconds
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 logger = logging.getLogger("xnai_core.recovery")
+
+T = TypeVar("T")
 
 # KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. Returns 1 if the caller holds the lease
 # now (taken, or already its own and extended), 0 if another process holds it.
@@ -162,6 +169,7 @@ class Turn(enum.Enum):
     WAIT = "wait"  # another process holds the lease
     LATCHED = "latched"  # some process escalated the service; no lease was taken
     SETTLING = "settling"  # another process acted on it, or saw it recover, just now
+    BUSY = "busy"  # no free connection in this process's pool: Redis was not asked
 
 
 _TURNS = {1: Turn.ACT, 0: Turn.WAIT, -1: Turn.LATCHED, 2: Turn.SETTLING}
@@ -195,6 +203,7 @@ class RecoveryCoordinator:
         self._latch_state = redis_client.register_script(LATCH_STATE)
         self._unlatch = redis_client.register_script(UNLATCH)
         self._down = False
+        self._busy_logged = False
 
     def __repr__(self) -> str:
         return f"RecoveryCoordinator(key_prefix={self.key_prefix!r}, token={self.token!r})"
@@ -231,10 +240,14 @@ class RecoveryCoordinator:
         """
         ms = max(1, int(ttl * 1000))
         try:
-            async with asyncio.timeout(self.timeout):
-                held = await self._acquire(
+            held = await self._call(
+                lambda: self._acquire(
                     keys=[self.lease_key(service_name)], args=[owner or self.token, ms]
                 )
+            )
+        except PoolBusy:
+            self._busy()
+            return None
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return None
@@ -273,8 +286,10 @@ class RecoveryCoordinator:
         ]
         args: list[str | int] = [owner or self.token, ms, max(0, int(lag * 1000))]
         try:
-            async with asyncio.timeout(self.timeout):
-                found = await self._take_turn(keys=keys, args=args)
+            found = await self._call(lambda: self._take_turn(keys=keys, args=args))
+        except PoolBusy:
+            self._busy()
+            return Turn.BUSY, 0.0
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return None
@@ -290,11 +305,15 @@ class RecoveryCoordinator:
         window_ms = max(0, int(window * 1000))
         ttl_ms = window_ms + int(SETTLE_HORIZON * 1000)
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._settle(
+            await self._call(
+                lambda: self._settle(
                     keys=[self.settle_key(service_name)],
                     args=[owner or self.token, window_ms, ttl_ms],
                 )
+            )
+        except PoolBusy:
+            self._busy()
+            return False
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return False
@@ -304,8 +323,14 @@ class RecoveryCoordinator:
     async def release(self, service_name: str, *, owner: str | None = None) -> None:
         """Give the lease back, if it is still ours."""
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._release(keys=[self.lease_key(service_name)], args=[owner or self.token])
+            await self._call(
+                lambda: self._release(
+                    keys=[self.lease_key(service_name)], args=[owner or self.token]
+                )
+            )
+        except PoolBusy:
+            self._busy()
+            return
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
 
@@ -317,8 +342,10 @@ class RecoveryCoordinator:
         """
         keys = [self.latch_key(service_name), self.reset_key(service_name)]
         try:
-            async with asyncio.timeout(self.timeout):
-                found = await self._latch(keys=keys, args=[reason.encode()[:4096]])
+            found = await self._call(lambda: self._latch(keys=keys, args=[reason.encode()[:4096]]))
+        except PoolBusy:
+            self._busy()
+            return None
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return None
@@ -329,8 +356,10 @@ class RecoveryCoordinator:
         """The latch and the last reset's id, read in one step; None if Redis is away."""
         keys = [self.latch_key(service_name), self.reset_key(service_name)]
         try:
-            async with asyncio.timeout(self.timeout):
-                exists, reset_id = await self._latch_state(keys=keys)
+            exists, reset_id = await self._call(lambda: self._latch_state(keys=keys))
+        except PoolBusy:
+            self._busy()
+            return None
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return None
@@ -340,8 +369,10 @@ class RecoveryCoordinator:
     async def latched(self, service_name: str) -> bool | None:
         """Whether some process escalated the service; None if Redis is away."""
         try:
-            async with asyncio.timeout(self.timeout):
-                found = await self._client.exists(self.latch_key(service_name))
+            found = await self._call(lambda: self._client.exists(self.latch_key(service_name)))
+        except PoolBusy:
+            self._busy()
+            return None
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return None
@@ -355,13 +386,29 @@ class RecoveryCoordinator:
         """
         keys = [self.latch_key(service_name), self.reset_key(service_name)]
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._unlatch(keys=keys, args=[uuid.uuid4().hex])
+            await self._call(lambda: self._unlatch(keys=keys, args=[uuid.uuid4().hex]))
+        except PoolBusy:
+            self._busy()
+            return False
         except REDIS_DOWN as exc:
             await self._unreachable(exc)
             return False
         self._reachable()
         return True
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One Redis call within ``timeout``, a full pool waited out meanwhile (raises
+        ``PoolBusy`` if no connection came: no outage, Redis was not asked)."""
+        return await when_pool_free(self._client, call, self.timeout)
+
+    def _busy(self) -> None:
+        if not self._busy_logged:
+            self._busy_logged = True
+            logger.warning(
+                "recovery coordination busy: no free connection in the Redis client's pool "
+                "within %gs (the application holds them all); waiting, not acting alone",
+                self.timeout,
+            )
 
     async def _unreachable(self, exc: BaseException) -> None:
         # A connection that reached a demoted master is dropped, so the next call finds
@@ -375,6 +422,7 @@ class RecoveryCoordinator:
             )
 
     def _reachable(self) -> None:
+        self._busy_logged = False
         if self._down:
             self._down = False
             logger.warning("recovery coordination back; sharing recovery again")

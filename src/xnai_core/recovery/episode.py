@@ -301,7 +301,10 @@ class EpisodeRunner:
                 extra={"service": svc.name},
             )
             return False
-        if turn in (Turn.WAIT, Turn.SETTLING):
+        if turn in (Turn.WAIT, Turn.SETTLING, Turn.BUSY):
+            # BUSY: this process's pool had no connection for the coordinator. Redis is up
+            # and a peer may hold the lease: not knowing, wait as for a peer's lease (acting
+            # alone is for Redis away, where no peer can hold one we would miss for long).
             self._defer_to_peer(svc, turn)
             return None
         # None (Redis away) acts alone: better two restarts than none. The coordinator warned.
