@@ -530,6 +530,19 @@ _step = st.one_of(
 @given(steps=st.lists(_step, max_size=40), queue_size=st.integers(1, 4))
 # Found by this test: a full queue evicted a's raise for b's resolve but sent a's resolve.
 @example(steps=[("raise", "b"), ("wait", "0"), ("raise", "a"), ("resolve", "a")], queue_size=2)
+# queue_size=1, a notice in flight and a's resolve waiting: b's resolve (b's raise was sent)
+# is queued over the bound, as the docs say (the test's bound had left such resolves out).
+@example(
+    steps=[
+        ("raise", "b"),
+        ("wait", "0"),
+        ("raise", "a"),
+        ("wait", "1"),
+        ("resolve", "a"),
+        ("resolve", "b"),
+    ],
+    queue_size=1,
+)
 def test_invariants_hold_under_random_alerts_failures_and_overflows(
     steps: list[tuple[str, str]], queue_size: int
 ) -> None:
@@ -560,7 +573,9 @@ def test_invariants_hold_under_random_alerts_failures_and_overflows(
         await sink.drain()
         await sink.aclose(timeout=1.0)
 
-        assert worst <= queue_size + 1
+        # The bound, the one in flight, and resolves queued over the bound (docs/alerting.md,
+        # "Full queue": a resolve no raise can give way to is kept, at most one per alert).
+        assert worst <= queue_size + 1 + len(_KEYS)
         attempted: dict[str, list[str]] = {}
         seen: set[str] = set()
         for note in sink.attempts:
