@@ -431,7 +431,9 @@ async def test_a_manager_rebuilt_mid_grace_does_not_restart_again(tmp_path: Path
     The new manager took the status (still unhealthy) and restarted the service again: two
     restarts for one outage. It now leaves it alone while that action settles."""
     log, up = tmp_path / "restarts", tmp_path / "up"
-    command = ["sh", "-c", f"echo restart >> {log}; (sleep 1; touch {up}) >/dev/null 2>&1 &"]
+    # The service comes back when the test says so (after the reload), not after a fixed
+    # second that a stalled host could spend before the reload.
+    command = ["sh", "-c", f"echo restart >> {log}"]
 
     def rule(max_attempts: int) -> RecoveryRule:
         return RecoveryRule(
@@ -439,7 +441,7 @@ async def test_a_manager_rebuilt_mid_grace_does_not_restart_again(tmp_path: Path
             "restart_service",
             command=command,
             timeout=5,
-            grace_period=4,
+            grace_period=10,
             max_attempts=max_attempts,
             backoff_base=0.5,
             cooldown=1,
@@ -466,6 +468,8 @@ async def test_a_manager_rebuilt_mid_grace_does_not_restart_again(tmp_path: Path
         await _eventually(lambda: state() == "verifying")  # restarted; the service starts
         assert restarts() == 1
         assert await router.set_rules("svc", [rule(4)])  # the reload
+        await asyncio.sleep(0.6)  # the new manager sees the service still down, 3 checks
+        up.touch()  # the restart done, the service answers
         await _eventually(lambda: monitor.get_status("svc") == "healthy")
         await _eventually(lambda: state() == "idle")
         assert restarts() == 1
