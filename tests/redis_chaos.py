@@ -423,7 +423,7 @@ async def _listen(pubsub: Any, out: list[tuple[float, str, int, Snapshot]]) -> N
     while True:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None and message.get("type") == "message":
-            news, _ = message_reply(message["data"].decode())
+            news = message_reply(message["data"].decode())
             out.append((time.time(), news.gen, news.ver, news.snap))
 
 

@@ -20,9 +20,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from tests.fault_proxy import Connection, FaultProxy, replies_to
+from tests.fault_proxy import Connection, FaultProxy, replies_to, replies_to_script
 from tests.metrics_helpers import Recorder, no_global_hooks  # noqa: F401 (an autouse fixture)
-from tests.redis_helpers import Boom, Clock, boom, eventually, ok
+from tests.redis_helpers import Boom, Clock, boom, eventually, ok, state_is
 from xnai_core import CircuitBreaker, RedisStore, create_redis_circuit_breaker
 from xnai_core.circuit.redis_codec import message_reply
 from xnai_core.events import StateChanged
@@ -258,13 +258,149 @@ async def test_a_trip_in_another_process_is_remote(
 
 
 def test_a_message_names_its_origin() -> None:
-    """Eleven fields: the snapshot and the request id that published it ("-": none);
-    ten: a message of a version that sent no origin (taken as another's)."""
+    """Eleven fields: the snapshot and who made its last transition ("-": unknown);
+    ten: a message of a version that sent no origin (unknown: another's)."""
     snapshot = "1764347000123456 3 7 open 2 1764347012345678 0 1 0 -"
-    reply, origin = message_reply(f"{snapshot} 0a1b2c3d4e5f:17")
-    assert (reply.ver, reply.snap.state.value, origin) == (3, "open", "0a1b2c3d4e5f:17")
-    assert message_reply(f"{snapshot} -")[1] == ""
-    assert message_reply(snapshot)[1] == ""
+    reply = message_reply(f"{snapshot} 0a1b2c3d4e5f:17")
+    assert (reply.ver, reply.snap.state.value, reply.origin) == (3, "open", "0a1b2c3d4e5f:17")
+    assert message_reply(f"{snapshot} -").origin == ""
+    assert message_reply(snapshot).origin == ""
     for bad in (f"{snapshot} a\x1bb", f"{snapshot} {'x' * 101}", f"{snapshot} 1 2"):
         with pytest.raises(ValueError, match=r"origin|10 fields"):
             message_reply(bad)
+
+
+async def test_an_own_transition_a_read_finds_first_is_local(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """The trip's message and answer are both held; a resync's READ, meanwhile, finds
+    the circuit open: the hash says which request made the transition (``by``), this
+    breaker's own, so it is reported local, once (the message and answer, later, are
+    stale)."""
+    client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    breaker = create_redis_circuit_breaker(
+        "svc", client, failure_threshold=1, timeout=None, op_timeout=3.0, resync_interval=3600
+    )
+    timeline = Timeline(breaker)
+    store = store_of(breaker)
+    direct = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    try:
+        await store.start()
+        assert store.link is not None
+        fault_proxy.delay_replies(1.5 * HELD, when=messages_only)
+        fault_proxy.delay_replies(2.0, when=replies_to_script(store.link.scripts["failure"].sha))
+        failing = asyncio.create_task(breaker.call(boom))
+        await eventually(lambda: state_is(direct, "open"))
+        assert await store.sync()  # READ, not held: the first news of the trip
+        assert timeline.events == [
+            ("closed", "open", "1 consecutive failures reached the threshold", "False")
+        ]
+        assert not failing.done()  # its answer is still held
+        with pytest.raises(Boom):
+            await failing
+        await eventually(lambda: set(timeline.heard("event")) <= set(timeline.heard("message")))
+        await asyncio.sleep(0.1)
+        assert len(timeline.events) == 1
+        # It was the READ's news: before the message of its version too.
+        (trip,) = [ver for kind, ver, _ in timeline.items if kind == "event"]
+        assert [kind for kind, ver, _ in timeline.items if ver == trip] == ["event", "message"]
+    finally:
+        await breaker.close()
+        await client.aclose()
+        await direct.aclose()
+
+
+async def test_a_trip_another_made_is_remote_though_own_answer_told_it(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """Another breaker trips the circuit; this one, not told yet (its messages are
+    held), reports a failure of the same epoch: its FAILURE changes nothing, and its
+    answer shows the circuit open. That trip is the other's: remote, once."""
+    here_client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    there_client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    here, there = (
+        create_redis_circuit_breaker(
+            "svc", client, failure_threshold=2, timeout=None, op_timeout=3.0
+        )
+        for client in (here_client, there_client)
+    )
+    timeline = Timeline(here)
+    try:
+        await store_of(here).start()
+        await store_of(there).start()
+        fault_proxy.delay_replies(HELD, when=messages_only)
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await there.call(boom)
+        with pytest.raises(Boom):
+            await here.call(boom)  # admitted on the closed mirror; fenced in Redis
+        reason = "2 consecutive failures reached the threshold (in another process)"
+        assert timeline.events == [("closed", "open", reason, "True")]
+        await eventually(lambda: len(timeline.heard("message")) >= 2)
+        await asyncio.sleep(0.1)
+        assert len(timeline.events) == 1
+    finally:
+        for breaker, client in ((here, here_client), (there, there_client)):
+            await breaker.close()
+            await client.aclose()
+
+
+async def test_a_half_opening_another_made_is_remote_though_own_admit_told_it(
+    private_redis: PrivateRedis, fault_proxy: FaultProxy
+) -> None:
+    """Past the recovery timeout another breaker's ADMIT half-opens the circuit and
+    takes a permit; this one's ADMIT, not told yet, takes the second: the half-opening
+    is the other's (remote), and so is the closing by the other's trial."""
+    clock = Clock()
+    here_client = aioredis.Redis(host="127.0.0.1", port=fault_proxy.port)
+    there_client = aioredis.Redis(host="127.0.0.1", port=private_redis.port)
+    here, there = (
+        create_redis_circuit_breaker(
+            "svc",
+            client,
+            failure_threshold=1,
+            recovery_timeout=30,
+            half_open_max_calls=2,
+            timeout=None,
+            op_timeout=3.0,
+            clock=clock,
+        )
+        for client in (here_client, there_client)
+    )
+    timeline = Timeline(here)
+    go_on = asyncio.Event()
+
+    async def trial() -> str:
+        await go_on.wait()
+        return "ok"
+
+    try:
+        await store_of(here).start()
+        await store_of(there).start()
+        with pytest.raises(Boom):
+            await there.call(boom)
+        await eventually(lambda: here.state == "open")
+        fault_proxy.delay_replies(HELD, when=messages_only)
+        clock.now += 30
+        theirs = asyncio.create_task(there.call(trial))
+        await eventually(lambda: there.state == "half_open")
+        assert await here.call(ok) == "ok"
+        go_on.set()
+        assert await theirs == "ok"
+        await eventually(lambda: here.state == "closed")
+        await asyncio.sleep(0.1)
+        assert timeline.events == [
+            (
+                "closed",
+                "open",
+                "1 consecutive failures reached the threshold (in another process)",
+                "True",
+            ),
+            ("open", "half_open", "recovery timeout elapsed (in another process)", "True"),
+            ("half_open", "closed", "trial calls succeeded (in another process)", "True"),
+        ]
+    finally:
+        go_on.set()
+        for breaker, client in ((here, here_client), (there, there_client)):
+            await breaker.close()
+            await client.aclose()

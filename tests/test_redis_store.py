@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -151,7 +152,8 @@ def test_factory_passes_the_seed_arguments() -> None:
 async def test_state_is_one_hash_of_plain_values(
     stores: StoreFactory, shared_redis: aioredis.Redis
 ) -> None:
-    """One hash-tagged key; every value a decimal string or a state name."""
+    """One hash-tagged key; every value a decimal string, a state name, or (``by``) the
+    request id of the script that made the last transition."""
     store = stores(config(failure_threshold=1))
     await fail_once(store)
     assert store.key.endswith(":cb:{svc}")
@@ -159,10 +161,11 @@ async def test_state_is_one_hash_of_plain_values(
     stored = {k.decode(): v.decode() for k, v in raw.items()}
     assert stored["state"] == "open"
     assert stored["failures"] == "1"
-    assert {k for k in stored if k != "state"} == {
+    assert {k for k in stored if k not in ("state", "by")} == {
         "v", "gen", "ver", "epoch", "failures", "opened_at", "successes", "next_permit", "forced"
     }  # fmt: skip
-    assert all(value.isdigit() for key, value in stored.items() if key != "state")
+    assert all(value.isdigit() for key, value in stored.items() if key not in ("state", "by"))
+    assert re.fullmatch(r"[0-9a-f]{12}:[0-9]+", stored["by"])  # the FAILURE that tripped it
 
 
 @pytest.mark.parametrize(
@@ -663,7 +666,7 @@ async def test_an_unreadable_answer_is_one_circuits_problem(
     assert (poison.available, healthy.available) == (True, True)
     assert [m for m in redis_warnings(caplog) if "could not read" in m] == [
         "circuit 'poison': could not read redis's answer to failure (ValueError: a circuit "
-        "script answers with 6 items: [b'junk']); keeping the last known state until an "
+        "script answers with 7 items: [b'junk']); keeping the last known state until an "
         "answer can be read"
     ]
     assert not any("unreachable" in m for m in redis_warnings(caplog))

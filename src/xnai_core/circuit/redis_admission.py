@@ -93,10 +93,10 @@ class Admissions:
         except asyncio.CancelledError:
             self._requests.give_back_later(run, rid)  # the caller left: its permit goes back
             raise
-        reply = self._requests.read(run, "admit", rid) if settled else None
+        reply = wire.read(run, "admit", rid) if settled else None
         if not settled:
             wire.deadline_passed(run)
-        if reply is None or mirror.take(reply, None, installs) is Verdict.LOST:
+        if reply is None or mirror.take(reply, None, installs, answers=rid) is Verdict.LOST:
             # No usable answer (Redis away, unreadable, lost state): whatever the
             # script took is given back as soon as Redis answers.
             self._requests.give_back_later(run, rid)

@@ -1,8 +1,9 @@
 """The wire format between the circuit scripts and Python: strict, never evaluated.
 
-A script answers ``{admitted, permit, retry_after_us, now_us, snapshot, note}``
+A script answers ``{admitted, permit, retry_after_us, now_us, snapshot, note, by}``
 (see :mod:`.redis_scripts`); messages on a circuit's channel carry the snapshot and
-the request id of the script that published it (its *origin*). Anything unexpected
+``by``. ``by`` (the *origin*) is the request id of the script that made the last
+transition of the state shown (``-``: unknown). Anything unexpected
 is a :class:`ValueError`: the caller logs it and keeps its last known state. Nothing
 Redis holds is ever unpickled or evaluated.
 """
@@ -78,7 +79,10 @@ def decode_snapshot(payload: str) -> tuple[str, int, Snapshot]:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A script's answer (or a message: ``admitted`` -1, ``now`` 0), decoded."""
+    """A script's answer (or a message: ``admitted`` -1, ``now`` 0), decoded.
+
+    ``origin``: the request id of the script that made the last transition of
+    ``snap`` (``""``: unknown, e.g. made by a version that kept no origin)."""
 
     admitted: int
     permit: int
@@ -88,12 +92,13 @@ class Reply:
     ver: int
     snap: Snapshot
     notes: tuple[str, ...]
+    origin: str = ""
 
 
 def decode_reply(raw: object) -> Reply:
-    """A script's six-item answer; ValueError if it is anything else."""
-    if not isinstance(raw, list) or len(raw) != 6:
-        raise ValueError(f"a circuit script answers with 6 items: {raw!r:.200}")
+    """A script's seven-item answer; ValueError if it is anything else."""
+    if not isinstance(raw, list) or len(raw) != 7:
+        raise ValueError(f"a circuit script answers with 7 items: {raw!r:.200}")
     try:
         admitted, permit, retry, now = (int(item) for item in raw[:4])
     except (TypeError, ValueError) as exc:
@@ -109,22 +114,28 @@ def decode_reply(raw: object) -> Reply:
         ver=ver,
         snap=snap,
         notes=tuple(note.split(";")) if note else (),
+        origin=origin(text(raw[6])),
     )
 
 
-def message_reply(payload: str) -> tuple[Reply, str]:
-    """A message on a circuit's channel: as a reply that admitted nothing, and its
-    origin, the request id of the script that published it (``""``: none, or a
-    message of a version before origins were sent: ten fields, the snapshot alone)."""
-    snapshot, origin = payload, ""
+def message_reply(payload: str) -> Reply:
+    """A message on a circuit's channel, as a reply that admitted nothing: the
+    snapshot and its origin (ten fields, the snapshot alone: a message of a version
+    that sent no origin, taken as unknown)."""
+    snapshot, by = payload, "-"
     if payload.count(" ") == 10:
-        snapshot, _, origin = payload.rpartition(" ")
-        if origin == "-":
-            origin = ""
-        elif not _ORIGIN.fullmatch(origin):
-            raise ValueError(f"a message's origin is a request id: {origin[:120]!r}")
+        snapshot, _, by = payload.rpartition(" ")
     gen, ver, snap = decode_snapshot(snapshot)
-    return Reply(-1, 0, None, 0.0, gen, ver, snap, ()), origin
+    return Reply(-1, 0, None, 0.0, gen, ver, snap, (), origin(by))
+
+
+def origin(item: str) -> str:
+    """A snapshot's origin: a request id, or ``""`` for ``-`` (unknown)."""
+    if item == "-":
+        return ""
+    if not _ORIGIN.fullmatch(item):
+        raise ValueError(f"an origin is a request id or '-': {item[:120]!r}")
+    return item
 
 
 def glob_escape(pattern_text: str) -> str:

@@ -88,11 +88,11 @@ class Reconciler:
                 self._count_loss("written back now that redis answers again")
             if mirror.synced:
                 # Another reconcile of this circuit (start() and the link's) won.
-                mirror.take(reply, None, installs, guard=False, remote=True)
+                mirror.take(reply, None, installs, guard=False)
                 return True
             if mirror.snap.epoch != snap.epoch:
                 continue
-            mirror.take(reply, None, installs, guard=False, authoritative=True, remote=True)
+            mirror.take(reply, None, installs, guard=False, authoritative=True)
             mirror.attach()
             return True
         return False
@@ -137,7 +137,7 @@ class Reconciler:
                 if reply is None:
                     return
                 if mirror.installs == installs:
-                    mirror.take(reply, None, installs, guard=False, authoritative=True, remote=True)
+                    mirror.take(reply, None, installs, guard=False, authoritative=True)
                     return
         finally:
             self._writing_back = False

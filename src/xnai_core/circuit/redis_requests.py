@@ -66,9 +66,9 @@ class Requests:
             self._wire.deadline_passed(run)
             reply = None
         else:
-            reply = self.read(run, script, request)
+            reply = self._wire.read(run, script, request)
         if reply is not None:
-            mirror.take(reply, None, installs, remote=script == "read")
+            mirror.take(reply, None, installs, answers=request)
         elif request and script in _REPORTS:
             self.resolve_later(run, script, extra, request)
         return reply
@@ -76,19 +76,12 @@ class Requests:
     def send(
         self, script: str, extra: Sequence[str], rid: str, reason: str | None = None
     ) -> ScriptRun:
-        """Send ``script`` as this store's request ``rid`` ("": none), whose answer
-        will be mirrored with ``reason``: its message, should it overtake the answer,
-        is news of this store's own change, not of another process's."""
+        """Send ``script`` as this store's request ``rid`` ("": none), whose transition
+        is called ``reason`` (None: in the machine's words): news of it, whether its
+        message, its answer or a read comes first, is of this store's own change."""
         if rid:
             self._mirror.expect(rid, reason)
         return self._wire.send(script, extra, rid)
-
-    def read(self, run: ScriptRun, script: str, rid: str, *, ack: bool = True) -> Reply | None:
-        """The answer of ``run`` (request ``rid``) as :meth:`.Wire.read` gives it."""
-        reply = self._wire.read(run, script, rid, ack=ack)
-        if reply is not None and rid:
-            self._mirror.answered(rid)
-        return reply
 
     async def call(self, script: str, extra: Sequence[str]) -> Reply | None:
         """Run ``script`` with ``extra`` arguments and return its answer unmirrored
@@ -130,11 +123,11 @@ class Requests:
                 run = self.send(script, extra, request, reason)
                 reply = None
                 if await link.settle(run, self.op_timeout):
-                    reply = self.read(run, script, request)
+                    reply = wire.read(run, script, request)
                 else:
                     wire.deadline_passed(run)
                 if reply is not None:
-                    mirror.take(reply, reason, installs)
+                    mirror.take(reply, reason, installs, answers=request)
                 else:
                     if script in _REPORTS:
                         self.resolve_later(run, script, extra, request)
@@ -177,10 +170,12 @@ class Requests:
                 if await link.settle(again, setup_timeout(self.op_timeout)):
                     # Never acknowledged: a copy of the first send may still reach Redis
                     # (redis-py retrying it); the request log must still know it then.
-                    reply = self.read(again, script, rid, ack=False)
+                    reply = wire.read(again, script, rid, ack=False)
                     if reply is not None:
                         if mirror.synced:
-                            mirror.take(reply, None, installs)
+                            mirror.take(reply, None, installs, answers=rid)
+                        else:
+                            mirror.answered(rid)
                         return
                 else:
                     wire.deadline_passed(again)

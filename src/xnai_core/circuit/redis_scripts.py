@@ -20,6 +20,8 @@ one slot and runs unchanged on Redis Cluster) holds plain decimal strings only:
 ``successes``   successful trial calls in this half-open episode
 ``next_permit`` id of the next half-open trial permit
 ``forced``      ``1`` while forced open
+``by``          the request id of the script that made the last transition (the
+                last bump of ``epoch``), ``-`` when unknown: who made the state
 ``trial:<id>``  a trial permit in flight: its lease expiry, us
 ==============  ==============================================================
 
@@ -54,22 +56,22 @@ is clamped to now and each lease expiry to now + lease (note ``clamped``, and
 the clamp is written back). So after the clock steps back an open circuit waits
 at most ``recovery_timeout`` and a lease lasts at most its length.
 
-Returns ``{admitted, permit, retry_after_us, now_us, snapshot, note}``:
+Returns ``{admitted, permit, retry_after_us, now_us, snapshot, note, by}``:
 ``admitted`` is 1/0 for ``ADMIT`` and -1 for the others; ``permit`` the trial
 permit taken (0: none); ``retry_after_us`` -1 when unknown; ``snapshot`` the
 state after the script, encoded as by :func:`encode`; ``note`` is ``""``,
 ``missing`` (hash created), ``malformed:<field>`` (hash reset), ``clamped``
 (stored times were ahead of now), ``replayed`` (a second run of a request),
 ``pushed`` (``RECONCILE`` wrote the caller's open circuit), ``lost`` (beside
-``pushed``: because Redis had lost the hash or the opening the caller knew), joined by ``;``.
+``pushed``: because Redis had lost the hash or the opening the caller knew), joined by
+``;``; ``by`` the request id that made the last transition (``-``: unknown).
 
-A snapshot is PUBLISHed (same encoding, then a space and the script's request
-id, its *origin*, or ``-`` for none) whenever a script changes the epoch,
-whether failures are pending, the trial permits, the trial successes, the
-forced flag or the lineage; a plain change of the failure count is not
-published (receivers only need to know that failures are pending). The origin
-lets the process that sent the script tell its own change from another's when the
-message overtakes the script's answer.
+A snapshot is PUBLISHed (same encoding, then a space and ``by``, its *origin*)
+whenever a script changes the epoch, whether failures are pending, the trial
+permits, the trial successes, the forced flag or the lineage; a plain change of the
+failure count is not published (receivers only need to know that failures are
+pending). The origin lets the process that made a transition tell it from another's,
+whichever news of it comes first: the message, the script's answer, or a read.
 
 Snapshot encoding, space-separated:
 ``gen ver epoch state failures opened_at successes next_permit forced trials``
@@ -87,9 +89,9 @@ local MAX_CALLS = tonumber(ARGV[5])
 local LEASE = tonumber(ARGV[6])
 local RQ = KEYS[2]
 local RID = ARGV[7]
--- Who made a published change: the request id (what its sender knows it by).
+-- Who makes this script's transitions: its request id (what its sender knows it by).
 local ORIGIN = '-'
-if RID ~= '' and not string.find(RID, ' ', 1, true) then ORIGIN = RID end
+if RID ~= '' and #RID <= 100 and string.match(RID, '^[%w:._-]+$') then ORIGIN = RID end
 local ACKS = ARGV[8]
 -- How long a request's answer is kept for a resend of it (us): twice the longest a
 -- copy of a request can reach Redis after its first send (resent for 30 s, each send
@@ -119,7 +121,7 @@ local function fresh(epoch, repaired)
   gen = gen - gen % 2
   if repaired then gen = gen + 1 end
   return {gen = fmt(gen), ver = 0, epoch = epoch, state = 'closed', failures = 0,
-          opened_at = 0, successes = 0, next_permit = 1, forced = 0, trials = {}}
+          opened_at = 0, successes = 0, next_permit = 1, forced = 0, trials = {}, by = '-'}
 end
 
 local COUNTERS = {'ver', 'epoch', 'failures', 'opened_at', 'successes', 'next_permit'}
@@ -172,7 +174,11 @@ local function load()
     return fresh(math.max(math.floor(NOW / 1000), old_epoch + 1), true), 'malformed:' .. bad
   end
   table.sort(trials, function(a, b) return a[1] < b[1] end)
-  local s = {gen = h.gen, state = h.state, forced = tonumber(h.forced), trials = trials}
+  -- Who made the last transition: an id as ORIGIN is, anything else unknown (a hash
+  -- written by a version that kept no origin has none: that is no damage).
+  local by = h.by
+  if type(by) ~= 'string' or #by > 100 or not string.match(by, '^[%w:._-]+$') then by = '-' end
+  local s = {gen = h.gen, state = h.state, forced = tonumber(h.forced), trials = trials, by = by}
   for _, name in ipairs(COUNTERS) do s[name] = tonumber(h[name]) end
   -- Times ahead of now (the clock stepped back, or a failover to a server whose
   -- clock is behind): clamped, so no wait outlasts its own length from now.
@@ -214,7 +220,7 @@ local function save(s)
   local args = {'v', '1', 'gen', s.gen, 'ver', fmt(s.ver), 'epoch', fmt(s.epoch),
                 'state', s.state, 'failures', fmt(s.failures), 'opened_at', fmt(s.opened_at),
                 'successes', fmt(s.successes), 'next_permit', fmt(s.next_permit),
-                'forced', fmt(s.forced)}
+                'forced', fmt(s.forced), 'by', s.by}
   for _, t in ipairs(s.trials) do
     args[#args + 1] = 'trial:' .. fmt(t[1])
     args[#args + 1] = fmt(t[2])
@@ -234,19 +240,20 @@ local function save(s)
   end
 end
 
--- The machine's _open / _close / _half_open.
+-- The machine's _open / _close / _half_open: each a transition this request makes.
 local function open(s, failures)
   s.state, s.failures, s.opened_at, s.epoch = 'open', failures, NOW, s.epoch + 1
-  s.successes, s.forced, s.trials = 0, 0, {}
+  s.successes, s.forced, s.trials, s.by = 0, 0, {}, ORIGIN
 end
 
 local function close(s)
   s.state, s.failures, s.opened_at, s.epoch = 'closed', 0, 0, s.epoch + 1
-  s.successes, s.forced, s.trials = 0, 0, {}
+  s.successes, s.forced, s.trials, s.by = 0, 0, {}, ORIGIN
 end
 
 local function half_open(s)
   s.state, s.epoch, s.successes, s.forced, s.trials = 'half_open', s.epoch + 1, 0, 0, {}
+  s.by = ORIGIN
 end
 
 local function without_trial(s, permit)
@@ -281,10 +288,10 @@ end
 local function finish(s, before, changed, note, admitted, permit, retry)
   if changed then
     save(s)
-    if signature(s) ~= before then redis.call('PUBLISH', CHANNEL, encode(s) .. ' ' .. ORIGIN) end
+    if signature(s) ~= before then redis.call('PUBLISH', CHANNEL, encode(s) .. ' ' .. s.by) end
     if RID ~= '' then remember(RID, admitted, permit, retry) end
   end
-  return {admitted, permit, retry, NOW, encode(s), note}
+  return {admitted, permit, retry, NOW, encode(s), note, s.by}
 end
 
 if ACKS ~= '' then
@@ -298,7 +305,7 @@ if note ~= '' then before = '' end
 if RID ~= '' and (note == '' or note == 'clamped') then
   -- A second run of a request (the client resent it): it took effect already.
   local first = recalled(RID)
-  if first then return {first[1], first[2], first[3], NOW, encode(s), 'replayed'} end
+  if first then return {first[1], first[2], first[3], NOW, encode(s), 'replayed', s.by} end
 end
 """
 

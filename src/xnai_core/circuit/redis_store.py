@@ -370,11 +370,11 @@ class RedisStore:
         if self._mirror.mode is not SYNCED:
             return
         try:
-            reply, origin = message_reply(payload)
+            reply = message_reply(payload)
         except ValueError:
             logger.warning("circuit '%s': ignored an unreadable message", redact(self.config.name))
             return
-        self._mirror.hear(reply, origin)
+        self._mirror.hear(reply)
 
     async def catch_up(self) -> bool:
         if self._wire.link is None:

@@ -103,8 +103,9 @@ class CircuitMirror:
         # outage can ever match an epoch that Redis hands out.
         self._local_epoch = 0
         # This store's own requests still unanswered, by request id: the reason their
-        # answer is taken with. Their message (it names its request: its origin) may
-        # overtake the answer; it is then news of this store's own change.
+        # answer is taken with. News whose origin (who made its last transition) is one
+        # of them is of this store's own change, whichever comes first: the message,
+        # the answer, or a read.
         self._own: dict[str, str | None] = {}
 
     @property
@@ -114,30 +115,21 @@ class CircuitMirror:
     # -- news from Redis -----------------------------------------------------
 
     def expect(self, rid: str, reason: str | None = None) -> None:
-        """This store is sending request ``rid``, whose answer will be taken with
-        ``reason``: should its message arrive first, it is that answer's news."""
+        """This store is sending request ``rid``, whose transition (if it makes one) is
+        called ``reason`` (None: by the machine's words)."""
         own = self._own
         own[rid] = reason
         if len(own) > _OWN_CAP:
             del own[next(iter(own))]
 
     def answered(self, rid: str) -> None:
-        """The answer to request ``rid`` is in: a message of it can only be stale now."""
+        """The answer to request ``rid`` is in: news of its transition can only be
+        stale now."""
         self._own.pop(rid, None)
 
-    def hear(self, reply: Reply, origin: str) -> Verdict:
-        """A message on the circuit's channel, published by request ``origin``.
-
-        A message of one of this store's own requests is taken as that request's
-        answer would be: made here, with its reason (the message overtook the answer;
-        the answer, coming second, is then stale). Any other is a change made elsewhere
-        (``remote``): by another process, or by another breaker object of the same
-        name in this one. The ordering rules are the same either way.
-        """
-        own = self._own
-        if origin and origin in own:
-            return self.take(reply, own.pop(origin), -1)
-        return self.take(reply, None, -1, remote=True)
+    def hear(self, reply: Reply) -> Verdict:
+        """A message on the circuit's channel (see :meth:`take`)."""
+        return self.take(reply, None, -1)
 
     def take(
         self,
@@ -145,17 +137,41 @@ class CircuitMirror:
         reason: str | None,
         installs: int,
         *,
-        remote: bool = False,
+        answers: str = "",
         guard: bool = True,
         authoritative: bool = False,
     ) -> Verdict:
         """Mirror what Redis said, by the rules of :mod:`.redis_mirror`.
 
         ``installs``: :attr:`installs` when the script was sent (-1 for a message);
-        ``reason``: the transition's name when it answers this store's own order;
-        ``remote``: news of what others did (a message of another's request, a read),
-        not the answer to this store's own request.
+        ``reason``: set when this answers an operator's order (a force, a reset): its
+        new state is the order, never a loss; ``answers``: the request id this is the
+        answer to (``""``: a message or a read).
+
+        Who made the transition is the reply's origin, whatever brought it: one of this
+        store's own requests (a change made here, called by its reason), or anything
+        else (``remote``: another process, another breaker object of the same name in
+        this one, a version that keeps no origin). So a transition is reported once and
+        labelled alike whether its message, its answer or a read comes first.
         """
+        try:
+            return self._take(reply, reason, installs, guard, authoritative)
+        finally:
+            if answers:
+                self._own.pop(answers, None)
+
+    def _take(
+        self,
+        reply: Reply,
+        reason: str | None,
+        installs: int,
+        guard: bool,
+        authoritative: bool,
+    ) -> Verdict:
+        own = self._own
+        mine = reply.origin != "" and reply.origin in own
+        if mine and reason is None:
+            reason = own[reply.origin]
         # Nothing newer arrived while we waited: this answer is the latest truth.
         authoritative = authoritative or installs == self.installs
         held = Mirrored(self.gen, self.ver, self.snap)
@@ -175,6 +191,8 @@ class CircuitMirror:
         if verdict is Verdict.LOST:
             self._lost()
             return verdict
+        if mine:
+            del own[reply.origin]  # reported now: its other news is stale
         first = self.gen == ""
         same_lineage = reply.gen == self.gen
         self.gen, self.ver = reply.gen, reply.ver
@@ -184,17 +202,17 @@ class CircuitMirror:
             # nothing happened to the circuit.
             self.install(old, new, None, announce=False)
             return verdict
-        # Mirrored rather than made here: a first load, or a change seen by a read or a
-        # message (not the answer to this process's own report or force).
-        seen = reason is None and (first or remote)
-        if reason is None:
+        # Mirrored rather than made here: a first load, or a change another made.
+        label = reason if mine else None
+        seen = label is None and (first or not mine)
+        if label is None:
             if first:
-                reason = "loaded from redis"
+                label = "loaded from redis"
             elif verdict is Verdict.REPLACED:
-                reason = "its state in redis was replaced (the key was lost or rebuilt)"
-            elif remote:
-                reason = f"{machine.transition_reason(old, new)} (in another process)"
-        self.install(old, new, reason, remote=seen)
+                label = "its state in redis was replaced (the key was lost or rebuilt)"
+            elif not mine:
+                label = f"{machine.transition_reason(old, new)} (in another process)"
+        self.install(old, new, label, remote=seen)
         return verdict
 
     def install(
