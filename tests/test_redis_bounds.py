@@ -93,6 +93,22 @@ def test_the_redis_margin_covers_two_op_timeouts() -> None:
     assert lease_margin(0.25) == LEASE_MARGIN
 
 
+def test_a_store_built_by_hand_refuses_a_lease_shorter_than_its_round_trips() -> None:
+    """RedisStore is public (CircuitBreaker(config, store=RedisStore(config, client, ...))):
+    it holds the same bound as the factory. It accepted any lease the config allowed
+    (timeout + 1 s), so with op_timeout 1.5 s a trial slow to be admitted and reported
+    outlived its permit and one more trial was let in."""
+    client = aioredis.Redis()
+    match = r"'half_open_lease' must be >= 'timeout' \+ 2 x 'op_timeout' \(8\): "
+    with pytest.raises(ValueError, match=match + "7"):
+        RedisStore(CircuitBreakerConfig(timeout=5, half_open_lease=7), client, op_timeout=1.5)
+    with pytest.raises(ValueError, match=match + "6"):  # the config's default lease: 5 + 1
+        RedisStore(CircuitBreakerConfig(timeout=5, recovery_timeout=0.5), client, op_timeout=1.5)
+    fits = CircuitBreakerConfig(timeout=5, half_open_lease=8)
+    assert RedisStore(fits, client, op_timeout=1.5).config.lease_seconds == 8
+    assert RedisStore(CircuitBreakerConfig(timeout=None), client, op_timeout=100).op_timeout == 100
+
+
 async def test_a_trial_on_a_slow_link_keeps_its_permit_until_it_reports(
     fault_proxy: FaultProxy, private_redis: PrivateRedis
 ) -> None:

@@ -151,7 +151,7 @@ async def test_half_open_permits_and_leases(stores: Callable[..., RedisStore]) -
     clock = Clock()
     cfg = CircuitBreakerConfig(
         name="permits", failure_threshold=1, recovery_timeout=5, half_open_max_calls=2,
-        half_open_lease=10, timeout=9,
+        half_open_lease=10, timeout=6,
     )  # fmt: skip
     many = [stores(cfg, clock=clock) for _ in range(3)]
     for store in many:

@@ -422,7 +422,7 @@ async def test_random_dropped_admissions_never_exceed_the_half_open_limit(
     clock = Clock(10_000.0)
     rng = random.Random(7)
     config = cfg(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2)
-    procs = [stores(config, clock=clock, op_timeout=3.0) for _ in range(3)]
+    procs = [stores(config, clock=clock, op_timeout=2.5) for _ in range(3)]
     for p in procs:
         await p.start()
     ticket = (await procs[0].acquire()).ticket

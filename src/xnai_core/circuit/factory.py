@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import redis.asyncio as aioredis
 
+from .._validation import check_seconds
 from ..redis_manager import RedisConnectionManager
 from .breaker import CircuitBreaker, Fallback
 from .config import CircuitBreakerConfig, ExceptionTypes, lease_margin
@@ -72,17 +73,12 @@ def create_redis_circuit_breaker(
             clock=clock,
         )
 
-    store = store_for(config)  # validates op_timeout
-    margin = lease_margin(store.op_timeout)
-    if config.timeout is not None and config.lease_seconds < config.timeout + margin:
+    margin = lease_margin(check_seconds("op_timeout", op_timeout))
+    if half_open_lease is None and config.timeout is not None:
         # A trial's permit must outlive the trial: its timeout plus the Redis round trips
-        # of its admission and its report, each up to op_timeout.
-        if half_open_lease is not None:
-            raise ValueError(
-                f"'half_open_lease' must be >= 'timeout' + 2 x 'op_timeout' "
-                f"({config.timeout + margin:g}): {config.lease_seconds:g}"
-            )
+        # of its admission and its report, each up to op_timeout. The default lease grows
+        # to fit; a lease given too short is refused by the store.
         lease = config.timeout + max(config.recovery_timeout, margin)
-        config = replace(config, half_open_lease=lease)
-        store = store_for(config)
-    return CircuitBreaker(config, fallback_func, store=store)
+        if config.lease_seconds < lease:
+            config = replace(config, half_open_lease=lease)
+    return CircuitBreaker(config, fallback_func, store=store_for(config))

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from .._redact import redact
 from .._validation import check_seconds
 from . import machine
-from .config import CircuitBreakerConfig
+from .config import CircuitBreakerConfig, lease_margin
 from .machine import Admission, CircuitState, Snapshot, Step, Ticket
 from .redis_admission import Admissions, left
 from .redis_codec import Reply, decode_snapshot, message_reply
@@ -429,6 +429,15 @@ def _check(
         raise ValueError(f"'key_prefix' must not contain braces (hash tags): {key_prefix!r}")
     check_seconds("op_timeout", op_timeout)
     check_seconds("resync_interval", resync_interval)
+    margin = lease_margin(float(op_timeout))
+    if config.timeout is not None and config.lease_seconds < config.timeout + margin:
+        # A trial's permit must outlive the trial: its timeout plus the round trips of its
+        # admission and its report, each up to op_timeout (create_redis_circuit_breaker
+        # grows a default lease to fit; a config built by hand must say so itself).
+        raise ValueError(
+            f"'half_open_lease' must be >= 'timeout' + 2 x 'op_timeout' "
+            f"({config.timeout + margin:g}): {config.lease_seconds:g}"
+        )
     if clock is not None and not callable(clock):
         raise TypeError(f"'clock' must be callable or None: {clock!r}")
     # A key the client cannot encode fails every script in redis-py's encoder, which
