@@ -348,6 +348,28 @@ async def test_a_shared_circuit_never_called_here_shows_its_state_in_redis(
         await here.close()
 
 
+async def test_a_scrape_leaves_a_closed_shared_circuit_closed(
+    shared_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    """A Redis-backed breaker its owner closed (a reload replaced it, a test ended) and
+    not yet collected: a scrape loaded it again, opening a subscription and connections
+    through its client that nobody would close (their ResourceWarnings then failed
+    whatever ran at the next collection)."""
+    client = aioredis.Redis.from_url(SHARED_REDIS_URL)
+    closed = create_redis_circuit_breaker("closed-by-owner", client, key_prefix=key_prefix)
+    try:
+        await closed.force_open()
+        assert closed.store.available
+        await closed.close()
+        assert not closed.store.available
+        await refresh_shared_state()
+        assert not closed.store.available  # not started again by the scrape
+        assert closed.store.closed  # type: ignore[attr-defined]
+    finally:
+        await closed.close()
+        await client.aclose()
+
+
 async def test_a_scrape_writes_only_what_every_worker_shares() -> None:
     """Multiprocess mode's scrape-time write (ClientSink.publish_current, here over an
     in-memory registry): an in-memory breaker and a manager without a coordinator are

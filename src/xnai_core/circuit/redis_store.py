@@ -120,6 +120,7 @@ class RedisStore:
         self._reconciler = Reconciler(config, self.key, wire, mirror, self.op_timeout)
         self._start_lock: asyncio.Lock | None = None
         self._started = False
+        self._closed = False
         self._resetting: int | None = None
 
     def __repr__(self) -> str:
@@ -156,6 +157,12 @@ class RedisStore:
         """Whether this process has tried Redis for this circuit yet (a first call or
         :meth:`start`); before that, ``available`` is False but says nothing of Redis."""
         return self._started
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` stopped this store (until a call or :meth:`start`
+        starts it again); a metrics scrape leaves a closed store alone."""
+        return self._closed
 
     @property
     def mode(self) -> Mode:
@@ -213,6 +220,7 @@ class RedisStore:
                 if self._mirror.mode is not SYNCED and link.ready.is_set():
                     await self._reconciler.reconcile(left(deadline))
             self._started = True
+            self._closed = False
             snap = self._mirror.snap
             self._mirror.install(snap, snap, None, announce=False)
 
@@ -349,6 +357,7 @@ class RedisStore:
     async def close(self) -> None:
         link, self._wire.link = self._wire.link, None
         self._started = False
+        self._closed = True
         self._mirror.mode = Local("starting")
         if link is not None:
             await link.unregister(self)

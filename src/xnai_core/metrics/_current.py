@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import events
+from .._redact import redact
 from ..circuit.breaker import CircuitBreaker
 from ..health.monitor import HealthMonitor
 from ._sink import HEALTH_STATUSES, Labels, redis_link
@@ -179,7 +180,7 @@ async def _load(breaker: CircuitBreaker) -> None:
     try:
         await breaker.store.start()  # type: ignore[attr-defined]
     except Exception:  # it never should: the next call tries again
-        logger.exception("could not load circuit '%s' for a scrape", breaker.name)
+        logger.exception("could not load circuit '%s' for a scrape", redact(breaker.name))
 
 
 async def _read_latches(manager: RecoveryManager) -> None:
@@ -202,7 +203,14 @@ async def refresh_shared_state() -> None:
     jobs: list[asyncio.Future[None]] = []
     for breaker in _live(CircuitBreaker):
         assert isinstance(breaker, CircuitBreaker)
-        if breaker.store.available is False and hasattr(breaker.store, "start"):
+        store = breaker.store
+        # A store its owner closed is left closed: loading it would reconnect through
+        # a client that may be closed too, or belong to an event loop that has ended.
+        if (
+            store.available is False
+            and hasattr(store, "start")
+            and not getattr(store, "closed", False)
+        ):
             jobs.append(asyncio.ensure_future(_load(breaker)))
     loading = list(jobs)
     for manager in _managers():
