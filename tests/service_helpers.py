@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socketserver
 import subprocess
 import sys
 import threading
@@ -61,6 +62,30 @@ def demo_stack(*args: str, env: Mapping[str, str], check: bool = True) -> None:
         check=check,
         timeout=30,
         capture_output=True,
+    )
+
+
+def demo_stack_up(
+    port: int, config: Path, env: Mapping[str, str], *, stdout: int, stderr: int
+) -> subprocess.Popen[str]:
+    """``python -m examples.demo_stack up`` on ``port`` with ``config``, in the background."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "examples.demo_stack",
+            "up",
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+        ],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
     )
 
 
@@ -124,6 +149,18 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
             return True
         time.sleep(interval)
     return condition()
+
+
+def drop_shared_keys(key_prefix: str) -> None:
+    """Delete every key of the shared Redis whose name starts with ``key_prefix``."""
+    import redis
+
+    from tests.conftest import SHARED_REDIS_URL
+
+    client = redis.Redis.from_url(SHARED_REDIS_URL)
+    for key in client.scan_iter(match=f"{key_prefix}*"):
+        client.unlink(key)
+    client.close()
 
 
 class ServiceProcess:
@@ -250,26 +287,14 @@ def receiver() -> Iterator[tuple[str, list[Received]]]:
 def not_redis(reply: bytes) -> Iterator[str]:
     """A loopback TCP server that answers ``reply`` to whatever it reads (an HTTP server
     on the port a Redis URL names, a proxy that knows no SCAN); yields its redis:// URL."""
-    import socketserver
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             while self.request.recv(65536):
                 self.request.sendall(reply)
 
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"redis://127.0.0.1:{server.server_address[1]}/0"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _tcp_server(Handler) as url:
+        yield url
 
 
 @contextmanager
@@ -277,7 +302,6 @@ def half_redis(answers: Mapping[str, bytes]) -> Iterator[str]:
     """A loopback server speaking just enough RESP: the commands in ``answers`` get their
     reply, every other one none, ever (a Redis that answers ``EXISTS`` and then stalls on
     the circuit's scripts); yields its redis:// URL."""
-    import socketserver
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -293,11 +317,20 @@ def half_redis(answers: Mapping[str, bytes]) -> Iterator[str]:
                         return
                     self.request.sendall(reply)
 
+    with _tcp_server(Handler) as url:
+        yield url
+
+
+@contextmanager
+def _tcp_server(handler: type[socketserver.BaseRequestHandler]) -> Iterator[str]:
+    """A threaded loopback TCP server that serves each connection with ``handler``;
+    yields its redis:// URL, and shuts it down after."""
+
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
         allow_reuse_address = True
 
-    server = Server(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()

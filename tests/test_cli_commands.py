@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import SHARED_REDIS_URL, PrivateRedis, free_port
-from tests.service_helpers import REPO, Behaviour, http_service, run_cli
+from tests.service_helpers import REPO, Behaviour, drop_shared_keys, http_service, run_cli
 from xnai_core import RecoveryCoordinator
 
 pytestmark = pytest.mark.slow
@@ -242,10 +242,7 @@ def test_check_with_a_bad_config_is_exit_3(tmp_path: Path) -> None:
 def cb_prefix(key_prefix: str) -> Iterator[str]:
     prefix = f"{key_prefix}:cb:"
     yield prefix
-    client = __import__("redis").Redis.from_url(SHARED_REDIS_URL)
-    for key in client.scan_iter(match=f"{key_prefix}*"):
-        client.unlink(key)
-    client.close()
+    drop_shared_keys(key_prefix)
 
 
 def test_circuits_commands_exit_codes_and_json(cb_prefix: str) -> None:

@@ -19,6 +19,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 from tests.conftest import PrivateRedis
 from tests.metrics_helpers import no_global_hooks, otel_reader, parse, points, value
+from tests.service_helpers import drop_shared_keys
 from tests.test_metrics_multiprocess import CLOSED, OPEN, REPO, workers
 from tests.test_recovery_manager import FakeClock, make_manager, rule
 from xnai_core import (
@@ -314,9 +315,4 @@ def test_a_worker_dropping_its_breaker_does_not_hide_a_peers_open_circuit(
         holder.wait(timeout=30)
         if holder.stdout is not None:
             holder.stdout.close()
-        import redis
-
-        client = redis.Redis.from_url(SHARED_REDIS_URL)
-        for key in client.scan_iter(match=f"{key_prefix}*"):
-            client.unlink(key)
-        client.close()
+        drop_shared_keys(key_prefix)

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import SHARED_REDIS_URL, free_port
-from tests.service_helpers import REPO, ServiceProcess, http_service, run_cli
+from tests.service_helpers import REPO, ServiceProcess, drop_shared_keys, http_service, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -114,10 +113,7 @@ def config(path: Path, api: str, victim: str, prefix: str) -> Path:
 @pytest.fixture
 def prefix(key_prefix: str) -> Iterator[str]:
     yield f"{key_prefix}:cb:"
-    client = redis.Redis.from_url(SHARED_REDIS_URL)
-    for key in client.scan_iter(match=f"{key_prefix}*"):
-        client.unlink(key)
-    client.close()
+    drop_shared_keys(key_prefix)
 
 
 def test_dashboard_live_updates_controls_and_reconnects(
@@ -148,12 +144,7 @@ def test_dashboard_live_updates_controls_and_reconnects(
             # The controls: present (a token is configured) but locked until it is entered.
             open_button = page.get_by_role("button", name="open circuit llm")
             expect(open_button).to_be_disabled()
-            page.get_by_label("Control token").fill("wrong-token-wrong-token")
-            page.get_by_role("button", name="Use token").click()
-            expect(page.locator("#token-state")).to_have_text(
-                "token refused: enter it again", timeout=10_000
-            )
-            expect(open_button).to_be_disabled()
+            _refused(page, open_button)
             assert _shared_state(prefix) == "closed"
             page.get_by_label("Control token").fill(TOKEN)
             page.get_by_role("button", name="Use token").click()
@@ -285,16 +276,26 @@ def test_a_wrong_token_is_said_to_be_refused_without_pressing_a_control(
             page = view.page
             open_button = page.get_by_role("button", name="open circuit llm")
             expect(open_button).to_be_disabled(timeout=15_000)
-            page.get_by_label("Control token").fill("wrong-token-wrong-token")
-            page.get_by_role("button", name="Use token").click()
-            expect(page.locator("#token-state")).to_have_text(
-                "token refused: enter it again", timeout=10_000
-            )
-            expect(open_button).to_be_disabled()
-            page.get_by_label("Control token").fill(TOKEN)
-            page.get_by_role("button", name="Use token").click()
-            expect(open_button).to_be_enabled(timeout=10_000)
-            expect(page.locator("#token-state")).to_have_text("controls unlocked, details shown")
+            _refused(page, open_button)
+            _unlock(page, open_button, TOKEN)
+
+
+def _refused(page: Any, open_button: Any) -> None:
+    """Enter a wrong token and see it refused, the controls still locked."""
+    page.get_by_label("Control token").fill("wrong-token-wrong-token")
+    page.get_by_role("button", name="Use token").click()
+    sync_api.expect(page.locator("#token-state")).to_have_text(
+        "token refused: enter it again", timeout=10_000
+    )
+    sync_api.expect(open_button).to_be_disabled()
+
+
+def _unlock(page: Any, open_button: Any, token: str) -> None:
+    """Enter ``token`` and see the controls unlocked by it."""
+    page.get_by_label("Control token").fill(token)
+    page.get_by_role("button", name="Use token").click()
+    sync_api.expect(open_button).to_be_enabled(timeout=10_000)
+    sync_api.expect(page.locator("#token-state")).to_have_text("controls unlocked, details shown")
 
 
 def _shared_state(prefix: str) -> str:
@@ -322,10 +323,7 @@ def test_a_token_beyond_latin_1_unlocks_the_controls(
             page = view.page
             open_button = page.get_by_role("button", name="open circuit llm")
             expect(open_button).to_be_disabled(timeout=15_000)
-            page.get_by_label("Control token").fill(token)
-            page.get_by_role("button", name="Use token").click()
-            expect(open_button).to_be_enabled(timeout=10_000)
-            expect(page.locator("#token-state")).to_have_text("controls unlocked, details shown")
+            _unlock(page, open_button, token)
             expect(page.locator("#connection")).to_have_text(re.compile("^live"))
             open_button.click()
             expect(page.locator("#token-state")).to_have_text("llm: open done", timeout=10_000)

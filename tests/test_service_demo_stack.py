@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHARED_REDIS_URL, free_port
-from tests.service_helpers import REPO, demo_stack, wait_for
+from tests.service_helpers import REPO, demo_stack, demo_stack_up, drop_shared_keys, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,24 +37,7 @@ def test_the_main_job_watches_the_demo_stack_restarts_it_and_stops_on_ctrl_c(
         "XNAI_REDIS_URL": SHARED_REDIS_URL,
     }
     port = free_port()
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "examples.demo_stack",
-            "up",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-        ],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    up = demo_stack_up(port, config, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
 
     def read() -> None:
@@ -115,9 +97,4 @@ def test_the_main_job_watches_the_demo_stack_restarts_it_and_stops_on_ctrl_c(
             up.stdout.close()
         for name in ("rag_api", "chainlit_ui"):
             demo_stack("kill", name, env=env, check=False)
-        import redis
-
-        client = redis.Redis.from_url(SHARED_REDIS_URL)
-        for key in client.scan_iter(match=f"{key_prefix}*"):
-            client.unlink(key)
-        client.close()
+        drop_shared_keys(key_prefix)

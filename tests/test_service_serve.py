@@ -21,6 +21,7 @@ from tests.conftest import PrivateRedis, free_port
 from tests.service_helpers import (
     ServiceProcess,
     demo_stack,
+    drop_shared_keys,
     http_service,
     run_cli,
     wait_for,
@@ -426,12 +427,7 @@ def test_dashboard_controls_need_the_token_and_change_the_shared_state(
             == 404
         )
     finally:
-        import redis
-
-        client = redis.Redis.from_url(SHARED_REDIS_URL)
-        for key in client.scan_iter(match=f"{key_prefix}*"):
-            client.unlink(key)
-        client.close()
+        drop_shared_keys(key_prefix)
 
 
 def test_a_dashboard_control_reaches_a_circuit_whose_name_holds_a_slash(
@@ -469,12 +465,7 @@ def test_a_dashboard_control_reaches_a_circuit_whose_name_holds_a_slash(
         )
         assert missing.status_code == 404
     finally:
-        import redis
-
-        client = redis.Redis.from_url(SHARED_REDIS_URL)
-        for key in client.scan_iter(match=f"{key_prefix}*"):
-            client.unlink(key)
-        client.close()
+        drop_shared_keys(key_prefix)
 
 
 def test_a_redis_url_that_reaches_no_redis_does_not_stop_the_service_starting(
@@ -616,12 +607,7 @@ def test_a_circuit_named_after_a_url_with_a_password_is_masked_on_the_dashboard(
         )
         assert listed.json()["state"] == "open"
     finally:
-        import redis
-
-        client = redis.Redis.from_url(SHARED_REDIS_URL)
-        for key in client.scan_iter(match=f"{key_prefix}*"):
-            client.unlink(key)
-        client.close()
+        drop_shared_keys(key_prefix)
 
 
 def test_api_state_hides_what_ops_health_hides_without_the_token(
@@ -800,9 +786,4 @@ def test_a_reload_that_changes_circuits_keeps_every_service_as_it_was(
             assert proc.service("down")["recovery"]["escalated"] is True
             assert any(a["service"] == "down" for a in state["alerts"])
         finally:
-            import redis
-
-            client = redis.Redis.from_url(SHARED_REDIS_URL)
-            for key in client.scan_iter(match=f"{key_prefix}*"):
-                client.unlink(key)
-            client.close()
+            drop_shared_keys(key_prefix)

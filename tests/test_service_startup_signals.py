@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_helpers import REPO, ServiceProcess, command, wait_for
+from tests.service_helpers import REPO, ServiceProcess, command, demo_stack_up, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,22 @@ def _pids(pid_file: Path) -> list[int]:
     return [int(word) for word in pid_file.read_text().split()]
 
 
+def _kill_survivors(pid_file: Path) -> None:
+    for pid in _pids(pid_file):
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _end(process: subprocess.Popen[str], pid_file: Path) -> None:
+    """Kill ``process`` if it still runs, and whatever it started that still runs."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+    _kill_survivors(pid_file)
+    if process.stderr is not None:
+        process.stderr.close()
+
+
 @pytest.mark.parametrize("delay", DELAYS)
 def test_a_sighup_at_any_moment_of_the_start_up_does_not_end_the_service(
     tmp_path: Path, delay: float
@@ -143,14 +159,7 @@ def test_a_sighup_at_any_moment_of_the_start_up_does_not_end_the_service(
         assert process.wait(timeout=5) == 0
         assert wait_for(lambda: not any(_alive(pid) for pid in _pids(pid_file)), 5)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        for pid in _pids(pid_file):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if process.stderr is not None:
-            process.stderr.close()
+        _end(process, pid_file)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
@@ -172,14 +181,7 @@ def test_a_stop_at_any_moment_of_the_start_up_leaves_nothing_running(
         assert "Traceback" not in errors
         assert wait_for(lambda: not any(_alive(pid) for pid in _pids(pid_file)), 5)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        for pid in _pids(pid_file):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if process.stderr is not None:
-            process.stderr.close()
+        _end(process, pid_file)
 
 
 def test_a_stop_once_the_check_runs_leaves_nothing_running(tmp_path: Path) -> None:
@@ -194,9 +196,7 @@ def test_a_stop_once_the_check_runs_leaves_nothing_running(tmp_path: Path) -> No
         assert wait_for(lambda: not any(_alive(pid) for pid in _pids(pid_file)), 5)
     finally:
         process.stop()
-        for pid in _pids(pid_file):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_survivors(pid_file)
 
 
 # -- the demo stack (scripts/serve.sh) ----------------------------------------------------
@@ -245,22 +245,8 @@ def test_the_demo_stack_stopped_while_it_starts_leaves_nothing_running(
         'type = "tcp"\nhost = "127.0.0.1"\nport = 1\n'
     )
     env = {**os.environ, "XNAI_DEMO_STACK_DIR": str(stack_dir), "XNAI_CONTROL_TOKEN": "x" * 24}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "examples.demo_stack",
-            "up",
-            "--port",
-            str(free_port()),
-            "--config",
-            str(config),
-        ],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    up = demo_stack_up(
+        free_port(), config, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     marker = stack_dir / after
     try:
