@@ -13,8 +13,10 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import free_port
+from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
 
 PY = sys.executable
 
@@ -173,3 +175,33 @@ class Web:
             if script in argv:
                 found.append(int(entry.name))
         return found
+
+
+def restarting_replica(
+    who: str,
+    coordinator: RecoveryCoordinator,
+    restarts: list[str],
+    *,
+    verify_interval: float,
+    **rule: Any,
+) -> RecoveryManager:
+    """One replica's RecoveryManager, coordinated through ``coordinator``: its one rule
+    restarts "web" at the first failure (no cooldown, a 1 s timeout), each restart adds
+    ``who`` to ``restarts``; ``rule`` gives the rule's other settings."""
+    manager = RecoveryManager(verify_interval=verify_interval, coordinator=coordinator)
+
+    async def restart(service: str) -> None:
+        restarts.append(who)
+
+    manager.add_rule(
+        RecoveryRule(
+            "web",
+            "restart_service",
+            recovery_func=restart,
+            failure_threshold=1,
+            cooldown=0.0,
+            timeout=1.0,
+            **rule,
+        )
+    )
+    return manager

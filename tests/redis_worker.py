@@ -133,6 +133,17 @@ async def watch(breaker: CircuitBreaker, spec: dict[str, Any]) -> dict[str, Any]
     return {"seen_at": time.time()}
 
 
+async def started(store: RedisStore) -> bool:
+    """Start ``store`` and wait (bounded) until it reaches Redis: a loaded machine may take
+    longer than op_timeout to set up. Whether it did."""
+    await store.start()
+    for _ in range(200):
+        if store.available:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
     client = make_client(spec)
     breaker = create_redis_circuit_breaker(
@@ -145,13 +156,7 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
     )
     store = cast(RedisStore, breaker.store)
     try:
-        await store.start()
-        # A loaded machine may take longer than op_timeout to set up: wait (bounded).
-        for _ in range(200):
-            if store.available:
-                break
-            await asyncio.sleep(0.05)
-        else:
+        if not await started(store):
             raise RuntimeError("the worker could not reach redis")
         if "ready_key" in spec:
             await rendezvous(client, spec)

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from redis.asyncio.sentinel import Sentinel
 
+from tests.redis_worker import started
 from xnai_core import CircuitBreaker, CircuitOpenError, create_redis_circuit_breaker
 from xnai_core.circuit.redis_store import RedisStore
 
@@ -75,12 +76,7 @@ async def main(spec: dict[str, Any]) -> None:
     store = cast(RedisStore, breaker.store)
     loop = asyncio.get_running_loop()
     try:
-        await store.start()
-        for _ in range(200):
-            if store.available:
-                break
-            await asyncio.sleep(0.05)
-        print(json.dumps({"ready": store.available}), flush=True)
+        print(json.dumps({"ready": await started(store)}), flush=True)
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:

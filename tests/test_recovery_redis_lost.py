@@ -15,34 +15,23 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+from tests.recovery_services import restarting_replica
+from xnai_core.recovery import RecoveryCoordinator, RecoveryManager
 
 
 def _replica(
     who: str, client: aioredis.Redis, restarts: list[str], verify_interval: float
 ) -> RecoveryManager:
-    manager = RecoveryManager(
-        verify_interval=verify_interval, coordinator=RecoveryCoordinator(client, key_prefix="lost")
+    return restarting_replica(
+        who,
+        RecoveryCoordinator(client, key_prefix="lost"),
+        restarts,
+        verify_interval=verify_interval,
+        backoff_base=0.1,
+        backoff_max=0.1,
+        grace_period=3.0,
+        stable_period=10.0,
     )
-
-    async def restart(service: str) -> None:
-        restarts.append(who)
-
-    manager.add_rule(
-        RecoveryRule(
-            "web",
-            "restart_service",
-            recovery_func=restart,
-            failure_threshold=1,
-            backoff_base=0.1,
-            backoff_max=0.1,
-            cooldown=0.0,
-            grace_period=3.0,
-            stable_period=10.0,
-            timeout=1.0,
-        )
-    )
-    return manager
 
 
 async def _until(predicate: Callable[[], bool], bound: float = 10.0) -> None:

@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
+from tests.recovery_services import restarting_replica
 from tests.redis_helpers import REPO, Boom, boom, eventually, warnings_of
 from tests.sentinel_topology import SERVICE, Relay, SentinelTopology
 from tests.service_helpers import run_cli
@@ -32,7 +33,7 @@ from xnai_core._redis_url import client_from_url, parse_sentinel_url
 from xnai_core.circuit.redis_store import RedisStore
 from xnai_core.degradation import CacheEntry, RedisCache
 from xnai_core.health import HealthStatus, RedisHealthChecker
-from xnai_core.recovery import RecoveryCoordinator, RecoveryManager, RecoveryRule
+from xnai_core.recovery import RecoveryCoordinator, RecoveryManager
 from xnai_core.service.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.slow
@@ -565,30 +566,17 @@ async def test_cli_opens_a_circuit_through_the_sentinels(topology: SentinelTopol
 def _replica(
     who: str, client: aioredis.Redis, restarts: list[str], *, grace: float, backoff: float
 ) -> RecoveryManager:
-    manager = RecoveryManager(
+    return restarting_replica(
+        who,
+        RecoveryCoordinator(client, key_prefix="sentinel", timeout=0.5),
+        restarts,
         verify_interval=0.1,
-        coordinator=RecoveryCoordinator(client, key_prefix="sentinel", timeout=0.5),
+        max_attempts=2,
+        backoff_base=backoff,
+        backoff_max=backoff,
+        grace_period=grace,
+        stable_period=60.0,
     )
-
-    async def restart(service: str) -> None:
-        restarts.append(who)
-
-    manager.add_rule(
-        RecoveryRule(
-            "web",
-            "restart_service",
-            recovery_func=restart,
-            failure_threshold=1,
-            max_attempts=2,
-            backoff_base=backoff,
-            backoff_max=backoff,
-            cooldown=0.0,
-            grace_period=grace,
-            stable_period=60.0,
-            timeout=1.0,
-        )
-    )
-    return manager
 
 
 def _web(manager: RecoveryManager) -> dict[str, Any]:
