@@ -217,29 +217,24 @@ def test_a_focused_circuit_button_keeps_focus_across_polls(
     must still be on it at the next poll (and a click must not land on a button the poll
     has just replaced), so the button acts when Enter is pressed."""
     expect = sync_api.expect
-    with http_service() as (api, _), http_service() as (victim, _):
-        path = config(tmp_path / "s.toml", api, victim, prefix)
-        with dashboard(
-            browser, path, {"XNAI_TEST_DASH_TOKEN": TOKEN}, viewport={"width": 1200, "height": 900}
-        ) as view:
-            page = view.page
-            page.get_by_label("Control token").fill(TOKEN)
-            page.get_by_role("button", name="Use token").click()
-            open_button = page.get_by_role("button", name="open circuit llm")
-            expect(open_button).to_be_enabled(timeout=15_000)
-            open_button.focus()
-            focused = "document.activeElement && document.activeElement.getAttribute('aria-label')"
-            assert page.evaluate(focused) == "open circuit llm"
-            # Two polls later (each one rewrites the connection line's time).
-            connection = page.locator("#connection")
-            for _ in range(2):
-                before = connection.inner_text()
-                expect(connection).not_to_have_text(before, timeout=10_000)
-            assert page.evaluate(focused) == "open circuit llm"
-            page.keyboard.press("Enter")
-            badge = page.locator('[data-circuit="llm"] .badge')
-            expect(badge).to_have_text("open (forced)", timeout=10_000)
-            assert _shared_state(prefix) == "open"
+    with _token_page(browser, tmp_path, prefix, TOKEN) as page:
+        page.get_by_label("Control token").fill(TOKEN)
+        page.get_by_role("button", name="Use token").click()
+        open_button = page.get_by_role("button", name="open circuit llm")
+        expect(open_button).to_be_enabled(timeout=15_000)
+        open_button.focus()
+        focused = "document.activeElement && document.activeElement.getAttribute('aria-label')"
+        assert page.evaluate(focused) == "open circuit llm"
+        # Two polls later (each one rewrites the connection line's time).
+        connection = page.locator("#connection")
+        for _ in range(2):
+            before = connection.inner_text()
+            expect(connection).not_to_have_text(before, timeout=10_000)
+        assert page.evaluate(focused) == "open circuit llm"
+        page.keyboard.press("Enter")
+        badge = page.locator('[data-circuit="llm"] .badge')
+        expect(badge).to_have_text("open (forced)", timeout=10_000)
+        assert _shared_state(prefix) == "open"
 
 
 def test_the_longest_service_name_fits_a_phone(browser: Any, tmp_path: Path) -> None:
@@ -268,16 +263,23 @@ def test_a_wrong_token_is_said_to_be_refused_without_pressing_a_control(
     """The polls carry the token: when the service answers without the detail it grants,
     the page says the token was refused instead of claiming the details are shown."""
     expect = sync_api.expect
+    with _token_page(browser, tmp_path, prefix, TOKEN) as page:
+        open_button = page.get_by_role("button", name="open circuit llm")
+        expect(open_button).to_be_disabled(timeout=15_000)
+        _refused(page, open_button)
+        _unlock(page, open_button, TOKEN)
+
+
+@contextmanager
+def _token_page(browser: Any, tmp_path: Path, prefix: str, token: str) -> Iterator[Any]:
+    """The dashboard of a service whose control token is ``token`` (two HTTP services
+    watched, the circuit llm under ``prefix``), in a 1200x900 page."""
     with http_service() as (api, _), http_service() as (victim, _):
         path = config(tmp_path / "s.toml", api, victim, prefix)
         with dashboard(
-            browser, path, {"XNAI_TEST_DASH_TOKEN": TOKEN}, viewport={"width": 1200, "height": 900}
+            browser, path, {"XNAI_TEST_DASH_TOKEN": token}, viewport={"width": 1200, "height": 900}
         ) as view:
-            page = view.page
-            open_button = page.get_by_role("button", name="open circuit llm")
-            expect(open_button).to_be_disabled(timeout=15_000)
-            _refused(page, open_button)
-            _unlock(page, open_button, TOKEN)
+            yield view.page
 
 
 def _refused(page: Any, open_button: Any) -> None:
@@ -315,16 +317,11 @@ def test_a_token_beyond_latin_1_unlocks_the_controls(
     sends the token's UTF-8 bytes, which the service compares."""
     expect = sync_api.expect
     token = "Kontroll-ö-€-0123456789"
-    with http_service() as (api, _), http_service() as (victim, _):
-        path = config(tmp_path / "s.toml", api, victim, prefix)
-        with dashboard(
-            browser, path, {"XNAI_TEST_DASH_TOKEN": token}, viewport={"width": 1200, "height": 900}
-        ) as view:
-            page = view.page
-            open_button = page.get_by_role("button", name="open circuit llm")
-            expect(open_button).to_be_disabled(timeout=15_000)
-            _unlock(page, open_button, token)
-            expect(page.locator("#connection")).to_have_text(re.compile("^live"))
-            open_button.click()
-            expect(page.locator("#token-state")).to_have_text("llm: open done", timeout=10_000)
-            assert _shared_state(prefix) == "open"
+    with _token_page(browser, tmp_path, prefix, token) as page:
+        open_button = page.get_by_role("button", name="open circuit llm")
+        expect(open_button).to_be_disabled(timeout=15_000)
+        _unlock(page, open_button, token)
+        expect(page.locator("#connection")).to_have_text(re.compile("^live"))
+        open_button.click()
+        expect(page.locator("#token-state")).to_have_text("llm: open done", timeout=10_000)
+        assert _shared_state(prefix) == "open"

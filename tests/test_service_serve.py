@@ -50,6 +50,18 @@ success_threshold = 1
 """
 
 
+def circuits_config(path: Path, prefix: str, name: str) -> Path:
+    """A config of the shared Redis's circuit ``name`` (keys under ``prefix``) and MONITOR."""
+    from tests.conftest import SHARED_REDIS_URL
+
+    return write(
+        path,
+        f'redis_url = "{SHARED_REDIS_URL}"\n'
+        + MONITOR
+        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["{name}"]\n',
+    )
+
+
 @pytest.fixture
 def service() -> Iterator[list[ServiceProcess]]:
     started: list[ServiceProcess] = []
@@ -383,12 +395,7 @@ def test_dashboard_controls_need_the_token_and_change_the_shared_state(
     from tests.conftest import SHARED_REDIS_URL
 
     prefix = f"{key_prefix}:cb:"
-    text = (
-        f'redis_url = "{SHARED_REDIS_URL}"\n'
-        + MONITOR
-        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["llm"]\n'
-    )
-    config = write(tmp_path / "s.toml", text)
+    config = circuits_config(tmp_path / "s.toml", prefix, "llm")
     try:
         proc = launch(service, config)
         state = proc.state()
@@ -438,15 +445,8 @@ def test_a_dashboard_control_reaches_a_circuit_whose_name_holds_a_slash(
     at the slash, so every button of such a circuit answered 404 (``/ops`` had been fixed)."""
     import httpx
 
-    from tests.conftest import SHARED_REDIS_URL
-
     prefix = f"{key_prefix}:cb:"
-    text = (
-        f'redis_url = "{SHARED_REDIS_URL}"\n'
-        + MONITOR
-        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["openai/gpt-4"]\n'
-    )
-    config = write(tmp_path / "s.toml", text)
+    config = circuits_config(tmp_path / "s.toml", prefix, "openai/gpt-4")
     right = {"Authorization": f"Bearer {TOKEN}"}
     try:
         proc = launch(service, config)
@@ -584,12 +584,7 @@ def test_a_circuit_named_after_a_url_with_a_password_is_masked_on_the_dashboard(
     secret = "hunter2circuitpw"
     name = f"redis://:{secret}@cache:6379"
     prefix = f"{key_prefix}:cb:"
-    text = (
-        f'redis_url = "{SHARED_REDIS_URL}"\n'
-        + MONITOR
-        + f'[circuits]\nkey_prefix = "{prefix}"\nnames = ["{name}"]\n'
-    )
-    config = write(tmp_path / "s.toml", text)
+    config = circuits_config(tmp_path / "s.toml", prefix, name)
     right = {"Authorization": f"Bearer {TOKEN}"}
     try:
         proc = launch(service, config)
