@@ -3,6 +3,7 @@ by a real command that logs who ran it, optionally slow to start or slow to answ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,22 @@ def restarting_replica(
         )
     )
     return manager
+
+
+async def web_healthy_again(
+    managers: Sequence[RecoveryManager], timeout: float | None = None
+) -> None:
+    """Tell each of ``managers`` that "web" is healthy again, then wait (up to ``timeout``
+    seconds each, if given) until each is idle."""
+    for manager in managers:
+        await manager.on_status_change("web", "unhealthy", "healthy", None)
+    for manager in managers:
+        await asyncio.wait_for(manager.wait_idle(), timeout)
+
+
+async def close_replicas(managers: Sequence[RecoveryManager], clients: Sequence[Any]) -> None:
+    """Close ``managers``, then the Redis ``clients`` they used."""
+    for manager in managers:
+        await manager.aclose()
+    for client in clients:
+        await client.aclose()

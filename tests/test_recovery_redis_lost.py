@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from tests.recovery_services import restarting_replica
+from tests.recovery_services import close_replicas, restarting_replica, web_healthy_again
 from xnai_core.recovery import RecoveryCoordinator, RecoveryManager
 
 
@@ -83,13 +83,7 @@ async def test_coordination_keys_lost_mid_grace_do_not_buy_a_second_restart(
             await clients[0].delete(coordinator.lease_key("web"))
         await asyncio.sleep(1.0)  # twenty of the peer's polls
         assert restarts == ["holder"]
-        for manager in (holder, peer):
-            await manager.on_status_change("web", "unhealthy", "healthy", None)
-        for manager in (holder, peer):
-            await manager.wait_idle()
+        await web_healthy_again((holder, peer))
         assert restarts == ["holder"]
     finally:
-        for manager in (holder, peer):
-            await manager.aclose()
-        for client in clients:
-            await client.aclose()
+        await close_replicas((holder, peer), clients)

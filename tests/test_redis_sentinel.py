@@ -24,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import PrivateRedis
-from tests.recovery_services import restarting_replica
+from tests.recovery_services import close_replicas, restarting_replica, web_healthy_again
 from tests.redis_helpers import REPO, Boom, boom, eventually, warnings_of
 from tests.sentinel_topology import SERVICE, Relay, SentinelTopology
 from tests.service_helpers import run_cli
@@ -624,13 +624,7 @@ async def test_one_restart_for_one_outage_through_a_failover(
         # Past the failover: the peer has looked again (Redis away, then the new master).
         await asyncio.sleep(1.0)
         assert restarts == ["holder"]
-        for manager in (holder, peer):
-            await manager.on_status_change("web", "unhealthy", "healthy", None)
-        for manager in (holder, peer):
-            await asyncio.wait_for(manager.wait_idle(), 10)
+        await web_healthy_again((holder, peer), timeout=10)
         assert restarts == ["holder"]
     finally:
-        for manager in (holder, peer):
-            await manager.aclose()
-        for client in clients:
-            await client.aclose()
+        await close_replicas((holder, peer), clients)
