@@ -364,7 +364,7 @@ async def test_a_scrape_leaves_a_closed_shared_circuit_closed(
         assert not closed.store.available
         await refresh_shared_state()
         assert not closed.store.available  # not started again by the scrape
-        assert closed.store.closed  # type: ignore[attr-defined]
+        assert closed.store.closed
     finally:
         await closed.close()
         await client.aclose()
