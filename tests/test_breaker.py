@@ -672,7 +672,7 @@ async def test_a_name_holding_a_credential_is_masked_in_logs_reprs_and_errors(
     with pytest.raises(TypeError) as refused:
         await breaker.call(_items)
     shown = [str(timed_out.value), str(rejected.value), str(forced.value), str(refused.value)]
-    shown += [repr(breaker), caplog.text]
+    shown += [repr(breaker), repr(breaker.store), caplog.text]
     shown += [repr(vars(record)) for record in caplog.records]
     for text in shown:
         assert secret not in text, text

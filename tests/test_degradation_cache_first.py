@@ -337,6 +337,21 @@ async def test_a_broken_key_func_is_logged_and_skips_the_cache(
     ]
 
 
+async def test_a_key_func_returning_a_non_string_holding_a_token_is_logged_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The wrong key is built from the call's arguments, which may carry a credential:
+    the ERROR quoted it as returned ("('https://u:tok-77x@llm/', 'q')")."""
+    manager = ServiceDegradationManager()
+    strategy = CacheFirstStrategy(key_func=lambda prompt: ("https://u:tok-77x@llm/", prompt))  # type: ignore[arg-type,return-value]
+    manager.add_service_strategy("a", strategy)
+    assert (await manager.call_service("a", ask, "q"))["answer"].startswith("q#")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "must return a str or None" in errors[0]
+    assert "tok-77x" not in caplog.text
+
+
 async def test_unkeyable_calls_skip_the_cache_and_warn_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

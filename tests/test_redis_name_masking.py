@@ -60,7 +60,7 @@ async def test_what_the_redis_store_logs_of_a_name_holding_a_credential_is_maske
         await client.aclose()
     assert "lost the open circuit" in caplog.text
     assert "malformed" in caplog.text
-    texts = [caplog.text, *(repr(vars(record)) for record in caplog.records)]
+    texts = [caplog.text, repr(breaker.store), *(repr(vars(record)) for record in caplog.records)]
     for text in texts:
         assert SECRET not in text, text
     assert "redis://:***@cache:6379" in caplog.text

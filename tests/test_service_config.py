@@ -102,11 +102,12 @@ BAD: list[tuple[str, str]] = [
     ),
     (
         'redis_url = "redis://:hunter2secret@localhost:notaport/0"',
-        "redis_url: Port could not be cast to integer value as 'notaport'",
+        "redis_url: has no valid port",
     ),
     (
         "[[services]]\nname = 'a'\ntype = 'http'\nurl = 'http://u:hunter2secret@h:99999/'",
-        "services[0].url: Port out of range 0-65535: 'http://u:***@h:99999/'",
+        "services[0].url: has no valid port (a number from 0 to 65535; a '/', '#' or '?' in a "
+        "password must be percent-encoded): 'http://u:***@h:99999/'",
     ),
     (
         "[[services]]\nname = 'a'\ntype = 'http'\nurl = 'http:///health'",
@@ -114,12 +115,20 @@ BAD: list[tuple[str, str]] = [
     ),
     (
         "[[services]]\nname = 'r'\ntype = 'redis'\nurl = 'redis://:hunter2secret@h:70000/'",
-        "services[0].url: Port out of range 0-65535",
+        "services[0].url: has no valid port",
     ),
     (
         "[[services]]\nname = 'p'\ntype = 'postgres'\ndsn = 'postgresql://u:hunter2secret@h:x/d'",
-        "services[0].dsn: Port could not be cast to integer value as 'x'",
+        "services[0].dsn: has no valid port",
     ),
+    # A '/' or '#' in a password cuts the address there: Python's error then quoted the
+    # password's first part as the port ("as 'hunter2secret'").
+    (
+        "[[services]]\nname = 'p'\ntype = 'postgres'\n"
+        "dsn = 'postgresql://app:hunter2secret/xyz@db:5432/app'",
+        "services[0].dsn: has no valid port",
+    ),
+    ('redis_url = "redis://:hunter2secret#et@r:6379"', "redis_url: has no valid port"),
     (
         "[[services]]\nname = 'p'\ntype = 'postgres'\ndsn = 'host=db password=hunter2secret'",
         "services[0].dsn: must be a postgresql:// or postgres:// URL (key=value DSNs are not "

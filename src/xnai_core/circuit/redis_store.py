@@ -125,7 +125,7 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return (
-            f"<RedisStore name={self.config.name!r} key={self.key!r} "
+            f"<RedisStore name={redact(self.config.name)!r} key={redact(self.key)!r} "
             f"state={self._mirror.snap.state.value} available={self.available}>"
         )
 
@@ -458,7 +458,7 @@ def _check(
         except UnicodeError:
             raise ValueError(
                 f"'{setting}' cannot be sent in the client's encoding "
-                f"({encoder.encoding!r}): {part!r}"
+                f"({encoder.encoding!r}): {redact(part)!r}"
             ) from None
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
+from .._redact import redact
 from . import machine
 from .config import CircuitBreakerConfig
 from .machine import Admission, CircuitState, Snapshot, Ticket
@@ -113,7 +114,7 @@ class MemoryStore:
         self.hot_epoch: int | None = 0
 
     def __repr__(self) -> str:
-        return f"<MemoryStore name={self.config.name!r} state={self._snap.state.value}>"
+        return f"<MemoryStore name={redact(self.config.name)!r} state={self._snap.state.value}>"
 
     @property
     def available(self) -> bool | None:

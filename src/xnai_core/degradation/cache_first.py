@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .._redact import redact_cut
 from .._singleflight import SingleFlight
 from .._validation import check_seconds
 from .cache import CacheBackend, CacheEntry, MemoryCache
@@ -175,7 +176,8 @@ class CacheFirstStrategy:
                 self._warn_unkeyable(call.service_name, why, bug=True)
             else:
                 if key is not None and not isinstance(key, str):
-                    why = f"'key_func' must return a str or None: {key!r}"
+                    # The key is built from the call's arguments: it may hold a token.
+                    why = f"'key_func' must return a str or None: {redact_cut(repr(key), 200)}"
                     self._warn_unkeyable(call.service_name, why, bug=True)
                     key = None
             if key is None:

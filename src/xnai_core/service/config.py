@@ -383,8 +383,14 @@ def _check_address(table: Table, key: str, url: str, *, need_host: bool = False)
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not one
-    except ValueError as exc:
-        raise table.error(key, f"{exc}: {redact_url(url)!r}") from None
+    except ValueError:
+        # Not Python's own text: it quotes what it took for the port, which is part of
+        # the password when the password holds an unencoded '/', '#' or '?'.
+        raise table.error(
+            key,
+            "has no valid port (a number from 0 to 65535; a '/', '#' or '?' in a password "
+            f"must be percent-encoded): {redact_url(url)!r}",
+        ) from None
     if need_host and not parts.hostname:
         raise table.error(key, f"names no host: {redact_url(url)!r}")
 
