@@ -57,6 +57,7 @@ __all__ = [
     "Dispatcher",
     "Job",
     "Lane",
+    "callback_key",
     "describe_callback",
     "describe_failure",
     "is_async_callable",
@@ -81,8 +82,9 @@ def is_async_callable(func: object) -> bool:
     )
 
 
-def _key(func: object) -> object:
-    # Bound methods are made anew on each attribute access but compare equal.
+def callback_key(func: object) -> object:
+    """What identifies ``func`` as one callback: itself if hashable (bound methods are made
+    anew on each attribute access but compare equal), else its id."""
     try:
         hash(func)
     except TypeError:
@@ -306,7 +308,7 @@ class Dispatcher:
         return False
 
     async def _in_thread(self, func: Callable[..., Any], args: tuple[Any, ...], queue: bool) -> Any:
-        key = _key(func)
+        key = callback_key(func)
         outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         context = contextvars.copy_context()
         call = functools.partial(context.run, func, *args)

@@ -49,8 +49,8 @@ _MAX_SHOWN = 300  # characters of a strategy's repr an error message quotes
 _LISTENER_THREADS = 2  # worker threads for sync listeners, per manager
 
 MAX_LISTENER_TASKS = 256
-"""Async listener calls running at once at most; an event past this bound is not heard by
-async listeners (logged once per burst), so a hung listener cannot pile up tasks."""
+"""Listener calls (sync and async) running at once at most; an event past this bound is
+not heard by listeners (logged once per burst), so a hung listener cannot pile up tasks."""
 
 
 class _Unset(enum.Enum):
@@ -148,7 +148,8 @@ class ServiceDegradationManager:
     every service (see :class:`ServiceSettings`); :meth:`configure_service`
     overrides them per service. ``clock`` returns wall-clock seconds for
     stats and events; inject one in tests. ``listener_timeout``: seconds each
-    async listener call may take before it is cancelled.
+    listener call may take (an async one is then cancelled, a sync one no longer waited
+    for).
     """
 
     def __init__(

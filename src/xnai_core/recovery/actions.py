@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._dispatch import CallbackBusyError, Dispatcher, is_async_callable
+from .._dispatch import CallbackBusyError, Dispatcher, callback_key, is_async_callable
 from .._redact import argv_secrets
 from .._redact import redact as redact  # public here since before _redact
 from .rule import MAX_PID, CacheClient, RecoveryFunc, RecoveryRule
@@ -415,18 +415,19 @@ def _timed_out(
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> int:
     """SIGTERM the command's process group, SIGKILL it after KILL_GRACE; return the status."""
-    _signal_group(proc.pid, signal.SIGTERM)
+    signal_group(proc.pid, signal.SIGTERM)
     try:
         async with asyncio.timeout(KILL_GRACE):
             await proc.wait()
     except TimeoutError:
         pass
     # Children the command started share its group and may outlive it: kill them too.
-    _signal_group(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     return await proc.wait()
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to process group ``pgid``, if it is still there and ours to signal."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -522,7 +523,7 @@ async def call_recovery_func(
     bound = functools.partial(func, service_name)
     sync: _SyncCall | None = None
     if not is_async_callable(func):
-        key = (service_name, _identity(func))
+        key = (service_name, callback_key(func))
         now = time.monotonic()
         with _RUNNING_LOCK:
             earlier = _RUNNING.get(key)
@@ -558,15 +559,6 @@ async def call_recovery_func(
             ok=False, detail=f"recovery_func {name} returned False", error="returned False"
         )
     return ActionOutcome(ok=True, detail=f"recovery_func {name} returned")
-
-
-def _identity(func: object) -> object:
-    """``func`` itself if hashable (a bound method made anew compares equal), else its id."""
-    try:
-        hash(func)
-    except TypeError:
-        return id(func)
-    return func
 
 
 def _still_running(name: str, stuck_for: float) -> ActionOutcome:

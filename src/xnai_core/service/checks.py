@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from collections.abc import Mapping
 
@@ -20,7 +19,7 @@ from .. import (
     RedisHealthChecker,
 )
 from .._redact import argv_secrets, redact, redact_argv
-from ..recovery.actions import OutputCapture
+from ..recovery.actions import OutputCapture, signal_group
 from .config import ServiceSpec
 
 __all__ = ["CommandHealthChecker", "TCPHealthChecker", "build_checker"]
@@ -93,12 +92,12 @@ class CommandHealthChecker(HealthChecker):
         try:
             code = await process.wait()
         except BaseException:
-            _kill_group(process.pid)
+            signal_group(process.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 await asyncio.shield(process.wait())
             capture.close()
             raise
-        _kill_group(process.pid)  # what it left behind, holding the pipe or not
+        signal_group(process.pid, signal.SIGKILL)  # what it left behind, holding the pipe or not
         try:
             # A program may print its own arguments: the ones that are secrets go too.
             tail = redact(capture.tail(None, hand_off=False), argv_secrets(self.command)).strip()
@@ -107,11 +106,6 @@ class CommandHealthChecker(HealthChecker):
         if code != 0:
             raise HealthCheckError(f"exit status {code}" + (f": {tail}" if tail else ""))
         return {"exit_status": 0}
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def build_checker(spec: ServiceSpec) -> HealthChecker:
